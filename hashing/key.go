@@ -1,0 +1,157 @@
+package hashing
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"strings"
+
+	"golang.org/x/crypto/hkdf"
+)
+
+// MinKeyBytes is the shortest master key accepted (MATCHING.md section 4).
+const MinKeyBytes = 32
+
+// KeyEnv names the environment variable that may hold the master key as hex
+// text, for deployments that mount secrets as environment variables.
+const KeyEnv = "AUDIENCEMATCH_MASTER_KEY"
+
+// hkdfInfoPrefix is the HKDF info prefix of contract v1.
+const hkdfInfoPrefix = "audiencematch/v1/"
+
+// MasterKey is the secret from which every destination key is derived.
+// Its String method never prints the key.
+type MasterKey struct{ b []byte }
+
+// String redacts the key so that it cannot reach a log by accident.
+func (MasterKey) String() string { return "MasterKey(redacted)" }
+
+// GoString redacts the key for %#v too.
+func (MasterKey) GoString() string { return "MasterKey(redacted)" }
+
+// Len is the key's length in bytes.
+func (k MasterKey) Len() int { return len(k.b) }
+
+// DestKey is K_dest, the 32-byte key of one destination.
+type DestKey [32]byte
+
+// String redacts the key.
+func (DestKey) String() string { return "DestKey(redacted)" }
+
+// GoString redacts the key for %#v too.
+func (DestKey) GoString() string { return "DestKey(redacted)" }
+
+// Errors returned by the key loaders; callers match them with errors.Is.
+var (
+	ErrKeyPermissions = errors.New("key file is accessible by group or others")
+	ErrKeyShort       = errors.New("master key is shorter than 32 bytes")
+	ErrKeyFormat      = errors.New("master key is not hex text")
+	ErrNoKey          = errors.New("no master key given")
+)
+
+// ParseMasterKey decodes hex text (surrounding white space ignored).
+func ParseMasterKey(text []byte) (MasterKey, error) {
+	s := strings.TrimSpace(string(text))
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		return MasterKey{}, fmt.Errorf("%w: %v", ErrKeyFormat, err)
+	}
+	if len(b) < MinKeyBytes {
+		return MasterKey{}, fmt.Errorf("%w: it has %d bytes; generate one with `audiencematch keys init` or `openssl rand -hex 32`", ErrKeyShort, len(b))
+	}
+	return MasterKey{b: b}, nil
+}
+
+// NewMasterKey wraps raw key bytes (at least 32). It copies b.
+func NewMasterKey(b []byte) (MasterKey, error) {
+	if len(b) < MinKeyBytes {
+		return MasterKey{}, fmt.Errorf("%w: it has %d bytes", ErrKeyShort, len(b))
+	}
+	return MasterKey{b: append([]byte(nil), b...)}, nil
+}
+
+// LoadMasterKey reads the key from path, refusing, as ssh does, a file that
+// group or others may read or write. With an empty path it reads the
+// environment variable KeyEnv.
+func LoadMasterKey(path string) (MasterKey, error) {
+	if path == "" {
+		v, ok := os.LookupEnv(KeyEnv)
+		if !ok {
+			return MasterKey{}, fmt.Errorf("%w: pass --key FILE or set %s", ErrNoKey, KeyEnv)
+		}
+		k, err := ParseMasterKey([]byte(v))
+		if err != nil {
+			return MasterKey{}, fmt.Errorf("key from $%s: %w", KeyEnv, err)
+		}
+		return k, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return MasterKey{}, fmt.Errorf("load key %q: %w", path, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return MasterKey{}, fmt.Errorf("load key %q: %w", path, err)
+	}
+	if perm := st.Mode().Perm(); perm&0o077 != 0 {
+		return MasterKey{}, fmt.Errorf("load key %q: %w (mode %04o); fix with: chmod 600 %s", path, ErrKeyPermissions, perm, path)
+	}
+	if !st.Mode().IsRegular() {
+		return MasterKey{}, fmt.Errorf("load key %q: not a regular file", path)
+	}
+	text, err := io.ReadAll(io.LimitReader(f, 64<<10))
+	if err != nil {
+		return MasterKey{}, fmt.Errorf("load key %q: %w", path, err)
+	}
+	k, err := ParseMasterKey(text)
+	if err != nil {
+		return MasterKey{}, fmt.Errorf("load key %q: %w", path, err)
+	}
+	return k, nil
+}
+
+// WriteMasterKey writes key as hex text to a new file of mode 0600. It
+// refuses to overwrite an existing file.
+func WriteMasterKey(path string, key MasterKey) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("write key %q: file exists; refusing to overwrite a key", path)
+		}
+		return fmt.Errorf("write key %q: %w", path, err)
+	}
+	if _, err := fmt.Fprintf(f, "%x\n", key.b); err != nil {
+		f.Close()
+		return fmt.Errorf("write key %q: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("write key %q: %w", path, err)
+	}
+	return f.Close()
+}
+
+// DeriveDestKey computes K_dest = HKDF-SHA256(master, salt="", info="audiencematch/v1/"+dest, 32).
+func DeriveDestKey(master MasterKey, destination string) (DestKey, error) {
+	var k DestKey
+	if len(master.b) < MinKeyBytes {
+		return k, ErrKeyShort
+	}
+	r := hkdf.New(sha256.New, master.b, nil, []byte(hkdfInfoPrefix+destination))
+	if _, err := io.ReadFull(r, k[:]); err != nil {
+		return k, fmt.Errorf("derive key for %q: %w", destination, err)
+	}
+	return k, nil
+}
+
+// KeyID is the first 16 hex digits of SHA-256(K_dest): it names a key without
+// revealing it.
+func (k DestKey) KeyID() string {
+	sum := sha256.Sum256(k[:])
+	return hex.EncodeToString(sum[:8])
+}

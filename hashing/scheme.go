@@ -1,0 +1,129 @@
+package hashing
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"hash"
+	"sort"
+)
+
+// Scheme names an identifier scheme of MATCHING.md section 4.
+type Scheme string
+
+// The schemes of contract v1.
+const (
+	HMACSHA256   Scheme = "hmac-sha256"
+	SHA256Digits Scheme = "sha256-digits"
+	SHA256E164   Scheme = "sha256-e164"
+	UID2         Scheme = "uid2"
+)
+
+// ParseScheme returns the scheme named s or an error that lists the known ones.
+func ParseScheme(s string) (Scheme, error) {
+	switch sc := Scheme(s); sc {
+	case HMACSHA256, SHA256Digits, SHA256E164, UID2:
+		return sc, nil
+	}
+	return "", fmt.Errorf("unknown scheme %q: use one of %v", s, Schemes())
+}
+
+// Schemes lists every scheme, keyed first.
+func Schemes() []Scheme { return []Scheme{HMACSHA256, SHA256Digits, SHA256E164, UID2} }
+
+// Keyed reports whether the scheme needs a key. Unkeyed schemes are reversible
+// by brute force and need an explicit opt-in.
+func (s Scheme) Keyed() bool { return s == HMACSHA256 }
+
+// Binary reports whether identifiers are raw bytes (Parquet
+// FIXED_LEN_BYTE_ARRAY(32)) rather than text.
+func (s Scheme) Binary() bool { return s == HMACSHA256 }
+
+// IDLen is the exact length of one identifier: 32 raw bytes, 64 hex
+// characters or 44 base64 characters.
+func (s Scheme) IDLen() int {
+	switch s {
+	case HMACSHA256:
+		return sha256.Size
+	case UID2:
+		return base64.StdEncoding.EncodedLen(sha256.Size)
+	default:
+		return hex.EncodedLen(sha256.Size)
+	}
+}
+
+// Hasher computes identifiers of one scheme. It reuses its keyed state, so a
+// Hasher is not safe for concurrent use: give each goroutine its own
+// (NewHasher is cheap).
+type Hasher struct {
+	scheme Scheme
+	mac    hash.Hash // hmac-sha256 only
+	sum    [sha256.Size]byte
+}
+
+// NewHasher returns a Hasher for scheme; key is used only by keyed schemes.
+func NewHasher(scheme Scheme, key DestKey) (*Hasher, error) {
+	h := &Hasher{scheme: scheme}
+	switch scheme {
+	case HMACSHA256:
+		h.mac = hmac.New(sha256.New, key[:])
+	case SHA256Digits, SHA256E164, UID2:
+	default:
+		return nil, fmt.Errorf("unknown scheme %q", scheme)
+	}
+	return h, nil
+}
+
+// Scheme is the scheme this Hasher computes.
+func (h *Hasher) Scheme() Scheme { return h.scheme }
+
+// AppendID appends the identifier of e164 (a string Normalize returned) to
+// dst: 32 raw bytes for hmac-sha256, the text encoding otherwise.
+func (h *Hasher) AppendID(dst []byte, e164 string) []byte {
+	switch h.scheme {
+	case HMACSHA256:
+		h.mac.Reset()
+		h.mac.Write([]byte(e164))
+		return h.mac.Sum(dst)
+	case SHA256Digits:
+		h.sum = sha256.Sum256([]byte(e164[1:]))
+		return hex.AppendEncode(dst, h.sum[:])
+	case SHA256E164:
+		h.sum = sha256.Sum256([]byte(e164))
+		return hex.AppendEncode(dst, h.sum[:])
+	case UID2:
+		h.sum = sha256.Sum256([]byte(e164))
+		return base64.StdEncoding.AppendEncode(dst, h.sum[:])
+	}
+	panic("hashing: unreachable scheme " + string(h.scheme))
+}
+
+// ID returns the identifier of e164 as a string (raw bytes for hmac-sha256).
+func (h *Hasher) ID(e164 string) string { return string(h.AppendID(nil, e164)) }
+
+// ValidID reports whether id has the exact shape of the scheme's identifiers:
+// 32 bytes, 64 lowercase hex characters, or 44 standard base64 characters.
+func (s Scheme) ValidID(id []byte) bool {
+	if len(id) != s.IDLen() {
+		return false
+	}
+	switch s {
+	case HMACSHA256:
+		return true
+	case UID2:
+		b, err := base64.StdEncoding.DecodeString(string(id))
+		return err == nil && len(b) == sha256.Size
+	default:
+		for _, c := range id {
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+// SortIDs sorts identifiers bytewise, the order every output uses.
+func SortIDs(ids []string) { sort.Strings(ids) }
