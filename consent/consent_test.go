@@ -1,0 +1,169 @@
+package consent
+
+import (
+	"errors"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+var asOf = time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+
+func ev(id string, a Action, at time.Time, policy int64) Event {
+	return Event{EventID: id, UserID: "u", Purpose: "ads_matching", Action: a, OccurredAt: at, PolicyVersion: policy}
+}
+
+func daysBefore(n int) time.Time { return asOf.Add(-time.Duration(n) * 24 * time.Hour) }
+
+func TestEvaluate(t *testing.T) {
+	rules := Rules{AsOf: asOf, Purpose: "ads_matching", MinPolicyVersion: 3, MaxAge: 395 * 24 * time.Hour}
+	other := ev("o", Grant, daysBefore(1), 5)
+	other.Purpose = "marketing_email"
+	cases := []struct {
+		name   string
+		events []Event
+		want   Status
+		effID  string
+	}{
+		{"no events", nil, NoConsent, ""},
+		{"grant", []Event{ev("g", Grant, daysBefore(10), 3)}, Valid, "g"},
+		{"withdraw after grant", []Event{ev("g", Grant, daysBefore(10), 3), ev("w", Withdraw, daysBefore(5), 3)}, Withdrawn, "w"},
+		{"re-grant after withdraw", []Event{ev("g1", Grant, daysBefore(20), 3), ev("w", Withdraw, daysBefore(10), 3), ev("g2", Grant, daysBefore(5), 4)}, Valid, "g2"},
+		{"withdraw only", []Event{ev("w", Withdraw, daysBefore(5), 3)}, Withdrawn, "w"},
+		{"old policy", []Event{ev("g", Grant, daysBefore(10), 2)}, StalePolicy, "g"},
+		{"policy exactly min", []Event{ev("g", Grant, daysBefore(10), 3)}, Valid, "g"},
+		{"expired", []Event{ev("g", Grant, daysBefore(396), 3)}, Expired, "g"},
+		{"age exactly max", []Event{ev("g", Grant, daysBefore(395), 3)}, Valid, "g"},
+		{"old policy and expired", []Event{ev("g", Grant, daysBefore(500), 1)}, StalePolicy, "g"},
+		{"grant after cutoff only", []Event{ev("g", Grant, asOf.Add(time.Nanosecond), 3)}, NoConsent, ""},
+		{"grant at cutoff", []Event{ev("g", Grant, asOf, 3)}, Valid, "g"},
+		{"withdraw after cutoff ignored", []Event{ev("g", Grant, daysBefore(3), 3), ev("w", Withdraw, asOf.Add(time.Second), 3)}, Valid, "g"},
+		{"other purpose only", []Event{other}, NoConsent, ""},
+		{"other purpose does not withdraw", []Event{ev("g", Grant, daysBefore(3), 3), func() Event { e := ev("w", Withdraw, daysBefore(1), 3); e.Purpose = "x"; return e }()}, Valid, "g"},
+		{"same instant: withdraw wins", []Event{ev("g", Grant, daysBefore(3), 3), ev("w", Withdraw, daysBefore(3), 3)}, Withdrawn, "w"},
+		{"same instant grants: lower policy", []Event{ev("a", Grant, daysBefore(3), 4), ev("b", Grant, daysBefore(3), 2)}, StalePolicy, "b"},
+		{"same instant same policy: smaller id", []Event{ev("b", Grant, daysBefore(3), 3), ev("a", Grant, daysBefore(3), 3)}, Valid, "a"},
+		{"nanosecond later grant wins", []Event{ev("w", Withdraw, daysBefore(3), 3), ev("g", Grant, daysBefore(3).Add(time.Nanosecond), 3)}, Valid, "g"},
+		{"offsets compared as instants", []Event{
+			ev("w", Withdraw, time.Date(2026, 10, 1, 12, 0, 0, 0, time.FixedZone("", 2*3600)), 3), // 10:00Z
+			ev("g", Grant, time.Date(2026, 10, 1, 11, 0, 0, 0, time.UTC), 3),
+		}, Valid, "g"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			// Every rotation of the rows must give the same answer.
+			for r := 0; r < max(1, len(c.events)); r++ {
+				evs := append(append([]Event(nil), c.events[r:]...), c.events[:r]...)
+				got, eff := rules.Evaluate(evs)
+				if got != c.want || eff.EventID != c.effID {
+					t.Fatalf("rotation %d: got %v (effective %q), want %v (%q)", r, got, eff.EventID, c.want, c.effID)
+				}
+			}
+		})
+	}
+}
+
+func TestNoMaxAge(t *testing.T) {
+	rules := Rules{AsOf: asOf, Purpose: "ads_matching", MinPolicyVersion: 1}
+	if got, _ := rules.Evaluate([]Event{ev("g", Grant, daysBefore(5000), 1)}); got != Valid {
+		t.Errorf("without max age a 5000-day-old grant is %v, want valid", got)
+	}
+}
+
+// TestOrderIndependence shuffles random histories: the decision never depends on row order.
+func TestOrderIndependence(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	rules := Rules{AsOf: asOf, Purpose: "ads_matching", MinPolicyVersion: 2, MaxAge: 30 * 24 * time.Hour}
+	for i := 0; i < 2000; i++ {
+		n := 1 + rng.IntN(6)
+		evs := make([]Event, n)
+		for j := range evs {
+			a := Grant
+			if rng.IntN(2) == 0 {
+				a = Withdraw
+			}
+			evs[j] = ev(string(rune('a'+j)), a, daysBefore(rng.IntN(4)*20), int64(rng.IntN(4)))
+		}
+		want, weff := rules.Evaluate(evs)
+		rng.Shuffle(n, func(a, b int) { evs[a], evs[b] = evs[b], evs[a] })
+		got, geff := rules.Evaluate(evs)
+		if got != want || geff.EventID != weff.EventID {
+			t.Fatalf("history %d: shuffled gives %v/%s, want %v/%s", i, got, geff.EventID, want, weff.EventID)
+		}
+	}
+}
+
+func TestParseEvent(t *testing.T) {
+	ok := []string{"e1", "u1", "ads_matching", "grant", "2026-10-01T12:00:00.123456789+02:00", "3", "app_settings"}
+	e, err := ParseEvent(ok[0], ok[1], ok[2], ok[3], ok[4], ok[5], ok[6])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Action != Grant || e.PolicyVersion != 3 || !e.OccurredAt.Equal(time.Date(2026, 10, 1, 10, 0, 0, 123456789, time.UTC)) {
+		t.Errorf("parsed %+v", e)
+	}
+	bad := []struct {
+		field int
+		value string
+		want  string
+	}{
+		{0, "", RejectEmptyEventID},
+		{1, "", RejectEmptyUserID},
+		{3, "Grant", RejectUnknownAction},
+		{3, "revoke", RejectUnknownAction},
+		{3, "", RejectUnknownAction},
+		{4, "2026-10-01 12:00:00", RejectBadTimestamp},
+		{4, "2026-13-01T00:00:00Z", RejectBadTimestamp},
+		{4, "yesterday", RejectBadTimestamp},
+		{4, "", RejectEmptyTimestamp},
+		{5, "3.0", RejectBadPolicy},
+		{5, "v3", RejectBadPolicy},
+		{5, "", RejectBadPolicy},
+	}
+	for _, b := range bad {
+		f := append([]string(nil), ok...)
+		f[b.field] = b.value
+		_, err := ParseEvent(f[0], f[1], f[2], f[3], f[4], f[5], f[6])
+		var re *RejectError
+		if !errors.As(err, &re) || re.Reason != b.want {
+			t.Errorf("field %d = %q: err = %v, want reason %s", b.field, b.value, err, b.want)
+		}
+	}
+}
+
+func TestParseMaxAge(t *testing.T) {
+	good := map[string]time.Duration{"": 0, "395d": 395 * 24 * time.Hour, "0d": 0, "720h": 720 * time.Hour, "90m": 90 * time.Minute}
+	for in, want := range good {
+		if got, err := ParseMaxAge(in); err != nil || got != want {
+			t.Errorf("ParseMaxAge(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"d", "1.5d", "-3d", "-1h", "a year", "395"} {
+		if _, err := ParseMaxAge(in); err == nil {
+			t.Errorf("ParseMaxAge(%q) accepted", in)
+		}
+	}
+}
+
+// FuzzParseEvent: no panic; an accepted event's fields round-trip.
+func FuzzParseEvent(f *testing.F) {
+	f.Add("e", "u", "grant", "2026-10-01T12:00:00Z", "3")
+	f.Add("e", "u", "withdraw", "2026-10-01T12:00:00.5-07:00", "-1")
+	f.Fuzz(func(t *testing.T, id, user, action, at, policy string) {
+		e, err := ParseEvent(id, user, "p", action, at, policy, "s")
+		if err != nil {
+			var re *RejectError
+			if !errors.As(err, &re) {
+				t.Fatalf("error %v is not a *RejectError", err)
+			}
+			return
+		}
+		if e.Action.String() != action || e.EventID != id || e.UserID != user {
+			t.Fatalf("round trip: %+v from %q %q %q", e, id, user, action)
+		}
+		again, err := ParseTime(e.OccurredAt.Format(time.RFC3339Nano))
+		if err != nil || !again.Equal(e.OccurredAt) {
+			t.Fatalf("time %q does not round-trip: %v %v", at, again, err)
+		}
+	})
+}

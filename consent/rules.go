@@ -1,0 +1,127 @@
+package consent
+
+import (
+	"strings"
+	"time"
+)
+
+// Rules are the consent rules of one run.
+type Rules struct {
+	AsOf             time.Time
+	Purpose          string
+	MinPolicyVersion int64
+	MaxAge           time.Duration // 0: no limit
+}
+
+// Class is how one event counts in a run's reconciliation.
+type Class uint8
+
+// Event classes, in the order they are tested (see the package doc).
+const (
+	ClassMalformed Class = iota
+	ClassOtherPurpose
+	ClassAfterCutoff
+	ClassUnknownUser
+	ClassUsed
+)
+
+// EventClassNames are the reconciliation names of the classes, by Class.
+var EventClassNames = [...]string{"malformed", "other_purpose", "after_cutoff", "unknown_user", "used"}
+
+func (c Class) String() string { return EventClassNames[c] }
+
+// Classify says whether e counts for these rules. An in-scope event returns
+// ClassUsed; whether its user exists is for the caller to find out.
+func (r Rules) Classify(e *Event) Class {
+	if e.Purpose != r.Purpose {
+		return ClassOtherPurpose
+	}
+	if e.OccurredAt.After(r.AsOf) {
+		return ClassAfterCutoff
+	}
+	return ClassUsed
+}
+
+// Status is a user's consent as of the cutoff.
+type Status uint8
+
+// The consent outcomes; every one but Valid is an exclusion reason.
+const (
+	NoConsent Status = iota
+	Valid
+	Withdrawn
+	Expired
+	StalePolicy
+)
+
+var statusNames = [...]string{"no_consent", "valid", "withdrawn", "expired", "stale_policy"}
+
+func (s Status) String() string { return statusNames[s] }
+
+// Effective is the effective event of one user: the state kept per user
+// while events stream by, small enough to hold for every user.
+type Effective struct {
+	EventID       string
+	OccurredAt    time.Time
+	PolicyVersion int64
+	Action        Action // 0 when the user has no in-scope event
+	InScope       int32  // in-scope events seen for the user
+}
+
+// Add folds an in-scope event into the state, keeping the effective one.
+func (s *Effective) Add(e *Event) {
+	s.InScope++
+	if s.Action == 0 || s.precedes(e) {
+		s.EventID = e.EventID
+		s.OccurredAt = e.OccurredAt
+		s.PolicyVersion = e.PolicyVersion
+		s.Action = e.Action
+	}
+}
+
+// precedes reports whether e takes over from the current effective event:
+// later wins; at the same instant withdraw wins; then the lower policy
+// version; then the smaller event id. The order is total, so the result does
+// not depend on the order of the rows.
+func (s *Effective) precedes(e *Event) bool {
+	if c := e.OccurredAt.Compare(s.OccurredAt); c != 0 {
+		return c > 0
+	}
+	if e.Action != s.Action {
+		return e.Action == Withdraw
+	}
+	if e.PolicyVersion != s.PolicyVersion {
+		return e.PolicyVersion < s.PolicyVersion
+	}
+	return strings.Compare(e.EventID, s.EventID) < 0
+}
+
+// Decide applies the rules to a user's effective event.
+func (r Rules) Decide(s *Effective) Status {
+	switch s.Action {
+	case 0:
+		return NoConsent
+	case Withdraw:
+		return Withdrawn
+	}
+	if s.PolicyVersion < r.MinPolicyVersion {
+		return StalePolicy
+	}
+	if r.MaxAge > 0 && r.AsOf.Sub(s.OccurredAt) > r.MaxAge {
+		return Expired
+	}
+	return Valid
+}
+
+// Evaluate is the whole of section 2 for one user's events, in any order:
+// it filters them by the rules and decides. It is the reference the streaming
+// pipeline is tested against.
+func (r Rules) Evaluate(events []Event) (Status, Effective) {
+	var s Effective
+	for i := range events {
+		if r.Classify(&events[i]) == ClassUsed {
+			s.Add(&events[i])
+		}
+	}
+	return r.Decide(&s), s
+}
