@@ -1,0 +1,201 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"audiencematch/consent"
+	"audiencematch/fixtures"
+	"audiencematch/hashing"
+	"audiencematch/pipeline"
+)
+
+// RunOptions are the flags of `audiencematch run`.
+type RunOptions struct {
+	Config           string
+	Users, Consent   string
+	Destination      string
+	Key              string
+	Out, State       string
+	AsOf             string
+	Purpose          string
+	MinPolicyVersion int64
+	MaxConsentAge    string
+	Scheme           string
+	AllowUnkeyed     bool
+	MaxRejectRate    float64
+	Workers          int
+	RowsPerFile      int64
+}
+
+// AddFlags registers the options' flags.
+func (o *RunOptions) AddFlags(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&o.Config, "config", "", "YAML file setting any of these flags by name (flags on the command line win)")
+	f.StringVar(&o.Users, "users", "", "users table, CSV or Parquet: user_id, phone, country (required)")
+	f.StringVar(&o.Consent, "consent", "", "consent_events table, CSV or Parquet (required)")
+	f.StringVar(&o.Destination, "destination", "", "destination id, e.g. meta-ads: names the output directory and the derived key (required)")
+	f.StringVar(&o.Key, "key", "", "master key file: hex, at least 32 bytes, mode 0600 (default: $"+hashing.KeyEnv+")")
+	f.StringVar(&o.Out, "out", "", "publish directory: OUT/<destination>/dt=<date>/run=<id>/ (required)")
+	f.StringVar(&o.State, "state", "", "private state directory: staging, evidence, rejects (required; keep it owner-only)")
+	f.StringVar(&o.AsOf, "as-of", "", "consent cutoff, RFC 3339 (default: the start of the run)")
+	f.StringVar(&o.Purpose, "purpose", fixtures.DefaultPurpose, "consent purpose to export for")
+	f.Int64Var(&o.MinPolicyVersion, "min-policy-version", 1, "oldest privacy-notice version whose grants count")
+	f.StringVar(&o.MaxConsentAge, "max-consent-age", "", "grants older than this do not count: days (395d) or a duration (9480h); empty: no limit")
+	f.StringVar(&o.Scheme, "scheme", string(hashing.HMACSHA256), "identifier scheme: hmac-sha256, or the unkeyed sha256-digits, sha256-e164, uid2 (need --allow-unkeyed)")
+	f.BoolVar(&o.AllowUnkeyed, "allow-unkeyed", false, "permit an unkeyed scheme; its identifiers can be reversed to phone numbers")
+	f.Float64Var(&o.MaxRejectRate, "max-reject-rate", 0.01, "fail, publishing nothing, when more than this fraction of either table's rows is malformed")
+	f.IntVar(&o.Workers, "workers", 0, "parallel workers (default: the number of CPUs)")
+	f.Int64Var(&o.RowsPerFile, "rows-per-file", pipeline.DefaultRowsPerFile, "most identifiers in one part-NNNNN.parquet file")
+}
+
+func newRunCommand(g *globalOptions) *cobra.Command {
+	o := &RunOptions{}
+	cmd := &cobra.Command{
+		Use:   "run --users FILE --consent FILE --destination ID --out DIR --state DIR [flags]",
+		Short: "Run the nightly export: consented numbers to keyed identifiers in Parquet",
+		Long: `Run one export, as MATCHING.md defines it:
+
+  consent   keep users whose effective event for --purpose as of --as-of is a grant
+            under --min-policy-version or later, no older than --max-consent-age;
+  numbers   normalize with libphonenumber to E.164; a number held by several accounts
+            is exported once, and not at all if any holder withdrew;
+  ids       HMAC-SHA256 under K_dest = HKDF-SHA256(master key, "audiencematch/v1/"+destination);
+  output    OUT/<destination>/dt=<as-of date>/run=<run id>/part-NNNNN.parquet and
+            manifest.json, written under --state and published with one atomic rename.
+
+The run id is derived from the inputs and settings: re-running the same inputs with
+the same settings finds the run already published and does nothing (exit 0).
+Malformed rows never stop the run: they are counted and written with their line
+numbers to STATE/runs/<run id>/rejects.csv; STATE/runs/<run id>/evidence.parquet
+holds, privately, the user and consent event behind each identifier.
+
+` + exitCodesHelp,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyConfigFile(cmd, o.Config); err != nil {
+				return err
+			}
+			log, err := g.logger(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			return runRun(cmd, o, log)
+		},
+	}
+	o.AddFlags(cmd)
+	return cmd
+}
+
+// pipelineConfig validates the options and loads the key.
+func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.Config, error) {
+	var missing []string
+	for _, f := range []struct{ name, v string }{{"--users", o.Users}, {"--consent", o.Consent},
+		{"--destination", o.Destination}, {"--out", o.Out}, {"--state", o.State}} {
+		if f.v == "" {
+			missing = append(missing, f.name)
+		}
+	}
+	if len(missing) > 0 {
+		return pipeline.Config{}, fmt.Errorf("%w: missing %s (see audiencematch run --help)", pipeline.ErrUsage, strings.Join(missing, ", "))
+	}
+	scheme, err := hashing.ParseScheme(o.Scheme)
+	if err != nil {
+		return pipeline.Config{}, fmt.Errorf("%w: --scheme: %w", pipeline.ErrUsage, err)
+	}
+	if !scheme.Keyed() && !o.AllowUnkeyed {
+		return pipeline.Config{}, fmt.Errorf("%w: --scheme %s is unkeyed: a SHA-256 of a phone number is reversed in about a second on one GPU, so its identifiers are personal data in disguise; pass --allow-unkeyed only for a destination that requires it", pipeline.ErrUsage, scheme)
+	}
+	asOf := now.UTC()
+	if o.AsOf != "" {
+		if asOf, err = consent.ParseTime(o.AsOf); err != nil {
+			return pipeline.Config{}, fmt.Errorf("%w: --as-of: %w", pipeline.ErrUsage, err)
+		}
+	}
+	maxAge, err := consent.ParseMaxAge(o.MaxConsentAge)
+	if err != nil {
+		return pipeline.Config{}, fmt.Errorf("%w: --max-consent-age: %w", pipeline.ErrUsage, err)
+	}
+	cfg := pipeline.Config{
+		Users: o.Users, Consent: o.Consent, Destination: o.Destination, Scheme: scheme,
+		Out: o.Out, State: o.State,
+		Rules:         consent.Rules{AsOf: asOf, Purpose: o.Purpose, MinPolicyVersion: o.MinPolicyVersion, MaxAge: maxAge},
+		MaxRejectRate: o.MaxRejectRate, Workers: o.Workers, RowsPerFile: o.RowsPerFile,
+		ToolVersion: Version, Log: log,
+	}
+	if scheme.Keyed() {
+		master, err := hashing.LoadMasterKey(o.Key)
+		if err != nil {
+			return cfg, fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
+		}
+		if cfg.Key, err = hashing.DeriveDestKey(master, o.Destination); err != nil {
+			return cfg, fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
+		}
+	} else {
+		log.Warn("unkeyed scheme: identifiers are plain SHA-256 of phone numbers and can be reversed by brute force in about a second on one GPU; they remain personal data",
+			"scheme", string(scheme), "destination", o.Destination)
+	}
+	return cfg, nil
+}
+
+func runRun(cmd *cobra.Command, o *RunOptions, log *slog.Logger) error {
+	start := time.Now()
+	cfg, err := o.pipelineConfig(log, start)
+	if err != nil {
+		return err
+	}
+	res, err := pipeline.Run(cmd.Context(), cfg)
+	if err != nil {
+		log.Error("run failed", "destination", cfg.Destination, "error", err.Error())
+		return err
+	}
+	m := res.Manifest
+	if res.AlreadyPublished {
+		log.Info("run already published; nothing to do", "run_id", m.RunID, "dir", res.PublishedDir)
+		fmt.Fprintf(cmd.OutOrStdout(), "already published: %s (same inputs and settings); nothing to do\n", res.PublishedDir)
+		return nil
+	}
+	log.Info("run published", "run_id", m.RunID, "destination", m.Destination, "scheme", m.Scheme, "key_id", m.KeyID,
+		"users", m.Users.Rows, "exported", m.TotalRows, "consent_events", m.ConsentEvents.Rows,
+		"seconds", time.Since(start).Seconds())
+	printSummary(cmd.OutOrStdout(), res)
+	return nil
+}
+
+// printSummary writes the reconciliation: every row of both tables, once.
+func printSummary(w io.Writer, res *pipeline.Result) {
+	m := res.Manifest
+	fmt.Fprintf(w, "published %d identifiers (%s, key_id %s) to %s\n", m.TotalRows, m.Scheme, orNone(m.KeyID), res.PublishedDir)
+	fmt.Fprintf(w, "users %d = exported %d%s\n", m.Users.Rows, m.Users.Exported, terms(m.Users.Excluded))
+	fmt.Fprintf(w, "consent events %d =%s\n", m.ConsentEvents.Rows, strings.TrimPrefix(terms(m.ConsentEvents.ByClass), " +"))
+	fmt.Fprintf(w, "private evidence: %s; rejects: %s\n", res.EvidencePath, filepath.Clean(res.RejectsPath))
+}
+
+func terms(counts map[string]int64) string {
+	keys := make([]string, 0, len(counts))
+	for k := range counts {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		if counts[k] > 0 {
+			fmt.Fprintf(&b, " + %s %d", k, counts[k])
+		}
+	}
+	return b.String()
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}

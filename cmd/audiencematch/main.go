@@ -1,0 +1,143 @@
+// Command audiencematch exports consented phone numbers as keyed identifiers
+// for the parent ad platform, following MATCHING.md (contract v1).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"audiencematch/hashing"
+	"audiencematch/pipeline"
+)
+
+// Version is the tool version recorded in manifests; set at build time with
+// -ldflags "-X main.Version=…".
+var Version = "0.1.0"
+
+// Exit codes, from sysexits.h, so that cron wrappers and schedulers can tell
+// "retry later" from "fix the configuration".
+const (
+	exitOK          = 0
+	exitFailure     = 1
+	exitUsage       = 64
+	exitData        = 65
+	exitNoInput     = 66
+	exitUnavailable = 69
+	exitTempFail    = 75
+	exitConfig      = 78
+)
+
+const exitCodesHelp = `Exit codes:
+  0   success (also: this exact run was already published)
+  64  usage: bad flag, unknown scheme, unkeyed scheme without --allow-unkeyed
+  65  bad data: malformed rows over --max-reject-rate; nothing published
+  66  an input file is missing or unreadable
+  69  a service is unavailable
+  75  temporary failure: retrying later may help
+  78  configuration: missing column, key file too open or too short, bad config file
+  1   anything else (a bug: please report it)`
+
+// exitCode is the one place errors become exit codes.
+func exitCode(err error) int {
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, pipeline.ErrUsage):
+		return exitUsage
+	case errors.Is(err, pipeline.ErrData):
+		return exitData
+	case errors.Is(err, pipeline.ErrNoInput):
+		return exitNoInput
+	case errors.Is(err, pipeline.ErrUnavailable):
+		return exitUnavailable
+	case errors.Is(err, pipeline.ErrTempFail), errors.Is(err, context.Canceled):
+		return exitTempFail
+	case errors.Is(err, pipeline.ErrConfig), errors.Is(err, pipeline.ErrRejected),
+		errors.Is(err, hashing.ErrKeyPermissions), errors.Is(err, hashing.ErrKeyShort),
+		errors.Is(err, hashing.ErrKeyFormat), errors.Is(err, hashing.ErrNoKey):
+		return exitConfig
+	}
+	return exitFailure
+}
+
+// globalOptions are the flags every command shares.
+type globalOptions struct {
+	logLevel  string
+	logFormat string
+}
+
+func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
+	g := &globalOptions{}
+	root := &cobra.Command{
+		Use:   "audiencematch",
+		Short: "Export consented phone numbers as keyed identifiers for the parent ad platform",
+		Long: `audiencematch is a nightly batch job. It reads users and their consent history,
+keeps only users with valid, specific, unwithdrawn consent for the purpose as of a
+cutoff, normalizes their phone numbers with libphonenumber, turns them into keyed
+per-destination identifiers (HMAC-SHA256 with HKDF-derived keys) and publishes a
+Parquet dataset atomically, with a manifest whose counts reconcile every input row.
+The contract is MATCHING.md (contract v1).
+
+Start with:
+  audiencematch fixtures --users 100000 --out demo/in
+  audiencematch run --users demo/in/users.csv --consent demo/in/consent_events.csv \
+      --key demo/in/master.key --destination meta-ads --out demo/out --state demo/state \
+      --as-of 2026-11-01T00:00:00Z --min-policy-version 3 --max-consent-age 395d
+
+` + exitCodesHelp,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "auto", "log format: auto (text on a terminal, JSON otherwise), text, json")
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		return fmt.Errorf("%w: %w", pipeline.ErrUsage, err)
+	})
+	root.AddCommand(newRunCommand(g), newFixturesCommand(g))
+	return root
+}
+
+// logger builds the slog logger the flags ask for, writing to w.
+func (g *globalOptions) logger(w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
+		return nil, fmt.Errorf("%w: --log-level %q: use debug, info, warn or error", pipeline.ErrUsage, g.logLevel)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	format := g.logFormat
+	if format == "auto" {
+		format = "json"
+		if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+			format = "text"
+		}
+	}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("%w: --log-format %q: use auto, text or json", pipeline.ErrUsage, g.logFormat)
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := newRootCommand(os.Stdout, os.Stderr)
+	err := root.ExecuteContext(ctx)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "audiencematch: %v\n", err)
+	}
+	os.Exit(exitCode(err))
+}

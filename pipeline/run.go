@@ -1,0 +1,438 @@
+package pipeline
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+
+	"audiencematch/consent"
+	"audiencematch/hashing"
+)
+
+// Config is everything one run needs. The CLI fills it from flags and the
+// config file; tests fill it directly.
+type Config struct {
+	Users, Consent string // input paths, CSV or Parquet
+	Destination    string
+	Scheme         hashing.Scheme
+	Key            hashing.DestKey // K_dest; unused by unkeyed schemes
+	Out, State     string
+	Rules          consent.Rules
+	MaxRejectRate  float64 // a fraction: 0.01 is 1%
+	RowsPerFile    int64   // 0: DefaultRowsPerFile
+	RowsPerGroup   int64   // 0: DefaultRowsPerGroup
+	Workers        int     // 0: GOMAXPROCS
+	ToolVersion    string
+	Log            *slog.Logger // nil: discard
+}
+
+// Output sizing defaults: a row group of 1Mi 32-byte ids is 32 MiB, a size
+// every reader handles well.
+const (
+	DefaultRowsPerFile  = 8 << 20
+	DefaultRowsPerGroup = 1 << 20
+)
+
+// Result describes a finished run.
+type Result struct {
+	Manifest         *Manifest
+	PublishedDir     string // OUT/<destination>/dt=<date>/run=<id>
+	EvidencePath     string
+	RejectsPath      string
+	AlreadyPublished bool // the same run (same inputs and config) was published before
+	Stages           []StageTime
+}
+
+// StageTime is how long one stage took.
+type StageTime struct {
+	Name     string
+	Duration time.Duration
+}
+
+var destinationRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+
+// ValidDestination reports whether id is usable as a destination id (it
+// names a directory and is part of the HKDF info string).
+func ValidDestination(id string) bool { return destinationRE.MatchString(id) }
+
+func (c *Config) check() error {
+	switch {
+	case !ValidDestination(c.Destination):
+		return fmt.Errorf("%w: destination %q: use 1-64 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit", ErrUsage, c.Destination)
+	case c.Users == "" || c.Consent == "":
+		return fmt.Errorf("%w: both --users and --consent are required", ErrUsage)
+	case c.Out == "" || c.State == "":
+		return fmt.Errorf("%w: both --out and --state are required", ErrUsage)
+	case c.Rules.Purpose == "":
+		return fmt.Errorf("%w: --purpose is required", ErrUsage)
+	case c.Rules.AsOf.IsZero():
+		return fmt.Errorf("%w: as_of is not set", ErrUsage)
+	case c.MaxRejectRate < 0 || c.MaxRejectRate > 1:
+		return fmt.Errorf("%w: --max-reject-rate %v is not between 0 and 1", ErrUsage, c.MaxRejectRate)
+	}
+	if _, err := hashing.ParseScheme(string(c.Scheme)); err != nil {
+		return fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	if c.RowsPerFile <= 0 {
+		c.RowsPerFile = DefaultRowsPerFile
+	}
+	if c.RowsPerGroup <= 0 {
+		c.RowsPerGroup = DefaultRowsPerGroup
+	}
+	if c.Workers <= 0 {
+		c.Workers = runtime.GOMAXPROCS(0)
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// KeyID is the key_id the run reports: empty for unkeyed schemes.
+func (c *Config) KeyID() string {
+	if !c.Scheme.Keyed() {
+		return ""
+	}
+	return c.Key.KeyID()
+}
+
+// Digest is the SHA-256 of the canonical form of everything in the
+// configuration that can change the output (never the key itself).
+func (c *Config) Digest() string {
+	b, _ := json.Marshal(struct {
+		Destination, Scheme, KeyID, AsOf, Purpose string
+		MinPolicyVersion                          int64
+		MaxConsentAgeSeconds                      int64
+		MaxRejectRate                             float64
+		RowsPerFile, RowsPerGroup                 int64
+		ToolVersion                               string
+	}{c.Destination, string(c.Scheme), c.KeyID(), c.Rules.AsOf.UTC().Format(time.RFC3339Nano), c.Rules.Purpose,
+		c.Rules.MinPolicyVersion, int64(c.Rules.MaxAge / time.Second), c.MaxRejectRate, c.RowsPerFile, c.RowsPerGroup, c.ToolVersion})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// userState is the per-user consent state held while users stream by.
+type userState struct {
+	consent.Effective
+	seen bool
+}
+
+// holder is a user row whose number must be normalized: its consent is
+// valid (it may be exported) or withdrawn (it may block its number).
+type holder struct {
+	userID, eventID string
+	phone, country  string
+	e164            string
+	status          consent.Status
+	line            int64
+	invalid         bool
+}
+
+// exportRow is one exported identifier and the valid holders behind it.
+type exportRow struct {
+	id      string
+	e164    string
+	holders []int32 // indexes into the holder slice, smallest user id first
+}
+
+type run struct {
+	cfg     Config
+	staging string
+	rejects *rejectWriter
+	users   map[string]*userState
+	holders []holder
+	export  []exportRow
+	m       *Manifest
+	stages  []StageTime
+	t0      time.Time
+}
+
+// Run performs one export and publishes it atomically. On any error nothing
+// is published and the staging directory is removed.
+func Run(ctx context.Context, cfg Config) (res *Result, err error) {
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	r := &run{cfg: cfg, t0: time.Now(), m: newManifest(&cfg)}
+	if err := ensureStateDirs(cfg.State); err != nil {
+		return nil, err
+	}
+	if r.staging, err = os.MkdirTemp(filepath.Join(cfg.State, "staging"), "run-"); err != nil {
+		return nil, fmt.Errorf("%w: create staging directory: %w", ErrConfig, err)
+	}
+	defer func() {
+		if r.rejects != nil {
+			r.rejects.Close()
+		}
+		if rmErr := os.RemoveAll(r.staging); rmErr != nil && err == nil {
+			err = fmt.Errorf("remove staging %q: %w", r.staging, rmErr)
+		}
+	}()
+	for _, d := range []string{"publish", "private"} {
+		if err := os.Mkdir(filepath.Join(r.staging, d), 0o700); err != nil {
+			return nil, err
+		}
+	}
+	if r.rejects, err = newRejectWriter(filepath.Join(r.staging, "private", "rejects.csv")); err != nil {
+		return nil, err
+	}
+	steps := []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{"consent", r.readConsent},
+		{"users", r.readUsers},
+		{"normalize", r.normalize},
+		{"numbers", r.resolveNumbers},
+		{"identifiers", r.hashIdentifiers},
+		{"write", r.writeOutputs},
+	}
+	for _, s := range steps {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		start := time.Now()
+		if err := s.fn(ctx); err != nil {
+			return nil, err
+		}
+		r.stages = append(r.stages, StageTime{s.name, time.Since(start)})
+		cfg.Log.Debug("stage done", "stage", s.name, "seconds", time.Since(start).Seconds())
+		if err := crashPoint(s.name); err != nil {
+			return nil, err
+		}
+	}
+	return r.finish()
+}
+
+func (r *run) readConsent(ctx context.Context) error {
+	t, err := OpenTable(r.cfg.Consent, EventColumns)
+	if err != nil {
+		return fmt.Errorf("consent events: %w", err)
+	}
+	defer t.Close()
+	r.users = make(map[string]*userState)
+	c := &r.m.ConsentEvents
+	rules := r.cfg.Rules
+	for n := 0; ; n++ {
+		if n&0xffff == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		row, err := t.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("consent events: %w", err)
+		}
+		c.Rows++
+		if row.Reject != "" {
+			c.add(consent.ClassMalformed)
+			r.reject("consent_events", row.Line, row.Reject, row.Raw)
+			continue
+		}
+		f := row.Fields
+		e, err := consent.ParseEvent(f[0], f[1], f[2], f[3], f[4], f[5], f[6])
+		if err != nil {
+			var re *consent.RejectError
+			errors.As(err, &re)
+			c.add(consent.ClassMalformed)
+			r.reject("consent_events", row.Line, re.Reason, fieldsText(f))
+			continue
+		}
+		class := rules.Classify(&e)
+		if class != consent.ClassUsed {
+			c.add(class)
+			continue
+		}
+		u := r.users[e.UserID]
+		if u == nil {
+			u = &userState{}
+			r.users[e.UserID] = u
+		}
+		u.Add(&e)
+	}
+	r.m.addInput("consent_events", r.cfg.Consent, t.Digest(), c.Rows)
+	return nil
+}
+
+func (r *run) readUsers(ctx context.Context) error {
+	t, err := OpenTable(r.cfg.Users, UserColumns)
+	if err != nil {
+		return fmt.Errorf("users: %w", err)
+	}
+	defer t.Close()
+	u := &r.m.Users
+	for n := 0; ; n++ {
+		if n&0xffff == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		row, err := t.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("users: %w", err)
+		}
+		u.Rows++
+		if row.Reject != "" {
+			u.exclude(ReasonMalformedRow)
+			r.reject("users", row.Line, row.Reject, row.Raw)
+			continue
+		}
+		userID, phone, country := row.Fields[0], row.Fields[1], row.Fields[2]
+		if userID == "" {
+			u.exclude(ReasonMalformedRow)
+			r.reject("users", row.Line, consent.RejectEmptyUserID, fieldsText(row.Fields))
+			continue
+		}
+		st := r.users[userID]
+		status := consent.NoConsent
+		if st != nil {
+			st.seen = true
+			status = r.cfg.Rules.Decide(&st.Effective)
+		}
+		if status != consent.Valid && status != consent.Withdrawn {
+			u.exclude(status.String())
+			continue
+		}
+		r.holders = append(r.holders, holder{
+			userID: userID, eventID: st.EventID, phone: phone, country: country,
+			status: status, line: row.Line,
+		})
+	}
+	r.m.addInput("users", r.cfg.Users, t.Digest(), u.Rows)
+	// Events of users absent from the users table count as unknown_user.
+	c := &r.m.ConsentEvents
+	for _, st := range r.users {
+		if st.seen {
+			c.ByClass[consent.ClassUsed.String()] += int64(st.InScope)
+		} else {
+			c.ByClass[consent.ClassUnknownUser.String()] += int64(st.InScope)
+		}
+	}
+	r.users = nil // the decisions now live in the holders
+	return nil
+}
+
+// normalize computes the E.164 form of every holder's number, in parallel.
+func (r *run) normalize(ctx context.Context) error {
+	parallel(len(r.holders), r.cfg.Workers, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			h := &r.holders[i]
+			e, err := hashing.Normalize(h.phone, h.country)
+			h.e164, h.invalid = e, err != nil
+			h.phone, h.country = "", "" // not needed past this point
+		}
+	})
+	return ctx.Err()
+}
+
+// resolveNumbers applies MATCHING.md's shared-number rule.
+func (r *run) resolveNumbers(context.Context) error {
+	u := &r.m.Users
+	groups := make(map[string][]int32)
+	for i := range r.holders {
+		h := &r.holders[i]
+		if h.invalid {
+			if h.status == consent.Withdrawn {
+				u.exclude(consent.Withdrawn.String())
+			} else {
+				u.exclude(ReasonInvalidPhone)
+			}
+			continue
+		}
+		groups[h.e164] = append(groups[h.e164], int32(i))
+	}
+	r.export = make([]exportRow, 0, len(groups))
+	for e164, idx := range groups {
+		blocked := false
+		for _, i := range idx {
+			if r.holders[i].status == consent.Withdrawn {
+				blocked = true
+				break
+			}
+		}
+		var valid []int32
+		for _, i := range idx {
+			switch h := &r.holders[i]; {
+			case h.status == consent.Withdrawn:
+				u.exclude(consent.Withdrawn.String())
+			case blocked:
+				u.exclude(ReasonSharedNumberWithdrawn)
+			default:
+				valid = append(valid, i)
+			}
+		}
+		if len(valid) == 0 {
+			continue
+		}
+		slices.SortFunc(valid, func(a, b int32) int {
+			ha, hb := &r.holders[a], &r.holders[b]
+			return cmp.Or(cmp.Compare(ha.userID, hb.userID), cmp.Compare(ha.line, hb.line))
+		})
+		u.Exported++
+		for range valid[1:] {
+			u.exclude(ReasonDuplicateNumber)
+		}
+		r.export = append(r.export, exportRow{e164: e164, holders: valid})
+	}
+	return nil
+}
+
+func (r *run) hashIdentifiers(ctx context.Context) error {
+	var fail error
+	var once sync.Once
+	parallel(len(r.export), r.cfg.Workers, func(lo, hi int) {
+		h, err := hashing.NewHasher(r.cfg.Scheme, r.cfg.Key)
+		if err != nil {
+			once.Do(func() { fail = err })
+			return
+		}
+		for i := lo; i < hi; i++ {
+			r.export[i].id = h.ID(r.export[i].e164)
+		}
+	})
+	if fail != nil {
+		return fail
+	}
+	slices.SortFunc(r.export, func(a, b exportRow) int { return cmp.Compare(a.id, b.id) })
+	return ctx.Err()
+}
+
+// parallel calls fn on contiguous ranges of [0, n) from up to workers goroutines.
+func parallel(n, workers int, fn func(lo, hi int)) {
+	if n == 0 {
+		return
+	}
+	chunk := max(1, (n+workers-1)/workers)
+	var wg sync.WaitGroup
+	for lo := 0; lo < n; lo += chunk {
+		wg.Go(func() { fn(lo, min(n, lo+chunk)) })
+	}
+	wg.Wait()
+}
+
+func (r *run) reject(table string, line int64, reason, raw string) {
+	r.m.addReject(table, reason)
+	r.rejects.Write(table, line, reason, raw)
+}
+
+// fieldsText re-creates a row's text from its fields, for the reject file.
+func fieldsText(fields []string) string {
+	b, _ := json.Marshal(fields)
+	return string(b)
+}

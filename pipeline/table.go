@@ -1,0 +1,116 @@
+package pipeline
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Row is one data row of an input table.
+type Row struct {
+	// Line is the 1-based physical line of a CSV row (where a multi-line
+	// record starts) or the 1-based row number in a Parquet file.
+	Line int64
+	// Fields holds the requested columns, in the order they were asked for.
+	// The slice is reused by the next call to Next.
+	Fields []string
+	// Reject, when not empty, says why the row is malformed; Fields is then
+	// nil and Raw holds the row's text as read, for the reject file.
+	Reject string
+	Raw    string
+}
+
+// RowReader streams the rows of one table.
+type RowReader interface {
+	// Next returns the next row, or io.EOF after the last. The returned Row
+	// is owned by the reader and valid until the next call.
+	Next() (*Row, error)
+	// Digest is the hex SHA-256 of the whole input file; it is complete once
+	// Next has returned io.EOF.
+	Digest() string
+	Close() error
+}
+
+// Table columns of MATCHING.md section 1, in the order readers return them.
+var (
+	UserColumns  = []string{"user_id", "phone", "country"}
+	EventColumns = []string{"event_id", "user_id", "purpose", "action", "occurred_at", "policy_version", "source"}
+)
+
+// Format is an input file format.
+type Format string
+
+// Input formats.
+const (
+	FormatCSV     Format = "csv"
+	FormatParquet Format = "parquet"
+)
+
+// DetectFormat tells CSV from Parquet by content (Parquet files begin with
+// "PAR1"), falling back to the extension for empty files.
+func DetectFormat(path string) (Format, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("open %q: %w: %w", path, ErrNoInput, err)
+	}
+	defer f.Close()
+	head := make([]byte, 4)
+	n, _ := io.ReadFull(f, head)
+	if n == 4 && bytes.Equal(head, []byte("PAR1")) {
+		return FormatParquet, nil
+	}
+	if strings.EqualFold(filepath.Ext(path), ".parquet") {
+		return "", fmt.Errorf("%q has a .parquet name but is not a Parquet file: %w", path, ErrData)
+	}
+	return FormatCSV, nil
+}
+
+// OpenTable opens a CSV or Parquet table and checks that it has columns. A
+// missing column is an ErrConfig error that names it.
+func OpenTable(path string, columns []string) (RowReader, error) {
+	format, err := DetectFormat(path)
+	if err != nil {
+		return nil, err
+	}
+	if format == FormatParquet {
+		return openParquetTable(path, columns)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open %q: %w: %w", path, ErrNoInput, err)
+	}
+	r, err := newCSVTable(f, columns)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%q: %w", path, err)
+	}
+	return r, nil
+}
+
+// columnIndex maps each wanted column to its position in header.
+func columnIndex(header, columns []string) ([]int, error) {
+	pos := make(map[string]int, len(header))
+	for i, h := range header {
+		if _, dup := pos[h]; dup {
+			return nil, fmt.Errorf("%w: column %q appears twice in the header", ErrConfig, h)
+		}
+		pos[h] = i
+	}
+	idx := make([]int, len(columns))
+	var missing []string
+	for i, c := range columns {
+		p, ok := pos[c]
+		if !ok {
+			missing = append(missing, c)
+		}
+		idx[i] = p
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("%w: missing column(s) %s; the header has %s (MATCHING.md section 1 lists the columns)",
+			ErrConfig, strings.Join(missing, ", "), strings.Join(header, ","))
+	}
+	return idx, nil
+}
