@@ -65,7 +65,7 @@ func (r *run) writeOutputs(ctx context.Context) error {
 	for i := range r.export {
 		ids[i] = r.export[i].id
 	}
-	files, err := writeParts(pub, &r.cfg, r.m.RunID, ids)
+	files, err := writeParts(pub, &r.cfg, ids)
 	if err != nil {
 		return fmt.Errorf("write output: %w", err)
 	}
@@ -81,12 +81,14 @@ func (r *run) publishedPath() string {
 	return PublishedPath(r.cfg.Out, r.cfg.Destination, r.cfg.Rules.AsOf, r.m.RunID)
 }
 
-func writerOptions(cfg *Config, runID string) []parquet.WriterOption {
+// writerOptions are the Parquet settings of published files. The file's
+// bytes depend only on the identifiers and these settings (not on the run
+// id), so the same audience from two sources gives identical files.
+func writerOptions(cfg *Config) []parquet.WriterOption {
 	return []parquet.WriterOption{
 		parquet.Compression(&parquet.Zstd),
 		parquet.MaxRowsPerRowGroup(cfg.RowsPerGroup),
 		parquet.CreatedBy("audiencematch", cfg.ToolVersion, ""),
-		parquet.KeyValueMetadata("audiencematch.run_id", runID),
 		parquet.KeyValueMetadata("audiencematch.scheme", string(cfg.Scheme)),
 		parquet.KeyValueMetadata("audiencematch.key_id", cfg.KeyID()),
 	}
@@ -94,7 +96,7 @@ func writerOptions(cfg *Config, runID string) []parquet.WriterOption {
 
 // writeParts writes sorted identifiers as part-NNNNN.parquet files in dir.
 // An empty export still gets one (empty) part, so that readers find the schema.
-func writeParts(dir string, cfg *Config, runID string, ids []string) ([]OutputFile, error) {
+func writeParts(dir string, cfg *Config, ids []string) ([]OutputFile, error) {
 	var files []OutputFile
 	for part := 0; part == 0 || int64(part)*cfg.RowsPerFile < int64(len(ids)); part++ {
 		lo := int64(part) * cfg.RowsPerFile
@@ -105,13 +107,13 @@ func writeParts(dir string, cfg *Config, runID string, ids []string) ([]OutputFi
 			return nil, err
 		}
 		if cfg.Scheme.Binary() {
-			err = writeRows(f, ids[lo:hi], writerOptions(cfg, runID), func(s string) BinaryIDRow {
+			err = writeRows(f, ids[lo:hi], writerOptions(cfg), func(s string) BinaryIDRow {
 				var row BinaryIDRow
 				copy(row.ID[:], s)
 				return row
 			})
 		} else {
-			err = writeRows(f, ids[lo:hi], writerOptions(cfg, runID), func(s string) TextIDRow { return TextIDRow{ID: s} })
+			err = writeRows(f, ids[lo:hi], writerOptions(cfg), func(s string) TextIDRow { return TextIDRow{ID: s} })
 		}
 		if cerr := f.Close(); err == nil {
 			err = cerr

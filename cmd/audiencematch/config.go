@@ -25,7 +25,9 @@ func applyConfigFile(cmd *cobra.Command, path string) error {
 	if err != nil {
 		return fmt.Errorf("%w: config file: %w", pipeline.ErrConfig, err)
 	}
-	var values map[string]any
+	// Nodes, not values: YAML would turn 2026-11-01T00:00:00Z into a time and
+	// 0700 into a number; flags want the text as written.
+	var values map[string]yaml.Node
 	if err := yaml.Unmarshal(b, &values); err != nil {
 		return fmt.Errorf("%w: config file %q: %w", pipeline.ErrConfig, path, err)
 	}
@@ -42,26 +44,30 @@ func applyConfigFile(cmd *cobra.Command, path string) error {
 		if f.Changed {
 			continue
 		}
-		if err := setFlag(f, values[k]); err != nil {
+		n := values[k]
+		if err := setFlag(f, &n); err != nil {
 			return fmt.Errorf("%w: config file %q: key %q: %w", pipeline.ErrConfig, path, k, err)
 		}
 	}
 	return nil
 }
 
-func setFlag(f *pflag.Flag, v any) error {
-	switch v := v.(type) {
-	case nil:
-		return nil
-	case []any:
-		parts := make([]string, len(v))
-		for i, p := range v {
-			parts[i] = fmt.Sprint(p)
+func setFlag(f *pflag.Flag, n *yaml.Node) error {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		if n.Tag == "!!null" {
+			return nil
+		}
+		return f.Value.Set(n.Value)
+	case yaml.SequenceNode:
+		parts := make([]string, len(n.Content))
+		for i, c := range n.Content {
+			if c.Kind != yaml.ScalarNode {
+				return fmt.Errorf("line %d: a list of plain values is expected", c.Line)
+			}
+			parts[i] = c.Value
 		}
 		return f.Value.Set(strings.Join(parts, ","))
-	case map[string]any:
-		return fmt.Errorf("a map is not a flag value")
-	default:
-		return f.Value.Set(fmt.Sprint(v))
 	}
+	return fmt.Errorf("line %d: a plain value is expected", n.Line)
 }

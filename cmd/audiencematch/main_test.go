@@ -1,0 +1,353 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/parquet-go/parquet-go"
+
+	"audiencematch/fixtures"
+	"audiencematch/pipeline"
+)
+
+// execute runs the CLI in-process and returns stdout, stderr and the exit code.
+func execute(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	root := newRootCommand(&out, &errb)
+	root.SetArgs(args)
+	err := root.ExecuteContext(context.Background())
+	if err != nil {
+		errb.WriteString("audiencematch: " + err.Error() + "\n")
+	}
+	return out.String(), errb.String(), exitCode(err)
+}
+
+func writeFile(t *testing.T, path, content string, mode os.FileMode) string {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// vectorKey is MATCHING.md's known-answer key, 0x00..0x1f.
+var vectorKey = hex.EncodeToString([]byte("\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f"))
+
+const vectorUsers = `user_id,phone,country
+u1,(650)555-1212,US
+u2,1 (234) 567-8901,US
+u3,06 1234 5678,IT
+u4,+16502531234,
+`
+
+const vectorEvents = `event_id,user_id,purpose,action,occurred_at,policy_version,source
+e1,u1,ads_matching,grant,2026-10-01T00:00:00Z,3,app_settings
+e2,u2,ads_matching,grant,2026-10-01T00:00:00Z,3,app_settings
+e3,u3,ads_matching,grant,2026-10-01T00:00:00Z,3,app_settings
+e4,u4,ads_matching,grant,2026-10-01T00:00:00Z,3,app_settings
+`
+
+type env struct {
+	dir, users, events, key, out, state string
+}
+
+func newEnv(t *testing.T, users, events string) env {
+	t.Helper()
+	d := t.TempDir()
+	return env{
+		dir:    d,
+		users:  writeFile(t, filepath.Join(d, "in", "users.csv"), users, 0o644),
+		events: writeFile(t, filepath.Join(d, "in", "consent_events.csv"), events, 0o644),
+		key:    writeFile(t, filepath.Join(d, "in", "master.key"), vectorKey+"\n", 0o600),
+		out:    filepath.Join(d, "out"),
+		state:  filepath.Join(d, "state"),
+	}
+}
+
+func (e env) args(extra ...string) []string {
+	return append([]string{"run", "--users", e.users, "--consent", e.events, "--key", e.key,
+		"--destination", "meta-ads", "--out", e.out, "--state", e.state,
+		"--as-of", "2026-11-01T00:00:00Z", "--log-format", "json"}, extra...)
+}
+
+// published lists what is visible under OUT.
+func (e env) published(t *testing.T) []string {
+	t.Helper()
+	var files []string
+	filepath.WalkDir(e.out, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			files = append(files, p)
+		}
+		return nil
+	})
+	return files
+}
+
+func TestRunVectorsEveryScheme(t *testing.T) {
+	// MATCHING.md's vectors, end to end: each scheme's id for the number of
+	// its vector must be among the published identifiers.
+	want := map[string]string{
+		"sha256-digits": "e323ec626319ca94ee8bff2e4c87cf613be6ea19919ed1364124e16807ab3176",
+		"uid2":          "EObwtHBUqDNZR33LNSMdtt5cafsYFuGmuY4ZLenlue4=",
+		"sha256-e164":   "37b702607839d6dc5fc81d95b52e550e336413bf7ae2e04cafeca79f066ea44b",
+		"hmac-sha256":   "db79e068b5e2c928a322ce878e419ac120baabb152a69a17ab3a29f04d340ec5",
+	}
+	for scheme, id := range want {
+		t.Run(scheme, func(t *testing.T) {
+			e := newEnv(t, vectorUsers, vectorEvents)
+			out, stderr, code := execute(t, e.args("--scheme", scheme, "--allow-unkeyed")...)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, stderr)
+			}
+			if !strings.Contains(out, "published 4 identifiers") {
+				t.Fatalf("stdout: %s", out)
+			}
+			found := false
+			for _, f := range e.published(t) {
+				if !strings.HasSuffix(f, "part-00000.parquet") {
+					continue
+				}
+				if scheme == "hmac-sha256" {
+					rows, err := parquet.ReadFile[pipeline.BinaryIDRow](f)
+					if err != nil {
+						t.Fatal(err)
+					}
+					for _, r := range rows {
+						found = found || hex.EncodeToString(r.ID[:]) == id
+					}
+				} else {
+					rows, err := parquet.ReadFile[pipeline.TextIDRow](f)
+					if err != nil {
+						t.Fatal(err)
+					}
+					for _, r := range rows {
+						found = found || r.ID == id
+					}
+				}
+			}
+			if !found {
+				t.Errorf("the published part does not hold the vector's id %s", id)
+			}
+			if scheme != "hmac-sha256" && !strings.Contains(stderr, "unkeyed scheme") {
+				t.Errorf("no warning for unkeyed scheme: %s", stderr)
+			}
+		})
+	}
+}
+
+func TestRunBadInput(t *testing.T) {
+	cases := []struct {
+		name   string
+		setup  func(t *testing.T, e *env) []string
+		code   int
+		reason string
+	}{
+		{"missing column", func(t *testing.T, e *env) []string {
+			writeFile(t, e.users, "user_id,msisdn,country\nu1,1,US\n", 0o644)
+			return e.args()
+		}, exitConfig, "missing column(s) phone"},
+		{"users file missing", func(t *testing.T, e *env) []string {
+			os.Remove(e.users)
+			return e.args()
+		}, exitNoInput, "no such file"},
+		{"consent file unreadable", func(t *testing.T, e *env) []string {
+			if os.Geteuid() == 0 {
+				// root reads anything; a directory is unreadable as a table.
+				os.Remove(e.events)
+				os.Mkdir(e.events, 0o755)
+			} else {
+				os.Chmod(e.events, 0)
+			}
+			return e.args()
+		}, exitNoInput, "consent"},
+		{"unknown scheme", func(t *testing.T, e *env) []string { return e.args("--scheme", "md5") }, exitUsage, "unknown scheme"},
+		{"unkeyed without opt-in", func(t *testing.T, e *env) []string { return e.args("--scheme", "sha256-e164") }, exitUsage, "--allow-unkeyed"},
+		{"key readable by group", func(t *testing.T, e *env) []string {
+			os.Chmod(e.key, 0o640)
+			return e.args()
+		}, exitConfig, "chmod 600"},
+		{"key too short", func(t *testing.T, e *env) []string {
+			writeFile(t, e.key, strings.Repeat("ab", 16), 0o600)
+			return e.args()
+		}, exitConfig, "shorter than 32 bytes"},
+		{"no key at all", func(t *testing.T, e *env) []string {
+			a := e.args()
+			for i := range a {
+				if a[i] == "--key" {
+					return append(a[:i], a[i+2:]...)
+				}
+			}
+			return a
+		}, exitConfig, "AUDIENCEMATCH_MASTER_KEY"},
+		{"bad as-of", func(t *testing.T, e *env) []string { return e.args("--as-of", "yesterday") }, exitUsage, "RFC 3339"},
+		{"bad max age", func(t *testing.T, e *env) []string { return e.args("--max-consent-age", "a year") }, exitUsage, "395d"},
+		{"bad destination", func(t *testing.T, e *env) []string { return e.args("--destination", "../etc") }, exitUsage, "destination"},
+		{"unknown flag", func(t *testing.T, e *env) []string { return e.args("--colour") }, exitUsage, "unknown flag"},
+		{"reject rate exceeded", func(t *testing.T, e *env) []string {
+			writeFile(t, e.events, vectorEvents+"e5,u1,ads_matching,revoke,2026-10-01T00:00:00Z,3,x\n", 0o644)
+			return e.args()
+		}, exitData, "max-reject-rate"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Setenv("AUDIENCEMATCH_MASTER_KEY", "")
+			os.Unsetenv("AUDIENCEMATCH_MASTER_KEY")
+			e := newEnv(t, vectorUsers, vectorEvents)
+			_, stderr, code := execute(t, c.setup(t, &e)...)
+			if code != c.code || !strings.Contains(stderr, c.reason) {
+				t.Errorf("exit %d, stderr %q; want exit %d mentioning %q", code, stderr, c.code, c.reason)
+			}
+			if p := e.published(t); len(p) != 0 {
+				t.Errorf("published %v after a failure", p)
+			}
+			if ents, _ := os.ReadDir(filepath.Join(e.state, "staging")); len(ents) != 0 {
+				t.Errorf("staging left behind: %v", ents)
+			}
+		})
+	}
+}
+
+func TestRejectsKeptWithLineNumbers(t *testing.T) {
+	users := vectorUsers + "u5,\"+1 650 555 1213,US\n,+16505551214,US\n"
+	events := vectorEvents + "e6,u1,ads_matching,revoke,2026-10-01T00:00:00Z,3,x\n" +
+		"e7,u1,ads_matching,grant,2026-10-01 00:00:00,3,x\n" +
+		"e8,u1,ads_matching,grant,2026-10-01T00:00:00Z,three,x\n"
+	e := newEnv(t, users, events)
+	out, stderr, code := execute(t, e.args("--max-reject-rate", "0.5")...)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(out, "malformed_row 2") || !strings.Contains(out, "malformed 3") {
+		t.Errorf("summary does not count the rejects: %s", out)
+	}
+	m := regexp.MustCompile(`rejects: (\S+)`).FindStringSubmatch(out)
+	rej, err := os.ReadFile(m[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"users,6,broken_csv_quoting", "users,7,empty_user_id", "consent_events,6,unknown_action",
+		"consent_events,7,bad_timestamp", "consent_events,8,non_integer_policy_version"} {
+		if !strings.Contains(string(rej), want) {
+			t.Errorf("rejects file lacks %q:\n%s", want, rej)
+		}
+	}
+	if st, _ := os.Stat(m[1]); st.Mode().Perm() != 0o600 {
+		t.Errorf("rejects file mode %v, want 0600", st.Mode().Perm())
+	}
+}
+
+func TestRerunIsNoop(t *testing.T) {
+	e := newEnv(t, vectorUsers, vectorEvents)
+	if _, stderr, code := execute(t, e.args()...); code != 0 {
+		t.Fatal(stderr)
+	}
+	before := e.published(t)
+	out, stderr, code := execute(t, e.args()...)
+	if code != 0 || !strings.Contains(out, "already published") {
+		t.Fatalf("rerun: exit %d, %q %q", code, out, stderr)
+	}
+	if after := e.published(t); strings.Join(after, ",") != strings.Join(before, ",") {
+		t.Errorf("rerun changed OUT: %v -> %v", before, after)
+	}
+}
+
+func TestConfigFile(t *testing.T) {
+	e := newEnv(t, vectorUsers, vectorEvents)
+	cfg := writeFile(t, filepath.Join(e.dir, "am.yaml"), strings.Join([]string{
+		"users: " + e.users, "consent: " + e.events, "key: " + e.key, "destination: meta-ads",
+		"out: " + e.out, "state: " + e.state, "as-of: 2026-11-01T00:00:00Z", "min-policy-version: 9",
+	}, "\n"), 0o600)
+	// The file's min-policy-version 9 excludes everyone; the flag wins.
+	out, stderr, code := execute(t, "run", "--config", cfg, "--min-policy-version", "3")
+	if code != 0 || !strings.Contains(out, "published 4 identifiers") {
+		t.Fatalf("exit %d: %s %s", code, out, stderr)
+	}
+	bad := writeFile(t, filepath.Join(e.dir, "bad.yaml"), "usres: x\n", 0o600)
+	if _, stderr, code := execute(t, "run", "--config", bad); code != exitConfig || !strings.Contains(stderr, `unknown key "usres"`) {
+		t.Errorf("typo in config: exit %d %s", code, stderr)
+	}
+}
+
+func TestHelpExplains(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"run", "--help"}, {"fixtures", "--help"}} {
+		out, _, code := execute(t, args...)
+		if code != 0 || !strings.Contains(out, "Exit codes") && args[0] != "fixtures" || !strings.Contains(out, "Usage:") {
+			t.Errorf("%v: exit %d\n%s", args, code, out)
+		}
+	}
+}
+
+// TestNoPersonalDataInLogs runs on fixtures at debug level and checks that
+// no phone number or user id from the inputs reaches stdout or stderr.
+func TestNoPersonalDataInLogs(t *testing.T) {
+	d := t.TempDir()
+	if _, stderr, code := execute(t, "fixtures", "--users", "2000", "--out", filepath.Join(d, "in")); code != 0 {
+		t.Fatal(stderr)
+	}
+	out, stderr, code := execute(t, "run", "--users", filepath.Join(d, "in", "users.csv"),
+		"--consent", filepath.Join(d, "in", "consent_events.csv"), "--key", filepath.Join(d, "in", "master.key"),
+		"--destination", "meta-ads", "--out", filepath.Join(d, "out"), "--state", filepath.Join(d, "state"),
+		"--as-of", "2026-11-01T00:00:00Z", "--log-level", "debug")
+	if code != 0 {
+		t.Fatal(stderr)
+	}
+	logs := out + stderr
+	var leaked int
+	fixtures.Generate(fixtures.Options{Users: 2000, Seed: 1}, func(u fixtures.User) {
+		if len(u.UserID) > 5 && strings.Contains(logs, u.UserID) || len(u.Phone) > 6 && strings.Contains(logs, u.Phone) {
+			leaked++
+		}
+	}, func(fixtures.Event) {})
+	if leaked > 0 {
+		t.Errorf("%d users' ids or phones appear in the output", leaked)
+	}
+	key, _ := os.ReadFile(filepath.Join(d, "in", "master.key"))
+	if strings.Contains(logs, strings.TrimSpace(string(key))) {
+		t.Error("the master key appears in the output")
+	}
+}
+
+// TestLogCallsTakeNoPersonalFields greps the code: no logging call may take
+// a phone, E.164 string, user id or key as an attribute.
+func TestLogCallsTakeNoPersonalFields(t *testing.T) {
+	call := regexp.MustCompile(`\b(log|logger|Log|slog)\.(Debug|Info|Warn|Error)\(.*`)
+	bad := regexp.MustCompile(`(?i)"(phone|e164|user_?id|master|secret)"|\.(Phone|UserID|userID|e164|phone)\b|\bKey\b[^_]`)
+	for _, dir := range []string{".", "../../pipeline", "../../consent", "../../hashing", "../../fixtures"} {
+		files, _ := filepath.Glob(filepath.Join(dir, "*.go"))
+		for _, f := range files {
+			if strings.HasSuffix(f, "_test.go") {
+				continue
+			}
+			b, _ := os.ReadFile(f)
+			for i, line := range strings.Split(string(b), "\n") {
+				if m := call.FindString(line); m != "" && bad.MatchString(m) {
+					t.Errorf("%s:%d logs personal data or a key: %s", f, i+1, strings.TrimSpace(line))
+				}
+			}
+		}
+	}
+}
+
+func TestExitCodeMapping(t *testing.T) {
+	for err, want := range map[error]int{
+		nil: 0, pipeline.ErrUsage: 64, pipeline.ErrData: 65, pipeline.ErrNoInput: 66,
+		pipeline.ErrUnavailable: 69, pipeline.ErrTempFail: 75, pipeline.ErrConfig: 78, context.Canceled: 75,
+	} {
+		if got := exitCode(err); got != want {
+			t.Errorf("exitCode(%v) = %d, want %d", err, got, want)
+		}
+	}
+}

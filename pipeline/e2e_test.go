@@ -1,0 +1,396 @@
+package pipeline_test
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/apache/arrow-go/v18/parquet"
+	"github.com/apache/arrow-go/v18/parquet/compress"
+	"github.com/apache/arrow-go/v18/parquet/file"
+	"github.com/apache/arrow-go/v18/parquet/pqarrow"
+	"github.com/nyaruka/phonenumbers"
+
+	"audiencematch/consent"
+	"audiencematch/fixtures"
+	"audiencematch/hashing"
+	"audiencematch/pipeline"
+)
+
+// oracle recomputes a run from the generator's rows, straight from the text
+// of MATCHING.md, sharing no code with packages consent, hashing or pipeline.
+type oracle struct {
+	ids      map[string][]string // expected identifier -> user ids of its valid holders
+	excluded map[string]int64
+	events   map[string]int64
+	users    int64
+}
+
+type oracleParams struct {
+	asOf      time.Time
+	purpose   string
+	minPolicy int64
+	maxAge    time.Duration
+	master    []byte
+	dest      string
+	scheme    string
+}
+
+func (p oracleParams) id(e164 string) string {
+	switch p.scheme {
+	case "sha256-digits":
+		s := sha256.Sum256([]byte(e164[1:]))
+		return hex.EncodeToString(s[:])
+	case "sha256-e164":
+		s := sha256.Sum256([]byte(e164))
+		return hex.EncodeToString(s[:])
+	case "uid2":
+		s := sha256.Sum256([]byte(e164))
+		return base64.StdEncoding.EncodeToString(s[:])
+	}
+	k, err := hkdf.Key(sha256.New, p.master, nil, "audiencematch/v1/"+p.dest, 32)
+	if err != nil {
+		panic(err)
+	}
+	m := hmac.New(sha256.New, k)
+	m.Write([]byte(e164))
+	return string(m.Sum(nil))
+}
+
+type oEvent struct {
+	id, action string
+	at         time.Time
+	policy     int64
+}
+
+func computeOracle(users []fixtures.User, events []fixtures.Event, p oracleParams) *oracle {
+	o := &oracle{ids: map[string][]string{}, excluded: map[string]int64{}, events: map[string]int64{}}
+	known := map[string]bool{}
+	for _, u := range users {
+		if !u.Broken && u.UserID != "" {
+			known[u.UserID] = true
+		}
+	}
+	byUser := map[string][]oEvent{}
+	for _, e := range events {
+		at, terr := time.Parse(time.RFC3339Nano, e.OccurredAt)
+		pol, perr := strconv.ParseInt(e.PolicyVersion, 10, 64)
+		switch {
+		case e.Broken || e.EventID == "" || e.UserID == "" || (e.Action != "grant" && e.Action != "withdraw") || terr != nil || perr != nil:
+			o.events["malformed"]++
+		case e.Purpose != p.purpose:
+			o.events["other_purpose"]++
+		case at.After(p.asOf):
+			o.events["after_cutoff"]++
+		case !known[e.UserID]:
+			o.events["unknown_user"]++
+		default:
+			o.events["used"]++
+			byUser[e.UserID] = append(byUser[e.UserID], oEvent{e.EventID, e.Action, at, pol})
+		}
+	}
+	status := func(id string) string {
+		evs := byUser[id]
+		if len(evs) == 0 {
+			return "no_consent"
+		}
+		// Latest first; at a tie withdraw first, then lower policy, then smaller id.
+		slices.SortFunc(evs, func(a, b oEvent) int {
+			if c := b.at.Compare(a.at); c != 0 {
+				return c
+			}
+			if a.action != b.action {
+				if a.action == "withdraw" {
+					return -1
+				}
+				return 1
+			}
+			return cmp.Or(cmp.Compare(a.policy, b.policy), strings.Compare(a.id, b.id))
+		})
+		e := evs[0]
+		switch {
+		case e.action == "withdraw":
+			return "withdrawn"
+		case e.policy < p.minPolicy:
+			return "stale_policy"
+		case p.maxAge > 0 && p.asOf.Sub(e.at) > p.maxAge:
+			return "expired"
+		}
+		return "valid"
+	}
+	blocked := map[string]bool{}
+	holders := map[string][]string{}
+	for _, u := range users {
+		o.users++
+		if u.Broken || u.UserID == "" {
+			o.excluded["malformed_row"]++
+			continue
+		}
+		s := status(u.UserID)
+		if s != "valid" && s != "withdrawn" {
+			o.excluded[s]++
+			continue
+		}
+		e164 := ""
+		if len(u.Phone) <= 250 {
+			if n, err := phonenumbers.Parse(u.Phone, strings.ToUpper(u.Country)); err == nil && phonenumbers.IsValidNumber(n) {
+				e164 = phonenumbers.Format(n, phonenumbers.E164)
+			}
+		}
+		switch {
+		case s == "withdrawn":
+			o.excluded["withdrawn"]++
+			if e164 != "" {
+				blocked[e164] = true
+			}
+		case e164 == "":
+			o.excluded["invalid_phone"]++
+		default:
+			holders[e164] = append(holders[e164], u.UserID)
+		}
+	}
+	for e164, hs := range holders {
+		if blocked[e164] {
+			o.excluded["shared_number_withdrawn"] += int64(len(hs))
+			continue
+		}
+		o.excluded["duplicate_number"] += int64(len(hs) - 1)
+		slices.Sort(hs)
+		o.ids[p.id(e164)] = hs
+	}
+	return o
+}
+
+func generate(n int, seed uint64) ([]fixtures.User, []fixtures.Event) {
+	var us []fixtures.User
+	var es []fixtures.Event
+	fixtures.Generate(fixtures.Options{Users: n, Seed: seed}, func(u fixtures.User) { us = append(us, u) }, func(e fixtures.Event) { es = append(es, e) })
+	return us, es
+}
+
+func fixtureConfig(t *testing.T, dir string, scheme hashing.Scheme, master hashing.MasterKey, format string) pipeline.Config {
+	t.Helper()
+	st, err := fixtures.WriteFiles(filepath.Join(dir, "in"), fixtures.Options{Users: 20000, Seed: 42, Format: format})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := hashing.DeriveDestKey(master, "meta-ads")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pipeline.Config{
+		Users: st.UsersPath, Consent: st.EventsPath, Destination: "meta-ads", Scheme: scheme, Key: k,
+		Out: filepath.Join(dir, "out"), State: filepath.Join(dir, "state"),
+		Rules: consent.Rules{AsOf: fixtures.DefaultAsOf, Purpose: fixtures.DefaultPurpose,
+			MinPolicyVersion: fixtures.DefaultMinPolicyVersion, MaxAge: 395 * 24 * time.Hour},
+		MaxRejectRate: 0.01, RowsPerFile: 4000, RowsPerGroup: 1000, ToolVersion: "test",
+	}
+}
+
+// readIDs reads a published part with arrow-go's Parquet reader, an
+// independent implementation, checking the column's physical type.
+func readIDs(t *testing.T, path string, scheme hashing.Scheme) []string {
+	t.Helper()
+	pf, err := file.OpenParquetFile(path, false)
+	if err != nil {
+		t.Fatalf("arrow cannot open %s: %v", path, err)
+	}
+	defer pf.Close()
+	sc := pf.MetaData().Schema
+	if sc.NumColumns() != 1 || sc.Column(0).Name() != "id" {
+		t.Fatalf("%s: columns = %v, want only id", path, sc)
+	}
+	col := sc.Column(0)
+	if scheme.Binary() {
+		if col.PhysicalType() != parquet.Types.FixedLenByteArray || col.TypeLength() != 32 {
+			t.Fatalf("id is %v(%d), want FIXED_LEN_BYTE_ARRAY(32)", col.PhysicalType(), col.TypeLength())
+		}
+	} else if col.PhysicalType() != parquet.Types.ByteArray || col.LogicalType().String() != "String" {
+		t.Fatalf("id is %v %v, want BYTE_ARRAY String", col.PhysicalType(), col.LogicalType())
+	}
+	for rg := 0; rg < pf.NumRowGroups(); rg++ {
+		cc, err := pf.MetaData().RowGroup(rg).ColumnChunk(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cc.Compression() != compress.Codecs.Zstd {
+			t.Errorf("row group %d compression = %v, want ZSTD", rg, cc.Compression())
+		}
+	}
+	fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{}, memory.DefaultAllocator)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl, err := fr.ReadTable(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tbl.Release()
+	var ids []string
+	for _, chunk := range tbl.Column(0).Data().Chunks() {
+		switch a := chunk.(type) {
+		case *array.FixedSizeBinary:
+			if a.DataType().(*arrow.FixedSizeBinaryType).ByteWidth != 32 {
+				t.Fatalf("arrow type %v", a.DataType())
+			}
+			for i := 0; i < a.Len(); i++ {
+				ids = append(ids, string(a.Value(i)))
+			}
+		case *array.String:
+			for i := 0; i < a.Len(); i++ {
+				ids = append(ids, a.Value(i))
+			}
+		default:
+			t.Fatalf("unexpected arrow type %T", chunk)
+		}
+	}
+	return ids
+}
+
+func readEvidence(t *testing.T, path string) map[string][]string {
+	t.Helper()
+	pf, err := file.OpenParquetFile(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pf.Close()
+	fr, _ := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{}, memory.DefaultAllocator)
+	tbl, err := fr.ReadTable(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tbl.Release()
+	out := map[string][]string{}
+	ids, users := tbl.Column(0).Data().Chunks(), tbl.Column(1).Data().Chunks()
+	for c := range ids {
+		a, b := ids[c].(*array.String), users[c].(*array.String)
+		for i := 0; i < a.Len(); i++ {
+			out[a.Value(i)] = append(out[a.Value(i)], b.Value(i))
+		}
+	}
+	return out
+}
+
+func checkAgainstOracle(t *testing.T, cfg pipeline.Config, master []byte) *pipeline.Result {
+	t.Helper()
+	res, err := pipeline.Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	us, es := generate(20000, 42)
+	if strings.HasSuffix(cfg.Users, ".parquet") {
+		us = slices.DeleteFunc(us, func(u fixtures.User) bool { return u.Broken })
+		es = slices.DeleteFunc(es, func(e fixtures.Event) bool { return e.Broken })
+	}
+	o := computeOracle(us, es, oracleParams{asOf: cfg.Rules.AsOf, purpose: cfg.Rules.Purpose, minPolicy: cfg.Rules.MinPolicyVersion,
+		maxAge: cfg.Rules.MaxAge, master: master, dest: cfg.Destination, scheme: string(cfg.Scheme)})
+
+	m := res.Manifest
+	var got []string
+	for _, f := range m.Files {
+		ids := readIDs(t, filepath.Join(res.PublishedDir, f.Path), cfg.Scheme)
+		if int64(len(ids)) != f.Rows {
+			t.Errorf("%s: %d rows, manifest says %d", f.Path, len(ids), f.Rows)
+		}
+		got = append(got, ids...)
+	}
+	want := make([]string, 0, len(o.ids))
+	for id := range o.ids {
+		want = append(want, id)
+	}
+	slices.Sort(want)
+	if !slices.IsSorted(got) {
+		t.Error("published identifiers are not sorted")
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("published %d identifiers, oracle expects %d (or they differ)", len(got), len(want))
+	}
+	if len(m.Files) < 2 && cfg.RowsPerFile < int64(len(got)) {
+		t.Errorf("%d files for %d rows at %d rows per file", len(m.Files), len(got), cfg.RowsPerFile)
+	}
+	if m.Users.Rows != o.users || m.TotalRows != int64(len(want)) || m.Users.Exported != int64(len(want)) {
+		t.Errorf("users %d exported %d, oracle %d and %d", m.Users.Rows, m.Users.Exported, o.users, len(want))
+	}
+	for _, r := range pipeline.UserReasons {
+		if m.Users.Excluded[r] != o.excluded[r] {
+			t.Errorf("excluded %s = %d, oracle %d", r, m.Users.Excluded[r], o.excluded[r])
+		}
+	}
+	for _, c := range consent.EventClassNames {
+		if m.ConsentEvents.ByClass[c] != o.events[c] {
+			t.Errorf("events %s = %d, oracle %d", c, m.ConsentEvents.ByClass[c], o.events[c])
+		}
+	}
+	// Every case is exercised, or the comparison proves little.
+	for _, r := range pipeline.UserReasons {
+		if strings.HasSuffix(cfg.Users, ".csv") && m.Users.Excluded[r] == 0 {
+			t.Errorf("fixtures produced no %s rows", r)
+		}
+	}
+	// The evidence names exactly the oracle's valid holders of each identifier.
+	ev := readEvidence(t, res.EvidencePath)
+	if len(ev) != len(o.ids) {
+		t.Fatalf("evidence has %d identifiers, want %d", len(ev), len(o.ids))
+	}
+	for id, hs := range o.ids {
+		key := id
+		if cfg.Scheme.Binary() {
+			key = hex.EncodeToString([]byte(id))
+		}
+		if !slices.Equal(ev[key], hs) {
+			t.Fatalf("evidence for one identifier lists %d holders, oracle %d", len(ev[key]), len(hs))
+		}
+	}
+	return res
+}
+
+func TestEndToEndAgainstOracle(t *testing.T) {
+	master := make([]byte, 32)
+	for i := range master {
+		master[i] = byte(100 + i)
+	}
+	mk, _ := hashing.NewMasterKey(master)
+	for _, scheme := range hashing.Schemes() {
+		t.Run(string(scheme), func(t *testing.T) {
+			cfg := fixtureConfig(t, t.TempDir(), scheme, mk, "csv")
+			res := checkAgainstOracle(t, cfg, master)
+			if scheme.Keyed() && res.Manifest.KeyID == "" || !scheme.Keyed() && res.Manifest.KeyID != "" {
+				t.Errorf("key_id %q for scheme %s", res.Manifest.KeyID, scheme)
+			}
+		})
+	}
+}
+
+// TestParquetInputSameOutput: the same rows as Parquet give the same files.
+func TestParquetInputSameOutput(t *testing.T) {
+	master := bytes.Repeat([]byte{7}, 32)
+	mk, _ := hashing.NewMasterKey(master)
+	dir := t.TempDir()
+	pq := checkAgainstOracle(t, fixtureConfig(t, filepath.Join(dir, "pq"), hashing.HMACSHA256, mk, "parquet"), master)
+	csv := checkAgainstOracle(t, fixtureConfig(t, filepath.Join(dir, "csv"), hashing.HMACSHA256, mk, "csv"), master)
+	if len(pq.Manifest.Files) != len(csv.Manifest.Files) {
+		t.Fatalf("%d files from Parquet, %d from CSV", len(pq.Manifest.Files), len(csv.Manifest.Files))
+	}
+	for i, f := range pq.Manifest.Files {
+		a, _ := os.ReadFile(filepath.Join(pq.PublishedDir, f.Path))
+		b, _ := os.ReadFile(filepath.Join(csv.PublishedDir, f.Path))
+		if !bytes.Equal(a, b) || f.SHA256 != csv.Manifest.Files[i].SHA256 {
+			t.Errorf("%s differs between Parquet and CSV inputs", f.Path)
+		}
+	}
+}

@@ -1,0 +1,170 @@
+package pipeline
+
+import (
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func readAll(t *testing.T, content string) (rows []Row, err error) {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "users.csv")
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := OpenTable(p, UserColumns)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	for {
+		row, err := r.Next()
+		if err == io.EOF {
+			return rows, nil
+		}
+		if err != nil {
+			return rows, err
+		}
+		c := *row
+		c.Fields = append([]string(nil), row.Fields...)
+		if row.Reject != "" {
+			c.Fields = nil
+		}
+		rows = append(rows, c)
+	}
+}
+
+func TestCSVRows(t *testing.T) {
+	in := "\xef\xbb\xbfcountry,extra,user_id,phone\r\n" + // BOM, CRLF, other column order, extra column
+		"US,x,u1,(650) 555-1212\r\n" +
+		"\r\n" + // blank line: no row
+		`GB,"a,b",u2,"+44 7400 ""123456"""` + "\n" +
+		`US,x,u3,"(650) 555-1212` + "\n" + // unterminated quote: only this line is lost
+		"US,x,u4,650 555 1212\n" +
+		`US,x,u5,65"0` + "\n" + // bare quote in an unquoted field
+		`US,x,"u6"z,650` + "\n" + // text after a closing quote
+		"US,x,u7\n" + // too few fields
+		"US,x,u8,650,extra\n" + // too many
+		`US,x,u9,",US` + "\n" + // would close line 5's quote under a multi-line reading
+		"US,,u10,\n" +
+		"US,x,u11,+16505551212" // no final newline
+	rows, err := readAll(t, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		line   int64
+		reject string
+		fields []string
+	}{
+		{2, "", []string{"u1", "(650) 555-1212", "US"}},
+		{4, "", []string{"u2", `+44 7400 "123456"`, "GB"}},
+		{5, RejectBrokenQuoting, nil},
+		{6, "", []string{"u4", "650 555 1212", "US"}},
+		{7, RejectBrokenQuoting, nil},
+		{8, RejectBrokenQuoting, nil},
+		{9, RejectFieldCount, nil},
+		{10, RejectFieldCount, nil},
+		{11, RejectBrokenQuoting, nil},
+		{12, "", []string{"u10", "", "US"}},
+		{13, "", []string{"u11", "+16505551212", "US"}},
+	}
+	if len(rows) != len(want) {
+		t.Fatalf("got %d rows, want %d: %+v", len(rows), len(want), rows)
+	}
+	for i, w := range want {
+		g := rows[i]
+		if g.Line != w.line || g.Reject != w.reject || strings.Join(g.Fields, "|") != strings.Join(w.fields, "|") {
+			t.Errorf("row %d: got line %d reject %q fields %q; want line %d reject %q fields %q", i, g.Line, g.Reject, g.Fields, w.line, w.reject, w.fields)
+		}
+		if g.Reject != "" && g.Raw == "" {
+			t.Errorf("row %d: rejected without its raw text", i)
+		}
+	}
+}
+
+func TestCSVLongLine(t *testing.T) {
+	in := "user_id,phone,country\nu1," + strings.Repeat("9", 200<<10) + ",US\nu2,+16505551212,\n"
+	rows, err := readAll(t, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 2 || rows[0].Reject != RejectRecordTooLong || rows[1].Fields[0] != "u2" || rows[1].Line != 3 {
+		t.Fatalf("rows = %+v", rows)
+	}
+}
+
+func TestTableConfigErrors(t *testing.T) {
+	cases := []struct {
+		name, content, want string
+	}{
+		{"missing column", "user_id,telephone,country\nu,1,US\n", "missing column(s) phone"},
+		{"duplicate column", "user_id,phone,phone,country\n", `column "phone" appears twice`},
+		{"empty file", "", "the file is empty"},
+		{"broken header", "user_id,\"phone,country\n", "header row (line 1) is not valid CSV"},
+	}
+	for _, c := range cases {
+		_, err := readAll(t, c.content)
+		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: err = %v, want ErrConfig mentioning %q", c.name, err, c.want)
+		}
+	}
+	if _, err := OpenTable(filepath.Join(t.TempDir(), "nope.csv"), UserColumns); !errors.Is(err, ErrNoInput) {
+		t.Errorf("missing file: err = %v, want ErrNoInput", err)
+	}
+	p := filepath.Join(t.TempDir(), "fake.parquet")
+	os.WriteFile(p, []byte("user_id,phone,country\n"), 0o644)
+	if _, err := OpenTable(p, UserColumns); !errors.Is(err, ErrData) {
+		t.Errorf("CSV named .parquet: err = %v, want ErrData", err)
+	}
+}
+
+// FuzzCSV: no panic, every non-blank line is exactly one row or one reject,
+// in order, and a field-count-correct plain line comes back unchanged.
+func FuzzCSV(f *testing.F) {
+	f.Add("u1,+16505551212,US\nu2,\"(650) 555-1212\",US\n")
+	f.Add("u\",1,2\n\"a\"\"b\",c,d\r\n\n,,\n")
+	f.Add("\"open,quote\nnext,line,x\n")
+	f.Fuzz(func(t *testing.T, body string) {
+		p := filepath.Join(t.TempDir(), "u.csv")
+		os.WriteFile(p, []byte("user_id,phone,country\n"+body), 0o644)
+		r, err := OpenTable(p, UserColumns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		lines := strings.Split(body, "\n")
+		var want []int64
+		for i, l := range lines {
+			if strings.TrimSuffix(l, "\r") != "" {
+				want = append(want, int64(i+2))
+			}
+		}
+		var got []int64
+		for {
+			row, err := r.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, row.Line)
+			l := strings.TrimSuffix(lines[row.Line-2], "\r")
+			if row.Reject == "" && !strings.Contains(l, `"`) && strings.Join(row.Fields, ",") != l {
+				t.Fatalf("line %q read as %q", l, row.Fields)
+			}
+		}
+		if len(got) != len(want) {
+			t.Fatalf("got rows at lines %v, want %v", got, want)
+		}
+		for i := range got {
+			if got[i] != want[i] {
+				t.Fatalf("got rows at lines %v, want %v", got, want)
+			}
+		}
+	})
+}
