@@ -1,6 +1,7 @@
 package hashing
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -89,22 +90,7 @@ func LoadMasterKey(path string) (MasterKey, error) {
 		}
 		return k, nil
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		return MasterKey{}, fmt.Errorf("load key %q: %w", path, err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return MasterKey{}, fmt.Errorf("load key %q: %w", path, err)
-	}
-	if perm := st.Mode().Perm(); perm&0o077 != 0 {
-		return MasterKey{}, fmt.Errorf("load key %q: %w (mode %04o); fix with: chmod 600 %s", path, ErrKeyPermissions, perm, path)
-	}
-	if !st.Mode().IsRegular() {
-		return MasterKey{}, fmt.Errorf("load key %q: not a regular file", path)
-	}
-	text, err := io.ReadAll(io.LimitReader(f, 64<<10))
+	text, err := ReadSecretFile(path)
 	if err != nil {
 		return MasterKey{}, fmt.Errorf("load key %q: %w", path, err)
 	}
@@ -115,25 +101,54 @@ func LoadMasterKey(path string) (MasterKey, error) {
 	return k, nil
 }
 
-// WriteMasterKey writes key as hex text to a new file of mode 0600. It
-// refuses to overwrite an existing file.
-func WriteMasterKey(path string, key MasterKey) error {
+// ReadSecretFile reads a small secret file, refusing, as ssh does, one that
+// group or others may read or write, or that is not a regular file.
+func ReadSecretFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("not a regular file")
+	}
+	if perm := st.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("%w (mode %04o); fix with: chmod 600 %s", ErrKeyPermissions, perm, path)
+	}
+	return io.ReadAll(io.LimitReader(f, 64<<10))
+}
+
+// WriteSecretFile writes a new owner-only file; it never overwrites one.
+func WriteSecretFile(path string, data []byte) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("write key %q: file exists; refusing to overwrite a key", path)
+			return fmt.Errorf("write %q: file exists; refusing to overwrite a key", path)
 		}
-		return fmt.Errorf("write key %q: %w", path, err)
+		return err
 	}
-	if _, err := fmt.Fprintf(f, "%x\n", key.b); err != nil {
+	if _, err := f.Write(data); err != nil {
 		f.Close()
-		return fmt.Errorf("write key %q: %w", path, err)
+		return err
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
-		return fmt.Errorf("write key %q: %w", path, err)
+		return err
 	}
 	return f.Close()
+}
+
+// WriteMasterKey writes key as hex text to a new file of mode 0600. It
+// refuses to overwrite an existing file.
+func WriteMasterKey(path string, key MasterKey) error {
+	if err := WriteSecretFile(path, []byte(hex.EncodeToString(key.b)+"\n")); err != nil {
+		return fmt.Errorf("write key %q: %w", path, err)
+	}
+	return nil
 }
 
 // DeriveDestKey computes K_dest = HKDF-SHA256(master, salt="", info="audiencematch/v1/"+dest, 32).
@@ -154,4 +169,13 @@ func DeriveDestKey(master MasterKey, destination string) (DestKey, error) {
 func (k DestKey) KeyID() string {
 	sum := sha256.Sum256(k[:])
 	return hex.EncodeToString(sum[:8])
+}
+
+// GenerateMasterKey returns a fresh random 32-byte master key.
+func GenerateMasterKey() (MasterKey, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return MasterKey{}, err
+	}
+	return MasterKey{b: b}, nil
 }

@@ -8,7 +8,7 @@ import (
 // CrashEnv names a stage at which the process kills itself with SIGKILL, as
 // a machine failure would: a test hook for the crash-safety tests. Stages:
 // consent, users, normalize, numbers, identifiers, write, staged, evidence,
-// published.
+// published, committed.
 const CrashEnv = "AUDIENCEMATCH_TEST_CRASH_AT"
 
 func crashPoint(stage string) error {

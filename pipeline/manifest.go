@@ -45,6 +45,7 @@ type Manifest struct {
 	Users         UserCounts    `json:"users"`
 	ConsentEvents EventCounts   `json:"consent_events"`
 	Rejects       RejectSummary `json:"rejects"`
+	PreviousRunID string        `json:"previous_run_id,omitempty"`
 }
 
 // PolicyRules are the consent rules of the run.

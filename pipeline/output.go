@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/parquet-go/parquet-go"
+
+	"audiencematch/pipeline/fsutil"
 )
 
 // BinaryIDRow is a row of an hmac-sha256 export: FIXED_LEN_BYTE_ARRAY(32).
@@ -185,7 +187,7 @@ func (r *run) finish() (*Result, error) {
 	res.RejectsPath = filepath.Join(runDir, "rejects.csv")
 	if _, err := os.Stat(res.PublishedDir); err == nil {
 		res.AlreadyPublished = true
-		return res, nil
+		return res, r.commitRecord(runDir)
 	}
 	if err := r.rejects.Close(); err != nil {
 		return nil, fmt.Errorf("write rejects: %w", err)
@@ -199,7 +201,7 @@ func (r *run) finish() (*Result, error) {
 	}
 	body = append(body, '\n')
 	private := filepath.Join(r.staging, "private")
-	if err := writeFileDurable(filepath.Join(private, "manifest.json"), body, 0o600); err != nil {
+	if err := fsutil.WriteFileDurable(filepath.Join(private, "manifest.json"), body, 0o600); err != nil {
 		return nil, err
 	}
 	if ur, er := m.RejectRates(); ur > r.cfg.MaxRejectRate || er > r.cfg.MaxRejectRate {
@@ -210,7 +212,19 @@ func (r *run) finish() (*Result, error) {
 		return nil, fmt.Errorf("%w: malformed rows: %.2f%% of users, %.2f%% of consent events, over --max-reject-rate %.2f%%; nothing published; the rejected rows and their line numbers are in %s",
 			ErrData, 100*ur, 100*er, 100*r.cfg.MaxRejectRate, filepath.Join(failed, "rejects.csv"))
 	}
-	if err := writeFileDurable(filepath.Join(r.staging, "publish", "manifest.json"), body, 0o644); err != nil {
+	if err := fsutil.WriteFileDurable(filepath.Join(r.staging, "publish", "manifest.json"), body, 0o644); err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(body)
+	rec, err := r.buildRecord(hex.EncodeToString(sum[:]))
+	if err != nil {
+		return nil, fmt.Errorf("audit record: %w", err)
+	}
+	recBody, err := json.Marshal(rec)
+	if err != nil {
+		return nil, err
+	}
+	if err := fsutil.WriteFileDurable(filepath.Join(private, "record.json"), recBody, 0o600); err != nil {
 		return nil, err
 	}
 	if err := crashPoint("staged"); err != nil {
@@ -222,14 +236,20 @@ func (r *run) finish() (*Result, error) {
 	if err := crashPoint("evidence"); err != nil {
 		return nil, err
 	}
-	if err := publishDir(filepath.Join(r.staging, "publish"), res.PublishedDir); err != nil {
+	if err := fsutil.PublishDir(filepath.Join(r.staging, "publish"), res.PublishedDir); err != nil {
 		if errors.Is(err, fs.ErrExist) || errors.Is(err, syscall.ENOTEMPTY) {
 			res.AlreadyPublished = true
-			return res, nil
+			return res, r.commitRecord(runDir)
 		}
 		return nil, fmt.Errorf("publish %q: %w", res.PublishedDir, err)
 	}
-	return res, crashPoint("published")
+	if err := crashPoint("published"); err != nil {
+		return nil, err
+	}
+	if err := r.commitRecord(runDir); err != nil {
+		return nil, err
+	}
+	return res, crashPoint("committed")
 }
 
 // replaceDir moves src to dst, replacing what dst held: the private copy of
@@ -244,7 +264,7 @@ func replaceDir(src, dst string) error {
 	if err := os.Rename(src, dst); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(dst))
+	return fsutil.SyncDir(filepath.Dir(dst))
 }
 
 // rejectWriter records malformed rows, with their line numbers, as CSV:

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/mod/sumdb/note"
+
 	"audiencematch/consent"
 	"audiencematch/hashing"
 )
@@ -37,6 +39,10 @@ type Config struct {
 	Workers        int     // 0: GOMAXPROCS
 	ToolVersion    string
 	Log            *slog.Logger // nil: discard
+	// AuditSigner signs the audit log under <state>/audit. With nil, no
+	// audit record is written (library use and tests only: the CLI always
+	// sets it).
+	AuditSigner note.Signer
 }
 
 // Output sizing defaults: a row group of 1Mi 32-byte ids is 32 MiB, a size
@@ -150,15 +156,16 @@ type exportRow struct {
 }
 
 type run struct {
-	cfg     Config
-	staging string
-	rejects *rejectWriter
-	users   map[string]*userState
-	holders []holder
-	export  []exportRow
-	m       *Manifest
-	stages  []StageTime
-	t0      time.Time
+	cfg      Config
+	staging  string
+	rejects  *rejectWriter
+	users    map[string]*userState
+	holders  []holder
+	export   []exportRow
+	snapshot string // consent snapshot digest
+	m        *Manifest
+	stages   []StageTime
+	t0       time.Time
 }
 
 // Run performs one export and publishes it atomically. On any error nothing
@@ -171,6 +178,13 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 	if err := ensureStateDirs(cfg.State); err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err != nil && !errors.Is(err, context.Canceled) {
+			if aerr := AppendEvent(&r.cfg, "run_failed", err.Error()); aerr != nil {
+				err = fmt.Errorf("%w (and the failure could not be recorded in the audit log: %v)", err, aerr)
+			}
+		}
+	}()
 	if r.staging, err = os.MkdirTemp(filepath.Join(cfg.State, "staging"), "run-"); err != nil {
 		return nil, fmt.Errorf("%w: create staging directory: %w", ErrConfig, err)
 	}
@@ -276,6 +290,7 @@ func (r *run) readUsers(ctx context.Context) error {
 	}
 	defer t.Close()
 	u := &r.m.Users
+	var snap []snapshotRow
 	for n := 0; ; n++ {
 		if n&0xffff == 0 && ctx.Err() != nil {
 			return ctx.Err()
@@ -301,10 +316,13 @@ func (r *run) readUsers(ctx context.Context) error {
 		}
 		st := r.users[userID]
 		status := consent.NoConsent
+		eventID := ""
 		if st != nil {
 			st.seen = true
 			status = r.cfg.Rules.Decide(&st.Effective)
+			eventID = st.EventID
 		}
+		snap = append(snap, snapshotRow{userID: userID, eventID: eventID, status: status})
 		if status != consent.Valid && status != consent.Withdrawn {
 			u.exclude(status.String())
 			continue
@@ -315,6 +333,7 @@ func (r *run) readUsers(ctx context.Context) error {
 		})
 	}
 	r.m.addInput("users", r.cfg.Users, t.Digest(), u.Rows)
+	r.snapshot = consentSnapshot(snap)
 	// Events of users absent from the users table count as unknown_user.
 	c := &r.m.ConsentEvents
 	for _, st := range r.users {

@@ -7,11 +7,12 @@ users="${1:-100000}"
 demo=demo
 go build -o bin/audiencematch ./cmd/audiencematch
 rm -rf "$demo/out" "$demo/state"
+bin/audiencematch keys init --state "$demo/state" >/dev/null
 [ -f "$demo/in/users.csv" ] && [ "$(($(wc -l <"$demo/in/users.csv") - 1))" = "$users" ] ||
   { rm -rf "$demo/in"; bin/audiencematch fixtures --users "$users" --out "$demo/in"; }
 bin/audiencematch run \
   --users "$demo/in/users.csv" --consent "$demo/in/consent_events.csv" \
-  --key "$demo/in/master.key" --destination meta-ads \
+  --destination meta-ads \
   --out "$demo/out" --state "$demo/state" \
   --as-of 2026-11-01T00:00:00Z --purpose ads_matching \
   --min-policy-version 3 --max-consent-age 395d --log-format text

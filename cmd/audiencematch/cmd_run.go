@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"audiencematch/consent"
+	"audiencematch/consent/audit"
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
@@ -42,7 +44,7 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 	f.StringVar(&o.Users, "users", "", "users table, CSV or Parquet: user_id, phone, country (required)")
 	f.StringVar(&o.Consent, "consent", "", "consent_events table, CSV or Parquet (required)")
 	f.StringVar(&o.Destination, "destination", "", "destination id, e.g. meta-ads: names the output directory and the derived key (required)")
-	f.StringVar(&o.Key, "key", "", "master key file: hex, at least 32 bytes, mode 0600 (default: $"+hashing.KeyEnv+")")
+	f.StringVar(&o.Key, "key", "", "master key file: hex, at least 32 bytes, mode 0600 (default: $"+hashing.KeyEnv+", then STATE/keys/master.key)")
 	f.StringVar(&o.Out, "out", "", "publish directory: OUT/<destination>/dt=<date>/run=<id>/ (required)")
 	f.StringVar(&o.State, "state", "", "private state directory: staging, evidence, rejects (required; keep it owner-only)")
 	f.StringVar(&o.AsOf, "as-of", "", "consent cutoff, RFC 3339 (default: the start of the run)")
@@ -130,8 +132,13 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 		MaxRejectRate: o.MaxRejectRate, Workers: o.Workers, RowsPerFile: o.RowsPerFile,
 		ToolVersion: Version, Log: log,
 	}
+	signer, err := audit.LoadSigner(pipeline.KeysDir(o.State))
+	if err != nil {
+		return cfg, fmt.Errorf("%w: %w; create it with: audiencematch keys init --state %s", pipeline.ErrConfig, err, o.State)
+	}
+	cfg.AuditSigner = signer
 	if scheme.Keyed() {
-		master, err := hashing.LoadMasterKey(o.Key)
+		master, err := loadMasterKey(o.Key, o.State)
 		if err != nil {
 			return cfg, fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
 		}
@@ -198,4 +205,22 @@ func orNone(s string) string {
 		return "none"
 	}
 	return s
+}
+
+// loadMasterKey takes the key from --key, else the environment, else the
+// state directory's keys/master.key.
+func loadMasterKey(path, state string) (hashing.MasterKey, error) {
+	if path == "" {
+		if _, ok := os.LookupEnv(hashing.KeyEnv); !ok && state != "" {
+			if p := filepath.Join(pipeline.KeysDir(state), "master.key"); fileExists(p) {
+				path = p
+			}
+		}
+	}
+	return hashing.LoadMasterKey(path)
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

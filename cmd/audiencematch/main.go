@@ -104,7 +104,7 @@ Start with:
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return fmt.Errorf("%w: %w", pipeline.ErrUsage, err)
 	})
-	root.AddCommand(newRunCommand(g), newFixturesCommand(g))
+	root.AddCommand(newRunCommand(g), newFixturesCommand(g), newKeysCommand(), newAuditCommand())
 	return root
 }
 

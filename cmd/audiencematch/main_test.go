@@ -67,7 +67,7 @@ type env struct {
 func newEnv(t *testing.T, users, events string) env {
 	t.Helper()
 	d := t.TempDir()
-	return env{
+	e := env{
 		dir:    d,
 		users:  writeFile(t, filepath.Join(d, "in", "users.csv"), users, 0o644),
 		events: writeFile(t, filepath.Join(d, "in", "consent_events.csv"), events, 0o644),
@@ -75,6 +75,10 @@ func newEnv(t *testing.T, users, events string) env {
 		out:    filepath.Join(d, "out"),
 		state:  filepath.Join(d, "state"),
 	}
+	if _, stderr, code := execute(t, "keys", "init", "--state", e.state); code != 0 {
+		t.Fatalf("keys init: %s", stderr)
+	}
+	return e
 }
 
 func (e env) args(extra ...string) []string {
@@ -184,6 +188,7 @@ func TestRunBadInput(t *testing.T) {
 			return e.args()
 		}, exitConfig, "shorter than 32 bytes"},
 		{"no key at all", func(t *testing.T, e *env) []string {
+			os.Remove(filepath.Join(e.state, "keys", "master.key"))
 			a := e.args()
 			for i := range a {
 				if a[i] == "--key" {
@@ -295,6 +300,9 @@ func TestHelpExplains(t *testing.T) {
 func TestNoPersonalDataInLogs(t *testing.T) {
 	d := t.TempDir()
 	if _, stderr, code := execute(t, "fixtures", "--users", "2000", "--out", filepath.Join(d, "in")); code != 0 {
+		t.Fatal(stderr)
+	}
+	if _, stderr, code := execute(t, "keys", "init", "--state", filepath.Join(d, "state")); code != 0 {
 		t.Fatal(stderr)
 	}
 	out, stderr, code := execute(t, "run", "--users", filepath.Join(d, "in", "users.csv"),

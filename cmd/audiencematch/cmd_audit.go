@@ -1,0 +1,241 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/mod/sumdb/note"
+
+	"audiencematch/consent/audit"
+	"audiencematch/hashing"
+	"audiencematch/pipeline"
+	"audiencematch/pipeline/fsutil"
+)
+
+// AuditOptions are the flags shared by the audit subcommands.
+type AuditOptions struct {
+	State             string
+	Verifier          string
+	TrustedCheckpoint string
+	SaveCheckpoint    string
+	JSON              bool
+	Phone, Country    string
+	UserID            string
+	Key               string
+}
+
+// AddFlags registers the shared flags.
+func (o *AuditOptions) AddFlags(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&o.State, "state", "", "the job's state directory (required)")
+	cmd.Flags().StringVar(&o.Verifier, "verifier", "", "the log's verifier key, or a file holding it, as printed by keys init (default: STATE/keys/audit.pub, which only checks the state against itself)")
+}
+
+func (o *AuditOptions) verifier(cmd *cobra.Command) (note.Verifier, error) {
+	if o.State == "" {
+		return nil, fmt.Errorf("%w: --state is required", pipeline.ErrUsage)
+	}
+	v := o.Verifier
+	if v == "" {
+		v = filepath.Join(pipeline.KeysDir(o.State), audit.VerifierFile)
+		fmt.Fprintln(cmd.ErrOrStderr(), "note: using the verifier key stored in the state directory; pass --verifier with the key you were given to check it independently")
+	}
+	ver, err := audit.LoadVerifier(v)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
+	}
+	return ver, nil
+}
+
+func newAuditCommand() *cobra.Command {
+	a := &cobra.Command{
+		Use:   "audit",
+		Short: "Verify the tamper-evident audit log and answer auditors' questions",
+		Long: `The audit log (STATE/audit) records every run: committed, failed, or refused. Its
+Merkle tree follows RFC 6962 and its checkpoints are C2SP tlog-checkpoints signed
+with Ed25519. These commands need only the state directory, the published output
+and the verifier key; they trust nothing the operator says.`,
+	}
+	a.AddCommand(newAuditVerifyCommand(), newAuditRunsCommand(), newAuditSubjectCommand())
+	return a
+}
+
+func newAuditVerifyCommand() *cobra.Command {
+	o := &AuditOptions{}
+	cmd := &cobra.Command{
+		Use:   "verify --state DIR [--verifier KEY] [--trusted-checkpoint FILE] [--save-checkpoint FILE]",
+		Short: "Check the log, its signed checkpoint and every published output it points to",
+		Long: `Rebuild the log's Merkle tree from its records and check it against the signed
+checkpoint; check that the log extends the checkpoint you saved on your last visit
+(--trusted-checkpoint: catches rollback, forks and rewritten history); re-hash every
+published file and manifest of every committed run, re-read its identifiers (sorted,
+distinct, of the scheme's shape) and rebuild their tree, rebuild the private
+evidence tree, and check every count.
+
+Exit 0 only when all holds. Otherwise exit 65, naming the first broken thing.
+--save-checkpoint FILE keeps the verified checkpoint for your next visit.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v, err := o.verifier(cmd)
+			if err != nil {
+				return err
+			}
+			var trusted []byte
+			if o.TrustedCheckpoint != "" {
+				if trusted, err = os.ReadFile(o.TrustedCheckpoint); err != nil {
+					return fmt.Errorf("%w: trusted checkpoint: %w", pipeline.ErrNoInput, err)
+				}
+			}
+			rep, err := pipeline.VerifyAudit(o.State, v, trusted)
+			if err != nil {
+				return err
+			}
+			if o.SaveCheckpoint != "" {
+				if err := fsutil.WriteFileDurable(o.SaveCheckpoint, rep.Checkpoint, 0o644); err != nil {
+					return err
+				}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "ok: %d records, %d committed runs verified; signed root %s\n", rep.Records, rep.Committed, rep.Root)
+			return nil
+		},
+	}
+	o.AddFlags(cmd)
+	cmd.Flags().StringVar(&o.TrustedCheckpoint, "trusted-checkpoint", "", "a checkpoint saved on an earlier visit: the log must extend it")
+	cmd.Flags().StringVar(&o.SaveCheckpoint, "save-checkpoint", "", "write the verified checkpoint here, for the next visit")
+	return cmd
+}
+
+func newAuditRunsCommand() *cobra.Command {
+	o := &AuditOptions{}
+	cmd := &cobra.Command{
+		Use:   "runs --state DIR [--json]",
+		Short: "List every run in the log: time, destination, scheme, key_id, rows, exclusions, files",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v, err := o.verifier(cmd)
+			if err != nil {
+				return err
+			}
+			l, _, err := audit.VerifyLog(pipeline.AuditDir(o.State), v, nil)
+			if err != nil {
+				return fmt.Errorf("%w: %w", pipeline.ErrData, err)
+			}
+			if o.JSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(l.Records())
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "TIME\tTYPE\tDESTINATION\tSCHEME\tKEY_ID\tRUN\tEXPORTED\tEXCLUDED\tFILES")
+			for _, r := range l.Records() {
+				excl, exported, files := "", "", ""
+				if r.Counts != nil {
+					exported = fmt.Sprint(r.Counts.Exported)
+					excl = countsText(r.Counts.Excluded)
+					files = fmt.Sprint(len(r.Files))
+				}
+				if r.Reason != "" {
+					excl = r.Reason
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Time, r.Type, r.Destination, r.Scheme, r.KeyID, r.RunID, exported, excl, files)
+			}
+			return tw.Flush()
+		},
+	}
+	o.AddFlags(cmd)
+	cmd.Flags().BoolVar(&o.JSON, "json", false, "print the records as JSON")
+	return cmd
+}
+
+func countsText(m map[string]int64) string {
+	keys := make([]string, 0, len(m))
+	for k, v := range m {
+		if v > 0 {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s=%d", k, m[k])
+	}
+	return strings.Join(parts, " ")
+}
+
+func newAuditSubjectCommand() *cobra.Command {
+	o := &AuditOptions{}
+	cmd := &cobra.Command{
+		Use:   "subject --state DIR (--phone P [--country C] | --user-id U) [--json]",
+		Short: "For each run: was this person's identifier sent, under which consent, with proofs",
+		Long: `For every committed run, say whether this person's identifier was exported and prove
+it: the consent event that justified it and an inclusion proof of the identifier in
+the run's identifier tree and of the run's record in the log, up to the signed
+checkpoint; where it was not exported, a proof of absence from the run's sorted
+identifier tree (its two neighbours, each with an inclusion proof). Every proof is
+checked before it is printed. This answers "prove you stopped sending my number
+after I withdrew".
+
+--phone needs the master key for keyed runs (--key, $` + hashing.KeyEnv + `, or
+STATE/keys/master.key). --user-id looks the person up in the private evidence.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if (o.Phone == "") == (o.UserID == "") {
+				return fmt.Errorf("%w: give exactly one of --phone or --user-id", pipeline.ErrUsage)
+			}
+			v, err := o.verifier(cmd)
+			if err != nil {
+				return err
+			}
+			q := pipeline.SubjectQuery{Phone: o.Phone, Country: o.Country, UserID: o.UserID}
+			if o.Phone != "" {
+				if mk, err := loadMasterKey(o.Key, o.State); err == nil {
+					q.Master = &mk
+				}
+			}
+			rep, err := pipeline.Subject(o.State, v, q)
+			if err != nil {
+				return err
+			}
+			if o.JSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(rep)
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "log of %d records; every proof below ends at this signed checkpoint:\n%s\n", rep.LogSize, indent(rep.Checkpoint))
+			for _, r := range rep.Runs {
+				fmt.Fprintf(w, "run %s  %s  as_of %s  %s key_id %s: %s\n", r.RunID, r.Destination, r.AsOf, r.Scheme, orNone(r.KeyID), strings.ToUpper(r.Status))
+				switch {
+				case r.Status == "exported":
+					for _, e := range r.Evidence {
+						fmt.Fprintf(w, "    consent event %s (evidence row %d, proof of %d hashes)\n", e.EventID, e.Index, len(e.Proof))
+					}
+					fmt.Fprintf(w, "    identifier is leaf %d of the run's identifier tree (proof of %d hashes); record %d of the log (proof of %d hashes)\n",
+						r.Membership.Index, len(r.Membership.Proof), r.RecordIndex, len(r.RecordProof))
+				case r.Status == "not_exported":
+					fmt.Fprintf(w, "    absent: proved by its neighbours in the sorted identifier tree; record %d of the log\n", r.RecordIndex)
+				default:
+					fmt.Fprintf(w, "    %s\n", r.Note)
+				}
+			}
+			fmt.Fprintln(w, "(--json prints every proof in full)")
+			return nil
+		},
+	}
+	o.AddFlags(cmd)
+	cmd.Flags().StringVar(&o.Phone, "phone", "", "the number, typed any way")
+	cmd.Flags().StringVar(&o.Country, "country", "", "ISO 3166-1 region for a number without +country code")
+	cmd.Flags().StringVar(&o.UserID, "user-id", "", "the account id")
+	cmd.Flags().StringVar(&o.Key, "key", "", "master key file (default: $"+hashing.KeyEnv+", then STATE/keys/master.key)")
+	cmd.Flags().BoolVar(&o.JSON, "json", false, "print the report, with every proof, as JSON")
+	return cmd
+}
+
+func indent(s string) string {
+	return "    " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    ")
+}

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"audiencematch/consent/audit"
+	"audiencematch/hashing"
+	"audiencematch/pipeline"
+)
+
+// KeysOptions are the flags of `audiencematch keys init`.
+type KeysOptions struct {
+	State  string
+	Origin string
+}
+
+// AddFlags registers the options' flags.
+func (o *KeysOptions) AddFlags(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&o.State, "state", "", "state directory (required)")
+	cmd.Flags().StringVar(&o.Origin, "origin", audit.DefaultOrigin, "the audit log's name in its checkpoints (no spaces or '+')")
+}
+
+func newKeysCommand() *cobra.Command {
+	keys := &cobra.Command{Use: "keys", Short: "Create the master key and the audit log's signing key"}
+	o := &KeysOptions{}
+	initCmd := &cobra.Command{
+		Use:   "init --state DIR",
+		Short: "Create STATE/keys/master.key and the audit log's Ed25519 signing key (mode 0600)",
+		Long: `Create, under STATE/keys/ (mode 0700):
+
+  master.key   32 random bytes as hex, mode 0600: the master key of every destination
+               (run uses it when neither --key nor $` + hashing.KeyEnv + ` is given)
+  audit.key    the audit log's Ed25519 note signing key, mode 0600
+  audit.pub    its verifier key, printed on stdout
+
+Give the printed verifier key to the privacy auditors: they verify the log with it
+(audit verify --verifier KEY), so that a state directory cannot vouch for itself.
+Existing keys are never overwritten; running init again prints the verifier key.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runKeysInit(cmd, o) },
+	}
+	o.AddFlags(initCmd)
+	keys.AddCommand(initCmd)
+	return keys
+}
+
+func runKeysInit(cmd *cobra.Command, o *KeysOptions) error {
+	if o.State == "" {
+		return fmt.Errorf("%w: --state is required", pipeline.ErrUsage)
+	}
+	dir := pipeline.KeysDir(o.State)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
+	}
+	mk := filepath.Join(dir, "master.key")
+	if _, err := os.Stat(mk); errors.Is(err, fs.ErrNotExist) {
+		k, err := hashing.GenerateMasterKey()
+		if err != nil {
+			return err
+		}
+		if err := hashing.WriteMasterKey(mk, k); err != nil {
+			return fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "created master key %s\n", mk)
+	}
+	vkey, created, err := audit.InitKeys(dir, o.Origin)
+	if err != nil {
+		return fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
+	}
+	if created {
+		fmt.Fprintf(cmd.ErrOrStderr(), "created audit signing key %s; give this verifier key to the auditors:\n", filepath.Join(dir, audit.SignerFile))
+	}
+	fmt.Fprintln(cmd.OutOrStdout(), vkey)
+	return nil
+}

@@ -1,0 +1,181 @@
+package audit
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// RecordVersion is the first field of every record.
+const RecordVersion = "audiencematch.audit/v1"
+
+// Record types.
+const (
+	TypeRunCommitted       = "run_committed"
+	TypeRunFailed          = "run_failed"
+	TypeDestinationRefused = "destination_refused"
+)
+
+// Record is one event of the audit log. Field order is the canonical order.
+type Record struct {
+	Version         string   `json:"v"`
+	Type            string   `json:"type"`
+	Time            string   `json:"time"` // RFC 3339, UTC: when the record was appended
+	RunID           string   `json:"run_id,omitempty"`
+	ToolVersion     string   `json:"tool_version"`
+	ConfigDigest    string   `json:"config_digest,omitempty"`
+	Destination     string   `json:"destination"`
+	Scheme          string   `json:"scheme,omitempty"`
+	KeyID           string   `json:"key_id,omitempty"`
+	AsOf            string   `json:"as_of,omitempty"`
+	Purpose         string   `json:"purpose,omitempty"`
+	Policy          *Policy  `json:"policy,omitempty"`
+	Inputs          []Input  `json:"inputs,omitempty"`
+	ConsentSnapshot string   `json:"consent_snapshot_sha256,omitempty"`
+	Counts          *Counts  `json:"counts,omitempty"`
+	Published       string   `json:"published,omitempty"` // the published run directory
+	Manifest        *File    `json:"manifest,omitempty"`
+	Files           []File   `json:"files,omitempty"`
+	IDs             *Tree    `json:"ids,omitempty"`      // sorted exported identifiers
+	Evidence        *Tree    `json:"evidence,omitempty"` // private evidence rows
+	PreviousRunID   string   `json:"previous_run_id,omitempty"`
+	Reason          string   `json:"reason,omitempty"` // why a run failed or was refused
+	Extra           []string `json:"extra,omitempty"`  // reserved; must be empty in v1
+}
+
+// Policy are the consent rules of a run.
+type Policy struct {
+	MinPolicyVersion     int64   `json:"min_policy_version"`
+	MaxConsentAgeSeconds int64   `json:"max_consent_age_seconds"`
+	MaxRejectRate        float64 `json:"max_reject_rate"`
+}
+
+// Input is one input table.
+type Input struct {
+	Table  string `json:"table"`
+	SHA256 string `json:"sha256"`
+	Rows   int64  `json:"rows"`
+}
+
+// File is a published file.
+type File struct {
+	Path   string `json:"path"`
+	SHA256 string `json:"sha256"`
+	Rows   int64  `json:"rows"`
+}
+
+// Counts is the reconciliation of a run.
+type Counts struct {
+	UserRows  int64            `json:"user_rows"`
+	Exported  int64            `json:"exported"`
+	Excluded  map[string]int64 `json:"excluded"`
+	EventRows int64            `json:"event_rows"`
+	Events    map[string]int64 `json:"events"`
+}
+
+// Tree names a Merkle tree (RFC 6962) by its size and root.
+type Tree struct {
+	Size int64  `json:"size"`
+	Root string `json:"root"` // hex
+}
+
+// Marshal returns the canonical encoding of r, without a newline.
+func (r *Record) Marshal() ([]byte, error) {
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	return json.Marshal(r)
+}
+
+// ParseRecord parses one canonical record line (without its newline).
+func ParseRecord(line []byte) (*Record, error) {
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	var r Record
+	if err := dec.Decode(&r); err != nil {
+		return nil, fmt.Errorf("not a record: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("not a record: data after the JSON object")
+	}
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	again, err := json.Marshal(&r)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(again, line) {
+		return nil, errors.New("record is not in canonical form")
+	}
+	return &r, nil
+}
+
+func isHex(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	_, err := hex.DecodeString(s)
+	return err == nil && s == lowerHex(s)
+}
+
+func lowerHex(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'F' {
+			b[i] = c + 32
+		}
+	}
+	return string(b)
+}
+
+// Validate checks that a record has what its type requires.
+func (r *Record) Validate() error {
+	if r.Version != RecordVersion {
+		return fmt.Errorf("record version %q: this tool reads %q", r.Version, RecordVersion)
+	}
+	if _, err := time.Parse(time.RFC3339Nano, r.Time); err != nil {
+		return fmt.Errorf("record time %q: %w", r.Time, err)
+	}
+	if r.Destination == "" || r.ToolVersion == "" {
+		return errors.New("record lacks destination or tool_version")
+	}
+	if len(r.Extra) != 0 {
+		return errors.New("record has extra fields, unknown to v1")
+	}
+	switch r.Type {
+	case TypeRunCommitted:
+		switch {
+		case r.RunID == "" || r.Scheme == "" || r.AsOf == "" || r.Purpose == "" || r.Published == "":
+			return errors.New("run_committed record lacks run_id, scheme, as_of, purpose or published")
+		case r.Policy == nil || r.Counts == nil || r.Manifest == nil || r.IDs == nil || r.Evidence == nil:
+			return errors.New("run_committed record lacks policy, counts, manifest, ids or evidence")
+		case !isHex(r.ConfigDigest, 64) || !isHex(r.ConsentSnapshot, 64) || !isHex(r.Manifest.SHA256, 64):
+			return errors.New("run_committed record has a malformed digest")
+		case !isHex(r.IDs.Root, 64) || !isHex(r.Evidence.Root, 64) || r.IDs.Size < 0 || r.Evidence.Size < 0:
+			return errors.New("run_committed record has a malformed tree")
+		case r.KeyID != "" && !isHex(r.KeyID, 16):
+			return errors.New("run_committed record has a malformed key_id")
+		}
+		for _, f := range r.Files {
+			if !isHex(f.SHA256, 64) || f.Path == "" || f.Rows < 0 {
+				return fmt.Errorf("run_committed record has a malformed file entry %q", f.Path)
+			}
+		}
+		for _, in := range r.Inputs {
+			if !isHex(in.SHA256, 64) {
+				return fmt.Errorf("run_committed record has a malformed input digest for %q", in.Table)
+			}
+		}
+	case TypeRunFailed, TypeDestinationRefused:
+		if r.Reason == "" {
+			return fmt.Errorf("%s record lacks a reason", r.Type)
+		}
+	default:
+		return fmt.Errorf("unknown record type %q", r.Type)
+	}
+	return nil
+}

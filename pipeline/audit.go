@@ -1,0 +1,169 @@
+package pipeline
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"audiencematch/consent"
+	"audiencematch/consent/audit"
+)
+
+// AuditDir is the audit log's directory under the state directory.
+func AuditDir(state string) string { return filepath.Join(state, "audit") }
+
+// KeysDir is where `keys init` puts the master key and the log's keys.
+func KeysDir(state string) string { return filepath.Join(state, "keys") }
+
+// snapshotRow is one user row's consent decision, for the consent snapshot.
+type snapshotRow struct {
+	userID, eventID string
+	status          consent.Status
+}
+
+// consentSnapshot is the SHA-256 of the run's consent decisions: the lines
+// "user_id \t status \t effective_event_id \n" of every well-formed user
+// row, sorted bytewise. Anyone holding the inputs can recompute it.
+func consentSnapshot(rows []snapshotRow) string {
+	lines := make([]string, len(rows))
+	for i, r := range rows {
+		lines[i] = r.userID + "\t" + r.status.String() + "\t" + r.eventID + "\n"
+	}
+	slices.Sort(lines)
+	h := sha256.New()
+	for _, l := range lines {
+		h.Write([]byte(l))
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// idLeaf is an identifier as a leaf of the run's identifier tree: its raw
+// bytes for hmac-sha256, its text otherwise (the bytes in the Parquet file).
+func idLeaf(id string) []byte { return []byte(id) }
+
+// buildRecord prepares the run_committed record; it is kept privately with
+// the run and appended to the log once the run is published.
+func (r *run) buildRecord(manifestSum string) (*audit.Record, error) {
+	m := r.m
+	ids, evidence := &audit.MerkleTree{}, &audit.MerkleTree{}
+	for _, e := range r.export {
+		if err := ids.Append(idLeaf(e.id)); err != nil {
+			return nil, err
+		}
+		for j, hi := range e.holders {
+			h := &r.holders[hi]
+			if err := evidence.Append(audit.EvidenceLeaf(evidenceID(r.cfg.Scheme.Binary(), e.id), h.userID, h.eventID, j == 0)); err != nil {
+				return nil, err
+			}
+		}
+	}
+	idt, err := ids.Summary()
+	if err != nil {
+		return nil, err
+	}
+	evt, err := evidence.Summary()
+	if err != nil {
+		return nil, err
+	}
+	rec := &audit.Record{
+		Version: audit.RecordVersion, Time: time.Now().UTC().Format(time.RFC3339Nano), // Append re-stamps the time
+		Type: audit.TypeRunCommitted, RunID: m.RunID, ToolVersion: m.ToolVersion, ConfigDigest: m.ConfigDigest,
+		Destination: m.Destination, Scheme: m.Scheme, KeyID: m.KeyID, AsOf: m.AsOf, Purpose: m.Purpose,
+		Policy: &audit.Policy{MinPolicyVersion: m.Policy.MinPolicyVersion, MaxConsentAgeSeconds: m.Policy.MaxConsentAgeSeconds,
+			MaxRejectRate: m.Policy.MaxRejectRate},
+		ConsentSnapshot: r.snapshot,
+		Counts: &audit.Counts{UserRows: m.Users.Rows, Exported: m.Users.Exported, Excluded: m.Users.Excluded,
+			EventRows: m.ConsentEvents.Rows, Events: m.ConsentEvents.ByClass},
+		Published: r.publishedPath(),
+		Manifest:  &audit.File{Path: "manifest.json", SHA256: manifestSum},
+		IDs:       idt, Evidence: evt,
+		PreviousRunID: m.PreviousRunID,
+	}
+	if abs, err := filepath.Abs(rec.Published); err == nil {
+		rec.Published = abs
+	}
+	for _, in := range m.Inputs {
+		rec.Inputs = append(rec.Inputs, audit.Input{Table: in.Table, SHA256: in.SHA256, Rows: in.Rows})
+	}
+	for _, f := range m.Files {
+		rec.Files = append(rec.Files, audit.File{Path: f.Path, SHA256: f.SHA256, Rows: f.Rows})
+	}
+	return rec, rec.Validate()
+}
+
+func evidenceID(binary bool, id string) string {
+	if binary {
+		return hex.EncodeToString([]byte(id))
+	}
+	return id
+}
+
+// commitRecord appends the prepared record of a published run, unless the
+// log already has it: a run that crashed between publishing and appending
+// gets its record from the next attempt.
+func (r *run) commitRecord(runDir string) error {
+	if r.cfg.AuditSigner == nil {
+		return nil
+	}
+	b, err := os.ReadFile(filepath.Join(runDir, "record.json"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("run %s is published but its prepared audit record is missing from %s", r.m.RunID, runDir)
+	}
+	if err != nil {
+		return err
+	}
+	var rec audit.Record
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return fmt.Errorf("prepared audit record: %w", err)
+	}
+	l, err := audit.OpenForAppend(AuditDir(r.cfg.State))
+	if err != nil {
+		return fmt.Errorf("%w: audit log: %w", ErrConfig, err)
+	}
+	if l.Committed(rec.RunID) >= 0 {
+		return nil
+	}
+	if err := l.Append(&rec, r.cfg.AuditSigner, time.Now()); err != nil {
+		return fmt.Errorf("append audit record: %w", err)
+	}
+	return nil
+}
+
+// AppendEvent appends a run_failed or destination_refused record. A failure
+// to record is returned, not hidden: the operator must know the log is behind.
+func AppendEvent(cfg *Config, typ, reason string) error {
+	if cfg.AuditSigner == nil {
+		return nil
+	}
+	l, err := audit.OpenForAppend(AuditDir(cfg.State))
+	if err != nil {
+		return err
+	}
+	rec := &audit.Record{Type: typ, ToolVersion: cfg.ToolVersion, Destination: cfg.Destination,
+		Scheme: string(cfg.Scheme), KeyID: cfg.KeyID(), Purpose: cfg.Rules.Purpose, Reason: oneLine(reason)}
+	if !cfg.Rules.AsOf.IsZero() {
+		rec.AsOf = cfg.Rules.AsOf.UTC().Format(time.RFC3339Nano)
+	}
+	if ValidDestination(cfg.Destination) {
+		rec.ConfigDigest = cfg.Digest()
+	} else {
+		rec.Destination = "invalid"
+	}
+	return l.Append(rec, cfg.AuditSigner, time.Now())
+}
+
+func oneLine(s string) string {
+	s = strings.ReplaceAll(s, "\n", " ")
+	if len(s) > 1000 {
+		s = s[:1000] + "…"
+	}
+	return s
+}

@@ -1,0 +1,222 @@
+package pipeline
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/parquet-go/parquet-go"
+	"golang.org/x/mod/sumdb/note"
+
+	"audiencematch/consent/audit"
+	"audiencematch/hashing"
+)
+
+// VerifyReport is what `audit verify` found when everything held.
+type VerifyReport struct {
+	Records    int64
+	Committed  int
+	Checkpoint []byte // the verified checkpoint, for --save-checkpoint
+	Root       string
+}
+
+// VerifyAudit checks the audit log under state and everything it points to:
+// the checkpoint's signature, the records' tree against it, consistency with
+// a checkpoint saved earlier (trusted may be nil), and for every committed
+// run its manifest, files, identifier tree, evidence tree and counts. The
+// error names the first broken thing; it wraps ErrData.
+func VerifyAudit(state string, verifier note.Verifier, trusted []byte) (*VerifyReport, error) {
+	l, cp, err := audit.VerifyLog(AuditDir(state), verifier, trusted)
+	if err != nil {
+		return nil, fmt.Errorf("%w: audit verify: %w", ErrData, err)
+	}
+	rep := &VerifyReport{Records: l.Size(), Root: hex.EncodeToString(cp.Hash)}
+	rep.Checkpoint, err = os.ReadFile(filepath.Join(AuditDir(state), audit.CheckpointFile))
+	if err != nil {
+		return nil, err
+	}
+	for i, rec := range l.Records() {
+		if rec.Type != audit.TypeRunCommitted {
+			continue
+		}
+		rep.Committed++
+		if err := verifyRun(state, rec); err != nil {
+			return nil, fmt.Errorf("%w: audit verify: record %d, run %s (%s): %w", ErrData, i, rec.RunID, rec.Destination, err)
+		}
+	}
+	return rep, nil
+}
+
+func sha256File(path string) (string, []byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", nil, err
+	}
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:]), b, nil
+}
+
+func verifyRun(state string, rec *audit.Record) error {
+	dir := rec.Published
+	sum, body, err := sha256File(filepath.Join(dir, rec.Manifest.Path))
+	if err != nil {
+		return fmt.Errorf("manifest: %w", err)
+	}
+	if sum != rec.Manifest.SHA256 {
+		return fmt.Errorf("%s: SHA-256 %s, the log says %s", filepath.Join(dir, rec.Manifest.Path), sum, rec.Manifest.SHA256)
+	}
+	m, err := ReadManifest(body)
+	if err != nil {
+		return err
+	}
+	if err := m.Reconcile(); err != nil {
+		return fmt.Errorf("manifest counts: %w", err)
+	}
+	if m.RunID != rec.RunID || m.Destination != rec.Destination || m.Scheme != rec.Scheme || m.KeyID != rec.KeyID ||
+		m.ConfigDigest != rec.ConfigDigest || m.AsOf != rec.AsOf || m.Purpose != rec.Purpose {
+		return fmt.Errorf("manifest names run %s/%s/%s/%s, the log another", m.RunID, m.Destination, m.Scheme, m.KeyID)
+	}
+	c := rec.Counts
+	if c.UserRows != m.Users.Rows || c.Exported != m.Users.Exported || c.EventRows != m.ConsentEvents.Rows ||
+		!mapsEqual(c.Excluded, m.Users.Excluded) || !mapsEqual(c.Events, m.ConsentEvents.ByClass) {
+		return fmt.Errorf("the manifest's counts differ from the log's")
+	}
+	if c.Exported != rec.IDs.Size {
+		return fmt.Errorf("%d users exported but %d identifiers committed", c.Exported, rec.IDs.Size)
+	}
+	// Exactly the recorded files, nothing planted beside them.
+	want := []string{rec.Manifest.Path}
+	for _, f := range rec.Files {
+		want = append(want, f.Path)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	var have []string
+	for _, e := range ents {
+		have = append(have, e.Name())
+	}
+	slices.Sort(want)
+	if !slices.Equal(have, want) {
+		return fmt.Errorf("%s holds %v, the log lists %v", dir, have, want)
+	}
+	if len(m.Files) != len(rec.Files) {
+		return fmt.Errorf("the manifest lists %d files, the log %d", len(m.Files), len(rec.Files))
+	}
+	scheme, err := hashing.ParseScheme(rec.Scheme)
+	if err != nil {
+		return err
+	}
+	tree := &audit.MerkleTree{}
+	var prev []byte
+	for i, f := range rec.Files {
+		path := filepath.Join(dir, f.Path)
+		if m.Files[i].Path != f.Path || m.Files[i].SHA256 != f.SHA256 || m.Files[i].Rows != f.Rows {
+			return fmt.Errorf("%s: the manifest's entry differs from the log's", f.Path)
+		}
+		sum, _, err := sha256File(path)
+		if err != nil {
+			return err
+		}
+		if sum != f.SHA256 {
+			return fmt.Errorf("%s: SHA-256 %s, the log says %s", path, sum, f.SHA256)
+		}
+		ids, err := ReadPublishedIDs(path, scheme)
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		if int64(len(ids)) != f.Rows {
+			return fmt.Errorf("%s: %d rows, the log says %d", path, len(ids), f.Rows)
+		}
+		for _, id := range ids {
+			if !scheme.ValidID(id) {
+				return fmt.Errorf("%s: an identifier does not have the shape of %s", path, scheme)
+			}
+			if prev != nil && bytes.Compare(prev, id) >= 0 {
+				return fmt.Errorf("%s: identifiers are not sorted and distinct", path)
+			}
+			prev = id
+			if err := tree.Append(id); err != nil {
+				return err
+			}
+		}
+	}
+	if err := sameTree(tree, rec.IDs, "identifier"); err != nil {
+		return err
+	}
+	return verifyEvidence(state, rec)
+}
+
+func verifyEvidence(state string, rec *audit.Record) error {
+	path := filepath.Join(state, "runs", rec.RunID, "evidence.parquet")
+	rows, err := parquet.ReadFile[EvidenceRow](path)
+	if err != nil {
+		return fmt.Errorf("evidence: %w", err)
+	}
+	tree := &audit.MerkleTree{}
+	var primaries int64
+	for _, e := range rows {
+		if e.Primary {
+			primaries++
+		}
+		if err := tree.Append(audit.EvidenceLeaf(e.ID, e.UserID, e.EventID, e.Primary)); err != nil {
+			return err
+		}
+	}
+	if primaries != rec.IDs.Size {
+		return fmt.Errorf("evidence %s: %d identifiers with a primary holder, %d committed", path, primaries, rec.IDs.Size)
+	}
+	return sameTree(tree, rec.Evidence, "evidence")
+}
+
+func sameTree(t *audit.MerkleTree, want *audit.Tree, what string) error {
+	got, err := t.Summary()
+	if err != nil {
+		return err
+	}
+	if *got != *want {
+		return fmt.Errorf("%s tree: %d leaves, root %s; the log says %d, %s", what, got.Size, got.Root, want.Size, want.Root)
+	}
+	return nil
+}
+
+func mapsEqual(a, b map[string]int64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// ReadPublishedIDs reads one published part's identifiers as leaf bytes.
+func ReadPublishedIDs(path string, scheme hashing.Scheme) ([][]byte, error) {
+	if scheme.Binary() {
+		rows, err := parquet.ReadFile[BinaryIDRow](path)
+		if err != nil {
+			return nil, err
+		}
+		out := make([][]byte, len(rows))
+		for i := range rows {
+			out[i] = rows[i].ID[:]
+		}
+		return out, nil
+	}
+	rows, err := parquet.ReadFile[TextIDRow](path)
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]byte, len(rows))
+	for i := range rows {
+		out[i] = []byte(rows[i].ID)
+	}
+	return out, nil
+}
