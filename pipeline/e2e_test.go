@@ -176,7 +176,9 @@ func computeOracle(users []fixtures.User, events []fixtures.Event, p oracleParam
 	return o
 }
 
-func generate(n int, seed uint64) ([]fixtures.User, []fixtures.Event) {
+func generate(n int, seed uint64) ([]fixtures.User, []fixtures.Event) { return generateSeed(n, seed) }
+
+func generateSeed(n int, seed uint64) ([]fixtures.User, []fixtures.Event) {
 	var us []fixtures.User
 	var es []fixtures.Event
 	fixtures.Generate(fixtures.Options{Users: n, Seed: seed}, func(u fixtures.User) { us = append(us, u) }, func(e fixtures.Event) { es = append(es, e) })
@@ -196,10 +198,15 @@ func fixtureConfig(t *testing.T, dir string, scheme hashing.Scheme, master hashi
 	return pipeline.Config{
 		Users: st.UsersPath, Consent: st.EventsPath, Destination: "meta-ads", Scheme: scheme, Key: k,
 		Out: filepath.Join(dir, "out"), State: filepath.Join(dir, "state"),
-		Rules: consent.Rules{AsOf: fixtures.DefaultAsOf, Purpose: fixtures.DefaultPurpose,
-			MinPolicyVersion: fixtures.DefaultMinPolicyVersion, MaxAge: 395 * 24 * time.Hour},
+		Rules:         fixtureRules(fixtures.DefaultAsOf),
 		MaxRejectRate: 0.01, RowsPerFile: 4000, RowsPerGroup: 1000, ToolVersion: "test",
 	}
+}
+
+// fixtureRules are the consent rules the fixtures are built around.
+func fixtureRules(asOf time.Time) consent.Rules {
+	return consent.Rules{AsOf: asOf, Purpose: fixtures.DefaultPurpose,
+		MinPolicyVersion: fixtures.DefaultMinPolicyVersion, MaxAge: 395 * 24 * time.Hour}
 }
 
 // readIDs reads a published part with arrow-go's Parquet reader, an

@@ -17,4 +17,5 @@ fuzz() { go test -run '^$' -fuzz "^$2\$" -fuzztime "${FUZZTIME:-30000x}" "$1"; }
 fuzz ./hashing FuzzNormalize
 fuzz ./consent FuzzParseEvent
 fuzz ./pipeline FuzzCSV
+fuzz ./consent/audit FuzzParseRecord
 echo "== all tests passed"

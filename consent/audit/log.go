@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -178,10 +179,19 @@ func (l *Log) SignCheckpoint(signer note.Signer) ([]byte, error) {
 
 // ParseCheckpoint checks a checkpoint's signature with verifier (whose name
 // is the log's origin) and parses it.
+//
+// Signatures must be in canonical (strict) base64: note decodes leniently,
+// so a flipped padding bit would otherwise give a second byte form of the
+// same checkpoint.
 func ParseCheckpoint(b []byte, verifier note.Verifier) (*log.Checkpoint, error) {
-	cp, _, _, err := log.ParseCheckpoint(b, verifier.Name(), verifier)
+	cp, _, n, err := log.ParseCheckpoint(b, verifier.Name(), verifier)
 	if err != nil {
 		return nil, err
+	}
+	for _, sig := range n.Sigs {
+		if _, err := base64.StdEncoding.Strict().DecodeString(sig.Base64); err != nil {
+			return nil, fmt.Errorf("signature of %s is not canonical base64", sig.Name)
+		}
 	}
 	if len(cp.Hash) != tlog.HashSize {
 		return nil, fmt.Errorf("checkpoint root has %d bytes", len(cp.Hash))
@@ -248,7 +258,9 @@ type VerifyError struct{ What string }
 
 func (e *VerifyError) Error() string { return e.What }
 
-func broken(format string, args ...any) error { return &VerifyError{What: fmt.Sprintf(format, args...)} }
+func broken(format string, args ...any) error {
+	return &VerifyError{What: fmt.Sprintf(format, args...)}
+}
 
 // VerifyLog checks the log under dir against its signed checkpoint and,
 // when trusted is not nil, against a checkpoint the auditor saved earlier:
