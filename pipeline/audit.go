@@ -93,10 +93,20 @@ func (r *run) buildRecord(manifestSum string) (*audit.Record, error) {
 	for _, in := range m.Inputs {
 		rec.Inputs = append(rec.Inputs, audit.Input{Table: in.Table, SHA256: in.SHA256, Rows: in.Rows})
 	}
-	for _, f := range m.Files {
-		rec.Files = append(rec.Files, audit.File{Path: f.Path, SHA256: f.SHA256, Rows: f.Rows})
+	rec.Files = auditFiles(m.Files)
+	if m.Adds != nil {
+		rec.Adds, rec.Removes = auditFiles(m.Adds.Files), auditFiles(m.Removes.Files)
+		rec.RemovesScheme, rec.RemovesKeyID = m.Removes.Scheme, m.Removes.KeyID
 	}
 	return rec, rec.Validate()
+}
+
+func auditFiles(files []OutputFile) []audit.File {
+	out := make([]audit.File, len(files))
+	for i, f := range files {
+		out[i] = audit.File{Path: f.Path, SHA256: f.SHA256, Rows: f.Rows}
+	}
+	return out
 }
 
 func evidenceID(binary bool, id string) string {

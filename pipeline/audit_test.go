@@ -46,6 +46,7 @@ func auditedRun(t *testing.T, dir string, users int, s note.Signer, asOf time.Ti
 		Key: destKey(t, "meta-ads"),
 		Out: filepath.Join(dir, "out"), State: filepath.Join(dir, "state"),
 		Rules: fixtureRules(asOf), MaxRejectRate: 0.05, ToolVersion: "test", AuditSigner: s,
+		Registry: testRegistry(filepath.Join(dir, "out"), "meta-ads", hashing.HMACSHA256),
 	}
 	res, err := pipeline.Run(context.Background(), cfg)
 	if err != nil {
@@ -157,7 +158,8 @@ func TestFailedRunRecorded(t *testing.T) {
 	st, _ := fixtures.WriteFiles(filepath.Join(dir, "in"), fixtures.Options{Users: 50, Seed: 1})
 	cfg := pipeline.Config{Users: st.UsersPath, Consent: filepath.Join(dir, "missing.csv"), Destination: "meta-ads",
 		Scheme: hashing.HMACSHA256, Out: filepath.Join(dir, "out"), State: filepath.Join(dir, "state"),
-		Rules: fixtureRules(fixtures.DefaultAsOf), ToolVersion: "test", AuditSigner: s}
+		Rules: fixtureRules(fixtures.DefaultAsOf), ToolVersion: "test", AuditSigner: s,
+		Registry: testRegistry(filepath.Join(dir, "out"), "meta-ads", hashing.HMACSHA256)}
 	if _, err := pipeline.Run(context.Background(), cfg); err == nil {
 		t.Fatal("run with a missing input succeeded")
 	}

@@ -30,6 +30,7 @@ import (
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
+	"audiencematch/pipeline/destinations"
 )
 
 // oracle recomputes a run from the generator's rows, straight from the text
@@ -198,9 +199,19 @@ func fixtureConfig(t *testing.T, dir string, scheme hashing.Scheme, master hashi
 	return pipeline.Config{
 		Users: st.UsersPath, Consent: st.EventsPath, Destination: "meta-ads", Scheme: scheme, Key: k,
 		Out: filepath.Join(dir, "out"), State: filepath.Join(dir, "state"),
+		Registry:      testRegistry(filepath.Join(dir, "out"), "meta-ads", scheme),
 		Rules:         fixtureRules(fixtures.DefaultAsOf),
 		MaxRejectRate: 0.01, RowsPerFile: 4000, RowsPerGroup: 1000, ToolVersion: "test",
 	}
+}
+
+// testRegistry registers one parent-platform destination delivering to out.
+func testRegistry(out, dest string, scheme hashing.Scheme) *destinations.Registry {
+	return &destinations.Registry{Version: destinations.Version, Path: "test-registry", Destinations: []destinations.Destination{{
+		ID: dest, Name: "Parent Ads", Organization: "Parent Co", Relationship: destinations.Parent,
+		Purposes: []string{fixtures.DefaultPurpose}, LawfulBasis: "consent", Scheme: string(scheme),
+		AllowUnkeyed: !scheme.Keyed(), Delivery: out, RetentionDays: 30,
+	}}}
 }
 
 // fixtureRules are the consent rules the fixtures are built around.

@@ -45,7 +45,12 @@ type Manifest struct {
 	Users         UserCounts    `json:"users"`
 	ConsentEvents EventCounts   `json:"consent_events"`
 	Rejects       RejectSummary `json:"rejects"`
-	PreviousRunID string        `json:"previous_run_id,omitempty"`
+	// Deltas against the previous committed run of the destination; absent
+	// on a first run.
+	PreviousRunID     string    `json:"previous_run_id,omitempty"`
+	PreviousTotalRows int64     `json:"previous_total_rows,omitempty"`
+	Adds              *DeltaSet `json:"adds,omitempty"`
+	Removes           *DeltaSet `json:"removes,omitempty"`
 }
 
 // PolicyRules are the consent rules of the run.
@@ -154,6 +159,9 @@ func (m *Manifest) Reconcile() error {
 	if files != m.TotalRows {
 		return fmt.Errorf("internal error: files hold %d rows, total_rows is %d", files, m.TotalRows)
 	}
+	if err := m.reconcileDeltas(); err != nil {
+		return err
+	}
 	var ev int64
 	for _, n := range m.ConsentEvents.ByClass {
 		ev += n
@@ -195,4 +203,30 @@ func ReadManifest(b []byte) (*Manifest, error) {
 		return nil, fmt.Errorf("manifest version %q: this tool reads %q", m.Version, ManifestVersion)
 	}
 	return &m, nil
+}
+
+func (m *Manifest) reconcileDeltas() error {
+	if (m.Adds == nil) != (m.Removes == nil) || (m.Adds != nil) != (m.PreviousRunID != "") {
+		return fmt.Errorf("internal error: adds, removes and previous_run_id must come together")
+	}
+	if m.Adds == nil {
+		return nil
+	}
+	for _, d := range []*DeltaSet{m.Adds, m.Removes} {
+		var rows int64
+		for _, f := range d.Files {
+			rows += f.Rows
+		}
+		if rows != d.Rows {
+			return fmt.Errorf("internal error: delta files hold %d rows, the manifest says %d", rows, d.Rows)
+		}
+	}
+	if m.Removes.KeyID == m.KeyID && m.Removes.Scheme == m.Scheme {
+		if m.TotalRows != m.PreviousTotalRows+m.Adds.Rows-m.Removes.Rows {
+			return fmt.Errorf("internal error: %d rows != previous %d + adds %d - removes %d", m.TotalRows, m.PreviousTotalRows, m.Adds.Rows, m.Removes.Rows)
+		}
+	} else if m.Adds.Rows != m.TotalRows || m.Removes.Rows != m.PreviousTotalRows {
+		return fmt.Errorf("internal error: after a key change adds must be the whole snapshot and removes the whole previous run")
+	}
+	return nil
 }

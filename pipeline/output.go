@@ -18,6 +18,7 @@ import (
 
 	"github.com/parquet-go/parquet-go"
 
+	"audiencematch/hashing"
 	"audiencematch/pipeline/fsutil"
 )
 
@@ -63,16 +64,22 @@ func (r *run) writeOutputs(ctx context.Context) error {
 		return nil // finish reports it as already published
 	}
 	pub := filepath.Join(r.staging, "publish")
-	ids := make([]string, len(r.export))
-	for i := range r.export {
-		ids[i] = r.export[i].id
-	}
-	files, err := writeParts(pub, &r.cfg, ids)
+	w, err := newPartWriter(pub, &r.cfg, r.cfg.Scheme, r.cfg.KeyID())
 	if err != nil {
+		return err
+	}
+	for i := range r.export {
+		if err := w.Add(r.export[i].id); err != nil {
+			return fmt.Errorf("write output: %w", err)
+		}
+	}
+	if r.m.Files, err = w.Close(); err != nil {
 		return fmt.Errorf("write output: %w", err)
 	}
-	r.m.Files = files
-	r.m.TotalRows = int64(len(ids))
+	r.m.TotalRows = int64(len(r.export))
+	if err := r.writeDeltas(pub); err != nil {
+		return fmt.Errorf("write deltas: %w", err)
+	}
 	if err := r.writeEvidence(filepath.Join(r.staging, "private", "evidence.parquet")); err != nil {
 		return fmt.Errorf("write evidence: %w", err)
 	}
@@ -86,61 +93,134 @@ func (r *run) publishedPath() string {
 // writerOptions are the Parquet settings of published files. The file's
 // bytes depend only on the identifiers and these settings (not on the run
 // id), so the same audience from two sources gives identical files.
-func writerOptions(cfg *Config) []parquet.WriterOption {
-	return []parquet.WriterOption{
+func writerOptions(cfg *Config, scheme hashing.Scheme, keyID string) []parquet.WriterOption {
+	opts := []parquet.WriterOption{
 		parquet.Compression(&parquet.Zstd),
 		parquet.MaxRowsPerRowGroup(cfg.RowsPerGroup),
 		parquet.CreatedBy("audiencematch", cfg.ToolVersion, ""),
-		parquet.KeyValueMetadata("audiencematch.scheme", string(cfg.Scheme)),
-		parquet.KeyValueMetadata("audiencematch.key_id", cfg.KeyID()),
+		parquet.KeyValueMetadata(metaScheme, string(scheme)),
 	}
+	if keyID != "" {
+		opts = append(opts, parquet.KeyValueMetadata(metaKeyID, keyID))
+	}
+	return opts
 }
 
-// writeParts writes sorted identifiers as part-NNNNN.parquet files in dir.
-// An empty export still gets one (empty) part, so that readers find the schema.
-func writeParts(dir string, cfg *Config, ids []string) ([]OutputFile, error) {
-	var files []OutputFile
-	for part := 0; part == 0 || int64(part)*cfg.RowsPerFile < int64(len(ids)); part++ {
-		lo := int64(part) * cfg.RowsPerFile
-		hi := min(int64(len(ids)), lo+cfg.RowsPerFile)
-		name := fmt.Sprintf("part-%05d.parquet", part)
-		f, err := createHashing(filepath.Join(dir, name), 0o644)
-		if err != nil {
+// The only key-value metadata published files carry.
+const (
+	metaScheme = "audiencematch.scheme"
+	metaKeyID  = "audiencematch.key_id"
+)
+
+// partWriter streams sorted identifiers into part-NNNNN.parquet files of at
+// most cfg.RowsPerFile rows. Close always leaves at least one part, empty
+// if need be, so that readers find the schema.
+type partWriter struct {
+	dir    string
+	cfg    *Config
+	scheme hashing.Scheme
+	keyID  string
+	files  []OutputFile
+	f      *hashingFile
+	bin    *parquet.GenericWriter[BinaryIDRow]
+	txt    *parquet.GenericWriter[TextIDRow]
+	binBuf []BinaryIDRow
+	txtBuf []TextIDRow
+	rows   int64
+}
+
+func newPartWriter(dir string, cfg *Config, scheme hashing.Scheme, keyID string) (*partWriter, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	return &partWriter{dir: dir, cfg: cfg, scheme: scheme, keyID: keyID}, nil
+}
+
+func (w *partWriter) open() error {
+	name := fmt.Sprintf("part-%05d.parquet", len(w.files))
+	f, err := createHashing(filepath.Join(w.dir, name), 0o644)
+	if err != nil {
+		return err
+	}
+	w.f, w.rows = f, 0
+	w.files = append(w.files, OutputFile{Path: name})
+	opts := writerOptions(w.cfg, w.scheme, w.keyID)
+	if w.scheme.Binary() {
+		w.bin = parquet.NewGenericWriter[BinaryIDRow](f, opts...)
+	} else {
+		w.txt = parquet.NewGenericWriter[TextIDRow](f, opts...)
+	}
+	return nil
+}
+
+// Add appends one identifier (raw bytes for binary schemes).
+func (w *partWriter) Add(id string) error {
+	if w.f != nil && w.rows == w.cfg.RowsPerFile {
+		if err := w.closePart(); err != nil {
+			return err
+		}
+	}
+	if w.f == nil {
+		if err := w.open(); err != nil {
+			return err
+		}
+	}
+	w.rows++
+	if w.scheme.Binary() {
+		var row BinaryIDRow
+		copy(row.ID[:], id)
+		w.binBuf = append(w.binBuf, row)
+	} else {
+		w.txtBuf = append(w.txtBuf, TextIDRow{ID: id})
+	}
+	if len(w.binBuf)+len(w.txtBuf) >= 64<<10 {
+		return w.flush()
+	}
+	return nil
+}
+
+func (w *partWriter) flush() error {
+	var err error
+	if w.bin != nil && len(w.binBuf) > 0 {
+		_, err = w.bin.Write(w.binBuf)
+	}
+	if w.txt != nil && len(w.txtBuf) > 0 {
+		_, err = w.txt.Write(w.txtBuf)
+	}
+	w.binBuf, w.txtBuf = w.binBuf[:0], w.txtBuf[:0]
+	return err
+}
+
+func (w *partWriter) closePart() error {
+	err := w.flush()
+	if w.bin != nil {
+		err = errors.Join(err, w.bin.Close())
+	} else {
+		err = errors.Join(err, w.txt.Close())
+	}
+	err = errors.Join(err, w.f.Close())
+	if err != nil {
+		return fmt.Errorf("%s: %w", w.files[len(w.files)-1].Path, err)
+	}
+	last := &w.files[len(w.files)-1]
+	last.SHA256, last.Rows, last.Bytes = w.f.Sum(), w.rows, w.f.n
+	w.f, w.bin, w.txt = nil, nil, nil
+	return nil
+}
+
+// Close finishes the last part and returns every file written.
+func (w *partWriter) Close() ([]OutputFile, error) {
+	if w.f == nil && len(w.files) == 0 {
+		if err := w.open(); err != nil {
 			return nil, err
 		}
-		if cfg.Scheme.Binary() {
-			err = writeRows(f, ids[lo:hi], writerOptions(cfg), func(s string) BinaryIDRow {
-				var row BinaryIDRow
-				copy(row.ID[:], s)
-				return row
-			})
-		} else {
-			err = writeRows(f, ids[lo:hi], writerOptions(cfg), func(s string) TextIDRow { return TextIDRow{ID: s} })
-		}
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
-		}
-		files = append(files, OutputFile{Path: name, SHA256: f.Sum(), Rows: hi - lo, Bytes: f.n})
 	}
-	return files, nil
-}
-
-func writeRows[T any](f *hashingFile, ids []string, opts []parquet.WriterOption, conv func(string) T) error {
-	w := parquet.NewGenericWriter[T](f, opts...)
-	batch := make([]T, 0, 64<<10)
-	for i, id := range ids {
-		batch = append(batch, conv(id))
-		if len(batch) == cap(batch) || i == len(ids)-1 {
-			if _, err := w.Write(batch); err != nil {
-				return err
-			}
-			batch = batch[:0]
+	if w.f != nil {
+		if err := w.closePart(); err != nil {
+			return nil, err
 		}
 	}
-	return w.Close()
+	return w.files, nil
 }
 
 func (r *run) writeEvidence(path string) error {
@@ -214,6 +294,13 @@ func (r *run) finish() (*Result, error) {
 	}
 	if err := fsutil.WriteFileDurable(filepath.Join(r.staging, "publish", "manifest.json"), body, 0o644); err != nil {
 		return nil, err
+	}
+	removesScheme := r.cfg.Scheme
+	if m.Removes != nil {
+		removesScheme = hashing.Scheme(m.Removes.Scheme)
+	}
+	if err := r.guard.Check(filepath.Join(r.staging, "publish"), r.cfg.Scheme, removesScheme); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrData, err)
 	}
 	sum := sha256.Sum256(body)
 	rec, err := r.buildRecord(hex.EncodeToString(sum[:]))

@@ -22,6 +22,7 @@ import (
 
 	"audiencematch/consent"
 	"audiencematch/hashing"
+	"audiencematch/pipeline/destinations"
 )
 
 // Config is everything one run needs. The CLI fills it from flags and the
@@ -43,6 +44,9 @@ type Config struct {
 	// audit record is written (library use and tests only: the CLI always
 	// sets it).
 	AuditSigner note.Signer
+	// Registry is the destination allowlist; required. A destination it does
+	// not authorize for the purpose is refused before any user data is read.
+	Registry *destinations.Registry
 }
 
 // Output sizing defaults: a row group of 1Mi 32-byte ids is 32 MiB, a size
@@ -161,6 +165,7 @@ type run struct {
 	rejects  *rejectWriter
 	users    map[string]*userState
 	holders  []holder
+	guard    *leakGuard
 	export   []exportRow
 	snapshot string // consent snapshot digest
 	m        *Manifest
@@ -174,8 +179,11 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
-	r := &run{cfg: cfg, t0: time.Now(), m: newManifest(&cfg)}
+	r := &run{cfg: cfg, t0: time.Now(), m: newManifest(&cfg), guard: newLeakGuard()}
 	if err := ensureStateDirs(cfg.State); err != nil {
+		return nil, err
+	}
+	if err := authorize(&r.cfg); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -323,6 +331,8 @@ func (r *run) readUsers(ctx context.Context) error {
 			eventID = st.EventID
 		}
 		snap = append(snap, snapshotRow{userID: userID, eventID: eventID, status: status})
+		r.guard.Add(userID)
+		r.guard.Add(phone)
 		if status != consent.Valid && status != consent.Withdrawn {
 			u.exclude(status.String())
 			continue
@@ -375,6 +385,7 @@ func (r *run) resolveNumbers(context.Context) error {
 			continue
 		}
 		groups[h.e164] = append(groups[h.e164], int32(i))
+		r.guard.Add(h.e164)
 	}
 	r.export = make([]exportRow, 0, len(groups))
 	for e164, idx := range groups {
@@ -454,4 +465,28 @@ func (r *run) reject(table string, line int64, reason, raw string) {
 func fieldsText(fields []string) string {
 	b, _ := json.Marshal(fields)
 	return string(b)
+}
+
+// authorize refuses, before any user data is read, a destination the
+// registry does not allow for the run's purpose, and records the refusal.
+// A scheme or delivery directory that contradicts the registry is a usage
+// error: the registry decides them.
+func authorize(cfg *Config) error {
+	if cfg.Registry == nil {
+		return fmt.Errorf("%w: no destination registry: nothing may be sent without one", ErrConfig)
+	}
+	d, err := cfg.Registry.Authorize(cfg.Destination, cfg.Rules.Purpose)
+	if err != nil {
+		if aerr := AppendEvent(cfg, "destination_refused", err.Error()); aerr != nil {
+			return fmt.Errorf("%w: %w (and the refusal could not be recorded: %v)", ErrRejected, err, aerr)
+		}
+		return fmt.Errorf("%w: %w", ErrRejected, err)
+	}
+	if string(cfg.Scheme) != d.Scheme {
+		return fmt.Errorf("%w: scheme %s conflicts with the registry's %s for %q", ErrUsage, cfg.Scheme, d.Scheme, d.ID)
+	}
+	if filepath.Clean(cfg.Out) != filepath.Clean(d.Delivery) {
+		return fmt.Errorf("%w: output directory %s conflicts with the registry's delivery %s for %q", ErrUsage, cfg.Out, d.Delivery, d.ID)
+	}
+	return nil
 }

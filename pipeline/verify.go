@@ -90,33 +90,69 @@ func verifyRun(state string, rec *audit.Record) error {
 	}
 	// Exactly the recorded files, nothing planted beside them.
 	want := []string{rec.Manifest.Path}
-	for _, f := range rec.Files {
+	for _, f := range slices.Concat(rec.Files, rec.Adds, rec.Removes) {
 		want = append(want, f.Path)
 	}
-	ents, err := os.ReadDir(dir)
+	var have []string
+	err = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		have = append(have, filepath.ToSlash(rel))
+		return nil
+	})
 	if err != nil {
 		return err
 	}
-	var have []string
-	for _, e := range ents {
-		have = append(have, e.Name())
-	}
 	slices.Sort(want)
+	slices.Sort(have)
 	if !slices.Equal(have, want) {
 		return fmt.Errorf("%s holds %v, the log lists %v", dir, have, want)
-	}
-	if len(m.Files) != len(rec.Files) {
-		return fmt.Errorf("the manifest lists %d files, the log %d", len(m.Files), len(rec.Files))
 	}
 	scheme, err := hashing.ParseScheme(rec.Scheme)
 	if err != nil {
 		return err
 	}
 	tree := &audit.MerkleTree{}
+	if err := verifyParts(dir, rec.Files, m.Files, scheme, tree); err != nil {
+		return err
+	}
+	if (m.Adds == nil) != (len(rec.Adds) == 0 && len(rec.Removes) == 0) || m.PreviousRunID != rec.PreviousRunID {
+		return fmt.Errorf("the manifest's deltas differ from the log's")
+	}
+	if m.Adds != nil {
+		rs, err := hashing.ParseScheme(rec.RemovesScheme)
+		if err != nil {
+			return err
+		}
+		if m.Removes.KeyID != rec.RemovesKeyID || m.Removes.Scheme != rec.RemovesScheme {
+			return fmt.Errorf("the manifest's removes key differs from the log's")
+		}
+		if err := verifyParts(dir, rec.Adds, m.Adds.Files, scheme, nil); err != nil {
+			return err
+		}
+		if err := verifyParts(dir, rec.Removes, m.Removes.Files, rs, nil); err != nil {
+			return err
+		}
+	}
+	if err := sameTree(tree, rec.IDs, "identifier"); err != nil {
+		return err
+	}
+	return verifyEvidence(state, rec)
+}
+
+// verifyParts checks published parts against the log's and the manifest's
+// entries: SHA-256, rows, identifiers of the scheme's shape, sorted and
+// distinct across the parts; with a tree, it adds them as leaves.
+func verifyParts(dir string, files []audit.File, listed []OutputFile, scheme hashing.Scheme, tree *audit.MerkleTree) error {
+	if len(listed) != len(files) {
+		return fmt.Errorf("the manifest lists %d files where the log lists %d", len(listed), len(files))
+	}
 	var prev []byte
-	for i, f := range rec.Files {
-		path := filepath.Join(dir, f.Path)
-		if m.Files[i].Path != f.Path || m.Files[i].SHA256 != f.SHA256 || m.Files[i].Rows != f.Rows {
+	for i, f := range files {
+		path := filepath.Join(dir, filepath.FromSlash(f.Path))
+		if listed[i].Path != f.Path || listed[i].SHA256 != f.SHA256 || listed[i].Rows != f.Rows {
 			return fmt.Errorf("%s: the manifest's entry differs from the log's", f.Path)
 		}
 		sum, _, err := sha256File(path)
@@ -141,15 +177,14 @@ func verifyRun(state string, rec *audit.Record) error {
 				return fmt.Errorf("%s: identifiers are not sorted and distinct", path)
 			}
 			prev = id
-			if err := tree.Append(id); err != nil {
-				return err
+			if tree != nil {
+				if err := tree.Append(id); err != nil {
+					return err
+				}
 			}
 		}
 	}
-	if err := sameTree(tree, rec.IDs, "identifier"); err != nil {
-		return err
-	}
-	return verifyEvidence(state, rec)
+	return nil
 }
 
 func verifyEvidence(state string, rec *audit.Record) error {

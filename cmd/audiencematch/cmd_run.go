@@ -17,6 +17,7 @@ import (
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
+	"audiencematch/pipeline/destinations"
 )
 
 // RunOptions are the flags of `audiencematch run`.
@@ -35,6 +36,7 @@ type RunOptions struct {
 	MaxRejectRate    float64
 	Workers          int
 	RowsPerFile      int64
+	Destinations     string
 }
 
 // AddFlags registers the options' flags.
@@ -45,13 +47,14 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 	f.StringVar(&o.Consent, "consent", "", "consent_events table, CSV or Parquet (required)")
 	f.StringVar(&o.Destination, "destination", "", "destination id, e.g. meta-ads: names the output directory and the derived key (required)")
 	f.StringVar(&o.Key, "key", "", "master key file: hex, at least 32 bytes, mode 0600 (default: $"+hashing.KeyEnv+", then STATE/keys/master.key)")
-	f.StringVar(&o.Out, "out", "", "publish directory: OUT/<destination>/dt=<date>/run=<id>/ (required)")
+	f.StringVar(&o.Out, "out", "", "publish directory: OUT/<destination>/dt=<date>/run=<id>/ (default: the registry's delivery for the destination)")
+	f.StringVar(&o.Destinations, "destinations", "", "destination registry (default: STATE/destinations.yaml)")
 	f.StringVar(&o.State, "state", "", "private state directory: staging, evidence, rejects (required; keep it owner-only)")
 	f.StringVar(&o.AsOf, "as-of", "", "consent cutoff, RFC 3339 (default: the start of the run)")
 	f.StringVar(&o.Purpose, "purpose", fixtures.DefaultPurpose, "consent purpose to export for")
 	f.Int64Var(&o.MinPolicyVersion, "min-policy-version", 1, "oldest privacy-notice version whose grants count")
 	f.StringVar(&o.MaxConsentAge, "max-consent-age", "", "grants older than this do not count: days (395d) or a duration (9480h); empty: no limit")
-	f.StringVar(&o.Scheme, "scheme", string(hashing.HMACSHA256), "identifier scheme: hmac-sha256, or the unkeyed sha256-digits, sha256-e164, uid2 (need --allow-unkeyed)")
+	f.StringVar(&o.Scheme, "scheme", "", "identifier scheme (default: the registry's): hmac-sha256, or the unkeyed sha256-digits, sha256-e164, uid2 (need --allow-unkeyed); a value other than the registry's is an error")
 	f.BoolVar(&o.AllowUnkeyed, "allow-unkeyed", false, "permit an unkeyed scheme; its identifiers can be reversed to phone numbers")
 	f.Float64Var(&o.MaxRejectRate, "max-reject-rate", 0.01, "fail, publishing nothing, when more than this fraction of either table's rows is malformed")
 	f.IntVar(&o.Workers, "workers", 0, "parallel workers (default: the number of CPUs)")
@@ -100,7 +103,7 @@ holds, privately, the user and consent event behind each identifier.
 func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.Config, error) {
 	var missing []string
 	for _, f := range []struct{ name, v string }{{"--users", o.Users}, {"--consent", o.Consent},
-		{"--destination", o.Destination}, {"--out", o.Out}, {"--state", o.State}} {
+		{"--destination", o.Destination}, {"--state", o.State}} {
 		if f.v == "" {
 			missing = append(missing, f.name)
 		}
@@ -108,11 +111,46 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 	if len(missing) > 0 {
 		return pipeline.Config{}, fmt.Errorf("%w: missing %s (see audiencematch run --help)", pipeline.ErrUsage, strings.Join(missing, ", "))
 	}
-	scheme, err := hashing.ParseScheme(o.Scheme)
-	if err != nil {
-		return pipeline.Config{}, fmt.Errorf("%w: --scheme: %w", pipeline.ErrUsage, err)
+	if o.Scheme != "" {
+		if _, err := hashing.ParseScheme(o.Scheme); err != nil {
+			return pipeline.Config{}, fmt.Errorf("%w: --scheme: %w", pipeline.ErrUsage, err)
+		}
 	}
-	if !scheme.Keyed() && !o.AllowUnkeyed {
+	regPath, err := registryPath(o.Destinations, o.State)
+	if err != nil {
+		return pipeline.Config{}, err
+	}
+	registry, err := destinations.Load(regPath)
+	if err != nil {
+		return pipeline.Config{}, fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
+	}
+	// The registry decides the scheme and the delivery directory; a flag may
+	// repeat them but not contradict them. An unknown destination keeps the
+	// flags, and the pipeline refuses it (exit 77) and records the refusal.
+	out, scheme, keyFile := o.Out, hashing.Scheme(o.Scheme), o.Key
+	if d := registry.Lookup(o.Destination); d != nil {
+		if o.Scheme != "" && o.Scheme != d.Scheme {
+			return pipeline.Config{}, fmt.Errorf("%w: --scheme %s conflicts with the registry's scheme %s for %q (%s)", pipeline.ErrUsage, o.Scheme, d.Scheme, d.ID, regPath)
+		}
+		if o.Out != "" && filepath.Clean(o.Out) != filepath.Clean(d.Delivery) {
+			return pipeline.Config{}, fmt.Errorf("%w: --out %s conflicts with the registry's delivery %s for %q (%s)", pipeline.ErrUsage, o.Out, d.Delivery, d.ID, regPath)
+		}
+		out, scheme = d.Delivery, hashing.Scheme(d.Scheme)
+		if d.KeyFile != "" && o.Key == "" {
+			keyFile = d.KeyFile
+		}
+	}
+	if scheme == "" {
+		scheme = hashing.HMACSHA256
+	}
+	if out == "" {
+		out = "unregistered" // refused before anything is written
+	}
+	// A destination the registry refuses goes straight to the pipeline, which
+	// refuses it (exit 77) and records the refusal; flag and key checks are
+	// for destinations that may receive data.
+	_, refused := registry.Authorize(o.Destination, o.Purpose)
+	if refused == nil && !scheme.Keyed() && !o.AllowUnkeyed {
 		return pipeline.Config{}, fmt.Errorf("%w: --scheme %s is unkeyed: a SHA-256 of a phone number is reversed in about a second on one GPU, so its identifiers are personal data in disguise; pass --allow-unkeyed only for a destination that requires it", pipeline.ErrUsage, scheme)
 	}
 	asOf := now.UTC()
@@ -127,7 +165,7 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 	}
 	cfg := pipeline.Config{
 		Users: o.Users, Consent: o.Consent, Destination: o.Destination, Scheme: scheme,
-		Out: o.Out, State: o.State,
+		Out: out, State: o.State, Registry: registry,
 		Rules:         consent.Rules{AsOf: asOf, Purpose: o.Purpose, MinPolicyVersion: o.MinPolicyVersion, MaxAge: maxAge},
 		MaxRejectRate: o.MaxRejectRate, Workers: o.Workers, RowsPerFile: o.RowsPerFile,
 		ToolVersion: Version, Log: log,
@@ -137,15 +175,15 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 		return cfg, fmt.Errorf("%w: %w; create it with: audiencematch keys init --state %s", pipeline.ErrConfig, err, o.State)
 	}
 	cfg.AuditSigner = signer
-	if scheme.Keyed() {
-		master, err := loadMasterKey(o.Key, o.State)
+	if scheme.Keyed() && refused == nil {
+		master, err := loadMasterKey(keyFile, o.State)
 		if err != nil {
 			return cfg, fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
 		}
 		if cfg.Key, err = hashing.DeriveDestKey(master, o.Destination); err != nil {
 			return cfg, fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
 		}
-	} else {
+	} else if refused == nil {
 		log.Warn("unkeyed scheme: identifiers are plain SHA-256 of phone numbers and can be reversed by brute force in about a second on one GPU; they remain personal data",
 			"scheme", string(scheme), "destination", o.Destination)
 	}

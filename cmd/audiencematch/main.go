@@ -33,6 +33,7 @@ const (
 	exitNoInput     = 66
 	exitUnavailable = 69
 	exitTempFail    = 75
+	exitRefused     = 77
 	exitConfig      = 78
 )
 
@@ -43,6 +44,8 @@ const exitCodesHelp = `Exit codes:
   66  an input file is missing or unreadable
   69  a service is unavailable
   75  temporary failure: retrying later may help
+  77  destination refused: not in the registry, a third party, not registered for the
+      purpose, or unkeyed without allow_unkeyed; nothing read, nothing written
   78  configuration: missing column, key file too open or too short, bad config file
   1   anything else (a bug: please report it)`
 
@@ -61,7 +64,9 @@ func exitCode(err error) int {
 		return exitUnavailable
 	case errors.Is(err, pipeline.ErrTempFail), errors.Is(err, context.Canceled):
 		return exitTempFail
-	case errors.Is(err, pipeline.ErrConfig), errors.Is(err, pipeline.ErrRejected),
+	case errors.Is(err, pipeline.ErrRejected):
+		return exitRefused
+	case errors.Is(err, pipeline.ErrConfig),
 		errors.Is(err, hashing.ErrKeyPermissions), errors.Is(err, hashing.ErrKeyShort),
 		errors.Is(err, hashing.ErrKeyFormat), errors.Is(err, hashing.ErrNoKey):
 		return exitConfig
@@ -104,7 +109,7 @@ Start with:
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return fmt.Errorf("%w: %w", pipeline.ErrUsage, err)
 	})
-	root.AddCommand(newRunCommand(g), newFixturesCommand(g), newKeysCommand(), newAuditCommand())
+	root.AddCommand(newRunCommand(g), newFixturesCommand(g), newKeysCommand(), newAuditCommand(), newDestinationsCommand())
 	return root
 }
 

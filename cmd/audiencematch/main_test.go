@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/parquet-go/parquet-go"
 
+	"audiencematch/consent/audit"
 	"audiencematch/fixtures"
 	"audiencematch/pipeline"
 )
@@ -78,7 +80,57 @@ func newEnv(t *testing.T, users, events string) env {
 	if _, stderr, code := execute(t, "keys", "init", "--state", e.state); code != 0 {
 		t.Fatalf("keys init: %s", stderr)
 	}
+	e.writeRegistry(t, "hmac-sha256")
 	return e
+}
+
+// writeRegistry registers meta-ads (the parent platform, with scheme) and
+// three destinations every run must refuse.
+func (e env) writeRegistry(t *testing.T, scheme string) {
+	t.Helper()
+	unkeyed := scheme != "hmac-sha256"
+	writeFile(t, filepath.Join(e.state, "destinations.yaml"), fmt.Sprintf(`version: audiencematch.destinations/v1
+destinations:
+  - id: meta-ads
+    name: Parent Ads
+    organization: Parent Co
+    relationship: parent
+    purposes: [ads_matching]
+    lawful_basis: consent, GDPR Art. 6(1)(a)
+    scheme: %s
+    allow_unkeyed: %v
+    delivery: %s
+    retention_days: 90
+  - id: google-cm
+    name: Google Customer Match
+    organization: Google LLC
+    relationship: third_party
+    purposes: [ads_matching]
+    lawful_basis: consent
+    scheme: sha256-e164
+    allow_unkeyed: true
+    delivery: %s
+    retention_days: 30
+  - id: mailer
+    name: Mailer
+    organization: Parent Co
+    relationship: affiliate
+    purposes: [marketing_email]
+    lawful_basis: consent
+    scheme: hmac-sha256
+    delivery: %s
+    retention_days: 7
+  - id: uid2-op
+    name: UID2
+    organization: Parent Co
+    relationship: affiliate
+    purposes: [ads_matching]
+    lawful_basis: consent
+    scheme: uid2
+    allow_unkeyed: false
+    delivery: %s
+    retention_days: 7
+`, scheme, unkeyed, e.out, e.out, e.out, e.out), 0o644)
 }
 
 func (e env) args(extra ...string) []string {
@@ -112,6 +164,7 @@ func TestRunVectorsEveryScheme(t *testing.T) {
 	for scheme, id := range want {
 		t.Run(scheme, func(t *testing.T) {
 			e := newEnv(t, vectorUsers, vectorEvents)
+			e.writeRegistry(t, scheme)
 			out, stderr, code := execute(t, e.args("--scheme", scheme, "--allow-unkeyed")...)
 			if code != 0 {
 				t.Fatalf("exit %d: %s", code, stderr)
@@ -178,7 +231,24 @@ func TestRunBadInput(t *testing.T) {
 			return e.args()
 		}, exitNoInput, "consent"},
 		{"unknown scheme", func(t *testing.T, e *env) []string { return e.args("--scheme", "md5") }, exitUsage, "unknown scheme"},
-		{"unkeyed without opt-in", func(t *testing.T, e *env) []string { return e.args("--scheme", "sha256-e164") }, exitUsage, "--allow-unkeyed"},
+		{"unkeyed without opt-in", func(t *testing.T, e *env) []string {
+			e.writeRegistry(t, "sha256-e164")
+			return e.args()
+		}, exitUsage, "--allow-unkeyed"},
+		{"scheme conflicts with registry", func(t *testing.T, e *env) []string { return e.args("--scheme", "uid2", "--allow-unkeyed") }, exitUsage, "conflicts with the registry"},
+		{"out conflicts with registry", func(t *testing.T, e *env) []string {
+			a := e.args()
+			for i := range a {
+				if a[i] == "--out" {
+					a[i+1] = e.out + "-elsewhere"
+				}
+			}
+			return a
+		}, exitUsage, "conflicts with the registry's delivery"},
+		{"no registry", func(t *testing.T, e *env) []string {
+			os.Remove(filepath.Join(e.state, "destinations.yaml"))
+			return e.args()
+		}, exitConfig, "no destination registry"},
 		{"key readable by group", func(t *testing.T, e *env) []string {
 			os.Chmod(e.key, 0o640)
 			return e.args()
@@ -222,6 +292,57 @@ func TestRunBadInput(t *testing.T) {
 				t.Errorf("staging left behind: %v", ents)
 			}
 		})
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	cases := []struct{ dest, purpose, why string }{
+		{"tiktok", "ads_matching", "not in the registry"},
+		{"google-cm", "ads_matching", "third party"},
+		{"mailer", "ads_matching", "not \"ads_matching\""},
+		{"uid2-op", "ads_matching", "without allow_unkeyed"},
+	}
+	for _, c := range cases {
+		t.Run(c.dest, func(t *testing.T) {
+			e := newEnv(t, vectorUsers, vectorEvents)
+			os.Remove(e.users) // refused before any user data is read
+			a := e.args("--purpose", c.purpose)
+			for i := range a {
+				if a[i] == "--destination" {
+					a[i+1] = c.dest
+				}
+			}
+			_, stderr, code := execute(t, a...)
+			if code != exitRefused || !strings.Contains(stderr, c.why) {
+				t.Fatalf("exit %d, %s; want %d mentioning %q", code, stderr, exitRefused, c.why)
+			}
+			if p := e.published(t); len(p) != 0 {
+				t.Errorf("published %v", p)
+			}
+			l, err := audit.Open(pipeline.AuditDir(e.state))
+			if err != nil || l.Size() != 1 || l.Records()[0].Type != audit.TypeDestinationRefused || !strings.Contains(l.Records()[0].Reason, c.why) {
+				t.Fatalf("audit log: %v %+v", err, l.Records())
+			}
+			if out, stderr, code := execute(t, "audit", "verify", "--state", e.state); code != 0 {
+				t.Fatalf("audit verify after a refusal: %s %s", out, stderr)
+			}
+		})
+	}
+}
+
+func TestDestinationsCommands(t *testing.T) {
+	e := newEnv(t, vectorUsers, vectorEvents)
+	out, stderr, code := execute(t, "destinations", "check", "--state", e.state)
+	if code != 0 || !strings.Contains(out, "ok: 4 destinations") || !strings.Contains(stderr, "google-cm: a third party") {
+		t.Errorf("check: %d %s %s", code, out, stderr)
+	}
+	out, _, code = execute(t, "destinations", "list", "--state", e.state)
+	if code != 0 || !strings.Contains(out, "Google LLC") || !strings.Contains(out, "third_party") {
+		t.Errorf("list: %d %s", code, out)
+	}
+	writeFile(t, filepath.Join(e.state, "destinations.yaml"), "version: audiencematch.destinations/v1\ndestinations:\n  - id: x\n    relationship: friend\n", 0o644)
+	if _, stderr, code := execute(t, "destinations", "check", "--state", e.state); code != exitConfig || !strings.Contains(stderr, "relationship \"friend\"") || !strings.Contains(stderr, "retention_days") {
+		t.Errorf("bad registry: %d %s", code, stderr)
 	}
 }
 
@@ -305,6 +426,7 @@ func TestNoPersonalDataInLogs(t *testing.T) {
 	if _, stderr, code := execute(t, "keys", "init", "--state", filepath.Join(d, "state")); code != 0 {
 		t.Fatal(stderr)
 	}
+	env{state: filepath.Join(d, "state"), out: filepath.Join(d, "out")}.writeRegistry(t, "hmac-sha256")
 	out, stderr, code := execute(t, "run", "--users", filepath.Join(d, "in", "users.csv"),
 		"--consent", filepath.Join(d, "in", "consent_events.csv"), "--key", filepath.Join(d, "in", "master.key"),
 		"--destination", "meta-ads", "--out", filepath.Join(d, "out"), "--state", filepath.Join(d, "state"),
@@ -351,7 +473,7 @@ func TestLogCallsTakeNoPersonalFields(t *testing.T) {
 
 func TestExitCodeMapping(t *testing.T) {
 	for err, want := range map[error]int{
-		nil: 0, pipeline.ErrUsage: 64, pipeline.ErrData: 65, pipeline.ErrNoInput: 66,
+		nil: 0, pipeline.ErrUsage: 64, pipeline.ErrRejected: 77, pipeline.ErrData: 65, pipeline.ErrNoInput: 66,
 		pipeline.ErrUnavailable: 69, pipeline.ErrTempFail: 75, pipeline.ErrConfig: 78, context.Canceled: 75,
 	} {
 		if got := exitCode(err); got != want {

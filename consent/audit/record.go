@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -42,6 +43,10 @@ type Record struct {
 	IDs             *Tree    `json:"ids,omitempty"`      // sorted exported identifiers
 	Evidence        *Tree    `json:"evidence,omitempty"` // private evidence rows
 	PreviousRunID   string   `json:"previous_run_id,omitempty"`
+	Adds            []File   `json:"adds,omitempty"`    // identifiers new since the previous run
+	Removes         []File   `json:"removes,omitempty"` // identifiers of the previous run no longer eligible
+	RemovesScheme   string   `json:"removes_scheme,omitempty"`
+	RemovesKeyID    string   `json:"removes_key_id,omitempty"`
 	Reason          string   `json:"reason,omitempty"` // why a run failed or was refused
 	Extra           []string `json:"extra,omitempty"`  // reserved; must be empty in v1
 }
@@ -160,7 +165,7 @@ func (r *Record) Validate() error {
 		case r.KeyID != "" && !isHex(r.KeyID, 16):
 			return errors.New("run_committed record has a malformed key_id")
 		}
-		for _, f := range r.Files {
+		for _, f := range slices.Concat(r.Files, r.Adds, r.Removes) {
 			if !isHex(f.SHA256, 64) || f.Path == "" || f.Rows < 0 {
 				return fmt.Errorf("run_committed record has a malformed file entry %q", f.Path)
 			}

@@ -1,0 +1,233 @@
+package pipeline
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/parquet-go/parquet-go"
+
+	"audiencematch/consent/audit"
+	"audiencematch/hashing"
+)
+
+// DeltaSet is a run's adds or removes: identifiers new since the previous
+// committed run of the destination, or identifiers that run sent and that
+// are no longer eligible. Removes carry the scheme and key_id they were sent
+// under, which after a key rotation are the old ones.
+type DeltaSet struct {
+	Files  []OutputFile `json:"files"`
+	Rows   int64        `json:"rows"`
+	Scheme string       `json:"scheme"`
+	KeyID  string       `json:"key_id,omitempty"`
+}
+
+// previousRun is the last committed run of the destination, in log order,
+// whose cutoff is before this run's; nil for a first run.
+func (r *run) previousRun() (*audit.Record, error) {
+	l, err := audit.Open(AuditDir(r.cfg.State))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("%w: audit log: %w", ErrConfig, err)
+	}
+	var prev *audit.Record
+	for _, rec := range l.Records() {
+		if rec.Type != audit.TypeRunCommitted || rec.Destination != r.cfg.Destination {
+			continue
+		}
+		at, err := time.Parse(time.RFC3339Nano, rec.AsOf)
+		if err == nil && at.Before(r.cfg.Rules.AsOf) {
+			prev = rec
+		}
+	}
+	return prev, nil
+}
+
+// writeDeltas writes adds/ and removes/ beside the snapshot by merging the
+// sorted identifiers of this run with those of the previous one, read back
+// from its published files (checked against its audit record first): memory
+// does not grow with the audience.
+func (r *run) writeDeltas(pub string) error {
+	prev, err := r.previousRun()
+	if err != nil || prev == nil {
+		return err
+	}
+	prevScheme, err := hashing.ParseScheme(prev.Scheme)
+	if err != nil {
+		return err
+	}
+	var paths []string
+	for _, f := range prev.Files {
+		p := filepath.Join(prev.Published, f.Path)
+		sum, _, err := sha256File(p)
+		if err != nil {
+			return fmt.Errorf("%w: the previous run %s is needed for removes: %w", ErrNoInput, prev.RunID, err)
+		}
+		if sum != f.SHA256 {
+			return fmt.Errorf("%w: previous run %s: %s does not match its audit record; run audit verify", ErrData, prev.RunID, p)
+		}
+		paths = append(paths, p)
+	}
+	adds, err := newPartWriter(filepath.Join(pub, "adds"), &r.cfg, r.cfg.Scheme, r.cfg.KeyID())
+	if err != nil {
+		return err
+	}
+	removes, err := newPartWriter(filepath.Join(pub, "removes"), &r.cfg, prevScheme, prev.KeyID)
+	if err != nil {
+		return err
+	}
+	old := &publishedIter{paths: paths, scheme: prevScheme}
+	cur := 0
+	next := func() (string, bool) {
+		if cur == len(r.export) {
+			return "", false
+		}
+		cur++
+		return r.export[cur-1].id, true
+	}
+	a, aok := next()
+	b, bok, err := old.Next()
+	if err != nil {
+		return err
+	}
+	sameKey := prev.KeyID == r.m.KeyID && prev.Scheme == r.m.Scheme
+	for aok || bok {
+		switch {
+		case bok && (!aok || !sameKey || b < a):
+			err = removes.Add(b)
+			b, bok, _ = old.Next()
+			if old.err != nil {
+				return old.err
+			}
+		case aok && (!bok || !sameKey || a < b):
+			err = adds.Add(a)
+			a, aok = next()
+		default: // in both: nothing to send
+			a, aok = next()
+			b, bok, _ = old.Next()
+			if old.err != nil {
+				return old.err
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	r.m.PreviousRunID, r.m.PreviousTotalRows = prev.RunID, prev.IDs.Size
+	if r.m.Adds, err = deltaSet(adds, "adds", r.cfg.Scheme, r.cfg.KeyID()); err != nil {
+		return err
+	}
+	r.m.Removes, err = deltaSet(removes, "removes", prevScheme, prev.KeyID)
+	return err
+}
+
+func deltaSet(w *partWriter, dir string, scheme hashing.Scheme, keyID string) (*DeltaSet, error) {
+	files, err := w.Close()
+	if err != nil {
+		return nil, err
+	}
+	d := &DeltaSet{Scheme: string(scheme), KeyID: keyID}
+	for _, f := range files {
+		f.Path = dir + "/" + f.Path
+		d.Files = append(d.Files, f)
+		d.Rows += f.Rows
+	}
+	return d, nil
+}
+
+// publishedIter streams the identifiers of published parts, in order,
+// checking that they are strictly increasing.
+type publishedIter struct {
+	paths  []string
+	scheme hashing.Scheme
+	f      *os.File
+	bin    *parquet.GenericReader[BinaryIDRow]
+	txt    *parquet.GenericReader[TextIDRow]
+	binBuf []BinaryIDRow
+	txtBuf []TextIDRow
+	i, n   int
+	last   string
+	err    error
+}
+
+// Next returns the next identifier; ok is false at the end or on error
+// (then err is set, and returned).
+func (it *publishedIter) Next() (id string, ok bool, err error) {
+	for it.i == it.n {
+		if err := it.fill(); err != nil {
+			if err == io.EOF {
+				return "", false, nil
+			}
+			it.err = err
+			return "", false, err
+		}
+	}
+	if it.scheme.Binary() {
+		id = string(it.binBuf[it.i].ID[:])
+	} else {
+		id = it.txtBuf[it.i].ID
+	}
+	it.i++
+	if it.last != "" && id <= it.last {
+		it.err = fmt.Errorf("%w: previous run's identifiers are not sorted", ErrData)
+		return "", false, it.err
+	}
+	it.last = id
+	return id, true, nil
+}
+
+func (it *publishedIter) fill() error {
+	for {
+		if it.f == nil {
+			if len(it.paths) == 0 {
+				return io.EOF
+			}
+			f, err := os.Open(it.paths[0])
+			if err != nil {
+				return err
+			}
+			st, err := f.Stat()
+			if err != nil {
+				f.Close()
+				return err
+			}
+			pf, err := parquet.OpenFile(f, st.Size())
+			if err != nil {
+				f.Close()
+				return fmt.Errorf("%s: %w", it.paths[0], err)
+			}
+			it.f, it.paths = f, it.paths[1:]
+			if it.scheme.Binary() {
+				it.bin, it.binBuf = parquet.NewGenericReader[BinaryIDRow](pf), make([]BinaryIDRow, 4096)
+			} else {
+				it.txt, it.txtBuf = parquet.NewGenericReader[TextIDRow](pf), make([]TextIDRow, 4096)
+			}
+		}
+		var n int
+		var err error
+		if it.bin != nil {
+			n, err = it.bin.Read(it.binBuf)
+		} else {
+			n, err = it.txt.Read(it.txtBuf)
+		}
+		it.i, it.n = 0, n
+		if err == io.EOF || (err == nil && n == 0) {
+			it.f.Close()
+			it.f, it.bin, it.txt = nil, nil, nil
+			if n > 0 {
+				return nil
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		return nil
+	}
+}

@@ -1,0 +1,182 @@
+// Package destinations is the registry of who may receive identifiers: the
+// allowlist the run enforces, and the GDPR Art. 30 list of recipients.
+//
+// The registry is a YAML file:
+//
+//	version: audiencematch.destinations/v1
+//	destinations:
+//	  - id: meta-ads
+//	    name: Meta Ads Custom Audiences
+//	    organization: Meta Platforms, Inc.
+//	    relationship: parent            # parent, affiliate, processor, third_party
+//	    purposes: [ads_matching]
+//	    lawful_basis: consent, GDPR Art. 6(1)(a)
+//	    scheme: hmac-sha256
+//	    allow_unkeyed: false
+//	    delivery: /srv/exports          # a local directory, for now
+//	    retention_days: 90
+//	    key_file: /etc/audiencematch/meta-ads.key   # optional: this destination's own master key
+//
+// A run is refused, before it reads any user data, when its destination is
+// not in the registry, is a third party, is not registered for the run's
+// purpose, or has an unkeyed scheme without allow_unkeyed.
+package destinations
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"audiencematch/hashing"
+)
+
+// Version is the registry format version, its first key.
+const Version = "audiencematch.destinations/v1"
+
+// Relationships of a recipient to the data controller.
+const (
+	Parent     = "parent"
+	Affiliate  = "affiliate"
+	Processor  = "processor"
+	ThirdParty = "third_party"
+)
+
+// Destination is one registered recipient.
+type Destination struct {
+	ID            string   `yaml:"id" json:"id"`
+	Name          string   `yaml:"name" json:"name"`
+	Organization  string   `yaml:"organization" json:"organization"`
+	Relationship  string   `yaml:"relationship" json:"relationship"`
+	Purposes      []string `yaml:"purposes" json:"purposes"`
+	LawfulBasis   string   `yaml:"lawful_basis" json:"lawful_basis"`
+	Scheme        string   `yaml:"scheme" json:"scheme"`
+	AllowUnkeyed  bool     `yaml:"allow_unkeyed" json:"allow_unkeyed"`
+	Delivery      string   `yaml:"delivery" json:"delivery"`
+	RetentionDays int      `yaml:"retention_days" json:"retention_days"`
+	KeyFile       string   `yaml:"key_file,omitempty" json:"key_file,omitempty"`
+}
+
+// Registry is the parsed registry file.
+type Registry struct {
+	Version      string        `yaml:"version"`
+	Destinations []Destination `yaml:"destinations"`
+	Path         string        `yaml:"-"`
+}
+
+var idRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+
+// ErrNotFound means there is no registry file.
+var ErrNotFound = errors.New("no destination registry")
+
+// Load reads and validates a registry. Unknown keys are errors: a typo must
+// not silently drop a restriction.
+func Load(path string) (*Registry, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w at %s: create one (see README, \"Destinations\")", ErrNotFound, path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	r := &Registry{Path: path}
+	if err := dec.Decode(r); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if errs := r.Validate(); len(errs) > 0 {
+		return nil, fmt.Errorf("%s: %w", path, errors.Join(errs...))
+	}
+	return r, nil
+}
+
+// Validate returns every problem of the registry, not just the first.
+func (r *Registry) Validate() []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if r.Version != Version {
+		bad("version %q: want %q", r.Version, Version)
+	}
+	if len(r.Destinations) == 0 {
+		bad("no destinations")
+	}
+	seen := map[string]bool{}
+	for i, d := range r.Destinations {
+		where := fmt.Sprintf("destination %d (%q)", i+1, d.ID)
+		if !idRE.MatchString(d.ID) {
+			bad("%s: id must be 1-64 characters of a-z, 0-9, '.', '_', '-'", where)
+		}
+		if seen[d.ID] {
+			bad("%s: id appears twice", where)
+		}
+		seen[d.ID] = true
+		if strings.TrimSpace(d.Name) == "" || strings.TrimSpace(d.Organization) == "" || strings.TrimSpace(d.LawfulBasis) == "" {
+			bad("%s: name, organization and lawful_basis are required (GDPR Art. 30 records them)", where)
+		}
+		if !slices.Contains([]string{Parent, Affiliate, Processor, ThirdParty}, d.Relationship) {
+			bad("%s: relationship %q: use parent, affiliate, processor or third_party", where, d.Relationship)
+		}
+		if len(d.Purposes) == 0 {
+			bad("%s: purposes are required", where)
+		}
+		if _, err := hashing.ParseScheme(d.Scheme); err != nil {
+			bad("%s: %v", where, err)
+		}
+		if d.Delivery == "" || !filepath.IsAbs(d.Delivery) {
+			bad("%s: delivery must be an absolute directory path", where)
+		}
+		if d.RetentionDays <= 0 {
+			bad("%s: retention_days must be positive", where)
+		}
+	}
+	return errs
+}
+
+// Warnings lists entries that are valid but that every run will refuse.
+func (r *Registry) Warnings() []string {
+	var out []string
+	for _, d := range r.Destinations {
+		if d.Relationship == ThirdParty {
+			out = append(out, fmt.Sprintf("%s: a third party: every run to it is refused", d.ID))
+		}
+		if sc, err := hashing.ParseScheme(d.Scheme); err == nil && !sc.Keyed() && !d.AllowUnkeyed {
+			out = append(out, fmt.Sprintf("%s: unkeyed scheme %s without allow_unkeyed: every run to it is refused", d.ID, sc))
+		}
+	}
+	return out
+}
+
+// Lookup returns the destination with id, or nil.
+func (r *Registry) Lookup(id string) *Destination {
+	for i := range r.Destinations {
+		if r.Destinations[i].ID == id {
+			return &r.Destinations[i]
+		}
+	}
+	return nil
+}
+
+// Authorize returns the destination if a run for purpose may send to it, or
+// the reason it may not.
+func (r *Registry) Authorize(id, purpose string) (*Destination, error) {
+	d := r.Lookup(id)
+	switch {
+	case d == nil:
+		return nil, fmt.Errorf("destination %q is not in the registry %s", id, r.Path)
+	case d.Relationship == ThirdParty:
+		return nil, fmt.Errorf("destination %q belongs to a third party (%s): nothing goes to third parties", id, d.Organization)
+	case !slices.Contains(d.Purposes, purpose):
+		return nil, fmt.Errorf("destination %q is registered for purposes %v, not %q", id, d.Purposes, purpose)
+	}
+	if sc, _ := hashing.ParseScheme(d.Scheme); !sc.Keyed() && !d.AllowUnkeyed {
+		return nil, fmt.Errorf("destination %q has the unkeyed scheme %s without allow_unkeyed", id, sc)
+	}
+	return d, nil
+}

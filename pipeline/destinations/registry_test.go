@@ -1,0 +1,118 @@
+package destinations
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const good = `version: audiencematch.destinations/v1
+destinations:
+  - id: meta-ads
+    name: Meta Ads
+    organization: Meta Platforms, Inc.
+    relationship: parent
+    purposes: [ads_matching]
+    lawful_basis: consent, GDPR Art. 6(1)(a)
+    scheme: hmac-sha256
+    allow_unkeyed: false
+    delivery: /srv/exports
+    retention_days: 90
+  - id: google-cm
+    name: Google Customer Match
+    organization: Google LLC
+    relationship: third_party
+    purposes: [ads_matching]
+    lawful_basis: consent
+    scheme: sha256-e164
+    allow_unkeyed: true
+    delivery: /srv/google
+    retention_days: 30
+  - id: uid2-op
+    name: UID2 operator
+    organization: Affiliate Co
+    relationship: affiliate
+    purposes: [ads_matching, measurement]
+    lawful_basis: consent
+    scheme: uid2
+    allow_unkeyed: true
+    delivery: /srv/uid2
+    retention_days: 30
+  - id: email-vendor
+    name: Mailer
+    organization: Mailer Ltd
+    relationship: processor
+    purposes: [marketing_email]
+    lawful_basis: contract
+    scheme: hmac-sha256
+    delivery: /srv/mail
+    retention_days: 7
+`
+
+func load(t *testing.T, text string) (*Registry, error) {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "destinations.yaml")
+	os.WriteFile(p, []byte(text), 0o644)
+	return Load(p)
+}
+
+func TestAuthorize(t *testing.T) {
+	r, err := load(t, good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		id, purpose, want string
+	}{
+		{"meta-ads", "ads_matching", ""},
+		{"uid2-op", "measurement", ""},
+		{"nobody", "ads_matching", "not in the registry"},
+		{"google-cm", "ads_matching", "third party"},
+		{"email-vendor", "ads_matching", "not \"ads_matching\""},
+	}
+	for _, c := range cases {
+		d, err := r.Authorize(c.id, c.purpose)
+		if c.want == "" && (err != nil || d == nil || d.ID != c.id) {
+			t.Errorf("%s/%s: refused: %v", c.id, c.purpose, err)
+		}
+		if c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("%s/%s: err = %v, want %q", c.id, c.purpose, err, c.want)
+		}
+	}
+}
+
+func TestUnkeyedWithoutOptInRefused(t *testing.T) {
+	r, err := load(t, strings.Replace(good, "allow_unkeyed: true\n    delivery: /srv/uid2", "allow_unkeyed: false\n    delivery: /srv/uid2", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Authorize("uid2-op", "ads_matching"); err == nil || !strings.Contains(err.Error(), "without allow_unkeyed") {
+		t.Errorf("err = %v", err)
+	}
+	if w := strings.Join(r.Warnings(), "\n"); !strings.Contains(w, "uid2-op") || !strings.Contains(w, "google-cm") {
+		t.Errorf("warnings = %q", w)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	cases := []struct{ edit, want string }{
+		{strings.Replace(good, "relationship: parent", "relationship: friend", 1), "relationship \"friend\""},
+		{strings.Replace(good, "id: google-cm", "id: meta-ads", 1), "appears twice"},
+		{strings.Replace(good, "delivery: /srv/exports", "delivery: exports", 1), "absolute"},
+		{strings.Replace(good, "retention_days: 90", "retention_days: 0", 1), "retention_days"},
+		{strings.Replace(good, "scheme: hmac-sha256", "scheme: md5", 1), "unknown scheme"},
+		{strings.Replace(good, "lawful_basis: consent, GDPR Art. 6(1)(a)", "lawful_basis: \"\"", 1), "lawful_basis"},
+		{strings.Replace(good, "purposes: [marketing_email]", "purposes: []", 1), "purposes are required"},
+		{strings.Replace(good, "audiencematch.destinations/v1", "v0", 1), "version"},
+		{strings.Replace(good, "allow_unkeyed: false", "allow_unkeyd: false", 1), "allow_unkeyd"},
+	}
+	for _, c := range cases {
+		if _, err := load(t, c.edit); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("want an error mentioning %q, got %v", c.want, err)
+		}
+	}
+	if _, err := Load(filepath.Join(t.TempDir(), "none.yaml")); err == nil {
+		t.Error("a missing registry loaded")
+	}
+}
