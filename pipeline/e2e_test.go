@@ -30,7 +30,6 @@ import (
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
-	"audiencematch/pipeline/destinations"
 )
 
 // oracle recomputes a run from the generator's rows, straight from the text
@@ -205,20 +204,10 @@ func fixtureConfig(t *testing.T, dir string, scheme hashing.Scheme, master hashi
 	}
 }
 
-// testRegistry registers one parent-platform destination delivering to out.
-func testRegistry(out, dest string, scheme hashing.Scheme) *destinations.Registry {
-	return &destinations.Registry{Version: destinations.Version, Path: "test-registry", Destinations: []destinations.Destination{{
-		ID: dest, Name: "Parent Ads", Organization: "Parent Co", Relationship: destinations.Parent,
-		Purposes: []string{fixtures.DefaultPurpose}, LawfulBasis: "consent", Scheme: string(scheme),
-		AllowUnkeyed: !scheme.Keyed(), Delivery: out, RetentionDays: 30,
-	}}}
-}
-
-// fixtureRules are the consent rules the fixtures are built around.
-func fixtureRules(asOf time.Time) consent.Rules {
-	return consent.Rules{AsOf: asOf, Purpose: fixtures.DefaultPurpose,
-		MinPolicyVersion: fixtures.DefaultMinPolicyVersion, MaxAge: 395 * 24 * time.Hour}
-}
+var (
+	testRegistry = pipeline.TestRegistry
+	fixtureRules = pipeline.FixtureRules
+)
 
 // readIDs reads a published part with arrow-go's Parquet reader, an
 // independent implementation, checking the column's physical type.

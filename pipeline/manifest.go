@@ -3,7 +3,6 @@ package pipeline
 import (
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"time"
 
 	"audiencematch/consent"
@@ -127,8 +126,8 @@ func (u *UserCounts) exclude(reason string) { u.Excluded[reason]++ }
 
 func (c *EventCounts) add(class consent.Class) { c.ByClass[class.String()]++ }
 
-func (m *Manifest) addInput(table, path, digest string, rows int64) {
-	m.Inputs = append(m.Inputs, InputFile{Table: table, Name: filepath.Base(path), SHA256: digest, Rows: rows})
+func (m *Manifest) addInput(table, name, digest string, rows int64) {
+	m.Inputs = append(m.Inputs, InputFile{Table: table, Name: name, SHA256: digest, Rows: rows})
 }
 
 func (m *Manifest) addReject(table, reason string) {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"audiencematch/consent"
+	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 	"audiencematch/pipeline/destinations"
 )
@@ -28,7 +30,8 @@ import (
 // Config is everything one run needs. The CLI fills it from flags and the
 // config file; tests fill it directly.
 type Config struct {
-	Users, Consent string // input paths, CSV or Parquet
+	Users, Consent string // input paths, CSV or Parquet (when Source is nil)
+	Source         Source // nil: a FileSource of Users and Consent
 	Destination    string
 	Scheme         hashing.Scheme
 	Key            hashing.DestKey // K_dest; unused by unkeyed schemes
@@ -44,6 +47,12 @@ type Config struct {
 	// audit record is written (library use and tests only: the CLI always
 	// sets it).
 	AuditSigner note.Signer
+	// Force re-runs a destination and cutoff date that already has a
+	// committed run (a run with the same inputs and settings is still
+	// recognised as published and not written twice).
+	Force bool
+	// Progress, when not nil, is updated as rows go by.
+	Progress *Progress
 	// Registry is the destination allowlist; required. A destination it does
 	// not authorize for the purpose is refused before any user data is read.
 	Registry *destinations.Registry
@@ -63,7 +72,10 @@ type Result struct {
 	EvidencePath     string
 	RejectsPath      string
 	AlreadyPublished bool // the same run (same inputs and config) was published before
-	Stages           []StageTime
+	// Skipped is set when a run for the destination and cutoff date was
+	// already committed and Force was not given: nothing was read.
+	Skipped *audit.Record
+	Stages  []StageTime
 }
 
 // StageTime is how long one stage took.
@@ -82,8 +94,8 @@ func (c *Config) check() error {
 	switch {
 	case !ValidDestination(c.Destination):
 		return fmt.Errorf("%w: destination %q: use 1-64 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit", ErrUsage, c.Destination)
-	case c.Users == "" || c.Consent == "":
-		return fmt.Errorf("%w: both --users and --consent are required", ErrUsage)
+	case c.Source == nil && (c.Users == "" || c.Consent == ""):
+		return fmt.Errorf("%w: both --users and --consent (or --source) are required", ErrUsage)
 	case c.Out == "" || c.State == "":
 		return fmt.Errorf("%w: both --out and --state are required", ErrUsage)
 	case c.Rules.Purpose == "":
@@ -107,6 +119,9 @@ func (c *Config) check() error {
 	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.Source == nil {
+		c.Source = FileSource{Users: c.Users, Consent: c.Consent}
 	}
 	return nil
 }
@@ -183,8 +198,23 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 	if err := ensureStateDirs(cfg.State); err != nil {
 		return nil, err
 	}
+	lock, err := acquireLock(cfg.State, r.t0)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Release()
 	if err := authorize(&r.cfg); err != nil {
 		return nil, err
+	}
+	if !cfg.Force {
+		if rec, err := committedOn(&cfg); err != nil || rec != nil {
+			return &Result{Skipped: rec}, err
+		}
+	}
+	if n, err := cleanStaging(cfg.State, cfg.Out, cfg.Destination); err != nil {
+		return nil, fmt.Errorf("clean up an earlier run's staging: %w", err)
+	} else if n > 0 {
+		cfg.Log.Info("removed the staging leftovers of an interrupted run", "entries", n)
 	}
 	defer func() {
 		if err != nil && !errors.Is(err, context.Canceled) {
@@ -228,6 +258,7 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 			return nil, err
 		}
 		start := time.Now()
+		cfg.Progress.setStage(s.name)
 		if err := s.fn(ctx); err != nil {
 			return nil, err
 		}
@@ -241,7 +272,7 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 }
 
 func (r *run) readConsent(ctx context.Context) error {
-	t, err := OpenTable(r.cfg.Consent, EventColumns)
+	t, err := r.cfg.Source.Open(ctx, TableConsent, EventColumns)
 	if err != nil {
 		return fmt.Errorf("consent events: %w", err)
 	}
@@ -261,9 +292,12 @@ func (r *run) readConsent(ctx context.Context) error {
 			return fmt.Errorf("consent events: %w", err)
 		}
 		c.Rows++
+		if c.Rows&1023 == 0 {
+			r.cfg.Progress.add(cEvents, 1024)
+		}
 		if row.Reject != "" {
 			c.add(consent.ClassMalformed)
-			r.reject("consent_events", row.Line, row.Reject, row.Raw)
+			r.reject(TableConsent, row.Line, row.Reject, row.Raw)
 			continue
 		}
 		f := row.Fields
@@ -272,7 +306,7 @@ func (r *run) readConsent(ctx context.Context) error {
 			var re *consent.RejectError
 			errors.As(err, &re)
 			c.add(consent.ClassMalformed)
-			r.reject("consent_events", row.Line, re.Reason, fieldsText(f))
+			r.reject(TableConsent, row.Line, re.Reason, fieldsText(f))
 			continue
 		}
 		class := rules.Classify(&e)
@@ -287,12 +321,12 @@ func (r *run) readConsent(ctx context.Context) error {
 		}
 		u.Add(&e)
 	}
-	r.m.addInput("consent_events", r.cfg.Consent, t.Digest(), c.Rows)
+	r.m.addInput(TableConsent, r.cfg.Source.Name(TableConsent), t.Digest(), c.Rows)
 	return nil
 }
 
 func (r *run) readUsers(ctx context.Context) error {
-	t, err := OpenTable(r.cfg.Users, UserColumns)
+	t, err := r.cfg.Source.Open(ctx, TableUsers, UserColumns)
 	if err != nil {
 		return fmt.Errorf("users: %w", err)
 	}
@@ -311,6 +345,9 @@ func (r *run) readUsers(ctx context.Context) error {
 			return fmt.Errorf("users: %w", err)
 		}
 		u.Rows++
+		if u.Rows&1023 == 0 {
+			r.cfg.Progress.add(cUsers, 1024)
+		}
 		if row.Reject != "" {
 			u.exclude(ReasonMalformedRow)
 			r.reject("users", row.Line, row.Reject, row.Raw)
@@ -342,7 +379,7 @@ func (r *run) readUsers(ctx context.Context) error {
 			status: status, line: row.Line,
 		})
 	}
-	r.m.addInput("users", r.cfg.Users, t.Digest(), u.Rows)
+	r.m.addInput(TableUsers, r.cfg.Source.Name(TableUsers), t.Digest(), u.Rows)
 	r.snapshot = consentSnapshot(snap)
 	// Events of users absent from the users table count as unknown_user.
 	c := &r.m.ConsentEvents
@@ -359,8 +396,12 @@ func (r *run) readUsers(ctx context.Context) error {
 
 // normalize computes the E.164 form of every holder's number, in parallel.
 func (r *run) normalize(ctx context.Context) error {
+	r.cfg.Progress.add(cHolders, int64(len(r.holders)))
 	parallel(len(r.holders), r.cfg.Workers, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
+			if (i-lo)&1023 == 1023 {
+				r.cfg.Progress.add(cNormalized, 1024)
+			}
 			h := &r.holders[i]
 			e, err := hashing.Normalize(h.phone, h.country)
 			h.e164, h.invalid = e, err != nil
@@ -489,4 +530,27 @@ func authorize(cfg *Config) error {
 		return fmt.Errorf("%w: output directory %s conflicts with the registry's delivery %s for %q", ErrUsage, cfg.Out, d.Delivery, d.ID)
 	}
 	return nil
+}
+
+// committedOn returns the committed run of the destination for the run's
+// cutoff date, if the audit log has one.
+func committedOn(cfg *Config) (*audit.Record, error) {
+	l, err := audit.Open(AuditDir(cfg.State))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("%w: audit log: %w", ErrConfig, err)
+	}
+	day := cfg.Rules.AsOf.UTC().Format(time.DateOnly)
+	for i := len(l.Records()) - 1; i >= 0; i-- {
+		rec := l.Records()[i]
+		if rec.Type != audit.TypeRunCommitted || rec.Destination != cfg.Destination {
+			continue
+		}
+		if at, err := time.Parse(time.RFC3339Nano, rec.AsOf); err == nil && at.UTC().Format(time.DateOnly) == day {
+			return rec, nil
+		}
+	}
+	return nil, nil
 }

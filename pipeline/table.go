@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -32,6 +33,49 @@ type RowReader interface {
 	// Next has returned io.EOF.
 	Digest() string
 	Close() error
+}
+
+// Source opens a run's two input tables. Open is called once per table,
+// consent_events first; the RowReader it returns streams that table.
+type Source interface {
+	Open(ctx context.Context, table string, columns []string) (RowReader, error)
+	// Name is what the manifest records for a table: a file's base name, or
+	// a description that holds no credentials.
+	Name(table string) string
+	Close() error
+}
+
+// Table names, as the manifest and the reject file use them.
+const (
+	TableUsers   = "users"
+	TableConsent = "consent_events"
+)
+
+// FileSource reads the tables from CSV or Parquet files.
+type FileSource struct{ Users, Consent string }
+
+func (s FileSource) path(table string) string {
+	if table == TableUsers {
+		return s.Users
+	}
+	return s.Consent
+}
+
+// Open opens the table's file.
+func (s FileSource) Open(_ context.Context, table string, columns []string) (RowReader, error) {
+	return OpenTable(s.path(table), columns)
+}
+
+// Name is the file's base name.
+func (s FileSource) Name(table string) string { return filepath.Base(s.path(table)) }
+
+// Close does nothing: each table is closed after it is read.
+func (FileSource) Close() error { return nil }
+
+// NewCSVReader streams CSV from r (with its header row) as a RowReader;
+// other sources (PostgreSQL's COPY) use it to share the CSV rules.
+func NewCSVReader(r io.ReadCloser, columns []string) (RowReader, error) {
+	return newCSVTable(r, columns)
 }
 
 // Table columns of MATCHING.md section 1, in the order readers return them.

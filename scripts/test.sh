@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, vet, race-enabled tests
-# and a short run of every fuzz target.
+# (with a throw-away PostgreSQL server, installed from Debian's packages if
+# missing) and a short run of every fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== gofmt"
@@ -8,6 +9,9 @@ unformatted=$(gofmt -l . | grep -v '^demo/' || true)
 if [ -n "$unformatted" ]; then echo "gofmt would change:"; echo "$unformatted"; exit 1; fi
 echo "== go vet"
 go vet ./...
+echo "== PostgreSQL for the database tests"
+eval "$(scripts/pg.sh start)"
+trap 'scripts/pg.sh stop "$AUDIENCEMATCH_TEST_PG_DIR"' EXIT
 echo "== go test -race"
 go test -race -count=1 ./...
 echo "== fuzz (short)"

@@ -18,6 +18,7 @@ import (
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
 	"audiencematch/pipeline/destinations"
+	"audiencematch/pipeline/pgsource"
 )
 
 // RunOptions are the flags of `audiencematch run`.
@@ -37,14 +38,30 @@ type RunOptions struct {
 	Workers          int
 	RowsPerFile      int64
 	Destinations     string
+	Source           string
+	UsersTable       string
+	ConsentTable     string
+	UsersQuery       string
+	ConsentQuery     string
+	Force            bool
+	Summary          bool
+	MetricsFile      string
 }
 
 // AddFlags registers the options' flags.
 func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&o.Config, "config", "", "YAML file setting any of these flags by name (flags on the command line win)")
-	f.StringVar(&o.Users, "users", "", "users table, CSV or Parquet: user_id, phone, country (required)")
-	f.StringVar(&o.Consent, "consent", "", "consent_events table, CSV or Parquet (required)")
+	f.StringVar(&o.Users, "users", "", "users table, CSV or Parquet: user_id, phone, country (or use --source)")
+	f.StringVar(&o.Consent, "consent", "", "consent_events table, CSV or Parquet (or use --source)")
+	f.StringVar(&o.Source, "source", "", "read both tables from PostgreSQL: postgres://user:password@host:port/db (instead of --users/--consent); prefer the config file or $PGPASSWORD for the password")
+	f.StringVar(&o.UsersTable, "users-table", "users", "with --source: the users table")
+	f.StringVar(&o.ConsentTable, "consent-table", "consent_events", "with --source: the consent events table")
+	f.StringVar(&o.UsersQuery, "users-query", "", "with --source: a query returning user_id, phone, country (usually set in the config file)")
+	f.StringVar(&o.ConsentQuery, "consent-query", "", "with --source: a query returning the consent_events columns")
+	f.BoolVar(&o.Force, "force", false, "run even though a run for this destination and cutoff date is already committed")
+	f.BoolVar(&o.Summary, "summary", false, "print the reconciliation on stdout (default: only when stdout is a terminal; cron stays quiet)")
+	f.StringVar(&o.MetricsFile, "metrics-file", "", "write Prometheus text-format metrics here, atomically (node_exporter's textfile collector)")
 	f.StringVar(&o.Destination, "destination", "", "destination id, e.g. meta-ads: names the output directory and the derived key (required)")
 	f.StringVar(&o.Key, "key", "", "master key file: hex, at least 32 bytes, mode 0600 (default: $"+hashing.KeyEnv+", then STATE/keys/master.key)")
 	f.StringVar(&o.Out, "out", "", "publish directory: OUT/<destination>/dt=<date>/run=<id>/ (default: the registry's delivery for the destination)")
@@ -102,11 +119,16 @@ holds, privately, the user and consent event behind each identifier.
 // pipelineConfig validates the options and loads the key.
 func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.Config, error) {
 	var missing []string
-	for _, f := range []struct{ name, v string }{{"--users", o.Users}, {"--consent", o.Consent},
-		{"--destination", o.Destination}, {"--state", o.State}} {
+	for _, f := range []struct{ name, v string }{{"--destination", o.Destination}, {"--state", o.State}} {
 		if f.v == "" {
 			missing = append(missing, f.name)
 		}
+	}
+	if o.Source == "" && (o.Users == "" || o.Consent == "") {
+		missing = append(missing, "--users and --consent (or --source)")
+	}
+	if o.Source != "" && (o.Users != "" || o.Consent != "") {
+		return pipeline.Config{}, fmt.Errorf("%w: give --source or --users/--consent, not both", pipeline.ErrUsage)
 	}
 	if len(missing) > 0 {
 		return pipeline.Config{}, fmt.Errorf("%w: missing %s (see audiencematch run --help)", pipeline.ErrUsage, strings.Join(missing, ", "))
@@ -165,10 +187,25 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 	}
 	cfg := pipeline.Config{
 		Users: o.Users, Consent: o.Consent, Destination: o.Destination, Scheme: scheme,
-		Out: out, State: o.State, Registry: registry,
+		Out: out, State: o.State, Registry: registry, Force: o.Force,
 		Rules:         consent.Rules{AsOf: asOf, Purpose: o.Purpose, MinPolicyVersion: o.MinPolicyVersion, MaxAge: maxAge},
 		MaxRejectRate: o.MaxRejectRate, Workers: o.Workers, RowsPerFile: o.RowsPerFile,
 		ToolVersion: Version, Log: log,
+	}
+	if o.Source != "" {
+		usersTable, consentTable := o.UsersTable, o.ConsentTable
+		if o.UsersQuery != "" {
+			usersTable = ""
+		}
+		if o.ConsentQuery != "" {
+			consentTable = ""
+		}
+		src, err := pgsource.New(pgsource.Options{URL: o.Source, UsersTable: usersTable, ConsentTable: consentTable,
+			UsersQuery: o.UsersQuery, ConsentQuery: o.ConsentQuery})
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Source = src
 	}
 	signer, err := audit.LoadSigner(pipeline.KeysDir(o.State))
 	if err != nil {
@@ -190,27 +227,51 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 	return cfg, nil
 }
 
-func runRun(cmd *cobra.Command, o *RunOptions, log *slog.Logger) error {
+func runRun(cmd *cobra.Command, o *RunOptions, log *slog.Logger) (err error) {
 	start := time.Now()
+	var res *pipeline.Result
+	if o.MetricsFile != "" {
+		defer func() {
+			if merr := writeMetrics(o.MetricsFile, o.Destination, res, exitCode(err), start, time.Now()); merr != nil {
+				log.Error("could not write the metrics file", "path", o.MetricsFile, "error", merr.Error())
+				if err == nil {
+					err = fmt.Errorf("%w: metrics file: %w", pipeline.ErrConfig, merr)
+				}
+			}
+		}()
+	}
 	cfg, err := o.pipelineConfig(log, start)
 	if err != nil {
 		return err
 	}
-	res, err := pipeline.Run(cmd.Context(), cfg)
+	if cfg.Source != nil {
+		defer cfg.Source.Close()
+	}
+	cfg.Progress = &pipeline.Progress{}
+	stop := showProgress(cmd.Context(), cfg.Progress, cmd.ErrOrStderr(), log)
+	res, err = pipeline.Run(cmd.Context(), cfg)
+	stop()
 	if err != nil {
-		log.Error("run failed", "destination", cfg.Destination, "error", err.Error())
+		log.Error("run failed", "destination", cfg.Destination, "error", err.Error(), "exit_code", exitCode(err))
 		return err
+	}
+	if rec := res.Skipped; rec != nil {
+		log.Info("already committed for this destination and date; nothing to do (use --force to run anyway)",
+			"destination", cfg.Destination, "run_id", rec.RunID, "as_of", rec.AsOf)
+		return nil
 	}
 	m := res.Manifest
 	if res.AlreadyPublished {
-		log.Info("run already published; nothing to do", "run_id", m.RunID, "dir", res.PublishedDir)
-		fmt.Fprintf(cmd.OutOrStdout(), "already published: %s (same inputs and settings); nothing to do\n", res.PublishedDir)
+		log.Info("this exact run (same inputs and settings) is already published; nothing to do", "run_id", m.RunID, "dir", res.PublishedDir)
 		return nil
 	}
+	// One line on success, so that cron mails only failures.
 	log.Info("run published", "run_id", m.RunID, "destination", m.Destination, "scheme", m.Scheme, "key_id", m.KeyID,
-		"users", m.Users.Rows, "exported", m.TotalRows, "consent_events", m.ConsentEvents.Rows,
-		"seconds", time.Since(start).Seconds())
-	printSummary(cmd.OutOrStdout(), res)
+		"users", m.Users.Rows, "exported", m.TotalRows, "excluded", m.Users.Rows-m.Users.Exported,
+		"consent_events", m.ConsentEvents.Rows, "seconds", time.Since(start).Seconds())
+	if o.Summary || isTerminal(cmd.OutOrStdout()) {
+		printSummary(cmd.OutOrStdout(), res)
+	}
 	return nil
 }
 
@@ -220,6 +281,9 @@ func printSummary(w io.Writer, res *pipeline.Result) {
 	fmt.Fprintf(w, "published %d identifiers (%s, key_id %s) to %s\n", m.TotalRows, m.Scheme, orNone(m.KeyID), res.PublishedDir)
 	fmt.Fprintf(w, "users %d = exported %d%s\n", m.Users.Rows, m.Users.Exported, terms(m.Users.Excluded))
 	fmt.Fprintf(w, "consent events %d =%s\n", m.ConsentEvents.Rows, strings.TrimPrefix(terms(m.ConsentEvents.ByClass), " +"))
+	if m.Adds != nil {
+		fmt.Fprintf(w, "since run %s: adds %d, removes %d (key_id %s)\n", m.PreviousRunID, m.Adds.Rows, m.Removes.Rows, orNone(m.Removes.KeyID))
+	}
 	fmt.Fprintf(w, "private evidence: %s; rejects: %s\n", res.EvidencePath, filepath.Clean(res.RejectsPath))
 }
 

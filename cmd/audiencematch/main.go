@@ -56,14 +56,16 @@ func exitCode(err error) int {
 		return exitOK
 	case errors.Is(err, pipeline.ErrUsage):
 		return exitUsage
+	// A temporary failure first: a source's read error may arrive wrapped in
+	// "input unreadable", and a retry is what the scheduler should do.
+	case errors.Is(err, pipeline.ErrTempFail), errors.Is(err, context.Canceled):
+		return exitTempFail
 	case errors.Is(err, pipeline.ErrData):
 		return exitData
 	case errors.Is(err, pipeline.ErrNoInput):
 		return exitNoInput
 	case errors.Is(err, pipeline.ErrUnavailable):
 		return exitUnavailable
-	case errors.Is(err, pipeline.ErrTempFail), errors.Is(err, context.Canceled):
-		return exitTempFail
 	case errors.Is(err, pipeline.ErrRejected):
 		return exitRefused
 	case errors.Is(err, pipeline.ErrConfig),

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gofrs/flock"
 	"github.com/parquet-go/parquet-go"
 
 	"audiencematch/consent/audit"
@@ -136,7 +137,7 @@ destinations:
 func (e env) args(extra ...string) []string {
 	return append([]string{"run", "--users", e.users, "--consent", e.events, "--key", e.key,
 		"--destination", "meta-ads", "--out", e.out, "--state", e.state,
-		"--as-of", "2026-11-01T00:00:00Z", "--log-format", "json"}, extra...)
+		"--as-of", "2026-11-01T00:00:00Z", "--log-format", "json", "--summary"}, extra...)
 }
 
 // published lists what is visible under OUT.
@@ -381,12 +382,82 @@ func TestRerunIsNoop(t *testing.T) {
 		t.Fatal(stderr)
 	}
 	before := e.published(t)
-	out, stderr, code := execute(t, e.args()...)
-	if code != 0 || !strings.Contains(out, "already published") {
-		t.Fatalf("rerun: exit %d, %q %q", code, out, stderr)
+	// Same destination and date: a no-op that says so, without reading the
+	// inputs (gone now).
+	os.Remove(e.users)
+	_, stderr, code := execute(t, e.args()...)
+	if code != 0 || !strings.Contains(stderr, "already committed for this destination and date") {
+		t.Fatalf("rerun: exit %d, %q", code, stderr)
+	}
+	// --force with the same inputs: the same run, recognised, not rewritten.
+	writeFile(t, e.users, vectorUsers, 0o644)
+	if _, stderr, code := execute(t, e.args("--force")...); code != 0 || !strings.Contains(stderr, "already published") {
+		t.Fatalf("forced rerun: exit %d, %q", code, stderr)
 	}
 	if after := e.published(t); strings.Join(after, ",") != strings.Join(before, ",") {
 		t.Errorf("rerun changed OUT: %v -> %v", before, after)
+	}
+	// --force with changed inputs: a second run for the day.
+	writeFile(t, e.users, vectorUsers+"u9,+16505551299,US\n", 0o644)
+	if out, stderr, code := execute(t, e.args("--force")...); code != 0 || !strings.Contains(out, "published 4 identifiers") {
+		t.Fatalf("forced run with new inputs: exit %d, %q %q", code, out, stderr)
+	}
+	if after := e.published(t); len(after) != 2*len(before) {
+		t.Errorf("after a forced run with new inputs OUT holds %v", after)
+	}
+}
+
+func TestRunLock(t *testing.T) {
+	e := newEnv(t, vectorUsers, vectorEvents)
+	os.MkdirAll(e.state, 0o700)
+	holder := flock.New(filepath.Join(e.state, pipeline.LockFile))
+	if ok, err := holder.TryLock(); !ok || err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(e.state, pipeline.LockFile), []byte("pid=4242 started=2026-11-24T02:00:00Z\n"), 0o600)
+	_, stderr, code := execute(t, e.args()...)
+	if code != exitTempFail || !strings.Contains(stderr, "pid=4242") || !strings.Contains(stderr, "started=2026-11-24T02:00:00Z") {
+		t.Errorf("second run: exit %d, %s", code, stderr)
+	}
+	if len(e.published(t)) != 0 {
+		t.Error("a run published without the lock")
+	}
+	holder.Unlock()
+	if _, stderr, code := execute(t, e.args()...); code != 0 {
+		t.Fatalf("after the lock is released: exit %d %s", code, stderr)
+	}
+}
+
+func TestMetricsFile(t *testing.T) {
+	e := newEnv(t, vectorUsers, vectorEvents)
+	mf := filepath.Join(e.dir, "audiencematch.prom")
+	if _, stderr, code := execute(t, e.args("--metrics-file", mf)...); code != 0 {
+		t.Fatal(stderr)
+	}
+	b, _ := os.ReadFile(mf)
+	for _, want := range []string{
+		`audiencematch_last_run_success{destination="meta-ads"} 1`,
+		`audiencematch_rows_exported{destination="meta-ads"} 4`,
+		`audiencematch_rows_read{destination="meta-ads",table="users"} 4`,
+		`audiencematch_rows_excluded{destination="meta-ads",reason="no_consent"} 0`,
+		`audiencematch_stage_duration_seconds{destination="meta-ads",stage="normalize"}`,
+		"# TYPE audiencematch_last_success_timestamp_seconds gauge",
+	} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("metrics lack %q:\n%s", want, b)
+		}
+	}
+	success := previousGauge(mf, "audiencematch_last_success_timestamp_seconds", "meta-ads")
+	// A failed run keeps the last success time.
+	os.Remove(e.events)
+	if _, _, code := execute(t, e.args("--metrics-file", mf, "--force")...); code != exitNoInput {
+		t.Fatalf("exit %d", code)
+	}
+	b, _ = os.ReadFile(mf)
+	if !strings.Contains(string(b), `audiencematch_last_run_success{destination="meta-ads"} 0`) ||
+		!strings.Contains(string(b), `audiencematch_last_run_exit_code{destination="meta-ads"} 66`) ||
+		previousGauge(mf, "audiencematch_last_success_timestamp_seconds", "meta-ads") != success || success == 0 {
+		t.Errorf("after a failure:\n%s", b)
 	}
 }
 
@@ -397,7 +468,7 @@ func TestConfigFile(t *testing.T) {
 		"out: " + e.out, "state: " + e.state, "as-of: 2026-11-01T00:00:00Z", "min-policy-version: 9",
 	}, "\n"), 0o600)
 	// The file's min-policy-version 9 excludes everyone; the flag wins.
-	out, stderr, code := execute(t, "run", "--config", cfg, "--min-policy-version", "3")
+	out, stderr, code := execute(t, "run", "--config", cfg, "--min-policy-version", "3", "--summary")
 	if code != 0 || !strings.Contains(out, "published 4 identifiers") {
 		t.Fatalf("exit %d: %s %s", code, out, stderr)
 	}

@@ -1,0 +1,194 @@
+// Package pgsource reads a run's users and consent events from PostgreSQL.
+//
+// Both tables are read in one read-only REPEATABLE READ transaction, so that
+// users and consent come from the same instant, and streamed with
+// COPY (SELECT ...) TO STDOUT (FORMAT csv): nothing is held in memory, and
+// the rows go through the same CSV rules, rejects and digests as a file.
+// Every column is rendered by to_json(col)#>>'{}', so a timestamptz arrives
+// as RFC 3339 text (2026-10-01T12:00:00+00:00), an integer as its digits and
+// a text column as it is; NULL arrives empty.
+//
+// With table names, rows are ordered by the first column (user_id,
+// event_id) so that the input digest, and with it the run id, does not
+// depend on the physical order of the table. A query from the config file
+// is used as it is: order it for the same reason.
+package pgsource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"audiencematch/pipeline"
+)
+
+// Options say where the tables are.
+type Options struct {
+	URL                      string // postgres://user:password@host:port/db?sslmode=...
+	UsersTable, ConsentTable string // table names, possibly schema-qualified
+	UsersQuery, ConsentQuery string // or queries returning the contract's columns
+}
+
+// Source is a pipeline.Source over one PostgreSQL transaction.
+type Source struct {
+	opts Options
+	conn *pgx.Conn
+	tx   pgx.Tx
+}
+
+// New checks the options; it connects on the first Open.
+func New(o Options) (*Source, error) {
+	if o.URL == "" {
+		return nil, fmt.Errorf("%w: --source needs a postgres:// URL", pipeline.ErrUsage)
+	}
+	if _, err := pgx.ParseConfig(o.URL); err != nil {
+		return nil, fmt.Errorf("%w: --source: %v", pipeline.ErrUsage, redact(err.Error(), o.URL))
+	}
+	if o.UsersTable == "" && o.UsersQuery == "" {
+		o.UsersTable = pipeline.TableUsers
+	}
+	if o.ConsentTable == "" && o.ConsentQuery == "" {
+		o.ConsentTable = pipeline.TableConsent
+	}
+	return &Source{opts: o}, nil
+}
+
+func (s *Source) connect(ctx context.Context) error {
+	if s.tx != nil {
+		return nil
+	}
+	conn, err := pgx.Connect(ctx, s.opts.URL)
+	if err != nil {
+		return classify(err, s.opts.URL, "connect")
+	}
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		conn.Close(ctx)
+		return classify(err, s.opts.URL, "begin a read-only repeatable-read transaction")
+	}
+	s.conn, s.tx = conn, tx
+	return nil
+}
+
+// query is the SELECT that yields table's columns as text.
+func (s *Source) query(table string, columns []string) string {
+	name, q := s.opts.UsersTable, s.opts.UsersQuery
+	if table == pipeline.TableConsent {
+		name, q = s.opts.ConsentTable, s.opts.ConsentQuery
+	}
+	cols := make([]string, len(columns))
+	for i, c := range columns {
+		id := pgx.Identifier{c}.Sanitize()
+		cols[i] = "to_json(t." + id + ")#>>'{}' AS " + id
+	}
+	if q != "" {
+		return "SELECT " + strings.Join(cols, ", ") + " FROM (" + q + ") AS t"
+	}
+	return "SELECT " + strings.Join(cols, ", ") + " FROM " + pgx.Identifier(strings.Split(name, ".")).Sanitize() +
+		" AS t ORDER BY t." + pgx.Identifier{columns[0]}.Sanitize()
+}
+
+// Open streams one table through COPY.
+func (s *Source) Open(ctx context.Context, table string, columns []string) (pipeline.RowReader, error) {
+	if err := s.connect(ctx); err != nil {
+		return nil, err
+	}
+	sql := "COPY (" + s.query(table, columns) + ") TO STDOUT WITH (FORMAT csv, HEADER true)"
+	pr, pw := io.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, err := s.tx.Conn().PgConn().CopyTo(ctx, pw, sql)
+		if err != nil {
+			err = classify(err, s.opts.URL, "read "+s.Name(table))
+		}
+		pw.CloseWithError(err)
+	}()
+	r, err := pipeline.NewCSVReader(&pipeReader{pr, done}, columns)
+	if err != nil {
+		pr.CloseWithError(err)
+		<-done
+		return nil, fmt.Errorf("%s: %w", s.Name(table), err)
+	}
+	return r, nil
+}
+
+// pipeReader closes the read side and waits for the COPY to stop, so that
+// the connection is free for the next table.
+type pipeReader struct {
+	*io.PipeReader
+	done chan struct{}
+}
+
+func (p *pipeReader) Close() error {
+	p.PipeReader.CloseWithError(errors.New("reader closed"))
+	<-p.done
+	return nil
+}
+
+// Name names the table or query for the manifest; never the URL.
+func (s *Source) Name(table string) string {
+	if table == pipeline.TableUsers {
+		if s.opts.UsersQuery != "" {
+			return "postgres:query(users)"
+		}
+		return "postgres:" + s.opts.UsersTable
+	}
+	if s.opts.ConsentQuery != "" {
+		return "postgres:query(consent_events)"
+	}
+	return "postgres:" + s.opts.ConsentTable
+}
+
+// Close ends the transaction (it only read) and the connection.
+func (s *Source) Close() error {
+	if s.conn == nil {
+		return nil
+	}
+	ctx := context.Background()
+	err := s.tx.Rollback(ctx)
+	return errors.Join(err, s.conn.Close(ctx))
+}
+
+// classify turns a PostgreSQL failure into the run's error kinds. Connection
+// failures, authentication failures and missing tables or columns are all
+// "temporary" (exit 75): the database may be restarting, a password being
+// rotated, a migration running; a retry may help, and the message says what
+// to check. The URL's password never appears in the message.
+func classify(err error, url, doing string) error {
+	var pgErr *pgconn.PgError
+	var netErr net.Error
+	msg := redact(err.Error(), url)
+	switch {
+	case errors.As(err, &pgErr):
+		switch pgErr.Code {
+		case "28P01", "28000":
+			return fmt.Errorf("%w: PostgreSQL: %s: authentication failed (%s); check the user and password in --source", pipeline.ErrTempFail, doing, pgErr.Code)
+		case "42P01":
+			return fmt.Errorf("%w: PostgreSQL: %s: %s; check --users-table/--consent-table", pipeline.ErrTempFail, doing, pgErr.Message)
+		case "42703":
+			return fmt.Errorf("%w: PostgreSQL: %s: %s; the table lacks a column of MATCHING.md section 1", pipeline.ErrTempFail, doing, pgErr.Message)
+		case "3D000":
+			return fmt.Errorf("%w: PostgreSQL: %s: %s", pipeline.ErrTempFail, doing, pgErr.Message)
+		}
+		return fmt.Errorf("%w: PostgreSQL: %s: %s (SQLSTATE %s)", pipeline.ErrTempFail, doing, pgErr.Message, pgErr.Code)
+	case errors.As(err, &netErr), pgconn.SafeToRetry(err), strings.Contains(msg, "connect"):
+		return fmt.Errorf("%w: PostgreSQL: %s: %s; is the server up and reachable?", pipeline.ErrTempFail, doing, msg)
+	}
+	return fmt.Errorf("%w: PostgreSQL: %s: %s", pipeline.ErrTempFail, doing, msg)
+}
+
+// redact removes the password of url from s.
+func redact(s, url string) string {
+	cfg, err := pgx.ParseConfig(url)
+	if err == nil && cfg.Password != "" {
+		s = strings.ReplaceAll(s, cfg.Password, "*****")
+	}
+	return s
+}
