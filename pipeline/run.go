@@ -206,15 +206,15 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 	if err := authorize(&r.cfg); err != nil {
 		return nil, err
 	}
-	if !cfg.Force {
-		if rec, err := committedOn(&cfg); err != nil || rec != nil {
-			return &Result{Skipped: rec}, err
-		}
-	}
 	if n, err := cleanStaging(cfg.State, cfg.Out, cfg.Destination); err != nil {
 		return nil, fmt.Errorf("clean up an earlier run's staging: %w", err)
 	} else if n > 0 {
 		cfg.Log.Info("removed the staging leftovers of an interrupted run", "entries", n)
+	}
+	if !cfg.Force {
+		if rec, err := committedOn(&cfg); err != nil || rec != nil {
+			return &Result{Skipped: rec}, err
+		}
 	}
 	defer func() {
 		if err != nil && !errors.Is(err, context.Canceled) {

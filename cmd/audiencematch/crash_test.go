@@ -1,0 +1,213 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/mod/sumdb/note"
+
+	"audiencematch/consent/audit"
+	"audiencematch/pipeline"
+)
+
+// crashEnv is a state directory with keys (shared by every scenario, so
+// that runs are comparable) and a registry delivering to its own OUT.
+type crashEnv struct {
+	bin, in, dir, state, out string
+}
+
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "audiencematch")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func newCrashEnv(t *testing.T, bin, in, keys string) crashEnv {
+	t.Helper()
+	d := t.TempDir()
+	e := crashEnv{bin: bin, in: in, dir: d, state: filepath.Join(d, "state"), out: filepath.Join(d, "out")}
+	if err := os.MkdirAll(pipeline.KeysDir(e.state), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"master.key", audit.SignerFile, audit.VerifierFile} {
+		b, err := os.ReadFile(filepath.Join(keys, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(pipeline.KeysDir(e.state), f), b, 0o600)
+	}
+	env{state: e.state, out: e.out}.writeRegistry(t, "hmac-sha256")
+	return e
+}
+
+func (e crashEnv) command(crashAt string) *exec.Cmd {
+	c := exec.Command(e.bin, "run", "--users", filepath.Join(e.in, "users.csv"), "--consent", filepath.Join(e.in, "consent_events.csv"),
+		"--destination", "meta-ads", "--state", e.state, "--as-of", "2026-11-01T00:00:00Z",
+		"--min-policy-version", "3", "--max-consent-age", "395d")
+	c.Env = append(os.Environ(), pipeline.CrashEnv+"="+crashAt)
+	return c
+}
+
+// tree maps every file under dir (relative path) to its content.
+func tree(t *testing.T, dir string) map[string][]byte {
+	t.Helper()
+	m := map[string][]byte{}
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			rel, _ := filepath.Rel(dir, p)
+			m[rel], _ = os.ReadFile(p)
+		}
+		return nil
+	})
+	return m
+}
+
+func sameTree(t *testing.T, got, want map[string][]byte) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("OUT holds %d files, the uninterrupted run %d", len(got), len(want))
+	}
+	for k, v := range want {
+		if !bytes.Equal(got[k], v) {
+			t.Fatalf("%s differs from the uninterrupted run's", k)
+		}
+	}
+}
+
+func committed(t *testing.T, state string) int {
+	t.Helper()
+	l, err := audit.Open(pipeline.AuditDir(state))
+	if err != nil {
+		t.Fatalf("audit log unreadable after a crash: %v", err)
+	}
+	n := 0
+	for _, r := range l.Records() {
+		if r.Type == audit.TypeRunCommitted {
+			n++
+		}
+	}
+	return n
+}
+
+func killedBySIGKILL(err error) bool {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return false
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+}
+
+// finish runs once more, uninterrupted, and checks the result against the
+// reference: identical OUT, one committed record, nothing left in staging,
+// and a log that verifies.
+func (e crashEnv) finish(t *testing.T, want map[string][]byte) {
+	t.Helper()
+	if out, err := e.command("").CombinedOutput(); err != nil {
+		t.Fatalf("run after the crash: %v\n%s", err, out)
+	}
+	sameTree(t, tree(t, e.out), want)
+	if n := committed(t, e.state); n != 1 {
+		t.Fatalf("%d committed records after recovery, want 1", n)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.state, "staging")); len(ents) != 0 {
+		t.Errorf("staging not cleaned: %d entries", len(ents))
+	}
+	if _, err := pipeline.VerifyAudit(e.state, mustVerifier(t, e.state), nil); err != nil {
+		t.Fatalf("audit verify after recovery: %v", err)
+	}
+}
+
+func mustVerifier(t *testing.T, state string) note.Verifier {
+	t.Helper()
+	v, err := audit.LoadVerifier(filepath.Join(pipeline.KeysDir(state), audit.VerifierFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestCrashSafety(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary many times")
+	}
+	bin := buildBinary(t)
+	base := t.TempDir()
+	in := filepath.Join(base, "in")
+	if out, err := exec.Command(bin, "fixtures", "--users", "20000", "--out", in).CombinedOutput(); err != nil {
+		t.Fatalf("fixtures: %v %s", err, out)
+	}
+	keys := filepath.Join(base, "state")
+	if out, err := exec.Command(bin, "keys", "init", "--state", keys).CombinedOutput(); err != nil {
+		t.Fatalf("keys init: %v %s", err, out)
+	}
+	keys = pipeline.KeysDir(keys)
+
+	ref := newCrashEnv(t, bin, in, keys)
+	start := time.Now()
+	if out, err := ref.command("").CombinedOutput(); err != nil {
+		t.Fatalf("reference run: %v\n%s", err, out)
+	}
+	refDuration := time.Since(start)
+	want := tree(t, ref.out)
+	if len(want) < 2 {
+		t.Fatalf("the reference run published %d files", len(want))
+	}
+
+	stages := []string{"consent", "users", "normalize", "numbers", "identifiers", "write", "staged", "evidence", "published", "committed"}
+	for i, stage := range stages {
+		t.Run("kill at "+stage, func(t *testing.T) {
+			e := newCrashEnv(t, bin, in, keys)
+			err := e.command(stage).Run()
+			if !killedBySIGKILL(err) {
+				t.Fatalf("the run was not killed at %s: %v", stage, err)
+			}
+			published := i >= 8 // killed after the rename into OUT
+			if got := tree(t, e.out); published {
+				sameTree(t, got, want)
+			} else if len(got) != 0 {
+				t.Fatalf("killed at %s, OUT holds %d files", stage, len(got))
+			}
+			if n := committed(t, e.state); n != 0 && stage != "committed" {
+				t.Fatalf("killed at %s, the log has %d committed records", stage, n)
+			}
+			e.finish(t, want)
+		})
+	}
+
+	t.Run("kill at random moments", func(t *testing.T) {
+		e := newCrashEnv(t, bin, in, keys)
+		rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+		for k := 0; k < 8; k++ {
+			c := e.command("")
+			var stderr bytes.Buffer
+			c.Stderr = &stderr
+			if err := c.Start(); err != nil {
+				t.Fatal(err)
+			}
+			delay := time.Duration(rng.Int64N(int64(refDuration)))
+			time.Sleep(delay)
+			c.Process.Kill()
+			err := c.Wait()
+			// Between kills: nothing partial is ever visible in OUT.
+			if got := tree(t, e.out); len(got) != 0 {
+				sameTree(t, got, want)
+			}
+			if err != nil && !killedBySIGKILL(err) {
+				t.Fatalf("kill %d after %v: %v\n%s", k, delay, err, stderr.String())
+			}
+		}
+		e.finish(t, want)
+	})
+}
