@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"hash"
-	"sort"
 )
 
 // Scheme names an identifier scheme of MATCHING.md section 4.
@@ -124,6 +123,3 @@ func (s Scheme) ValidID(id []byte) bool {
 		return true
 	}
 }
-
-// SortIDs sorts identifiers bytewise, the order every output uses.
-func SortIDs(ids []string) { sort.Strings(ids) }

@@ -176,8 +176,6 @@ func computeOracle(users []fixtures.User, events []fixtures.Event, p oracleParam
 	return o
 }
 
-func generate(n int, seed uint64) ([]fixtures.User, []fixtures.Event) { return generateSeed(n, seed) }
-
 func generateSeed(n int, seed uint64) ([]fixtures.User, []fixtures.Event) {
 	var us []fixtures.User
 	var es []fixtures.Event
@@ -299,7 +297,7 @@ func checkAgainstOracle(t *testing.T, cfg pipeline.Config, master []byte) *pipel
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	us, es := generate(20000, 42)
+	us, es := generateSeed(20000, 42)
 	if strings.HasSuffix(cfg.Users, ".parquet") {
 		us = slices.DeleteFunc(us, func(u fixtures.User) bool { return u.Broken })
 		es = slices.DeleteFunc(es, func(e fixtures.Event) bool { return e.Broken })

@@ -280,25 +280,11 @@ func (r *run) readConsent(ctx context.Context) error {
 	r.users = make(map[string]*userState)
 	c := &r.m.ConsentEvents
 	rules := r.cfg.Rules
-	for n := 0; ; n++ {
-		if n&0xffff == 0 && ctx.Err() != nil {
-			return ctx.Err()
-		}
-		row, err := t.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("consent events: %w", err)
-		}
-		c.Rows++
-		if c.Rows&1023 == 0 {
-			r.cfg.Progress.add(cEvents, 1024)
-		}
+	err = r.eachRow(ctx, t, "consent events", &c.Rows, cEvents, func(row *Row) {
 		if row.Reject != "" {
 			c.add(consent.ClassMalformed)
 			r.reject(TableConsent, row.Line, row.Reject, row.Raw)
-			continue
+			return
 		}
 		f := row.Fields
 		e, err := consent.ParseEvent(f[0], f[1], f[2], f[3], f[4], f[5], f[6])
@@ -307,12 +293,12 @@ func (r *run) readConsent(ctx context.Context) error {
 			errors.As(err, &re)
 			c.add(consent.ClassMalformed)
 			r.reject(TableConsent, row.Line, re.Reason, fieldsText(f))
-			continue
+			return
 		}
 		class := rules.Classify(&e)
 		if class != consent.ClassUsed {
 			c.add(class)
-			continue
+			return
 		}
 		u := r.users[e.UserID]
 		if u == nil {
@@ -320,6 +306,9 @@ func (r *run) readConsent(ctx context.Context) error {
 			r.users[e.UserID] = u
 		}
 		u.Add(&e)
+	})
+	if err != nil {
+		return err
 	}
 	r.m.addInput(TableConsent, r.cfg.Source.Name(TableConsent), t.Digest(), c.Rows)
 	return nil
@@ -333,31 +322,17 @@ func (r *run) readUsers(ctx context.Context) error {
 	defer t.Close()
 	u := &r.m.Users
 	var snap []snapshotRow
-	for n := 0; ; n++ {
-		if n&0xffff == 0 && ctx.Err() != nil {
-			return ctx.Err()
-		}
-		row, err := t.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("users: %w", err)
-		}
-		u.Rows++
-		if u.Rows&1023 == 0 {
-			r.cfg.Progress.add(cUsers, 1024)
-		}
+	err = r.eachRow(ctx, t, "users", &u.Rows, cUsers, func(row *Row) {
 		if row.Reject != "" {
 			u.exclude(ReasonMalformedRow)
 			r.reject("users", row.Line, row.Reject, row.Raw)
-			continue
+			return
 		}
 		userID, phone, country := row.Fields[0], row.Fields[1], row.Fields[2]
 		if userID == "" {
 			u.exclude(ReasonMalformedRow)
 			r.reject("users", row.Line, consent.RejectEmptyUserID, fieldsText(row.Fields))
-			continue
+			return
 		}
 		st := r.users[userID]
 		status := consent.NoConsent
@@ -372,12 +347,15 @@ func (r *run) readUsers(ctx context.Context) error {
 		r.guard.Add(phone)
 		if status != consent.Valid && status != consent.Withdrawn {
 			u.exclude(status.String())
-			continue
+			return
 		}
 		r.holders = append(r.holders, holder{
 			userID: userID, eventID: st.EventID, phone: phone, country: country,
 			status: status, line: row.Line,
 		})
+	})
+	if err != nil {
+		return err
 	}
 	r.m.addInput(TableUsers, r.cfg.Source.Name(TableUsers), t.Digest(), u.Rows)
 	r.snapshot = consentSnapshot(snap)
@@ -392,6 +370,27 @@ func (r *run) readUsers(ctx context.Context) error {
 	}
 	r.users = nil // the decisions now live in the holders
 	return nil
+}
+
+// eachRow streams t's rows to fn, counting them in *rows and in the
+// progress counter c, and checking ctx every 64Ki rows.
+func (r *run) eachRow(ctx context.Context, t RowReader, what string, rows *int64, c counter, fn func(*Row)) error {
+	for {
+		if *rows&0xffff == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		row, err := t.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		if *rows++; *rows&1023 == 0 {
+			r.cfg.Progress.add(c, 1024)
+		}
+		fn(row)
+	}
 }
 
 // normalize computes the E.164 form of every holder's number, in parallel.

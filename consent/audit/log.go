@@ -131,23 +131,7 @@ func (l *Log) Append(r *Record, signer note.Signer, now time.Time) error {
 	if err := os.MkdirAll(l.dir, 0o700); err != nil {
 		return err
 	}
-	path := filepath.Join(l.dir, RecordsFile)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(append(line, '\n')); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := fsutil.SyncDir(l.dir); err != nil {
+	if err := fsutil.AppendDurable(filepath.Join(l.dir, RecordsFile), append(line, '\n'), 0o600); err != nil {
 		return err
 	}
 	if err := l.tree.Append(line); err != nil {

@@ -43,6 +43,28 @@ func WriteFileDurable(path string, data []byte, perm os.FileMode) error {
 	return SyncDir(dir)
 }
 
+// AppendDurable appends data to path (created with perm if missing) and
+// syncs the file and its directory before returning.
+func AppendDurable(path string, data []byte, perm os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, perm)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return SyncDir(filepath.Dir(path))
+}
+
+// SyncDir fsyncs a directory, so that a rename or a new file in it is durable.
 func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
