@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -23,24 +24,26 @@ func AuditDir(state string) string { return filepath.Join(state, "audit") }
 // KeysDir is where `keys init` puts the master key and the log's keys.
 func KeysDir(state string) string { return filepath.Join(state, "keys") }
 
-// snapshotRow is one user row's consent decision, for the consent snapshot.
-type snapshotRow struct {
-	userID, eventID string
-	status          consent.Status
+// snapshotLine hashes one user row's consent decision, the line
+// "user_id \t status \t effective_event_id \n".
+func snapshotLine(userID string, status consent.Status, eventID string) [sha256.Size]byte {
+	h := sha256.New()
+	h.Write([]byte(userID + "\t" + status.String() + "\t" + eventID + "\n"))
+	var out [sha256.Size]byte
+	h.Sum(out[:0])
+	return out
 }
 
-// consentSnapshot is the SHA-256 of the run's consent decisions: the lines
-// "user_id \t status \t effective_event_id \n" of every well-formed user
-// row, sorted bytewise. Anyone holding the inputs can recompute it.
-func consentSnapshot(rows []snapshotRow) string {
-	lines := make([]string, len(rows))
-	for i, r := range rows {
-		lines[i] = r.userID + "\t" + r.status.String() + "\t" + r.eventID + "\n"
-	}
-	slices.Sort(lines)
+// consentSnapshot is the digest of the run's consent decisions: SHA-256 of
+// the concatenated, sorted SHA-256 digests of each well-formed user row's
+// line (see snapshotLine). Sorting makes it independent of row order, and
+// hashing lines first keeps 32 bytes per row in memory. Anyone holding the
+// inputs can recompute it, e.g. with sha256sum and sort.
+func consentSnapshot(lines [][sha256.Size]byte) string {
+	slices.SortFunc(lines, func(a, b [sha256.Size]byte) int { return bytes.Compare(a[:], b[:]) })
 	h := sha256.New()
-	for _, l := range lines {
-		h.Write([]byte(l))
+	for i := range lines {
+		h.Write(lines[i][:])
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }
@@ -53,7 +56,7 @@ func idLeaf(id string) []byte { return []byte(id) }
 // the run and appended to the log once the run is published.
 func (r *run) buildRecord(manifestSum string) (*audit.Record, error) {
 	m := r.m
-	ids, evidence := &audit.MerkleTree{}, &audit.MerkleTree{}
+	ids, evidence := audit.NewMerkleTree(len(r.export)), audit.NewMerkleTree(len(r.holders))
 	for _, e := range r.export {
 		if err := ids.Append(idLeaf(e.id)); err != nil {
 			return nil, err

@@ -399,3 +399,21 @@ func TestParquetInputSameOutput(t *testing.T) {
 		}
 	}
 }
+
+// TestProgressCounts: the progress counters end at the exact row counts.
+func TestProgressCounts(t *testing.T) {
+	master := bytes.Repeat([]byte{3}, 32)
+	mk, _ := hashing.NewMasterKey(master)
+	cfg := fixtureConfig(t, t.TempDir(), hashing.HMACSHA256, mk, "csv")
+	cfg.Progress = &pipeline.Progress{}
+	res, err := pipeline.Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, us, n, of := cfg.Progress.Counts()
+	m := res.Manifest
+	if ev != m.ConsentEvents.Rows || us != m.Users.Rows || n != of || n == 0 || cfg.Progress.Stage() != "write" {
+		t.Errorf("progress %d events, %d users, %d of %d normalized, stage %q; manifest %d and %d",
+			ev, us, n, of, cfg.Progress.Stage(), m.ConsentEvents.Rows, m.Users.Rows)
+	}
+}

@@ -32,7 +32,8 @@ import (
 type leakGuard struct {
 	seed   maphash.Seed
 	exact  map[uint64]struct{}
-	prefix map[uint64][]needle // by the needle's first 8 bytes
+	prefix map[uint64]needle   // by the needle's first 8 bytes: almost always one
+	more   map[uint64][]needle // the rare second, third... needle of a prefix
 	maxLen int
 }
 
@@ -44,7 +45,7 @@ type needle struct {
 const guardPrefix = 8
 
 func newLeakGuard() *leakGuard {
-	return &leakGuard{seed: maphash.MakeSeed(), exact: map[uint64]struct{}{}, prefix: map[uint64][]needle{}}
+	return &leakGuard{seed: maphash.MakeSeed(), exact: map[uint64]struct{}{}, prefix: map[uint64]needle{}, more: map[uint64][]needle{}}
 }
 
 // Add registers a string that must not be published.
@@ -62,7 +63,11 @@ func (g *leakGuard) Add(s string) {
 			continue
 		}
 		p := binary.LittleEndian.Uint64([]byte(v[:guardPrefix]))
-		g.prefix[p] = append(g.prefix[p], needle{n: len(v), hash: h})
+		if _, taken := g.prefix[p]; taken {
+			g.more[p] = append(g.more[p], needle{n: len(v), hash: h})
+		} else {
+			g.prefix[p] = needle{n: len(v), hash: h}
+		}
 		g.maxLen = max(g.maxLen, len(v))
 	}
 }
@@ -169,11 +174,12 @@ func (g *leakGuard) scanRaw(path, rel string) error {
 			end = len(buf)
 		}
 		for i := 0; i+guardPrefix <= len(buf) && i < end; i++ {
-			refs, ok := g.prefix[binary.LittleEndian.Uint64(buf[i:])]
+			p := binary.LittleEndian.Uint64(buf[i:])
+			first, ok := g.prefix[p]
 			if !ok {
 				continue
 			}
-			for _, nd := range refs {
+			for _, nd := range append([]needle{first}, g.more[p]...) {
 				if i+nd.n <= len(buf) && maphash.Bytes(g.seed, buf[i:i+nd.n]) == nd.hash {
 					return &LeakError{rel, fmt.Sprintf("byte %d: a phone number or user id of the input", off+int64(i))}
 				}

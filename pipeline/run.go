@@ -321,7 +321,8 @@ func (r *run) readUsers(ctx context.Context) error {
 	}
 	defer t.Close()
 	u := &r.m.Users
-	var snap []snapshotRow
+	snap := make([][sha256.Size]byte, 0, len(r.users))
+	r.holders = make([]holder, 0, len(r.users))
 	err = r.eachRow(ctx, t, "users", &u.Rows, cUsers, func(row *Row) {
 		if row.Reject != "" {
 			u.exclude(ReasonMalformedRow)
@@ -342,7 +343,7 @@ func (r *run) readUsers(ctx context.Context) error {
 			status = r.cfg.Rules.Decide(&st.Effective)
 			eventID = st.EventID
 		}
-		snap = append(snap, snapshotRow{userID: userID, eventID: eventID, status: status})
+		snap = append(snap, snapshotLine(userID, status, eventID))
 		r.guard.Add(userID)
 		r.guard.Add(phone)
 		if status != consent.Valid && status != consent.Withdrawn {
@@ -381,6 +382,7 @@ func (r *run) eachRow(ctx context.Context, t RowReader, what string, rows *int64
 		}
 		row, err := t.Next()
 		if err == io.EOF {
+			r.cfg.Progress.add(c, *rows&1023) // the last, partial thousand
 			return nil
 		}
 		if err != nil {
@@ -406,6 +408,7 @@ func (r *run) normalize(ctx context.Context) error {
 			h.e164, h.invalid = e, err != nil
 			h.phone, h.country = "", "" // not needed past this point
 		}
+		r.cfg.Progress.add(cNormalized, int64((hi-lo)%1024))
 	})
 	return ctx.Err()
 }

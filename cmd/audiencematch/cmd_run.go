@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"time"
@@ -46,6 +47,7 @@ type RunOptions struct {
 	Force            bool
 	Summary          bool
 	MetricsFile      string
+	CPUProfile       string
 }
 
 // AddFlags registers the options' flags.
@@ -61,6 +63,8 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 	f.StringVar(&o.ConsentQuery, "consent-query", "", "with --source: a query returning the consent_events columns")
 	f.BoolVar(&o.Force, "force", false, "run even though a run for this destination and cutoff date is already committed")
 	f.BoolVar(&o.Summary, "summary", false, "print the reconciliation on stdout (default: only when stdout is a terminal; cron stays quiet)")
+	f.StringVar(&o.CPUProfile, "cpu-profile", "", "write a Go CPU profile of the run here (for performance work)")
+	_ = f.MarkHidden("cpu-profile")
 	f.StringVar(&o.MetricsFile, "metrics-file", "", "write Prometheus text-format metrics here, atomically (node_exporter's textfile collector)")
 	f.StringVar(&o.Destination, "destination", "", "destination id, e.g. meta-ads: names the output directory and the derived key (required)")
 	f.StringVar(&o.Key, "key", "", "master key file: hex, at least 32 bytes, mode 0600 (default: $"+hashing.KeyEnv+", then STATE/keys/master.key)")
@@ -246,6 +250,17 @@ func runRun(cmd *cobra.Command, o *RunOptions, log *slog.Logger) (err error) {
 	}
 	if cfg.Source != nil {
 		defer cfg.Source.Close()
+	}
+	if o.CPUProfile != "" {
+		f, err := os.Create(o.CPUProfile)
+		if err != nil {
+			return fmt.Errorf("%w: --cpu-profile: %w", pipeline.ErrUsage, err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	cfg.Progress = &pipeline.Progress{}
 	stop := showProgress(cmd.Context(), cfg.Progress, cmd.ErrOrStderr(), log)

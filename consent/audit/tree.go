@@ -15,6 +15,11 @@ type MerkleTree struct {
 	n      int64
 }
 
+// NewMerkleTree returns an empty tree with room for leaves leaves.
+func NewMerkleTree(leaves int) *MerkleTree {
+	return &MerkleTree{hashes: make([]tlog.Hash, 0, 2*leaves)}
+}
+
 // Append adds a leaf whose data is b.
 func (t *MerkleTree) Append(b []byte) error {
 	hs, err := tlog.StoredHashes(t.n, b, t)
