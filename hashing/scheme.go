@@ -60,6 +60,7 @@ type Hasher struct {
 	scheme Scheme
 	mac    hash.Hash // hmac-sha256 only
 	sum    [sha256.Size]byte
+	buf    []byte // the number's bytes: a string converted per call would allocate
 }
 
 // NewHasher returns a Hasher for scheme; key is used only by keyed schemes.
@@ -83,8 +84,9 @@ func (h *Hasher) Scheme() Scheme { return h.scheme }
 func (h *Hasher) AppendID(dst []byte, e164 string) []byte {
 	switch h.scheme {
 	case HMACSHA256:
+		h.buf = append(h.buf[:0], e164...)
 		h.mac.Reset()
-		h.mac.Write([]byte(e164))
+		h.mac.Write(h.buf)
 		return h.mac.Sum(dst)
 	case SHA256Digits:
 		h.sum = sha256.Sum256([]byte(e164[1:]))

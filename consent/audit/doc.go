@@ -35,8 +35,11 @@
 //	run_failed           a run failed; nothing was published
 //
 // A run_committed record carries the run id, tool version, config digest,
-// as_of and consent rules, the SHA-256 of each input, the SHA-256 of the
-// consent snapshot (see ConsentSnapshot), destination, scheme and key_id
+// as_of and consent rules, the SHA-256 of each input, the consent snapshot
+// digest (SHA-256 over the sorted SHA-256 digests of the lines
+// "user_id \t status \t effective_event_id \n", one per well-formed user
+// row, status being valid, no_consent, withdrawn, expired or stale_policy),
+// destination, scheme and key_id
 // (never the key), the counts of the reconciliation, each published file's
 // SHA-256 and row count, the manifest's SHA-256, the Merkle root of the
 // run's sorted identifiers (so that absence can be proved: see

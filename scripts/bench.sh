@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Speed and memory of the nightly job on this machine: the per-stage Go
+# benchmarks, then full runs on 1M and 10M fixture users, with rows per
+# second, wall time and peak RSS (/usr/bin/time -v).
+# Usage: scripts/bench.sh [SIZES]   (default "1000000 10000000"; fixtures cached in ./bench)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sizes="${1:-1000000 10000000}"
+command -v /usr/bin/time >/dev/null || { echo "bench.sh: /usr/bin/time is missing (apt-get install time)" >&2; exit 1; }
+go build -o bin/audiencematch ./cmd/audiencematch
+
+echo "== stage benchmarks (go test -bench)"
+go test -run '^$' -bench . -benchtime 3x ./pipeline | grep -E '^Benchmark'
+go test -run '^$' -bench . ./hashing | grep -E '^Benchmark'
+
+for n in $sizes; do
+  dir="bench/$n"
+  if [ ! -f "$dir/in/users.csv" ]; then
+    echo "== fixtures: $n users"
+    /usr/bin/time -f "   generated in %e s, peak %M KB" bin/audiencematch fixtures --users "$n" --out "$dir/in"
+  fi
+  rm -rf "$dir/state" "$dir/out"
+  bin/audiencematch keys init --state "$dir/state" >/dev/null 2>&1
+  cat >"$dir/state/destinations.yaml" <<YAML
+version: audiencematch.destinations/v1
+destinations:
+  - {id: meta-ads, name: Parent Ads, organization: Parent Co, relationship: parent, purposes: [ads_matching],
+     lawful_basis: consent, scheme: hmac-sha256, delivery: $PWD/$dir/out, retention_days: 90}
+YAML
+  echo "== full run: $n users"
+  /usr/bin/time -v -o "$dir/time.txt" bin/audiencematch run --users "$dir/in/users.csv" --consent "$dir/in/consent_events.csv" \
+    --destination meta-ads --state "$dir/state" --as-of 2026-11-01T00:00:00Z --min-policy-version 3 \
+    --max-consent-age 395d --log-format json --log-level debug 2>"$dir/log.json"
+  grep -o '"stage":"[a-z]*","seconds":[0-9.]*' "$dir/log.json" | sed 's/"stage":"\([a-z]*\)","seconds":\([0-9.]*\)/   stage \1: \2 s/'
+  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$dir/time.txt")
+  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$dir/time.txt")
+  cpu=$(awk -F': ' '/Percent of CPU/ {print $2}' "$dir/time.txt")
+  secs=$(echo "$wall" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
+  echo "   wall $wall ($secs s), peak RSS $((rss / 1024)) MiB, CPU $cpu, $(awk -v n="$n" -v s="$secs" 'BEGIN { printf "%.0f", n/s }') users/s"
+done
