@@ -479,10 +479,17 @@ func TestConfigFile(t *testing.T) {
 }
 
 func TestHelpExplains(t *testing.T) {
-	for _, args := range [][]string{{"--help"}, {"run", "--help"}, {"fixtures", "--help"}} {
+	for _, args := range [][]string{{"--help"}, {"run", "--help"}, {"fixtures", "--help"}, {"keys", "init", "--help"},
+		{"audit", "verify", "--help"}, {"audit", "runs", "--help"}, {"audit", "subject", "--help"}, {"destinations", "--help"},
+		{"destinations", "check", "--help"}} {
 		out, _, code := execute(t, args...)
-		if code != 0 || !strings.Contains(out, "Exit codes") && args[0] != "fixtures" || !strings.Contains(out, "Usage:") {
+		if code != 0 || !strings.Contains(out, "Usage:") || len(out) < 300 {
 			t.Errorf("%v: exit %d\n%s", args, code, out)
+		}
+	}
+	for _, args := range [][]string{{"--help"}, {"run", "--help"}} {
+		if out, _, _ := execute(t, args...); !strings.Contains(out, "Exit codes") || !strings.Contains(out, "77") {
+			t.Errorf("%v does not list the exit codes", args)
 		}
 	}
 }
