@@ -23,6 +23,9 @@ import (
 	"audiencematch/pipeline"
 )
 
+// verifierOf finds the verifier of a signer made by signer; nil for nil.
+var verifierOf = map[note.Signer]note.Verifier{}
+
 func signer(t testing.TB) (note.Signer, note.Verifier) {
 	t.Helper()
 	skey, vkey, err := note.GenerateKey(rand.Reader, audit.DefaultOrigin)
@@ -31,6 +34,7 @@ func signer(t testing.TB) (note.Signer, note.Verifier) {
 	}
 	s, _ := note.NewSigner(skey)
 	v, _ := note.NewVerifier(vkey)
+	verifierOf[s] = v
 	return s, v
 }
 
@@ -45,7 +49,7 @@ func auditedRun(t *testing.T, dir string, users int, s note.Signer, asOf time.Ti
 		Users: st.UsersPath, Consent: st.EventsPath, Destination: "meta-ads", Scheme: hashing.HMACSHA256,
 		Key: destKey(t, "meta-ads"),
 		Out: filepath.Join(dir, "out"), State: filepath.Join(dir, "state"),
-		Rules: fixtureRules(asOf), MaxRejectRate: 0.05, ToolVersion: "test", AuditSigner: s,
+		Rules: fixtureRules(asOf), MaxRejectRate: 0.05, ToolVersion: "test", AuditSigner: s, AuditVerifier: verifierOf[s],
 		Registry: testRegistry(filepath.Join(dir, "out"), "meta-ads", hashing.HMACSHA256),
 	}
 	res, err := pipeline.Run(context.Background(), cfg)
@@ -128,7 +132,7 @@ func TestCommitRecordRecovered(t *testing.T) {
 	if _, err := os.Stat(res.PublishedDir); err != nil {
 		t.Fatal(err)
 	}
-	cfg.AuditSigner = s
+	cfg.AuditSigner, cfg.AuditVerifier = s, v
 	again, err := pipeline.Run(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -152,13 +156,57 @@ func TestCommitRecordRecovered(t *testing.T) {
 	}
 }
 
+// TestRecoverInterruptedAppend: a crash between appending a record and
+// signing the checkpoint, or in the middle of the append, is completed or
+// undone by the next run, and the log verifies again.
+func TestRecoverInterruptedAppend(t *testing.T) {
+	s, v := signer(t)
+	dir := t.TempDir()
+	_, cfg := auditedRun(t, dir, 100, s, fixtures.DefaultAsOf)
+	adir := pipeline.AuditDir(cfg.State)
+	l, _ := audit.Open(adir)
+	line := append(append([]byte(nil), l.Line(0)...), '\n')
+	cp, _ := os.ReadFile(filepath.Join(adir, audit.CheckpointFile))
+	// A record appended without its checkpoint (a copy of the first: any
+	// well-formed record will do).
+	f, _ := os.OpenFile(filepath.Join(adir, audit.RecordsFile), os.O_APPEND|os.O_WRONLY, 0)
+	f.Write(line)
+	f.Close()
+	if _, err := pipeline.VerifyAudit(cfg.State, v, nil); err == nil {
+		t.Fatal("an unsigned record verified")
+	}
+	cfg.Force = true
+	if _, err := pipeline.Run(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pipeline.VerifyAudit(cfg.State, v, cp); err != nil {
+		t.Fatalf("after recovery: %v", err)
+	}
+	// A torn record: the next run drops it.
+	f, _ = os.OpenFile(filepath.Join(adir, audit.RecordsFile), os.O_APPEND|os.O_WRONLY, 0)
+	f.Write(line[:len(line)/2])
+	f.Close()
+	if _, err := pipeline.Run(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pipeline.VerifyAudit(cfg.State, v, cp); err != nil {
+		t.Fatalf("after a torn record: %v", err)
+	}
+	// A changed record is not signed over.
+	b, _ := os.ReadFile(filepath.Join(adir, audit.RecordsFile))
+	os.WriteFile(filepath.Join(adir, audit.RecordsFile), bytes.Replace(b, []byte(`"users"`), []byte(`"USERS"`), 1), 0o600)
+	if _, err := pipeline.Run(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "audit") {
+		t.Fatalf("a run went ahead over a changed log: %v", err)
+	}
+}
+
 func TestFailedRunRecorded(t *testing.T) {
 	s, v := signer(t)
 	dir := t.TempDir()
 	st, _ := fixtures.WriteFiles(filepath.Join(dir, "in"), fixtures.Options{Users: 50, Seed: 1})
 	cfg := pipeline.Config{Users: st.UsersPath, Consent: filepath.Join(dir, "missing.csv"), Destination: "meta-ads",
 		Scheme: hashing.HMACSHA256, Out: filepath.Join(dir, "out"), State: filepath.Join(dir, "state"),
-		Rules: fixtureRules(fixtures.DefaultAsOf), ToolVersion: "test", AuditSigner: s,
+		Rules: fixtureRules(fixtures.DefaultAsOf), ToolVersion: "test", AuditSigner: s, AuditVerifier: verifierOf[s],
 		Registry: testRegistry(filepath.Join(dir, "out"), "meta-ads", hashing.HMACSHA256)}
 	if _, err := pipeline.Run(context.Background(), cfg); err == nil {
 		t.Fatal("run with a missing input succeeded")

@@ -76,7 +76,7 @@ func runDay(t *testing.T, dir string, n int, d *day, s note.Signer, master []byt
 	res, err := pipeline.Run(context.Background(), pipeline.Config{
 		Users: st.UsersPath, Consent: st.EventsPath, Destination: "meta-ads", Scheme: hashing.HMACSHA256, Key: k,
 		Out: out, State: filepath.Join(dir, "state"), Rules: fixtureRules(d.asOf), MaxRejectRate: 0.05,
-		ToolVersion: "test", AuditSigner: s, Registry: testRegistry(out, "meta-ads", hashing.HMACSHA256),
+		ToolVersion: "test", AuditSigner: s, AuditVerifier: verifierOf[s], Registry: testRegistry(out, "meta-ads", hashing.HMACSHA256),
 	})
 	if err != nil {
 		t.Fatalf("day %d: %v", n, err)

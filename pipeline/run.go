@@ -47,6 +47,9 @@ type Config struct {
 	// audit record is written (library use and tests only: the CLI always
 	// sets it).
 	AuditSigner note.Signer
+	// AuditVerifier is the signer's public key, to check the log's
+	// checkpoint before a crashed append is completed; required with a signer.
+	AuditVerifier note.Verifier
 	// Force re-runs a destination and cutoff date that already has a
 	// committed run (a run with the same inputs and settings is still
 	// recognised as published and not written twice).
@@ -203,6 +206,14 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 		return nil, err
 	}
 	defer lock.Release()
+	if cfg.AuditSigner != nil {
+		if cfg.AuditVerifier == nil {
+			return nil, fmt.Errorf("%w: an audit signer needs its verifier", ErrConfig)
+		}
+		if err := audit.Recover(AuditDir(cfg.State), cfg.AuditSigner, cfg.AuditVerifier); err != nil {
+			return nil, fmt.Errorf("%w: audit log: %w", ErrConfig, err)
+		}
+	}
 	if err := authorize(&r.cfg); err != nil {
 		return nil, err
 	}

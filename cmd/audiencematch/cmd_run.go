@@ -216,6 +216,9 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 		return cfg, fmt.Errorf("%w: %w; create it with: audiencematch keys init --state %s", pipeline.ErrConfig, err, o.State)
 	}
 	cfg.AuditSigner = signer
+	if cfg.AuditVerifier, err = audit.LoadVerifier(filepath.Join(pipeline.KeysDir(o.State), audit.VerifierFile)); err != nil {
+		return cfg, fmt.Errorf("%w: %w; recreate it with: audiencematch keys init --state %s", pipeline.ErrConfig, err, o.State)
+	}
 	if scheme.Keyed() && refused == nil {
 		master, err := loadMasterKey(keyFile, o.State)
 		if err != nil {

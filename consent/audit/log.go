@@ -142,6 +142,47 @@ func (l *Log) Append(r *Record, signer note.Signer, now time.Time) error {
 	return l.WriteCheckpoint(signer)
 }
 
+// Recover finishes what a crash interrupted, before a run reads the log: it
+// drops a torn, unterminated last record (its append never completed, and
+// no checkpoint covers it), and when the log holds records past its signed
+// checkpoint (a crash between appending and signing) it signs them. It signs
+// only a log that extends its verified checkpoint; anything else is left as
+// it is and returned as an error, for audit verify to explain.
+func Recover(dir string, signer note.Signer, verifier note.Verifier) error {
+	l, err := OpenForAppend(dir)
+	if err != nil {
+		return err
+	}
+	cpBytes, err := os.ReadFile(filepath.Join(dir, CheckpointFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		if l.Size() == 0 {
+			return nil
+		}
+		return l.WriteCheckpoint(signer) // the first append died before its checkpoint
+	}
+	if err != nil {
+		return err
+	}
+	cp, err := ParseCheckpoint(cpBytes, verifier)
+	if err != nil {
+		return fmt.Errorf("audit checkpoint: %w", err)
+	}
+	if cp.Size > uint64(l.Size()) {
+		return fmt.Errorf("the audit log holds %d records but its checkpoint covers %d: run audit verify", l.Size(), cp.Size)
+	}
+	root, err := l.Root(int64(cp.Size))
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(root[:], cp.Hash) {
+		return errors.New("the audit log's records do not match its signed checkpoint: run audit verify")
+	}
+	if cp.Size == uint64(l.Size()) {
+		return nil
+	}
+	return l.WriteCheckpoint(signer)
+}
+
 // WriteCheckpoint signs the current tree and replaces the checkpoint file.
 func (l *Log) WriteCheckpoint(signer note.Signer) error {
 	cp, err := l.SignCheckpoint(signer)
