@@ -62,17 +62,9 @@ func (r *run) writeDeltas(pub string) error {
 	if err != nil {
 		return err
 	}
-	var paths []string
-	for _, f := range prev.Files {
-		p := filepath.Join(prev.Published, f.Path)
-		sum, _, err := sha256File(p)
-		if err != nil {
-			return fmt.Errorf("%w: the previous run %s is needed for removes: %w", ErrNoInput, prev.RunID, err)
-		}
-		if sum != f.SHA256 {
-			return fmt.Errorf("%w: previous run %s: %s does not match its audit record; run audit verify", ErrData, prev.RunID, p)
-		}
-		paths = append(paths, p)
+	old, err := r.previousIDs(prev, prevScheme)
+	if err != nil {
+		return err
 	}
 	adds, err := newPartWriter(filepath.Join(pub, "adds"), &r.cfg, r.cfg.Scheme, r.cfg.KeyID())
 	if err != nil {
@@ -82,7 +74,6 @@ func (r *run) writeDeltas(pub string) error {
 	if err != nil {
 		return err
 	}
-	old := &publishedIter{paths: paths, scheme: prevScheme}
 	cur := 0
 	next := func() (string, bool) {
 		if cur == len(r.export) {
@@ -98,24 +89,19 @@ func (r *run) writeDeltas(pub string) error {
 	}
 	sameKey := prev.KeyID == r.m.KeyID && prev.Scheme == r.m.Scheme
 	for aok || bok {
+		var werr error
 		switch {
 		case bok && (!aok || !sameKey || b < a):
-			err = removes.Add(b)
-			b, bok, _ = old.Next()
-			if old.err != nil {
-				return old.err
-			}
+			werr = removes.Add(b)
+			b, bok, err = old.Next()
 		case aok && (!bok || !sameKey || a < b):
-			err = adds.Add(a)
+			werr = adds.Add(a)
 			a, aok = next()
 		default: // in both: nothing to send
 			a, aok = next()
-			b, bok, _ = old.Next()
-			if old.err != nil {
-				return old.err
-			}
+			b, bok, err = old.Next()
 		}
-		if err != nil {
+		if err = errors.Join(werr, err); err != nil {
 			return err
 		}
 	}
@@ -125,6 +111,75 @@ func (r *run) writeDeltas(pub string) error {
 	}
 	r.m.Removes, err = deltaSet(removes, "removes", prevScheme, prev.KeyID)
 	return err
+}
+
+// idIter streams sorted identifiers; ok is false at the end.
+type idIter interface {
+	Next() (id string, ok bool, err error)
+}
+
+// previousIDs streams the identifiers the previous run sent: from its
+// published files, checked against its audit record; or, when they are gone
+// (a retention policy, an operator), from its private evidence, checked
+// against the record's identifier tree, so that removes still reach the
+// platform.
+func (r *run) previousIDs(prev *audit.Record, scheme hashing.Scheme) (idIter, error) {
+	var paths []string
+	missing := false
+	for _, f := range prev.Files {
+		p := filepath.Join(prev.Published, f.Path)
+		sum, _, err := sha256File(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			missing = true
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: the previous run %s is needed for removes: %w", ErrNoInput, prev.RunID, err)
+		}
+		if sum != f.SHA256 {
+			return nil, fmt.Errorf("%w: previous run %s: %s does not match its audit record; run audit verify", ErrData, prev.RunID, p)
+		}
+		paths = append(paths, p)
+	}
+	if !missing {
+		return &publishedIter{paths: paths, scheme: scheme}, nil
+	}
+	path := filepath.Join(r.cfg.State, "runs", prev.RunID, "evidence.parquet")
+	rows, err := parquet.ReadFile[EvidenceRow](path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: the previous run %s's output is gone and its evidence unreadable, so removes cannot be computed: %w", ErrNoInput, prev.RunID, err)
+	}
+	tree := audit.NewMerkleTree(int(prev.IDs.Size))
+	it := &sliceIter{}
+	for _, e := range rows {
+		if !e.Primary {
+			continue
+		}
+		id := evidenceLeafID(scheme, e.ID)
+		if err := tree.Append(id); err != nil {
+			return nil, err
+		}
+		it.ids = append(it.ids, string(id))
+	}
+	if err := sameTree(tree, prev.IDs, "previous run's identifier"); err != nil {
+		return nil, fmt.Errorf("%w: previous run %s: its evidence does not match its audit record (%v); run audit verify", ErrData, prev.RunID, err)
+	}
+	r.cfg.Log.Info("previous run's output is gone; its identifiers for removes come from its evidence", "previous_run_id", prev.RunID)
+	return it, nil
+}
+
+// sliceIter streams identifiers held in memory.
+type sliceIter struct {
+	ids []string
+	i   int
+}
+
+func (s *sliceIter) Next() (string, bool, error) {
+	if s.i == len(s.ids) {
+		return "", false, nil
+	}
+	s.i++
+	return s.ids[s.i-1], true, nil
 }
 
 func deltaSet(w *partWriter, dir string, scheme hashing.Scheme, keyID string) (*DeltaSet, error) {
@@ -153,18 +208,14 @@ type publishedIter struct {
 	txtBuf []TextIDRow
 	i, n   int
 	last   string
-	err    error
 }
 
-// Next returns the next identifier; ok is false at the end or on error
-// (then err is set, and returned).
+// Next returns the next identifier; ok is false at the end or on error.
 func (it *publishedIter) Next() (id string, ok bool, err error) {
 	for it.i == it.n {
-		if err := it.fill(); err != nil {
-			if err == io.EOF {
-				return "", false, nil
-			}
-			it.err = err
+		if err := it.fill(); err == io.EOF {
+			return "", false, nil
+		} else if err != nil {
 			return "", false, err
 		}
 	}
@@ -175,8 +226,7 @@ func (it *publishedIter) Next() (id string, ok bool, err error) {
 	}
 	it.i++
 	if it.last != "" && id <= it.last {
-		it.err = fmt.Errorf("%w: previous run's identifiers are not sorted", ErrData)
-		return "", false, it.err
+		return "", false, fmt.Errorf("%w: previous run's identifiers are not sorted", ErrData)
 	}
 	it.last = id
 	return id, true, nil

@@ -3,6 +3,7 @@ package pipeline_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -217,5 +218,44 @@ func TestKeyRotation(t *testing.T) {
 	}
 	if _, err := pipeline.VerifyAudit(filepath.Join(dir, "state"), v, nil); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRemovesWhenPreviousOutputIsGone: with the previous run's published
+// files deleted, removes come from its evidence, checked against its record.
+func TestRemovesWhenPreviousOutputIsGone(t *testing.T) {
+	s, v := signer(t)
+	dir := t.TempDir()
+	users, events := generateSeed(1500, 8)
+	d1 := &day{users: users, events: events, asOf: fixtures.DefaultAsOf}
+	r1 := runDay(t, dir, 1, d1, s, auditMaster)
+	snap1 := readSet(t, r1.PublishedDir, r1.Manifest.Files, hashing.HMACSHA256)
+	d2 := d1.clone(d1.asOf.Add(24 * time.Hour))
+	d2.users = d2.users[:len(d2.users)/2] // half the accounts are deleted
+	if err := os.RemoveAll(r1.PublishedDir); err != nil {
+		t.Fatal(err)
+	}
+	r2 := runDay(t, dir, 2, d2, s, auditMaster)
+	snap2 := readSet(t, r2.PublishedDir, r2.Manifest.Files, hashing.HMACSHA256)
+	removes := readSet(t, r2.PublishedDir, r2.Manifest.Removes.Files, hashing.HMACSHA256)
+	if len(removes) == 0 || !slices.Equal(removes, minus(snap1, snap2)) {
+		t.Fatalf("%d removes, want %d", len(removes), len(minus(snap1, snap2)))
+	}
+	// The evidence is checked against the record: a substituted one stops the run.
+	d3 := d2.clone(d2.asOf.Add(24 * time.Hour))
+	ev := filepath.Join(dir, "state", "runs", r2.Manifest.RunID, "evidence.parquet")
+	os.RemoveAll(r2.PublishedDir)
+	os.Rename(filepath.Join(dir, "state", "runs", r1.Manifest.RunID, "evidence.parquet"), ev) // the wrong run's evidence
+	st, _ := fixtures.WriteTables(filepath.Join(dir, "in-3"), d3.users, d3.events)
+	mk, _ := hashing.NewMasterKey(auditMaster)
+	k, _ := hashing.DeriveDestKey(mk, "meta-ads")
+	out := filepath.Join(dir, "out")
+	_, err := pipeline.Run(context.Background(), pipeline.Config{
+		Users: st.UsersPath, Consent: st.EventsPath, Destination: "meta-ads", Scheme: hashing.HMACSHA256, Key: k,
+		Out: out, State: filepath.Join(dir, "state"), Rules: fixtureRules(d3.asOf), MaxRejectRate: 0.05,
+		ToolVersion: "test", AuditSigner: s, AuditVerifier: v, Registry: testRegistry(out, "meta-ads", hashing.HMACSHA256),
+	})
+	if err == nil || !strings.Contains(err.Error(), "does not match its audit record") {
+		t.Fatalf("run over a substituted evidence file: %v", err)
 	}
 }
