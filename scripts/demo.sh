@@ -30,7 +30,7 @@ bin/audiencematch run \
   --destination meta-ads \
   --state "$demo/state" \
   --as-of 2026-11-01T00:00:00Z --purpose ads_matching \
-  --min-policy-version 3 --max-consent-age 395d --log-format text
+  --min-policy-version 3 --max-consent-age 395d --log-format text --summary
 echo
 echo "Published (what the parent platform receives):"
 find "$demo/out" -type f | sort
