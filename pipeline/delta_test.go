@@ -65,7 +65,8 @@ func (d *day) event(user, action string, at time.Time) {
 		Action: action, OccurredAt: at.Format(time.RFC3339), PolicyVersion: "5", Source: "app_settings"})
 }
 
-func runDay(t *testing.T, dir string, n int, d *day, s note.Signer, master []byte) *pipeline.Result {
+// tryDay writes day n's tables and runs the export on them.
+func tryDay(t *testing.T, dir string, n int, d *day, s note.Signer, master []byte) (*pipeline.Result, error) {
 	t.Helper()
 	st, err := fixtures.WriteTables(filepath.Join(dir, fmt.Sprintf("in-%d", n)), d.users, d.events)
 	if err != nil {
@@ -74,11 +75,16 @@ func runDay(t *testing.T, dir string, n int, d *day, s note.Signer, master []byt
 	mk, _ := hashing.NewMasterKey(master)
 	k, _ := hashing.DeriveDestKey(mk, "meta-ads")
 	out := filepath.Join(dir, "out")
-	res, err := pipeline.Run(context.Background(), pipeline.Config{
+	return pipeline.Run(context.Background(), pipeline.Config{
 		Users: st.UsersPath, Consent: st.EventsPath, Destination: "meta-ads", Scheme: hashing.HMACSHA256, Key: k,
 		Out: out, State: filepath.Join(dir, "state"), Rules: fixtureRules(d.asOf), MaxRejectRate: 0.05,
 		ToolVersion: "test", AuditSigner: s, AuditVerifier: verifierOf[s], Registry: testRegistry(out, "meta-ads", hashing.HMACSHA256),
 	})
+}
+
+func runDay(t *testing.T, dir string, n int, d *day, s note.Signer, master []byte) *pipeline.Result {
+	t.Helper()
+	res, err := tryDay(t, dir, n, d, s, master)
 	if err != nil {
 		t.Fatalf("day %d: %v", n, err)
 	}
@@ -224,7 +230,7 @@ func TestKeyRotation(t *testing.T) {
 // TestRemovesWhenPreviousOutputIsGone: with the previous run's published
 // files deleted, removes come from its evidence, checked against its record.
 func TestRemovesWhenPreviousOutputIsGone(t *testing.T) {
-	s, v := signer(t)
+	s, _ := signer(t)
 	dir := t.TempDir()
 	users, events := generateSeed(1500, 8)
 	d1 := &day{users: users, events: events, asOf: fixtures.DefaultAsOf}
@@ -246,15 +252,7 @@ func TestRemovesWhenPreviousOutputIsGone(t *testing.T) {
 	ev := filepath.Join(dir, "state", "runs", r2.Manifest.RunID, "evidence.parquet")
 	os.RemoveAll(r2.PublishedDir)
 	os.Rename(filepath.Join(dir, "state", "runs", r1.Manifest.RunID, "evidence.parquet"), ev) // the wrong run's evidence
-	st, _ := fixtures.WriteTables(filepath.Join(dir, "in-3"), d3.users, d3.events)
-	mk, _ := hashing.NewMasterKey(auditMaster)
-	k, _ := hashing.DeriveDestKey(mk, "meta-ads")
-	out := filepath.Join(dir, "out")
-	_, err := pipeline.Run(context.Background(), pipeline.Config{
-		Users: st.UsersPath, Consent: st.EventsPath, Destination: "meta-ads", Scheme: hashing.HMACSHA256, Key: k,
-		Out: out, State: filepath.Join(dir, "state"), Rules: fixtureRules(d3.asOf), MaxRejectRate: 0.05,
-		ToolVersion: "test", AuditSigner: s, AuditVerifier: v, Registry: testRegistry(out, "meta-ads", hashing.HMACSHA256),
-	})
+	_, err := tryDay(t, dir, 3, d3, s, auditMaster)
 	if err == nil || !strings.Contains(err.Error(), "does not match its audit record") {
 		t.Fatalf("run over a substituted evidence file: %v", err)
 	}

@@ -362,7 +362,7 @@ func (r *run) readUsers(ctx context.Context) error {
 			return
 		}
 		r.holders = append(r.holders, holder{
-			userID: userID, eventID: st.EventID, phone: phone, country: country,
+			userID: userID, eventID: eventID, phone: phone, country: country,
 			status: status, line: row.Line,
 		})
 	})
