@@ -246,7 +246,8 @@ func TestValidIDShapes(t *testing.T) {
 	}
 }
 
-// FuzzNormalize: no panic, results are E.164, and normalizing twice changes nothing.
+// FuzzNormalize: no panic, the fast path's answer is the library's, results
+// are E.164, and normalizing twice changes nothing.
 func FuzzNormalize(f *testing.F) {
 	for _, s := range styles {
 		f.Add(s.phone, s.country)
@@ -256,6 +257,12 @@ func FuzzNormalize(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, phone, country string) {
 		e, err := Normalize(phone, country)
+		if len(phone) <= MaxPhoneBytes && phone != "" {
+			le, lerr := normalizeLibrary(phone, strings.ToUpper(country))
+			if e != le || err != lerr {
+				t.Fatalf("Normalize(%q, %q) = %q, %v; the library alone says %q, %v", phone, country, e, err, le, lerr)
+			}
+		}
 		if err != nil {
 			return
 		}
@@ -270,8 +277,15 @@ func FuzzNormalize(f *testing.F) {
 }
 
 func BenchmarkNormalize(b *testing.B) {
+	b.Run("fast", func(b *testing.B) { benchNormalize(b, Normalize) })
+	b.Run("library", func(b *testing.B) {
+		benchNormalize(b, func(p, c string) (string, error) { return normalizeLibrary(p, strings.ToUpper(c)) })
+	})
+}
+
+func benchNormalize(b *testing.B, normalize func(phone, country string) (string, error)) {
 	for b.Loop() {
-		if _, err := Normalize("07400 123456", "GB"); err != nil {
+		if _, err := normalize("07400 123456", "GB"); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	"github.com/nyaruka/phonenumbers"
+
+	"audiencematch/hashing/e164"
 )
 
 // MaxPhoneBytes is the longest input MATCHING.md accepts.
@@ -21,6 +23,8 @@ var (
 
 // Normalize returns the E.164 form of phone, parsed with default region
 // upper(country), or an error when libphonenumber does not call it valid.
+// Common shapes take the metadata-driven fast path of package e164, whose
+// answers are the library's; everything else goes to the library.
 func Normalize(phone, country string) (string, error) {
 	if len(phone) > MaxPhoneBytes {
 		return "", ErrPhoneTooLong
@@ -28,7 +32,19 @@ func Normalize(phone, country string) (string, error) {
 	if phone == "" {
 		return "", ErrPhoneEmpty
 	}
-	num, err := phonenumbers.Parse(phone, strings.ToUpper(country))
+	region := strings.ToUpper(country)
+	switch e, res := e164.Normalize(phone, region); res {
+	case e164.Valid:
+		return e, nil
+	case e164.Invalid:
+		return "", ErrPhoneInvalid
+	}
+	return normalizeLibrary(phone, region)
+}
+
+// normalizeLibrary is Normalize by nyaruka/phonenumbers alone.
+func normalizeLibrary(phone, region string) (string, error) {
+	num, err := phonenumbers.Parse(phone, region)
 	if err != nil {
 		return "", ErrPhoneUnparsed
 	}

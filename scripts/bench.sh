@@ -2,7 +2,10 @@
 # Speed and memory of the nightly job on this machine: the per-stage Go
 # benchmarks, then full runs on 1M and 10M fixture users, with rows per
 # second, wall time and peak RSS (/usr/bin/time -v).
+# Also the long form of the normalization differential test: DIFF_N (default
+# 10M) generated inputs, the fast path against nyaruka/phonenumbers.
 # Usage: scripts/bench.sh [SIZES]   (default "1000000 10000000"; fixtures cached in ./bench)
+#        DIFF_N=0 scripts/bench.sh   skips the differential test
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sizes="${1:-1000000 10000000}"
@@ -11,7 +14,13 @@ go build -o bin/audiencematch ./cmd/audiencematch
 
 echo "== stage benchmarks (go test -bench)"
 go test -run '^$' -bench . -benchtime 3x ./pipeline | grep -E '^Benchmark'
-go test -run '^$' -bench . ./hashing | grep -E '^Benchmark'
+go test -run '^$' -bench . ./hashing ./hashing/e164 | grep -E '^Benchmark'
+
+if [ "${DIFF_N:-10000000}" != 0 ]; then
+  echo "== normalization differential test: ${DIFF_N:-10000000} inputs"
+  AUDIENCEMATCH_DIFF_N="${DIFF_N:-10000000}" go test -count=1 -timeout 60m -run '^TestDifferential$' -v ./hashing/e164 |
+    grep -E 'inputs|^(ok|FAIL|---)'
+fi
 
 for n in $sizes; do
   dir="bench/$n"

@@ -14,11 +14,14 @@ eval "$(scripts/pg.sh start)"
 trap 'scripts/pg.sh stop "$AUDIENCEMATCH_TEST_PG_DIR"' EXIT
 echo "== go test -race"
 go test -race -count=1 ./...
+echo "== normalization differential test (short form: 1M inputs; scripts/bench.sh runs 10M)"
+AUDIENCEMATCH_DIFF_N=1000000 go test -count=1 -run '^TestDifferential$' -v ./hashing/e164 | grep -E 'identical|^(ok|FAIL|---)'
 echo "== fuzz (short)"
 # Counted, not timed: a timed -fuzztime that ends while a worker is busy can fail
 # with "context deadline exceeded" though nothing was found.
 fuzz() { go test -run '^$' -fuzz "^$2\$" -fuzztime "${FUZZTIME:-30000x}" "$1"; }
 fuzz ./hashing FuzzNormalize
+fuzz ./hashing/e164 FuzzFastPath
 fuzz ./consent FuzzParseEvent
 fuzz ./pipeline FuzzCSV
 fuzz ./consent/audit FuzzParseRecord
