@@ -55,7 +55,7 @@ func BenchmarkLeakGuard(b *testing.B) {
 		w.Add(id)
 	}
 	w.Close()
-	g := newLeakGuard()
+	g := newLeakGuard(1)
 	for i := 0; i < benchIDs; i++ {
 		g.Add(fmt.Sprintf("acct-%09d", i))
 		g.Add(fmt.Sprintf("+44 7400 %06d", i))
@@ -86,7 +86,7 @@ func BenchmarkNumbersAndIdentifiers(b *testing.B) {
 		}
 	}
 	for b.Loop() {
-		r := &run{cfg: Config{Scheme: hashing.HMACSHA256, Key: k, Workers: 2}, m: newManifest(&Config{Scheme: hashing.HMACSHA256}), guard: newLeakGuard()}
+		r := &run{cfg: Config{Scheme: hashing.HMACSHA256, Key: k, Workers: 2}, m: newManifest(&Config{Scheme: hashing.HMACSHA256}), guard: newLeakGuard(1)}
 		r.holders = slices.Clone(base)
 		if err := r.resolveNumbers(nil); err != nil {
 			b.Fatal(err)

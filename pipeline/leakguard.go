@@ -2,12 +2,13 @@ package pipeline
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/binary"
 	"fmt"
-	"hash/maphash"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/parquet-go/parquet-go"
@@ -29,47 +30,118 @@ import (
 //     any file (metadata, footers, the manifest), found with a streaming scan.
 //     Strings made only of 0-9 and a-f are left to the exact check: they would
 //     match hex identifiers by chance, often, at a billion users.
+//
+// Hashes are FNV-1a 64 of the string under a salt, so that the shards of a
+// sharded run (separate processes) produce hashes the commit can merge.
+// Add only appends; the index is sorted once, when Check needs it.
 type leakGuard struct {
-	seed   maphash.Seed
-	exact  map[uint64]struct{}
-	prefix map[uint64]needle   // by the needle's first 8 bytes: almost always one
-	more   map[uint64][]needle // the rare second, third... needle of a prefix
+	salt   uint64
+	exact  []uint64 // every needle's hash; sorted and deduplicated by seal
+	pre    []needle // needles of 8 bytes or more; sorted by prefix by seal
 	maxLen int
+	sealed bool
+	filter []uint64 // a bit per bucket of prefixes: most windows miss it
 }
 
+const filterBits = 24
+
+func filterSlot(p uint64) uint64 { return (p * 0x9e3779b97f4a7c15) >> (64 - filterBits) }
+
 type needle struct {
-	n    int
-	hash uint64
+	prefix uint64 // the first 8 bytes, little-endian
+	hash   uint64
+	n      int32
 }
 
 const guardPrefix = 8
 
-func newLeakGuard() *leakGuard {
-	return &leakGuard{seed: maphash.MakeSeed(), exact: map[uint64]struct{}{}, prefix: map[uint64]needle{}, more: map[uint64][]needle{}}
+// newLeakGuard's salt comes from the run's key (cutoff and configuration),
+// the same for every shard of a run.
+func newLeakGuard(salt uint64) *leakGuard { return &leakGuard{salt: salt} }
+
+// guardHash is FNV-1a 64 over the salt's bytes then s, with a final mix.
+func guardHash[T string | []byte](salt uint64, s T) uint64 {
+	h := uint64(14695981039346656037)
+	for i := range 8 {
+		h = (h ^ (salt >> (8 * i) & 0xff)) * 1099511628211
+	}
+	for i := 0; i < len(s); i++ {
+		h = (h ^ uint64(s[i])) * 1099511628211
+	}
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	return h
 }
 
 // Add registers a string that must not be published.
 func (g *leakGuard) Add(s string) {
-	for _, v := range []string{s, strings.TrimSpace(s)} {
-		if v == "" {
-			continue
-		}
-		h := maphash.String(g.seed, v)
-		if _, dup := g.exact[h]; dup {
-			continue
-		}
-		g.exact[h] = struct{}{}
-		if len(v) < guardPrefix || strings.Trim(v, "0123456789abcdef") == "" {
-			continue
-		}
-		p := binary.LittleEndian.Uint64([]byte(v[:guardPrefix]))
-		if _, taken := g.prefix[p]; taken {
-			g.more[p] = append(g.more[p], needle{n: len(v), hash: h})
-		} else {
-			g.prefix[p] = needle{n: len(v), hash: h}
-		}
-		g.maxLen = max(g.maxLen, len(v))
+	g.add(s)
+	if t := strings.TrimSpace(s); t != s {
+		g.add(t)
 	}
+}
+
+func (g *leakGuard) add(v string) {
+	if v == "" {
+		return
+	}
+	g.sealed = false
+	h := guardHash(g.salt, v)
+	g.exact = append(g.exact, h)
+	if len(v) < guardPrefix || strings.Trim(v, "0123456789abcdef") == "" {
+		return
+	}
+	g.pre = append(g.pre, needle{prefix: binary.LittleEndian.Uint64([]byte(v[:guardPrefix])), hash: h, n: int32(len(v))})
+	g.maxLen = max(g.maxLen, len(v))
+}
+
+// merge adds another guard's needles (a shard's); both must share the salt.
+func (g *leakGuard) merge(o *leakGuard) {
+	g.exact = append(g.exact, o.exact...)
+	g.pre = append(g.pre, o.pre...)
+	g.maxLen = max(g.maxLen, o.maxLen)
+	g.sealed = false
+}
+
+// seal sorts the index for lookups.
+func (g *leakGuard) seal() {
+	if g.sealed {
+		return
+	}
+	slices.Sort(g.exact)
+	g.exact = slices.Compact(g.exact)
+	slices.SortFunc(g.pre, func(a, b needle) int {
+		return cmp.Or(cmp.Compare(a.prefix, b.prefix), cmp.Compare(a.hash, b.hash), cmp.Compare(a.n, b.n))
+	})
+	g.pre = slices.Compact(g.pre)
+	g.filter = make([]uint64, 1<<filterBits/64)
+	for _, n := range g.pre {
+		b := filterSlot(n.prefix)
+		g.filter[b/64] |= 1 << (b % 64)
+	}
+	g.sealed = true
+}
+
+func (g *leakGuard) hasExact(b []byte) bool {
+	_, found := slices.BinarySearch(g.exact, guardHash(g.salt, b))
+	return found
+}
+
+// candidates returns the needles whose first 8 bytes are p.
+func (g *leakGuard) candidates(p uint64) []needle {
+	if b := filterSlot(p); g.filter[b/64]&(1<<(b%64)) == 0 {
+		return nil
+	}
+	i, found := slices.BinarySearchFunc(g.pre, p, func(n needle, p uint64) int { return cmp.Compare(n.prefix, p) })
+	if !found {
+		return nil
+	}
+	j := i + 1
+	for j < len(g.pre) && g.pre[j].prefix == p {
+		j++
+	}
+	return g.pre[i:j]
 }
 
 // LeakError names what the guard found, never the value itself.
@@ -81,6 +153,7 @@ func (e *LeakError) Error() string {
 
 // Check scans every file under dir.
 func (g *leakGuard) Check(dir string, scheme hashing.Scheme, removesScheme hashing.Scheme) error {
+	g.seal()
 	return filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
@@ -139,7 +212,7 @@ func (g *leakGuard) checkParquet(path, rel string, scheme hashing.Scheme) error 
 		if !scheme.ValidID(id) {
 			return &LeakError{rel, fmt.Sprintf("row %d: id does not have the exact shape of %s", i, scheme)}
 		}
-		if _, hit := g.exact[maphash.Bytes(g.seed, id)]; hit {
+		if g.hasExact(id) {
 			return &LeakError{rel, fmt.Sprintf("row %d: id equals a phone number or user id of the input", i)}
 		}
 	}
@@ -149,7 +222,7 @@ func (g *leakGuard) checkParquet(path, rel string, scheme hashing.Scheme) error 
 // scanRaw streams the file's bytes, looking every 8-byte window up among the
 // needles' prefixes; windows overlap between chunks so nothing is missed.
 func (g *leakGuard) scanRaw(path, rel string) error {
-	if len(g.prefix) == 0 {
+	if len(g.pre) == 0 {
 		return nil
 	}
 	f, err := os.Open(path)
@@ -174,13 +247,8 @@ func (g *leakGuard) scanRaw(path, rel string) error {
 			end = len(buf)
 		}
 		for i := 0; i+guardPrefix <= len(buf) && i < end; i++ {
-			p := binary.LittleEndian.Uint64(buf[i:])
-			first, ok := g.prefix[p]
-			if !ok {
-				continue
-			}
-			for _, nd := range append([]needle{first}, g.more[p]...) {
-				if i+nd.n <= len(buf) && maphash.Bytes(g.seed, buf[i:i+nd.n]) == nd.hash {
+			for _, nd := range g.candidates(binary.LittleEndian.Uint64(buf[i:])) {
+				if n := int(nd.n); i+n <= len(buf) && guardHash(g.salt, buf[i:i+n]) == nd.hash {
 					return &LeakError{rel, fmt.Sprintf("byte %d: a phone number or user id of the input", off+int64(i))}
 				}
 			}

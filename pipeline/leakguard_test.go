@@ -30,7 +30,7 @@ func writePart[T any](t *testing.T, path string, rows []T, opts ...parquet.Write
 }
 
 func TestLeakGuard(t *testing.T) {
-	g := newLeakGuard()
+	g := newLeakGuard(1)
 	hexUser := strings.Repeat("ab", 32) // a user id that looks like a hex identifier
 	for _, s := range []string{"acct-zbh251", " +44 7400 123456 ", "+447400123456", hexUser, "u1"} {
 		g.Add(s)
@@ -95,7 +95,7 @@ func TestLeakGuard(t *testing.T) {
 // TestLeakGuardAcrossChunks: a needle straddling the scan's chunk boundary
 // is still found.
 func TestLeakGuardAcrossChunks(t *testing.T) {
-	g := newLeakGuard()
+	g := newLeakGuard(1)
 	g.Add("acct-straddle")
 	dir := t.TempDir()
 	b := []byte(strings.Repeat("x", (1<<20)-5) + "acct-straddle" + strings.Repeat("y", 100))

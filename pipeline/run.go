@@ -59,6 +59,9 @@ type Config struct {
 	// Registry is the destination allowlist; required. A destination it does
 	// not authorize for the purpose is refused before any user data is read.
 	Registry *destinations.Registry
+	// Shard, when its Count is set, makes Run process one partition of the
+	// users and leave it for Commit instead of publishing.
+	Shard Shard
 }
 
 // Output sizing defaults: a row group of 1Mi 32-byte ids is 32 MiB, a size
@@ -79,6 +82,8 @@ type Result struct {
 	// already committed and Force was not given: nothing was read.
 	Skipped *audit.Record
 	Stages  []StageTime
+	// ShardDir is where a shard run (Config.Shard) left its part for Commit.
+	ShardDir string
 }
 
 // StageTime is how long one stage took.
@@ -186,18 +191,45 @@ type run struct {
 	guard    *leakGuard
 	export   []exportRow
 	snapshot string // consent snapshot digest
+	// snapLines are a shard's snapshot lines, digested by the commit.
+	snapLines [][sha256.Size]byte
 	m        *Manifest
 	stages   []StageTime
 	t0       time.Time
 }
 
+// step is one stage of a run.
+type step struct {
+	name string
+	fn   func(context.Context) error
+}
+
 // Run performs one export and publishes it atomically. On any error nothing
-// is published and the staging directory is removed.
-func Run(ctx context.Context, cfg Config) (res *Result, err error) {
+// is published and the staging directory is removed. With cfg.Shard set it
+// runs one shard instead, which publishes nothing (see RunShard).
+func Run(ctx context.Context, cfg Config) (*Result, error) {
+	if cfg.Shard.Count > 0 {
+		return RunShard(ctx, cfg)
+	}
+	return execute(ctx, cfg, func(r *run) []step {
+		return []step{
+			{"consent", r.readConsent},
+			{"users", r.readUsers},
+			{"normalize", r.normalize},
+			{"numbers", r.resolveNumbers},
+			{"identifiers", r.hashIdentifiers},
+			{"write", r.writeOutputs},
+		}
+	})
+}
+
+// execute runs steps under the run lock, with the audit log recovered, the
+// destination authorized and staging cleaned, then checks and publishes.
+func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Result, err error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
-	r := &run{cfg: cfg, t0: time.Now(), m: newManifest(&cfg), guard: newLeakGuard()}
+	r := &run{cfg: cfg, t0: time.Now(), m: newManifest(&cfg), guard: newLeakGuard(guardSalt(&cfg))}
 	if err := ensureStateDirs(cfg.State); err != nil {
 		return nil, err
 	}
@@ -214,7 +246,7 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 			return nil, fmt.Errorf("%w: audit log: %w", ErrConfig, err)
 		}
 	}
-	if err := authorize(&r.cfg); err != nil {
+	if err := authorize(&r.cfg, true); err != nil {
 		return nil, err
 	}
 	if n, err := cleanStaging(cfg.State, cfg.Out, cfg.Destination); err != nil {
@@ -228,7 +260,8 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 		}
 	}
 	defer func() {
-		if err != nil && !errors.Is(err, context.Canceled) {
+		// Shards not yet complete are not a failed run: nothing was tried.
+		if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, ErrShardsIncomplete) {
 			if aerr := AppendEvent(&r.cfg, "run_failed", err.Error()); aerr != nil {
 				err = fmt.Errorf("%w (and the failure could not be recorded in the audit log: %v)", err, aerr)
 			}
@@ -253,33 +286,29 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 	if r.rejects, err = newRejectWriter(filepath.Join(r.staging, "private", "rejects.csv")); err != nil {
 		return nil, err
 	}
-	steps := []struct {
-		name string
-		fn   func(context.Context) error
-	}{
-		{"consent", r.readConsent},
-		{"users", r.readUsers},
-		{"normalize", r.normalize},
-		{"numbers", r.resolveNumbers},
-		{"identifiers", r.hashIdentifiers},
-		{"write", r.writeOutputs},
-	}
-	for _, s := range steps {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		start := time.Now()
-		cfg.Progress.setStage(s.name)
-		if err := s.fn(ctx); err != nil {
-			return nil, err
-		}
-		r.stages = append(r.stages, StageTime{s.name, time.Since(start)})
-		cfg.Log.Debug("stage done", "stage", s.name, "seconds", time.Since(start).Seconds())
-		if err := crashPoint(s.name); err != nil {
-			return nil, err
-		}
+	if err := r.runSteps(ctx, steps(r)); err != nil {
+		return nil, err
 	}
 	return r.finish()
+}
+
+func (r *run) runSteps(ctx context.Context, steps []step) error {
+	for _, s := range steps {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		start := time.Now()
+		r.cfg.Progress.setStage(s.name)
+		if err := s.fn(ctx); err != nil {
+			return err
+		}
+		r.stages = append(r.stages, StageTime{s.name, time.Since(start)})
+		r.cfg.Log.Debug("stage done", "stage", s.name, "seconds", time.Since(start).Seconds())
+		if err := crashPoint(s.name); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (r *run) readConsent(ctx context.Context) error {
@@ -291,8 +320,13 @@ func (r *run) readConsent(ctx context.Context) error {
 	r.users = make(map[string]*userState)
 	c := &r.m.ConsentEvents
 	rules := r.cfg.Rules
-	err = r.eachRow(ctx, t, "consent events", &c.Rows, cEvents, func(row *Row) {
+	sh := r.cfg.Shard
+	err = r.eachRow(ctx, t, "consent events", cEvents, func(row *Row) {
 		if row.Reject != "" {
+			if !sh.owns("", row.Line) {
+				return
+			}
+			c.Rows++
 			c.add(consent.ClassMalformed)
 			r.reject(TableConsent, row.Line, row.Reject, row.Raw)
 			return
@@ -300,12 +334,20 @@ func (r *run) readConsent(ctx context.Context) error {
 		f := row.Fields
 		e, err := consent.ParseEvent(f[0], f[1], f[2], f[3], f[4], f[5], f[6])
 		if err != nil {
+			if !sh.owns("", row.Line) {
+				return
+			}
+			c.Rows++
 			var re *consent.RejectError
 			errors.As(err, &re)
 			c.add(consent.ClassMalformed)
 			r.reject(TableConsent, row.Line, re.Reason, fieldsText(f))
 			return
 		}
+		if !sh.owns(e.UserID, row.Line) {
+			return
+		}
+		c.Rows++
 		class := rules.Classify(&e)
 		if class != consent.ClassUsed {
 			c.add(class)
@@ -334,13 +376,22 @@ func (r *run) readUsers(ctx context.Context) error {
 	u := &r.m.Users
 	snap := make([][sha256.Size]byte, 0, len(r.users))
 	r.holders = make([]holder, 0, len(r.users))
-	err = r.eachRow(ctx, t, "users", &u.Rows, cUsers, func(row *Row) {
+	sh := r.cfg.Shard
+	err = r.eachRow(ctx, t, "users", cUsers, func(row *Row) {
 		if row.Reject != "" {
+			if !sh.owns("", row.Line) {
+				return
+			}
+			u.Rows++
 			u.exclude(ReasonMalformedRow)
 			r.reject("users", row.Line, row.Reject, row.Raw)
 			return
 		}
 		userID, phone, country := row.Fields[0], row.Fields[1], row.Fields[2]
+		if !sh.owns(userID, row.Line) {
+			return
+		}
+		u.Rows++
 		if userID == "" {
 			u.exclude(ReasonMalformedRow)
 			r.reject("users", row.Line, consent.RejectEmptyUserID, fieldsText(row.Fields))
@@ -370,7 +421,11 @@ func (r *run) readUsers(ctx context.Context) error {
 		return err
 	}
 	r.m.addInput(TableUsers, r.cfg.Source.Name(TableUsers), t.Digest(), u.Rows)
-	r.snapshot = consentSnapshot(snap)
+	if sh.Count > 0 {
+		r.snapLines = snap // the commit digests every shard's lines together
+	} else {
+		r.snapshot = consentSnapshot(snap)
+	}
 	// Events of users absent from the users table count as unknown_user.
 	c := &r.m.ConsentEvents
 	for _, st := range r.users {
@@ -384,22 +439,23 @@ func (r *run) readUsers(ctx context.Context) error {
 	return nil
 }
 
-// eachRow streams t's rows to fn, counting them in *rows and in the
-// progress counter c, and checking ctx every 64Ki rows.
-func (r *run) eachRow(ctx context.Context, t RowReader, what string, rows *int64, c counter, fn func(*Row)) error {
+// eachRow streams t's rows to fn, counting them in the progress counter c
+// and checking ctx every 64Ki rows. fn counts the rows it owns.
+func (r *run) eachRow(ctx context.Context, t RowReader, what string, c counter, fn func(*Row)) error {
+	var rows int64
 	for {
-		if *rows&0xffff == 0 && ctx.Err() != nil {
+		if rows&0xffff == 0 && ctx.Err() != nil {
 			return ctx.Err()
 		}
 		row, err := t.Next()
 		if err == io.EOF {
-			r.cfg.Progress.add(c, *rows&1023) // the last, partial thousand
+			r.cfg.Progress.add(c, rows&1023) // the last, partial thousand
 			return nil
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", what, err)
 		}
-		if *rows++; *rows&1023 == 0 {
+		if rows++; rows&1023 == 0 {
 			r.cfg.Progress.add(c, 1024)
 		}
 		fn(row)
@@ -522,14 +578,18 @@ func fieldsText(fields []string) string {
 }
 
 // authorize refuses, before any user data is read, a destination the
-// registry does not allow for the run's purpose, and records the refusal.
-// A scheme or delivery directory that contradicts the registry is a usage
-// error: the registry decides them.
-func authorize(cfg *Config) error {
+// registry does not allow for the run's purpose, and records the refusal
+// when record is set (a shard leaves that to the commit). A scheme or
+// delivery directory that contradicts the registry is a usage error: the
+// registry decides them.
+func authorize(cfg *Config, record bool) error {
 	if cfg.Registry == nil {
 		return fmt.Errorf("%w: no destination registry: nothing may be sent without one", ErrConfig)
 	}
 	d, err := cfg.Registry.Authorize(cfg.Destination, cfg.Rules.Purpose)
+	if err != nil && !record {
+		return fmt.Errorf("%w: %w", ErrRejected, err)
+	}
 	if err != nil {
 		if aerr := AppendEvent(cfg, "destination_refused", err.Error()); aerr != nil {
 			return fmt.Errorf("%w: %w (and the refusal could not be recorded: %v)", ErrRejected, err, aerr)

@@ -1,0 +1,548 @@
+package pipeline
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/csv"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gofrs/flock"
+
+	"audiencematch/consent"
+	"audiencematch/pipeline/fsutil"
+)
+
+// Shard is one partition of a sharded run: the users whose user_id hashes
+// (FNV-1a 64, modulo Count) to Index, with their consent events. A row with
+// no usable user id (a malformed row) belongs to the shard of its line
+// number modulo Count. Every shard reads both whole tables, so every shard
+// computes the same input digests, and line numbers stay the file's own.
+type Shard struct{ Index, Count int }
+
+// MaxShards bounds --shard's N.
+const MaxShards = 4096
+
+// ErrShardsIncomplete: Commit found shards missing; run it again when they
+// are done (exit 75, like any temporary failure).
+var ErrShardsIncomplete = fmt.Errorf("%w: shards incomplete", ErrTempFail)
+
+// ParseShard reads "I/N" (0 <= I < N).
+func ParseShard(s string) (Shard, error) {
+	i, n, ok := strings.Cut(s, "/")
+	idx, err1 := strconv.Atoi(i)
+	cnt, err2 := strconv.Atoi(n)
+	if !ok || err1 != nil || err2 != nil || cnt < 1 || cnt > MaxShards || idx < 0 || idx >= cnt {
+		return Shard{}, fmt.Errorf("%w: shard %q: want I/N with 0 <= I < N <= %d", ErrUsage, s, MaxShards)
+	}
+	return Shard{idx, cnt}, nil
+}
+
+func (s Shard) String() string { return fmt.Sprintf("%d/%d", s.Index, s.Count) }
+
+// owns reports whether the row is this shard's; with Count 0 every row is.
+func (s Shard) owns(userID string, line int64) bool {
+	if s.Count == 0 {
+		return true
+	}
+	if userID == "" {
+		return line%int64(s.Count) == int64(s.Index)
+	}
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(userID); i++ {
+		h = (h ^ uint64(userID[i])) * 1099511628211
+	}
+	return h%uint64(s.Count) == uint64(s.Index)
+}
+
+// runKey names the shards of one run: the cutoff and the configuration
+// digest (the inputs' digests are only known once they are read; the
+// commit checks every shard read the same inputs).
+func runKey(cfg *Config) string {
+	return cfg.Rules.AsOf.UTC().Format("20060102T150405Z") + "-" + cfg.Digest()[:16]
+}
+
+// guardSalt is the leak guard's salt: the same in every shard of a run.
+func guardSalt(cfg *Config) uint64 {
+	sum := sha256.Sum256([]byte("audiencematch/guard/" + cfg.Digest()))
+	return binary.LittleEndian.Uint64(sum[:])
+}
+
+// ShardsDir is where the shards of a run wait for their commit.
+func ShardsDir(cfg *Config) string { return filepath.Join(cfg.State, "shards", runKey(cfg)) }
+
+func shardName(i, n int) string { return fmt.Sprintf("shard-%05d-of-%05d", i, n) }
+
+// shardVersion is the first field of shard.json.
+const shardVersion = "audiencematch.shard/v1"
+
+// shardInfo is a finished shard's shard.json, written last.
+type shardInfo struct {
+	Version       string            `json:"version"`
+	RunKey        string            `json:"run_key"`
+	Index         int               `json:"index"`
+	Count         int               `json:"count"`
+	ConfigDigest  string            `json:"config_digest"`
+	Inputs        []InputFile       `json:"inputs"` // rows: the rows this shard owns
+	Users         UserCounts        `json:"users"`
+	ConsentEvents EventCounts       `json:"consent_events"`
+	Rejects       RejectSummary     `json:"rejects"`
+	Holders       int64             `json:"holders"`
+	Files         map[string]string `json:"files"` // name → SHA-256
+	Finished      string            `json:"finished"`
+}
+
+// RunShard reads the inputs, keeps the shard's users, decides their
+// consent and normalizes their numbers, and leaves the result under
+// ShardsDir for Commit. It publishes nothing and appends nothing to the
+// audit log (the commit does both); shards of one run may run at the same
+// time on different machines sharing the state directory. A destination
+// the registry refuses is refused here too.
+func RunShard(ctx context.Context, cfg Config) (res *Result, err error) {
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	if err := authorize(&cfg, false); err != nil {
+		return nil, err
+	}
+	if err := ensureStateDirs(cfg.State); err != nil {
+		return nil, err
+	}
+	set := ShardsDir(&cfg)
+	if err := os.MkdirAll(set, 0o700); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	name := shardName(cfg.Shard.Index, cfg.Shard.Count)
+	fl := flock.New(filepath.Join(set, name+".lock"), flock.SetPermissions(0o600))
+	if ok, err := fl.TryLock(); err != nil || !ok {
+		return nil, fmt.Errorf("%w: shard %s is already running (lock %s)", ErrTempFail, cfg.Shard, fl.Path())
+	}
+	defer fl.Unlock()
+	if !cfg.Force {
+		if rec, err := committedOn(&cfg); err != nil || rec != nil {
+			return &Result{Skipped: rec}, err
+		}
+	}
+	stale, _ := filepath.Glob(filepath.Join(set, ".tmp-"+name+"-*"))
+	for _, d := range stale {
+		if err := os.RemoveAll(d); err != nil {
+			return nil, err
+		}
+	}
+	r := &run{cfg: cfg, t0: time.Now(), m: newManifest(&cfg), guard: newLeakGuard(guardSalt(&cfg))}
+	if r.staging, err = os.MkdirTemp(set, ".tmp-"+name+"-"); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	defer os.RemoveAll(r.staging)
+	if r.rejects, err = newRejectWriter(filepath.Join(r.staging, "rejects.csv")); err != nil {
+		return nil, err
+	}
+	defer r.rejects.Close()
+	if err := r.runSteps(ctx, []step{
+		{"consent", r.readConsent},
+		{"users", r.readUsers},
+		{"normalize", r.normalize},
+	}); err != nil {
+		return nil, err
+	}
+	if err := r.writeShard(); err != nil {
+		return nil, fmt.Errorf("write shard %s: %w", cfg.Shard, err)
+	}
+	final := filepath.Join(set, name)
+	if err := os.RemoveAll(final); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(r.staging, final); err != nil {
+		return nil, err
+	}
+	if err := fsutil.SyncDir(set); err != nil {
+		return nil, err
+	}
+	return &Result{Manifest: r.m, ShardDir: final, Stages: r.stages}, nil
+}
+
+// writeShard writes the shard's files into its staging directory, each
+// file's digest into shard.json, and shard.json last.
+func (r *run) writeShard() error {
+	if err := r.rejects.Close(); err != nil {
+		return err
+	}
+	info := shardInfo{
+		Version: shardVersion, RunKey: runKey(&r.cfg), Index: r.cfg.Shard.Index, Count: r.cfg.Shard.Count,
+		ConfigDigest: r.m.ConfigDigest, Inputs: r.m.Inputs, Users: r.m.Users, ConsentEvents: r.m.ConsentEvents,
+		Rejects: r.m.Rejects, Holders: int64(len(r.holders)), Files: map[string]string{},
+		Finished: time.Now().UTC().Format(time.RFC3339),
+	}
+	writers := map[string]func(*bufio.Writer) error{
+		"holders.bin": func(w *bufio.Writer) error {
+			var b []byte
+			for i := range r.holders {
+				h := &r.holders[i]
+				b = binary.AppendUvarint(b[:0], uint64(len(h.userID)))
+				b = append(b, h.userID...)
+				b = binary.AppendUvarint(b, uint64(len(h.eventID)))
+				b = append(b, h.eventID...)
+				b = binary.AppendUvarint(b, uint64(len(h.e164)))
+				b = append(b, h.e164...)
+				b = append(b, byte(h.status), boolByte(h.invalid))
+				b = binary.AppendVarint(b, h.line)
+				if _, err := w.Write(b); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+		"snapshot.bin": func(w *bufio.Writer) error {
+			for i := range r.snapLines {
+				if _, err := w.Write(r.snapLines[i][:]); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+		"guard.bin": func(w *bufio.Writer) error {
+			g := r.guard
+			var b []byte
+			b = binary.LittleEndian.AppendUint64(b, uint64(len(g.exact)))
+			b = binary.LittleEndian.AppendUint64(b, uint64(len(g.pre)))
+			b = binary.LittleEndian.AppendUint64(b, uint64(g.maxLen))
+			for _, h := range g.exact {
+				b = binary.LittleEndian.AppendUint64(b, h)
+				if len(b) >= 1<<16 {
+					if _, err := w.Write(b); err != nil {
+						return err
+					}
+					b = b[:0]
+				}
+			}
+			for _, n := range g.pre {
+				b = binary.LittleEndian.AppendUint64(b, n.prefix)
+				b = binary.LittleEndian.AppendUint64(b, n.hash)
+				b = binary.LittleEndian.AppendUint32(b, uint32(n.n))
+				if len(b) >= 1<<16 {
+					if _, err := w.Write(b); err != nil {
+						return err
+					}
+					b = b[:0]
+				}
+			}
+			_, err := w.Write(b)
+			return err
+		},
+	}
+	for _, name := range []string{"holders.bin", "snapshot.bin", "guard.bin"} {
+		sum, err := writeFileSum(filepath.Join(r.staging, name), writers[name])
+		if err != nil {
+			return err
+		}
+		info.Files[name] = sum
+	}
+	rej, err := fileSum(filepath.Join(r.staging, "rejects.csv"))
+	if err != nil {
+		return err
+	}
+	info.Files["rejects.csv"] = rej
+	body, err := json.MarshalIndent(info, "", "  ")
+	if err != nil {
+		return err
+	}
+	return fsutil.WriteFileDurable(filepath.Join(r.staging, "shard.json"), append(body, '\n'), 0o600)
+}
+
+func boolByte(b bool) byte {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// writeFileSum writes an owner-only file through fn, durably, and returns
+// its SHA-256.
+func writeFileSum(path string, fn func(*bufio.Writer) error) (string, error) {
+	f, err := createHashing(path, 0o600)
+	if err != nil {
+		return "", err
+	}
+	w := bufio.NewWriterSize(f, 1<<20)
+	if err := errors.Join(fn(w), w.Flush()); err != nil {
+		f.Close()
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		return "", err
+	}
+	return f.Sum(), nil
+}
+
+func fileSum(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// Commit publishes the shards of a run as one run, exactly as the unsharded
+// run would have: it checks that all count shards are complete, intact and
+// read the same inputs under the same configuration, then applies the
+// shared-number rule across them, hashes, writes, checks and publishes
+// atomically, appends one audit record and removes the shards. With shards
+// missing it returns ErrShardsIncomplete and changes nothing.
+func Commit(ctx context.Context, cfg Config, count int) (*Result, error) {
+	if count < 1 || count > MaxShards {
+		return nil, fmt.Errorf("%w: --shards %d: want 1 to %d", ErrUsage, count, MaxShards)
+	}
+	cfg.Shard = Shard{}
+	res, err := execute(ctx, cfg, func(r *run) []step {
+		return []step{
+			{"shards", func(context.Context) error { return r.loadShards(count) }},
+			{"numbers", r.resolveNumbers},
+			{"identifiers", r.hashIdentifiers},
+			{"write", r.writeOutputs},
+		}
+	})
+	if err == nil && res.Skipped == nil {
+		if rmErr := os.RemoveAll(ShardsDir(&cfg)); rmErr != nil {
+			cfg.Log.Warn("could not remove the committed shards", "error", rmErr.Error())
+		}
+	}
+	return res, err
+}
+
+// loadShards merges the shards into the run: counts, holders, snapshot
+// lines, leak guard needles and rejects.
+func (r *run) loadShards(count int) error {
+	set := ShardsDir(&r.cfg)
+	var missing []string
+	infos := make([]shardInfo, count)
+	for i := range count {
+		b, err := os.ReadFile(filepath.Join(set, shardName(i, count), "shard.json"))
+		if errors.Is(err, os.ErrNotExist) {
+			missing = append(missing, strconv.Itoa(i))
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("%w: shard %d/%d: %w", ErrConfig, i, count, err)
+		}
+		if err := json.Unmarshal(b, &infos[i]); err != nil {
+			return fmt.Errorf("%w: shard %d/%d: shard.json: %w", ErrData, i, count, err)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: %d of %d shards are not finished in %s (missing: %s); run commit again when they are",
+			ErrShardsIncomplete, len(missing), count, set, strings.Join(missing, ", "))
+	}
+	first := &infos[0]
+	for i := range infos {
+		in := &infos[i]
+		switch {
+		case in.Version != shardVersion:
+			return fmt.Errorf("%w: shard %d/%d: version %q, want %q", ErrData, i, count, in.Version, shardVersion)
+		case in.Index != i || in.Count != count || in.RunKey != runKey(&r.cfg) || in.ConfigDigest != r.m.ConfigDigest:
+			return fmt.Errorf("%w: shard %d/%d was made for another run or configuration", ErrData, i, count)
+		case len(in.Inputs) != len(first.Inputs):
+			return fmt.Errorf("%w: shard %d/%d read other tables than shard 0", ErrData, i, count)
+		}
+		for j := range in.Inputs {
+			if a, b := in.Inputs[j], first.Inputs[j]; a.Table != b.Table || a.Name != b.Name || a.SHA256 != b.SHA256 {
+				return fmt.Errorf("%w: the inputs changed between shards: %s read by shard %d/%d differs from shard 0's; run every shard again", ErrData, a.Table, i, count)
+			}
+		}
+	}
+	m := r.m
+	for j, in := range first.Inputs {
+		total := int64(0)
+		for i := range infos {
+			total += infos[i].Inputs[j].Rows
+		}
+		m.addInput(in.Table, in.Name, in.SHA256, total)
+	}
+	var holders int64
+	for i := range infos {
+		holders += infos[i].Holders
+	}
+	r.holders = make([]holder, 0, holders)
+	var snap [][sha256.Size]byte
+	var rejects []rejectRow
+	for i := range infos {
+		in := &infos[i]
+		m.Users.Rows += in.Users.Rows
+		m.Users.Exported += in.Users.Exported
+		addCounts(m.Users.Excluded, in.Users.Excluded)
+		m.ConsentEvents.Rows += in.ConsentEvents.Rows
+		addCounts(m.ConsentEvents.ByClass, in.ConsentEvents.ByClass)
+		addCounts(m.Rejects.Users, in.Rejects.Users)
+		addCounts(m.Rejects.ConsentEvents, in.Rejects.ConsentEvents)
+		dir := filepath.Join(set, shardName(i, count))
+		err := errors.Join(
+			readShardFile(dir, "holders.bin", in.Files, func(b []byte) error { return r.decodeHolders(b, in.Holders) }),
+			readShardFile(dir, "snapshot.bin", in.Files, func(b []byte) error {
+				if len(b)%sha256.Size != 0 {
+					return errors.New("truncated")
+				}
+				for k := 0; k < len(b); k += sha256.Size {
+					snap = append(snap, [sha256.Size]byte(b[k:k+sha256.Size]))
+				}
+				return nil
+			}),
+			readShardFile(dir, "guard.bin", in.Files, r.decodeGuard),
+			readShardFile(dir, "rejects.csv", in.Files, func(b []byte) error {
+				rows, err := readRejects(b)
+				rejects = append(rejects, rows...)
+				return err
+			}),
+		)
+		if err != nil {
+			return fmt.Errorf("%w: shard %d/%d: %w", ErrData, i, count, err)
+		}
+	}
+	r.snapshot = consentSnapshot(snap)
+	// The unsharded run writes rejects as it reads: consent events, then
+	// users, each in line order.
+	slices.SortFunc(rejects, func(a, b rejectRow) int {
+		if a.table != b.table {
+			if a.table == TableConsent {
+				return -1
+			}
+			return 1
+		}
+		return int(a.line - b.line)
+	})
+	for _, x := range rejects {
+		r.rejects.Write(x.table, x.line, x.reason, x.raw)
+	}
+	return nil
+}
+
+func addCounts(dst, src map[string]int64) {
+	for k, v := range src {
+		dst[k] += v
+	}
+}
+
+// readShardFile reads a shard's file, checks it against shard.json's
+// digest and hands it to fn.
+func readShardFile(dir, name string, sums map[string]string, fn func([]byte) error) error {
+	b, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(b)
+	if hex.EncodeToString(sum[:]) != sums[name] {
+		return fmt.Errorf("%s does not match its digest in shard.json", name)
+	}
+	if err := fn(b); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}
+
+var errCorrupt = errors.New("corrupt")
+
+func (r *run) decodeHolders(b []byte, n int64) error {
+	str := func() (string, error) {
+		l, k := binary.Uvarint(b)
+		if k <= 0 || uint64(len(b)-k) < l {
+			return "", errCorrupt
+		}
+		s := string(b[k : k+int(l)])
+		b = b[k+int(l):]
+		return s, nil
+	}
+	for range n {
+		var h holder
+		var err error
+		if h.userID, err = str(); err != nil {
+			return err
+		}
+		if h.eventID, err = str(); err != nil {
+			return err
+		}
+		if h.e164, err = str(); err != nil {
+			return err
+		}
+		if len(b) < 2 {
+			return errCorrupt
+		}
+		h.status, h.invalid = consent.Status(b[0]), b[1] == 1
+		b = b[2:]
+		line, k := binary.Varint(b)
+		if k <= 0 {
+			return errCorrupt
+		}
+		h.line, b = line, b[k:]
+		r.holders = append(r.holders, h)
+	}
+	if len(b) != 0 {
+		return errCorrupt
+	}
+	return nil
+}
+
+func (r *run) decodeGuard(b []byte) error {
+	if len(b) < 24 {
+		return errCorrupt
+	}
+	ne, np, maxLen := binary.LittleEndian.Uint64(b), binary.LittleEndian.Uint64(b[8:]), binary.LittleEndian.Uint64(b[16:])
+	b = b[24:]
+	if uint64(len(b)) != ne*8+np*20 {
+		return errCorrupt
+	}
+	o := &leakGuard{salt: r.guard.salt, maxLen: int(maxLen)}
+	o.exact = make([]uint64, ne)
+	for i := range o.exact {
+		o.exact[i] = binary.LittleEndian.Uint64(b[i*8:])
+	}
+	b = b[ne*8:]
+	o.pre = make([]needle, np)
+	for i := range o.pre {
+		x := b[i*20:]
+		o.pre[i] = needle{prefix: binary.LittleEndian.Uint64(x), hash: binary.LittleEndian.Uint64(x[8:]), n: int32(binary.LittleEndian.Uint32(x[16:]))}
+	}
+	r.guard.merge(o)
+	return nil
+}
+
+type rejectRow struct {
+	table  string
+	line   int64
+	reason string
+	raw    string
+}
+
+func readRejects(b []byte) ([]rejectRow, error) {
+	cr := csv.NewReader(strings.NewReader(string(b)))
+	cr.FieldsPerRecord = 4
+	recs, err := cr.ReadAll()
+	if err != nil {
+		return nil, err
+	}
+	if len(recs) == 0 {
+		return nil, errCorrupt
+	}
+	out := make([]rejectRow, 0, len(recs)-1)
+	for _, rec := range recs[1:] {
+		line, err := strconv.ParseInt(rec[1], 10, 64)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rejectRow{rec[0], line, rec[2], rec[3]})
+	}
+	return out, nil
+}

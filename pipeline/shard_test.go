@@ -1,0 +1,231 @@
+package pipeline_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"audiencematch/consent/audit"
+	"audiencematch/fixtures"
+	"audiencematch/hashing"
+	"audiencematch/pipeline"
+)
+
+func TestParseShard(t *testing.T) {
+	for in, want := range map[string]pipeline.Shard{"0/1": {0, 1}, "2/3": {2, 3}, "4095/4096": {4095, 4096}} {
+		if got, err := pipeline.ParseShard(in); err != nil || got != want {
+			t.Errorf("ParseShard(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "1", "3/3", "-1/3", "0/0", "a/b", "0/4097", "1/2/3", " 1/2"} {
+		if _, err := pipeline.ParseShard(in); !errors.Is(err, pipeline.ErrUsage) {
+			t.Errorf("ParseShard(%q): err = %v, want a usage error", in, err)
+		}
+	}
+}
+
+// shardConfig is a run of the shared fixture inputs into its own state and
+// output directories.
+func shardConfig(t *testing.T, dir string, st fixtures.Stats) pipeline.Config {
+	s, v := signer(t)
+	return pipeline.Config{
+		Users: st.UsersPath, Consent: st.EventsPath, Destination: "meta-ads", Scheme: hashing.HMACSHA256,
+		Key: destKey(t, "meta-ads"), Out: filepath.Join(dir, "out"), State: filepath.Join(dir, "state"),
+		Registry:      testRegistry(filepath.Join(dir, "out"), "meta-ads", hashing.HMACSHA256),
+		Rules:         fixtureRules(fixtures.DefaultAsOf),
+		MaxRejectRate: 0.01, RowsPerFile: 3000, RowsPerGroup: 1000, ToolVersion: "test",
+		AuditSigner: s, AuditVerifier: v,
+	}
+}
+
+// filesUnder maps every file under dir (relative path) to its bytes.
+func filesUnder(t *testing.T, dir string) map[string][]byte {
+	t.Helper()
+	out := map[string][]byte{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		rel, _ := filepath.Rel(dir, p)
+		out[rel] = b
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// committedRecord is the log's only record as JSON, without its time, and
+// with the publish path relative to the output directory.
+func committedRecord(t *testing.T, state, out string) string {
+	t.Helper()
+	l, err := audit.Open(pipeline.AuditDir(state))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs := l.Records()
+	if len(recs) != 1 || recs[0].Type != audit.TypeRunCommitted {
+		t.Fatalf("audit log has %d records (want one run_committed)", len(recs))
+	}
+	rec := *recs[0]
+	rec.Time = ""
+	if rel, err := filepath.Rel(out, rec.Published); err == nil && !strings.HasPrefix(rel, "..") {
+		rec.Published = rel
+	}
+	b, _ := json.Marshal(rec)
+	return string(b)
+}
+
+// TestShardedIdenticalToUnsharded: N shards (run in any order, some at the
+// same time) and a commit publish byte for byte what one unsharded run
+// publishes, keep the same evidence and rejects, and append the same record.
+func TestShardedIdenticalToUnsharded(t *testing.T) {
+	dir := t.TempDir()
+	st, err := fixtures.WriteFiles(filepath.Join(dir, "in"), fixtures.Options{Users: 20000, Seed: 42})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	base, err := pipeline.Run(ctx, shardConfig(t, filepath.Join(dir, "whole"), st))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if base.Manifest.Users.Excluded[pipeline.ReasonDuplicateNumber] == 0 || base.Manifest.Users.Excluded[pipeline.ReasonSharedNumberWithdrawn] == 0 ||
+		base.Manifest.Rejects.Users[pipeline.ReasonMalformedRow]+base.Manifest.Rejects.ConsentEvents["broken_csv_quoting"] == 0 {
+		t.Fatalf("the fixtures lack shared numbers or malformed rows: %+v", base.Manifest.Users.Excluded)
+	}
+	wholeState := filepath.Join(dir, "whole", "state")
+	want := filesUnder(t, base.PublishedDir)
+	wantPrivate := filesUnder(t, filepath.Join(wholeState, "runs", base.Manifest.RunID))
+	wantRecord := committedRecord(t, wholeState, filepath.Join(dir, "whole", "out"))
+	for _, n := range []int{1, 3, 8} {
+		t.Run(string(rune('0'+n)), func(t *testing.T) {
+			sdir := filepath.Join(dir, "sharded", string(rune('0'+n)))
+			cfg := shardConfig(t, sdir, st)
+			order := rand.Perm(n)
+			last := order[n-1]
+			var wg sync.WaitGroup
+			errs := make([]error, n)
+			for _, i := range order[:n-1] { // all but one at the same time
+				wg.Go(func() {
+					c := cfg
+					c.Shard = pipeline.Shard{Index: i, Count: n}
+					_, errs[i] = pipeline.Run(ctx, c)
+				})
+			}
+			wg.Wait()
+			if err := errors.Join(errs...); err != nil {
+				t.Fatal(err)
+			}
+			// Not yet complete: the commit refuses and publishes nothing.
+			_, err := pipeline.Commit(ctx, cfg, n)
+			if !errors.Is(err, pipeline.ErrShardsIncomplete) || !errors.Is(err, pipeline.ErrTempFail) {
+				t.Fatalf("commit with shard %d missing: %v", last, err)
+			}
+			if _, serr := os.Stat(cfg.Out); !os.IsNotExist(serr) {
+				t.Fatalf("an incomplete commit created %s", cfg.Out)
+			}
+			c := cfg
+			c.Shard = pipeline.Shard{Index: last, Count: n}
+			sres, err := pipeline.Run(ctx, c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sres.ShardDir == "" || sres.PublishedDir != "" {
+				t.Fatalf("a shard run returned %+v", sres)
+			}
+			res, err := pipeline.Commit(ctx, cfg, n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Manifest.RunID != base.Manifest.RunID {
+				t.Errorf("run id %s, unsharded %s", res.Manifest.RunID, base.Manifest.RunID)
+			}
+			got := filesUnder(t, res.PublishedDir)
+			if len(got) != len(want) {
+				t.Errorf("%d published files, unsharded %d", len(got), len(want))
+			}
+			for name, b := range want {
+				if !bytes.Equal(got[name], b) {
+					t.Errorf("published %s differs from the unsharded run's", name)
+				}
+			}
+			private := filesUnder(t, filepath.Join(cfg.State, "runs", res.Manifest.RunID))
+			for name, b := range wantPrivate {
+				if name == "record.json" {
+					continue // carries the time it was prepared
+				}
+				if !bytes.Equal(private[name], b) {
+					t.Errorf("private %s differs from the unsharded run's", name)
+				}
+			}
+			if rec := committedRecord(t, cfg.State, cfg.Out); rec != wantRecord {
+				t.Errorf("audit record differs:\n%s\nunsharded:\n%s", rec, wantRecord)
+			}
+			if _, err := os.Stat(pipeline.ShardsDir(&cfg)); !os.IsNotExist(err) {
+				t.Errorf("the shards were not removed after the commit: %v", err)
+			}
+			if _, err := pipeline.VerifyAudit(cfg.State, cfg.AuditVerifier, nil); err != nil {
+				t.Errorf("verify: %v", err)
+			}
+		})
+	}
+}
+
+// TestShardCommitRefusesMismatch: inputs that change between shards, and a
+// shard file changed after it was written, stop the commit.
+func TestShardCommitRefusesMismatch(t *testing.T) {
+	dir := t.TempDir()
+	st, err := fixtures.WriteFiles(filepath.Join(dir, "in"), fixtures.Options{Users: 2000, Seed: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cfg := shardConfig(t, filepath.Join(dir, "run"), st)
+	shard := func(i int) {
+		t.Helper()
+		c := cfg
+		c.Shard = pipeline.Shard{Index: i, Count: 2}
+		if _, err := pipeline.Run(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	shard(0)
+	users, _ := os.ReadFile(st.UsersPath)
+	if err := os.WriteFile(st.UsersPath, append(users, []byte("late-user,+16502530000,US\n")...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	shard(1)
+	_, err = pipeline.Commit(ctx, cfg, 2)
+	if !errors.Is(err, pipeline.ErrData) || !strings.Contains(err.Error(), "inputs changed between shards") {
+		t.Fatalf("commit over changed inputs: %v", err)
+	}
+	shard(0) // both now read the same inputs
+	holders := filepath.Join(pipeline.ShardsDir(&cfg), "shard-00001-of-00002", "holders.bin")
+	b, _ := os.ReadFile(holders)
+	b[len(b)/2] ^= 1
+	if err := os.WriteFile(holders, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = pipeline.Commit(ctx, cfg, 2)
+	if !errors.Is(err, pipeline.ErrData) || !strings.Contains(err.Error(), "does not match its digest") {
+		t.Fatalf("commit over a changed shard file: %v", err)
+	}
+	if _, serr := os.Stat(cfg.Out); !os.IsNotExist(serr) {
+		t.Fatalf("a refused commit created %s", cfg.Out)
+	}
+	shard(1)
+	if _, err := pipeline.Commit(ctx, cfg, 2); err != nil {
+		t.Fatal(err)
+	}
+}
