@@ -193,9 +193,9 @@ type run struct {
 	snapshot string // consent snapshot digest
 	// snapLines are a shard's snapshot lines, digested by the commit.
 	snapLines [][sha256.Size]byte
-	m        *Manifest
-	stages   []StageTime
-	t0       time.Time
+	m         *Manifest
+	stages    []StageTime
+	t0        time.Time
 }
 
 // step is one stage of a run.
