@@ -1,6 +1,8 @@
 package pipeline
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,10 +21,21 @@ const LockFile = "run.lock"
 // scheduler may start a second run while the first is still going.
 type runLock struct{ fl *flock.Flock }
 
-func acquireLock(state string, now time.Time) (*runLock, error) {
+func acquireLock(ctx context.Context, state string, now time.Time, wait time.Duration) (*runLock, error) {
 	path := filepath.Join(state, LockFile)
 	fl := flock.New(path, flock.SetPermissions(0o600))
-	ok, err := fl.TryLock()
+	var ok bool
+	var err error
+	if wait > 0 {
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		ok, err = fl.TryLockContext(wctx, 500*time.Millisecond)
+		cancel()
+		if errors.Is(err, context.DeadlineExceeded) {
+			ok, err = false, nil
+		}
+	} else {
+		ok, err = fl.TryLock()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: run lock %s: %w", ErrTempFail, path, err)
 	}

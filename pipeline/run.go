@@ -62,6 +62,11 @@ type Config struct {
 	// Shard, when its Count is set, makes Run process one partition of the
 	// users and leave it for Commit instead of publishing.
 	Shard Shard
+	// LockWait is how long to wait for the run lock; 0: fail at once
+	// (exit 75), as an overlapping nightly run should.
+	LockWait time.Duration
+	// commit is set by Commit, which reads shards rather than inputs.
+	commit bool
 }
 
 // Output sizing defaults: a row group of 1Mi 32-byte ids is 32 MiB, a size
@@ -102,7 +107,7 @@ func (c *Config) check() error {
 	switch {
 	case !ValidDestination(c.Destination):
 		return fmt.Errorf("%w: destination %q: use 1-64 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit", ErrUsage, c.Destination)
-	case c.Source == nil && (c.Users == "" || c.Consent == ""):
+	case c.Source == nil && (c.Users == "" || c.Consent == "") && !c.commit:
 		return fmt.Errorf("%w: both --users and --consent (or --source) are required", ErrUsage)
 	case c.Out == "" || c.State == "":
 		return fmt.Errorf("%w: both --out and --state are required", ErrUsage)
@@ -233,7 +238,7 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 	if err := ensureStateDirs(cfg.State); err != nil {
 		return nil, err
 	}
-	lock, err := acquireLock(cfg.State, r.t0)
+	lock, err := acquireLock(ctx, cfg.State, r.t0, cfg.LockWait)
 	if err != nil {
 		return nil, err
 	}

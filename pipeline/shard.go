@@ -308,7 +308,7 @@ func Commit(ctx context.Context, cfg Config, count int) (*Result, error) {
 	if count < 1 || count > MaxShards {
 		return nil, fmt.Errorf("%w: --shards %d: want 1 to %d", ErrUsage, count, MaxShards)
 	}
-	cfg.Shard = Shard{}
+	cfg.Shard, cfg.commit = Shard{}, true
 	res, err := execute(ctx, cfg, func(r *run) []step {
 		return []step{
 			{"shards", func(context.Context) error { return r.loadShards(count) }},

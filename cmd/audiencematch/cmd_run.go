@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -8,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -48,7 +51,14 @@ type RunOptions struct {
 	Summary          bool
 	MetricsFile      string
 	CPUProfile       string
+	Shard            string
+	Shards           int
+	LockWait         time.Duration
+	commit           bool // `audiencematch commit`: no inputs are read
 }
+
+// JobIndexEnv is the shard index a Kubernetes Indexed Job gives each pod.
+const JobIndexEnv = "JOB_COMPLETION_INDEX"
 
 // AddFlags registers the options' flags.
 func (o *RunOptions) AddFlags(cmd *cobra.Command) {
@@ -80,6 +90,32 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 	f.Float64Var(&o.MaxRejectRate, "max-reject-rate", 0.01, "fail, publishing nothing, when more than this fraction of either table's rows is malformed")
 	f.IntVar(&o.Workers, "workers", 0, "parallel workers (default: the number of CPUs)")
 	f.Int64Var(&o.RowsPerFile, "rows-per-file", pipeline.DefaultRowsPerFile, "most identifiers in one part-NNNNN.parquet file")
+	if o.commit {
+		f.IntVar(&o.Shards, "shards", 0, "how many shards the run was split into (required)")
+		f.DurationVar(&o.LockWait, "lock-wait", 10*time.Minute, "wait this long for the state's run lock (another shard's commit may hold it briefly)")
+		return
+	}
+	f.StringVar(&o.Shard, "shard", "", "process only shard I/N (users partitioned by user id) and leave it under STATE/shards for `audiencematch commit --shards N`; publishes nothing")
+	f.IntVar(&o.Shards, "shards", 0, "like --shard, taking I from $"+JobIndexEnv+" (a Kubernetes Indexed Job's pod index)")
+}
+
+// shard is the shard the flags and environment ask for; Count 0 for none.
+func (o *RunOptions) shard() (pipeline.Shard, error) {
+	switch {
+	case o.commit:
+		return pipeline.Shard{}, nil
+	case o.Shard != "" && o.Shards != 0:
+		return pipeline.Shard{}, fmt.Errorf("%w: give --shard I/N or --shards N, not both", pipeline.ErrUsage)
+	case o.Shard != "":
+		return pipeline.ParseShard(o.Shard)
+	case o.Shards != 0:
+		idx, ok := os.LookupEnv(JobIndexEnv)
+		if !ok {
+			return pipeline.Shard{}, fmt.Errorf("%w: --shards %d needs $%s (set by a Kubernetes Indexed Job), or use --shard I/N", pipeline.ErrUsage, o.Shards, JobIndexEnv)
+		}
+		return pipeline.ParseShard(idx + "/" + strconv.Itoa(o.Shards))
+	}
+	return pipeline.Shard{}, nil
 }
 
 func newRunCommand(g *globalOptions) *cobra.Command {
@@ -113,7 +149,50 @@ holds, privately, the user and consent event behind each identifier.
 			if err != nil {
 				return err
 			}
-			return runRun(cmd, o, log)
+			return runRun(cmd, o, log, pipeline.Run)
+		},
+	}
+	o.AddFlags(cmd)
+	return cmd
+}
+
+func newCommitCommand(g *globalOptions) *cobra.Command {
+	o := &RunOptions{commit: true}
+	cmd := &cobra.Command{
+		Use:   "commit --shards N --destination ID --state DIR [flags]",
+		Short: "Publish a sharded run: check all N shards, then publish them as one run",
+		Long: `Publish the shards left by "run --shard I/N" (or "run --shards N" in a Kubernetes
+Indexed Job) as one run.
+
+Give commit the same settings as the shards (destination, --as-of, policy flags,
+key, config file): shards and commit meet under STATE/shards/<cutoff>-<config digest>.
+commit checks that all N shards are finished, unchanged (each file's SHA-256 is in
+its shard.json), made under the same configuration and from the same input
+files (same SHA-256), then applies the shared-number rule across shards, hashes,
+writes, runs the leak guard, publishes atomically and appends one audit record,
+exactly as an unsharded run would: the output is byte-identical to it. The
+shards are removed afterwards.
+
+With shards still missing it exits 75 and changes nothing: run it again when
+they are done (the deploy example runs it after every shard; the last one to
+finish publishes).
+
+` + exitCodesHelp,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyConfigFile(cmd, o.Config); err != nil {
+				return err
+			}
+			log, err := g.logger(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			if o.Shards < 1 {
+				return fmt.Errorf("%w: --shards N is required", pipeline.ErrUsage)
+			}
+			return runRun(cmd, o, log, func(ctx context.Context, cfg pipeline.Config) (*pipeline.Result, error) {
+				return pipeline.Commit(ctx, cfg, o.Shards)
+			})
 		},
 	}
 	o.AddFlags(cmd)
@@ -128,7 +207,7 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 			missing = append(missing, f.name)
 		}
 	}
-	if o.Source == "" && (o.Users == "" || o.Consent == "") {
+	if o.Source == "" && (o.Users == "" || o.Consent == "") && !o.commit {
 		missing = append(missing, "--users and --consent (or --source)")
 	}
 	if o.Source != "" && (o.Users != "" || o.Consent != "") {
@@ -194,7 +273,7 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 		Out: out, State: o.State, Registry: registry, Force: o.Force,
 		Rules:         consent.Rules{AsOf: asOf, Purpose: o.Purpose, MinPolicyVersion: o.MinPolicyVersion, MaxAge: maxAge},
 		MaxRejectRate: o.MaxRejectRate, Workers: o.Workers, RowsPerFile: o.RowsPerFile,
-		ToolVersion: Version, Log: log,
+		ToolVersion: Version, Log: log, LockWait: o.LockWait,
 	}
 	if o.Source != "" {
 		usersTable, consentTable := o.UsersTable, o.ConsentTable
@@ -234,7 +313,7 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 	return cfg, nil
 }
 
-func runRun(cmd *cobra.Command, o *RunOptions, log *slog.Logger) (err error) {
+func runRun(cmd *cobra.Command, o *RunOptions, log *slog.Logger, run func(context.Context, pipeline.Config) (*pipeline.Result, error)) (err error) {
 	start := time.Now()
 	var res *pipeline.Result
 	if o.MetricsFile != "" {
@@ -250,6 +329,12 @@ func runRun(cmd *cobra.Command, o *RunOptions, log *slog.Logger) (err error) {
 	cfg, err := o.pipelineConfig(log, start)
 	if err != nil {
 		return err
+	}
+	if cfg.Shard, err = o.shard(); err != nil {
+		return err
+	}
+	if (cfg.Shard.Count > 0 || o.commit) && o.AsOf == "" {
+		return fmt.Errorf("%w: a sharded run needs --as-of: every shard and the commit must share the cutoff", pipeline.ErrUsage)
 	}
 	if cfg.Source != nil {
 		defer cfg.Source.Close()
@@ -267,8 +352,12 @@ func runRun(cmd *cobra.Command, o *RunOptions, log *slog.Logger) (err error) {
 	}
 	cfg.Progress = &pipeline.Progress{}
 	stop := showProgress(cmd.Context(), cfg.Progress, cmd.ErrOrStderr(), log)
-	res, err = pipeline.Run(cmd.Context(), cfg)
+	res, err = run(cmd.Context(), cfg)
 	stop()
+	if errors.Is(err, pipeline.ErrShardsIncomplete) {
+		log.Warn("not all shards are finished; nothing published", "destination", cfg.Destination, "error", err.Error(), "exit_code", exitCode(err))
+		return err
+	}
 	if err != nil {
 		log.Error("run failed", "destination", cfg.Destination, "error", err.Error(), "exit_code", exitCode(err))
 		return err
@@ -279,6 +368,11 @@ func runRun(cmd *cobra.Command, o *RunOptions, log *slog.Logger) (err error) {
 		return nil
 	}
 	m := res.Manifest
+	if res.ShardDir != "" {
+		log.Info("shard done; publish with audiencematch commit once every shard is", "shard", cfg.Shard.String(), "destination", m.Destination,
+			"users", m.Users.Rows, "consent_events", m.ConsentEvents.Rows, "dir", res.ShardDir, "seconds", time.Since(start).Seconds())
+		return nil
+	}
 	if res.AlreadyPublished {
 		log.Info("this exact run (same inputs and settings) is already published; nothing to do", "run_id", m.RunID, "dir", res.PublishedDir)
 		return nil

@@ -111,7 +111,7 @@ Start with:
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return fmt.Errorf("%w: %w", pipeline.ErrUsage, err)
 	})
-	root.AddCommand(newRunCommand(g), newFixturesCommand(g), newKeysCommand(), newAuditCommand(), newDestinationsCommand())
+	root.AddCommand(newRunCommand(g), newCommitCommand(g), newFixturesCommand(g), newKeysCommand(), newAuditCommand(), newDestinationsCommand())
 	return root
 }
 
