@@ -56,26 +56,17 @@ func idLeaf(id string) []byte { return []byte(id) }
 // the run and appended to the log once the run is published.
 func (r *run) buildRecord(manifestSum string) (*audit.Record, error) {
 	m := r.m
-	ids, evidence := audit.NewMerkleTree(len(r.export)), audit.NewMerkleTree(len(r.holders))
+	var ids, evidence audit.TreeRoot
+	binary := r.cfg.Scheme.Binary()
 	for _, e := range r.export {
-		if err := ids.Append(idLeaf(e.id)); err != nil {
-			return nil, err
-		}
+		ids.Append(idLeaf(e.id))
+		eid := evidenceID(binary, e.id)
 		for j, hi := range e.holders {
 			h := &r.holders[hi]
-			if err := evidence.Append(audit.EvidenceLeaf(evidenceID(r.cfg.Scheme.Binary(), e.id), h.userID, h.eventID, j == 0)); err != nil {
-				return nil, err
-			}
+			evidence.Append(audit.EvidenceLeaf(eid, h.userID, h.eventID, j == 0))
 		}
 	}
-	idt, err := ids.Summary()
-	if err != nil {
-		return nil, err
-	}
-	evt, err := evidence.Summary()
-	if err != nil {
-		return nil, err
-	}
+	idt, evt := ids.Summary(), evidence.Summary()
 	rec := &audit.Record{
 		Version: audit.RecordVersion, Time: time.Now().UTC().Format(time.RFC3339Nano), // Append re-stamps the time
 		Type: audit.TypeRunCommitted, RunID: m.RunID, ToolVersion: m.ToolVersion, ConfigDigest: m.ConfigDigest,

@@ -96,6 +96,12 @@ func (g *leakGuard) add(v string) {
 	g.maxLen = max(g.maxLen, len(v))
 }
 
+// reserve makes room for about n more needles.
+func (g *leakGuard) reserve(n int) {
+	g.exact = slices.Grow(g.exact, n)
+	g.pre = slices.Grow(g.pre, n)
+}
+
 // merge adds another guard's needles (a shard's); both must share the salt.
 func (g *leakGuard) merge(o *leakGuard) {
 	g.exact = append(g.exact, o.exact...)

@@ -381,6 +381,7 @@ func (r *run) readUsers(ctx context.Context) error {
 	u := &r.m.Users
 	snap := make([][sha256.Size]byte, 0, len(r.users))
 	r.holders = make([]holder, 0, len(r.users))
+	r.guard.reserve(3 * len(r.users)) // a user id, a phone and an E.164 each
 	sh := r.cfg.Shard
 	err = r.eachRow(ctx, t, "users", cUsers, func(row *Row) {
 		if row.Reject != "" {

@@ -343,3 +343,24 @@ func FuzzParseRecord(f *testing.F) {
 		}
 	})
 }
+
+// TestTreeRootMatchesMerkleTree: the streaming root is the stored tree's at
+// every size, including the empty tree.
+func TestTreeRootMatchesMerkleTree(t *testing.T) {
+	full := NewMerkleTree(0)
+	var stream TreeRoot
+	for n := 0; n <= 300; n++ {
+		want, err := full.Summary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := stream.Summary(); *got != *want {
+			t.Fatalf("size %d: streaming root %+v, stored tree %+v", n, got, want)
+		}
+		leaf := []byte{byte(n), byte(n >> 8), 'x'}
+		if err := full.Append(leaf); err != nil {
+			t.Fatal(err)
+		}
+		stream.Append(leaf)
+	}
+}

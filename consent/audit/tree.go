@@ -71,3 +71,36 @@ func ParseHash(s string) (tlog.Hash, error) {
 	copy(h[:], b)
 	return h, nil
 }
+
+// TreeRoot computes the same root as MerkleTree while leaves stream by,
+// keeping only the roots of its complete subtrees (one hash per level), for
+// trees too large to hold, such as a run's identifiers.
+type TreeRoot struct {
+	stack []tlog.Hash // complete subtrees, largest first
+	n     int64
+}
+
+// Append adds a leaf whose data is b.
+func (t *TreeRoot) Append(b []byte) {
+	h := tlog.RecordHash(b)
+	for k := t.n; k&1 == 1; k >>= 1 {
+		h = tlog.NodeHash(t.stack[len(t.stack)-1], h)
+		t.stack = t.stack[:len(t.stack)-1]
+	}
+	t.stack = append(t.stack, h)
+	t.n++
+}
+
+// Summary is the tree's size and root, as records carry it.
+func (t *TreeRoot) Summary() *Tree {
+	var h tlog.Hash
+	if len(t.stack) > 0 {
+		h = t.stack[len(t.stack)-1]
+		for i := len(t.stack) - 2; i >= 0; i-- {
+			h = tlog.NodeHash(t.stack[i], h)
+		}
+	} else {
+		h, _ = tlog.TreeHash(0, (*MerkleTree)(nil))
+	}
+	return &Tree{Size: t.n, Root: hex.EncodeToString(h[:])}
+}

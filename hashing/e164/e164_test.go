@@ -88,7 +88,11 @@ func TestKnownAnswers(t *testing.T) {
 		{"++16502531234", "", "", Fallback},
 		{"12", "US", "", Fallback},
 		{"6502531234", "", "", Fallback},
-		{"６５０２５３１２３４", "US", "", Fallback},
+		{"６５０２５３１２３４", "US", "+16502531234", Valid},
+		{"tel:+1-650-253-1234", "", "+16502531234", Valid},
+		{"٠٢٠ ٧٩٤٦ ٠٠١٨", "GB", "+442079460018", Valid},
+		{"१२३४५६७८९०", "IN", "", Fallback}, // Devanagari: not converted by the library
+		{"TEL:+16502531234", "", "", Fallback},
 	} {
 		got, res := Normalize(c.phone, c.region)
 		if got != c.want || res != c.res {
@@ -156,7 +160,7 @@ func newGenerator(seed uint64) *generator {
 }
 
 // styles is the number of input styles; TestDifferential reports each.
-const styles = 16
+const styles = 19
 
 func (g *generator) digit() byte { return byte('0' + g.rng.IntN(10)) }
 
@@ -259,10 +263,33 @@ func (g *generator) next() (phone, region string, style int) {
 			"+" + cc + nsn + " ext. 12", "+" + cc + nsn + " x7", "tel:+" + cc + nsn, nsn + "#",
 			"+" + cc + "/" + nsn, "+" + cc + nsn + ";ext=5", "１" + nsn, "+" + cc + "ABC" + nsn,
 		}[g.rng.IntN(8)]
+	case 16: // full-width digits and plus
+		phone = toDigits(g.format(cc+nsn, [...]phonenumbers.PhoneNumberFormat{phonenumbers.INTERNATIONAL, phonenumbers.NATIONAL}[g.rng.IntN(2)]), '０', "＋")
+	case 17: // Arabic-Indic and extended Arabic-Indic digits, national format
+		phone = toDigits(g.format(cc+nsn, phonenumbers.NATIONAL), [...]rune{'٠', '۰'}[g.rng.IntN(2)], "+")
+	case 18: // RFC 3966 style
+		phone = "tel:+" + cc + "-" + g.spaced(nsn, "-")
 	case 15: // very short and very long
 		phone = [...]string{nsn[:min(len(nsn), 3)], "+" + cc + nsn + nsn, "+" + cc, nsn + nsn + nsn}[g.rng.IntN(4)]
 	}
 	return phone, region, style
+}
+
+// toDigits writes the ASCII digits of s in another script whose zero is
+// zero, and '+' as plus.
+func toDigits(s string, zero rune, plus string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r >= '0' && r <= '9':
+			b.WriteRune(zero + r - '0')
+		case r == '+':
+			b.WriteString(plus)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
 }
 
 // format renders "+<digits>" in the library's format, or the digits when
@@ -345,9 +372,9 @@ func TestDifferential(t *testing.T) {
 		t.Logf("style %2d: %8d inputs, %5.1f%% on the fast path", s, sum.total[s], 100*float64(sum.fast[s])/float64(max(1, sum.total[s])))
 	}
 	t.Logf("%d inputs identical to the library; %.1f%% decided by the fast path", all, 100*float64(fast)/float64(all))
-	// Styles 0-9 are the common shapes: nearly all must be fast. (Some
-	// mutated numbers are parse errors, which are left to the library.)
-	for s := range 10 {
+	// Styles 0-9 and 16-18 are the common shapes: nearly all must be fast.
+	// (Some mutated numbers are parse errors, which are left to the library.)
+	for _, s := range []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 18} {
 		if share := float64(sum.fast[s]) / float64(max(1, sum.total[s])); sum.total[s] > 1000 && share < 0.85 {
 			t.Errorf("style %d: only %.1f%% on the fast path", s, 100*share)
 		}

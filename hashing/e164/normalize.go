@@ -1,5 +1,10 @@
 package e164
 
+import (
+	"strings"
+	"unicode/utf8"
+)
+
 // Normalize decides, when it can, what
 //
 //	n, err := phonenumbers.Parse(phone, region)
@@ -13,31 +18,52 @@ func Normalize(phone, region string) (e164 string, res Result) {
 	if t.err != nil {
 		return "", Fallback
 	}
-	// The accepted shapes: ASCII digits, the separators below, and at most
-	// one '+' before the first digit. For these, extractPossibleNumber
-	// starts at the '+' or the first digit and drops trailing separators;
-	// no extension, second number, letter or RFC 3966 form can be present;
-	// normalize() keeps the digits; and with 3 or more digits the string is
-	// a viable number.
+	// The accepted shapes: an optional "tel:" prefix, then digits (ASCII, or
+	// the Arabic-Indic, extended Arabic-Indic and full-width digits that the
+	// library's normalize() turns into ASCII), the ASCII separators below,
+	// and at most one '+' or '＋' before the first digit. For these,
+	// extractPossibleNumber starts at the plus or the first digit (dropping
+	// "tel:") and drops trailing separators; no extension, second number,
+	// letter or RFC 3966 parameter can be present; normalize() keeps the
+	// digits; and with 3 or more digits the string is a viable number.
 	var buf [maxDigits]byte
 	nd, plus := 0, false
-	for i := 0; i < len(phone); i++ {
-		switch c := phone[i]; c {
-		case '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
-			if nd == maxDigits {
-				return "", Fallback
-			}
-			buf[nd] = c
-			nd++
-		case '+':
+	for i := len(telPrefix) * b2i(strings.HasPrefix(phone, telPrefix)); i < len(phone); {
+		c := phone[i]
+		d := byte(0)
+		switch {
+		case '0' <= c && c <= '9':
+			d, i = c, i+1
+		case c == '+':
 			if plus || nd > 0 {
 				return "", Fallback
 			}
-			plus = true
-		case ' ', '-', '.', '(', ')':
+			plus, i = true, i+1
+			continue
+		case c == ' ' || c == '-' || c == '.' || c == '(' || c == ')':
+			i++
+			continue
+		case c < utf8.RuneSelf:
+			return "", Fallback
 		default:
+			r, size := utf8.DecodeRuneInString(phone[i:])
+			i += size
+			if r == '＋' {
+				if plus || nd > 0 {
+					return "", Fallback
+				}
+				plus = true
+				continue
+			}
+			if d = otherDigit(r); d == 0 {
+				return "", Fallback
+			}
+		}
+		if nd == maxDigits {
 			return "", Fallback
 		}
+		buf[nd] = d
+		nd++
 	}
 	if nd < 3 {
 		return "", Fallback
@@ -133,6 +159,29 @@ func Normalize(phone, region string) (e164 string, res Result) {
 	out = appendInt(out, cc)
 	out = append(out, national...)
 	return string(out), Valid
+}
+
+const telPrefix = "tel:"
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// otherDigit maps the digits nyaruka/phonenumbers' normalizeDigits converts
+// (its arabicIndicNumberals table) to ASCII; 0 for any other rune.
+func otherDigit(r rune) byte {
+	switch {
+	case r >= '٠' && r <= '٩': // U+0660-0669
+		return byte('0' + r - '٠')
+	case r >= '۰' && r <= '۹': // U+06F0-06F9
+		return byte('0' + r - '۰')
+	case r >= '０' && r <= '９': // U+FF10-FF19
+		return byte('0' + r - '０')
+	}
+	return 0
 }
 
 // countryCode is extractCountryCode: the first 1 to 3 digits that are a
