@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 
@@ -115,9 +116,10 @@ func (g *leakGuard) seal() {
 	if g.sealed {
 		return
 	}
-	slices.Sort(g.exact)
+	workers := runtime.GOMAXPROCS(0)
+	parallelSort(g.exact, workers, cmp.Compare[uint64])
 	g.exact = slices.Compact(g.exact)
-	slices.SortFunc(g.pre, func(a, b needle) int {
+	parallelSort(g.pre, workers, func(a, b needle) int {
 		return cmp.Or(cmp.Compare(a.prefix, b.prefix), cmp.Compare(a.hash, b.hash), cmp.Compare(a.n, b.n))
 	})
 	g.pre = slices.Compact(g.pre)

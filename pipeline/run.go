@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -175,6 +176,7 @@ type holder struct {
 	userID, eventID string
 	phone, country  string
 	e164            string
+	id              string // the identifier of e164, once hashed
 	status          consent.Status
 	line            int64
 	invalid         bool
@@ -183,7 +185,6 @@ type holder struct {
 // exportRow is one exported identifier and the valid holders behind it.
 type exportRow struct {
 	id      string
-	e164    string
 	holders []int32 // indexes into the holder slice, smallest user id first
 }
 
@@ -221,8 +222,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			{"consent", r.readConsent},
 			{"users", r.readUsers},
 			{"normalize", r.normalize},
-			{"numbers", r.resolveNumbers},
 			{"identifiers", r.hashIdentifiers},
+			{"numbers", r.resolveNumbers},
 			{"write", r.writeOutputs},
 		}
 	})
@@ -486,10 +487,51 @@ func (r *run) normalize(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// resolveNumbers applies MATCHING.md's shared-number rule.
-func (r *run) resolveNumbers(context.Context) error {
+// hashIdentifiers computes, in parallel, the identifier of every holder
+// whose number is valid. Holders of one number get the same identifier (the
+// schemes are injective on E.164, up to SHA-256 collisions), so sorting by
+// identifier brings them together for the shared-number rule.
+func (r *run) hashIdentifiers(ctx context.Context) error {
+	var fail error
+	var once sync.Once
+	parallel(len(r.holders), r.cfg.Workers, func(lo, hi int) {
+		h, err := hashing.NewHasher(r.cfg.Scheme, r.cfg.Key)
+		if err != nil {
+			once.Do(func() { fail = err })
+			return
+		}
+		for i := lo; i < hi; i++ {
+			if hd := &r.holders[i]; !hd.invalid {
+				hd.id = h.ID(hd.e164)
+			}
+		}
+	})
+	if fail != nil {
+		return fail
+	}
+	return ctx.Err()
+}
+
+// idKey orders holders by identifier, then user id, then line; pre is the
+// identifier's first 8 bytes, big-endian, which decides almost every
+// comparison without touching the strings.
+type idKey struct {
+	pre uint64
+	i   int32
+}
+
+func idPrefix(id string) uint64 {
+	var b [8]byte
+	copy(b[:], id)
+	return binary.BigEndian.Uint64(b[:])
+}
+
+// resolveNumbers applies MATCHING.md's shared-number rule to the holders,
+// sorted by identifier: a number is exported once, under its valid holder
+// with the smallest user id, and not at all if any holder withdrew.
+func (r *run) resolveNumbers(ctx context.Context) error {
 	u := &r.m.Users
-	groups := make(map[string][]int32)
+	keys := make([]idKey, 0, len(r.holders))
 	for i := range r.holders {
 		h := &r.holders[i]
 		if h.invalid {
@@ -500,63 +542,99 @@ func (r *run) resolveNumbers(context.Context) error {
 			}
 			continue
 		}
-		groups[h.e164] = append(groups[h.e164], int32(i))
 		r.guard.Add(h.e164)
+		keys = append(keys, idKey{idPrefix(h.id), int32(i)})
 	}
-	r.export = make([]exportRow, 0, len(groups))
-	for e164, idx := range groups {
-		blocked := false
-		for _, i := range idx {
-			if r.holders[i].status == consent.Withdrawn {
-				blocked = true
-				break
-			}
+	hs := r.holders
+	parallelSort(keys, r.cfg.Workers, func(a, b idKey) int {
+		if c := cmp.Compare(a.pre, b.pre); c != 0 {
+			return c
 		}
-		var valid []int32
-		for _, i := range idx {
-			switch h := &r.holders[i]; {
-			case h.status == consent.Withdrawn:
+		ha, hb := &hs[a.i], &hs[b.i]
+		return cmp.Or(cmp.Compare(ha.id, hb.id), cmp.Compare(ha.userID, hb.userID), cmp.Compare(ha.line, hb.line))
+	})
+	// The holders of each exported identifier, smallest user id first, in
+	// one array that the export rows slice.
+	order := make([]int32, 0, len(keys))
+	r.export = r.export[:0]
+	for lo := 0; lo < len(keys); {
+		id := hs[keys[lo].i].id
+		hi := lo + 1
+		for hi < len(keys) && keys[hi].pre == keys[lo].pre && hs[keys[hi].i].id == id {
+			hi++
+		}
+		group := keys[lo:hi]
+		lo = hi
+		blocked := false
+		for _, k := range group {
+			blocked = blocked || hs[k.i].status == consent.Withdrawn
+		}
+		start := len(order)
+		for _, k := range group {
+			switch {
+			case hs[k.i].status == consent.Withdrawn:
 				u.exclude(consent.Withdrawn.String())
 			case blocked:
 				u.exclude(ReasonSharedNumberWithdrawn)
 			default:
-				valid = append(valid, i)
+				order = append(order, k.i)
 			}
 		}
-		if len(valid) == 0 {
-			continue
+		if valid := order[start:]; len(valid) > 0 {
+			u.Exported++
+			for range valid[1:] {
+				u.exclude(ReasonDuplicateNumber)
+			}
+			r.export = append(r.export, exportRow{id: id, holders: valid})
 		}
-		slices.SortFunc(valid, func(a, b int32) int {
-			ha, hb := &r.holders[a], &r.holders[b]
-			return cmp.Or(cmp.Compare(ha.userID, hb.userID), cmp.Compare(ha.line, hb.line))
-		})
-		u.Exported++
-		for range valid[1:] {
-			u.exclude(ReasonDuplicateNumber)
-		}
-		r.export = append(r.export, exportRow{e164: e164, holders: valid})
 	}
-	return nil
+	return ctx.Err()
 }
 
-func (r *run) hashIdentifiers(ctx context.Context) error {
-	var fail error
-	var once sync.Once
-	parallel(len(r.export), r.cfg.Workers, func(lo, hi int) {
-		h, err := hashing.NewHasher(r.cfg.Scheme, r.cfg.Key)
-		if err != nil {
-			once.Do(func() { fail = err })
-			return
-		}
-		for i := lo; i < hi; i++ {
-			r.export[i].id = h.ID(r.export[i].e164)
-		}
-	})
-	if fail != nil {
-		return fail
+// parallelSort sorts s with cmp: its parts in parallel, then merged.
+func parallelSort[T any](s []T, workers int, cmp func(a, b T) int) {
+	if workers < 2 || len(s) < 1<<16 {
+		slices.SortFunc(s, cmp)
+		return
 	}
-	slices.SortFunc(r.export, func(a, b exportRow) int { return cmp.Compare(a.id, b.id) })
-	return ctx.Err()
+	chunk := (len(s) + workers - 1) / workers
+	bounds := []int{0}
+	for lo := chunk; lo < len(s); lo += chunk {
+		bounds = append(bounds, lo)
+	}
+	bounds = append(bounds, len(s))
+	var wg sync.WaitGroup
+	for i := 0; i+1 < len(bounds); i++ {
+		wg.Go(func() { slices.SortFunc(s[bounds[i]:bounds[i+1]], cmp) })
+	}
+	wg.Wait()
+	src, dst := s, make([]T, len(s))
+	for len(bounds) > 2 {
+		next := []int{0}
+		for i := 0; i+1 < len(bounds); i += 2 {
+			lo, mid := bounds[i], bounds[i+1]
+			if i+2 == len(bounds) {
+				copy(dst[lo:mid], src[lo:mid])
+				next = append(next, mid)
+				continue
+			}
+			hi := bounds[i+2]
+			a, b, out := src[lo:mid], src[mid:hi], dst[lo:lo]
+			for len(a) > 0 && len(b) > 0 {
+				if cmp(b[0], a[0]) < 0 {
+					out, b = append(out, b[0]), b[1:]
+				} else {
+					out, a = append(out, a[0]), a[1:]
+				}
+			}
+			_ = append(append(out, a...), b...)
+			next = append(next, hi)
+		}
+		src, dst, bounds = dst, src, next
+	}
+	if &src[0] != &s[0] {
+		copy(s, src)
+	}
 }
 
 // parallel calls fn on contiguous ranges of [0, n) from up to workers goroutines.

@@ -312,8 +312,8 @@ func Commit(ctx context.Context, cfg Config, count int) (*Result, error) {
 	res, err := execute(ctx, cfg, func(r *run) []step {
 		return []step{
 			{"shards", func(context.Context) error { return r.loadShards(count) }},
-			{"numbers", r.resolveNumbers},
 			{"identifiers", r.hashIdentifiers},
+			{"numbers", r.resolveNumbers},
 			{"write", r.writeOutputs},
 		}
 	})
