@@ -88,10 +88,10 @@ func BenchmarkNumbersAndIdentifiers(b *testing.B) {
 	for b.Loop() {
 		r := &run{cfg: Config{Scheme: hashing.HMACSHA256, Key: k, Workers: 2}, m: newManifest(&Config{Scheme: hashing.HMACSHA256}), guard: newLeakGuard(1)}
 		r.holders = slices.Clone(base)
-		if err := r.resolveNumbers(nil); err != nil {
+		if err := r.hashIdentifiers(b.Context()); err != nil {
 			b.Fatal(err)
 		}
-		if err := r.hashIdentifiers(b.Context()); err != nil {
+		if err := r.resolveNumbers(b.Context()); err != nil {
 			b.Fatal(err)
 		}
 	}
