@@ -60,15 +60,22 @@ const guardPrefix = 8
 // the same for every shard of a run.
 func newLeakGuard(salt uint64) *leakGuard { return &leakGuard{salt: salt} }
 
+// FNV-1a 64 (the shard partition and the guard's hashes).
+const fnvOffset, fnvPrime = 14695981039346656037, 1099511628211
+
+// fnv1a continues an FNV-1a 64 hash h over s.
+func fnv1a[T string | []byte](h uint64, s T) uint64 {
+	for i := 0; i < len(s); i++ {
+		h = (h ^ uint64(s[i])) * fnvPrime
+	}
+	return h
+}
+
 // guardHash is FNV-1a 64 over the salt's bytes then s, with a final mix.
 func guardHash[T string | []byte](salt uint64, s T) uint64 {
-	h := uint64(14695981039346656037)
-	for i := range 8 {
-		h = (h ^ (salt >> (8 * i) & 0xff)) * 1099511628211
-	}
-	for i := 0; i < len(s); i++ {
-		h = (h ^ uint64(s[i])) * 1099511628211
-	}
+	var sb [8]byte
+	binary.LittleEndian.PutUint64(sb[:], salt)
+	h := fnv1a(fnv1a(fnvOffset, sb[:]), s)
 	h ^= h >> 33
 	h *= 0xff51afd7ed558ccd
 	h ^= h >> 33

@@ -6,11 +6,9 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/csv"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -59,11 +57,7 @@ func (s Shard) owns(userID string, line int64) bool {
 	if userID == "" {
 		return line%int64(s.Count) == int64(s.Index)
 	}
-	h := uint64(14695981039346656037)
-	for i := 0; i < len(userID); i++ {
-		h = (h ^ uint64(userID[i])) * 1099511628211
-	}
-	return h%uint64(s.Count) == uint64(s.Index)
+	return fnv1a(fnvOffset, userID)%uint64(s.Count) == uint64(s.Index)
 }
 
 // runKey names the shards of one run: the cutoff and the configuration
@@ -248,7 +242,7 @@ func (r *run) writeShard() error {
 		}
 		info.Files[name] = sum
 	}
-	rej, err := fileSum(filepath.Join(r.staging, "rejects.csv"))
+	rej, _, err := sha256File(filepath.Join(r.staging, "rejects.csv"))
 	if err != nil {
 		return err
 	}
@@ -283,19 +277,6 @@ func writeFileSum(path string, fn func(*bufio.Writer) error) (string, error) {
 		return "", err
 	}
 	return f.Sum(), nil
-}
-
-func fileSum(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // Commit publishes the shards of a run as one run, exactly as the unsharded
@@ -439,12 +420,11 @@ func addCounts(dst, src map[string]int64) {
 // readShardFile reads a shard's file, checks it against shard.json's
 // digest and hands it to fn.
 func readShardFile(dir, name string, sums map[string]string, fn func([]byte) error) error {
-	b, err := os.ReadFile(filepath.Join(dir, name))
+	sum, b, err := sha256File(filepath.Join(dir, name))
 	if err != nil {
 		return err
 	}
-	sum := sha256.Sum256(b)
-	if hex.EncodeToString(sum[:]) != sums[name] {
+	if sum != sums[name] {
 		return fmt.Errorf("%s does not match its digest in shard.json", name)
 	}
 	if err := fn(b); err != nil {
