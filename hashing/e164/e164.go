@@ -17,6 +17,7 @@
 package e164
 
 import (
+	"math/bits"
 	"regexp"
 	"strconv"
 	"sync"
@@ -68,7 +69,6 @@ func (d *desc) matches(nsn []byte) bool {
 
 // meta is the compiled part of one region's PhoneMetadata.
 type meta struct {
-	region     string
 	cc         int
 	ccDigits   string
 	general    desc
@@ -145,7 +145,7 @@ func (m *meta) stripNationalPrefix(num []byte) (out []byte, ok bool) {
 	}
 	viable := m.general.pattern.full(num)
 	if m.npfpSingle && ends&(ends-1) == 0 {
-		end := trailingZeros(ends)
+		end := bits.TrailingZeros64(ends)
 		if viable && !m.general.pattern.full(num[end:]) {
 			return num, true
 		}
@@ -172,15 +172,6 @@ func (m *meta) stripNationalPrefix(num []byte) (out []byte, ok bool) {
 		return num, true
 	}
 	return []byte(t), true
-}
-
-func trailingZeros(m uint64) int {
-	n := 0
-	for m&1 == 0 {
-		m >>= 1
-		n++
-	}
-	return n
 }
 
 func digitsOnly(s string) bool {
@@ -270,7 +261,6 @@ func compileDesc(d *phonenumbers.PhoneNumberDesc) (desc, error) {
 
 func compileMeta(pm *phonenumbers.PhoneMetadata) (*meta, error) {
 	m := &meta{
-		region:    pm.GetId(),
 		cc:        int(pm.GetCountryCode()),
 		ccDigits:  strconv.Itoa(int(pm.GetCountryCode())),
 		lengths:   pm.GetGeneralDesc().GetPossibleLength(),

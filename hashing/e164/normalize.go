@@ -1,6 +1,7 @@
 package e164
 
 import (
+	"math/bits"
 	"strings"
 	"unicode/utf8"
 )
@@ -95,7 +96,7 @@ func Normalize(phone, region string) (e164 string, res Result) {
 		case ends&(ends-1) != 0:
 			return "", Fallback // the leftmost-first match end is the regexp's to say
 		default:
-			end := trailingZeros(ends)
+			end := bits.TrailingZeros64(ends)
 			if end < nd && digits[end] == '0' {
 				break // country calling codes do not start with 0: not an IDD
 			}
