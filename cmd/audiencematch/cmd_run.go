@@ -142,14 +142,7 @@ holds, privately, the user and consent event behind each identifier.
 ` + exitCodesHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := applyConfigFile(cmd, o.Config); err != nil {
-				return err
-			}
-			log, err := g.logger(cmd.ErrOrStderr())
-			if err != nil {
-				return err
-			}
-			return runRun(cmd, o, log, pipeline.Run)
+			return runRun(cmd, o, g, pipeline.Run)
 		},
 	}
 	o.AddFlags(cmd)
@@ -180,18 +173,8 @@ finish publishes).
 ` + exitCodesHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := applyConfigFile(cmd, o.Config); err != nil {
-				return err
-			}
-			log, err := g.logger(cmd.ErrOrStderr())
-			if err != nil {
-				return err
-			}
-			if o.Shards < 1 {
-				return fmt.Errorf("%w: --shards N is required", pipeline.ErrUsage)
-			}
-			return runRun(cmd, o, log, func(ctx context.Context, cfg pipeline.Config) (*pipeline.Result, error) {
-				return pipeline.Commit(ctx, cfg, o.Shards)
+			return runRun(cmd, o, g, func(ctx context.Context, cfg pipeline.Config) (*pipeline.Result, error) {
+				return pipeline.Commit(ctx, cfg, o.Shards) // refuses a missing --shards (64)
 			})
 		},
 	}
@@ -313,7 +296,16 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 	return cfg, nil
 }
 
-func runRun(cmd *cobra.Command, o *RunOptions, log *slog.Logger, run func(context.Context, pipeline.Config) (*pipeline.Result, error)) (err error) {
+// runRun applies the config file, then runs run (pipeline.Run, or a commit)
+// and reports the result.
+func runRun(cmd *cobra.Command, o *RunOptions, g *globalOptions, run func(context.Context, pipeline.Config) (*pipeline.Result, error)) (err error) {
+	if err := applyConfigFile(cmd, o.Config); err != nil {
+		return err
+	}
+	log, err := g.logger(cmd.ErrOrStderr())
+	if err != nil {
+		return err
+	}
 	start := time.Now()
 	var res *pipeline.Result
 	if o.MetricsFile != "" {
