@@ -178,8 +178,11 @@ func (r *run) writeShard() error {
 		Rejects: r.m.Rejects, Holders: int64(len(r.holders)), Files: map[string]string{},
 		Finished: time.Now().UTC().Format(time.RFC3339),
 	}
-	writers := map[string]func(*bufio.Writer) error{
-		"holders.bin": func(w *bufio.Writer) error {
+	writers := []struct {
+		name  string
+		write func(*bufio.Writer) error
+	}{
+		{"holders.bin", func(w *bufio.Writer) error {
 			var b []byte
 			for i := range r.holders {
 				h := &r.holders[i]
@@ -196,16 +199,16 @@ func (r *run) writeShard() error {
 				}
 			}
 			return nil
-		},
-		"snapshot.bin": func(w *bufio.Writer) error {
+		}},
+		{"snapshot.bin", func(w *bufio.Writer) error {
 			for i := range r.snapLines {
 				if _, err := w.Write(r.snapLines[i][:]); err != nil {
 					return err
 				}
 			}
 			return nil
-		},
-		"guard.bin": func(w *bufio.Writer) error {
+		}},
+		{"guard.bin", func(w *bufio.Writer) error {
 			g := r.guard
 			var b []byte
 			b = binary.LittleEndian.AppendUint64(b, uint64(len(g.exact)))
@@ -233,14 +236,14 @@ func (r *run) writeShard() error {
 			}
 			_, err := w.Write(b)
 			return err
-		},
+		}},
 	}
-	for _, name := range []string{"holders.bin", "snapshot.bin", "guard.bin"} {
-		sum, err := writeFileSum(filepath.Join(r.staging, name), writers[name])
+	for _, f := range writers {
+		sum, err := writeFileSum(filepath.Join(r.staging, f.name), f.write)
 		if err != nil {
 			return err
 		}
-		info.Files[name] = sum
+		info.Files[f.name] = sum
 	}
 	rej, _, err := sha256File(filepath.Join(r.staging, "rejects.csv"))
 	if err != nil {

@@ -69,19 +69,18 @@ func (d *desc) matches(nsn []byte) bool {
 
 // meta is the compiled part of one region's PhoneMetadata.
 type meta struct {
-	cc         int
-	ccDigits   string
-	general    desc
-	types      []desc // premium rate ... voicemail, fixed line: any match is a known type
-	mobile     *desc  // nil when the mobile and fixed line patterns are the same
-	lengths    []int32
-	localOnly  []int32
-	idd        *dfa
-	leading    *dfa // nil when the region has no leading digits
-	npfp       *dfa // nil when there is no national prefix for parsing
-	npfpRE     *regexp.Regexp
-	transform  string
-	npfpSingle bool // no transform rule: the automaton decides the strip alone
+	cc        int
+	ccDigits  string
+	general   desc
+	types     []desc // premium rate ... voicemail, fixed line: any match is a known type
+	mobile    *desc  // nil when the mobile and fixed line patterns are the same
+	lengths   []int32
+	localOnly []int32
+	idd       *dfa
+	leading   *dfa // nil when the region has no leading digits
+	npfp      *dfa // nil when there is no national prefix for parsing
+	npfpRE    *regexp.Regexp
+	transform string
 }
 
 // validType is getNumberTypeHelper(nsn) != UNKNOWN.
@@ -144,7 +143,8 @@ func (m *meta) stripNationalPrefix(num []byte) (out []byte, ok bool) {
 		return num, true
 	}
 	viable := m.general.pattern.full(num)
-	if m.npfpSingle && ends&(ends-1) == 0 {
+	// Without a transform rule, one possible match end is the match end.
+	if m.transform == "" && ends&(ends-1) == 0 {
 		end := bits.TrailingZeros64(ends)
 		if viable && !m.general.pattern.full(num[end:]) {
 			return num, true
@@ -305,7 +305,6 @@ func compileMeta(pm *phonenumbers.PhoneMetadata) (*meta, error) {
 		if m.npfpRE, err = regexp.Compile("^(?:" + np + ")"); err != nil {
 			return nil, err
 		}
-		m.npfpSingle = m.transform == ""
 	}
 	return m, nil
 }
