@@ -69,14 +69,18 @@ type Effective struct {
 }
 
 // Add folds an in-scope event into the state, keeping the effective one.
-func (s *Effective) Add(e *Event) {
+// It reports whether e became the effective event (a caller that reuses
+// the memory of e's strings then copies EventID).
+func (s *Effective) Add(e *Event) bool {
 	s.InScope++
 	if s.Action == 0 || s.precedes(e) {
 		s.EventID = e.EventID
 		s.OccurredAt = e.OccurredAt
 		s.PolicyVersion = e.PolicyVersion
 		s.Action = e.Action
+		return true
 	}
+	return false
 }
 
 // precedes reports whether e takes over from the current effective event:

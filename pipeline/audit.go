@@ -52,10 +52,10 @@ func consentSnapshot(lines [][sha256.Size]byte) string {
 // bytes for hmac-sha256, its text otherwise (the bytes in the Parquet file).
 func idLeaf(id string) []byte { return []byte(id) }
 
-// buildRecord prepares the run_committed record; it is kept privately with
-// the run and appended to the log once the run is published.
-func (r *run) buildRecord(manifestSum string) (*audit.Record, error) {
-	m := r.m
+// computeTrees computes the Merkle tree heads of the run's identifiers and
+// of its evidence rows, for the record (writeOutputs runs it beside the
+// writing of the files).
+func (r *run) computeTrees() {
 	var ids, evidence audit.TreeRoot
 	binary := r.cfg.Scheme.Binary()
 	for _, e := range r.export {
@@ -66,7 +66,17 @@ func (r *run) buildRecord(manifestSum string) (*audit.Record, error) {
 			evidence.Append(audit.EvidenceLeaf(eid, h.userID, h.eventID, j == 0))
 		}
 	}
-	idt, evt := ids.Summary(), evidence.Summary()
+	r.trees = []*audit.Tree{ids.Summary(), evidence.Summary()}
+}
+
+// buildRecord prepares the run_committed record; it is kept privately with
+// the run and appended to the log once the run is published.
+func (r *run) buildRecord(manifestSum string) (*audit.Record, error) {
+	m := r.m
+	if r.trees == nil {
+		r.computeTrees()
+	}
+	idt, evt := r.trees[0], r.trees[1]
 	rec := &audit.Record{
 		Version: audit.RecordVersion, Time: time.Now().UTC().Format(time.RFC3339Nano), // Append re-stamps the time
 		Type: audit.TypeRunCommitted, RunID: m.RunID, ToolVersion: m.ToolVersion, ConfigDigest: m.ConfigDigest,

@@ -9,10 +9,15 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"strings"
+	"sync"
 )
 
 // maxRecordBytes bounds one CSV line; a longer one is rejected.
 const maxRecordBytes = 64 << 10
+
+// csvBlockSize is how much of the file one parse worker takes at a time.
+const csvBlockSize = 4 << 20
 
 // CSV reject reasons.
 const (
@@ -32,167 +37,283 @@ const (
 // reader built on it, then read the rest of the file as one row or fail).
 // So a quote still open at the end of a line is broken quoting, and the row
 // count is the line count.
+//
+// That rule also makes the file splittable: one goroutine reads and hashes
+// it in blocks of whole lines, numbering them, and any number of workers
+// parse blocks in parallel (nextBatch). A block is converted to one string,
+// and fields are substrings of it: a field allocates only when it has a
+// doubled quote to undo.
 type csvTable struct {
-	br     *bufio.Reader
-	sum    hash.Hash
-	digest string
-	next   int64 // number of the next physical line
 	ncols  int
 	idx    []int
-	row    Row
-	fields []string
-	buf    []byte
-	line   []byte
+	blocks chan csvBlock
+	stop   chan struct{}
+	once   sync.Once
 	closer io.Closer
+	// Set by the reader goroutine before it closes blocks.
+	digest string
+	err    error
+	// Next's state.
+	cur rowBatch
+	pos int
+}
+
+// csvBlock is a run of whole lines, the first numbered firstLine; a block
+// with tooLong set stands for one line longer than maxRecordBytes, dropped.
+type csvBlock struct {
+	seq       int
+	firstLine int64
+	data      []byte
+	tooLong   bool
 }
 
 var errRecord = errors.New("malformed record")
 
 func newCSVTable(rc io.ReadCloser, columns []string) (*csvTable, error) {
-	t := &csvTable{sum: sha256.New(), next: 1, closer: rc}
-	t.br = bufio.NewReaderSize(io.TeeReader(rc, t.sum), 1<<20)
-	header, err := t.readHeader()
+	sum := sha256.New()
+	br := bufio.NewReaderSize(io.TeeReader(rc, sum), 1<<16)
+	header, next, err := readCSVHeader(br)
 	if err != nil {
 		return nil, err
 	}
-	t.ncols = len(header)
+	t := &csvTable{ncols: len(header), closer: rc, blocks: make(chan csvBlock, 4), stop: make(chan struct{})}
 	if t.idx, err = columnIndex(header, columns); err != nil {
 		return nil, err
 	}
-	t.row.Fields = make([]string, len(columns))
+	go t.produce(br, sum, next)
 	return t, nil
 }
 
-func (t *csvTable) readHeader() ([]string, error) {
-	for {
-		n, text, tooLong, err := t.readLine()
-		if err == io.EOF {
-			return nil, fmt.Errorf("%w: the file is empty; a CSV input needs a header row", ErrConfig)
+// readCSVHeader returns the first non-blank line's fields (a UTF-8 byte
+// order mark removed) and the number of the line after it.
+func readCSVHeader(br *bufio.Reader) ([]string, int64, error) {
+	for n := int64(1); ; n++ {
+		text, err := br.ReadSlice('\n')
+		if err == bufio.ErrBufferFull {
+			return nil, 0, fmt.Errorf("%w: the header row (line %d) is longer than %d bytes", ErrConfig, n, br.Size())
 		}
-		if err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrNoInput, err)
+		if err == io.EOF && len(text) == 0 && n == 1 {
+			return nil, 0, fmt.Errorf("%w: the file is empty; a CSV input needs a header row", ErrConfig)
 		}
-		text = bytes.TrimPrefix(text, []byte("\xef\xbb\xbf"))
-		if len(text) == 0 {
+		if err != nil && err != io.EOF {
+			return nil, 0, fmt.Errorf("%w: %w", ErrNoInput, err)
+		}
+		line := strings.TrimSuffix(strings.TrimSuffix(string(text), "\n"), "\r")
+		if n == 1 {
+			line = strings.TrimPrefix(line, "\xef\xbb\xbf")
+		}
+		if line == "" {
+			if err == io.EOF {
+				return nil, 0, fmt.Errorf("%w: the file is empty; a CSV input needs a header row", ErrConfig)
+			}
 			continue
 		}
-		fields, perr := t.parse(text)
-		if perr != nil || tooLong {
-			return nil, fmt.Errorf("%w: the header row (line %d) is not valid CSV", ErrConfig, n)
+		fields, perr := splitCSV(line, nil)
+		if perr != nil {
+			return nil, 0, fmt.Errorf("%w: the header row (line %d) is not valid CSV", ErrConfig, n)
 		}
-		return append([]string(nil), fields...), nil
+		return fields, n + 1, nil
 	}
 }
 
-// readLine returns the next physical line without its line ending. A line
-// longer than maxRecordBytes is cut there and reported as too long.
-func (t *csvTable) readLine() (n int64, text []byte, tooLong bool, err error) {
-	t.line = t.line[:0]
-	for {
-		chunk, rerr := t.br.ReadSlice('\n')
-		if len(t.line)+len(chunk) <= maxRecordBytes+2 {
-			t.line = append(t.line, chunk...)
-		} else {
-			tooLong = true
+// produce reads the rest of the file into blocks of whole lines. A line
+// with no end in sight after maxRecordBytes is skipped up to its end and
+// sent as a tooLong block, so memory stays bounded.
+func (t *csvTable) produce(r io.Reader, sum hash.Hash, line int64) {
+	defer close(t.blocks)
+	send := func(b csvBlock) bool {
+		select {
+		case t.blocks <- b:
+			return true
+		case <-t.stop:
+			return false
 		}
-		if rerr == bufio.ErrBufferFull {
+	}
+	var carry []byte
+	skipping := false // inside a line already known to be too long
+	for seq := 0; ; {
+		buf := make([]byte, len(carry), len(carry)+csvBlockSize)
+		copy(buf, carry)
+		n, err := io.ReadFull(r, buf[len(carry):cap(buf)])
+		buf = buf[:len(carry)+n]
+		eof := err == io.EOF || err == io.ErrUnexpectedEOF
+		if err != nil && !eof {
+			t.err = fmt.Errorf("%w: read error at line %d: %w", ErrNoInput, line, err)
+			return
+		}
+		if skipping {
+			i := bytes.IndexByte(buf, '\n')
+			if i < 0 && !eof {
+				carry = carry[:0]
+				continue
+			}
+			skipping = false
+			if !send(csvBlock{seq: seq, firstLine: line, tooLong: true}) {
+				return
+			}
+			seq, line = seq+1, line+1
+			if i < 0 {
+				buf = buf[:0]
+			} else {
+				buf = buf[i+1:]
+			}
+		}
+		cut := bytes.LastIndexByte(buf, '\n') + 1
+		if eof {
+			cut = len(buf)
+		}
+		if cut == 0 && len(buf) > maxRecordBytes+2 {
+			skipping, carry = true, carry[:0]
 			continue
 		}
-		if rerr == io.EOF && len(t.line) == 0 && !tooLong {
-			return 0, nil, false, io.EOF
+		if cut > 0 {
+			block := buf[:cut]
+			if !send(csvBlock{seq: seq, firstLine: line, data: block}) {
+				return
+			}
+			seq++
+			line += int64(bytes.Count(block, []byte{'\n'}))
+			if eof && block[len(block)-1] != '\n' {
+				line++
+			}
 		}
-		if rerr != nil && rerr != io.EOF {
-			return 0, nil, false, rerr
+		if eof {
+			t.digest = hex.EncodeToString(sum.Sum(nil))
+			return
 		}
-		break
+		carry = append(carry[:0], buf[cut:]...)
 	}
-	n = t.next
-	t.next++
-	text = bytes.TrimSuffix(t.line, []byte("\n"))
-	return n, bytes.TrimSuffix(text, []byte("\r")), tooLong, nil
 }
 
-// parse splits one line into fields, RFC 4180 style: a field is either
-// unquoted (no quotes in it) or quoted, with "" for a quote, followed by a
-// comma or the end of the line.
-func (t *csvTable) parse(text []byte) ([]string, error) {
-	t.fields = t.fields[:0]
+// nextBatch parses the next block into b; safe for concurrent use.
+func (t *csvTable) nextBatch(b *rowBatch) error {
+	blk, ok := <-t.blocks
+	if !ok {
+		if t.err != nil {
+			return t.err
+		}
+		return io.EOF
+	}
+	t.parseBlock(blk, b)
+	return nil
+}
+
+// parseBlock splits a block into rows: every non-blank line is one row or
+// one reject.
+func (t *csvTable) parseBlock(blk csvBlock, b *rowBatch) {
+	b.reset(blk.seq)
+	if blk.tooLong {
+		b.rows = append(b.rows, Row{Line: blk.firstLine, Reject: RejectRecordTooLong})
+		return
+	}
+	if n := bytes.Count(blk.data, []byte{'\n'}) + 1; cap(b.rows) < n {
+		b.rows = make([]Row, 0, n) // grown once, not by doublings
+		b.fields = make([]string, 0, n*len(t.idx))
+	}
+	s := string(blk.data)
+	var fields []string
+	for line := blk.firstLine; len(s) > 0; line++ {
+		text, rest, found := strings.Cut(s, "\n")
+		s = rest
+		size := len(text)
+		if found {
+			size++
+		}
+		if size > maxRecordBytes+2 {
+			b.rows = append(b.rows, Row{Line: line, Reject: RejectRecordTooLong})
+			continue
+		}
+		text = strings.TrimSuffix(text, "\r")
+		if text == "" {
+			continue // a blank line carries no row
+		}
+		var err error
+		fields, err = splitCSV(text, fields[:0])
+		switch {
+		case err != nil:
+			b.rows = append(b.rows, Row{Line: line, Reject: RejectBrokenQuoting, Raw: text})
+		case len(fields) != t.ncols:
+			b.rows = append(b.rows, Row{Line: line, Reject: RejectFieldCount, Raw: text})
+		default:
+			start := len(b.fields)
+			for _, p := range t.idx {
+				b.fields = append(b.fields, fields[p])
+			}
+			b.rows = append(b.rows, Row{Line: line, Fields: b.fields[start:len(b.fields):len(b.fields)]})
+		}
+	}
+}
+
+// splitCSV appends the fields of one line to fields, RFC 4180 style: a field
+// is either unquoted (no quotes in it) or quoted, with "" for a quote,
+// followed by a comma or the end of the line.
+func splitCSV(text string, fields []string) ([]string, error) {
 	i := 0
 	for {
-		t.buf = t.buf[:0]
 		if i < len(text) && text[i] == '"' {
 			i++
-			for {
-				j := bytes.IndexByte(text[i:], '"')
-				if j < 0 {
-					return nil, errRecord // still open at the end of the line
-				}
-				t.buf = append(t.buf, text[i:i+j]...)
-				i += j + 1
-				if i < len(text) && text[i] == '"' {
-					t.buf = append(t.buf, '"')
+			j := strings.IndexByte(text[i:], '"')
+			if j < 0 {
+				return nil, errRecord // still open at the end of the line
+			}
+			field := text[i : i+j]
+			i += j + 1
+			if i < len(text) && text[i] == '"' { // a doubled quote: unescape
+				var sb strings.Builder
+				sb.WriteString(field)
+				for i < len(text) && text[i] == '"' {
+					sb.WriteByte('"')
 					i++
-					continue
+					j := strings.IndexByte(text[i:], '"')
+					if j < 0 {
+						return nil, errRecord
+					}
+					sb.WriteString(text[i : i+j])
+					i += j + 1
 				}
-				break
+				field = sb.String()
 			}
 			if i < len(text) && text[i] != ',' {
 				return nil, errRecord
 			}
+			fields = append(fields, field)
 		} else {
 			end := len(text)
-			if j := bytes.IndexByte(text[i:], ','); j >= 0 {
+			if j := strings.IndexByte(text[i:], ','); j >= 0 {
 				end = i + j
 			}
-			if bytes.IndexByte(text[i:end], '"') >= 0 {
+			if strings.IndexByte(text[i:end], '"') >= 0 {
 				return nil, errRecord
 			}
-			t.buf = append(t.buf, text[i:end]...)
+			fields = append(fields, text[i:end])
 			i = end
 		}
-		t.fields = append(t.fields, string(t.buf))
 		if i >= len(text) {
-			return t.fields, nil
+			return fields, nil
 		}
 		i++ // the comma
 		if i == len(text) {
-			return append(t.fields, ""), nil
+			return append(fields, ""), nil
 		}
 	}
 }
 
+// Next returns the rows one at a time, in order.
 func (t *csvTable) Next() (*Row, error) {
-	for {
-		n, text, tooLong, err := t.readLine()
-		if err == io.EOF {
-			t.digest = hex.EncodeToString(t.sum.Sum(nil))
-			return nil, io.EOF
+	for t.pos == len(t.cur.rows) {
+		if err := t.nextBatch(&t.cur); err != nil {
+			return nil, err
 		}
-		if err != nil {
-			return nil, fmt.Errorf("%w: read error at line %d: %w", ErrNoInput, t.next, err)
-		}
-		if len(text) == 0 && !tooLong {
-			continue // a blank line carries no row
-		}
-		t.row.Line, t.row.Reject, t.row.Raw = n, "", ""
-		fields, perr := t.parse(text)
-		switch {
-		case tooLong:
-			t.row.Reject = RejectRecordTooLong
-		case perr != nil:
-			t.row.Reject = RejectBrokenQuoting
-		case len(fields) != t.ncols:
-			t.row.Reject = RejectFieldCount
-		default:
-			for i, p := range t.idx {
-				t.row.Fields[i] = fields[p]
-			}
-			return &t.row, nil
-		}
-		t.row.Raw = string(text)
-		return &t.row, nil
+		t.pos = 0
 	}
+	t.pos++
+	return &t.cur.rows[t.pos-1], nil
 }
 
 func (t *csvTable) Digest() string { return t.digest }
-func (t *csvTable) Close() error   { return t.closer.Close() }
+
+// Close stops the reader goroutine and closes the input.
+func (t *csvTable) Close() error {
+	t.once.Do(func() { close(t.stop) })
+	return t.closer.Close()
+}

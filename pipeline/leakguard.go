@@ -19,9 +19,8 @@ import (
 
 // leakGuard is the last check before publishing: nothing of the inputs'
 // personal data may be in what the destination receives. It holds 64-bit
-// hashes of every phone string as typed, every E.164 string and every user
-// id of the run (not the strings themselves), and checks the files to
-// publish:
+// hashes of the phone strings as typed, E.164 strings and user ids of the
+// run (not the strings themselves), and checks the files to publish:
 //
 //   - Parquet files have exactly the contract's column, id, of the scheme's
 //     type, and no key-value metadata but the scheme and key_id;
@@ -37,11 +36,14 @@ import (
 // Add only appends; the index is sorted once, when Check needs it.
 type leakGuard struct {
 	salt   uint64
-	exact  []uint64 // every needle's hash; sorted and deduplicated by seal
+	exact  []uint64 // hashes of the strings that couldBeID; sorted and deduplicated by seal
 	pre    []needle // needles of 8 bytes or more; sorted by prefix by seal
 	maxLen int
 	sealed bool
-	filter []uint64 // a bit per bucket of prefixes: most windows miss it
+	// Add appends here; flush moves them to exact and pre.
+	newExact chunked[uint64]
+	newPre   chunked[needle]
+	filter   []uint64 // a bit per bucket of prefixes: most windows miss it
 }
 
 const filterBits = 24
@@ -96,24 +98,40 @@ func (g *leakGuard) add(v string) {
 	}
 	g.sealed = false
 	h := guardHash(g.salt, v)
-	g.exact = append(g.exact, h)
+	if couldBeID(len(v)) {
+		g.newExact.add(h)
+	}
 	if len(v) < guardPrefix || strings.Trim(v, "0123456789abcdef") == "" {
 		return
 	}
-	g.pre = append(g.pre, needle{prefix: binary.LittleEndian.Uint64([]byte(v[:guardPrefix])), hash: h, n: int32(len(v))})
+	g.newPre.add(needle{prefix: binary.LittleEndian.Uint64([]byte(v[:guardPrefix])), hash: h, n: int32(len(v))})
 	g.maxLen = max(g.maxLen, len(v))
 }
 
-// reserve makes room for about n more needles.
-func (g *leakGuard) reserve(n int) {
-	g.exact = slices.Grow(g.exact, n)
-	g.pre = slices.Grow(g.pre, n)
+// couldBeID reports whether a string of n bytes has the length of an
+// identifier of some scheme (hashing.Scheme.IDLen: 32, 44 or 64 bytes).
+// Only those can equal a published id, so only those need an exact hash:
+// the exact index stays small whatever the number of users.
+func couldBeID(n int) bool { return slices.Contains(idLens, n) }
+
+var idLens = func() (lens []int) {
+	for _, s := range hashing.Schemes() {
+		lens = append(lens, s.IDLen())
+	}
+	return lens
+}()
+
+// flush moves the needles added since the last flush into exact and pre.
+func (g *leakGuard) flush() {
+	g.exact = g.newExact.moveTo(g.exact)
+	g.pre = g.newPre.moveTo(g.pre)
 }
 
 // merge adds another guard's needles (a shard's); both must share the salt.
 func (g *leakGuard) merge(o *leakGuard) {
-	g.exact = append(g.exact, o.exact...)
-	g.pre = append(g.pre, o.pre...)
+	g.newExact.take(&o.newExact, o.exact)
+	g.newPre.take(&o.newPre, o.pre)
+	o.exact, o.pre = nil, nil
 	g.maxLen = max(g.maxLen, o.maxLen)
 	g.sealed = false
 }
@@ -123,13 +141,13 @@ func (g *leakGuard) seal() {
 	if g.sealed {
 		return
 	}
+	g.flush()
 	workers := runtime.GOMAXPROCS(0)
 	parallelSort(g.exact, workers, cmp.Compare[uint64])
 	g.exact = slices.Compact(g.exact)
-	parallelSort(g.pre, workers, func(a, b needle) int {
-		return cmp.Or(cmp.Compare(a.prefix, b.prefix), cmp.Compare(a.hash, b.hash), cmp.Compare(a.n, b.n))
-	})
-	g.pre = slices.Compact(g.pre)
+	// By prefix only: equal prefixes stay side by side, which is all
+	// candidates needs; a repeated needle costs a repeated comparison.
+	parallelSort(g.pre, workers, func(a, b needle) int { return cmp.Compare(a.prefix, b.prefix) })
 	g.filter = make([]uint64, 1<<filterBits/64)
 	for _, n := range g.pre {
 		b := filterSlot(n.prefix)

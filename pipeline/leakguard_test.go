@@ -104,3 +104,38 @@ func TestLeakGuardAcrossChunks(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// TestLeakGuardExactEveryScheme: an input string shaped like an identifier
+// of any scheme is caught when published as that scheme's id, while strings
+// that cannot be an id stay out of the exact index.
+func TestLeakGuardExactEveryScheme(t *testing.T) {
+	for _, s := range hashing.Schemes() {
+		h, err := hashing.NewHasher(s, hashing.DestKey{1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := h.ID("+447400123456") // an input value that happens to be a valid id
+		g := newLeakGuard(7)
+		g.Add("acct-zbh251")
+		g.Add("+447400123456")
+		if len(g.exact) != 0 {
+			t.Fatalf("%s: %d exact hashes for strings that cannot be an id", s, len(g.exact))
+		}
+		g.Add(id)
+		dir := t.TempDir()
+		if s.Binary() {
+			writePart(t, filepath.Join(dir, "part-00000.parquet"), []BinaryIDRow{{ID: [32]byte([]byte(id))}})
+		} else {
+			writePart(t, filepath.Join(dir, "part-00000.parquet"), []TextIDRow{{ID: id}})
+		}
+		// Binary and base64 ids are also in the raw scan, which may see
+		// them first; hex ids are left to the exact check alone.
+		err = g.Check(dir, s, s)
+		var le *LeakError
+		if !errors.As(err, &le) {
+			t.Errorf("%s: err = %v, want a LeakError", s, err)
+		} else if strings.Trim(id, "0123456789abcdef") == "" && !strings.Contains(err.Error(), "equals a phone number or user id") {
+			t.Errorf("%s: err = %v, want the exact check to refuse", s, err)
+		}
+	}
+}

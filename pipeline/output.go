@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -63,7 +64,26 @@ func (r *run) writeOutputs(ctx context.Context) error {
 	if _, err := os.Stat(r.publishedPath()); err == nil {
 		return nil // finish reports it as already published
 	}
-	pub := filepath.Join(r.staging, "publish")
+	// Three independent sequential jobs, side by side: the published parts
+	// and deltas, the private evidence file, and the record's tree heads.
+	var wg sync.WaitGroup
+	var partsErr, evidenceErr error
+	wg.Go(func() { partsErr = r.writeParts(filepath.Join(r.staging, "publish")) })
+	wg.Go(func() {
+		if err := r.writeEvidence(filepath.Join(r.staging, "private", "evidence.parquet")); err != nil {
+			evidenceErr = fmt.Errorf("write evidence: %w", err)
+		}
+	})
+	wg.Go(r.computeTrees)
+	wg.Wait()
+	if err := errors.Join(partsErr, evidenceErr); err != nil {
+		return err
+	}
+	return ctx.Err()
+}
+
+// writeParts writes the identifiers into parts, then the deltas.
+func (r *run) writeParts(pub string) error {
 	w, err := newPartWriter(pub, &r.cfg, r.cfg.Scheme, r.cfg.KeyID())
 	if err != nil {
 		return err
@@ -80,10 +100,7 @@ func (r *run) writeOutputs(ctx context.Context) error {
 	if err := r.writeDeltas(pub); err != nil {
 		return fmt.Errorf("write deltas: %w", err)
 	}
-	if err := r.writeEvidence(filepath.Join(r.staging, "private", "evidence.parquet")); err != nil {
-		return fmt.Errorf("write evidence: %w", err)
-	}
-	return ctx.Err()
+	return nil
 }
 
 func (r *run) publishedPath() string {

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -164,17 +163,11 @@ func (c *Config) Digest() string {
 	return hex.EncodeToString(sum[:])
 }
 
-// userState is the per-user consent state held while users stream by.
-type userState struct {
-	consent.Effective
-	seen bool
-}
-
-// holder is a user row whose number must be normalized: its consent is
-// valid (it may be exported) or withdrawn (it may block its number).
+// holder is a user row whose number counts: its consent is valid (it may be
+// exported) or withdrawn (it may block its number). Its number is
+// normalized as the row is read.
 type holder struct {
 	userID, eventID string
-	phone, country  string
 	e164            string
 	id              string // the identifier of e164, once hashed
 	status          consent.Status
@@ -192,13 +185,14 @@ type run struct {
 	cfg      Config
 	staging  string
 	rejects  *rejectWriter
-	users    map[string]*userState
+	consent  *consentIndex // between the consent and users stages
 	holders  []holder
 	guard    *leakGuard
 	export   []exportRow
 	snapshot string // consent snapshot digest
 	// snapLines are a shard's snapshot lines, digested by the commit.
 	snapLines [][sha256.Size]byte
+	trees     []*audit.Tree // the identifier and evidence tree heads (computeTrees)
 	m         *Manifest
 	stages    []StageTime
 	t0        time.Time
@@ -221,7 +215,6 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return []step{
 			{"consent", r.readConsent},
 			{"users", r.readUsers},
-			{"normalize", r.normalize},
 			{"identifiers", r.hashIdentifiers},
 			{"numbers", r.resolveNumbers},
 			{"write", r.writeOutputs},
@@ -317,176 +310,6 @@ func (r *run) runSteps(ctx context.Context, steps []step) error {
 	return nil
 }
 
-func (r *run) readConsent(ctx context.Context) error {
-	t, err := r.cfg.Source.Open(ctx, TableConsent, EventColumns)
-	if err != nil {
-		return fmt.Errorf("consent events: %w", err)
-	}
-	defer t.Close()
-	r.users = make(map[string]*userState)
-	c := &r.m.ConsentEvents
-	rules := r.cfg.Rules
-	sh := r.cfg.Shard
-	err = r.eachRow(ctx, t, "consent events", cEvents, func(row *Row) {
-		if row.Reject != "" {
-			if !sh.owns("", row.Line) {
-				return
-			}
-			c.Rows++
-			c.add(consent.ClassMalformed)
-			r.reject(TableConsent, row.Line, row.Reject, row.Raw)
-			return
-		}
-		f := row.Fields
-		e, err := consent.ParseEvent(f[0], f[1], f[2], f[3], f[4], f[5], f[6])
-		if err != nil {
-			if !sh.owns("", row.Line) {
-				return
-			}
-			c.Rows++
-			var re *consent.RejectError
-			errors.As(err, &re)
-			c.add(consent.ClassMalformed)
-			r.reject(TableConsent, row.Line, re.Reason, fieldsText(f))
-			return
-		}
-		if !sh.owns(e.UserID, row.Line) {
-			return
-		}
-		c.Rows++
-		class := rules.Classify(&e)
-		if class != consent.ClassUsed {
-			c.add(class)
-			return
-		}
-		u := r.users[e.UserID]
-		if u == nil {
-			u = &userState{}
-			r.users[e.UserID] = u
-		}
-		u.Add(&e)
-	})
-	if err != nil {
-		return err
-	}
-	r.m.addInput(TableConsent, r.cfg.Source.Name(TableConsent), t.Digest(), c.Rows)
-	return nil
-}
-
-func (r *run) readUsers(ctx context.Context) error {
-	t, err := r.cfg.Source.Open(ctx, TableUsers, UserColumns)
-	if err != nil {
-		return fmt.Errorf("users: %w", err)
-	}
-	defer t.Close()
-	u := &r.m.Users
-	snap := make([][sha256.Size]byte, 0, len(r.users))
-	r.holders = make([]holder, 0, len(r.users))
-	r.guard.reserve(3 * len(r.users)) // a user id, a phone and an E.164 each
-	sh := r.cfg.Shard
-	err = r.eachRow(ctx, t, "users", cUsers, func(row *Row) {
-		if row.Reject != "" {
-			if !sh.owns("", row.Line) {
-				return
-			}
-			u.Rows++
-			u.exclude(ReasonMalformedRow)
-			r.reject("users", row.Line, row.Reject, row.Raw)
-			return
-		}
-		userID, phone, country := row.Fields[0], row.Fields[1], row.Fields[2]
-		if !sh.owns(userID, row.Line) {
-			return
-		}
-		u.Rows++
-		if userID == "" {
-			u.exclude(ReasonMalformedRow)
-			r.reject("users", row.Line, consent.RejectEmptyUserID, fieldsText(row.Fields))
-			return
-		}
-		st := r.users[userID]
-		status := consent.NoConsent
-		eventID := ""
-		if st != nil {
-			st.seen = true
-			status = r.cfg.Rules.Decide(&st.Effective)
-			eventID = st.EventID
-		}
-		snap = append(snap, snapshotLine(userID, status, eventID))
-		r.guard.Add(userID)
-		r.guard.Add(phone)
-		if status != consent.Valid && status != consent.Withdrawn {
-			u.exclude(status.String())
-			return
-		}
-		r.holders = append(r.holders, holder{
-			userID: userID, eventID: eventID, phone: phone, country: country,
-			status: status, line: row.Line,
-		})
-	})
-	if err != nil {
-		return err
-	}
-	r.m.addInput(TableUsers, r.cfg.Source.Name(TableUsers), t.Digest(), u.Rows)
-	if sh.Count > 0 {
-		r.snapLines = snap // the commit digests every shard's lines together
-	} else {
-		r.snapshot = consentSnapshot(snap)
-	}
-	// Events of users absent from the users table count as unknown_user.
-	c := &r.m.ConsentEvents
-	for _, st := range r.users {
-		if st.seen {
-			c.ByClass[consent.ClassUsed.String()] += int64(st.InScope)
-		} else {
-			c.ByClass[consent.ClassUnknownUser.String()] += int64(st.InScope)
-		}
-	}
-	r.users = nil // the decisions now live in the holders
-	return nil
-}
-
-// eachRow streams t's rows to fn, counting them in the progress counter c
-// and checking ctx every 64Ki rows. fn counts the rows it owns.
-func (r *run) eachRow(ctx context.Context, t RowReader, what string, c counter, fn func(*Row)) error {
-	var rows int64
-	for {
-		if rows&0xffff == 0 && ctx.Err() != nil {
-			return ctx.Err()
-		}
-		row, err := t.Next()
-		if err == io.EOF {
-			r.cfg.Progress.add(c, rows&1023) // the last, partial thousand
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("%s: %w", what, err)
-		}
-		if rows++; rows&1023 == 0 {
-			r.cfg.Progress.add(c, 1024)
-		}
-		fn(row)
-	}
-}
-
-// normalize computes the E.164 form of every holder's number, in parallel.
-func (r *run) normalize(ctx context.Context) error {
-	r.cfg.Progress.add(cHolders, int64(len(r.holders)))
-	parallel(len(r.holders), r.cfg.Workers, func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			if (i-lo)&1023 == 1023 {
-				r.cfg.Progress.add(cNormalized, 1024)
-			}
-			h := &r.holders[i]
-			e, err := hashing.Normalize(h.phone, h.country)
-			h.e164, h.invalid = e, err != nil
-			h.phone, h.country = "", "" // not needed past this point
-		}
-		r.cfg.Progress.add(cNormalized, int64((hi-lo)%1024))
-	})
-	return ctx.Err()
-}
-
 // hashIdentifiers computes, in parallel, the identifier of every holder
 // whose number is valid. Holders of one number get the same identifier (the
 // schemes are injective on E.164, up to SHA-256 collisions), so sorting by
@@ -542,7 +365,6 @@ func (r *run) resolveNumbers(ctx context.Context) error {
 			}
 			continue
 		}
-		r.guard.Add(h.e164)
 		keys = append(keys, idKey{idPrefix(h.id), int32(i)})
 	}
 	hs := r.holders
@@ -556,7 +378,7 @@ func (r *run) resolveNumbers(ctx context.Context) error {
 	// The holders of each exported identifier, smallest user id first, in
 	// one array that the export rows slice.
 	order := make([]int32, 0, len(keys))
-	r.export = r.export[:0]
+	r.export = make([]exportRow, 0, len(keys))
 	for lo := 0; lo < len(keys); {
 		id := hs[keys[lo].i].id
 		hi := lo + 1

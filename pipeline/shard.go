@@ -146,7 +146,6 @@ func RunShard(ctx context.Context, cfg Config) (res *Result, err error) {
 	if err := r.runSteps(ctx, []step{
 		{"consent", r.readConsent},
 		{"users", r.readUsers},
-		{"normalize", r.normalize},
 	}); err != nil {
 		return nil, err
 	}
@@ -210,6 +209,7 @@ func (r *run) writeShard() error {
 		}},
 		{"guard.bin", func(w *bufio.Writer) error {
 			g := r.guard
+			g.flush()
 			var b []byte
 			b = binary.LittleEndian.AppendUint64(b, uint64(len(g.exact)))
 			b = binary.LittleEndian.AppendUint64(b, uint64(len(g.pre)))

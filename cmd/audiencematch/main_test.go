@@ -440,7 +440,7 @@ func TestMetricsFile(t *testing.T) {
 		`audiencematch_rows_exported{destination="meta-ads"} 4`,
 		`audiencematch_rows_read{destination="meta-ads",table="users"} 4`,
 		`audiencematch_rows_excluded{destination="meta-ads",reason="no_consent"} 0`,
-		`audiencematch_stage_duration_seconds{destination="meta-ads",stage="normalize"}`,
+		`audiencematch_stage_duration_seconds{destination="meta-ads",stage="users"}`,
 		"# TYPE audiencematch_last_success_timestamp_seconds gauge",
 	} {
 		if !strings.Contains(string(b), want) {
