@@ -16,8 +16,9 @@ import (
 // maxRecordBytes bounds one CSV line; a longer one is rejected.
 const maxRecordBytes = 64 << 10
 
-// csvBlockSize is how much of the file one parse worker takes at a time.
-const csvBlockSize = 4 << 20
+// csvBlockSize is how much of the file one parse worker takes at a time
+// (a variable for tests, which make it tiny to cut files into many blocks).
+var csvBlockSize = 4 << 20
 
 // CSV reject reasons.
 const (
@@ -132,7 +133,9 @@ func (t *csvTable) produce(r io.Reader, sum hash.Hash, line int64) {
 	var carry []byte
 	skipping := false // inside a line already known to be too long
 	for seq := 0; ; {
-		buf := make([]byte, len(carry), len(carry)+csvBlockSize)
+		// At least as much again as the carried partial line: a line many
+		// blocks long is then read in a logarithmic number of rounds.
+		buf := make([]byte, len(carry), len(carry)+max(csvBlockSize, len(carry)))
 		copy(buf, carry)
 		n, err := io.ReadFull(r, buf[len(carry):cap(buf)])
 		buf = buf[:len(carry)+n]
@@ -173,9 +176,6 @@ func (t *csvTable) produce(r io.Reader, sum hash.Hash, line int64) {
 			}
 			seq++
 			line += int64(bytes.Count(block, []byte{'\n'}))
-			if eof && block[len(block)-1] != '\n' {
-				line++
-			}
 		}
 		if eof {
 			t.digest = hex.EncodeToString(sum.Sum(nil))

@@ -1,0 +1,185 @@
+package pipeline
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// randomCSVBody is lines of every kind the block reader must cut right:
+// plain, quoted with doubled quotes, CRLF, blank, broken, wrong field
+// count, and lines longer than maxRecordBytes; sometimes without a final
+// line break.
+func randomCSVBody(rng *rand.Rand, lines int) string {
+	var b strings.Builder
+	for i := range lines {
+		switch rng.IntN(10) {
+		case 0:
+			b.WriteString("u" + strings.Repeat("9", maxRecordBytes+rng.IntN(3*maxRecordBytes)) + ",x,US")
+		case 1:
+			// blank
+		case 2:
+			b.WriteString(`"u""q",+1 650,US` + "\r")
+		case 3:
+			b.WriteString(`u,"open,US`)
+		case 4:
+			b.WriteString("u,1")
+		default:
+			b.WriteString("u" + strings.Repeat("x", rng.IntN(40)) + ",+44 7400 123456,GB")
+		}
+		if i < lines-1 || rng.IntN(2) == 0 {
+			b.WriteString("\n")
+		}
+	}
+	return b.String()
+}
+
+// wantRows reads body line by line, the reference the block reader must
+// equal whatever its block size.
+func wantRows(body string, firstLine int64) []Row {
+	var rows []Row
+	lines := strings.Split(body, "\n")
+	for i, l := range lines {
+		if i == len(lines)-1 && l == "" {
+			break
+		}
+		n := firstLine + int64(i)
+		size := len(l)
+		if i < len(lines)-1 {
+			size++
+		}
+		if size > maxRecordBytes+2 {
+			rows = append(rows, Row{Line: n, Reject: RejectRecordTooLong})
+			continue
+		}
+		l = strings.TrimSuffix(l, "\r")
+		if l == "" {
+			continue
+		}
+		f, err := splitCSV(l, nil)
+		switch {
+		case err != nil:
+			rows = append(rows, Row{Line: n, Reject: RejectBrokenQuoting, Raw: l})
+		case len(f) != 3:
+			rows = append(rows, Row{Line: n, Reject: RejectFieldCount, Raw: l})
+		default:
+			rows = append(rows, Row{Line: n, Fields: f})
+		}
+	}
+	return rows
+}
+
+func sameRows(a, b []Row) bool {
+	return slices.EqualFunc(a, b, func(x, y Row) bool {
+		return x.Line == y.Line && x.Reject == y.Reject && x.Raw == y.Raw && slices.Equal(x.Fields, y.Fields)
+	})
+}
+
+// TestCSVBlocks: for block sizes from a few bytes (lines straddle blocks,
+// long lines span many) to the default, Next and parallel nextBatch return
+// exactly the line-by-line reading, and the digest is the file's SHA-256.
+func TestCSVBlocks(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for trial := range 20 {
+		body := randomCSVBody(rng, 1+rng.IntN(40))
+		file := "\xef\xbb\xbf\nuser_id,phone,country\n" + body
+		p := filepath.Join(t.TempDir(), "u.csv")
+		if err := os.WriteFile(p, []byte(file), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256([]byte(file))
+		want := wantRows(body, 3)
+		for _, size := range []int{16, 1000, maxRecordBytes + 3, 4 << 20} {
+			SetCSVBlockSize(t, size)
+			tbl, err := OpenTable(p, UserColumns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []Row
+			for {
+				row, err := tbl.Next()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				r := *row
+				r.Fields = slices.Clone(r.Fields)
+				got = append(got, r)
+			}
+			tbl.Close()
+			if !sameRows(got, want) {
+				t.Fatalf("trial %d, block size %d: Next read\n%.500v\nwant\n%.500v", trial, size, got, want)
+			}
+			if tbl.Digest() != hex.EncodeToString(sum[:]) {
+				t.Fatalf("trial %d, block size %d: digest %s", trial, size, tbl.Digest())
+			}
+
+			// Four workers taking batches at once, put back in order.
+			tbl, err = OpenTable(p, UserColumns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			br := batchesOf(tbl)
+			var mu sync.Mutex
+			bySeq := map[int][]Row{}
+			var wg sync.WaitGroup
+			for range 4 {
+				wg.Go(func() {
+					var b rowBatch
+					for br.nextBatch(&b) == nil {
+						rows := make([]Row, len(b.rows))
+						for i, r := range b.rows {
+							r.Fields = slices.Clone(r.Fields)
+							rows[i] = r
+						}
+						mu.Lock()
+						bySeq[b.seq] = rows
+						mu.Unlock()
+					}
+				})
+			}
+			wg.Wait()
+			tbl.Close()
+			got = got[:0]
+			for seq := range len(bySeq) {
+				rows, ok := bySeq[seq]
+				if !ok {
+					t.Fatalf("block size %d: batch %d missing of %d", size, seq, len(bySeq))
+				}
+				got = append(got, rows...)
+			}
+			if !sameRows(got, want) {
+				t.Fatalf("trial %d, block size %d: batches read\n%.500v\nwant\n%.500v", trial, size, got, want)
+			}
+		}
+	}
+}
+
+// TestCSVCloseEarly: closing a table before its end stops the reader.
+func TestCSVCloseEarly(t *testing.T) {
+	SetCSVBlockSize(t, 16)
+	p := filepath.Join(t.TempDir(), "u.csv")
+	os.WriteFile(p, []byte("user_id,phone,country\n"+strings.Repeat("u1,+16505551212,US\n", 10000)), 0o644)
+	tbl, err := OpenTable(p, UserColumns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tbl.Next(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { tbl.Close(); close(done) }()
+	<-done
+	ct := tbl.(*csvTable)
+	for range ct.blocks { // the reader goroutine closes blocks once it stops
+	}
+}
