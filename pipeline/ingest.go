@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -171,7 +172,8 @@ type userWorker struct {
 	rows     int64
 	excluded map[string]int64
 	guard    *leakGuard
-	line     []byte // a snapshot line being hashed
+	line     []byte    // a snapshot line being hashed
+	scratch  userBatch // the batch being read
 }
 
 // userBatch is what one batch of users contributes, kept in batch order.
@@ -197,7 +199,8 @@ func (r *run) readUsers(ctx context.Context) error {
 	err = r.eachBatch(ctx, t, "users", cUsers, func(w int, b *rowBatch) {
 		uw := &workers[w]
 		var rej []rejectRow
-		out := userBatch{snap: make([][sha256.Size]byte, 0, len(b.rows)), holders: make([]holder, 0, len(b.rows))}
+		out := &uw.scratch
+		out.holders, out.snap = out.holders[:0], out.snap[:0]
 		for i := range b.rows {
 			row := &b.rows[i]
 			if row.Reject != "" {
@@ -241,11 +244,15 @@ func (r *run) readUsers(ctx context.Context) error {
 		r.cfg.Progress.add(cHolders, int64(len(out.holders)))
 		r.cfg.Progress.add(cNormalized, int64(len(out.holders)))
 		rejects.done(b.seq, rej)
+		// Kept at their exact size (a shard keeps a fraction of the rows);
+		// the scratch space is reused by the worker's next batch.
+		kept := userBatch{holders: slices.Clone(out.holders), snap: slices.Clone(out.snap)}
+		clear(out.holders) // let go of the strings
 		mu.Lock()
 		for len(batches) <= b.seq {
 			batches = append(batches, userBatch{})
 		}
-		batches[b.seq] = out
+		batches[b.seq] = kept
 		mu.Unlock()
 	})
 	if err != nil {
