@@ -137,7 +137,10 @@ func (t *csvTable) produce(r io.Reader, sum hash.Hash, line int64) {
 	for seq := 0; ; {
 		// At least as much again as the carried partial line: a line many
 		// blocks long is then read in a logarithmic number of rounds.
-		buf := make([]byte, len(carry), len(carry)+max(csvBlockSize, len(carry)))
+		// Blocks start at 64 KiB and double up to csvBlockSize: a small
+		// file does not cost a 4 MiB buffer.
+		size := min(csvBlockSize, 64<<10<<min(seq, 6))
+		buf := make([]byte, len(carry), len(carry)+max(size, len(carry)))
 		copy(buf, carry)
 		n, err := io.ReadFull(r, buf[len(carry):cap(buf)])
 		buf = buf[:len(carry)+n]
