@@ -14,7 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"audiencematch/consent"
 	"audiencematch/consent/audit"
 )
 
@@ -24,19 +23,9 @@ func AuditDir(state string) string { return filepath.Join(state, "audit") }
 // KeysDir is where `keys init` puts the master key and the log's keys.
 func KeysDir(state string) string { return filepath.Join(state, "keys") }
 
-// snapshotLine hashes one user row's consent decision, the line
-// "user_id \t status \t effective_event_id \n".
-func snapshotLine(userID string, status consent.Status, eventID string) [sha256.Size]byte {
-	h := sha256.New()
-	h.Write([]byte(userID + "\t" + status.String() + "\t" + eventID + "\n"))
-	var out [sha256.Size]byte
-	h.Sum(out[:0])
-	return out
-}
-
 // consentSnapshot is the digest of the run's consent decisions: SHA-256 of
 // the concatenated, sorted SHA-256 digests of each well-formed user row's
-// line (see snapshotLine). Sorting makes it independent of row order, and
+// line (see userWorker.snapshotLine). Sorting makes it independent of row order, and
 // hashing lines first keeps 32 bytes per row in memory. Anyone holding the
 // inputs can recompute it, e.g. with sha256sum and sort.
 func consentSnapshot(lines [][sha256.Size]byte) string {
@@ -66,17 +55,16 @@ func (r *run) computeTrees() {
 			evidence.Append(audit.EvidenceLeaf(eid, h.userID, h.eventID, j == 0))
 		}
 	}
-	r.trees = []*audit.Tree{ids.Summary(), evidence.Summary()}
+	r.idTree, r.evidenceTree = ids.Summary(), evidence.Summary()
 }
 
 // buildRecord prepares the run_committed record; it is kept privately with
 // the run and appended to the log once the run is published.
 func (r *run) buildRecord(manifestSum string) (*audit.Record, error) {
 	m := r.m
-	if r.trees == nil {
+	if r.idTree == nil {
 		r.computeTrees()
 	}
-	idt, evt := r.trees[0], r.trees[1]
 	rec := &audit.Record{
 		Version: audit.RecordVersion, Time: time.Now().UTC().Format(time.RFC3339Nano), // Append re-stamps the time
 		Type: audit.TypeRunCommitted, RunID: m.RunID, ToolVersion: m.ToolVersion, ConfigDigest: m.ConfigDigest,
@@ -88,7 +76,7 @@ func (r *run) buildRecord(manifestSum string) (*audit.Record, error) {
 			EventRows: m.ConsentEvents.Rows, Events: m.ConsentEvents.ByClass},
 		Published: r.publishedPath(),
 		Manifest:  &audit.File{Path: "manifest.json", SHA256: manifestSum},
-		IDs:       idt, Evidence: evt,
+		IDs:       r.idTree, Evidence: r.evidenceTree,
 		PreviousRunID: m.PreviousRunID,
 	}
 	if abs, err := filepath.Abs(rec.Published); err == nil {

@@ -297,7 +297,8 @@ func (r *run) readUsers(ctx context.Context) error {
 	return nil
 }
 
-// snapshotLine is snapshotLine (audit.go) without allocating.
+// snapshotLine hashes one user row's consent decision, the line
+// "user_id \t status \t effective_event_id \n", reusing the worker's buffer.
 func (uw *userWorker) snapshotLine(userID string, status consent.Status, eventID string) [sha256.Size]byte {
 	b := append(uw.line[:0], userID...)
 	b = append(append(append(b, '\t'), status.String()...), '\t')

@@ -124,8 +124,6 @@ func newManifest(c *Config) *Manifest {
 
 func (u *UserCounts) exclude(reason string) { u.Excluded[reason]++ }
 
-func (c *EventCounts) add(class consent.Class) { c.ByClass[class.String()]++ }
-
 func (m *Manifest) addInput(table, name, digest string, rows int64) {
 	m.Inputs = append(m.Inputs, InputFile{Table: table, Name: name, SHA256: digest, Rows: rows})
 }

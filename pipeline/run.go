@@ -192,10 +192,11 @@ type run struct {
 	snapshot string // consent snapshot digest
 	// snapLines are a shard's snapshot lines, digested by the commit.
 	snapLines [][sha256.Size]byte
-	trees     []*audit.Tree // the identifier and evidence tree heads (computeTrees)
-	m         *Manifest
-	stages    []StageTime
-	t0        time.Time
+	// idTree and evidenceTree are the record's tree heads (computeTrees).
+	idTree, evidenceTree *audit.Tree
+	m                    *Manifest
+	stages               []StageTime
+	t0                   time.Time
 }
 
 // step is one stage of a run.
