@@ -37,22 +37,22 @@ func consentSnapshot(lines [][sha256.Size]byte) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// idLeaf is an identifier as a leaf of the run's identifier tree: its raw
-// bytes for hmac-sha256, its text otherwise (the bytes in the Parquet file).
-func idLeaf(id string) []byte { return []byte(id) }
-
 // computeTrees computes the Merkle tree heads of the run's identifiers and
 // of its evidence rows, for the record (writeOutputs runs it beside the
-// writing of the files).
+// writing of the files). A leaf of the identifier tree is the identifier's
+// bytes as the Parquet file holds them: raw for hmac-sha256, text otherwise.
 func (r *run) computeTrees() {
 	var ids, evidence audit.TreeRoot
 	binary := r.cfg.Scheme.Binary()
+	var leaf []byte
 	for _, e := range r.export {
-		ids.Append(idLeaf(e.id))
+		leaf = append(leaf[:0], e.id...)
+		ids.Append(leaf)
 		eid := evidenceID(binary, e.id)
 		for j, hi := range e.holders {
 			h := &r.holders[hi]
-			evidence.Append(audit.EvidenceLeaf(eid, h.userID, h.eventID, j == 0))
+			leaf = audit.AppendEvidenceLeaf(leaf[:0], eid, h.userID, h.eventID, j == 0)
+			evidence.Append(leaf)
 		}
 	}
 	r.idTree, r.evidenceTree = ids.Summary(), evidence.Summary()

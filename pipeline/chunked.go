@@ -24,6 +24,18 @@ func (c *chunked[T]) add(v T) {
 // at returns element i (chunks are full but the last, when only add fills c).
 func (c *chunked[T]) at(i int) *T { return &c.chunks[i/chunkLen][i%chunkLen] }
 
+// appendRange appends elements [lo, hi) to dst (chunks are full but the
+// last, when only add fills c).
+func (c *chunked[T]) appendRange(dst []T, lo, hi int) []T {
+	for lo < hi {
+		ch := c.chunks[lo/chunkLen]
+		end := min(hi-lo+lo%chunkLen, len(ch))
+		dst = append(dst, ch[lo%chunkLen:end]...)
+		lo += end - lo%chunkLen
+	}
+	return dst
+}
+
 // moveTo appends the elements to dst, growing it once, and empties c.
 func (c *chunked[T]) moveTo(dst []T) []T {
 	if c.n == 0 {

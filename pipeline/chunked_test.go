@@ -21,6 +21,14 @@ func TestChunked(t *testing.T) {
 		if o.n != 0 || c.n != len(want) {
 			t.Fatalf("n=%d: c.n=%d o.n=%d, want %d and 0", n, c.n, o.n, len(want))
 		}
+		for _, r := range [][2]int{{0, n}, {n / 3, n - n/5}, {chunkLen - 2, chunkLen + 2}} {
+			if r[1] > n || r[0] > r[1] {
+				continue
+			}
+			if got := c.appendRange([]int{100}, r[0], r[1]); !slices.Equal(got, append([]int{100}, want[r[0]:r[1]]...)) {
+				t.Fatalf("n=%d: appendRange(%d, %d) = %v... (%d)", n, r[0], r[1], got[:min(len(got), 10)], len(got))
+			}
+		}
 		got := c.moveTo([]int{100})
 		if !slices.Equal(got, append([]int{100}, want...)) || c.n != 0 {
 			t.Fatalf("n=%d: moveTo = %v (c.n=%d)", n, got[:min(len(got), 10)], c.n)

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -172,14 +171,17 @@ type userWorker struct {
 	rows     int64
 	excluded map[string]int64
 	guard    *leakGuard
-	line     []byte    // a snapshot line being hashed
-	scratch  userBatch // the batch being read
+	line     []byte // a snapshot line being hashed
+	// What the worker's batches contribute, batch after batch.
+	holders chunked[holder]
+	snap    chunked[[sha256.Size]byte]
 }
 
-// userBatch is what one batch of users contributes, kept in batch order.
+// userBatch is where one batch's holders and snapshot lines are: ranges of
+// its worker's chunked stores. They are gathered in batch order.
 type userBatch struct {
-	holders []holder
-	snap    [][sha256.Size]byte
+	worker         int
+	holders, lines [2]int
 }
 
 func (r *run) readUsers(ctx context.Context) error {
@@ -199,8 +201,7 @@ func (r *run) readUsers(ctx context.Context) error {
 	err = r.eachBatch(ctx, t, "users", cUsers, func(w int, b *rowBatch) {
 		uw := &workers[w]
 		var rej []rejectRow
-		out := &uw.scratch
-		out.holders, out.snap = out.holders[:0], out.snap[:0]
+		out := userBatch{worker: w, holders: [2]int{uw.holders.n, uw.holders.n}, lines: [2]int{uw.snap.n, uw.snap.n}}
 		for i := range b.rows {
 			row := &b.rows[i]
 			if row.Reject != "" {
@@ -225,7 +226,7 @@ func (r *run) readUsers(ctx context.Context) error {
 			if st := idx.lookup(userID); st != nil {
 				status, eventID = rules.Decide(st), st.EventID
 			}
-			out.snap = append(out.snap, uw.snapshotLine(userID, status, eventID))
+			uw.snap.add(uw.snapshotLine(userID, status, eventID))
 			uw.guard.Add(userID)
 			uw.guard.Add(phone)
 			if status != consent.Valid && status != consent.Withdrawn {
@@ -236,23 +237,21 @@ func (r *run) readUsers(ctx context.Context) error {
 			if nerr == nil {
 				uw.guard.Add(e164)
 			}
-			out.holders = append(out.holders, holder{
+			uw.holders.add(holder{
 				userID: strings.Clone(userID), eventID: eventID, e164: e164,
 				status: status, line: row.Line, invalid: nerr != nil,
 			})
 		}
-		r.cfg.Progress.add(cHolders, int64(len(out.holders)))
-		r.cfg.Progress.add(cNormalized, int64(len(out.holders)))
+		out.holders[1], out.lines[1] = uw.holders.n, uw.snap.n
+		held := int64(out.holders[1] - out.holders[0])
+		r.cfg.Progress.add(cHolders, held)
+		r.cfg.Progress.add(cNormalized, held)
 		rejects.done(b.seq, rej)
-		// Kept at their exact size (a shard keeps a fraction of the rows);
-		// the scratch space is reused by the worker's next batch.
-		kept := userBatch{holders: slices.Clone(out.holders), snap: slices.Clone(out.snap)}
-		clear(out.holders) // let go of the strings
 		mu.Lock()
 		for len(batches) <= b.seq {
 			batches = append(batches, userBatch{})
 		}
-		batches[b.seq] = kept
+		batches[b.seq] = out
 		mu.Unlock()
 	})
 	if err != nil {
@@ -265,16 +264,16 @@ func (r *run) readUsers(ctx context.Context) error {
 		addCounts(u.Excluded, workers[i].excluded)
 		r.guard.merge(workers[i].guard)
 	}
-	for i := range batches {
-		n, lines = n+len(batches[i].holders), lines+len(batches[i].snap)
+	for i := range workers {
+		n, lines = n+workers[i].holders.n, lines+workers[i].snap.n
 	}
 	r.holders = make([]holder, 0, n)
 	snap := make([][sha256.Size]byte, 0, lines)
-	for i := range batches {
-		r.holders = append(r.holders, batches[i].holders...)
-		snap = append(snap, batches[i].snap...)
-		batches[i] = userBatch{}
+	for _, b := range batches {
+		r.holders = workers[b.worker].holders.appendRange(r.holders, b.holders[0], b.holders[1])
+		snap = workers[b.worker].snap.appendRange(snap, b.lines[0], b.lines[1])
 	}
+	workers = nil
 	r.m.addInput(TableUsers, r.cfg.Source.Name(TableUsers), t.Digest(), u.Rows)
 	if sh.Count > 0 {
 		r.snapLines = snap // the commit digests every shard's lines together

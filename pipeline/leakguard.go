@@ -36,6 +36,7 @@ import (
 // Add only appends; the index is sorted once, when Check needs it.
 type leakGuard struct {
 	salt   uint64
+	state  uint64 // saltState(salt)
 	exact  []uint64 // hashes of the strings that couldBeID; sorted and deduplicated by seal
 	pre    []needle // needles of 8 bytes or more; sorted by prefix by seal
 	maxLen int
@@ -60,7 +61,7 @@ const guardPrefix = 8
 
 // newLeakGuard's salt comes from the run's key (cutoff and configuration),
 // the same for every shard of a run.
-func newLeakGuard(salt uint64) *leakGuard { return &leakGuard{salt: salt} }
+func newLeakGuard(salt uint64) *leakGuard { return &leakGuard{salt: salt, state: saltState(salt)} }
 
 // FNV-1a 64 (the shard partition and the guard's hashes).
 const fnvOffset, fnvPrime = 14695981039346656037, 1099511628211
@@ -73,11 +74,17 @@ func fnv1a[T string | []byte](h uint64, s T) uint64 {
 	return h
 }
 
-// guardHash is FNV-1a 64 over the salt's bytes then s, with a final mix.
-func guardHash[T string | []byte](salt uint64, s T) uint64 {
+// saltState is the FNV-1a 64 state after the salt's bytes.
+func saltState(salt uint64) uint64 {
 	var sb [8]byte
 	binary.LittleEndian.PutUint64(sb[:], salt)
-	h := fnv1a(fnv1a(fnvOffset, sb[:]), s)
+	return fnv1a(fnvOffset, sb[:])
+}
+
+// guardHashFrom is FNV-1a 64 over the salt's bytes then s, with a final
+// mix, from the state after the salt (saltState).
+func guardHashFrom[T string | []byte](state uint64, s T) uint64 {
+	h := fnv1a(state, s)
 	h ^= h >> 33
 	h *= 0xff51afd7ed558ccd
 	h ^= h >> 33
@@ -97,15 +104,25 @@ func (g *leakGuard) add(v string) {
 		return
 	}
 	g.sealed = false
-	h := guardHash(g.salt, v)
+	h := guardHashFrom(g.state, v)
 	if couldBeID(len(v)) {
 		g.newExact.add(h)
 	}
-	if len(v) < guardPrefix || strings.Trim(v, "0123456789abcdef") == "" {
+	if len(v) < guardPrefix || lowerHex(v) {
 		return
 	}
 	g.newPre.add(needle{prefix: binary.LittleEndian.Uint64([]byte(v[:guardPrefix])), hash: h, n: int32(len(v))})
 	g.maxLen = max(g.maxLen, len(v))
+}
+
+// lowerHex reports whether s is made only of 0-9 and a-f.
+func lowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // couldBeID reports whether a string of n bytes has the length of an
@@ -157,7 +174,7 @@ func (g *leakGuard) seal() {
 }
 
 func (g *leakGuard) hasExact(b []byte) bool {
-	_, found := slices.BinarySearch(g.exact, guardHash(g.salt, b))
+	_, found := slices.BinarySearch(g.exact, guardHashFrom(g.state, b))
 	return found
 }
 
@@ -281,7 +298,7 @@ func (g *leakGuard) scanRaw(path, rel string) error {
 		}
 		for i := 0; i+guardPrefix <= len(buf) && i < end; i++ {
 			for _, nd := range g.candidates(binary.LittleEndian.Uint64(buf[i:])) {
-				if n := int(nd.n); i+n <= len(buf) && guardHash(g.salt, buf[i:i+n]) == nd.hash {
+				if n := int(nd.n); i+n <= len(buf) && guardHashFrom(g.state, buf[i:i+n]) == nd.hash {
 					return &LeakError{rel, fmt.Sprintf("byte %d: a phone number or user id of the input", off+int64(i))}
 				}
 			}

@@ -487,7 +487,8 @@ func (r *run) decodeGuard(b []byte) error {
 	if uint64(len(b)) != ne*8+np*20 {
 		return errCorrupt
 	}
-	o := &leakGuard{salt: r.guard.salt, maxLen: int(maxLen)}
+	o := newLeakGuard(r.guard.salt)
+	o.maxLen = int(maxLen)
 	o.exact = make([]uint64, ne)
 	for i := range o.exact {
 		o.exact[i] = binary.LittleEndian.Uint64(b[i*8:])

@@ -93,11 +93,20 @@ func (m *Membership) Check(x []byte, n int64, root tlog.Hash) error {
 	return nil
 }
 
-// EvidenceLeaf is the leaf data of one evidence row.
+// EvidenceLeaf is the leaf data of one evidence row:
+// id NUL user_id NUL event_id NUL ("1" if primary, else "0").
 func EvidenceLeaf(id, userID, eventID string, primary bool) []byte {
-	p := "0"
+	return AppendEvidenceLeaf(nil, id, userID, eventID, primary)
+}
+
+// AppendEvidenceLeaf appends EvidenceLeaf's bytes to dst.
+func AppendEvidenceLeaf(dst []byte, id, userID, eventID string, primary bool) []byte {
+	p := byte('0')
 	if primary {
-		p = "1"
+		p = '1'
 	}
-	return []byte(id + "\x00" + userID + "\x00" + eventID + "\x00" + p)
+	dst = append(append(dst, id...), 0)
+	dst = append(append(dst, userID...), 0)
+	dst = append(append(dst, eventID...), 0)
+	return append(dst, p)
 }
