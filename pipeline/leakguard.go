@@ -36,7 +36,7 @@ import (
 // Add only appends; the index is sorted once, when Check needs it.
 type leakGuard struct {
 	salt   uint64
-	state  uint64 // saltState(salt)
+	state  uint64   // saltState(salt)
 	exact  []uint64 // hashes of the strings that couldBeID; sorted and deduplicated by seal
 	pre    []needle // needles of 8 bytes or more; sorted by prefix by seal
 	maxLen int
