@@ -15,18 +15,25 @@ func readAll(t *testing.T, content string) (rows []Row, err error) {
 	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	rows, _, err = readTable(p)
+	return rows, err
+}
+
+// readTable reads every row of the users table at p with Next, and the
+// table's digest.
+func readTable(p string) (rows []Row, digest string, err error) {
 	r, err := OpenTable(p, UserColumns)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer r.Close()
 	for {
 		row, err := r.Next()
 		if err == io.EOF {
-			return rows, nil
+			return rows, r.Digest(), nil
 		}
 		if err != nil {
-			return rows, err
+			return rows, "", err
 		}
 		c := *row
 		c.Fields = append([]string(nil), row.Fields...)
