@@ -65,6 +65,28 @@ func filesUnder(t *testing.T, dir string) map[string][]byte {
 	return out
 }
 
+// privateFiles is a run's private files under state but record.json,
+// which carries the time it was prepared.
+func privateFiles(t *testing.T, state, runID string) map[string][]byte {
+	files := filesUnder(t, filepath.Join(state, "runs", runID))
+	delete(files, "record.json")
+	return files
+}
+
+// sameFiles reports files of want missing from got or different in it,
+// and a different number of files.
+func sameFiles(t *testing.T, what string, got, want map[string][]byte) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Errorf("%s: %d files, want %d", what, len(got), len(want))
+	}
+	for name, b := range want {
+		if !bytes.Equal(got[name], b) {
+			t.Errorf("%s %s differs from the reference run's", what, name)
+		}
+	}
+}
+
 // committedRecord is the log's only record as JSON, without its time, and
 // with the publish path relative to the output directory.
 func committedRecord(t *testing.T, state, out string) string {
@@ -106,7 +128,7 @@ func TestShardedIdenticalToUnsharded(t *testing.T) {
 	}
 	wholeState := filepath.Join(dir, "whole", "state")
 	want := filesUnder(t, base.PublishedDir)
-	wantPrivate := filesUnder(t, filepath.Join(wholeState, "runs", base.Manifest.RunID))
+	wantPrivate := privateFiles(t, wholeState, base.Manifest.RunID)
 	wantRecord := committedRecord(t, wholeState, filepath.Join(dir, "whole", "out"))
 	for _, n := range []int{1, 3, 8} {
 		t.Run(string(rune('0'+n)), func(t *testing.T) {
@@ -151,24 +173,8 @@ func TestShardedIdenticalToUnsharded(t *testing.T) {
 			if res.Manifest.RunID != base.Manifest.RunID {
 				t.Errorf("run id %s, unsharded %s", res.Manifest.RunID, base.Manifest.RunID)
 			}
-			got := filesUnder(t, res.PublishedDir)
-			if len(got) != len(want) {
-				t.Errorf("%d published files, unsharded %d", len(got), len(want))
-			}
-			for name, b := range want {
-				if !bytes.Equal(got[name], b) {
-					t.Errorf("published %s differs from the unsharded run's", name)
-				}
-			}
-			private := filesUnder(t, filepath.Join(cfg.State, "runs", res.Manifest.RunID))
-			for name, b := range wantPrivate {
-				if name == "record.json" {
-					continue // carries the time it was prepared
-				}
-				if !bytes.Equal(private[name], b) {
-					t.Errorf("private %s differs from the unsharded run's", name)
-				}
-			}
+			sameFiles(t, "published", filesUnder(t, res.PublishedDir), want)
+			sameFiles(t, "private", privateFiles(t, cfg.State, res.Manifest.RunID), wantPrivate)
 			if rec := committedRecord(t, cfg.State, cfg.Out); rec != wantRecord {
 				t.Errorf("audit record differs:\n%s\nunsharded:\n%s", rec, wantRecord)
 			}
@@ -255,26 +261,15 @@ func testParallelIngest(t *testing.T, format string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		private := filesUnder(t, filepath.Join(cfg.State, "runs", res.Manifest.RunID))
-		delete(private, "record.json") // carries the time it was prepared
-		return filesUnder(t, res.PublishedDir), private, committedRecord(t, cfg.State, cfg.Out)
+		return filesUnder(t, res.PublishedDir), privateFiles(t, cfg.State, res.Manifest.RunID), committedRecord(t, cfg.State, cfg.Out)
 	}
 	wantPub, wantPriv, wantRec := run("one", 1, 64<<20)
 	if format == "csv" && len(wantPriv["rejects.csv"]) < 200 {
 		t.Fatalf("the fixtures have too few rejects to check their order")
 	}
 	gotPub, gotPriv, gotRec := run("many", 8, 4096)
-	for name, want := range map[string]map[string][]byte{"published": wantPub, "private": wantPriv} {
-		got := map[string]map[string][]byte{"published": gotPub, "private": gotPriv}[name]
-		if len(got) != len(want) {
-			t.Errorf("%s: %d files, want %d", name, len(got), len(want))
-		}
-		for f, b := range want {
-			if !bytes.Equal(got[f], b) {
-				t.Errorf("%s %s differs between 1 worker and 8 workers on small blocks", name, f)
-			}
-		}
-	}
+	sameFiles(t, "published", gotPub, wantPub)
+	sameFiles(t, "private", gotPriv, wantPriv)
 	if gotRec != wantRec {
 		t.Errorf("audit record differs:\n%s\nwant\n%s", gotRec, wantRec)
 	}
