@@ -1,8 +1,6 @@
 package pipeline
 
 import (
-	"bytes"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -10,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -23,48 +20,38 @@ func AuditDir(state string) string { return filepath.Join(state, "audit") }
 // KeysDir is where `keys init` puts the master key and the log's keys.
 func KeysDir(state string) string { return filepath.Join(state, "keys") }
 
-// consentSnapshot is the digest of the run's consent decisions: SHA-256 of
-// the concatenated, sorted SHA-256 digests of each well-formed user row's
-// line (see userWorker.snapshotLine). Sorting makes it independent of row order, and
-// hashing lines first keeps 32 bytes per row in memory. Anyone holding the
-// inputs can recompute it, e.g. with sha256sum and sort.
-func consentSnapshot(lines [][sha256.Size]byte) string {
-	slices.SortFunc(lines, func(a, b [sha256.Size]byte) int { return bytes.Compare(a[:], b[:]) })
-	h := sha256.New()
-	for i := range lines {
-		h.Write(lines[i][:])
-	}
-	return hex.EncodeToString(h.Sum(nil))
+// The consent snapshot is the digest of the run's consent decisions:
+// SHA-256 of the concatenated, sorted SHA-256 digests of each well-formed
+// user row's line (see joinWorker.snapshotLine). Sorting makes it
+// independent of row order, and hashing lines first keeps 32 bytes per row.
+// Anyone holding the inputs can recompute it, e.g. with sha256sum and sort.
+// snapshotOf computes it from the join's buckets.
+
+// treeBuilder computes the Merkle tree heads of the run's identifiers and
+// of its evidence rows, for the record, bucket by bucket. A leaf of the
+// identifier tree is the identifier's bytes as the Parquet file holds them:
+// raw for hmac-sha256, text otherwise.
+type treeBuilder struct {
+	ids, evidence audit.TreeRoot
+	leaf          []byte
 }
 
-// computeTrees computes the Merkle tree heads of the run's identifiers and
-// of its evidence rows, for the record (writeOutputs runs it beside the
-// writing of the files). A leaf of the identifier tree is the identifier's
-// bytes as the Parquet file holds them: raw for hmac-sha256, text otherwise.
-func (r *run) computeTrees() {
-	var ids, evidence audit.TreeRoot
-	binary := r.cfg.Scheme.Binary()
-	var leaf []byte
-	for _, e := range r.export {
-		leaf = append(leaf[:0], e.id...)
-		ids.Append(leaf)
-		eid := evidenceID(binary, e.id)
+func (t *treeBuilder) add(rb *resolvedBucket) {
+	for _, e := range rb.export {
+		t.leaf = append(t.leaf[:0], e.id...)
+		t.ids.Append(t.leaf)
 		for j, hi := range e.holders {
-			h := &r.holders[hi]
-			leaf = audit.AppendEvidenceLeaf(leaf[:0], eid, h.userID, h.eventID, j == 0)
-			evidence.Append(leaf)
+			h := &rb.holders[hi]
+			t.leaf = audit.AppendEvidenceLeaf(t.leaf[:0], e.eid, h.userID, h.eventID, j == 0)
+			t.evidence.Append(t.leaf)
 		}
 	}
-	r.idTree, r.evidenceTree = ids.Summary(), evidence.Summary()
 }
 
 // buildRecord prepares the run_committed record; it is kept privately with
 // the run and appended to the log once the run is published.
 func (r *run) buildRecord(manifestSum string) (*audit.Record, error) {
 	m := r.m
-	if r.idTree == nil {
-		r.computeTrees()
-	}
 	rec := &audit.Record{
 		Version: audit.RecordVersion, Time: time.Now().UTC().Format(time.RFC3339Nano), // Append re-stamps the time
 		Type: audit.TypeRunCommitted, RunID: m.RunID, ToolVersion: m.ToolVersion, ConfigDigest: m.ConfigDigest,

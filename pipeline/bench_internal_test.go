@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"crypto/rand"
+	"encoding/binary"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -70,30 +71,47 @@ func BenchmarkLeakGuard(b *testing.B) {
 	b.ReportMetric(float64(benchIDs)*float64(b.N)/b.Elapsed().Seconds(), "ids/s")
 }
 
-// BenchmarkNumbersAndIdentifiers is the shared-number rule and HMAC over
-// 500k holders (a tenth of them sharing a number).
-func BenchmarkNumbersAndIdentifiers(b *testing.B) {
+// BenchmarkResolve is the write stage's reading of the join's buckets:
+// 500k spilled holders (a tenth of them sharing a number, one in fifty
+// withdrawn) loaded, sorted and put through the shared-number rule.
+func BenchmarkResolve(b *testing.B) {
 	k, _ := hashing.DeriveDestKey(hashing.TestKey(b), "meta-ads")
-	base := make([]holder, benchIDs)
-	for i := range base {
-		n := i
+	h, _ := hashing.NewHasher(hashing.HMACSHA256, k)
+	s, err := newSpill(filepath.Join(b.TempDir(), "ids.spill"), spillParts, false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	w, bk := s.writer(), newIDBucketer(hashing.HMACSHA256, spillParts)
+	for i := range benchIDs {
+		n, status := i, consent.Valid
 		if i%10 == 0 {
 			n = i / 2
 		}
-		base[i] = holder{userID: fmt.Sprintf("u%d", i), eventID: "e", e164: fmt.Sprintf("+447400%06d", n), status: consent.Valid}
 		if i%50 == 0 {
-			base[i].status = consent.Withdrawn
+			status = consent.Withdrawn
+		}
+		id := h.AppendID(nil, fmt.Sprintf("+447400%06d", n))
+		p := bk.of(id)
+		buf := appendStr(appendStr(appendStr(w.buf(p), string(id)), fmt.Sprintf("u%d", i)), "e")
+		w.put(p, binary.AppendUvarint(append(buf, byte(status)), uint64(i+2)))
+	}
+	if err := w.flush(); err != nil {
+		b.Fatal(err)
+	}
+	exported := int64(0)
+	for b.Loop() {
+		exported = 0
+		err := eachResolved(b.Context(), []*spill{s}, spillParts, 2, true, func(rb *resolvedBucket) error {
+			exported += rb.counts.exported
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
 		}
 	}
-	for b.Loop() {
-		r := &run{cfg: Config{Scheme: hashing.HMACSHA256, Key: k, Workers: 2}, m: newManifest(&Config{Scheme: hashing.HMACSHA256}), guard: newLeakGuard(1)}
-		r.holders = slices.Clone(base)
-		if err := r.hashIdentifiers(b.Context()); err != nil {
-			b.Fatal(err)
-		}
-		if err := r.resolveNumbers(b.Context()); err != nil {
-			b.Fatal(err)
-		}
+	if exported == 0 {
+		b.Fatal("nothing exported")
 	}
 	b.ReportMetric(float64(benchIDs)*float64(b.N)/b.Elapsed().Seconds(), "holders/s")
 }

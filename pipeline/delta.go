@@ -49,67 +49,82 @@ func (r *run) previousRun() (*audit.Record, error) {
 	return prev, nil
 }
 
-// writeDeltas writes adds/ and removes/ beside the snapshot by merging the
-// sorted identifiers of this run with those of the previous one, read back
-// from its published files (checked against its audit record first): memory
-// does not grow with the audience.
-func (r *run) writeDeltas(pub string) error {
+// deltaMerge writes adds/ and removes/ beside the snapshot by merging the
+// sorted identifiers of this run, as they are written, with those of the
+// previous one, read back from its published files (checked against its
+// audit record first): memory does not grow with the audience.
+type deltaMerge struct {
+	r             *run
+	prev          *audit.Record
+	prevScheme    hashing.Scheme
+	old           idIter
+	b             string // the previous run's next identifier, when bok
+	bok           bool
+	sameKey       bool
+	adds, removes *partWriter
+}
+
+// startDeltas returns nil for a destination's first run.
+func (r *run) startDeltas(pub string) (*deltaMerge, error) {
 	prev, err := r.previousRun()
 	if err != nil || prev == nil {
-		return err
+		return nil, err
 	}
-	prevScheme, err := hashing.ParseScheme(prev.Scheme)
-	if err != nil {
-		return err
+	d := &deltaMerge{r: r, prev: prev, sameKey: prev.KeyID == r.m.KeyID && prev.Scheme == r.m.Scheme}
+	if d.prevScheme, err = hashing.ParseScheme(prev.Scheme); err != nil {
+		return nil, err
 	}
-	old, err := r.previousIDs(prev, prevScheme)
-	if err != nil {
-		return err
+	if d.old, err = r.previousIDs(prev, d.prevScheme); err != nil {
+		return nil, err
 	}
-	adds, err := newPartWriter(filepath.Join(pub, "adds"), &r.cfg, r.cfg.Scheme, r.cfg.KeyID())
-	if err != nil {
-		return err
+	if d.adds, err = newPartWriter(filepath.Join(pub, "adds"), &r.cfg, r.cfg.Scheme, r.cfg.KeyID()); err != nil {
+		return nil, err
 	}
-	removes, err := newPartWriter(filepath.Join(pub, "removes"), &r.cfg, prevScheme, prev.KeyID)
-	if err != nil {
-		return err
+	if d.removes, err = newPartWriter(filepath.Join(pub, "removes"), &r.cfg, d.prevScheme, prev.KeyID); err != nil {
+		return nil, err
 	}
-	cur := 0
-	next := func() (string, bool) {
-		if cur == len(r.export) {
-			return "", false
+	d.b, d.bok, err = d.old.Next()
+	return d, err
+}
+
+// add takes this run's next identifier, a: identifiers of the previous run
+// before it are removes, and a is an add unless the previous run sent it.
+// After a key or scheme change, everything sent is removed and everything
+// sent now is added.
+func (d *deltaMerge) add(a string) error {
+	var err error
+	for d.bok && (!d.sameKey || d.b < a) {
+		if err := d.removes.Add(d.b); err != nil {
+			return err
 		}
-		cur++
-		return r.export[cur-1].id, true
-	}
-	a, aok := next()
-	b, bok, err := old.Next()
-	if err != nil {
-		return err
-	}
-	sameKey := prev.KeyID == r.m.KeyID && prev.Scheme == r.m.Scheme
-	for aok || bok {
-		var werr error
-		switch {
-		case bok && (!aok || !sameKey || b < a):
-			werr = removes.Add(b)
-			b, bok, err = old.Next()
-		case aok && (!bok || !sameKey || a < b):
-			werr = adds.Add(a)
-			a, aok = next()
-		default: // in both: nothing to send
-			a, aok = next()
-			b, bok, err = old.Next()
-		}
-		if err = errors.Join(werr, err); err != nil {
+		if d.b, d.bok, err = d.old.Next(); err != nil {
 			return err
 		}
 	}
-	r.m.PreviousRunID, r.m.PreviousTotalRows = prev.RunID, prev.IDs.Size
-	if r.m.Adds, err = deltaSet(adds, "adds", r.cfg.Scheme, r.cfg.KeyID()); err != nil {
+	if d.bok && d.b == a { // in both: nothing to send
+		d.b, d.bok, err = d.old.Next()
 		return err
 	}
-	r.m.Removes, err = deltaSet(removes, "removes", prevScheme, prev.KeyID)
+	return d.adds.Add(a)
+}
+
+// finish removes what is left of the previous run and closes the deltas.
+func (d *deltaMerge) finish() error {
+	var err error
+	for d.bok {
+		if err := d.removes.Add(d.b); err != nil {
+			return err
+		}
+		if d.b, d.bok, err = d.old.Next(); err != nil {
+			return err
+		}
+	}
+	r := d.r
+	r.m.PreviousRunID, r.m.PreviousTotalRows = d.prev.RunID, d.prev.IDs.Size
+	if r.m.Adds, err = deltaSet(d.adds, "adds", r.cfg.Scheme, r.cfg.KeyID()); err != nil {
+		return err
+	}
+	r.m.Removes, err = deltaSet(d.removes, "removes", d.prevScheme, d.prev.KeyID)
 	return err
 }
 

@@ -3,96 +3,42 @@ package pipeline
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"strings"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"audiencematch/consent"
 	"audiencematch/hashing"
 )
 
-// The consent join. Workers parse batches of consent events in parallel and
-// fold the in-scope ones into consentIndex, whose partitions (by a hash of
-// the user id) each have their own lock and map; then workers parse batches
-// of users in parallel, look each user up (read-only: no locks), decide,
-// and normalize the numbers of the users who can be exported or can block
-// a number. Nothing depends on which worker took which batch: per-batch
-// results are put back in batch order, and counts are sums.
+// The consent join, partitioned so that memory does not grow with the
+// audience. Workers parse batches of consent events in parallel and spill
+// the in-scope ones to partitions by a hash of the user id; then they parse
+// batches of users and spill them the same way. The join then takes one
+// partition at a time per worker: it folds the partition's events into each
+// user's effective event, decides each of its user rows, normalizes and
+// hashes the numbers that count, and spills those holders again, into
+// buckets by identifier range (see idBucketer), for the write stage.
+// Nothing depends on which worker took which batch or partition: rejects
+// are put back in batch order, counts are sums, and whatever reads a
+// partition sorts it.
 
-const consentPartitions = 64
-
-// consentIndex is the effective consent event of every user with one.
-type consentIndex struct {
-	seed  maphash.Seed
-	parts [consentPartitions]consentPart
-}
-
-type consentPart struct {
-	mu     sync.Mutex
-	idx    map[string]int32
-	states chunked[consent.Effective]
-	seen   []atomic.Bool // by the users stage: the user has a row
-}
-
-func newConsentIndex() *consentIndex {
-	c := &consentIndex{seed: maphash.MakeSeed()}
-	for i := range c.parts {
-		c.parts[i].idx = map[string]int32{}
-	}
-	return c
-}
-
-func (c *consentIndex) partOf(userID string) int {
-	return int(maphash.String(c.seed, userID) % consentPartitions)
-}
-
-// fold adds in-scope events of partition p's users. The events' strings
-// may share memory with a whole input block, so what is kept is copied.
-func (c *consentIndex) fold(p int, events []consent.Event) {
-	part := &c.parts[p]
-	part.mu.Lock()
-	defer part.mu.Unlock()
-	for i := range events {
-		e := &events[i]
-		k, ok := part.idx[e.UserID]
-		if !ok {
-			k = int32(part.states.n)
-			part.idx[strings.Clone(e.UserID)] = k
-			part.states.add(consent.Effective{})
-		}
-		if st := part.states.at(int(k)); st.Add(e) {
-			st.EventID = strings.Clone(e.EventID)
-		}
-	}
-}
-
-// seal ends folding; lookups may then run concurrently.
-func (c *consentIndex) seal() {
-	for i := range c.parts {
-		c.parts[i].seen = make([]atomic.Bool, c.parts[i].states.n)
-	}
-}
-
-// lookup returns the user's effective event, nil without one, and marks
-// the user as seen.
-func (c *consentIndex) lookup(userID string) *consent.Effective {
-	part := &c.parts[c.partOf(userID)]
-	k, ok := part.idx[userID]
-	if !ok {
-		return nil
-	}
-	part.seen[k].Store(true)
-	return part.states.at(int(k))
-}
+// spillParts is the number of partitions of users and events, and of
+// buckets of identifiers and snapshot lines. At 10M users a partition holds
+// about 40k users.
+const spillParts = 256
 
 // eventWorker is one worker's state while consent events are read.
 type eventWorker struct {
 	rows    int64
 	classes [len(consent.EventClassNames)]int64
-	pending [consentPartitions][]consent.Event
+	out     *spillWriter
 }
 
 func (r *run) readConsent(ctx context.Context) error {
@@ -101,9 +47,14 @@ func (r *run) readConsent(ctx context.Context) error {
 		return fmt.Errorf("consent events: %w", err)
 	}
 	defer t.Close()
-	idx := newConsentIndex()
+	if r.events, err = newSpill(filepath.Join(r.staging, "events.spill"), spillParts, false); err != nil {
+		return err
+	}
 	rules, sh := r.cfg.Rules, r.cfg.Shard
 	workers := make([]eventWorker, r.cfg.Workers)
+	for i := range workers {
+		workers[i].out = r.events.writer()
+	}
 	rejects := r.orderedRejects()
 	err = r.eachBatch(ctx, t, "consent events", cEvents, func(w int, b *rowBatch) {
 		ew := &workers[w]
@@ -138,18 +89,14 @@ func (r *run) readConsent(ctx context.Context) error {
 				ew.classes[class]++
 				continue
 			}
-			p := idx.partOf(e.UserID)
-			ew.pending[p] = append(ew.pending[p], e)
+			p := r.partOf(e.UserID)
+			ew.out.put(p, appendEvent(ew.out.buf(p), &e))
 		}
 		rejects.done(b.seq, rej)
-		for p, events := range ew.pending {
-			if len(events) > 0 {
-				idx.fold(p, events)
-				clear(events) // let go of the block's memory
-				ew.pending[p] = events[:0]
-			}
-		}
 	})
+	for i := range workers {
+		err = errors.Join(err, workers[i].out.flush())
+	}
 	if err != nil {
 		return err
 	}
@@ -160,10 +107,30 @@ func (r *run) readConsent(ctx context.Context) error {
 			c.ByClass[consent.EventClassNames[class]] += n
 		}
 	}
-	idx.seal()
-	r.consent = idx
 	r.m.addInput(TableConsent, r.cfg.Source.Name(TableConsent), t.Digest(), c.Rows)
 	return nil
+}
+
+// partOf is the partition of a user id's events and rows.
+func (r *run) partOf(userID string) int {
+	return int(maphash.String(r.seed, userID) % spillParts)
+}
+
+// appendEvent spills an in-scope event: what the effective-event rule needs.
+func appendEvent(b []byte, e *consent.Event) []byte {
+	b = appendStr(appendStr(b, e.UserID), e.EventID)
+	b = binary.AppendVarint(b, e.OccurredAt.Unix())
+	b = binary.AppendUvarint(b, uint64(e.OccurredAt.Nanosecond()))
+	b = binary.AppendVarint(b, e.PolicyVersion)
+	return append(b, byte(e.Action))
+}
+
+func readEvent(rd *spillReader, e *consent.Event) {
+	e.UserID, e.EventID = rd.str(), rd.str()
+	sec := rd.varint()
+	e.OccurredAt = time.Unix(sec, int64(rd.uvarint()))
+	e.PolicyVersion = rd.varint()
+	e.Action = consent.Action(rd.byte())
 }
 
 // userWorker is one worker's state while users are read.
@@ -171,17 +138,7 @@ type userWorker struct {
 	rows     int64
 	excluded map[string]int64
 	guard    *leakGuard
-	line     []byte // a snapshot line being hashed
-	// What the worker's batches contribute, batch after batch.
-	holders chunked[holder]
-	snap    chunked[[sha256.Size]byte]
-}
-
-// userBatch is where one batch's holders and snapshot lines are: ranges of
-// its worker's chunked stores. They are gathered in batch order.
-type userBatch struct {
-	worker         int
-	holders, lines [2]int
+	out      *spillWriter
 }
 
 func (r *run) readUsers(ctx context.Context) error {
@@ -190,18 +147,18 @@ func (r *run) readUsers(ctx context.Context) error {
 		return fmt.Errorf("users: %w", err)
 	}
 	defer t.Close()
-	idx, sh, rules := r.consent, r.cfg.Shard, r.cfg.Rules
+	if r.users, err = newSpill(filepath.Join(r.staging, "users.spill"), spillParts, false); err != nil {
+		return err
+	}
+	sh := r.cfg.Shard
 	workers := make([]userWorker, r.cfg.Workers)
 	for i := range workers {
-		workers[i] = userWorker{excluded: map[string]int64{}, guard: newLeakGuard(r.guard.salt)}
+		workers[i] = userWorker{excluded: map[string]int64{}, guard: newLeakGuard(r.guard.salt), out: r.users.writer()}
 	}
-	var mu sync.Mutex
-	var batches []userBatch
 	rejects := r.orderedRejects()
 	err = r.eachBatch(ctx, t, "users", cUsers, func(w int, b *rowBatch) {
 		uw := &workers[w]
 		var rej []rejectRow
-		out := userBatch{worker: w, holders: [2]int{uw.holders.n, uw.holders.n}, lines: [2]int{uw.snap.n, uw.snap.n}}
 		for i := range b.rows {
 			row := &b.rows[i]
 			if row.Reject != "" {
@@ -222,86 +179,247 @@ func (r *run) readUsers(ctx context.Context) error {
 				rej = append(rej, rejectRow{TableUsers, row.Line, consent.RejectEmptyUserID, fieldsText(row.Fields)})
 				continue
 			}
-			status, eventID := consent.NoConsent, ""
-			if st := idx.lookup(userID); st != nil {
-				status, eventID = rules.Decide(st), st.EventID
-			}
-			uw.snap.add(uw.snapshotLine(userID, status, eventID))
 			uw.guard.Add(userID)
 			uw.guard.Add(phone)
-			if status != consent.Valid && status != consent.Withdrawn {
-				uw.excluded[status.String()]++
-				continue
-			}
-			e164, nerr := hashing.Normalize(phone, country)
-			if nerr == nil {
-				uw.guard.Add(e164)
-			}
-			uw.holders.add(holder{
-				userID: strings.Clone(userID), eventID: eventID, e164: e164,
-				status: status, line: row.Line, invalid: nerr != nil,
-			})
+			p := r.partOf(userID)
+			buf := binary.AppendUvarint(uw.out.buf(p), uint64(row.Line))
+			uw.out.put(p, appendStr(appendStr(appendStr(buf, userID), phone), country))
 		}
-		out.holders[1], out.lines[1] = uw.holders.n, uw.snap.n
-		held := int64(out.holders[1] - out.holders[0])
-		r.cfg.Progress.add(cHolders, held)
-		r.cfg.Progress.add(cNormalized, held)
 		rejects.done(b.seq, rej)
-		mu.Lock()
-		for len(batches) <= b.seq {
-			batches = append(batches, userBatch{})
-		}
-		batches[b.seq] = out
-		mu.Unlock()
 	})
+	for i := range workers {
+		err = errors.Join(err, workers[i].out.flush())
+	}
 	if err != nil {
 		return err
 	}
 	u := &r.m.Users
-	n, lines := 0, 0
 	for i := range workers {
 		u.Rows += workers[i].rows
 		addCounts(u.Excluded, workers[i].excluded)
 		r.guard.merge(workers[i].guard)
 	}
-	for i := range workers {
-		n, lines = n+workers[i].holders.n, lines+workers[i].snap.n
-	}
-	r.holders = make([]holder, 0, n)
-	snap := make([][sha256.Size]byte, 0, lines)
-	for _, b := range batches {
-		r.holders = workers[b.worker].holders.appendRange(r.holders, b.holders[0], b.holders[1])
-		snap = workers[b.worker].snap.appendRange(snap, b.lines[0], b.lines[1])
-	}
-	workers = nil
 	r.m.addInput(TableUsers, r.cfg.Source.Name(TableUsers), t.Digest(), u.Rows)
-	if sh.Count > 0 {
-		r.snapLines = snap // the commit digests every shard's lines together
-	} else {
-		r.snapshot = consentSnapshot(snap)
+	return nil
+}
+
+// joinWorker is one worker's state while partitions are joined.
+type joinWorker struct {
+	hasher   *hashing.Hasher
+	idx      map[string]int32
+	states   []consent.Effective
+	seen     []bool
+	evBuf    []byte
+	usBuf    []byte
+	ids      *spillWriter
+	snap     *spillWriter
+	guard    *leakGuard
+	excluded map[string]int64
+	used     int64 // in-scope events of users with a row
+	unknown  int64 // in-scope events of users without one
+	line     []byte
+	id       []byte
+}
+
+// join decides every user row's consent, partition by partition, and
+// spills the snapshot lines and the holders: user rows whose consent is
+// valid (they may be exported) or withdrawn (they may block their number)
+// and whose number is valid, under its identifier.
+func (r *run) join(ctx context.Context) error {
+	defer r.dropInputSpills()
+	var err error
+	keep := r.cfg.Shard.Count > 0 // the commit reads a shard's spills
+	if r.ids, err = newSpill(filepath.Join(r.staging, "ids.spill"), spillParts, keep); err != nil {
+		return err
 	}
-	// Events of users absent from the users table count as unknown_user.
-	c := &r.m.ConsentEvents
-	for p := range idx.parts {
-		part := &idx.parts[p]
-		for k := range part.states.n {
-			if part.seen[k].Load() {
-				c.ByClass[consent.ClassUsed.String()] += int64(part.states.at(k).InScope)
-			} else {
-				c.ByClass[consent.ClassUnknownUser.String()] += int64(part.states.at(k).InScope)
+	if r.snap, err = newSpill(filepath.Join(r.staging, "snapshot.spill"), spillParts, keep); err != nil {
+		return err
+	}
+	bucket := newIDBucketer(r.cfg.Scheme, spillParts)
+	workers := make([]joinWorker, r.cfg.Workers)
+	var next atomic.Int64
+	errs := make([]error, len(workers))
+	var wg sync.WaitGroup
+	for w := range workers {
+		jw := &workers[w]
+		*jw = joinWorker{idx: map[string]int32{}, ids: r.ids.writer(), snap: r.snap.writer(),
+			guard: newLeakGuard(r.guard.salt), excluded: map[string]int64{}}
+		if jw.hasher, err = hashing.NewHasher(r.cfg.Scheme, r.cfg.Key); err != nil {
+			return err
+		}
+		wg.Go(func() {
+			for {
+				p := int(next.Add(1) - 1)
+				if p >= spillParts {
+					return
+				}
+				if err := ctx.Err(); err != nil {
+					errs[w] = err
+					return
+				}
+				if err := r.joinPart(jw, p, bucket); err != nil {
+					errs[w] = err
+					return
+				}
 			}
+		})
+	}
+	wg.Wait()
+	for i := range workers {
+		errs = append(errs, workers[i].ids.flush(), workers[i].snap.flush())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	c := &r.m.ConsentEvents
+	for i := range workers {
+		jw := &workers[i]
+		addCounts(r.m.Users.Excluded, jw.excluded)
+		c.ByClass[consent.ClassUsed.String()] += jw.used
+		c.ByClass[consent.ClassUnknownUser.String()] += jw.unknown
+		r.guard.merge(jw.guard)
+	}
+	r.idSrc, r.snapSrc = []*spill{r.ids}, []*spill{r.snap}
+	return nil
+}
+
+// joinPart joins partition p.
+func (r *run) joinPart(jw *joinWorker, p int, bucket *idBucketer) error {
+	var err error
+	if jw.evBuf, err = r.events.appendPart(jw.evBuf[:0], p); err != nil {
+		return err
+	}
+	clear(jw.idx)
+	jw.states = jw.states[:0]
+	rd := spillReader{b: jw.evBuf}
+	var e consent.Event
+	for rd.more() {
+		readEvent(&rd, &e)
+		k, ok := jw.idx[e.UserID]
+		if !ok {
+			k = int32(len(jw.states))
+			jw.idx[e.UserID] = k
+			jw.states = append(jw.states, consent.Effective{})
+		}
+		jw.states[k].Add(&e) // EventID is kept in evBuf, which lives until the next partition
+	}
+	if err := rd.err(); err != nil {
+		return err
+	}
+	jw.seen = append(jw.seen[:0], make([]bool, len(jw.states))...)
+	if jw.usBuf, err = r.users.appendPart(jw.usBuf[:0], p); err != nil {
+		return err
+	}
+	rules := r.cfg.Rules
+	rd = spillReader{b: jw.usBuf}
+	var held int64
+	for rd.more() {
+		line := int64(rd.uvarint())
+		userID, phone, country := rd.str(), rd.str(), rd.str()
+		status, eventID := consent.NoConsent, ""
+		if k, ok := jw.idx[userID]; ok {
+			jw.seen[k] = true
+			status, eventID = rules.Decide(&jw.states[k]), jw.states[k].EventID
+		}
+		sum := jw.snapshotLine(userID, status, eventID)
+		sb := snapBucket(sum[0])
+		jw.snap.put(sb, append(jw.snap.buf(sb), sum[:]...))
+		if status != consent.Valid && status != consent.Withdrawn {
+			jw.excluded[status.String()]++
+			continue
+		}
+		held++
+		e164, nerr := hashing.Normalize(phone, country)
+		if nerr != nil {
+			if status == consent.Withdrawn {
+				jw.excluded[consent.Withdrawn.String()]++
+			} else {
+				jw.excluded[ReasonInvalidPhone]++
+			}
+			continue
+		}
+		jw.guard.Add(e164)
+		jw.id = jw.hasher.AppendID(jw.id[:0], e164)
+		b := bucket.of(jw.id)
+		buf := appendStr(jw.ids.buf(b), bytesString(jw.id))
+		buf = append(appendStr(appendStr(buf, userID), eventID), byte(status))
+		jw.ids.put(b, binary.AppendUvarint(buf, uint64(line)))
+	}
+	if err := rd.err(); err != nil {
+		return err
+	}
+	for k := range jw.states {
+		if jw.seen[k] {
+			jw.used += int64(jw.states[k].InScope)
+		} else {
+			jw.unknown += int64(jw.states[k].InScope)
 		}
 	}
-	r.consent = nil // the decisions now live in the holders
+	r.cfg.Progress.add(cHolders, held)
+	r.cfg.Progress.add(cNormalized, held)
 	return nil
+}
+
+// snapBucket is the snapshot bucket of a line digest starting with byte c:
+// buckets in order hold the digests in order.
+func snapBucket(c byte) int { return int(c) * spillParts / 256 }
+
+// dropInputSpills removes the spilled events and users once joined.
+func (r *run) dropInputSpills() {
+	for _, s := range []*spill{r.events, r.users} {
+		if s != nil {
+			s.Close()
+			os.Remove(s.path)
+		}
+	}
+	r.events, r.users = nil, nil
+}
+
+// idBucketer maps an identifier to its bucket so that every identifier of
+// a bucket sorts before every identifier of the next: the bucket is a
+// monotone function of the identifier's first three bytes, ranked in the
+// scheme's alphabet (all bytes, hex digits or base64), so buckets are also
+// about equally full.
+type idBucketer struct {
+	rank  [256]uint64
+	base  uint64 // the alphabet's size
+	parts uint64
+}
+
+func newIDBucketer(scheme hashing.Scheme, parts int) *idBucketer {
+	var alphabet string
+	switch {
+	case scheme.Binary():
+		b := make([]byte, 256)
+		for i := range b {
+			b[i] = byte(i)
+		}
+		alphabet = string(b)
+	case scheme == hashing.UID2:
+		alphabet = "+/0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" // ASCII order
+	default:
+		alphabet = "0123456789abcdef"
+	}
+	a := uint64(len(alphabet))
+	bk := &idBucketer{base: a, parts: uint64(parts)}
+	for i := 0; i < len(alphabet); i++ {
+		bk.rank[alphabet[i]] = uint64(i)
+	}
+	return bk
+}
+
+func (bk *idBucketer) of(id []byte) int {
+	b := bk.base
+	n := (bk.rank[id[0]]*b+bk.rank[id[1]])*b + bk.rank[id[2]]
+	return int(n * bk.parts / (b * b * b))
 }
 
 // snapshotLine hashes one user row's consent decision, the line
 // "user_id \t status \t effective_event_id \n", reusing the worker's buffer.
-func (uw *userWorker) snapshotLine(userID string, status consent.Status, eventID string) [sha256.Size]byte {
-	b := append(uw.line[:0], userID...)
+func (jw *joinWorker) snapshotLine(userID string, status consent.Status, eventID string) [sha256.Size]byte {
+	b := append(jw.line[:0], userID...)
 	b = append(append(append(b, '\t'), status.String()...), '\t')
 	b = append(append(b, eventID...), '\n')
-	uw.line = b
+	jw.line = b
 	return sha256.Sum256(b)
 }

@@ -59,48 +59,77 @@ func PublishedPath(out, destination string, asOf time.Time, runID string) string
 	return filepath.Join(out, destination, "dt="+asOf.UTC().Format(time.DateOnly), "run="+runID)
 }
 
+// writeOutputs resolves the join's buckets in identifier order and, for
+// each, writes its identifiers to the parts (and the deltas), its holders to
+// the private evidence file and both to the record's tree heads: three
+// sequential writers, side by side. The consent snapshot is digested
+// beside them.
 func (r *run) writeOutputs(ctx context.Context) error {
 	r.m.RunID = r.runID()
 	if _, err := os.Stat(r.publishedPath()); err == nil {
 		return nil // finish reports it as already published
 	}
-	// Three independent sequential jobs, side by side: the published parts
-	// and deltas, the private evidence file, and the record's tree heads.
-	var wg sync.WaitGroup
-	var partsErr, evidenceErr error
-	wg.Go(func() { partsErr = r.writeParts(filepath.Join(r.staging, "publish")) })
-	wg.Go(func() {
-		if err := r.writeEvidence(filepath.Join(r.staging, "private", "evidence.parquet")); err != nil {
-			evidenceErr = fmt.Errorf("write evidence: %w", err)
-		}
-	})
-	wg.Go(r.computeTrees)
-	wg.Wait()
-	if err := errors.Join(partsErr, evidenceErr); err != nil {
-		return err
-	}
-	return ctx.Err()
-}
-
-// writeParts writes the identifiers into parts, then the deltas.
-func (r *run) writeParts(pub string) error {
-	w, err := newPartWriter(pub, &r.cfg, r.cfg.Scheme, r.cfg.KeyID())
+	pub := filepath.Join(r.staging, "publish")
+	parts, err := newPartWriter(pub, &r.cfg, r.cfg.Scheme, r.cfg.KeyID())
 	if err != nil {
 		return err
 	}
-	for i := range r.export {
-		if err := w.Add(r.export[i].id); err != nil {
-			return fmt.Errorf("write output: %w", err)
-		}
-	}
-	if r.m.Files, err = w.Close(); err != nil {
-		return fmt.Errorf("write output: %w", err)
-	}
-	r.m.TotalRows = int64(len(r.export))
-	if err := r.writeDeltas(pub); err != nil {
+	deltas, err := r.startDeltas(pub)
+	if err != nil {
 		return fmt.Errorf("write deltas: %w", err)
 	}
-	return nil
+	ev, err := newEvidenceWriter(filepath.Join(r.staging, "private", "evidence.parquet"))
+	if err != nil {
+		return fmt.Errorf("write evidence: %w", err)
+	}
+	defer ev.abort()
+	var snapErr error
+	var snapWG sync.WaitGroup
+	snapWG.Go(func() { r.snapshot, snapErr = snapshotOf(r.snapSrc, spillParts) })
+	var trees treeBuilder
+	u := &r.m.Users
+	err = eachResolved(ctx, r.idSrc, spillParts, r.cfg.Workers, r.cfg.Scheme.Binary(), func(rb *resolvedBucket) error {
+		rb.counts.addTo(u)
+		r.m.TotalRows += rb.counts.exported
+		var wg sync.WaitGroup
+		var partsErr, evErr error
+		wg.Go(func() {
+			for i := range rb.export {
+				if partsErr = parts.Add(rb.export[i].id); partsErr != nil {
+					return
+				}
+				if deltas != nil {
+					if partsErr = deltas.add(rb.export[i].id); partsErr != nil {
+						return
+					}
+				}
+			}
+		})
+		wg.Go(func() { evErr = ev.add(rb) })
+		trees.add(rb)
+		wg.Wait()
+		return errors.Join(partsErr, evErr)
+	})
+	snapWG.Wait()
+	if err != nil {
+		return fmt.Errorf("write output: %w", err)
+	}
+	if snapErr != nil {
+		return fmt.Errorf("consent snapshot: %w", snapErr)
+	}
+	if r.m.Files, err = parts.Close(); err != nil {
+		return fmt.Errorf("write output: %w", err)
+	}
+	if deltas != nil {
+		if err := deltas.finish(); err != nil {
+			return fmt.Errorf("write deltas: %w", err)
+		}
+	}
+	if err := ev.close(); err != nil {
+		return fmt.Errorf("write evidence: %w", err)
+	}
+	r.idTree, r.evidenceTree = trees.ids.Summary(), trees.evidence.Summary()
+	return ctx.Err()
 }
 
 func (r *run) publishedPath() string {
@@ -143,6 +172,7 @@ type partWriter struct {
 	txt    *parquet.GenericWriter[TextIDRow]
 	binBuf []BinaryIDRow
 	txtBuf []TextIDRow
+	txtMem strArena // txtBuf's ids: the caller's strings may not outlive Add
 	rows   int64
 }
 
@@ -188,7 +218,7 @@ func (w *partWriter) Add(id string) error {
 		copy(row.ID[:], id)
 		w.binBuf = append(w.binBuf, row)
 	} else {
-		w.txtBuf = append(w.txtBuf, TextIDRow{ID: id})
+		w.txtBuf = append(w.txtBuf, TextIDRow{ID: w.txtMem.keep(id)})
 	}
 	if len(w.binBuf)+len(w.txtBuf) >= 64<<10 {
 		return w.flush()
@@ -205,6 +235,7 @@ func (w *partWriter) flush() error {
 		_, err = w.txt.Write(w.txtBuf)
 	}
 	w.binBuf, w.txtBuf = w.binBuf[:0], w.txtBuf[:0]
+	w.txtMem.reset()
 	return err
 }
 
@@ -240,39 +271,76 @@ func (w *partWriter) Close() ([]OutputFile, error) {
 	return w.files, nil
 }
 
-func (r *run) writeEvidence(path string) error {
+// evidenceWriter writes the private evidence file: one row per valid
+// holder of each exported identifier.
+type evidenceWriter struct {
+	f     *hashingFile
+	w     *parquet.GenericWriter[EvidenceRow]
+	batch []EvidenceRow
+	arena strArena // the batch's strings: a bucket's memory is reused
+}
+
+const evidenceBatch = 64 << 10
+
+func newEvidenceWriter(path string) (*evidenceWriter, error) {
 	f, err := createHashing(path, 0o600)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	w := parquet.NewGenericWriter[EvidenceRow](f, parquet.Compression(&parquet.Zstd))
-	batch := make([]EvidenceRow, 0, 64<<10)
-	for _, e := range r.export {
-		id := e.id
-		if r.cfg.Scheme.Binary() {
-			id = hex.EncodeToString([]byte(e.id))
-		}
-		for j, hi := range e.holders {
-			h := &r.holders[hi]
-			batch = append(batch, EvidenceRow{ID: id, UserID: h.userID, EventID: h.eventID, Primary: j == 0})
-			if len(batch) == cap(batch) {
-				if _, err := w.Write(batch); err != nil {
-					f.Close()
+	return &evidenceWriter{f: f, w: parquet.NewGenericWriter[EvidenceRow](f, parquet.Compression(&parquet.Zstd)),
+		batch: make([]EvidenceRow, 0, evidenceBatch)}, nil
+}
+
+// strArena keeps copies of strings until reset: what a batch of rows
+// holds until it is written, when the strings' own memory is reused.
+type strArena struct{ b []byte }
+
+func (a *strArena) keep(s string) string {
+	if cap(a.b)-len(a.b) < len(s) {
+		a.b = make([]byte, 0, max(1<<20, 2*len(s))) // the old block stays alive with the strings in it
+	}
+	at := len(a.b)
+	a.b = append(a.b, s...)
+	return bytesString(a.b[at:])
+}
+
+// reset lets the space be reused: no string kept before may be used after.
+func (a *strArena) reset() { a.b = a.b[:0] }
+
+func (e *evidenceWriter) add(rb *resolvedBucket) error {
+	for _, x := range rb.export {
+		id := e.arena.keep(x.eid)
+		for j, hi := range x.holders {
+			h := &rb.holders[hi]
+			e.batch = append(e.batch, EvidenceRow{ID: id, UserID: e.arena.keep(h.userID), EventID: e.arena.keep(h.eventID), Primary: j == 0})
+			if len(e.batch) == cap(e.batch) {
+				if err := e.flush(); err != nil {
 					return err
 				}
-				batch = batch[:0]
 			}
 		}
 	}
-	if _, err := w.Write(batch); err != nil {
-		f.Close()
-		return err
+	return nil
+}
+
+func (e *evidenceWriter) flush() error {
+	_, err := e.w.Write(e.batch)
+	e.batch = e.batch[:0]
+	e.arena.reset()
+	return err
+}
+
+func (e *evidenceWriter) close() error {
+	err := errors.Join(e.flush(), e.w.Close(), e.f.Close())
+	e.f = nil
+	return err
+}
+
+// abort closes the file after a failure; nothing after close.
+func (e *evidenceWriter) abort() {
+	if e.f != nil {
+		e.f.Close()
 	}
-	if err := w.Close(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // finish checks the run and publishes it.

@@ -1,14 +1,13 @@
 package pipeline
 
 import (
-	"cmp"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -163,40 +162,45 @@ func (c *Config) Digest() string {
 	return hex.EncodeToString(sum[:])
 }
 
-// holder is a user row whose number counts: its consent is valid (it may be
-// exported) or withdrawn (it may block its number). Its number is
-// normalized as the row is read.
-type holder struct {
-	userID, eventID string
-	e164            string
-	id              string // the identifier of e164, once hashed
-	status          consent.Status
-	line            int64
-	invalid         bool
-}
-
 // exportRow is one exported identifier and the valid holders behind it.
 type exportRow struct {
 	id      string
-	holders []int32 // indexes into the holder slice, smallest user id first
+	eid     string  // the identifier as evidence names it: hex for binary schemes
+	holders []int32 // indexes into its bucket's holders, smallest user id first
 }
 
 type run struct {
 	cfg      Config
 	staging  string
 	rejects  *rejectWriter
-	consent  *consentIndex // between the consent and users stages
-	holders  []holder
 	guard    *leakGuard
-	export   []exportRow
 	snapshot string // consent snapshot digest
-	// snapLines are a shard's snapshot lines, digested by the commit.
-	snapLines [][sha256.Size]byte
+	seed     maphash.Seed
+	// Spilled in-scope events and user rows, by user (consent and users
+	// stages, read by the join), and the join's holders and snapshot lines,
+	// in buckets (see join).
+	events, users, ids, snap *spill
+	// What the write stage reads: the run's own ids and snap, or every
+	// shard's (Commit).
+	idSrc, snapSrc []*spill
 	// idTree and evidenceTree are the record's tree heads (computeTrees).
 	idTree, evidenceTree *audit.Tree
 	m                    *Manifest
 	stages               []StageTime
 	t0                   time.Time
+}
+
+func newRun(cfg Config) *run {
+	return &run{cfg: cfg, t0: time.Now(), m: newManifest(&cfg), guard: newLeakGuard(guardSalt(&cfg)), seed: maphash.MakeSeed()}
+}
+
+// closeSpills closes every spill file (they live in staging, which goes).
+func (r *run) closeSpills() {
+	for _, s := range append([]*spill{r.events, r.users, r.ids, r.snap}, append(r.idSrc, r.snapSrc...)...) {
+		if s != nil {
+			s.Close()
+		}
+	}
 }
 
 // step is one stage of a run.
@@ -216,8 +220,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return []step{
 			{"consent", r.readConsent},
 			{"users", r.readUsers},
-			{"identifiers", r.hashIdentifiers},
-			{"numbers", r.resolveNumbers},
+			{"join", r.join},
 			{"write", r.writeOutputs},
 		}
 	})
@@ -229,7 +232,7 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
-	r := &run{cfg: cfg, t0: time.Now(), m: newManifest(&cfg), guard: newLeakGuard(guardSalt(&cfg))}
+	r := newRun(cfg)
 	if err := ensureStateDirs(cfg.State); err != nil {
 		return nil, err
 	}
@@ -274,6 +277,7 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 		if r.rejects != nil {
 			r.rejects.Close()
 		}
+		r.closeSpills()
 		if rmErr := os.RemoveAll(r.staging); rmErr != nil && err == nil {
 			err = fmt.Errorf("remove staging %q: %w", r.staging, rmErr)
 		}
@@ -309,109 +313,6 @@ func (r *run) runSteps(ctx context.Context, steps []step) error {
 		}
 	}
 	return nil
-}
-
-// hashIdentifiers computes, in parallel, the identifier of every holder
-// whose number is valid. Holders of one number get the same identifier (the
-// schemes are injective on E.164, up to SHA-256 collisions), so sorting by
-// identifier brings them together for the shared-number rule.
-func (r *run) hashIdentifiers(ctx context.Context) error {
-	var fail error
-	var once sync.Once
-	parallel(len(r.holders), r.cfg.Workers, func(lo, hi int) {
-		h, err := hashing.NewHasher(r.cfg.Scheme, r.cfg.Key)
-		if err != nil {
-			once.Do(func() { fail = err })
-			return
-		}
-		for i := lo; i < hi; i++ {
-			if hd := &r.holders[i]; !hd.invalid {
-				hd.id = h.ID(hd.e164)
-			}
-		}
-	})
-	if fail != nil {
-		return fail
-	}
-	return ctx.Err()
-}
-
-// idKey orders holders by identifier, then user id, then line; pre is the
-// identifier's first 8 bytes, big-endian, which decides almost every
-// comparison without touching the strings.
-type idKey struct {
-	pre uint64
-	i   int32
-}
-
-func idPrefix(id string) uint64 {
-	var b [8]byte
-	copy(b[:], id)
-	return binary.BigEndian.Uint64(b[:])
-}
-
-// resolveNumbers applies MATCHING.md's shared-number rule to the holders,
-// sorted by identifier: a number is exported once, under its valid holder
-// with the smallest user id, and not at all if any holder withdrew.
-func (r *run) resolveNumbers(ctx context.Context) error {
-	u := &r.m.Users
-	keys := make([]idKey, 0, len(r.holders))
-	for i := range r.holders {
-		h := &r.holders[i]
-		if h.invalid {
-			if h.status == consent.Withdrawn {
-				u.exclude(consent.Withdrawn.String())
-			} else {
-				u.exclude(ReasonInvalidPhone)
-			}
-			continue
-		}
-		keys = append(keys, idKey{idPrefix(h.id), int32(i)})
-	}
-	hs := r.holders
-	parallelSort(keys, r.cfg.Workers, func(a, b idKey) int {
-		if c := cmp.Compare(a.pre, b.pre); c != 0 {
-			return c
-		}
-		ha, hb := &hs[a.i], &hs[b.i]
-		return cmp.Or(cmp.Compare(ha.id, hb.id), cmp.Compare(ha.userID, hb.userID), cmp.Compare(ha.line, hb.line))
-	})
-	// The holders of each exported identifier, smallest user id first, in
-	// one array that the export rows slice.
-	order := make([]int32, 0, len(keys))
-	r.export = make([]exportRow, 0, len(keys))
-	for lo := 0; lo < len(keys); {
-		id := hs[keys[lo].i].id
-		hi := lo + 1
-		for hi < len(keys) && keys[hi].pre == keys[lo].pre && hs[keys[hi].i].id == id {
-			hi++
-		}
-		group := keys[lo:hi]
-		lo = hi
-		blocked := false
-		for _, k := range group {
-			blocked = blocked || hs[k.i].status == consent.Withdrawn
-		}
-		start := len(order)
-		for _, k := range group {
-			switch {
-			case hs[k.i].status == consent.Withdrawn:
-				u.exclude(consent.Withdrawn.String())
-			case blocked:
-				u.exclude(ReasonSharedNumberWithdrawn)
-			default:
-				order = append(order, k.i)
-			}
-		}
-		if valid := order[start:]; len(valid) > 0 {
-			u.Exported++
-			for range valid[1:] {
-				u.exclude(ReasonDuplicateNumber)
-			}
-			r.export = append(r.export, exportRow{id: id, holders: valid})
-		}
-	}
-	return ctx.Err()
 }
 
 // parallelSort sorts s with cmp: its parts in parallel, then merged.
@@ -458,19 +359,6 @@ func parallelSort[T any](s []T, workers int, cmp func(a, b T) int) {
 	if &src[0] != &s[0] {
 		copy(s, src)
 	}
-}
-
-// parallel calls fn on contiguous ranges of [0, n) from up to workers goroutines.
-func parallel(n, workers int, fn func(lo, hi int)) {
-	if n == 0 {
-		return
-	}
-	chunk := max(1, (n+workers-1)/workers)
-	var wg sync.WaitGroup
-	for lo := 0; lo < n; lo += chunk {
-		wg.Go(func() { fn(lo, min(n, lo+chunk)) })
-	}
-	wg.Wait()
 }
 
 func (r *run) reject(table string, line int64, reason, raw string) {

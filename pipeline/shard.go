@@ -18,7 +18,6 @@ import (
 
 	"github.com/gofrs/flock"
 
-	"audiencematch/consent"
 	"audiencematch/pipeline/fsutil"
 )
 
@@ -79,7 +78,7 @@ func ShardsDir(cfg *Config) string { return filepath.Join(cfg.State, "shards", r
 func shardName(i, n int) string { return fmt.Sprintf("shard-%05d-of-%05d", i, n) }
 
 // shardVersion is the first field of shard.json.
-const shardVersion = "audiencematch.shard/v1"
+const shardVersion = "audiencematch.shard/v2"
 
 // shardInfo is a finished shard's shard.json, written last.
 type shardInfo struct {
@@ -92,7 +91,6 @@ type shardInfo struct {
 	Users         UserCounts        `json:"users"`
 	ConsentEvents EventCounts       `json:"consent_events"`
 	Rejects       RejectSummary     `json:"rejects"`
-	Holders       int64             `json:"holders"`
 	Files         map[string]string `json:"files"` // name → SHA-256
 	Finished      string            `json:"finished"`
 }
@@ -134,11 +132,12 @@ func RunShard(ctx context.Context, cfg Config) (res *Result, err error) {
 			return nil, err
 		}
 	}
-	r := &run{cfg: cfg, t0: time.Now(), m: newManifest(&cfg), guard: newLeakGuard(guardSalt(&cfg))}
+	r := newRun(cfg)
 	if r.staging, err = os.MkdirTemp(set, ".tmp-"+name+"-"); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	defer os.RemoveAll(r.staging)
+	defer r.closeSpills()
 	if r.rejects, err = newRejectWriter(filepath.Join(r.staging, "rejects.csv")); err != nil {
 		return nil, err
 	}
@@ -146,6 +145,7 @@ func RunShard(ctx context.Context, cfg Config) (res *Result, err error) {
 	if err := r.runSteps(ctx, []step{
 		{"consent", r.readConsent},
 		{"users", r.readUsers},
+		{"join", r.join},
 	}); err != nil {
 		return nil, err
 	}
@@ -165,8 +165,10 @@ func RunShard(ctx context.Context, cfg Config) (res *Result, err error) {
 	return &Result{Manifest: r.m, ShardDir: final, Stages: r.stages}, nil
 }
 
-// writeShard writes the shard's files into its staging directory, each
-// file's digest into shard.json, and shard.json last.
+// writeShard leaves the shard's files in its staging directory: the
+// join's spills of holders and snapshot lines with their indexes, the leak
+// guard's needles and the rejects; each file's digest goes into
+// shard.json, written last.
 func (r *run) writeShard() error {
 	if err := r.rejects.Close(); err != nil {
 		return err
@@ -174,39 +176,21 @@ func (r *run) writeShard() error {
 	info := shardInfo{
 		Version: shardVersion, RunKey: runKey(&r.cfg), Index: r.cfg.Shard.Index, Count: r.cfg.Shard.Count,
 		ConfigDigest: r.m.ConfigDigest, Inputs: r.m.Inputs, Users: r.m.Users, ConsentEvents: r.m.ConsentEvents,
-		Rejects: r.m.Rejects, Holders: int64(len(r.holders)), Files: map[string]string{},
+		Rejects: r.m.Rejects, Files: map[string]string{},
 		Finished: time.Now().UTC().Format(time.RFC3339),
+	}
+	for _, s := range []*spill{r.ids, r.snap} {
+		if err := errors.Join(s.f.Sync(), s.Close()); err != nil {
+			return err
+		}
+		info.Files[filepath.Base(s.path)] = s.Sum()
 	}
 	writers := []struct {
 		name  string
 		write func(*bufio.Writer) error
 	}{
-		{"holders.bin", func(w *bufio.Writer) error {
-			var b []byte
-			for i := range r.holders {
-				h := &r.holders[i]
-				b = binary.AppendUvarint(b[:0], uint64(len(h.userID)))
-				b = append(b, h.userID...)
-				b = binary.AppendUvarint(b, uint64(len(h.eventID)))
-				b = append(b, h.eventID...)
-				b = binary.AppendUvarint(b, uint64(len(h.e164)))
-				b = append(b, h.e164...)
-				b = append(b, byte(h.status), boolByte(h.invalid))
-				b = binary.AppendVarint(b, h.line)
-				if _, err := w.Write(b); err != nil {
-					return err
-				}
-			}
-			return nil
-		}},
-		{"snapshot.bin", func(w *bufio.Writer) error {
-			for i := range r.snapLines {
-				if _, err := w.Write(r.snapLines[i][:]); err != nil {
-					return err
-				}
-			}
-			return nil
-		}},
+		{"ids.idx", func(w *bufio.Writer) error { _, err := w.Write(r.ids.index()); return err }},
+		{"snapshot.idx", func(w *bufio.Writer) error { _, err := w.Write(r.snap.index()); return err }},
 		{"guard.bin", func(w *bufio.Writer) error {
 			g := r.guard
 			g.flush()
@@ -296,8 +280,6 @@ func Commit(ctx context.Context, cfg Config, count int) (*Result, error) {
 	res, err := execute(ctx, cfg, func(r *run) []step {
 		return []step{
 			{"shards", func(context.Context) error { return r.loadShards(count) }},
-			{"identifiers", r.hashIdentifiers},
-			{"numbers", r.resolveNumbers},
 			{"write", r.writeOutputs},
 		}
 	})
@@ -309,8 +291,9 @@ func Commit(ctx context.Context, cfg Config, count int) (*Result, error) {
 	return res, err
 }
 
-// loadShards merges the shards into the run: counts, holders, snapshot
-// lines, leak guard needles and rejects.
+// loadShards merges the shards into the run: counts, leak guard needles
+// and rejects; and opens their spills of holders and snapshot lines, which
+// the write stage reads bucket by bucket.
 func (r *run) loadShards(count int) error {
 	set := ShardsDir(&r.cfg)
 	var missing []string
@@ -357,12 +340,6 @@ func (r *run) loadShards(count int) error {
 		}
 		m.addInput(in.Table, in.Name, in.SHA256, total)
 	}
-	var holders int64
-	for i := range infos {
-		holders += infos[i].Holders
-	}
-	r.holders = make([]holder, 0, holders)
-	var snap [][sha256.Size]byte
 	var rejects []rejectRow
 	for i := range infos {
 		in := &infos[i]
@@ -375,16 +352,8 @@ func (r *run) loadShards(count int) error {
 		addCounts(m.Rejects.ConsentEvents, in.Rejects.ConsentEvents)
 		dir := filepath.Join(set, shardName(i, count))
 		err := errors.Join(
-			readShardFile(dir, "holders.bin", in.Files, func(b []byte) error { return r.decodeHolders(b, in.Holders) }),
-			readShardFile(dir, "snapshot.bin", in.Files, func(b []byte) error {
-				if len(b)%sha256.Size != 0 {
-					return errors.New("truncated")
-				}
-				for k := 0; k < len(b); k += sha256.Size {
-					snap = append(snap, [sha256.Size]byte(b[k:k+sha256.Size]))
-				}
-				return nil
-			}),
+			r.openShardSpill(dir, "ids", in.Files, &r.idSrc),
+			r.openShardSpill(dir, "snapshot", in.Files, &r.snapSrc),
 			readShardFile(dir, "guard.bin", in.Files, r.decodeGuard),
 			readShardFile(dir, "rejects.csv", in.Files, func(b []byte) error {
 				rows, err := readRejects(b)
@@ -396,7 +365,6 @@ func (r *run) loadShards(count int) error {
 			return fmt.Errorf("%w: shard %d/%d: %w", ErrData, i, count, err)
 		}
 	}
-	r.snapshot = consentSnapshot(snap)
 	// The unsharded run writes rejects as it reads: consent events, then
 	// users, each in line order.
 	slices.SortFunc(rejects, func(a, b rejectRow) int {
@@ -438,44 +406,28 @@ func readShardFile(dir, name string, sums map[string]string, fn func([]byte) err
 
 var errCorrupt = errors.New("corrupt")
 
-func (r *run) decodeHolders(b []byte, n int64) error {
-	str := func() (string, error) {
-		l, k := binary.Uvarint(b)
-		if k <= 0 || uint64(len(b)-k) < l {
-			return "", errCorrupt
-		}
-		s := string(b[k : k+int(l)])
-		b = b[k+int(l):]
-		return s, nil
+// openShardSpill checks a shard's spill NAME.spill against shard.json's
+// digest, opens it with its index NAME.idx and adds it to srcs.
+func (r *run) openShardSpill(dir, name string, sums map[string]string, srcs *[]*spill) error {
+	path := filepath.Join(dir, name+".spill")
+	sum, err := sha256Stream(path)
+	if err != nil {
+		return err
 	}
-	for range n {
-		var h holder
-		var err error
-		if h.userID, err = str(); err != nil {
+	if sum != sums[name+".spill"] {
+		return fmt.Errorf("%s.spill does not match its digest in shard.json", name)
+	}
+	return readShardFile(dir, name+".idx", sums, func(index []byte) error {
+		s, err := openSpill(path, index)
+		if err != nil {
 			return err
 		}
-		if h.eventID, err = str(); err != nil {
-			return err
+		*srcs = append(*srcs, s)
+		if s.parts() != spillParts {
+			return fmt.Errorf("%d buckets, want %d", s.parts(), spillParts)
 		}
-		if h.e164, err = str(); err != nil {
-			return err
-		}
-		if len(b) < 2 {
-			return errCorrupt
-		}
-		h.status, h.invalid = consent.Status(b[0]), b[1] == 1
-		b = b[2:]
-		line, k := binary.Varint(b)
-		if k <= 0 {
-			return errCorrupt
-		}
-		h.line, b = line, b[k:]
-		r.holders = append(r.holders, h)
-	}
-	if len(b) != 0 {
-		return errCorrupt
-	}
-	return nil
+		return nil
+	})
 }
 
 func (r *run) decodeGuard(b []byte) error {

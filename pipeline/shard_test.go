@@ -217,10 +217,10 @@ func TestShardCommitRefusesMismatch(t *testing.T) {
 		t.Fatalf("commit over changed inputs: %v", err)
 	}
 	shard(0) // both now read the same inputs
-	holders := filepath.Join(pipeline.ShardsDir(&cfg), "shard-00001-of-00002", "holders.bin")
-	b, _ := os.ReadFile(holders)
+	ids := filepath.Join(pipeline.ShardsDir(&cfg), "shard-00001-of-00002", "ids.spill")
+	b, _ := os.ReadFile(ids)
 	b[len(b)/2] ^= 1
-	if err := os.WriteFile(holders, b, 0o600); err != nil {
+	if err := os.WriteFile(ids, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	_, err = pipeline.Commit(ctx, cfg, 2)

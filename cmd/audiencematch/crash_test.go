@@ -166,7 +166,7 @@ func TestCrashSafety(t *testing.T) {
 		t.Fatalf("the reference run published %d files", len(want))
 	}
 
-	stages := []string{"consent", "users", "identifiers", "numbers", "write", "staged", "evidence", "published", "committed"}
+	stages := []string{"consent", "users", "join", "write", "staged", "evidence", "published", "committed"}
 	for i, stage := range stages {
 		t.Run("kill at "+stage, func(t *testing.T) {
 			e := newCrashEnv(t, bin, in, keys)

@@ -1,0 +1,214 @@
+package pipeline
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"audiencematch/consent"
+)
+
+// The write stage reads the join's buckets of holders in identifier order.
+// Workers load and resolve buckets ahead of the writers (a few at a time,
+// so memory stays at a few buckets); the writers take them in order.
+
+// bucketHolder is one spilled holder; its strings share the bucket's buffer.
+type bucketHolder struct {
+	pre             uint64 // the identifier's first 8 bytes, big-endian
+	id              string
+	userID, eventID string
+	line            int64
+	status          consent.Status
+}
+
+// resolvedBucket is one bucket after MATCHING.md's shared-number rule: a
+// number is exported once, under its valid holder with the smallest user
+// id, and not at all if any holder withdrew.
+type resolvedBucket struct {
+	buf     []byte
+	holders []bucketHolder // sorted by identifier, user id, line
+	order   []int32        // what export's holders slice
+	export  []exportRow
+	hexIDs  []byte // what export's eids share, for binary schemes
+	counts  resolveCounts
+	err     error
+}
+
+type resolveCounts struct {
+	exported, withdrawn, shared, duplicate int64
+}
+
+func (c *resolveCounts) addTo(u *UserCounts) {
+	u.Exported += c.exported
+	for reason, n := range map[string]int64{consent.Withdrawn.String(): c.withdrawn,
+		ReasonSharedNumberWithdrawn: c.shared, ReasonDuplicateNumber: c.duplicate} {
+		if n > 0 {
+			u.Excluded[reason] += n
+		}
+	}
+}
+
+func idPrefix(id string) uint64 {
+	var b [8]byte
+	copy(b[:], id)
+	return binary.BigEndian.Uint64(b[:])
+}
+
+// resolve loads bucket p from every source and applies the rule.
+func (rb *resolvedBucket) resolve(srcs []*spill, p int, binaryIDs bool) error {
+	rb.buf, rb.holders, rb.order, rb.export, rb.hexIDs = rb.buf[:0], rb.holders[:0], rb.order[:0], rb.export[:0], rb.hexIDs[:0]
+	rb.counts, rb.err = resolveCounts{}, nil
+	var err error
+	for _, s := range srcs {
+		if rb.buf, err = s.appendPart(rb.buf, p); err != nil {
+			return err
+		}
+	}
+	rd := spillReader{b: rb.buf}
+	for rd.more() {
+		h := bucketHolder{id: rd.str(), userID: rd.str(), eventID: rd.str()}
+		h.status = consent.Status(rd.byte())
+		h.line = int64(rd.uvarint())
+		h.pre = idPrefix(h.id)
+		rb.holders = append(rb.holders, h)
+	}
+	if err := rd.err(); err != nil {
+		return err
+	}
+	hs := rb.holders
+	slices.SortFunc(hs, func(a, b bucketHolder) int {
+		if c := cmp.Compare(a.pre, b.pre); c != 0 {
+			return c
+		}
+		return cmp.Or(cmp.Compare(a.id, b.id), cmp.Compare(a.userID, b.userID), cmp.Compare(a.line, b.line))
+	})
+	if binaryIDs && cap(rb.hexIDs) < len(hs)*2*sha256.Size {
+		rb.hexIDs = make([]byte, 0, len(hs)*2*sha256.Size) // eids point into it: it must not grow
+	}
+	for lo := 0; lo < len(hs); {
+		hi := lo + 1
+		for hi < len(hs) && hs[hi].pre == hs[lo].pre && hs[hi].id == hs[lo].id {
+			hi++
+		}
+		blocked := false
+		for k := lo; k < hi; k++ {
+			blocked = blocked || hs[k].status == consent.Withdrawn
+		}
+		start := len(rb.order)
+		for k := lo; k < hi; k++ {
+			switch {
+			case hs[k].status == consent.Withdrawn:
+				rb.counts.withdrawn++
+			case blocked:
+				rb.counts.shared++
+			default:
+				rb.order = append(rb.order, int32(k))
+			}
+		}
+		if valid := rb.order[start:]; len(valid) > 0 {
+			rb.counts.exported++
+			rb.counts.duplicate += int64(len(valid) - 1)
+			row := exportRow{id: hs[lo].id, eid: hs[lo].id, holders: valid}
+			if binaryIDs {
+				at := len(rb.hexIDs)
+				rb.hexIDs = hex.AppendEncode(rb.hexIDs, []byte(row.id))
+				row.eid = bytesString(rb.hexIDs[at:])
+			}
+			rb.export = append(rb.export, row)
+		}
+		lo = hi
+	}
+	return nil
+}
+
+// eachResolved resolves the buckets of srcs with workers goroutines and
+// calls fn on each, in bucket order, from one goroutine. At most workers+1
+// buckets are held at once. It stops at the first error (fn's, a bucket's
+// or ctx's).
+func eachResolved(ctx context.Context, srcs []*spill, parts, workers int, binaryIDs bool, fn func(*resolvedBucket) error) error {
+	window := workers + 1
+	free := make(chan *resolvedBucket, window)
+	for range window {
+		free <- &resolvedBucket{}
+	}
+	done := make(chan struct{})
+	ready := make([]chan *resolvedBucket, parts)
+	for i := range ready {
+		ready[i] = make(chan *resolvedBucket, 1)
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer close(done)
+	for range workers {
+		wg.Go(func() {
+			for {
+				// A slot first, then the next bucket: a worker holding a
+				// slot always holds the smallest bucket not yet taken, so
+				// the writer never waits for a bucket nobody can take.
+				var rb *resolvedBucket
+				select {
+				case rb = <-free:
+				case <-done:
+					return
+				}
+				p := int(next.Add(1) - 1)
+				if p >= parts {
+					return
+				}
+				rb.err = rb.resolve(srcs, p, binaryIDs)
+				ready[p] <- rb
+			}
+		})
+	}
+	for p := range parts {
+		var rb *resolvedBucket
+		select {
+		case rb = <-ready[p]:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if rb.err != nil {
+			return rb.err
+		}
+		if err := fn(rb); err != nil {
+			return err
+		}
+		free <- rb
+	}
+	return nil
+}
+
+// snapshotOf is the consent snapshot digest (see consentSnapshot) of the
+// spilled line digests: each bucket sorted, the buckets in order.
+func snapshotOf(srcs []*spill, parts int) (string, error) {
+	h := sha256.New()
+	var buf []byte
+	var err error
+	for p := range parts {
+		buf = buf[:0]
+		for _, s := range srcs {
+			if buf, err = s.appendPart(buf, p); err != nil {
+				return "", err
+			}
+		}
+		if len(buf)%sha256.Size != 0 {
+			return "", errors.New("snapshot lines: " + errCorrupt.Error())
+		}
+		if len(buf) == 0 {
+			continue
+		}
+		lines := unsafe.Slice((*[sha256.Size]byte)(unsafe.Pointer(unsafe.SliceData(buf))), len(buf)/sha256.Size)
+		slices.SortFunc(lines, func(a, b [sha256.Size]byte) int { return bytes.Compare(a[:], b[:]) })
+		h.Write(buf)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}

@@ -1,0 +1,305 @@
+package pipeline
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"sync"
+	"unsafe"
+)
+
+// spill is a set of partitions of records kept on disk, so that what the
+// run holds in memory at once is one partition, not the whole audience.
+// Workers append records to their own per-partition buffers (spillWriter)
+// and write each full buffer as one chunk at the end of a single file;
+// reading a partition back reads its chunks. A record never spans chunks.
+// The order of chunks in the file depends on timing: whoever reads a
+// partition must not depend on the order of its records.
+type spill struct {
+	mu     sync.Mutex
+	f      *os.File
+	path   string
+	off    int64
+	chunks [][]span // by partition
+	sum    hash.Hash
+	err    error
+}
+
+type span struct{ off, n int64 }
+
+// spillChunk is the size at which a writer's partition buffer is written.
+const spillChunk = 64 << 10
+
+// newSpill creates an owner-only spill file of parts partitions. With
+// digest set it also hashes what is written (see Sum).
+func newSpill(path string, parts int, digest bool) (*spill, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	s := &spill{f: f, path: path, chunks: make([][]span, parts)}
+	if digest {
+		s.sum = sha256.New()
+	}
+	return s, nil
+}
+
+func (s *spill) parts() int { return len(s.chunks) }
+
+// write appends one chunk of partition p.
+func (s *spill) write(p int, b []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return
+	}
+	if _, err := s.f.Write(b); err != nil {
+		s.err = fmt.Errorf("spill %s: %w", s.path, err)
+		return
+	}
+	if s.sum != nil {
+		s.sum.Write(b)
+	}
+	s.chunks[p] = append(s.chunks[p], span{s.off, int64(len(b))})
+	s.off += int64(len(b))
+}
+
+// Err is the first write error.
+func (s *spill) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// Sum is the SHA-256 of the file as written (digest set).
+func (s *spill) Sum() string { return hex.EncodeToString(s.sum.Sum(nil)) }
+
+// size is partition p's size in bytes.
+func (s *spill) size(p int) int64 {
+	n := int64(0)
+	for _, c := range s.chunks[p] {
+		n += c.n
+	}
+	return n
+}
+
+// appendPart appends partition p's records to buf. Safe for concurrent use
+// once writing is over.
+func (s *spill) appendPart(buf []byte, p int) ([]byte, error) {
+	need := len(buf) + int(s.size(p))
+	if cap(buf) < need {
+		buf = append(make([]byte, 0, need), buf...)
+	}
+	for _, c := range s.chunks[p] {
+		at := len(buf)
+		buf = buf[:at+int(c.n)]
+		if _, err := s.f.ReadAt(buf[at:], c.off); err != nil {
+			return nil, fmt.Errorf("spill %s: %w", s.path, err)
+		}
+	}
+	return buf, nil
+}
+
+// Close closes the file; a second Close is a no-op.
+func (s *spill) Close() error {
+	if s.f == nil {
+		return nil
+	}
+	err := s.f.Close()
+	s.f = nil
+	return err
+}
+
+// index is the chunk list, for a spill that outlives its process (a
+// shard's, read by the commit): partitions, then per partition its chunk
+// count and chunks, all uvarints.
+func (s *spill) index() []byte {
+	b := binary.AppendUvarint(nil, uint64(len(s.chunks)))
+	for _, cs := range s.chunks {
+		b = binary.AppendUvarint(b, uint64(len(cs)))
+		for _, c := range cs {
+			b = binary.AppendUvarint(binary.AppendUvarint(b, uint64(c.off)), uint64(c.n))
+		}
+	}
+	return b
+}
+
+// openSpill opens a spill file written by another process, given its
+// index; every chunk must lie within the file.
+func openSpill(path string, index []byte) (*spill, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	s := &spill{f: f, path: path, off: st.Size()}
+	next := func() (uint64, bool) {
+		v, k := binary.Uvarint(index)
+		if k <= 0 {
+			return 0, false
+		}
+		index = index[k:]
+		return v, true
+	}
+	parts, ok := next()
+	if !ok || parts == 0 || parts > 1<<20 {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w index", path, errCorrupt)
+	}
+	s.chunks = make([][]span, parts)
+	for p := range s.chunks {
+		n, ok := next()
+		if !ok || n > uint64(len(index)) {
+			f.Close()
+			return nil, fmt.Errorf("%s: %w index", path, errCorrupt)
+		}
+		for range n {
+			off, ok1 := next()
+			l, ok2 := next()
+			if !ok1 || !ok2 || off > uint64(s.off) || l > uint64(s.off)-off {
+				f.Close()
+				return nil, fmt.Errorf("%s: %w index", path, errCorrupt)
+			}
+			s.chunks[p] = append(s.chunks[p], span{int64(off), int64(l)})
+		}
+	}
+	if len(index) != 0 {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w index", path, errCorrupt)
+	}
+	return s, nil
+}
+
+// spillWriter is one worker's buffers for a spill. Use put after appending
+// a record to buf(p); flush when done.
+type spillWriter struct {
+	s    *spill
+	bufs [][]byte
+}
+
+func (s *spill) writer() *spillWriter {
+	return &spillWriter{s: s, bufs: make([][]byte, len(s.chunks))}
+}
+
+// buf is partition p's buffer, to append one record to.
+func (w *spillWriter) buf(p int) []byte { return w.bufs[p] }
+
+// put stores partition p's buffer back, writing it out once it is full.
+func (w *spillWriter) put(p int, b []byte) {
+	w.bufs[p] = b
+	if len(b) >= spillChunk {
+		w.s.write(p, b)
+		w.bufs[p] = b[:0]
+	}
+}
+
+// flush writes what the buffers hold and lets go of them.
+func (w *spillWriter) flush() error {
+	for p, b := range w.bufs {
+		if len(b) > 0 {
+			w.s.write(p, b)
+		}
+		w.bufs[p] = nil
+	}
+	return w.s.Err()
+}
+
+// spillReader decodes records: uvarint-length strings and varints. A
+// decoding error is sticky and reported by err; the strings share the
+// buffer's memory.
+type spillReader struct {
+	b   []byte
+	bad bool
+}
+
+func (r *spillReader) more() bool { return len(r.b) > 0 && !r.bad }
+
+func (r *spillReader) err() error {
+	if r.bad {
+		return fmt.Errorf("spilled records: %w", errCorrupt)
+	}
+	return nil
+}
+
+func (r *spillReader) uvarint() uint64 {
+	v, k := binary.Uvarint(r.b)
+	if k <= 0 {
+		r.bad, r.b = true, nil
+		return 0
+	}
+	r.b = r.b[k:]
+	return v
+}
+
+func (r *spillReader) varint() int64 {
+	v, k := binary.Varint(r.b)
+	if k <= 0 {
+		r.bad, r.b = true, nil
+		return 0
+	}
+	r.b = r.b[k:]
+	return v
+}
+
+func (r *spillReader) byte() byte {
+	if len(r.b) == 0 {
+		r.bad = true
+		return 0
+	}
+	c := r.b[0]
+	r.b = r.b[1:]
+	return c
+}
+
+// str returns the next string, sharing the buffer's memory (see bytesString).
+func (r *spillReader) str() string {
+	n := r.uvarint()
+	if n > uint64(len(r.b)) {
+		r.bad, r.b = true, nil
+		return ""
+	}
+	s := bytesString(r.b[:n])
+	r.b = r.b[n:]
+	return s
+}
+
+// fixed returns the next n bytes.
+func (r *spillReader) fixed(n int) []byte {
+	if n > len(r.b) {
+		r.bad, r.b = true, nil
+		return nil
+	}
+	s := r.b[:n]
+	r.b = r.b[n:]
+	return s
+}
+
+func appendStr(b []byte, s string) []byte {
+	return append(binary.AppendUvarint(b, uint64(len(s))), s...)
+}
+
+// sha256Stream is the SHA-256 of a file, read without holding it.
+func sha256Stream(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// bytesString is b as a string without a copy: b must not change while the
+// string is in use.
+func bytesString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
