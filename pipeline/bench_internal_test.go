@@ -56,7 +56,7 @@ func BenchmarkLeakGuard(b *testing.B) {
 		w.Add(id)
 	}
 	w.Close()
-	g := newLeakGuard(1)
+	g := newLeakGuard(1, b.TempDir())
 	for i := 0; i < benchIDs; i++ {
 		g.Add(fmt.Sprintf("acct-%09d", i))
 		g.Add(fmt.Sprintf("+44 7400 %06d", i))

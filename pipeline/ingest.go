@@ -137,7 +137,7 @@ func readEvent(rd *spillReader, e *consent.Event) {
 type userWorker struct {
 	rows     int64
 	excluded map[string]int64
-	guard    *leakGuard
+	guard    *guardWriter
 	out      *spillWriter
 }
 
@@ -153,7 +153,7 @@ func (r *run) readUsers(ctx context.Context) error {
 	sh := r.cfg.Shard
 	workers := make([]userWorker, r.cfg.Workers)
 	for i := range workers {
-		workers[i] = userWorker{excluded: map[string]int64{}, guard: newLeakGuard(r.guard.salt), out: r.users.writer()}
+		workers[i] = userWorker{excluded: map[string]int64{}, guard: r.guard.writer(), out: r.users.writer()}
 	}
 	rejects := r.orderedRejects()
 	err = r.eachBatch(ctx, t, "users", cUsers, func(w int, b *rowBatch) {
@@ -188,7 +188,7 @@ func (r *run) readUsers(ctx context.Context) error {
 		rejects.done(b.seq, rej)
 	})
 	for i := range workers {
-		err = errors.Join(err, workers[i].out.flush())
+		err = errors.Join(err, workers[i].out.flush(), workers[i].guard.flush())
 	}
 	if err != nil {
 		return err
@@ -197,7 +197,6 @@ func (r *run) readUsers(ctx context.Context) error {
 	for i := range workers {
 		u.Rows += workers[i].rows
 		addCounts(u.Excluded, workers[i].excluded)
-		r.guard.merge(workers[i].guard)
 	}
 	r.m.addInput(TableUsers, r.cfg.Source.Name(TableUsers), t.Digest(), u.Rows)
 	return nil
@@ -213,7 +212,7 @@ type joinWorker struct {
 	usBuf    []byte
 	ids      *spillWriter
 	snap     *spillWriter
-	guard    *leakGuard
+	guard    *guardWriter
 	excluded map[string]int64
 	used     int64 // in-scope events of users with a row
 	unknown  int64 // in-scope events of users without one
@@ -243,7 +242,7 @@ func (r *run) join(ctx context.Context) error {
 	for w := range workers {
 		jw := &workers[w]
 		*jw = joinWorker{idx: map[string]int32{}, ids: r.ids.writer(), snap: r.snap.writer(),
-			guard: newLeakGuard(r.guard.salt), excluded: map[string]int64{}}
+			guard: r.guard.writer(), excluded: map[string]int64{}}
 		if jw.hasher, err = hashing.NewHasher(r.cfg.Scheme, r.cfg.Key); err != nil {
 			return err
 		}
@@ -266,7 +265,7 @@ func (r *run) join(ctx context.Context) error {
 	}
 	wg.Wait()
 	for i := range workers {
-		errs = append(errs, workers[i].ids.flush(), workers[i].snap.flush())
+		errs = append(errs, workers[i].ids.flush(), workers[i].snap.flush(), workers[i].guard.flush())
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
@@ -277,7 +276,6 @@ func (r *run) join(ctx context.Context) error {
 		addCounts(r.m.Users.Excluded, jw.excluded)
 		c.ByClass[consent.ClassUsed.String()] += jw.used
 		c.ByClass[consent.ClassUnknownUser.String()] += jw.unknown
-		r.guard.merge(jw.guard)
 	}
 	r.idSrc, r.snapSrc = []*spill{r.ids}, []*spill{r.snap}
 	return nil

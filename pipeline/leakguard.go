@@ -8,9 +8,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/parquet-go/parquet-go"
 
@@ -18,7 +18,7 @@ import (
 )
 
 // leakGuard is the last check before publishing: nothing of the inputs'
-// personal data may be in what the destination receives. It holds 64-bit
+// personal data may be in what the destination receives. It keeps 64-bit
 // hashes of the phone strings as typed, E.164 strings and user ids of the
 // run (not the strings themselves), and checks the files to publish:
 //
@@ -33,23 +33,38 @@ import (
 //
 // Hashes are FNV-1a 64 of the string under a salt, so that the shards of a
 // sharded run (separate processes) produce hashes the commit can merge.
-// Add only appends; the index is sorted once, when Check needs it.
+//
+// The hashes (needles) are spilled to disk in guardGroups groups, by a mix
+// of the hash or prefix, and Check takes the groups a pass at a time, each
+// pass as large as guardPassBytes allows, scanning the files once per pass:
+// memory stays flat as the audience grows, and a run of up to a few million
+// users checks in one pass.
 type leakGuard struct {
-	salt   uint64
-	state  uint64   // saltState(salt)
-	exact  []uint64 // hashes of the strings that couldBeID; sorted and deduplicated by seal
-	pre    []needle // needles of 8 bytes or more; sorted by prefix by seal
+	salt  uint64
+	state uint64 // saltState(salt)
+	dir   string // where the spill goes
+	mu    sync.Mutex
+	sp    *spill
+	own   *guardWriter // Add's
+	srcs  []*spill     // the spills Check reads: sp and shards'
+	err   error
+	// maxLen is the longest needle.
 	maxLen int
-	sealed bool
-	// Add appends here; flush moves them to exact and pre.
-	newExact chunked[uint64]
-	newPre   chunked[needle]
-	filter   []uint64 // a bit per bucket of prefixes: most windows miss it
+	// One pass's index: groups [lo, hi).
+	lo, hi     uint64
+	exact      []uint64 // sorted and deduplicated
+	pre        []needle // sorted by prefix
+	filter     []uint64 // a bit per slot of prefixes: most windows miss it
+	filterBits uint
 }
 
-const filterBits = 24
+const (
+	guardGroups    = 64
+	guardGroupBits = 6
+)
 
-func filterSlot(p uint64) uint64 { return (p * 0x9e3779b97f4a7c15) >> (64 - filterBits) }
+// guardPassBytes bounds one pass's spilled needles: about 3M needles.
+var guardPassBytes int64 = 64 << 20
 
 type needle struct {
 	prefix uint64 // the first 8 bytes, little-endian
@@ -59,9 +74,15 @@ type needle struct {
 
 const guardPrefix = 8
 
+// guardMix spreads a prefix's bits: its top bits pick the group, the next
+// ones the filter slot.
+func guardMix(p uint64) uint64 { return p * 0x9e3779b97f4a7c15 }
+
 // newLeakGuard's salt comes from the run's key (cutoff and configuration),
-// the same for every shard of a run.
-func newLeakGuard(salt uint64) *leakGuard { return &leakGuard{salt: salt, state: saltState(salt)} }
+// the same for every shard of a run; its spill goes into dir.
+func newLeakGuard(salt uint64, dir string) *leakGuard {
+	return &leakGuard{salt: salt, state: saltState(salt), dir: dir}
+}
 
 // FNV-1a 64 (the shard partition and the guard's hashes).
 const fnvOffset, fnvPrime = 14695981039346656037, 1099511628211
@@ -91,28 +112,92 @@ func guardHashFrom[T string | []byte](state uint64, s T) uint64 {
 	return h
 }
 
+// guardWriter registers strings from one goroutine.
+type guardWriter struct {
+	g      *leakGuard
+	w      *spillWriter
+	maxLen int
+}
+
+// writer returns a writer for one goroutine; flush it when done.
+func (g *leakGuard) writer() *guardWriter {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.sp == nil && g.err == nil {
+		if g.sp, g.err = newSpill(filepath.Join(g.dir, "guard.spill"), guardGroups, true); g.err == nil {
+			g.srcs = append(g.srcs, g.sp)
+		}
+	}
+	if g.err != nil {
+		return &guardWriter{g: g}
+	}
+	return &guardWriter{g: g, w: g.sp.writer()}
+}
+
 // Add registers a string that must not be published.
-func (g *leakGuard) Add(s string) {
-	g.add(s)
+func (w *guardWriter) Add(s string) {
+	w.add(s)
 	if t := strings.TrimSpace(s); t != s {
-		g.add(t)
+		w.add(t)
 	}
 }
 
-func (g *leakGuard) add(v string) {
-	if v == "" {
+func (w *guardWriter) add(v string) {
+	if v == "" || w.w == nil {
 		return
 	}
-	g.sealed = false
-	h := guardHashFrom(g.state, v)
+	h := guardHashFrom(w.g.state, v)
 	if couldBeID(len(v)) {
-		g.newExact.add(h)
+		p := int(h >> (64 - guardGroupBits))
+		w.w.put(p, binary.LittleEndian.AppendUint64(append(w.w.buf(p), 0), h))
 	}
 	if len(v) < guardPrefix || lowerHex(v) {
 		return
 	}
-	g.newPre.add(needle{prefix: binary.LittleEndian.Uint64([]byte(v[:guardPrefix])), hash: h, n: int32(len(v))})
-	g.maxLen = max(g.maxLen, len(v))
+	prefix := binary.LittleEndian.Uint64([]byte(v[:guardPrefix]))
+	p := int(guardMix(prefix) >> (64 - guardGroupBits))
+	b := binary.LittleEndian.AppendUint64(append(w.w.buf(p), 1), prefix)
+	w.w.put(p, binary.AppendUvarint(binary.LittleEndian.AppendUint64(b, h), uint64(len(v))))
+	w.maxLen = max(w.maxLen, len(v))
+}
+
+// flush writes what the writer holds.
+func (w *guardWriter) flush() error {
+	g := w.g
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.maxLen = max(g.maxLen, w.maxLen)
+	if w.w != nil {
+		if err := w.w.flush(); err != nil && g.err == nil {
+			g.err = err
+		}
+	}
+	return g.err
+}
+
+// Add registers a string from the guard's own writer (one goroutine).
+func (g *leakGuard) Add(s string) {
+	if g.own == nil {
+		g.own = g.writer()
+	}
+	g.own.Add(s)
+}
+
+// finish flushes Add's writer; the spill is then complete.
+func (g *leakGuard) finish() error {
+	if g.own != nil {
+		if err := g.own.flush(); err != nil {
+			return err
+		}
+		g.own = nil
+	}
+	return g.err
+}
+
+// addShard adds a shard's spilled needles.
+func (g *leakGuard) addShard(s *spill, maxLen int) {
+	g.srcs = append(g.srcs, s)
+	g.maxLen = max(g.maxLen, maxLen)
 }
 
 // lowerHex reports whether s is made only of 0-9 and a-f.
@@ -127,8 +212,7 @@ func lowerHex(s string) bool {
 
 // couldBeID reports whether a string of n bytes has the length of an
 // identifier of some scheme (hashing.Scheme.IDLen: 32, 44 or 64 bytes).
-// Only those can equal a published id, so only those need an exact hash:
-// the exact index stays small whatever the number of users.
+// Only those can equal a published id, so only those need an exact hash.
 func couldBeID(n int) bool { return slices.Contains(idLens, n) }
 
 var idLens = func() (lens []int) {
@@ -138,49 +222,90 @@ var idLens = func() (lens []int) {
 	return lens
 }()
 
-// flush moves the needles added since the last flush into exact and pre.
-func (g *leakGuard) flush() {
-	g.exact = g.newExact.moveTo(g.exact)
-	g.pre = g.newPre.moveTo(g.pre)
-}
-
-// merge adds another guard's needles (a shard's); both must share the salt.
-func (g *leakGuard) merge(o *leakGuard) {
-	g.newExact.take(&o.newExact, o.exact)
-	g.newPre.take(&o.newPre, o.pre)
-	o.exact, o.pre = nil, nil
-	g.maxLen = max(g.maxLen, o.maxLen)
-	g.sealed = false
-}
-
-// seal sorts the index for lookups.
-func (g *leakGuard) seal() {
-	if g.sealed {
-		return
+// passes splits the groups into passes of at most guardPassBytes of
+// needles each (a group larger than that is a pass of its own).
+func (g *leakGuard) passes() [][2]uint64 {
+	var out [][2]uint64
+	lo, bytes := uint64(0), int64(0)
+	for p := range uint64(guardGroups) {
+		n := int64(0)
+		for _, s := range g.srcs {
+			n += s.size(int(p))
+		}
+		if bytes > 0 && bytes+n > guardPassBytes {
+			out = append(out, [2]uint64{lo, p})
+			lo, bytes = p, 0
+		}
+		bytes += n
 	}
-	g.flush()
-	workers := runtime.GOMAXPROCS(0)
-	parallelSort(g.exact, workers, cmp.Compare[uint64])
+	return append(out, [2]uint64{lo, guardGroups})
+}
+
+// load reads groups [lo, hi) into the index.
+func (g *leakGuard) load(lo, hi uint64) error {
+	g.lo, g.hi = lo, hi
+	g.exact, g.pre = g.exact[:0], g.pre[:0]
+	var buf []byte
+	var err error
+	for p := lo; p < hi; p++ {
+		buf = buf[:0]
+		for _, s := range g.srcs {
+			if buf, err = s.appendPart(buf, int(p)); err != nil {
+				return err
+			}
+		}
+		rd := spillReader{b: buf}
+		for rd.more() {
+			kind := rd.byte()
+			if kind == 0 {
+				g.exact = append(g.exact, binary.LittleEndian.Uint64(rd.fixed(8)))
+				continue
+			}
+			prefix := binary.LittleEndian.Uint64(rd.fixed(8))
+			h := binary.LittleEndian.Uint64(rd.fixed(8))
+			g.pre = append(g.pre, needle{prefix: prefix, hash: h, n: int32(rd.uvarint())})
+		}
+		if err := rd.err(); err != nil {
+			return fmt.Errorf("leak guard needles: %w", err)
+		}
+	}
+	slices.Sort(g.exact)
 	g.exact = slices.Compact(g.exact)
 	// By prefix only: equal prefixes stay side by side, which is all
 	// candidates needs; a repeated needle costs a repeated comparison.
-	parallelSort(g.pre, workers, func(a, b needle) int { return cmp.Compare(a.prefix, b.prefix) })
-	g.filter = make([]uint64, 1<<filterBits/64)
+	slices.SortFunc(g.pre, func(a, b needle) int { return cmp.Compare(a.prefix, b.prefix) })
+	g.filterBits = 16
+	for 1<<g.filterBits < 8*len(g.pre) && g.filterBits < 30 {
+		g.filterBits++
+	}
+	g.filter = make([]uint64, 1<<g.filterBits/64)
 	for _, n := range g.pre {
-		b := filterSlot(n.prefix)
+		b := g.slot(guardMix(n.prefix))
 		g.filter[b/64] |= 1 << (b % 64)
 	}
-	g.sealed = true
+	return nil
 }
 
+func (g *leakGuard) slot(mix uint64) uint64 { return mix << guardGroupBits >> (64 - g.filterBits) }
+
+// hasExact reports whether b is a registered string, if its group is in
+// the pass.
 func (g *leakGuard) hasExact(b []byte) bool {
-	_, found := slices.BinarySearch(g.exact, guardHashFrom(g.state, b))
+	h := guardHashFrom(g.state, b)
+	if p := h >> (64 - guardGroupBits); p < g.lo || p >= g.hi {
+		return false
+	}
+	_, found := slices.BinarySearch(g.exact, h)
 	return found
 }
 
-// candidates returns the needles whose first 8 bytes are p.
+// candidates returns the needles of the pass whose first 8 bytes are p.
 func (g *leakGuard) candidates(p uint64) []needle {
-	if b := filterSlot(p); g.filter[b/64]&(1<<(b%64)) == 0 {
+	mix := guardMix(p)
+	if grp := mix >> (64 - guardGroupBits); grp < g.lo || grp >= g.hi {
+		return nil
+	}
+	if b := g.slot(mix); g.filter[b/64]&(1<<(b%64)) == 0 {
 		return nil
 	}
 	i, found := slices.BinarySearchFunc(g.pre, p, func(n needle, p uint64) int { return cmp.Compare(n.prefix, p) })
@@ -201,29 +326,46 @@ func (e *LeakError) Error() string {
 	return fmt.Sprintf("leak guard: %s: %s; nothing published", e.File, e.What)
 }
 
-// Check scans every file under dir.
+// Check scans every file under dir, once per pass.
 func (g *leakGuard) Check(dir string, scheme hashing.Scheme, removesScheme hashing.Scheme) error {
-	g.seal()
-	return filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
+	if err := g.finish(); err != nil {
+		return err
+	}
+	for i, pass := range g.passes() {
+		if err := g.load(pass[0], pass[1]); err != nil {
 			return err
 		}
-		rel, _ := filepath.Rel(dir, p)
-		if err := g.scanRaw(p, rel); err != nil {
-			return err
-		}
-		if strings.HasSuffix(p, ".parquet") {
-			sc := scheme
-			if strings.HasPrefix(filepath.ToSlash(rel), "removes/") {
-				sc = removesScheme
+		err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
 			}
-			return g.checkParquet(p, rel, sc)
+			rel, _ := filepath.Rel(dir, p)
+			if err := g.scanRaw(p, rel); err != nil {
+				return err
+			}
+			if strings.HasSuffix(p, ".parquet") {
+				sc := scheme
+				if strings.HasPrefix(filepath.ToSlash(rel), "removes/") {
+					sc = removesScheme
+				}
+				return g.checkParquet(p, rel, sc, i == 0)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
-		return nil
-	})
+	}
+	g.exact, g.pre, g.filter = nil, nil, nil
+	return nil
 }
 
-func (g *leakGuard) checkParquet(path, rel string, scheme hashing.Scheme) error {
+// checkParquet checks a Parquet file's ids against the pass's exact
+// hashes, and with structure set its schema, metadata and ids' shape.
+func (g *leakGuard) checkParquet(path, rel string, scheme hashing.Scheme, structure bool) error {
+	if !structure {
+		return g.checkIDs(path, rel, scheme, false)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return err
@@ -254,17 +396,24 @@ func (g *leakGuard) checkParquet(path, rel string, scheme hashing.Scheme) error 
 			return &LeakError{rel, fmt.Sprintf("unexpected key-value metadata %q", kv.Key)}
 		}
 	}
-	ids, err := ReadPublishedIDs(path, scheme)
+	return g.checkIDs(path, rel, scheme, true)
+}
+
+func (g *leakGuard) checkIDs(path, rel string, scheme hashing.Scheme, shape bool) error {
+	var leak *LeakError
+	err := eachPublishedID(path, scheme, func(i int64, id []byte) bool {
+		if shape && !scheme.ValidID(id) {
+			leak = &LeakError{rel, fmt.Sprintf("row %d: id does not have the exact shape of %s", i, scheme)}
+		} else if g.hasExact(id) {
+			leak = &LeakError{rel, fmt.Sprintf("row %d: id equals a phone number or user id of the input", i)}
+		}
+		return leak == nil
+	})
 	if err != nil {
 		return &LeakError{rel, err.Error()}
 	}
-	for i, id := range ids {
-		if !scheme.ValidID(id) {
-			return &LeakError{rel, fmt.Sprintf("row %d: id does not have the exact shape of %s", i, scheme)}
-		}
-		if g.hasExact(id) {
-			return &LeakError{rel, fmt.Sprintf("row %d: id equals a phone number or user id of the input", i)}
-		}
+	if leak != nil {
+		return leak
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,7 +31,17 @@ func writePart[T any](t *testing.T, path string, rows []T, opts ...parquet.Write
 }
 
 func TestLeakGuard(t *testing.T) {
-	g := newLeakGuard(1)
+	for _, passBytes := range []int64{guardPassBytes, 1} {
+		t.Run(fmt.Sprintf("pass of %d bytes", passBytes), func(t *testing.T) {
+			defer func(old int64) { guardPassBytes = old }(guardPassBytes)
+			guardPassBytes = passBytes // 1: a pass per group that has needles
+			testLeakGuard(t)
+		})
+	}
+}
+
+func testLeakGuard(t *testing.T) {
+	g := newLeakGuard(1, t.TempDir())
 	hexUser := strings.Repeat("ab", 32) // a user id that looks like a hex identifier
 	for _, s := range []string{"acct-zbh251", " +44 7400 123456 ", "+447400123456", hexUser, "u1"} {
 		g.Add(s)
@@ -95,7 +106,7 @@ func TestLeakGuard(t *testing.T) {
 // TestLeakGuardAcrossChunks: a needle straddling the scan's chunk boundary
 // is still found.
 func TestLeakGuardAcrossChunks(t *testing.T) {
-	g := newLeakGuard(1)
+	g := newLeakGuard(1, t.TempDir())
 	g.Add("acct-straddle")
 	dir := t.TempDir()
 	b := []byte(strings.Repeat("x", (1<<20)-5) + "acct-straddle" + strings.Repeat("y", 100))
@@ -115,11 +126,17 @@ func TestLeakGuardExactEveryScheme(t *testing.T) {
 			t.Fatal(err)
 		}
 		id := h.ID("+447400123456") // an input value that happens to be a valid id
-		g := newLeakGuard(7)
+		g := newLeakGuard(7, t.TempDir())
 		g.Add("acct-zbh251")
 		g.Add("+447400123456")
-		if len(g.exact) != 0 {
-			t.Fatalf("%s: %d exact hashes for strings that cannot be an id", s, len(g.exact))
+		if err := g.finish(); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.load(0, guardGroups); err != nil {
+			t.Fatal(err)
+		}
+		if len(g.pre) != 2 || len(g.exact) != 0 {
+			t.Fatalf("%s: %d needles (want 2) and %d exact hashes (want 0) for strings that cannot be an id", s, len(g.pre), len(g.exact))
 		}
 		g.Add(id)
 		dir := t.TempDir()

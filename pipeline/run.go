@@ -191,12 +191,12 @@ type run struct {
 }
 
 func newRun(cfg Config) *run {
-	return &run{cfg: cfg, t0: time.Now(), m: newManifest(&cfg), guard: newLeakGuard(guardSalt(&cfg)), seed: maphash.MakeSeed()}
+	return &run{cfg: cfg, t0: time.Now(), m: newManifest(&cfg), guard: newLeakGuard(guardSalt(&cfg), ""), seed: maphash.MakeSeed()}
 }
 
 // closeSpills closes every spill file (they live in staging, which goes).
 func (r *run) closeSpills() {
-	for _, s := range append([]*spill{r.events, r.users, r.ids, r.snap}, append(r.idSrc, r.snapSrc...)...) {
+	for _, s := range slices.Concat([]*spill{r.events, r.users, r.ids, r.snap}, r.idSrc, r.snapSrc, r.guard.srcs) {
 		if s != nil {
 			s.Close()
 		}
@@ -273,6 +273,7 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 	if r.staging, err = os.MkdirTemp(filepath.Join(cfg.State, "staging"), "run-"); err != nil {
 		return nil, fmt.Errorf("%w: create staging directory: %w", ErrConfig, err)
 	}
+	r.guard.dir = r.staging
 	defer func() {
 		if r.rejects != nil {
 			r.rejects.Close()

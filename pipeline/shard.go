@@ -91,7 +91,8 @@ type shardInfo struct {
 	Users         UserCounts        `json:"users"`
 	ConsentEvents EventCounts       `json:"consent_events"`
 	Rejects       RejectSummary     `json:"rejects"`
-	Files         map[string]string `json:"files"` // name → SHA-256
+	GuardMaxLen   int               `json:"guard_max_len"` // the longest string in guard.spill
+	Files         map[string]string `json:"files"`         // name → SHA-256
 	Finished      string            `json:"finished"`
 }
 
@@ -136,6 +137,7 @@ func RunShard(ctx context.Context, cfg Config) (res *Result, err error) {
 	if r.staging, err = os.MkdirTemp(set, ".tmp-"+name+"-"); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
+	r.guard.dir = r.staging
 	defer os.RemoveAll(r.staging)
 	defer r.closeSpills()
 	if r.rejects, err = newRejectWriter(filepath.Join(r.staging, "rejects.csv")); err != nil {
@@ -176,10 +178,17 @@ func (r *run) writeShard() error {
 	info := shardInfo{
 		Version: shardVersion, RunKey: runKey(&r.cfg), Index: r.cfg.Shard.Index, Count: r.cfg.Shard.Count,
 		ConfigDigest: r.m.ConfigDigest, Inputs: r.m.Inputs, Users: r.m.Users, ConsentEvents: r.m.ConsentEvents,
-		Rejects: r.m.Rejects, Files: map[string]string{},
+		Rejects: r.m.Rejects, GuardMaxLen: r.guard.maxLen, Files: map[string]string{},
 		Finished: time.Now().UTC().Format(time.RFC3339),
 	}
-	for _, s := range []*spill{r.ids, r.snap} {
+	if r.guard.sp == nil {
+		r.guard.Add("") // creates the spill, which stays empty
+	}
+	if err := r.guard.finish(); err != nil {
+		return err
+	}
+	info.GuardMaxLen = r.guard.maxLen
+	for _, s := range []*spill{r.ids, r.snap, r.guard.sp} {
 		if err := errors.Join(s.f.Sync(), s.Close()); err != nil {
 			return err
 		}
@@ -191,36 +200,7 @@ func (r *run) writeShard() error {
 	}{
 		{"ids.idx", func(w *bufio.Writer) error { _, err := w.Write(r.ids.index()); return err }},
 		{"snapshot.idx", func(w *bufio.Writer) error { _, err := w.Write(r.snap.index()); return err }},
-		{"guard.bin", func(w *bufio.Writer) error {
-			g := r.guard
-			g.flush()
-			var b []byte
-			b = binary.LittleEndian.AppendUint64(b, uint64(len(g.exact)))
-			b = binary.LittleEndian.AppendUint64(b, uint64(len(g.pre)))
-			b = binary.LittleEndian.AppendUint64(b, uint64(g.maxLen))
-			for _, h := range g.exact {
-				b = binary.LittleEndian.AppendUint64(b, h)
-				if len(b) >= 1<<16 {
-					if _, err := w.Write(b); err != nil {
-						return err
-					}
-					b = b[:0]
-				}
-			}
-			for _, n := range g.pre {
-				b = binary.LittleEndian.AppendUint64(b, n.prefix)
-				b = binary.LittleEndian.AppendUint64(b, n.hash)
-				b = binary.LittleEndian.AppendUint32(b, uint32(n.n))
-				if len(b) >= 1<<16 {
-					if _, err := w.Write(b); err != nil {
-						return err
-					}
-					b = b[:0]
-				}
-			}
-			_, err := w.Write(b)
-			return err
-		}},
+		{"guard.idx", func(w *bufio.Writer) error { _, err := w.Write(r.guard.sp.index()); return err }},
 	}
 	for _, f := range writers {
 		sum, err := writeFileSum(filepath.Join(r.staging, f.name), f.write)
@@ -352,9 +332,9 @@ func (r *run) loadShards(count int) error {
 		addCounts(m.Rejects.ConsentEvents, in.Rejects.ConsentEvents)
 		dir := filepath.Join(set, shardName(i, count))
 		err := errors.Join(
-			r.openShardSpill(dir, "ids", in.Files, &r.idSrc),
-			r.openShardSpill(dir, "snapshot", in.Files, &r.snapSrc),
-			readShardFile(dir, "guard.bin", in.Files, r.decodeGuard),
+			r.openShardSpill(dir, "ids", spillParts, in.Files, &r.idSrc),
+			r.openShardSpill(dir, "snapshot", spillParts, in.Files, &r.snapSrc),
+			r.openShardGuard(dir, in),
 			readShardFile(dir, "rejects.csv", in.Files, func(b []byte) error {
 				rows, err := readRejects(b)
 				rejects = append(rejects, rows...)
@@ -408,7 +388,7 @@ var errCorrupt = errors.New("corrupt")
 
 // openShardSpill checks a shard's spill NAME.spill against shard.json's
 // digest, opens it with its index NAME.idx and adds it to srcs.
-func (r *run) openShardSpill(dir, name string, sums map[string]string, srcs *[]*spill) error {
+func (r *run) openShardSpill(dir, name string, parts int, sums map[string]string, srcs *[]*spill) error {
 	path := filepath.Join(dir, name+".spill")
 	sum, err := sha256Stream(path)
 	if err != nil {
@@ -423,35 +403,20 @@ func (r *run) openShardSpill(dir, name string, sums map[string]string, srcs *[]*
 			return err
 		}
 		*srcs = append(*srcs, s)
-		if s.parts() != spillParts {
-			return fmt.Errorf("%d buckets, want %d", s.parts(), spillParts)
+		if s.parts() != parts {
+			return fmt.Errorf("%s.spill: %d buckets, want %d", name, s.parts(), parts)
 		}
 		return nil
 	})
 }
 
-func (r *run) decodeGuard(b []byte) error {
-	if len(b) < 24 {
-		return errCorrupt
+// openShardGuard adds a shard's leak guard needles.
+func (r *run) openShardGuard(dir string, in *shardInfo) error {
+	var srcs []*spill
+	if err := r.openShardSpill(dir, "guard", guardGroups, in.Files, &srcs); err != nil {
+		return err
 	}
-	ne, np, maxLen := binary.LittleEndian.Uint64(b), binary.LittleEndian.Uint64(b[8:]), binary.LittleEndian.Uint64(b[16:])
-	b = b[24:]
-	if uint64(len(b)) != ne*8+np*20 {
-		return errCorrupt
-	}
-	o := newLeakGuard(r.guard.salt)
-	o.maxLen = int(maxLen)
-	o.exact = make([]uint64, ne)
-	for i := range o.exact {
-		o.exact[i] = binary.LittleEndian.Uint64(b[i*8:])
-	}
-	b = b[ne*8:]
-	o.pre = make([]needle, np)
-	for i := range o.pre {
-		x := b[i*20:]
-		o.pre[i] = needle{prefix: binary.LittleEndian.Uint64(x), hash: binary.LittleEndian.Uint64(x[8:]), n: int32(binary.LittleEndian.Uint32(x[16:]))}
-	}
-	r.guard.merge(o)
+	r.guard.addShard(srcs[0], in.GuardMaxLen)
 	return nil
 }
 

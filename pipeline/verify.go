@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -234,24 +235,57 @@ func mapsEqual(a, b map[string]int64) bool {
 
 // ReadPublishedIDs reads one published part's identifiers as leaf bytes.
 func ReadPublishedIDs(path string, scheme hashing.Scheme) ([][]byte, error) {
-	if scheme.Binary() {
-		rows, err := parquet.ReadFile[BinaryIDRow](path)
-		if err != nil {
-			return nil, err
-		}
-		out := make([][]byte, len(rows))
-		for i := range rows {
-			out[i] = rows[i].ID[:]
-		}
-		return out, nil
-	}
-	rows, err := parquet.ReadFile[TextIDRow](path)
+	var out [][]byte
+	err := eachPublishedID(path, scheme, func(_ int64, id []byte) bool {
+		out = append(out, bytes.Clone(id))
+		return true
+	})
+	return out, err
+}
+
+// eachPublishedID streams one published part's identifiers to fn, which
+// must not keep id, until fn returns false.
+func eachPublishedID(path string, scheme hashing.Scheme, fn func(i int64, id []byte) bool) error {
+	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	out := make([][]byte, len(rows))
-	for i := range rows {
-		out[i] = []byte(rows[i].ID)
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
 	}
-	return out, nil
+	pf, err := parquet.OpenFile(f, st.Size())
+	if err != nil {
+		return err
+	}
+	if scheme.Binary() {
+		return eachRow(parquet.NewGenericReader[BinaryIDRow](pf), func(i int64, r *BinaryIDRow) bool { return fn(i, r.ID[:]) })
+	}
+	var b []byte
+	return eachRow(parquet.NewGenericReader[TextIDRow](pf), func(i int64, r *TextIDRow) bool {
+		b = append(b[:0], r.ID...)
+		return fn(i, b)
+	})
+}
+
+func eachRow[T any](r *parquet.GenericReader[T], fn func(int64, *T) bool) error {
+	defer r.Close()
+	buf := make([]T, 4096)
+	i := int64(0)
+	for {
+		n, err := r.Read(buf)
+		for k := range n {
+			if !fn(i, &buf[k]) {
+				return nil
+			}
+			i++
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
 }
