@@ -50,6 +50,8 @@ type leakGuard struct {
 	err   error
 	// maxLen is the longest needle.
 	maxLen int
+	// passCount is how many passes the last Check made.
+	passCount int
 	// One pass's index: groups [lo, hi).
 	lo, hi     uint64
 	exact      []uint64 // sorted and deduplicated
@@ -63,8 +65,9 @@ const (
 	guardGroupBits = 6
 )
 
-// guardPassBytes bounds one pass's spilled needles: about 3M needles.
-var guardPassBytes int64 = 64 << 20
+// guardPassBytes bounds one pass's spilled needles: about 7M needles,
+// 170 MiB in memory.
+var guardPassBytes int64 = 128 << 20
 
 type needle struct {
 	prefix uint64 // the first 8 bytes, little-endian
@@ -245,7 +248,19 @@ func (g *leakGuard) passes() [][2]uint64 {
 func (g *leakGuard) load(lo, hi uint64) error {
 	g.lo, g.hi = lo, hi
 	g.exact, g.pre = g.exact[:0], g.pre[:0]
-	var buf []byte
+	// Sized up front: growing large slices is what costs most here.
+	total, largest := int64(0), int64(0)
+	for p := lo; p < hi; p++ {
+		n := int64(0)
+		for _, s := range g.srcs {
+			n += s.size(int(p))
+		}
+		total, largest = total+n, max(largest, n)
+	}
+	if want := int(total / 18); cap(g.pre) < want { // a needle takes at least 18 bytes
+		g.pre = make([]needle, 0, want)
+	}
+	buf := make([]byte, 0, largest)
 	var err error
 	for p := lo; p < hi; p++ {
 		buf = buf[:0]
@@ -299,12 +314,16 @@ func (g *leakGuard) hasExact(b []byte) bool {
 	return found
 }
 
-// candidates returns the needles of the pass whose first 8 bytes are p.
-func (g *leakGuard) candidates(p uint64) []needle {
-	mix := guardMix(p)
-	if grp := mix >> (64 - guardGroupBits); grp < g.lo || grp >= g.hi {
-		return nil
-	}
+// inPass reports whether a prefix's needles are in the pass; mix is
+// guardMix(prefix).
+func (g *leakGuard) inPass(mix uint64) bool {
+	grp := mix >> (64 - guardGroupBits)
+	return grp >= g.lo && grp < g.hi
+}
+
+// candidates returns the needles of the pass whose first 8 bytes are p;
+// mix is guardMix(p), and inPass(mix).
+func (g *leakGuard) candidates(p, mix uint64) []needle {
 	if b := g.slot(mix); g.filter[b/64]&(1<<(b%64)) == 0 {
 		return nil
 	}
@@ -331,7 +350,9 @@ func (g *leakGuard) Check(dir string, scheme hashing.Scheme, removesScheme hashi
 	if err := g.finish(); err != nil {
 		return err
 	}
-	for i, pass := range g.passes() {
+	passes := g.passes()
+	g.passCount = len(passes)
+	for i, pass := range passes {
 		if err := g.load(pass[0], pass[1]); err != nil {
 			return err
 		}
@@ -364,6 +385,9 @@ func (g *leakGuard) Check(dir string, scheme hashing.Scheme, removesScheme hashi
 // hashes, and with structure set its schema, metadata and ids' shape.
 func (g *leakGuard) checkParquet(path, rel string, scheme hashing.Scheme, structure bool) error {
 	if !structure {
+		if len(g.exact) == 0 {
+			return nil // nothing to look for in this pass
+		}
 		return g.checkIDs(path, rel, scheme, false)
 	}
 	f, err := os.Open(path)
@@ -446,7 +470,12 @@ func (g *leakGuard) scanRaw(path, rel string) error {
 			end = len(buf)
 		}
 		for i := 0; i+guardPrefix <= len(buf) && i < end; i++ {
-			for _, nd := range g.candidates(binary.LittleEndian.Uint64(buf[i:])) {
+			p := binary.LittleEndian.Uint64(buf[i:])
+			mix := guardMix(p)
+			if !g.inPass(mix) {
+				continue
+			}
+			for _, nd := range g.candidates(p, mix) {
 				if n := int(nd.n); i+n <= len(buf) && guardHashFrom(g.state, buf[i:i+n]) == nd.hash {
 					return &LeakError{rel, fmt.Sprintf("byte %d: a phone number or user id of the input", off+int64(i))}
 				}

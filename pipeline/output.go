@@ -384,9 +384,12 @@ func (r *run) finish() (*Result, error) {
 	if m.Removes != nil {
 		removesScheme = hashing.Scheme(m.Removes.Scheme)
 	}
+	start := time.Now()
 	if err := r.guard.Check(filepath.Join(r.staging, "publish"), r.cfg.Scheme, removesScheme); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrData, err)
 	}
+	r.stages = append(r.stages, StageTime{"guard", time.Since(start)})
+	r.cfg.Log.Debug("stage done", "stage", "guard", "seconds", time.Since(start).Seconds(), "passes", r.guard.passCount)
 	sum := sha256.Sum256(body)
 	rec, err := r.buildRecord(hex.EncodeToString(sum[:]))
 	if err != nil {
