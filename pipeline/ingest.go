@@ -9,6 +9,7 @@ import (
 	"hash/maphash"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -304,7 +305,8 @@ func (r *run) joinPart(jw *joinWorker, p int, bucket *idBucketer) error {
 	if err := rd.err(); err != nil {
 		return err
 	}
-	jw.seen = append(jw.seen[:0], make([]bool, len(jw.states))...)
+	jw.seen = slices.Grow(jw.seen[:0], len(jw.states))[:len(jw.states)]
+	clear(jw.seen)
 	if jw.usBuf, err = r.users.appendPart(jw.usBuf[:0], p); err != nil {
 		return err
 	}
