@@ -15,7 +15,6 @@ import (
 	"regexp"
 	"runtime"
 	"slices"
-	"sync"
 	"time"
 
 	"golang.org/x/mod/sumdb/note"
@@ -314,52 +313,6 @@ func (r *run) runSteps(ctx context.Context, steps []step) error {
 		}
 	}
 	return nil
-}
-
-// parallelSort sorts s with cmp: its parts in parallel, then merged.
-func parallelSort[T any](s []T, workers int, cmp func(a, b T) int) {
-	if workers < 2 || len(s) < 1<<16 {
-		slices.SortFunc(s, cmp)
-		return
-	}
-	chunk := (len(s) + workers - 1) / workers
-	bounds := []int{0}
-	for lo := chunk; lo < len(s); lo += chunk {
-		bounds = append(bounds, lo)
-	}
-	bounds = append(bounds, len(s))
-	var wg sync.WaitGroup
-	for i := 0; i+1 < len(bounds); i++ {
-		wg.Go(func() { slices.SortFunc(s[bounds[i]:bounds[i+1]], cmp) })
-	}
-	wg.Wait()
-	src, dst := s, make([]T, len(s))
-	for len(bounds) > 2 {
-		next := []int{0}
-		for i := 0; i+1 < len(bounds); i += 2 {
-			lo, mid := bounds[i], bounds[i+1]
-			if i+2 == len(bounds) {
-				copy(dst[lo:mid], src[lo:mid])
-				next = append(next, mid)
-				continue
-			}
-			hi := bounds[i+2]
-			a, b, out := src[lo:mid], src[mid:hi], dst[lo:lo]
-			for len(a) > 0 && len(b) > 0 {
-				if cmp(b[0], a[0]) < 0 {
-					out, b = append(out, b[0]), b[1:]
-				} else {
-					out, a = append(out, a[0]), a[1:]
-				}
-			}
-			_ = append(append(out, a...), b...)
-			next = append(next, hi)
-		}
-		src, dst, bounds = dst, src, next
-	}
-	if &src[0] != &s[0] {
-		copy(s, src)
-	}
 }
 
 func (r *run) reject(table string, line int64, reason, raw string) {

@@ -221,13 +221,6 @@ func (r *run) writeShard() error {
 	return fsutil.WriteFileDurable(filepath.Join(r.staging, "shard.json"), append(body, '\n'), 0o600)
 }
 
-func boolByte(b bool) byte {
-	if b {
-		return 1
-	}
-	return 0
-}
-
 // writeFileSum writes an owner-only file through fn, durably, and returns
 // its SHA-256.
 func writeFileSum(path string, fn func(*bufio.Writer) error) (string, error) {
