@@ -231,10 +231,7 @@ func (g *leakGuard) passes() [][2]uint64 {
 	var out [][2]uint64
 	lo, bytes := uint64(0), int64(0)
 	for p := range uint64(guardGroups) {
-		n := int64(0)
-		for _, s := range g.srcs {
-			n += s.size(int(p))
-		}
+		n := partSize(g.srcs, int(p))
 		if bytes > 0 && bytes+n > guardPassBytes {
 			out = append(out, [2]uint64{lo, p})
 			lo, bytes = p, 0
@@ -251,10 +248,7 @@ func (g *leakGuard) load(lo, hi uint64) error {
 	// Sized up front: growing large slices is what costs most here.
 	total, largest := int64(0), int64(0)
 	for p := lo; p < hi; p++ {
-		n := int64(0)
-		for _, s := range g.srcs {
-			n += s.size(int(p))
-		}
+		n := partSize(g.srcs, int(p))
 		total, largest = total+n, max(largest, n)
 	}
 	if want := int(total / 18); cap(g.pre) < want { // a needle takes at least 18 bytes
@@ -263,11 +257,8 @@ func (g *leakGuard) load(lo, hi uint64) error {
 	buf := make([]byte, 0, largest)
 	var err error
 	for p := lo; p < hi; p++ {
-		buf = buf[:0]
-		for _, s := range g.srcs {
-			if buf, err = s.appendPart(buf, int(p)); err != nil {
-				return err
-			}
+		if buf, err = appendParts(buf[:0], g.srcs, int(p)); err != nil {
+			return err
 		}
 		rd := spillReader{b: buf}
 		for rd.more() {

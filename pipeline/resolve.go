@@ -67,10 +67,8 @@ func (rb *resolvedBucket) resolve(srcs []*spill, p int, binaryIDs bool) error {
 	rb.buf, rb.holders, rb.order, rb.export, rb.hexIDs = rb.buf[:0], rb.holders[:0], rb.order[:0], rb.export[:0], rb.hexIDs[:0]
 	rb.counts, rb.err = resolveCounts{}, nil
 	var err error
-	for _, s := range srcs {
-		if rb.buf, err = s.appendPart(rb.buf, p); err != nil {
-			return err
-		}
+	if rb.buf, err = appendParts(rb.buf, srcs, p); err != nil {
+		return err
 	}
 	rd := spillReader{b: rb.buf}
 	for rd.more() {
@@ -194,11 +192,8 @@ func snapshotOf(srcs []*spill, parts int) (string, error) {
 	var buf []byte
 	var err error
 	for p := range parts {
-		buf = buf[:0]
-		for _, s := range srcs {
-			if buf, err = s.appendPart(buf, p); err != nil {
-				return "", err
-			}
+		if buf, err = appendParts(buf[:0], srcs, p); err != nil {
+			return "", err
 		}
 		if len(buf)%sha256.Size != 0 {
 			return "", errors.New("snapshot lines: " + errCorrupt.Error())

@@ -104,6 +104,26 @@ func (s *spill) appendPart(buf []byte, p int) ([]byte, error) {
 	return buf, nil
 }
 
+// partSize is partition p's size summed over spills (a run's, or its shards').
+func partSize(srcs []*spill, p int) int64 {
+	n := int64(0)
+	for _, s := range srcs {
+		n += s.size(p)
+	}
+	return n
+}
+
+// appendParts appends partition p of every spill to buf.
+func appendParts(buf []byte, srcs []*spill, p int) ([]byte, error) {
+	var err error
+	for _, s := range srcs {
+		if buf, err = s.appendPart(buf, p); err != nil {
+			return nil, err
+		}
+	}
+	return buf, nil
+}
+
 // Close closes the file; a second Close is a no-op.
 func (s *spill) Close() error {
 	if s.f == nil {
