@@ -126,15 +126,27 @@ type guardWriter struct {
 func (g *leakGuard) writer() *guardWriter {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.openLocked(); g.err != nil {
+		return &guardWriter{g: g}
+	}
+	return &guardWriter{g: g, w: g.sp.writer()}
+}
+
+// open creates the guard's spill if nothing has yet (a shard without users
+// still hands one over).
+func (g *leakGuard) open() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.openLocked()
+	return g.err
+}
+
+func (g *leakGuard) openLocked() {
 	if g.sp == nil && g.err == nil {
 		if g.sp, g.err = newSpill(filepath.Join(g.dir, "guard.spill"), guardGroups, true); g.err == nil {
 			g.srcs = append(g.srcs, g.sp)
 		}
 	}
-	if g.err != nil {
-		return &guardWriter{g: g}
-	}
-	return &guardWriter{g: g, w: g.sp.writer()}
 }
 
 // Add registers a string that must not be published.

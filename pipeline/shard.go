@@ -181,10 +181,7 @@ func (r *run) writeShard() error {
 		Rejects: r.m.Rejects, GuardMaxLen: r.guard.maxLen, Files: map[string]string{},
 		Finished: time.Now().UTC().Format(time.RFC3339),
 	}
-	if r.guard.sp == nil {
-		r.guard.Add("") // creates the spill, which stays empty
-	}
-	if err := r.guard.finish(); err != nil {
+	if err := errors.Join(r.guard.open(), r.guard.finish()); err != nil {
 		return err
 	}
 	info.GuardMaxLen = r.guard.maxLen
