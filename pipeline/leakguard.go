@@ -1,18 +1,23 @@
 package pipeline
 
 import (
-	"bufio"
+	"bytes"
 	"cmp"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/parquet-go/parquet-go"
+	"github.com/parquet-go/parquet-go/encoding/thrift"
+	"github.com/parquet-go/parquet-go/format"
 
 	"audiencematch/hashing"
 )
@@ -23,22 +28,30 @@ import (
 // run (not the strings themselves), and checks the files to publish:
 //
 //   - Parquet files have exactly the contract's column, id, of the scheme's
-//     type, and no key-value metadata but the scheme and key_id;
-//   - every id has the scheme's exact shape and is not itself one of those
-//     strings;
+//     type, plain-encoded (no dictionary page), and no key-value metadata
+//     but the scheme and key_id;
+//   - every id, decoded from every data page, has the scheme's exact shape
+//     and is not itself one of those strings, and the ids decoded are as
+//     many as the data pages' headers count;
 //   - no such string of 8 bytes or more occurs anywhere in the raw bytes of
-//     any file (metadata, footers, the manifest), found with a streaming scan.
-//     Strings made only of 0-9 and a-f are left to the exact check: they would
-//     match hex identifiers by chance, often, at a billion users.
+//     the files but the data pages' payloads (whose values the checks above
+//     decode): the manifest, Parquet footers, page headers and their
+//     statistics. Strings made only of 0-9 and a-f are left to the exact
+//     check: they would match hex identifiers by chance, often, at a
+//     billion users.
 //
 // Hashes are FNV-1a 64 of the string under a salt, so that the shards of a
 // sharded run (separate processes) produce hashes the commit can merge.
 //
-// The hashes (needles) are spilled to disk in guardGroups groups, by a mix
-// of the hash or prefix, and Check takes the groups a pass at a time, each
-// pass as large as guardPassBytes allows, scanning the files once per pass:
-// memory stays flat as the audience grows, and a run of up to a few million
-// users checks in one pass.
+// The hashes (needles) are spilled to disk, in 2*guardGroups parts: the
+// exact hashes of strings as long as an identifier by the top bits of the
+// hash, then the prefix needles (first 8 bytes, hash, length) of the raw
+// scan. The raw bytes to scan are small (kilobytes per million ids), so
+// Check indexes their 8-byte windows and streams the prefix needles past
+// them; the exact hashes are loaded a pass at a time, each pass as large as
+// guardPassBytes allows, and every pass decodes the ids. Memory stays flat
+// as the audience grows: almost no input string is as long as an id, so a
+// run has one pass.
 type leakGuard struct {
 	salt  uint64
 	state uint64 // saltState(salt)
@@ -50,35 +63,30 @@ type leakGuard struct {
 	err   error
 	// maxLen is the longest needle.
 	maxLen int
-	// passCount is how many passes the last Check made.
+	// passCount is how many exact passes the last Check made.
 	passCount int
-	// One pass's index: groups [lo, hi).
-	lo, hi     uint64
-	exact      []uint64 // sorted and deduplicated
-	pre        []needle // sorted by prefix
-	filter     []uint64 // a bit per slot of prefixes: most windows miss it
-	filterBits uint
+	// One pass's exact hashes: groups [lo, hi), sorted and deduplicated.
+	lo, hi uint64
+	exact  []uint64
 }
 
 const (
 	guardGroups    = 64
 	guardGroupBits = 6
+	// guardParts: the exact groups, then as many parts of prefix needles.
+	guardParts = 2 * guardGroups
 )
 
-// guardPassBytes bounds one pass's spilled needles: about 7M needles,
-// 170 MiB in memory.
+// guardPassBytes bounds one pass's spilled exact hashes (8 bytes each).
 var guardPassBytes int64 = 128 << 20
 
-type needle struct {
-	prefix uint64 // the first 8 bytes, little-endian
-	hash   uint64
-	n      int32
-}
+// guardRawBytes bounds the raw bytes indexed at once; more are scanned in
+// batches, each streaming the prefix needles again.
+var guardRawBytes = 64 << 20
 
 const guardPrefix = 8
 
-// guardMix spreads a prefix's bits: its top bits pick the group, the next
-// ones the filter slot.
+// guardMix spreads a prefix's bits for the raw index's filter.
 func guardMix(p uint64) uint64 { return p * 0x9e3779b97f4a7c15 }
 
 // newLeakGuard's salt comes from the run's key (cutoff and configuration),
@@ -143,7 +151,7 @@ func (g *leakGuard) open() error {
 
 func (g *leakGuard) openLocked() {
 	if g.sp == nil && g.err == nil {
-		if g.sp, g.err = newSpill(filepath.Join(g.dir, "guard.spill"), guardGroups, true); g.err == nil {
+		if g.sp, g.err = newSpill(filepath.Join(g.dir, "guard.spill"), guardParts, true); g.err == nil {
 			g.srcs = append(g.srcs, g.sp)
 		}
 	}
@@ -162,16 +170,15 @@ func (w *guardWriter) add(v string) {
 		return
 	}
 	h := guardHashFrom(w.g.state, v)
+	grp := int(h >> (64 - guardGroupBits))
 	if couldBeID(len(v)) {
-		p := int(h >> (64 - guardGroupBits))
-		w.w.put(p, binary.LittleEndian.AppendUint64(append(w.w.buf(p), 0), h))
+		w.w.put(grp, binary.LittleEndian.AppendUint64(w.w.buf(grp), h))
 	}
 	if len(v) < guardPrefix || lowerHex(v) {
 		return
 	}
-	prefix := binary.LittleEndian.Uint64([]byte(v[:guardPrefix]))
-	p := int(guardMix(prefix) >> (64 - guardGroupBits))
-	b := binary.LittleEndian.AppendUint64(append(w.w.buf(p), 1), prefix)
+	p := guardGroups + grp
+	b := binary.LittleEndian.AppendUint64(w.w.buf(p), binary.LittleEndian.Uint64([]byte(v[:guardPrefix])))
 	w.w.put(p, binary.AppendUvarint(binary.LittleEndian.AppendUint64(b, h), uint64(len(v))))
 	w.maxLen = max(w.maxLen, len(v))
 }
@@ -237,8 +244,9 @@ var idLens = func() (lens []int) {
 	return lens
 }()
 
-// passes splits the groups into passes of at most guardPassBytes of
-// needles each (a group larger than that is a pass of its own).
+// passes splits the exact groups into passes of at most guardPassBytes of
+// hashes each (a group larger than that is a pass of its own). There is
+// always one pass at least: it checks the ids' shape.
 func (g *leakGuard) passes() [][2]uint64 {
 	var out [][2]uint64
 	lo, bytes := uint64(0), int64(0)
@@ -253,58 +261,29 @@ func (g *leakGuard) passes() [][2]uint64 {
 	return append(out, [2]uint64{lo, guardGroups})
 }
 
-// load reads groups [lo, hi) into the index.
+// load reads exact groups [lo, hi) into the pass's index.
 func (g *leakGuard) load(lo, hi uint64) error {
 	g.lo, g.hi = lo, hi
-	g.exact, g.pre = g.exact[:0], g.pre[:0]
-	// Sized up front: growing large slices is what costs most here.
-	total, largest := int64(0), int64(0)
+	g.exact = g.exact[:0]
+	var buf []byte
 	for p := lo; p < hi; p++ {
-		n := partSize(g.srcs, int(p))
-		total, largest = total+n, max(largest, n)
-	}
-	if want := int(total / 18); cap(g.pre) < want { // a needle takes at least 18 bytes
-		g.pre = make([]needle, 0, want)
-	}
-	buf := make([]byte, 0, largest)
-	var err error
-	for p := lo; p < hi; p++ {
-		if buf, err = appendParts(buf[:0], g.srcs, int(p)); err != nil {
-			return err
-		}
-		rd := spillReader{b: buf}
-		for rd.more() {
-			kind := rd.byte()
-			if kind == 0 {
-				g.exact = append(g.exact, binary.LittleEndian.Uint64(rd.fixed(8)))
-				continue
+		err := eachChunk(g.srcs, int(p), &buf, func(b []byte) error {
+			if len(b)%8 != 0 {
+				return fmt.Errorf("leak guard hashes: %w", errCorrupt)
 			}
-			prefix := binary.LittleEndian.Uint64(rd.fixed(8))
-			h := binary.LittleEndian.Uint64(rd.fixed(8))
-			g.pre = append(g.pre, needle{prefix: prefix, hash: h, n: int32(rd.uvarint())})
-		}
-		if err := rd.err(); err != nil {
-			return fmt.Errorf("leak guard needles: %w", err)
+			for ; len(b) > 0; b = b[8:] {
+				g.exact = append(g.exact, binary.LittleEndian.Uint64(b))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
 	}
 	slices.Sort(g.exact)
 	g.exact = slices.Compact(g.exact)
-	// By prefix only: equal prefixes stay side by side, which is all
-	// candidates needs; a repeated needle costs a repeated comparison.
-	slices.SortFunc(g.pre, func(a, b needle) int { return cmp.Compare(a.prefix, b.prefix) })
-	g.filterBits = 16
-	for 1<<g.filterBits < 8*len(g.pre) && g.filterBits < 30 {
-		g.filterBits++
-	}
-	g.filter = make([]uint64, 1<<g.filterBits/64)
-	for _, n := range g.pre {
-		b := g.slot(guardMix(n.prefix))
-		g.filter[b/64] |= 1 << (b % 64)
-	}
 	return nil
 }
-
-func (g *leakGuard) slot(mix uint64) uint64 { return mix << guardGroupBits >> (64 - g.filterBits) }
 
 // hasExact reports whether b is a registered string, if its group is in
 // the pass.
@@ -317,30 +296,6 @@ func (g *leakGuard) hasExact(b []byte) bool {
 	return found
 }
 
-// inPass reports whether a prefix's needles are in the pass; mix is
-// guardMix(prefix).
-func (g *leakGuard) inPass(mix uint64) bool {
-	grp := mix >> (64 - guardGroupBits)
-	return grp >= g.lo && grp < g.hi
-}
-
-// candidates returns the needles of the pass whose first 8 bytes are p;
-// mix is guardMix(p), and inPass(mix).
-func (g *leakGuard) candidates(p, mix uint64) []needle {
-	if b := g.slot(mix); g.filter[b/64]&(1<<(b%64)) == 0 {
-		return nil
-	}
-	i, found := slices.BinarySearchFunc(g.pre, p, func(n needle, p uint64) int { return cmp.Compare(n.prefix, p) })
-	if !found {
-		return nil
-	}
-	j := i + 1
-	for j < len(g.pre) && g.pre[j].prefix == p {
-		j++
-	}
-	return g.pre[i:j]
-}
-
 // LeakError names what the guard found, never the value itself.
 type LeakError struct{ File, What string }
 
@@ -348,9 +303,46 @@ func (e *LeakError) Error() string {
 	return fmt.Sprintf("leak guard: %s: %s; nothing published", e.File, e.What)
 }
 
-// Check scans every file under dir, once per pass.
+// guardFile is one file to publish.
+type guardFile struct {
+	path, rel string
+	parquet   bool
+	scheme    hashing.Scheme
+	values    int64 // the ids its data pages' headers count
+}
+
+// Check checks every file under dir: each Parquet file's structure, the raw
+// bytes outside data pages, then each id, once per exact pass.
 func (g *leakGuard) Check(dir string, scheme hashing.Scheme, removesScheme hashing.Scheme) error {
 	if err := g.finish(); err != nil {
+		return err
+	}
+	var files []guardFile
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		f := guardFile{path: p, rel: filepath.ToSlash(rel)}
+		if f.parquet = strings.HasSuffix(p, ".parquet"); f.parquet {
+			f.scheme = scheme
+			if strings.HasPrefix(f.rel, "removes/") {
+				f.scheme = removesScheme
+			}
+		}
+		files = append(files, f)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	x := &rawIndex{limit: max(guardRawBytes, 2*g.maxLen+guardPrefix), keep: max(g.maxLen-1, 0)}
+	for i := range files {
+		if err := g.scanFile(x, files, i); err != nil {
+			return err
+		}
+	}
+	if err := g.scanNeedles(x, files); err != nil {
 		return err
 	}
 	passes := g.passes()
@@ -359,41 +351,26 @@ func (g *leakGuard) Check(dir string, scheme hashing.Scheme, removesScheme hashi
 		if err := g.load(pass[0], pass[1]); err != nil {
 			return err
 		}
-		err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-			if err != nil || d.IsDir() {
-				return err
-			}
-			rel, _ := filepath.Rel(dir, p)
-			if err := g.scanRaw(p, rel); err != nil {
-				return err
-			}
-			if strings.HasSuffix(p, ".parquet") {
-				sc := scheme
-				if strings.HasPrefix(filepath.ToSlash(rel), "removes/") {
-					sc = removesScheme
+		if i > 0 && len(g.exact) == 0 {
+			continue // nothing to look for in this pass
+		}
+		for _, f := range files {
+			if f.parquet {
+				if err := g.checkIDs(f, i == 0); err != nil {
+					return err
 				}
-				return g.checkParquet(p, rel, sc, i == 0)
 			}
-			return nil
-		})
-		if err != nil {
-			return err
 		}
 	}
-	g.exact, g.pre, g.filter = nil, nil, nil
+	g.exact = nil
 	return nil
 }
 
-// checkParquet checks a Parquet file's ids against the pass's exact
-// hashes, and with structure set its schema, metadata and ids' shape.
-func (g *leakGuard) checkParquet(path, rel string, scheme hashing.Scheme, structure bool) error {
-	if !structure {
-		if len(g.exact) == 0 {
-			return nil // nothing to look for in this pass
-		}
-		return g.checkIDs(path, rel, scheme, false)
-	}
-	f, err := os.Open(path)
+// scanFile checks files[i]'s structure if it is Parquet and adds its raw
+// bytes (all of them, or all but the data pages' payloads) to the index,
+// scanning the index whenever it fills up.
+func (g *leakGuard) scanFile(x *rawIndex, files []guardFile, i int) error {
+	f, err := os.Open(files[i].path)
 	if err != nil {
 		return err
 	}
@@ -402,94 +379,303 @@ func (g *leakGuard) checkParquet(path, rel string, scheme hashing.Scheme, struct
 	if err != nil {
 		return err
 	}
-	pf, err := parquet.OpenFile(f, st.Size())
-	if err != nil {
-		return &LeakError{rel, "not a readable Parquet file: " + err.Error()}
-	}
-	fields := pf.Schema().Fields()
-	if len(fields) != 1 || fields[0].Name() != "id" || !fields[0].Leaf() || fields[0].Optional() || fields[0].Repeated() {
-		return &LeakError{rel, fmt.Sprintf("columns other than the contract's single required id column: %v", pf.Schema())}
-	}
-	typ := fields[0].Type()
-	if scheme.Binary() {
-		if typ.Kind() != parquet.FixedLenByteArray || typ.Length() != 32 {
-			return &LeakError{rel, "id is not FIXED_LEN_BYTE_ARRAY(32)"}
+	raw := []span{{0, st.Size()}}
+	if files[i].parquet {
+		var skip []span
+		if skip, files[i].values, err = parquetStructure(f, st.Size(), files[i].rel, files[i].scheme); err != nil {
+			return err
 		}
-	} else if typ.Kind() != parquet.ByteArray {
-		return &LeakError{rel, "id is not a string column"}
+		raw = complement(skip, st.Size())
 	}
-	for _, kv := range pf.Metadata().KeyValueMetadata {
-		if kv.Key != metaScheme && kv.Key != metaKeyID {
-			return &LeakError{rel, fmt.Sprintf("unexpected key-value metadata %q", kv.Key)}
+	if g.maxLen < guardPrefix {
+		return nil // no needle the raw scan could find
+	}
+	for _, r := range raw {
+		for r.n > 0 {
+			take := min(r.n, int64(x.limit-len(x.buf)))
+			if take < r.n && take <= int64(x.keep) {
+				if err := g.scanNeedles(x, files); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := x.add(f, i, r.off, take); err != nil {
+				return err
+			}
+			if take == r.n {
+				break
+			}
+			// Windows that start in the last keep bytes may run past
+			// them: the next batch starts over there.
+			r.off, r.n = r.off+take-int64(x.keep), r.n-take+int64(x.keep)
+			if err := g.scanNeedles(x, files); err != nil {
+				return err
+			}
 		}
-	}
-	return g.checkIDs(path, rel, scheme, true)
-}
-
-func (g *leakGuard) checkIDs(path, rel string, scheme hashing.Scheme, shape bool) error {
-	var leak *LeakError
-	err := eachPublishedID(path, scheme, func(i int64, id []byte) bool {
-		if shape && !scheme.ValidID(id) {
-			leak = &LeakError{rel, fmt.Sprintf("row %d: id does not have the exact shape of %s", i, scheme)}
-		} else if g.hasExact(id) {
-			leak = &LeakError{rel, fmt.Sprintf("row %d: id equals a phone number or user id of the input", i)}
-		}
-		return leak == nil
-	})
-	if err != nil {
-		return &LeakError{rel, err.Error()}
-	}
-	if leak != nil {
-		return leak
 	}
 	return nil
 }
 
-// scanRaw streams the file's bytes, looking every 8-byte window up among the
-// needles' prefixes; windows overlap between chunks so nothing is missed.
-func (g *leakGuard) scanRaw(path, rel string) error {
-	if len(g.pre) == 0 {
-		return nil
+// complement is [0, size) without the sorted, disjoint spans skip.
+func complement(skip []span, size int64) []span {
+	var out []span
+	at := int64(0)
+	for _, s := range skip {
+		if s.off > at {
+			out = append(out, span{at, s.off - at})
+		}
+		at = s.off + s.n
 	}
-	f, err := os.Open(path)
+	if at < size {
+		out = append(out, span{at, size - at})
+	}
+	return out
+}
+
+// parquetStructure checks a Parquet file's schema and metadata, walks every
+// column chunk's pages, and returns the data pages' payloads (sorted and
+// disjoint) and the number of values their headers count.
+func parquetStructure(f *os.File, size int64, rel string, scheme hashing.Scheme) (payloads []span, values int64, err error) {
+	pf, err := parquet.OpenFile(f, size, parquet.SkipPageIndex(true), parquet.SkipBloomFilters(true))
 	if err != nil {
+		return nil, 0, &LeakError{rel, "not a readable Parquet file: " + err.Error()}
+	}
+	fields := pf.Schema().Fields()
+	if len(fields) != 1 || fields[0].Name() != "id" || !fields[0].Leaf() || fields[0].Optional() || fields[0].Repeated() {
+		return nil, 0, &LeakError{rel, fmt.Sprintf("columns other than the contract's single required id column: %v", pf.Schema())}
+	}
+	typ := fields[0].Type()
+	if scheme.Binary() {
+		if typ.Kind() != parquet.FixedLenByteArray || typ.Length() != 32 {
+			return nil, 0, &LeakError{rel, "id is not FIXED_LEN_BYTE_ARRAY(32)"}
+		}
+	} else if typ.Kind() != parquet.ByteArray {
+		return nil, 0, &LeakError{rel, "id is not a string column"}
+	}
+	for _, kv := range pf.Metadata().KeyValueMetadata {
+		if kv.Key != metaScheme && kv.Key != metaKeyID {
+			return nil, 0, &LeakError{rel, fmt.Sprintf("unexpected key-value metadata %q", kv.Key)}
+		}
+	}
+	hdr := make([]byte, 64<<10)
+	for g, rg := range pf.Metadata().RowGroups {
+		for _, cc := range rg.Columns {
+			md := cc.MetaData
+			start := md.DataPageOffset
+			if md.DictionaryPageOffset > 0 {
+				start = min(start, md.DictionaryPageOffset)
+			}
+			end := start + md.TotalCompressedSize
+			if cc.FilePath != "" || start < 4 || md.TotalCompressedSize < 0 || end > size {
+				return nil, 0, &LeakError{rel, fmt.Sprintf("row group %d: column chunk outside the file", g)}
+			}
+			n := int64(0)
+			for off := start; off < end; {
+				m, err := f.ReadAt(hdr[:min(int64(len(hdr)), end-off)], off)
+				if err != nil && err != io.EOF {
+					return nil, 0, err
+				}
+				rd := bytes.NewReader(hdr[:m])
+				var h format.PageHeader
+				if err := thrift.NewDecoder(new(thrift.CompactProtocol).NewReader(rd)).Decode(&h); err != nil {
+					return nil, 0, &LeakError{rel, fmt.Sprintf("byte %d: unreadable page header: %v", off, err)}
+				}
+				p := span{off + int64(m-rd.Len()), int64(h.CompressedPageSize)}
+				if p.n < 0 || p.off+p.n > end {
+					return nil, 0, &LeakError{rel, fmt.Sprintf("byte %d: page runs past its column chunk", off)}
+				}
+				switch {
+				case h.Type == format.DataPage && h.DataPageHeader.Valid:
+					n += int64(h.DataPageHeader.V.NumValues)
+				case h.Type == format.DataPageV2 && h.DataPageHeaderV2.Valid:
+					n += int64(h.DataPageHeaderV2.V.NumValues)
+				default:
+					return nil, 0, &LeakError{rel, fmt.Sprintf("byte %d: a %s page; ids must be in plain data pages", off, h.Type)}
+				}
+				payloads = append(payloads, p)
+				off = p.off + p.n
+			}
+			if n != md.NumValues {
+				return nil, 0, &LeakError{rel, fmt.Sprintf("row group %d: pages hold %d values, the column chunk says %d", g, n, md.NumValues)}
+			}
+			values += n
+		}
+	}
+	slices.SortFunc(payloads, func(a, b span) int { return cmp.Compare(a.off, b.off) })
+	for i := 1; i < len(payloads); i++ {
+		if payloads[i].off < payloads[i-1].off+payloads[i-1].n {
+			return nil, 0, &LeakError{rel, "column chunks overlap"}
+		}
+	}
+	return payloads, values, nil
+}
+
+// checkIDs decodes a Parquet file's ids and checks each against the pass's
+// exact hashes and, with shape set, the scheme's shape and the count its
+// data pages' headers give.
+func (g *leakGuard) checkIDs(f guardFile, shape bool) error {
+	var leak *LeakError
+	rows := int64(0)
+	err := eachPublishedID(f.path, f.scheme, func(i int64, id []byte) bool {
+		rows++
+		if shape && !f.scheme.ValidID(id) {
+			leak = &LeakError{f.rel, fmt.Sprintf("row %d: id does not have the exact shape of %s", i, f.scheme)}
+		} else if len(g.exact) > 0 && g.hasExact(id) {
+			leak = &LeakError{f.rel, fmt.Sprintf("row %d: id equals a phone number or user id of the input", i)}
+		}
+		return leak == nil
+	})
+	if err != nil {
+		return &LeakError{f.rel, err.Error()}
+	}
+	if leak != nil {
+		return leak
+	}
+	if shape && rows != f.values {
+		return &LeakError{f.rel, fmt.Sprintf("%d ids decoded, the data pages hold %d", rows, f.values)}
+	}
+	return nil
+}
+
+// rawIndex holds raw bytes to scan, end to end, and an index of their
+// 8-byte windows by content.
+type rawIndex struct {
+	limit, keep int // the most bytes it holds; how far needles may reach back
+	buf         []byte
+	regs        []rawRegion // by start
+	keys        []rawKey    // by prefix, then position
+	filter      []uint64    // a bit per slot of prefixes: most needles miss it
+	filterBits  uint
+}
+
+// rawRegion is buf[start:end], from byte off of files[file].
+type rawRegion struct {
+	start, end int
+	file       int
+	off        int64
+}
+
+type rawKey struct {
+	prefix   uint64
+	pos, end int32 // the window's position and its region's end in buf
+}
+
+// add reads n bytes at off of file i.
+func (x *rawIndex) add(f *os.File, i int, off, n int64) error {
+	at := len(x.buf)
+	x.buf = slices.Grow(x.buf, int(n))[:at+int(n)]
+	if _, err := f.ReadAt(x.buf[at:], off); err != nil {
 		return err
 	}
-	defer f.Close()
-	r := bufio.NewReaderSize(f, 1<<20)
-	keep := g.maxLen - 1
-	buf := make([]byte, 0, (1<<20)+keep)
-	var off int64
-	for {
-		n, err := io.ReadFull(r, buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		last := err == io.EOF || err == io.ErrUnexpectedEOF
-		if err != nil && !last {
-			return err
-		}
-		// Windows starting in [0, end) are complete here or never will be.
-		end := len(buf) - keep
-		if last {
-			end = len(buf)
-		}
-		for i := 0; i+guardPrefix <= len(buf) && i < end; i++ {
-			p := binary.LittleEndian.Uint64(buf[i:])
-			mix := guardMix(p)
-			if !g.inPass(mix) {
-				continue
-			}
-			for _, nd := range g.candidates(p, mix) {
-				if n := int(nd.n); i+n <= len(buf) && guardHashFrom(g.state, buf[i:i+n]) == nd.hash {
-					return &LeakError{rel, fmt.Sprintf("byte %d: a phone number or user id of the input", off+int64(i))}
-				}
-			}
-		}
-		if last {
-			return nil
-		}
-		if end > 0 {
-			off += int64(end)
-			buf = buf[:copy(buf, buf[end:])]
+	x.regs = append(x.regs, rawRegion{at, len(x.buf), i, off})
+	return nil
+}
+
+// build indexes the windows of the bytes held.
+func (x *rawIndex) build() {
+	x.keys = x.keys[:0]
+	for _, r := range x.regs {
+		for i := r.start; i+guardPrefix <= r.end; i++ {
+			x.keys = append(x.keys, rawKey{binary.LittleEndian.Uint64(x.buf[i:]), int32(i), int32(r.end)})
 		}
 	}
+	slices.SortFunc(x.keys, func(a, b rawKey) int {
+		return cmp.Or(cmp.Compare(a.prefix, b.prefix), cmp.Compare(a.pos, b.pos))
+	})
+	x.filterBits = 16
+	for 1<<x.filterBits < 8*len(x.keys) && x.filterBits < 30 {
+		x.filterBits++
+	}
+	x.filter = make([]uint64, 1<<x.filterBits/64)
+	for _, k := range x.keys {
+		b := guardMix(k.prefix) >> (64 - x.filterBits)
+		x.filter[b/64] |= 1 << (b % 64)
+	}
+}
+
+// windows returns the windows whose first 8 bytes are p.
+func (x *rawIndex) windows(p uint64) []rawKey {
+	if b := guardMix(p) >> (64 - x.filterBits); x.filter[b/64]&(1<<(b%64)) == 0 {
+		return nil
+	}
+	i, found := slices.BinarySearchFunc(x.keys, p, func(k rawKey, p uint64) int { return cmp.Compare(k.prefix, p) })
+	if !found {
+		return nil
+	}
+	j := i + 1
+	for j < len(x.keys) && x.keys[j].prefix == p {
+		j++
+	}
+	return x.keys[i:j]
+}
+
+func (x *rawIndex) reset() {
+	x.buf, x.regs, x.keys = x.buf[:0], x.regs[:0], x.keys[:0]
+}
+
+// scanNeedles streams every prefix needle past the index, then empties it.
+// Of the leaks found it reports the first in file order, whatever order the
+// needles come in.
+func (g *leakGuard) scanNeedles(x *rawIndex, files []guardFile) error {
+	defer x.reset()
+	if len(x.regs) == 0 {
+		return nil
+	}
+	if x.build(); len(x.keys) == 0 {
+		return nil
+	}
+	workers := min(runtime.GOMAXPROCS(0), guardGroups)
+	first := make([]int32, workers) // the smallest leaking position each worker found
+	errs := make([]error, workers)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := range workers {
+		first[w] = -1
+		wg.Go(func() {
+			var buf []byte
+			for p := int(next.Add(1) - 1); p < guardGroups && errs[w] == nil; p = int(next.Add(1) - 1) {
+				errs[w] = eachChunk(g.srcs, guardGroups+p, &buf, func(b []byte) error {
+					rd := spillReader{b: b}
+					for rd.more() {
+						prefix := binary.LittleEndian.Uint64(rd.fixed(8))
+						h := binary.LittleEndian.Uint64(rd.fixed(8))
+						n := int32(rd.uvarint())
+						for _, k := range x.windows(prefix) {
+							if k.pos+n <= k.end && (first[w] < 0 || k.pos < first[w]) && guardHashFrom(g.state, x.buf[k.pos:k.pos+n]) == h {
+								first[w] = k.pos
+							}
+						}
+					}
+					if err := rd.err(); err != nil {
+						return fmt.Errorf("leak guard needles: %w", err)
+					}
+					return nil
+				})
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	pos := int32(-1)
+	for _, p := range first {
+		if p >= 0 && (pos < 0 || p < pos) {
+			pos = p
+		}
+	}
+	if pos < 0 {
+		return nil
+	}
+	i, _ := slices.BinarySearchFunc(x.regs, int(pos), func(r rawRegion, pos int) int {
+		if r.end <= pos {
+			return -1
+		}
+		if r.start > pos {
+			return 1
+		}
+		return 0
+	})
+	r := x.regs[i]
+	return &LeakError{files[r.file].rel, fmt.Sprintf("byte %d: a phone number or user id of the input", r.off+int64(int(pos)-r.start))}
 }

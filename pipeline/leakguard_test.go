@@ -1,6 +1,8 @@
 package pipeline
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -9,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/parquet-go/parquet-go"
+	"github.com/parquet-go/parquet-go/encoding/thrift"
+	"github.com/parquet-go/parquet-go/format"
 
 	"audiencematch/hashing"
 )
@@ -31,13 +35,22 @@ func writePart[T any](t *testing.T, path string, rows []T, opts ...parquet.Write
 }
 
 func TestLeakGuard(t *testing.T) {
-	for _, passBytes := range []int64{guardPassBytes, 1} {
-		t.Run(fmt.Sprintf("pass of %d bytes", passBytes), func(t *testing.T) {
-			defer func(old int64) { guardPassBytes = old }(guardPassBytes)
-			guardPassBytes = passBytes // 1: a pass per group that has needles
+	for _, small := range []bool{false, true} {
+		t.Run(fmt.Sprintf("small passes and batches %v", small), func(t *testing.T) {
+			if small {
+				smallGuardPasses(t)
+			}
 			testLeakGuard(t)
 		})
 	}
+}
+
+// smallGuardPasses makes the guard take an exact pass per group that has
+// hashes, and index as few raw bytes at once as it can, until t ends.
+func smallGuardPasses(t *testing.T) {
+	oldPass, oldRaw := guardPassBytes, guardRawBytes
+	guardPassBytes, guardRawBytes = 1, 1
+	t.Cleanup(func() { guardPassBytes, guardRawBytes = oldPass, oldRaw })
 }
 
 func testLeakGuard(t *testing.T) {
@@ -80,6 +93,19 @@ func testLeakGuard(t *testing.T) {
 		{"unknown metadata", func(dir string) {
 			writePart(t, filepath.Join(dir, "part-00000.parquet"), []TextIDRow{good}, parquet.KeyValueMetadata("note", "hello"))
 		}, "unexpected key-value metadata"},
+		{"dictionary-encoded ids", func(dir string) {
+			type row struct {
+				ID string `parquet:"id,dict"`
+			}
+			writePart(t, filepath.Join(dir, "part-00000.parquet"), []row{{good.ID}, {good.ID}})
+		}, "DICTIONARY_PAGE page"},
+		{"leak in the second of many files", func(dir string) {
+			for i := range 5 {
+				writePart(t, filepath.Join(dir, fmt.Sprintf("part-%05d.parquet", i)), []TextIDRow{good, good})
+			}
+			os.WriteFile(filepath.Join(dir, "a.json"), []byte(`{}`), 0o644)
+			os.WriteFile(filepath.Join(dir, "b.json"), []byte(`{"user": "acct-zbh251", "phone": "+447400123456"}`), 0o644)
+		}, "b.json: byte 10"},
 		{"wrong shape", func(dir string) {
 			writePart(t, filepath.Join(dir, "part-00000.parquet"), []TextIDRow{{ID: "not-an-id"}})
 		}, "exact shape"},
@@ -106,6 +132,17 @@ func testLeakGuard(t *testing.T) {
 // TestLeakGuardAcrossChunks: a needle straddling the scan's chunk boundary
 // is still found.
 func TestLeakGuardAcrossChunks(t *testing.T) {
+	for _, small := range []bool{false, true} {
+		t.Run(fmt.Sprintf("small batches %v", small), func(t *testing.T) {
+			if small {
+				smallGuardPasses(t)
+			}
+			testLeakGuardAcrossChunks(t)
+		})
+	}
+}
+
+func testLeakGuardAcrossChunks(t *testing.T) {
 	g := newLeakGuard(1, t.TempDir())
 	g.Add("acct-straddle")
 	dir := t.TempDir()
@@ -135,8 +172,8 @@ func TestLeakGuardExactEveryScheme(t *testing.T) {
 		if err := g.load(0, guardGroups); err != nil {
 			t.Fatal(err)
 		}
-		if len(g.pre) != 2 || len(g.exact) != 0 {
-			t.Fatalf("%s: %d needles (want 2) and %d exact hashes (want 0) for strings that cannot be an id", s, len(g.pre), len(g.exact))
+		if n := prefixNeedles(t, g); n != 2 || len(g.exact) != 0 {
+			t.Fatalf("%s: %d needles (want 2) and %d exact hashes (want 0) for strings that cannot be an id", s, n, len(g.exact))
 		}
 		g.Add(id)
 		dir := t.TempDir()
@@ -154,5 +191,76 @@ func TestLeakGuardExactEveryScheme(t *testing.T) {
 		} else if strings.Trim(id, "0123456789abcdef") == "" && !strings.Contains(err.Error(), "equals a phone number or user id") {
 			t.Errorf("%s: err = %v, want the exact check to refuse", s, err)
 		}
+	}
+}
+
+// prefixNeedles counts the raw scan's needles.
+func prefixNeedles(t *testing.T, g *leakGuard) int {
+	n := 0
+	var buf []byte
+	for p := guardGroups; p < guardParts; p++ {
+		err := eachChunk(g.srcs, p, &buf, func(b []byte) error {
+			rd := spillReader{b: b}
+			for rd.more() {
+				rd.fixed(16)
+				rd.uvarint()
+				n++
+			}
+			return rd.err()
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return n
+}
+
+// TestLeakGuardCountsEveryPage: every id in the data pages is checked, even
+// past the row count a patched footer gives (the reader decodes the pages'
+// values; checkIDs would refuse a file it decoded fewer of), and a file
+// whose column chunk counts fewer values than its pages is refused.
+func TestLeakGuardCountsEveryPage(t *testing.T) {
+	h, _ := hashing.NewHasher(hashing.SHA256E164, hashing.DestKey{})
+	hexUser := strings.Repeat("ab", 32)
+	for _, c := range []struct {
+		name  string
+		patch func(md *format.FileMetaData)
+		want  string
+	}{
+		{"rows", func(md *format.FileMetaData) { md.NumRows, md.RowGroups[0].NumRows = 1, 1 }, "row 1: id equals a phone number or user id"},
+		{"values", func(md *format.FileMetaData) { md.RowGroups[0].Columns[0].MetaData.NumValues = 1 }, "pages hold 2 values, the column chunk says 1"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "part-00000.parquet")
+			writePart(t, path, []TextIDRow{{ID: h.ID("+447400123456")}, {ID: hexUser}})
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pf, err := parquet.OpenFile(bytes.NewReader(b), int64(len(b)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			md := *pf.Metadata()
+			c.patch(&md)
+			footer, err := thrift.Marshal(new(thrift.CompactProtocol), &md)
+			if err != nil {
+				t.Fatal(err)
+			}
+			old := int(binary.LittleEndian.Uint32(b[len(b)-8:]))
+			b = append(b[:len(b)-8-old], footer...)
+			b = append(binary.LittleEndian.AppendUint32(b, uint32(len(footer))), "PAR1"...)
+			if err := os.WriteFile(path, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			g := newLeakGuard(1, t.TempDir())
+			g.Add(hexUser)
+			err = g.Check(dir, hashing.SHA256E164, hashing.SHA256E164)
+			var le *LeakError
+			if !errors.As(err, &le) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err = %v, want a LeakError mentioning %q", err, c.want)
+			}
+		})
 	}
 }

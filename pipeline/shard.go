@@ -78,7 +78,7 @@ func ShardsDir(cfg *Config) string { return filepath.Join(cfg.State, "shards", r
 func shardName(i, n int) string { return fmt.Sprintf("shard-%05d-of-%05d", i, n) }
 
 // shardVersion is the first field of shard.json.
-const shardVersion = "audiencematch.shard/v2"
+const shardVersion = "audiencematch.shard/v3"
 
 // shardInfo is a finished shard's shard.json, written last.
 type shardInfo struct {
@@ -403,7 +403,7 @@ func (r *run) openShardSpill(dir, name string, parts int, sums map[string]string
 // openShardGuard adds a shard's leak guard needles.
 func (r *run) openShardGuard(dir string, in *shardInfo) error {
 	var srcs []*spill
-	if err := r.openShardSpill(dir, "guard", guardGroups, in.Files, &srcs); err != nil {
+	if err := r.openShardSpill(dir, "guard", guardParts, in.Files, &srcs); err != nil {
 		return err
 	}
 	r.guard.addShard(srcs[0], in.GuardMaxLen)

@@ -323,3 +323,34 @@ func sha256Stream(path string) (string, error) {
 // bytesString is b as a string without a copy: b must not change while the
 // string is in use.
 func bytesString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
+// spillRead is about how much eachChunk reads at once.
+const spillRead = 1 << 20
+
+// eachChunk calls fn with partition p of every spill, a run of whole chunks
+// at a time (adjacent ones, up to about spillRead bytes), reusing *buf:
+// memory stays flat however large the partition. Safe for concurrent use
+// once writing is over.
+func eachChunk(srcs []*spill, p int, buf *[]byte, fn func([]byte) error) error {
+	for _, s := range srcs {
+		cs := s.chunks[p]
+		for i := 0; i < len(cs); {
+			j, n := i+1, cs[i].n
+			for j < len(cs) && cs[j].off == cs[j-1].off+cs[j-1].n && n+cs[j].n <= spillRead {
+				n, j = n+cs[j].n, j+1
+			}
+			if int64(cap(*buf)) < n {
+				*buf = make([]byte, n)
+			}
+			b := (*buf)[:n]
+			if _, err := s.f.ReadAt(b, cs[i].off); err != nil {
+				return fmt.Errorf("spill %s: %w", s.path, err)
+			}
+			if err := fn(b); err != nil {
+				return err
+			}
+			i = j
+		}
+	}
+	return nil
+}
