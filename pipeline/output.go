@@ -287,7 +287,10 @@ func newEvidenceWriter(path string) (*evidenceWriter, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &evidenceWriter{f: f, w: parquet.NewGenericWriter[EvidenceRow](f, parquet.Compression(&parquet.Zstd)),
+	// Row groups bound what the writer buffers: the whole file otherwise,
+	// a third of a gigabyte at 10M users.
+	w := parquet.NewGenericWriter[EvidenceRow](f, parquet.Compression(&parquet.Zstd), parquet.MaxRowsPerRowGroup(DefaultRowsPerGroup))
+	return &evidenceWriter{f: f, w: w,
 		batch: make([]EvidenceRow, 0, evidenceBatch)}, nil
 }
 
