@@ -7,7 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"os"
+	"math/bits"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -115,6 +115,11 @@ func (r *run) readConsent(ctx context.Context) error {
 // partOf is the partition of a user id's events and rows.
 func (r *run) partOf(userID string) int {
 	return int(maphash.String(r.seed, userID) % spillParts)
+}
+
+// subOf is a user's sub-partition of its partition, when that is split.
+func (r *run) subOf(userID string) int {
+	return int(maphash.String(r.seed, userID) / spillParts % spillParts)
 }
 
 // appendEvent spills an in-scope event: what the effective-event rule needs.
@@ -282,10 +287,46 @@ func (r *run) join(ctx context.Context) error {
 	return nil
 }
 
-// joinPart joins partition p.
+// joinPart joins partition p: whole, or split by more bits of the same
+// hash of the user id when it is larger than splitBytes.
 func (r *run) joinPart(jw *joinWorker, p int, bucket *idBucketer) error {
+	if r.events.size(p)+r.users.size(p) <= splitBytes {
+		return r.joinOne(jw, r.events, r.users, p, bucket)
+	}
+	ev, err := splitPart(filepath.Join(r.staging, fmt.Sprintf("events-%d.spill", p)), []*spill{r.events}, p, func(b []byte) (int, int, error) {
+		rd := spillReader{b: b}
+		var e consent.Event
+		readEvent(&rd, &e)
+		return len(b) - len(rd.b), r.subOf(e.UserID), rd.err()
+	})
+	if err != nil {
+		return err
+	}
+	defer ev.drop()
+	us, err := splitPart(filepath.Join(r.staging, fmt.Sprintf("users-%d.spill", p)), []*spill{r.users}, p, func(b []byte) (int, int, error) {
+		rd := spillReader{b: b}
+		rd.uvarint()
+		userID := rd.str()
+		rd.str()
+		rd.str()
+		return len(b) - len(rd.b), r.subOf(userID), rd.err()
+	})
+	if err != nil {
+		return err
+	}
+	defer us.drop()
+	for q := range spillParts {
+		if err := r.joinOne(jw, ev, us, q, bucket); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// joinOne joins partition p of the events and users spills ev and us.
+func (r *run) joinOne(jw *joinWorker, ev, us *spill, p int, bucket *idBucketer) error {
 	var err error
-	if jw.evBuf, err = r.events.appendPart(jw.evBuf[:0], p); err != nil {
+	if jw.evBuf, err = ev.appendPart(jw.evBuf[:0], p); err != nil {
 		return err
 	}
 	clear(jw.idx)
@@ -307,7 +348,7 @@ func (r *run) joinPart(jw *joinWorker, p int, bucket *idBucketer) error {
 	}
 	jw.seen = slices.Grow(jw.seen[:0], len(jw.states))[:len(jw.states)]
 	clear(jw.seen)
-	if jw.usBuf, err = r.users.appendPart(jw.usBuf[:0], p); err != nil {
+	if jw.usBuf, err = us.appendPart(jw.usBuf[:0], p); err != nil {
 		return err
 	}
 	rules := r.cfg.Rules
@@ -368,8 +409,7 @@ func snapBucket(c byte) int { return int(c) * spillParts / 256 }
 func (r *run) dropInputSpills() {
 	for _, s := range []*spill{r.events, r.users} {
 		if s != nil {
-			s.Close()
-			os.Remove(s.path)
+			s.drop()
 		}
 	}
 	r.events, r.users = nil, nil
@@ -412,6 +452,22 @@ func (bk *idBucketer) of(id []byte) int {
 	b := bk.base
 	n := (bk.rank[id[0]]*b+bk.rank[id[1]])*b + bk.rank[id[2]]
 	return int(n * bk.parts / (b * b * b))
+}
+
+// sub is the identifier's sub-bucket of its bucket, of spillParts, from
+// its first six bytes ranked: of(id)*parts+sub(id) is a monotone function
+// of the identifier too, so a bucket split by sub and read sub-bucket after
+// sub-bucket stays in order. (of's bucket is this finer one's quotient:
+// every scale involved is a power of two.)
+func (bk *idBucketer) sub(id string) int {
+	b := bk.base
+	n := uint64(0)
+	for i := range 6 {
+		n = n*b + bk.rank[id[i]]
+	}
+	hi, lo := bits.Mul64(n, bk.parts*spillParts)
+	q, _ := bits.Div64(hi, lo, b*b*b*b*b*b)
+	return int(q % spillParts)
 }
 
 // snapshotLine hashes one user row's consent decision, the line

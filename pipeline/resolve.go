@@ -8,6 +8,8 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -129,48 +131,74 @@ func (rb *resolvedBucket) resolve(srcs []*spill, p int, binaryIDs bool) error {
 
 // eachResolved resolves the buckets of srcs with workers goroutines and
 // calls fn on each, in bucket order, from one goroutine. At most workers+1
-// buckets are held at once. It stops at the first error (fn's, a bucket's
-// or ctx's).
-func eachResolved(ctx context.Context, srcs []*spill, parts, workers int, binaryIDs bool, fn func(*resolvedBucket) error) error {
+// buckets are held at once. A bucket larger than splitBytes is split into
+// sub-buckets by bk.sub first (a file under dir), which go to fn in turn,
+// in order. It stops at the first error (fn's, a bucket's or ctx's).
+func eachResolved(ctx context.Context, srcs []*spill, parts, workers int, binaryIDs bool, bk *idBucketer, dir string, fn func(*resolvedBucket) error) error {
+	type unit struct{ p, q int } // bucket p, or its sub-bucket q (q >= 0)
+	var units []unit
+	splits := make([]*bucketSplit, parts)
+	for p := range parts {
+		if partSize(srcs, p) <= splitBytes {
+			units = append(units, unit{p, -1})
+			continue
+		}
+		splits[p] = &bucketSplit{path: filepath.Join(dir, fmt.Sprintf("ids-%d.spill", p))}
+		splits[p].left.Store(spillParts)
+		for q := range spillParts {
+			units = append(units, unit{p, q})
+		}
+	}
 	window := workers + 1
 	free := make(chan *resolvedBucket, window)
 	for range window {
 		free <- &resolvedBucket{}
 	}
 	done := make(chan struct{})
-	ready := make([]chan *resolvedBucket, parts)
+	ready := make([]chan *resolvedBucket, len(units))
 	for i := range ready {
 		ready[i] = make(chan *resolvedBucket, 1)
 	}
 	var next atomic.Int64
 	var wg sync.WaitGroup
+	defer func() {
+		for _, s := range splits {
+			if s != nil && s.sp != nil {
+				s.sp.drop() // after an error; a no-op once dropped
+			}
+		}
+	}()
 	defer wg.Wait()
 	defer close(done)
 	for range workers {
 		wg.Go(func() {
 			for {
-				// A slot first, then the next bucket: a worker holding a
-				// slot always holds the smallest bucket not yet taken, so
-				// the writer never waits for a bucket nobody can take.
+				// A slot first, then the next unit: a worker holding a
+				// slot always holds the smallest unit not yet taken, so
+				// the writer never waits for a unit nobody can take.
 				var rb *resolvedBucket
 				select {
 				case rb = <-free:
 				case <-done:
 					return
 				}
-				p := int(next.Add(1) - 1)
-				if p >= parts {
+				i := int(next.Add(1) - 1)
+				if i >= len(units) {
 					return
 				}
-				rb.err = rb.resolve(srcs, p, binaryIDs)
-				ready[p] <- rb
+				if u := units[i]; u.q < 0 {
+					rb.err = rb.resolve(srcs, u.p, binaryIDs)
+				} else {
+					rb.err = splits[u.p].resolve(rb, srcs, u.p, u.q, bk, binaryIDs)
+				}
+				ready[i] <- rb
 			}
 		})
 	}
-	for p := range parts {
+	for i := range units {
 		var rb *resolvedBucket
 		select {
-		case rb = <-ready[p]:
+		case rb = <-ready[i]:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -185,25 +213,90 @@ func eachResolved(ctx context.Context, srcs []*spill, parts, workers int, binary
 	return nil
 }
 
+// bucketSplit is a bucket of holders split into sub-buckets, made by
+// whichever worker needs it first and removed once every sub-bucket is
+// resolved.
+type bucketSplit struct {
+	path string
+	once sync.Once
+	sp   *spill
+	err  error
+	left atomic.Int32
+}
+
+func (s *bucketSplit) resolve(rb *resolvedBucket, srcs []*spill, p, q int, bk *idBucketer, binaryIDs bool) error {
+	s.once.Do(func() {
+		s.sp, s.err = splitPart(s.path, srcs, p, func(b []byte) (int, int, error) {
+			rd := spillReader{b: b}
+			id := rd.str()
+			rd.str()
+			rd.str()
+			rd.byte()
+			rd.uvarint()
+			if err := rd.err(); err != nil || len(id) < 6 {
+				return 0, 0, fmt.Errorf("holders: %w", errCorrupt)
+			}
+			return len(b) - len(rd.b), bk.sub(id), nil
+		})
+	})
+	if s.err != nil {
+		return s.err
+	}
+	err := rb.resolve([]*spill{s.sp}, q, binaryIDs)
+	if s.left.Add(-1) == 0 {
+		s.sp.drop()
+	}
+	return err
+}
+
 // snapshotOf is the consent snapshot digest (see consentSnapshot) of the
-// spilled line digests: each bucket sorted, the buckets in order.
-func snapshotOf(srcs []*spill, parts int) (string, error) {
+// spilled line digests: each bucket sorted, the buckets in order. A bucket
+// larger than splitBytes is split by the digests' second byte first (a
+// file under dir).
+func snapshotOf(srcs []*spill, parts int, dir string) (string, error) {
 	h := sha256.New()
 	var buf []byte
-	var err error
-	for p := range parts {
+	digest := func(srcs []*spill, p int) error {
+		var err error
 		if buf, err = appendParts(buf[:0], srcs, p); err != nil {
-			return "", err
+			return err
 		}
 		if len(buf)%sha256.Size != 0 {
-			return "", errors.New("snapshot lines: " + errCorrupt.Error())
+			return errors.New("snapshot lines: " + errCorrupt.Error())
 		}
 		if len(buf) == 0 {
-			continue
+			return nil
 		}
 		lines := unsafe.Slice((*[sha256.Size]byte)(unsafe.Pointer(unsafe.SliceData(buf))), len(buf)/sha256.Size)
 		slices.SortFunc(lines, func(a, b [sha256.Size]byte) int { return bytes.Compare(a[:], b[:]) })
 		h.Write(buf)
+		return nil
+	}
+	for p := range parts {
+		if partSize(srcs, p) <= splitBytes {
+			if err := digest(srcs, p); err != nil {
+				return "", err
+			}
+			continue
+		}
+		sp, err := splitPart(filepath.Join(dir, fmt.Sprintf("snapshot-%d.spill", p)), srcs, p, func(b []byte) (int, int, error) {
+			if len(b) < sha256.Size {
+				return 0, 0, errors.New("snapshot lines: " + errCorrupt.Error())
+			}
+			return sha256.Size, snapBucket(b[1]), nil
+		})
+		if err != nil {
+			return "", err
+		}
+		for q := range spillParts {
+			if err = digest([]*spill{sp}, q); err != nil {
+				break
+			}
+		}
+		sp.drop()
+		if err != nil {
+			return "", err
+		}
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -253,8 +253,9 @@ func testParallelIngest(t *testing.T, format string) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	run := func(name string, workers, block int) (map[string][]byte, map[string][]byte, string) {
+	run := func(name string, workers, block int, split int64) (map[string][]byte, map[string][]byte, string) {
 		pipeline.SetCSVBlockSize(t, block)
+		pipeline.SetSplitBytes(t, split)
 		cfg := shardConfig(t, filepath.Join(dir, name), st)
 		cfg.Workers = workers
 		res, err := pipeline.Run(ctx, cfg)
@@ -263,11 +264,13 @@ func testParallelIngest(t *testing.T, format string) {
 		}
 		return filesUnder(t, res.PublishedDir), privateFiles(t, cfg.State, res.Manifest.RunID), committedRecord(t, cfg.State, cfg.Out)
 	}
-	wantPub, wantPriv, wantRec := run("one", 1, 64<<20)
+	wantPub, wantPriv, wantRec := run("one", 1, 64<<20, 64<<20)
 	if format == "csv" && len(wantPriv["rejects.csv"]) < 200 {
 		t.Fatalf("the fixtures have too few rejects to check their order")
 	}
-	gotPub, gotPriv, gotRec := run("many", 8, 4096)
+	// Many workers, small CSV blocks, and every join partition, bucket of
+	// holders and bucket of snapshot lines split in sub-partitions.
+	gotPub, gotPriv, gotRec := run("many", 8, 4096, 1)
 	sameFiles(t, "published", gotPub, wantPub)
 	sameFiles(t, "private", gotPriv, wantPriv)
 	if gotRec != wantRec {

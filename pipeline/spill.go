@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -353,4 +354,45 @@ func eachChunk(srcs []*spill, p int, buf *[]byte, fn func([]byte) error) error {
 		}
 	}
 	return nil
+}
+
+// splitBytes bounds a partition a stage loads whole (a join partition, a
+// bucket of holders or of snapshot lines). A larger one is first split into
+// spillParts sub-partitions of a spill of its own, so memory stays flat
+// however large the audience: at 10M users nothing is split; a billion
+// users split every partition once.
+var splitBytes int64 = 64 << 20
+
+// splitPart copies partition p of srcs into a new spill at path, each
+// record to the sub-partition rec gives; rec returns the length of the
+// record b starts with and its sub-partition.
+func splitPart(path string, srcs []*spill, p int, rec func(b []byte) (n, sub int, err error)) (*spill, error) {
+	sp, err := newSpill(path, spillParts, false)
+	if err != nil {
+		return nil, err
+	}
+	w := sp.writer()
+	var buf []byte
+	err = eachChunk(srcs, p, &buf, func(b []byte) error {
+		for len(b) > 0 {
+			n, q, err := rec(b)
+			if err != nil {
+				return err
+			}
+			w.put(q, append(w.buf(q), b[:n]...))
+			b = b[n:]
+		}
+		return nil
+	})
+	if err = errors.Join(err, w.flush()); err != nil {
+		sp.drop()
+		return nil, err
+	}
+	return sp, nil
+}
+
+// drop closes and removes a spill.
+func (s *spill) drop() {
+	s.Close()
+	os.Remove(s.path)
 }

@@ -1,0 +1,42 @@
+package pipeline
+
+import (
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"audiencematch/hashing"
+)
+
+// TestIDBucketerSub: a bucket's sub-buckets keep identifier order, for
+// every scheme: (bucket, sub-bucket) never decreases along sorted ids, and
+// the sub-buckets are used evenly enough to bound their size.
+func TestIDBucketerSub(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, s := range hashing.Schemes() {
+		h, err := hashing.NewHasher(s, hashing.DestKey{3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		bk := newIDBucketer(s, spillParts)
+		ids := make([]string, 200000)
+		for i := range ids {
+			ids[i] = h.ID(string(rune(rng.Uint32())) + "+4474001" + string(rune('0'+i%10)) + string(rune(i)))
+		}
+		slices.Sort(ids)
+		last, used := -1, map[int]int{}
+		for _, id := range ids {
+			fine := bk.of([]byte(id))*spillParts + bk.sub(id)
+			if fine < last {
+				t.Fatalf("%s: %x comes after a larger sub-bucket (%d < %d)", s, id, fine, last)
+			}
+			last = fine
+			used[fine]++
+		}
+		// 200k ids over 65536 sub-buckets: about 3 each. For hex ids the
+		// fine split takes 4 bits per character: every sub-bucket is used.
+		if len(used) < spillParts*spillParts/2 {
+			t.Errorf("%s: only %d of %d sub-buckets used", s, len(used), spillParts*spillParts)
+		}
+	}
+}
