@@ -359,9 +359,9 @@ func eachChunk(srcs []*spill, p int, buf *[]byte, fn func([]byte) error) error {
 // splitBytes bounds a partition a stage loads whole (a join partition, a
 // bucket of holders or of snapshot lines). A larger one is first split into
 // spillParts sub-partitions of a spill of its own, so memory stays flat
-// however large the audience: at 10M users nothing is split; a billion
-// users split every partition once.
-var splitBytes int64 = 64 << 20
+// however large the audience: at 20M users (partitions of about 7 MB)
+// nothing is split; at a billion every partition is split once.
+var splitBytes int64 = 16 << 20
 
 // splitPart copies partition p of srcs into a new spill at path, each
 // record to the sub-partition rec gives; rec returns the length of the
