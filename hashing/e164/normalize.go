@@ -27,6 +27,7 @@ func Normalize(phone, region string) (e164 string, res Result) {
 	// "tel:") and drops trailing separators; no extension, second number,
 	// letter or RFC 3966 parameter can be present; normalize() keeps the
 	// digits; and with 3 or more digits the string is a viable number.
+	phone = stripExtension(phone)
 	var buf [maxDigits]byte
 	nd, plus := 0, false
 	for i := len(telPrefix) * b2i(strings.HasPrefix(phone, telPrefix)); i < len(phone); {
@@ -163,6 +164,37 @@ func Normalize(phone, region string) (e164 string, res Result) {
 }
 
 const telPrefix = "tel:"
+
+// stripExtension drops an extension of the few forms below from the end of
+// phone, when what precedes it ends in an ASCII digit: one of the labels
+// then 1 to 9 ASCII digits (within every limit of the library's extension
+// patterns). For such an input the library's maybeStripExtension strips
+// exactly this: the rest has no letter, comma, semicolon, '#' or '~', so
+// its EXTN_PATTERN match can start nowhere earlier than the label, and
+// with the rest viable the whole is too; after that the library parses
+// the rest as if it had been given alone, and E.164 has no extension.
+// Anything else is left in place, where its letters send it to the library.
+func stripExtension(phone string) string {
+	i := len(phone)
+	for i > 0 && '0' <= phone[i-1] && phone[i-1] <= '9' {
+		i--
+	}
+	if n := len(phone) - i; n == 0 || n > 9 {
+		return phone
+	}
+	for _, label := range extLabels {
+		if rest, ok := strings.CutSuffix(phone[:i], label); ok {
+			if rest != "" && '0' <= rest[len(rest)-1] && rest[len(rest)-1] <= '9' {
+				return rest
+			}
+			return phone
+		}
+	}
+	return phone
+}
+
+// extLabels are the extension labels stripExtension knows (" x " before " x").
+var extLabels = []string{" ext. ", " ext ", " x ", " x", ";ext="}
 
 func b2i(b bool) int {
 	if b {
