@@ -34,13 +34,17 @@ func writePart[T any](t *testing.T, path string, rows []T, opts ...parquet.Write
 	f.Close()
 }
 
-func TestLeakGuard(t *testing.T) {
+func TestLeakGuard(t *testing.T) { withGuardSizes(t, testLeakGuard) }
+
+// withGuardSizes runs fn with the default passes and batches, then with
+// the smallest.
+func withGuardSizes(t *testing.T, fn func(t *testing.T)) {
 	for _, small := range []bool{false, true} {
 		t.Run(fmt.Sprintf("small passes and batches %v", small), func(t *testing.T) {
 			if small {
 				smallGuardPasses(t)
 			}
-			testLeakGuard(t)
+			fn(t)
 		})
 	}
 }
@@ -131,16 +135,7 @@ func testLeakGuard(t *testing.T) {
 
 // TestLeakGuardAcrossChunks: a needle straddling the scan's chunk boundary
 // is still found.
-func TestLeakGuardAcrossChunks(t *testing.T) {
-	for _, small := range []bool{false, true} {
-		t.Run(fmt.Sprintf("small batches %v", small), func(t *testing.T) {
-			if small {
-				smallGuardPasses(t)
-			}
-			testLeakGuardAcrossChunks(t)
-		})
-	}
-}
+func TestLeakGuardAcrossChunks(t *testing.T) { withGuardSizes(t, testLeakGuardAcrossChunks) }
 
 func testLeakGuardAcrossChunks(t *testing.T) {
 	g := newLeakGuard(1, t.TempDir())
