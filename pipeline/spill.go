@@ -210,8 +210,21 @@ func (s *spill) writer() *spillWriter {
 	return &spillWriter{s: s, bufs: make([][]byte, len(s.chunks))}
 }
 
+// chunkPool holds partition buffers between writers. Grown from nothing by
+// append, each of a stage's thousands of buffers cost two chunks' copying
+// and garbage; a new one is allocated whole, and later stages reuse them.
+var chunkPool = sync.Pool{New: func() any { return new([spillChunk + spillSlack]byte) }}
+
+// spillSlack is room past spillChunk for the record that fills a buffer.
+const spillSlack = 4 << 10
+
 // buf is partition p's buffer, to append one record to.
-func (w *spillWriter) buf(p int) []byte { return w.bufs[p] }
+func (w *spillWriter) buf(p int) []byte {
+	if w.bufs[p] == nil {
+		w.bufs[p] = chunkPool.Get().(*[spillChunk + spillSlack]byte)[:0]
+	}
+	return w.bufs[p]
+}
 
 // put stores partition p's buffer back, writing it out once it is full.
 func (w *spillWriter) put(p int, b []byte) {
@@ -222,11 +235,14 @@ func (w *spillWriter) put(p int, b []byte) {
 	}
 }
 
-// flush writes what the buffers hold and lets go of them.
+// flush writes what the buffers hold and gives them back to the pool.
 func (w *spillWriter) flush() error {
 	for p, b := range w.bufs {
 		if len(b) > 0 {
 			w.s.write(p, b)
+		}
+		if cap(b) == spillChunk+spillSlack { // not one a long record grew
+			chunkPool.Put((*[spillChunk + spillSlack]byte)(b[:cap(b)]))
 		}
 		w.bufs[p] = nil
 	}
