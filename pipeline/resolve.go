@@ -251,8 +251,8 @@ func (s *bucketSplit) resolve(rb *resolvedBucket, srcs []*spill, p, q int, bk *i
 
 // snapshotOf is the consent snapshot digest (see consentSnapshot) of the
 // spilled line digests: each bucket sorted, the buckets in order. A bucket
-// larger than splitBytes is split by the digests' second byte first (a
-// file under dir).
+// larger than splitBytes is split by the digests' next bits first (snapSub;
+// a file under dir).
 func snapshotOf(srcs []*spill, parts int, dir string) (string, error) {
 	h := sha256.New()
 	var buf []byte
@@ -283,7 +283,7 @@ func snapshotOf(srcs []*spill, parts int, dir string) (string, error) {
 			if len(b) < sha256.Size {
 				return 0, 0, errors.New("snapshot lines: " + errCorrupt.Error())
 			}
-			return sha256.Size, snapBucket(b[1]), nil
+			return sha256.Size, snapSub(b), nil
 		})
 		if err != nil {
 			return "", err

@@ -78,7 +78,7 @@ func ShardsDir(cfg *Config) string { return filepath.Join(cfg.State, "shards", r
 func shardName(i, n int) string { return fmt.Sprintf("shard-%05d-of-%05d", i, n) }
 
 // shardVersion is the first field of shard.json.
-const shardVersion = "audiencematch.shard/v3"
+const shardVersion = "audiencematch.shard/v4"
 
 // shardInfo is a finished shard's shard.json, written last.
 type shardInfo struct {

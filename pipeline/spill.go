@@ -33,7 +33,7 @@ type spill struct {
 type span struct{ off, n int64 }
 
 // spillChunk is the size at which a writer's partition buffer is written.
-const spillChunk = 64 << 10
+const spillChunk = 16 << 10
 
 // newSpill creates an owner-only spill file of parts partitions. With
 // digest set it also hashes what is written (see Sum).
@@ -375,8 +375,8 @@ func eachChunk(srcs []*spill, p int, buf *[]byte, fn func([]byte) error) error {
 // splitBytes bounds a partition a stage loads whole (a join partition, a
 // bucket of holders or of snapshot lines). A larger one is first split into
 // spillParts sub-partitions of a spill of its own, so memory stays flat
-// however large the audience: at 20M users (partitions of about 7 MB)
-// nothing is split; at a billion every partition is split once.
+// however large the audience: below about 200M users (partitions of 16
+// MiB) nothing is split; at a billion every partition is split once.
 var splitBytes int64 = 16 << 20
 
 // splitPart copies partition p of srcs into a new spill at path, each
