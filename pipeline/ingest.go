@@ -144,6 +144,12 @@ func readEvent(rd *spillReader, e *consent.Event) {
 	e.Action = consent.Action(rd.byte())
 }
 
+// readUser decodes a user row the users stage spilled: line, user id,
+// phone, country.
+func readUser(rd *spillReader) (line int64, userID, phone, country string) {
+	return int64(rd.uvarint()), rd.str(), rd.str(), rd.str()
+}
+
 // userWorker is one worker's state while users are read.
 type userWorker struct {
 	rows     int64
@@ -310,10 +316,7 @@ func (r *run) joinPart(jw *joinWorker, p int, bucket *idBucketer) error {
 	defer ev.drop()
 	us, err := splitPart(filepath.Join(r.staging, fmt.Sprintf("users-%d.spill", p)), []*spill{r.users}, p, func(b []byte) (int, int, error) {
 		rd := spillReader{b: b}
-		rd.uvarint()
-		userID := rd.str()
-		rd.str()
-		rd.str()
+		_, userID, _, _ := readUser(&rd)
 		return len(b) - len(rd.b), r.subOf(userID), rd.err()
 	})
 	if err != nil {
@@ -360,8 +363,7 @@ func (r *run) joinOne(jw *joinWorker, ev, us *spill, p int, bucket *idBucketer) 
 	rd = spillReader{b: jw.usBuf}
 	var held int64
 	for rd.more() {
-		line := int64(rd.uvarint())
-		userID, phone, country := rd.str(), rd.str(), rd.str()
+		line, userID, phone, country := readUser(&rd)
 		status, eventID := consent.NoConsent, ""
 		if k, ok := jw.idx[userID]; ok {
 			jw.seen[k] = true

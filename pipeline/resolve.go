@@ -58,6 +58,15 @@ func (c *resolveCounts) addTo(u *UserCounts) {
 	}
 }
 
+// readHolder decodes a holder the join spilled (see joinOne): id, user
+// id, event id, status, line.
+func readHolder(rd *spillReader) bucketHolder {
+	h := bucketHolder{id: rd.str(), userID: rd.str(), eventID: rd.str()}
+	h.status = consent.Status(rd.byte())
+	h.line = int64(rd.uvarint())
+	return h
+}
+
 func idPrefix(id string) uint64 {
 	var b [8]byte
 	copy(b[:], id)
@@ -74,9 +83,7 @@ func (rb *resolvedBucket) resolve(srcs []*spill, p int, binaryIDs bool) error {
 	}
 	rd := spillReader{b: rb.buf}
 	for rd.more() {
-		h := bucketHolder{id: rd.str(), userID: rd.str(), eventID: rd.str()}
-		h.status = consent.Status(rd.byte())
-		h.line = int64(rd.uvarint())
+		h := readHolder(&rd)
 		h.pre = idPrefix(h.id)
 		rb.holders = append(rb.holders, h)
 	}
@@ -228,15 +235,11 @@ func (s *bucketSplit) resolve(rb *resolvedBucket, srcs []*spill, p, q int, bk *i
 	s.once.Do(func() {
 		s.sp, s.err = splitPart(s.path, srcs, p, func(b []byte) (int, int, error) {
 			rd := spillReader{b: b}
-			id := rd.str()
-			rd.str()
-			rd.str()
-			rd.byte()
-			rd.uvarint()
-			if err := rd.err(); err != nil || len(id) < 6 {
+			h := readHolder(&rd)
+			if err := rd.err(); err != nil || len(h.id) < 6 {
 				return 0, 0, fmt.Errorf("holders: %w", errCorrupt)
 			}
-			return len(b) - len(rd.b), bk.sub(id), nil
+			return len(b) - len(rd.b), bk.sub(h.id), nil
 		})
 	})
 	if s.err != nil {
