@@ -2,6 +2,7 @@ package consent
 
 import (
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -150,6 +151,10 @@ func FuzzParseEvent(f *testing.F) {
 	f.Add("e", "u", "grant", "2026-10-01T12:00:00Z", "3")
 	f.Add("e", "u", "withdraw", "2026-10-01T12:00:00.5-07:00", "-1")
 	f.Fuzz(func(t *testing.T, id, user, action, at, policy string) {
+		got, gerr := parseEventTime(at)
+		if want, werr := time.Parse(time.RFC3339Nano, at); (werr == nil) != (gerr == nil) || (werr == nil && !got.Equal(want)) {
+			t.Fatalf("%q: parseEventTime = %v, %v; time.Parse = %v, %v", at, got, gerr, want, werr)
+		}
 		e, err := ParseEvent(id, user, "p", action, at, policy, "s")
 		if err != nil {
 			var re *RejectError
@@ -166,4 +171,41 @@ func FuzzParseEvent(f *testing.F) {
 			t.Fatalf("time %q does not round-trip: %v %v", at, again, err)
 		}
 	})
+}
+
+// TestParseEventTime: the hand-written reader of the usual timestamp shape
+// accepts exactly what time.Parse accepts, at the same instant, over
+// random timestamps near and across every boundary it checks.
+func TestParseEventTime(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	digits := func(n, max int) string { return fmt.Sprintf("%0*d", n, rng.IntN(max+1)) }
+	pick := func(xs ...string) string { return xs[rng.IntN(len(xs))] }
+	cases := []string{"2026-10-01T12:00:00Z", "2024-02-29T23:59:59.999999999+14:00", "2023-02-29T00:00:00Z",
+		"0000-01-01T00:00:00Z", "0000-02-29T00:00:00-23:59", "9999-12-31T23:59:59.1Z", "2026-10-01T12:00:60Z",
+		"2026-10-01t12:00:00z", "2026-10-01 12:00:00Z", "2026-10-01T12:00:00.Z", "2026-10-01T12:00:00.1234567891Z",
+		"2026-10-01T12:00:00+0100", "2026-10-01T12:00:00+24:00", "2026-10-01T24:00:00Z", "", "2026-13-01T00:00:00Z"}
+	for range 200_000 {
+		s := digits(4, 9999) + "-" + digits(2, 13) + "-" + digits(2, 32) + pick("T", "T", "T", "t", " ") +
+			digits(2, 24) + ":" + digits(2, 60) + ":" + digits(2, 60)
+		s += pick("", "", ".", "."+digits(1+rng.IntN(12), 999_999_999))
+		s += pick("Z", "Z", "z", "+"+digits(2, 24)+":"+digits(2, 60), "-"+digits(2, 24)+":"+digits(2, 60), "+05", "")
+		cases = append(cases, s)
+	}
+	fast := 0
+	for _, s := range cases {
+		want, werr := time.Parse(time.RFC3339Nano, s)
+		got, gerr := parseEventTime(s)
+		if (werr == nil) != (gerr == nil) || (werr == nil && !got.Equal(want)) {
+			t.Fatalf("%q: parseEventTime = %v, %v; time.Parse = %v, %v", s, got, gerr, want, werr)
+		}
+		if _, _, ok := parseRFC3339(s); ok {
+			fast++
+		}
+	}
+	// Most generated timestamps are valid and take the fast path; if none
+	// did, the comparison above would prove nothing about it.
+	if fast < len(cases)/10 {
+		t.Fatalf("only %d of %d timestamps took the fast path", fast, len(cases))
+	}
+	t.Logf("%d timestamps, %d on the fast path", len(cases), fast)
 }

@@ -78,7 +78,7 @@ func ParseEvent(eventID, userID, purpose, action, occurredAt, policyVersion, sou
 	default:
 		return e, &RejectError{Reason: RejectUnknownAction, Detail: truncate(action)}
 	}
-	t, err := ParseTime(occurredAt)
+	t, err := parseEventTime(occurredAt)
 	if err != nil {
 		if occurredAt == "" {
 			return e, &RejectError{Reason: RejectEmptyTimestamp}
@@ -101,6 +101,109 @@ func ParseTime(s string) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("not an RFC 3339 timestamp: %q", truncate(s))
 	}
 	return t, nil
+}
+
+// parseEventTime is ParseTime for the consent events' timestamps, whose
+// offset nothing keeps (only the instant is compared): the usual shape,
+// YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM), is read by hand, without the
+// zone time.Parse allocates for every offset other than Z, and the instant
+// is returned in UTC. Anything else, valid or not, goes to ParseTime, so
+// what is accepted and rejected is exactly what time.Parse decides.
+// (TestParseEventTime compares the two.)
+func parseEventTime(s string) (time.Time, error) {
+	if sec, nsec, ok := parseRFC3339(s); ok {
+		return time.Unix(sec, nsec).UTC(), nil
+	}
+	return ParseTime(s)
+}
+
+// parseRFC3339 reads the common shape of an RFC 3339 timestamp as Unix
+// seconds and nanoseconds. It returns ok only for a timestamp time.Parse
+// accepts, with the same instant; it may refuse valid ones (leap seconds,
+// more than nine fractional digits), which go to time.Parse.
+func parseRFC3339(s string) (sec, nsec int64, ok bool) {
+	if len(s) < len("2006-01-02T15:04:05Z") || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':' {
+		return 0, 0, false
+	}
+	num := func(i, n int) int64 {
+		v := int64(0)
+		for _, c := range []byte(s[i : i+n]) {
+			if c < '0' || c > '9' {
+				ok = false
+			}
+			v = v*10 + int64(c-'0')
+		}
+		return v
+	}
+	ok = true
+	year, month, day := num(0, 4), num(5, 2), num(8, 2)
+	hour, minute, second := num(11, 2), num(14, 2), num(17, 2)
+	if !ok || month < 1 || month > 12 || day < 1 || day > daysIn(month, year) || hour > 23 || minute > 59 || second > 59 {
+		return 0, 0, false
+	}
+	rest := s[19:]
+	if len(rest) >= 2 && rest[0] == '.' {
+		n := 1
+		for n < len(rest) && rest[n] >= '0' && rest[n] <= '9' {
+			n++
+		}
+		if n == 1 || n > 10 {
+			return 0, 0, false
+		}
+		nsec = num(20, n-1)
+		for range 10 - n {
+			nsec *= 10
+		}
+		rest = rest[n:]
+	}
+	offset := int64(0)
+	switch {
+	case rest == "Z":
+	case len(rest) == 6 && (rest[0] == '+' || rest[0] == '-') && rest[3] == ':':
+		at := len(s) - 5
+		oh, om := num(at, 2), num(at+3, 2)
+		if !ok || oh > 23 || om > 59 {
+			return 0, 0, false
+		}
+		offset = (oh*60 + om) * 60
+		if rest[0] == '-' {
+			offset = -offset
+		}
+	default:
+		return 0, 0, false
+	}
+	return daysFromCivil(year, month, day)*86400 + hour*3600 + minute*60 + second - offset, nsec, true
+}
+
+// daysIn is the number of days of a month of the proleptic Gregorian calendar.
+func daysIn(month, year int64) int64 {
+	switch month {
+	case 2:
+		if year%4 == 0 && (year%100 != 0 || year%400 == 0) {
+			return 29
+		}
+		return 28
+	case 4, 6, 9, 11:
+		return 30
+	}
+	return 31
+}
+
+// daysFromCivil is the number of days from 1970-01-01 to a date of the
+// proleptic Gregorian calendar (Howard Hinnant's days_from_civil).
+func daysFromCivil(y, m, d int64) int64 {
+	if m <= 2 {
+		y--
+	}
+	era := y / 400
+	if y < 0 { // year 0's January and February: round down, not to zero
+		era = (y - 399) / 400
+	}
+	yoe := y - era*400
+	mp := (m + 9) % 12
+	doy := (153*mp+2)/5 + d - 1
+	doe := yoe*365 + yoe/4 - yoe/100 + doy
+	return era*146097 + doe - 719468
 }
 
 // ParseMaxAge parses a max_consent_age: a Go duration ("9480h") or a whole

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 )
 
@@ -14,6 +15,7 @@ type rowBatch struct {
 	seq    int
 	rows   []Row
 	fields []string // the rows' Fields slice this
+	block  []byte   // what the rows' strings point into, when a reader recycles it
 }
 
 func (b *rowBatch) reset(seq int) {
@@ -25,6 +27,12 @@ type batchReader interface {
 	// nextBatch fills b with the next batch, or returns io.EOF after the
 	// last. Safe for concurrent use.
 	nextBatch(b *rowBatch) error
+}
+
+// blockRecycler is a batchReader whose batches' strings point into a buffer
+// it can reuse once the batch is done with: nothing may keep them.
+type blockRecycler interface {
+	release(b *rowBatch)
 }
 
 // batchesOf returns t's batches: parsed in parallel when t can (CSV), else
@@ -72,7 +80,8 @@ func (r *rowBatcher) nextBatch(b *rowBatch) error {
 }
 
 // eachBatch calls fn on every batch of t from cfg.Workers goroutines; w is
-// the calling worker's index, for per-worker state. It counts rows in the
+// the calling worker's index, for per-worker state. The batch's strings
+// are valid only until fn returns: whatever fn keeps, it copies. It counts rows in the
 // progress counter c and stops at the first error or when ctx is done.
 func (r *run) eachBatch(ctx context.Context, t RowReader, what string, c counter, fn func(w int, b *rowBatch)) error {
 	br := batchesOf(t)
@@ -96,6 +105,9 @@ func (r *run) eachBatch(ctx context.Context, t RowReader, what string, c counter
 				}
 				r.cfg.Progress.add(c, int64(len(b.rows)))
 				fn(w, &b)
+				if rc, ok := br.(blockRecycler); ok {
+					rc.release(&b)
+				}
 			}
 		})
 	}
@@ -124,6 +136,9 @@ func (r *run) orderedRejects() *orderedRejects {
 
 // done reports batch seq's rejects.
 func (o *orderedRejects) done(seq int, rows []rejectRow) {
+	for i := range rows {
+		rows[i].raw = strings.Clone(rows[i].raw) // the batch's memory is reused
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.pending[seq] = rows

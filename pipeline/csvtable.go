@@ -52,6 +52,8 @@ type csvTable struct {
 	stop   chan struct{}
 	once   sync.Once
 	closer io.Closer
+	// free holds block buffers parsed batches are done with (see release).
+	free chan []byte
 	// Set by the reader goroutine before it closes blocks.
 	digest string
 	err    error
@@ -78,7 +80,7 @@ func newCSVTable(rc io.ReadCloser, columns []string) (*csvTable, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &csvTable{ncols: len(header), closer: rc, blocks: make(chan csvBlock, 4), stop: make(chan struct{})}
+	t := &csvTable{ncols: len(header), closer: rc, blocks: make(chan csvBlock, 4), stop: make(chan struct{}), free: make(chan []byte, 8)}
 	if t.idx, err = columnIndex(header, columns); err != nil {
 		return nil, err
 	}
@@ -140,8 +142,8 @@ func (t *csvTable) produce(r io.Reader, sum hash.Hash, line int64) {
 		// Blocks start at 64 KiB and double up to csvBlockSize: a small
 		// file does not cost a 4 MiB buffer.
 		size := min(csvBlockSize, 64<<10<<min(seq, 6))
-		buf := make([]byte, len(carry), len(carry)+max(size, len(carry)))
-		copy(buf, carry)
+		buf := t.blockBuf(len(carry) + max(size, len(carry)))
+		buf = buf[:copy(buf[:len(carry)], carry)]
 		n, err := io.ReadFull(r, buf[len(carry):cap(buf)])
 		buf = buf[:len(carry)+n]
 		eof := err == io.EOF || err == io.ErrUnexpectedEOF
@@ -190,6 +192,37 @@ func (t *csvTable) produce(r io.Reader, sum hash.Hash, line int64) {
 	}
 }
 
+// blockCap is the capacity of a recycled block buffer: a full block and
+// the partial line carried into it.
+func blockCap() int { return csvBlockSize + maxRecordBytes + 2 }
+
+// blockBuf returns an empty buffer of capacity at least n: a recycled one
+// when n fits, so that the file's blocks go through a few buffers rather
+// than each faulting in fresh memory.
+func (t *csvTable) blockBuf(n int) []byte {
+	if n <= blockCap() && n > blockCap()/2 {
+		select {
+		case b := <-t.free:
+			return b[:0]
+		default:
+			return make([]byte, 0, blockCap())
+		}
+	}
+	return make([]byte, 0, n)
+}
+
+// release takes back the block a batch was parsed from, once the batch is
+// done with (see eachBatch).
+func (t *csvTable) release(b *rowBatch) {
+	if cap(b.block) == blockCap() {
+		select {
+		case t.free <- b.block:
+		default:
+		}
+	}
+	b.block = nil
+}
+
 // nextBatch parses the next block into b; safe for concurrent use.
 func (t *csvTable) nextBatch(b *rowBatch) error {
 	blk, ok := <-t.blocks
@@ -207,6 +240,7 @@ func (t *csvTable) nextBatch(b *rowBatch) error {
 // one reject.
 func (t *csvTable) parseBlock(blk csvBlock, b *rowBatch) {
 	b.reset(blk.seq)
+	b.block = blk.data
 	if blk.tooLong {
 		b.rows = append(b.rows, Row{Line: blk.firstLine, Reject: RejectRecordTooLong})
 		return

@@ -7,6 +7,8 @@ import (
 	"hash"
 	"os"
 	"path/filepath"
+	"syscall"
+	"time"
 )
 
 // ensureStateDirs creates the private state layout, owner-only.
@@ -53,3 +55,13 @@ func (w *hashingFile) Close() error {
 }
 
 func (w *hashingFile) Sum() string { return hex.EncodeToString(w.h.Sum(nil)) }
+
+// cpuTime is the CPU time (user and system) the process has used so far, or
+// 0 where the platform does not report it.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

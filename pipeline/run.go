@@ -301,13 +301,13 @@ func (r *run) runSteps(ctx context.Context, steps []step) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		start := time.Now()
+		start, cpu0 := time.Now(), cpuTime()
 		r.cfg.Progress.setStage(s.name)
 		if err := s.fn(ctx); err != nil {
 			return err
 		}
 		r.stages = append(r.stages, StageTime{s.name, time.Since(start)})
-		r.cfg.Log.Debug("stage done", "stage", s.name, "seconds", time.Since(start).Seconds())
+		r.cfg.Log.Debug("stage done", "stage", s.name, "seconds", time.Since(start).Seconds(), "cpu_seconds", (cpuTime() - cpu0).Seconds())
 		if err := crashPoint(s.name); err != nil {
 			return err
 		}

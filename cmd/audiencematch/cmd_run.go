@@ -51,6 +51,7 @@ type RunOptions struct {
 	Summary          bool
 	MetricsFile      string
 	CPUProfile       string
+	MemProfile       string
 	Shard            string
 	Shards           int
 	LockWait         time.Duration
@@ -75,6 +76,8 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 	f.BoolVar(&o.Summary, "summary", false, "print the reconciliation on stdout (default: only when stdout is a terminal; cron stays quiet)")
 	f.StringVar(&o.CPUProfile, "cpu-profile", "", "write a Go CPU profile of the run here (for performance work)")
 	_ = f.MarkHidden("cpu-profile")
+	f.StringVar(&o.MemProfile, "mem-profile", "", "write a Go allocation profile of the run here (for performance work)")
+	_ = f.MarkHidden("mem-profile")
 	f.StringVar(&o.MetricsFile, "metrics-file", "", "write Prometheus text-format metrics here, atomically (node_exporter's textfile collector)")
 	f.StringVar(&o.Destination, "destination", "", "destination id, e.g. meta-ads: names the output directory and the derived key (required)")
 	f.StringVar(&o.Key, "key", "", "master key file: hex, at least 32 bytes, mode 0600 (default: $"+hashing.KeyEnv+", then STATE/keys/master.key)")
@@ -341,6 +344,16 @@ func runRun(cmd *cobra.Command, o *RunOptions, g *globalOptions, run func(contex
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if o.MemProfile != "" {
+		f, err := os.Create(o.MemProfile)
+		if err != nil {
+			return fmt.Errorf("%w: --mem-profile: %w", pipeline.ErrUsage, err)
+		}
+		defer func() {
+			pprof.Lookup("allocs").WriteTo(f, 0)
+			f.Close()
+		}()
 	}
 	cfg.Progress = &pipeline.Progress{}
 	stop := showProgress(cmd.Context(), cfg.Progress, cmd.ErrOrStderr(), log)
