@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/mod/sumdb/tlog"
+
 	"audiencematch/consent/audit"
 )
 
@@ -31,19 +33,32 @@ func KeysDir(state string) string { return filepath.Join(state, "keys") }
 // of its evidence rows, for the record, bucket by bucket. A leaf of the
 // identifier tree is the identifier's bytes as the Parquet file holds them:
 // raw for hmac-sha256, text otherwise.
+// The leaves' hashes are computed with the bucket, by the worker that
+// resolves it (leafHashes); the builder adds them in order.
 type treeBuilder struct {
 	ids, evidence audit.TreeRoot
-	leaf          []byte
 }
 
 func (t *treeBuilder) add(rb *resolvedBucket) {
+	for _, h := range rb.idLeaves {
+		t.ids.AppendLeafHash(h)
+	}
+	for _, h := range rb.evLeaves {
+		t.evidence.AppendLeafHash(h)
+	}
+}
+
+// leafHashes hashes the bucket's leaves of both trees: each exported
+// identifier, and each of its evidence rows, in order.
+func (rb *resolvedBucket) leafHashes() {
+	rb.idLeaves, rb.evLeaves = rb.idLeaves[:0], rb.evLeaves[:0]
 	for _, e := range rb.export {
-		t.leaf = append(t.leaf[:0], e.id...)
-		t.ids.Append(t.leaf)
+		rb.leaf = append(rb.leaf[:0], e.id...)
+		rb.idLeaves = append(rb.idLeaves, tlog.RecordHash(rb.leaf))
 		for j, hi := range e.holders {
 			h := &rb.holders[hi]
-			t.leaf = audit.AppendEvidenceLeaf(t.leaf[:0], e.eid, h.userID, h.eventID, j == 0)
-			t.evidence.Append(t.leaf)
+			rb.leaf = audit.AppendEvidenceLeaf(rb.leaf[:0], e.eid, h.userID, h.eventID, j == 0)
+			rb.evLeaves = append(rb.evLeaves, tlog.RecordHash(rb.leaf))
 		}
 	}
 }

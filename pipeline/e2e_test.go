@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
@@ -39,6 +40,7 @@ type oracle struct {
 	excluded map[string]int64
 	events   map[string]int64
 	users    int64
+	snapshot string // the consent snapshot digest (see pipeline/audit.go)
 }
 
 type oracleParams struct {
@@ -104,10 +106,10 @@ func computeOracle(users []fixtures.User, events []fixtures.Event, p oracleParam
 			byUser[e.UserID] = append(byUser[e.UserID], oEvent{e.EventID, e.Action, at, pol})
 		}
 	}
-	status := func(id string) string {
+	status := func(id string) (string, string) {
 		evs := byUser[id]
 		if len(evs) == 0 {
-			return "no_consent"
+			return "no_consent", ""
 		}
 		// Latest first; at a tie withdraw first, then lower policy, then smaller id.
 		slices.SortFunc(evs, func(a, b oEvent) int {
@@ -125,14 +127,24 @@ func computeOracle(users []fixtures.User, events []fixtures.Event, p oracleParam
 		e := evs[0]
 		switch {
 		case e.action == "withdraw":
-			return "withdrawn"
+			return "withdrawn", e.id
 		case e.policy < p.minPolicy:
-			return "stale_policy"
+			return "stale_policy", e.id
 		case p.maxAge > 0 && p.asOf.Sub(e.at) > p.maxAge:
-			return "expired"
+			return "expired", e.id
 		}
-		return "valid"
+		return "valid", e.id
 	}
+	var lines []string // the snapshot's line digests, hex
+	defer func() {
+		slices.Sort(lines)
+		h := sha256.New()
+		for _, l := range lines {
+			b, _ := hex.DecodeString(l)
+			h.Write(b)
+		}
+		o.snapshot = hex.EncodeToString(h.Sum(nil))
+	}()
 	blocked := map[string]bool{}
 	holders := map[string][]string{}
 	for _, u := range users {
@@ -141,7 +153,9 @@ func computeOracle(users []fixtures.User, events []fixtures.Event, p oracleParam
 			o.excluded["malformed_row"]++
 			continue
 		}
-		s := status(u.UserID)
+		s, eventID := status(u.UserID)
+		line := sha256.Sum256([]byte(u.UserID + "\t" + s + "\t" + eventID + "\n"))
+		lines = append(lines, hex.EncodeToString(line[:]))
 		if s != "valid" && s != "withdrawn" {
 			o.excluded[s]++
 			continue
@@ -340,6 +354,19 @@ func checkAgainstOracle(t *testing.T, cfg pipeline.Config, master []byte) *pipel
 		if m.ConsentEvents.ByClass[c] != o.events[c] {
 			t.Errorf("events %s = %d, oracle %d", c, m.ConsentEvents.ByClass[c], o.events[c])
 		}
+	}
+	// The consent snapshot, recomputed from the rows as pipeline/audit.go
+	// defines it.
+	var rec struct {
+		Snapshot string `json:"consent_snapshot_sha256"`
+	}
+	if b, err := os.ReadFile(filepath.Join(filepath.Dir(res.EvidencePath), "record.json")); err != nil {
+		t.Fatal(err)
+	} else if err := json.Unmarshal(b, &rec); err != nil {
+		t.Fatal(err)
+	}
+	if rec.Snapshot != o.snapshot {
+		t.Errorf("consent snapshot %s, oracle %s", rec.Snapshot, o.snapshot)
 	}
 	// Every case is exercised, or the comparison proves little.
 	for _, r := range pipeline.UserReasons {

@@ -56,11 +56,14 @@ type leakGuard struct {
 	salt  uint64
 	state uint64 // saltState(salt)
 	dir   string // where the spill goes
-	mu    sync.Mutex
-	sp    *spill
-	own   *guardWriter // Add's
-	srcs  []*spill     // the spills Check reads: sp and shards'
-	err   error
+	// durable is set in a shard, whose spill the commit reads: one file,
+	// digested.
+	durable bool
+	mu      sync.Mutex
+	sp      *spill
+	own     *guardWriter // Add's
+	srcs    []*spill     // the spills Check reads: sp and shards'
+	err     error
 	// maxLen is the longest needle.
 	maxLen int
 	// passCount is how many exact passes the last Check made.
@@ -151,7 +154,7 @@ func (g *leakGuard) open() error {
 
 func (g *leakGuard) openLocked() {
 	if g.sp == nil && g.err == nil {
-		if g.sp, g.err = newSpill(filepath.Join(g.dir, "guard.spill"), guardParts, true); g.err == nil {
+		if g.sp, g.err = newSpill(filepath.Join(g.dir, "guard.spill"), guardParts, g.durable); g.err == nil {
 			g.srcs = append(g.srcs, g.sp)
 		}
 	}
@@ -379,9 +382,9 @@ func (g *leakGuard) scanFile(x *rawIndex, files []guardFile, i int) error {
 	if err != nil {
 		return err
 	}
-	raw := []span{{0, st.Size()}}
+	raw := []region{{0, st.Size()}}
 	if files[i].parquet {
-		var skip []span
+		var skip []region
 		if skip, files[i].values, err = parquetStructure(f, st.Size(), files[i].rel, files[i].scheme); err != nil {
 			return err
 		}
@@ -416,18 +419,21 @@ func (g *leakGuard) scanFile(x *rawIndex, files []guardFile, i int) error {
 	return nil
 }
 
+// region is n bytes at off in a file.
+type region struct{ off, n int64 }
+
 // complement is [0, size) without the sorted, disjoint spans skip.
-func complement(skip []span, size int64) []span {
-	var out []span
+func complement(skip []region, size int64) []region {
+	var out []region
 	at := int64(0)
 	for _, s := range skip {
 		if s.off > at {
-			out = append(out, span{at, s.off - at})
+			out = append(out, region{at, s.off - at})
 		}
 		at = s.off + s.n
 	}
 	if at < size {
-		out = append(out, span{at, size - at})
+		out = append(out, region{at, size - at})
 	}
 	return out
 }
@@ -435,7 +441,7 @@ func complement(skip []span, size int64) []span {
 // parquetStructure checks a Parquet file's schema and metadata, walks every
 // column chunk's pages, and returns the data pages' payloads (sorted and
 // disjoint) and the number of values their headers count.
-func parquetStructure(f *os.File, size int64, rel string, scheme hashing.Scheme) (payloads []span, values int64, err error) {
+func parquetStructure(f *os.File, size int64, rel string, scheme hashing.Scheme) (payloads []region, values int64, err error) {
 	pf, err := parquet.OpenFile(f, size, parquet.SkipPageIndex(true), parquet.SkipBloomFilters(true))
 	if err != nil {
 		return nil, 0, &LeakError{rel, "not a readable Parquet file: " + err.Error()}
@@ -480,7 +486,7 @@ func parquetStructure(f *os.File, size int64, rel string, scheme hashing.Scheme)
 				if err := thrift.NewDecoder(new(thrift.CompactProtocol).NewReader(rd)).Decode(&h); err != nil {
 					return nil, 0, &LeakError{rel, fmt.Sprintf("byte %d: unreadable page header: %v", off, err)}
 				}
-				p := span{off + int64(m-rd.Len()), int64(h.CompressedPageSize)}
+				p := region{off + int64(m-rd.Len()), int64(h.CompressedPageSize)}
 				if p.n < 0 || p.off+p.n > end {
 					return nil, 0, &LeakError{rel, fmt.Sprintf("byte %d: page runs past its column chunk", off)}
 				}
@@ -501,7 +507,7 @@ func parquetStructure(f *os.File, size int64, rel string, scheme hashing.Scheme)
 			values += n
 		}
 	}
-	slices.SortFunc(payloads, func(a, b span) int { return cmp.Compare(a.off, b.off) })
+	slices.SortFunc(payloads, func(a, b region) int { return cmp.Compare(a.off, b.off) })
 	for i := 1; i < len(payloads); i++ {
 		if payloads[i].off < payloads[i-1].off+payloads[i-1].n {
 			return nil, 0, &LeakError{rel, "column chunks overlap"}

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"unsafe"
 
+	"golang.org/x/mod/sumdb/tlog"
+
 	"audiencematch/consent"
 )
 
@@ -42,6 +44,9 @@ type resolvedBucket struct {
 	hexIDs  []byte // what export's eids share, for binary schemes
 	counts  resolveCounts
 	err     error
+	// The leaves' hashes of the identifier and evidence trees (leafHashes).
+	idLeaves, evLeaves []tlog.Hash
+	leaf               []byte
 }
 
 type resolveCounts struct {
@@ -133,6 +138,7 @@ func (rb *resolvedBucket) resolve(srcs []*spill, p int, binaryIDs bool) error {
 		}
 		lo = hi
 	}
+	rb.leafHashes()
 	return nil
 }
 
@@ -259,6 +265,8 @@ func (s *bucketSplit) resolve(rb *resolvedBucket, srcs []*spill, p, q int, bk *i
 func snapshotOf(srcs []*spill, parts int, dir string) (string, error) {
 	h := sha256.New()
 	var buf []byte
+	var keys []digestKey
+	var sorted [][sha256.Size]byte
 	digest := func(srcs []*spill, p int) error {
 		var err error
 		if buf, err = appendParts(buf[:0], srcs, p); err != nil {
@@ -271,8 +279,8 @@ func snapshotOf(srcs []*spill, parts int, dir string) (string, error) {
 			return nil
 		}
 		lines := unsafe.Slice((*[sha256.Size]byte)(unsafe.Pointer(unsafe.SliceData(buf))), len(buf)/sha256.Size)
-		slices.SortFunc(lines, func(a, b [sha256.Size]byte) int { return bytes.Compare(a[:], b[:]) })
-		h.Write(buf)
+		keys, sorted = sortDigests(lines, keys[:0], sorted[:0])
+		h.Write(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(sorted))), len(sorted)*sha256.Size))
 		return nil
 	}
 	for p := range parts {
@@ -302,4 +310,29 @@ func snapshotOf(srcs []*spill, parts int, dir string) (string, error) {
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// digestKey is a digest's first 8 bytes as a number, and its index.
+type digestKey struct {
+	k uint64
+	i int32
+}
+
+// sortDigests appends lines, sorted, to sorted: by their first 8 bytes as
+// numbers (most lines differ there, and comparing numbers is about twice as
+// fast as comparing bytes), the rest only on a tie. keys is scratch space.
+func sortDigests(lines [][sha256.Size]byte, keys []digestKey, sorted [][sha256.Size]byte) ([]digestKey, [][sha256.Size]byte) {
+	for i := range lines {
+		keys = append(keys, digestKey{binary.BigEndian.Uint64(lines[i][:8]), int32(i)})
+	}
+	slices.SortFunc(keys, func(a, b digestKey) int {
+		if c := cmp.Compare(a.k, b.k); c != 0 {
+			return c
+		}
+		return bytes.Compare(lines[a.i][8:], lines[b.i][8:])
+	})
+	for _, k := range keys {
+		sorted = append(sorted, lines[k.i])
+	}
+	return keys, sorted
 }

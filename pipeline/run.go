@@ -190,7 +190,9 @@ type run struct {
 }
 
 func newRun(cfg Config) *run {
-	return &run{cfg: cfg, t0: time.Now(), m: newManifest(&cfg), guard: newLeakGuard(guardSalt(&cfg), ""), seed: maphash.MakeSeed()}
+	r := &run{cfg: cfg, t0: time.Now(), m: newManifest(&cfg), guard: newLeakGuard(guardSalt(&cfg), ""), seed: maphash.MakeSeed()}
+	r.guard.durable = cfg.Shard.Count > 0
+	return r
 }
 
 // closeSpills closes every spill file (they live in staging, which goes).

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -20,6 +21,11 @@ import (
 // reading a partition back reads its chunks. A record never spans chunks.
 // The order of chunks in the file depends on timing: whoever reads a
 // partition must not depend on the order of its records.
+//
+// A digested spill (a shard's, which outlives the process) is one file,
+// written in the order it is hashed. Any other gives each writer a file
+// of its own, PATH.wN, so that workers never wait on each other's writes
+// (nor the kernel on one file's lock).
 type spill struct {
 	mu     sync.Mutex
 	f      *os.File
@@ -28,9 +34,14 @@ type spill struct {
 	chunks [][]span // by partition
 	sum    hash.Hash
 	err    error
+	own    []*os.File // the writers' files, when not digested
 }
 
-type span struct{ off, n int64 }
+// span is a chunk: n bytes at off in f.
+type span struct {
+	f      *os.File
+	off, n int64
+}
 
 // spillChunk is the size at which a writer's partition buffer is written.
 const spillChunk = 16 << 10
@@ -51,7 +62,7 @@ func newSpill(path string, parts int, digest bool) (*spill, error) {
 
 func (s *spill) parts() int { return len(s.chunks) }
 
-// write appends one chunk of partition p.
+// write appends one chunk of partition p to the spill's own file.
 func (s *spill) write(p int, b []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -65,8 +76,35 @@ func (s *spill) write(p int, b []byte) {
 	if s.sum != nil {
 		s.sum.Write(b)
 	}
-	s.chunks[p] = append(s.chunks[p], span{s.off, int64(len(b))})
+	s.chunks[p] = append(s.chunks[p], span{s.f, s.off, int64(len(b))})
 	s.off += int64(len(b))
+}
+
+// ownFile creates a writer's own file (see spill).
+func (s *spill) ownFile() (*os.File, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f, err := os.OpenFile(fmt.Sprintf("%s.w%d", s.path, len(s.own)), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("spill %s: %w", s.path, err)
+	}
+	s.own = append(s.own, f)
+	return f, nil
+}
+
+// writeOwn appends one chunk of partition p to a writer's file f, whose
+// size is *off.
+func (s *spill) writeOwn(f *os.File, off *int64, p int, b []byte) {
+	if _, err := f.Write(b); err != nil {
+		s.mu.Lock()
+		s.err = cmp.Or(s.err, fmt.Errorf("spill %s: %w", s.path, err))
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Lock()
+	s.chunks[p] = append(s.chunks[p], span{f, *off, int64(len(b))})
+	s.mu.Unlock()
+	*off += int64(len(b))
 }
 
 // Err is the first write error.
@@ -98,7 +136,7 @@ func (s *spill) appendPart(buf []byte, p int) ([]byte, error) {
 	for _, c := range s.chunks[p] {
 		at := len(buf)
 		buf = buf[:at+int(c.n)]
-		if _, err := s.f.ReadAt(buf[at:], c.off); err != nil {
+		if _, err := c.f.ReadAt(buf[at:], c.off); err != nil {
 			return nil, fmt.Errorf("spill %s: %w", s.path, err)
 		}
 	}
@@ -125,12 +163,15 @@ func appendParts(buf []byte, srcs []*spill, p int) ([]byte, error) {
 	return buf, nil
 }
 
-// Close closes the file; a second Close is a no-op.
+// Close closes the files; a second Close is a no-op.
 func (s *spill) Close() error {
 	if s.f == nil {
 		return nil
 	}
 	err := s.f.Close()
+	for _, f := range s.own {
+		err = errors.Join(err, f.Close())
+	}
 	s.f = nil
 	return err
 }
@@ -189,7 +230,7 @@ func openSpill(path string, index []byte) (*spill, error) {
 				f.Close()
 				return nil, fmt.Errorf("%s: %w index", path, errCorrupt)
 			}
-			s.chunks[p] = append(s.chunks[p], span{int64(off), int64(l)})
+			s.chunks[p] = append(s.chunks[p], span{f, int64(off), int64(l)})
 		}
 	}
 	if len(index) != 0 {
@@ -204,10 +245,31 @@ func openSpill(path string, index []byte) (*spill, error) {
 type spillWriter struct {
 	s    *spill
 	bufs [][]byte
+	f    *os.File // its own file, once it has written (see spill)
+	off  int64    // f's size
 }
 
 func (s *spill) writer() *spillWriter {
 	return &spillWriter{s: s, bufs: make([][]byte, len(s.chunks))}
+}
+
+// write writes one chunk of partition p.
+func (w *spillWriter) write(p int, b []byte) {
+	if w.s.sum != nil {
+		w.s.write(p, b)
+		return
+	}
+	if w.f == nil {
+		f, err := w.s.ownFile()
+		if err != nil {
+			w.s.mu.Lock()
+			w.s.err = cmp.Or(w.s.err, err)
+			w.s.mu.Unlock()
+			return
+		}
+		w.f = f
+	}
+	w.s.writeOwn(w.f, &w.off, p, b)
 }
 
 // chunkPool holds partition buffers between writers. Grown from nothing by
@@ -230,7 +292,7 @@ func (w *spillWriter) buf(p int) []byte {
 func (w *spillWriter) put(p int, b []byte) {
 	w.bufs[p] = b
 	if len(b) >= spillChunk {
-		w.s.write(p, b)
+		w.write(p, b)
 		w.bufs[p] = b[:0]
 	}
 }
@@ -239,7 +301,7 @@ func (w *spillWriter) put(p int, b []byte) {
 func (w *spillWriter) flush() error {
 	for p, b := range w.bufs {
 		if len(b) > 0 {
-			w.s.write(p, b)
+			w.write(p, b)
 		}
 		if cap(b) == spillChunk+spillSlack { // not one a long record grew
 			chunkPool.Put((*[spillChunk + spillSlack]byte)(b[:cap(b)]))
@@ -353,14 +415,14 @@ func eachChunk(srcs []*spill, p int, buf *[]byte, fn func([]byte) error) error {
 		cs := s.chunks[p]
 		for i := 0; i < len(cs); {
 			j, n := i+1, cs[i].n
-			for j < len(cs) && cs[j].off == cs[j-1].off+cs[j-1].n && n+cs[j].n <= spillRead {
+			for j < len(cs) && cs[j].f == cs[i].f && cs[j].off == cs[j-1].off+cs[j-1].n && n+cs[j].n <= spillRead {
 				n, j = n+cs[j].n, j+1
 			}
 			if int64(cap(*buf)) < n {
 				*buf = make([]byte, n)
 			}
 			b := (*buf)[:n]
-			if _, err := s.f.ReadAt(b, cs[i].off); err != nil {
+			if _, err := cs[i].f.ReadAt(b, cs[i].off); err != nil {
 				return fmt.Errorf("spill %s: %w", s.path, err)
 			}
 			if err := fn(b); err != nil {
@@ -409,6 +471,10 @@ func splitPart(path string, srcs []*spill, p int, rec func(b []byte) (n, sub int
 
 // drop closes and removes a spill.
 func (s *spill) drop() {
+	own := len(s.own)
 	s.Close()
 	os.Remove(s.path)
+	for i := range own {
+		os.Remove(fmt.Sprintf("%s.w%d", s.path, i))
+	}
 }

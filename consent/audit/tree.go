@@ -81,8 +81,12 @@ type TreeRoot struct {
 }
 
 // Append adds a leaf whose data is b.
-func (t *TreeRoot) Append(b []byte) {
-	h := tlog.RecordHash(b)
+func (t *TreeRoot) Append(b []byte) { t.AppendLeafHash(tlog.RecordHash(b)) }
+
+// AppendLeafHash adds a leaf by its hash, tlog.RecordHash of its data: the
+// leaves' hashes can be computed elsewhere, in parallel, and only the
+// interior nodes here, in order.
+func (t *TreeRoot) AppendLeafHash(h tlog.Hash) {
 	for k := t.n; k&1 == 1; k >>= 1 {
 		h = tlog.NodeHash(t.stack[len(t.stack)-1], h)
 		t.stack = t.stack[:len(t.stack)-1]
