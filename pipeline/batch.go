@@ -79,6 +79,9 @@ func (r *rowBatcher) nextBatch(b *rowBatch) error {
 	return nil
 }
 
+// batchPool keeps batches' row and field arrays from one table to the next.
+var batchPool = sync.Pool{New: func() any { return new(rowBatch) }}
+
 // eachBatch calls fn on every batch of t from cfg.Workers goroutines; w is
 // the calling worker's index, for per-worker state. The batch's strings
 // are valid only until fn returns: whatever fn keeps, it copies. It counts rows in the
@@ -89,13 +92,14 @@ func (r *run) eachBatch(ctx context.Context, t RowReader, what string, c counter
 	var wg sync.WaitGroup
 	for w := range r.cfg.Workers {
 		wg.Go(func() {
-			var b rowBatch
+			b := batchPool.Get().(*rowBatch)
+			defer batchPool.Put(b)
 			for {
 				if err := ctx.Err(); err != nil {
 					errs[w] = err
 					return
 				}
-				err := br.nextBatch(&b)
+				err := br.nextBatch(b)
 				if err == io.EOF {
 					return
 				}
@@ -104,9 +108,9 @@ func (r *run) eachBatch(ctx context.Context, t RowReader, what string, c counter
 					return
 				}
 				r.cfg.Progress.add(c, int64(len(b.rows)))
-				fn(w, &b)
+				fn(w, b)
 				if rc, ok := br.(blockRecycler); ok {
-					rc.release(&b)
+					rc.release(b)
 				}
 			}
 		})

@@ -246,7 +246,11 @@ func (t *csvTable) parseBlock(blk csvBlock, b *rowBatch) {
 		return
 	}
 	if n := bytes.Count(blk.data, []byte{'\n'}) + 1; cap(b.rows) < n {
-		b.rows = make([]Row, 0, n) // grown once, not by doublings
+		// Room at once for a full block of lines this long: blocks grow
+		// to csvBlockSize, and growing by doublings costs fresh memory
+		// at each step.
+		n = max(n, int(int64(n)*int64(csvBlockSize)/int64(len(blk.data)+1)))
+		b.rows = make([]Row, 0, n)
 		b.fields = make([]string, 0, n*len(t.idx))
 	}
 	// The block's bytes are never written after produce sends them (each

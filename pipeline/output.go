@@ -119,16 +119,23 @@ func (r *run) writeOutputs(ctx context.Context) error {
 	if snapErr != nil {
 		return fmt.Errorf("consent snapshot: %w", snapErr)
 	}
-	if r.m.Files, err = parts.Close(); err != nil {
-		return fmt.Errorf("write output: %w", err)
-	}
+	// The last row groups are flushed and the files synced side by side.
+	var closeWG sync.WaitGroup
+	var partsErr, deltasErr, evErr error
+	closeWG.Go(func() { r.m.Files, partsErr = parts.Close() })
 	if deltas != nil {
-		if err := deltas.finish(); err != nil {
-			return fmt.Errorf("write deltas: %w", err)
-		}
+		closeWG.Go(func() { deltasErr = deltas.finish() })
 	}
-	if err := ev.close(); err != nil {
-		return fmt.Errorf("write evidence: %w", err)
+	closeWG.Go(func() { evErr = ev.close() })
+	closeWG.Wait()
+	if partsErr != nil {
+		return fmt.Errorf("write output: %w", partsErr)
+	}
+	if deltasErr != nil {
+		return fmt.Errorf("write deltas: %w", deltasErr)
+	}
+	if evErr != nil {
+		return fmt.Errorf("write evidence: %w", evErr)
 	}
 	r.idTree, r.evidenceTree = trees.ids.Summary(), trees.evidence.Summary()
 	return ctx.Err()
