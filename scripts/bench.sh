@@ -8,6 +8,8 @@
 #        DIFF_N=0 scripts/bench.sh   skips the differential test
 #        SHARDS=4 (default) also runs each size as 4 shards, one after the other,
 #        and the commit, printing each one's wall time and peak RSS; SHARDS=0 skips it
+#        REPEAT=3 (default) full runs per size, each printed, then their median:
+#        this machine's timings vary by up to a third from one run to the next
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sizes="${1:-1000000 10000000}"
@@ -24,14 +26,15 @@ if [ "${DIFF_N:-10000000}" != 0 ]; then
     grep -E 'inputs|^(ok|FAIL|---)'
 fi
 
-# report TIMEFILE N: wall time, peak RSS, CPU and users per second.
+# report TIMEFILE N [WHAT]: wall time, peak RSS, CPU and N per second
+# (WHAT, default "users"). Sets secs to the wall time in seconds.
 report() {
-  local wall rss cpu secs
+  local wall rss cpu
   wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$1")
   rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$1")
   cpu=$(awk -F': ' '/Percent of CPU/ {print $2}' "$1")
   secs=$(echo "$wall" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
-  echo "   wall $wall ($secs s), peak RSS $((rss / 1024)) MiB, CPU $cpu, $(awk -v n="$2" -v s="$secs" 'BEGIN { printf "%.0f", n/s }') users/s"
+  echo "   wall $wall ($secs s), peak RSS $((rss / 1024)) MiB, CPU $cpu, $(awk -v n="$2" -v s="$secs" 'BEGIN { printf "%.0f", n/s }') ${3:-users}/s"
 }
 
 for n in $sizes; do
@@ -50,10 +53,20 @@ destinations:
 YAML
   common=(--users "$dir/in/users.csv" --consent "$dir/in/consent_events.csv" --destination meta-ads --state "$dir/state"
     --as-of 2026-11-01T00:00:00Z --min-policy-version 3 --max-consent-age 395d --log-format json)
-  echo "== full run: $n users"
-  /usr/bin/time -v -o "$dir/time.txt" bin/audiencematch run "${common[@]}" --log-level debug 2>"$dir/log.json"
-  grep -o '"stage":"[a-z]*","seconds":[0-9.]*' "$dir/log.json" | sed 's/"stage":"\([a-z]*\)","seconds":\([0-9.]*\)/   stage \1: \2 s/'
-  report "$dir/time.txt" "$n"
+  repeat="${REPEAT:-3}"
+  walls=()
+  for ((k = 1; k <= repeat; k++)); do
+    echo "== full run: $n users ($k of $repeat)"
+    # --force from the second run on: the first committed the date.
+    force=()
+    [ "$k" -gt 1 ] && { force=(--force); rm -rf "$dir/out"; }
+    /usr/bin/time -v -o "$dir/time.txt" bin/audiencematch run "${common[@]}" "${force[@]}" --log-level debug 2>"$dir/log.json"
+    grep -oE '"stage":"[a-z]*","seconds":[0-9.]*(,"cpu_seconds":[0-9.]*)?' "$dir/log.json" |
+      sed -E 's/"stage":"([a-z]*)","seconds":([0-9.]*)(,"cpu_seconds":([0-9.]*))?/   stage \1: \2 s (CPU \4 s)/; s/ \(CPU  s\)//'
+    report "$dir/time.txt" "$n"
+    walls+=("$secs")
+  done
+  printf '%s\n' "${walls[@]}" | sort -n | awk -v n="$n" '{ w[NR] = $1 } END { m = w[int((NR + 1) / 2)]; printf "   median of %d runs: %s s, %.0f users/s\n", NR, m, n / m }'
   shards="${SHARDS:-4}"
   if [ "$shards" != 0 ]; then
     echo "== the same run as $shards shards, one after the other, then commit"
@@ -62,7 +75,8 @@ YAML
     rm -rf "$dir/state/shards" "$dir/out"
     for ((i = 0; i < shards; i++)); do
       /usr/bin/time -v -o "$dir/time.txt" bin/audiencematch run "${common[@]}" --force --shard "$i/$shards" 2>/dev/null
-      printf '   shard %d/%d: ' "$i" "$shards"; report "$dir/time.txt" "$n"
+      # A shard reads every row but owns about 1/N of the users.
+      printf '   shard %d/%d: ' "$i" "$shards"; report "$dir/time.txt" "$((n / shards))" "owned users"
     done
     /usr/bin/time -v -o "$dir/time.txt" bin/audiencematch commit "${common[@]}" --force --shards "$shards" 2>/dev/null
     printf '   commit: '; report "$dir/time.txt" "$n"
