@@ -44,7 +44,11 @@ type span struct {
 }
 
 // spillChunk is the size at which a writer's partition buffer is written.
-const spillChunk = 16 << 10
+// A run's writers hold up to about 4,400 buffers at once (1,024 partitions
+// of the holders and of the snapshot lines, 128 of the guard, per worker):
+// at 8 KiB that is 43 MiB, at 16 KiB it was 87 MiB and 60 MiB more peak
+// memory at 1M users, for no measurable gain at 10M in fewer writes.
+const spillChunk = 8 << 10
 
 // newSpill creates an owner-only spill file of parts partitions. With
 // digest set it also hashes what is written (see Sum).
@@ -278,7 +282,7 @@ func (w *spillWriter) write(p int, b []byte) {
 var chunkPool = sync.Pool{New: func() any { return new([spillChunk + spillSlack]byte) }}
 
 // spillSlack is room past spillChunk for the record that fills a buffer.
-const spillSlack = 4 << 10
+const spillSlack = 2 << 10
 
 // buf is partition p's buffer, to append one record to.
 func (w *spillWriter) buf(p int) []byte {
