@@ -248,8 +248,11 @@ func (t *csvTable) parseBlock(blk csvBlock, b *rowBatch) {
 	if n := bytes.Count(blk.data, []byte{'\n'}) + 1; cap(b.rows) < n {
 		// Room at once for a full block of lines this long: blocks grow
 		// to csvBlockSize, and growing by doublings costs fresh memory
-		// at each step.
-		n = max(n, int(int64(n)*int64(csvBlockSize)/int64(len(blk.data)+1)))
+		// at each step. Not for a block of a small file, which is all
+		// there is (the first block of a larger one is 64 KiB).
+		if len(blk.data) >= 64<<10 {
+			n = max(n, int(int64(n)*int64(csvBlockSize)/int64(len(blk.data))))
+		}
 		b.rows = make([]Row, 0, n)
 		b.fields = make([]string, 0, n*len(t.idx))
 	}
