@@ -1,6 +1,8 @@
 package pipeline
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -38,5 +40,28 @@ func TestIDBucketerSub(t *testing.T) {
 		if len(used) < len(ids)*3/4 {
 			t.Errorf("%s: %d ids in only %d of %d sub-buckets", s, len(ids), len(used), spillParts*spillParts)
 		}
+	}
+}
+
+// TestSortDigests: sorting by 8-byte keys gives the byte order, also when
+// digests share their first 8 bytes (the tie-break the snapshot's random
+// digests almost never reach).
+func TestSortDigests(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	lines := make([][sha256.Size]byte, 5000)
+	for i := range lines {
+		for j := range lines[i] {
+			lines[i][j] = byte(rng.Uint32())
+		}
+		if i%3 == 0 { // a third share one of four 8-byte prefixes
+			copy(lines[i][:8], []byte{0, 0, 0, 0, 0, 0, 0, byte(i % 4)})
+		}
+	}
+	lines[1] = lines[0] // and two are equal
+	want := slices.Clone(lines)
+	slices.SortFunc(want, func(a, b [sha256.Size]byte) int { return bytes.Compare(a[:], b[:]) })
+	_, got := sortDigests(lines, nil, nil)
+	if !slices.Equal(got, want) {
+		t.Fatal("sortDigests differs from sorting by bytes.Compare")
 	}
 }

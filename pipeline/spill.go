@@ -74,7 +74,7 @@ func (s *spill) write(p int, b []byte) {
 		return
 	}
 	if _, err := s.f.Write(b); err != nil {
-		s.err = fmt.Errorf("spill %s: %w", s.path, err)
+		s.failLocked(err)
 		return
 	}
 	if s.sum != nil {
@@ -84,30 +84,39 @@ func (s *spill) write(p int, b []byte) {
 	s.off += int64(len(b))
 }
 
-// ownFile creates a writer's own file (see spill).
-func (s *spill) ownFile() (*os.File, error) {
+// failLocked keeps the spill's first error; s.mu is held.
+func (s *spill) failLocked(err error) {
+	s.err = cmp.Or(s.err, fmt.Errorf("spill %s: %w", s.path, err))
+}
+
+// ownFile creates a writer's own file (see spill), or returns nil after
+// an error, which Err reports.
+func (s *spill) ownFile() *os.File {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.err != nil {
+		return nil
+	}
 	f, err := os.OpenFile(fmt.Sprintf("%s.w%d", s.path, len(s.own)), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("spill %s: %w", s.path, err)
+		s.failLocked(err)
+		return nil
 	}
 	s.own = append(s.own, f)
-	return f, nil
+	return f
 }
 
 // writeOwn appends one chunk of partition p to a writer's file f, whose
 // size is *off.
 func (s *spill) writeOwn(f *os.File, off *int64, p int, b []byte) {
-	if _, err := f.Write(b); err != nil {
-		s.mu.Lock()
-		s.err = cmp.Or(s.err, fmt.Errorf("spill %s: %w", s.path, err))
-		s.mu.Unlock()
+	_, err := f.Write(b)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		s.failLocked(err)
 		return
 	}
-	s.mu.Lock()
 	s.chunks[p] = append(s.chunks[p], span{f, *off, int64(len(b))})
-	s.mu.Unlock()
 	*off += int64(len(b))
 }
 
@@ -264,14 +273,9 @@ func (w *spillWriter) write(p int, b []byte) {
 		return
 	}
 	if w.f == nil {
-		f, err := w.s.ownFile()
-		if err != nil {
-			w.s.mu.Lock()
-			w.s.err = cmp.Or(w.s.err, err)
-			w.s.mu.Unlock()
+		if w.f = w.s.ownFile(); w.f == nil {
 			return
 		}
-		w.f = f
 	}
 	w.s.writeOwn(w.f, &w.off, p, b)
 }
@@ -475,10 +479,9 @@ func splitPart(path string, srcs []*spill, p int, rec func(b []byte) (n, sub int
 
 // drop closes and removes a spill.
 func (s *spill) drop() {
-	own := len(s.own)
 	s.Close()
 	os.Remove(s.path)
-	for i := range own {
-		os.Remove(fmt.Sprintf("%s.w%d", s.path, i))
+	for _, f := range s.own {
+		os.Remove(f.Name())
 	}
 }
