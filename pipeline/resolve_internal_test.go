@@ -3,6 +3,8 @@ package pipeline
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -63,5 +65,28 @@ func TestSortDigests(t *testing.T) {
 	_, got := sortDigests(lines, nil, nil)
 	if !slices.Equal(got, want) {
 		t.Fatal("sortDigests differs from sorting by bytes.Compare")
+	}
+}
+
+// TestSpillReaderVarint: varint reads what binary.AppendVarint wrote,
+// negative and extreme values included, and a truncated one is an error.
+func TestSpillReaderVarint(t *testing.T) {
+	vals := []int64{0, 1, -1, 63, -64, 64, -65, 1 << 40, -(1 << 40), math.MaxInt64, math.MinInt64}
+	var b []byte
+	for _, v := range vals {
+		b = binary.AppendVarint(b, v)
+	}
+	rd := spillReader{b: b}
+	for _, want := range vals {
+		if got := rd.varint(); got != want {
+			t.Fatalf("varint = %d, want %d", got, want)
+		}
+	}
+	if rd.more() || rd.err() != nil {
+		t.Fatalf("after every value: more %v, err %v", rd.more(), rd.err())
+	}
+	rd = spillReader{b: binary.AppendVarint(nil, math.MinInt64)[:3]}
+	if rd.varint(); rd.err() == nil {
+		t.Fatal("a truncated varint was read without an error")
 	}
 }

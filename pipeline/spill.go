@@ -346,13 +346,14 @@ func (r *spillReader) uvarint() uint64 {
 	return v
 }
 
+// varint decodes a zigzag varint as binary.Varint does: a uvarint whose
+// low bit is the sign.
 func (r *spillReader) varint() int64 {
-	v, k := binary.Varint(r.b)
-	if k <= 0 {
-		r.bad, r.b = true, nil
-		return 0
+	u := r.uvarint()
+	v := int64(u >> 1)
+	if u&1 != 0 {
+		v = ^v
 	}
-	r.b = r.b[k:]
 	return v
 }
 
