@@ -19,7 +19,11 @@ const maxRecordBytes = 64 << 10
 
 // csvBlockSize is how much of the file one parse worker takes at a time
 // (a variable for tests, which make it tiny to cut files into many blocks).
-var csvBlockSize = 4 << 20
+// The blocks in flight and the row arrays sized for them are most of the
+// read stages' memory, and on this machine fresh memory costs about 15 µs a
+// page to touch: 512 KiB blocks (7k consent rows) took 8% less CPU at 1M
+// users than 4 MiB ones, with 10k fewer page faults per stage.
+var csvBlockSize = 512 << 10
 
 // CSV reject reasons.
 const (
@@ -140,7 +144,7 @@ func (t *csvTable) produce(r io.Reader, sum hash.Hash, line int64) {
 		// At least as much again as the carried partial line: a line many
 		// blocks long is then read in a logarithmic number of rounds.
 		// Blocks start at 64 KiB and double up to csvBlockSize: a small
-		// file does not cost a 4 MiB buffer.
+		// file does not cost a full-size buffer.
 		size := min(csvBlockSize, 64<<10<<min(seq, 6))
 		buf := t.blockBuf(len(carry) + max(size, len(carry)))
 		buf = buf[:copy(buf[:len(carry)], carry)]

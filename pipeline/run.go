@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"time"
 
@@ -303,13 +304,18 @@ func (r *run) runSteps(ctx context.Context, steps []step) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		start, cpu0 := time.Now(), cpuTime()
+		start := time.Now()
+		cpu0, flt0 := usage()
 		r.cfg.Progress.setStage(s.name)
-		if err := s.fn(ctx); err != nil {
+		// The stage's label marks its goroutines' samples in a CPU profile.
+		var err error
+		pprof.Do(ctx, pprof.Labels("stage", s.name), func(ctx context.Context) { err = s.fn(ctx) })
+		if err != nil {
 			return err
 		}
 		r.stages = append(r.stages, StageTime{s.name, time.Since(start)})
-		r.cfg.Log.Debug("stage done", "stage", s.name, "seconds", time.Since(start).Seconds(), "cpu_seconds", (cpuTime() - cpu0).Seconds())
+		cpu, flt := usage()
+		r.cfg.Log.Debug("stage done", "stage", s.name, "seconds", time.Since(start).Seconds(), "cpu_seconds", (cpu - cpu0).Seconds(), "minor_faults", flt-flt0)
 		if err := crashPoint(s.name); err != nil {
 			return err
 		}

@@ -84,6 +84,13 @@ func (s *spill) write(p int, b []byte) {
 	s.off += int64(len(b))
 }
 
+// fail keeps the spill's first error.
+func (s *spill) fail(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failLocked(err)
+}
+
 // failLocked keeps the spill's first error; s.mu is held.
 func (s *spill) failLocked(err error) {
 	s.err = cmp.Or(s.err, fmt.Errorf("spill %s: %w", s.path, err))
@@ -106,18 +113,13 @@ func (s *spill) ownFile() *os.File {
 	return f
 }
 
-// writeOwn appends one chunk of partition p to a writer's file f, whose
-// size is *off.
-func (s *spill) writeOwn(f *os.File, off *int64, p int, b []byte) {
-	_, err := f.Write(b)
+// addSpans records chunks a writer has written to its own file.
+func (s *spill) addSpans(spans []partSpan) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err != nil {
-		s.failLocked(err)
-		return
+	for _, ps := range spans {
+		s.chunks[ps.p] = append(s.chunks[ps.p], ps.span)
 	}
-	s.chunks[p] = append(s.chunks[p], span{f, *off, int64(len(b))})
-	*off += int64(len(b))
 }
 
 // Err is the first write error.
@@ -255,18 +257,39 @@ func openSpill(path string, index []byte) (*spill, error) {
 
 // spillWriter is one worker's buffers for a spill. Use put after appending
 // a record to buf(p); flush when done.
+//
+// Unless the spill is digested, full chunks are gathered in stage and
+// written to the writer's own file stageSize at a time: one write call per
+// 8 KiB chunk cost more than the copy (a system call is about 4 µs here,
+// against 11 µs for a 64 KiB one), and the chunks' spans are recorded
+// under the spill's lock once per stage rather than once per chunk. Until
+// flush, the spill's chunk list lacks what stage holds: nothing reads a
+// spill before its writers have flushed.
 type spillWriter struct {
-	s    *spill
-	bufs [][]byte
-	f    *os.File // its own file, once it has written (see spill)
-	off  int64    // f's size
+	s     *spill
+	bufs  [][]byte
+	f     *os.File   // its own file, once it has written (see spill)
+	off   int64      // f's size, with stage written
+	stage []byte     // full chunks not yet written to f
+	spans []partSpan // where stage's chunks go
 }
+
+// partSpan is a chunk of partition p.
+type partSpan struct {
+	p int
+	span
+}
+
+// stageSize is how much of its full chunks a writer gathers per write.
+const stageSize = 256 << 10
+
+var stagePool = sync.Pool{New: func() any { return new([stageSize]byte) }}
 
 func (s *spill) writer() *spillWriter {
 	return &spillWriter{s: s, bufs: make([][]byte, len(s.chunks))}
 }
 
-// write writes one chunk of partition p.
+// write writes one chunk of partition p, or stages it.
 func (w *spillWriter) write(p int, b []byte) {
 	if w.s.sum != nil {
 		w.s.write(p, b)
@@ -276,8 +299,35 @@ func (w *spillWriter) write(p int, b []byte) {
 		if w.f = w.s.ownFile(); w.f == nil {
 			return
 		}
+		w.stage = stagePool.Get().(*[stageSize]byte)[:0]
 	}
-	w.s.writeOwn(w.f, &w.off, p, b)
+	if len(w.stage)+len(b) > cap(w.stage) {
+		w.drain()
+	}
+	// w.off counts the stage: it is where b lands in the file.
+	w.spans = append(w.spans, partSpan{p, span{w.f, w.off, int64(len(b))}})
+	w.off += int64(len(b))
+	if len(b) > cap(w.stage) { // a record longer than the stage goes on its own
+		if _, err := w.f.Write(b); err != nil {
+			w.s.fail(err)
+		}
+		w.s.addSpans(w.spans)
+		w.spans = w.spans[:0]
+		return
+	}
+	w.stage = append(w.stage, b...)
+}
+
+// drain writes the staged chunks and records their spans.
+func (w *spillWriter) drain() {
+	if len(w.stage) == 0 {
+		return
+	}
+	if _, err := w.f.Write(w.stage); err != nil {
+		w.s.fail(err)
+	}
+	w.s.addSpans(w.spans)
+	w.stage, w.spans = w.stage[:0], w.spans[:0]
 }
 
 // chunkPool holds partition buffers between writers. Grown from nothing by
@@ -305,7 +355,8 @@ func (w *spillWriter) put(p int, b []byte) {
 	}
 }
 
-// flush writes what the buffers hold and gives them back to the pool.
+// flush writes what the buffers and the stage hold and gives them back to
+// their pools.
 func (w *spillWriter) flush() error {
 	for p, b := range w.bufs {
 		if len(b) > 0 {
@@ -315,6 +366,11 @@ func (w *spillWriter) flush() error {
 			chunkPool.Put((*[spillChunk + spillSlack]byte)(b[:cap(b)]))
 		}
 		w.bufs[p] = nil
+	}
+	if w.stage != nil {
+		w.drain()
+		stagePool.Put((*[stageSize]byte)(w.stage[:stageSize]))
+		w.stage = nil
 	}
 	return w.s.Err()
 }
