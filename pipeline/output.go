@@ -285,11 +285,8 @@ func (w *partWriter) Close() ([]OutputFile, error) {
 type evidenceWriter struct {
 	f     *hashingFile
 	w     *parquet.GenericWriter[EvidenceRow]
-	batch []EvidenceRow
-	arena strArena // the batch's strings: a bucket's memory is reused
+	batch []EvidenceRow // a bucket's rows
 }
-
-const evidenceBatch = 64 << 10
 
 // evidenceCodec is GZIP, Huffman coding only: the evidence is mostly hex
 // identifiers and random-looking ids, which LZ matching barely shortens, so
@@ -306,51 +303,60 @@ func newEvidenceWriter(path string) (*evidenceWriter, error) {
 	// Row groups bound what the writer buffers: the whole file otherwise,
 	// a third of a gigabyte at 10M users.
 	w := parquet.NewGenericWriter[EvidenceRow](f, parquet.Compression(evidenceCodec), parquet.MaxRowsPerRowGroup(DefaultRowsPerGroup))
-	return &evidenceWriter{f: f, w: w,
-		batch: make([]EvidenceRow, 0, evidenceBatch)}, nil
+	return &evidenceWriter{f: f, w: w}, nil
 }
 
 // strArena keeps copies of strings until reset: what a batch of rows
-// holds until it is written, when the strings' own memory is reused.
-type strArena struct{ b []byte }
+// holds until it is written, when the strings' own memory is reused. Its
+// blocks are kept for the next batch, so that batch after batch fills the
+// same memory.
+type strArena struct {
+	blocks [][]byte
+	i      int // the block being filled
+}
 
 func (a *strArena) keep(s string) string {
-	if cap(a.b)-len(a.b) < len(s) {
-		a.b = make([]byte, 0, max(1<<20, 2*len(s))) // the old block stays alive with the strings in it
+	for a.i < len(a.blocks) && cap(a.blocks[a.i])-len(a.blocks[a.i]) < len(s) {
+		a.i++
 	}
-	at := len(a.b)
-	a.b = append(a.b, s...)
-	return bytesString(a.b[at:])
+	if a.i == len(a.blocks) {
+		a.blocks = append(a.blocks, make([]byte, 0, max(1<<20, len(s))))
+	}
+	b := a.blocks[a.i]
+	a.blocks[a.i] = append(b, s...)
+	return bytesString(a.blocks[a.i][len(b):])
 }
 
 // reset lets the space be reused: no string kept before may be used after.
-func (a *strArena) reset() { a.b = a.b[:0] }
-
-func (e *evidenceWriter) add(rb *resolvedBucket) error {
-	for _, x := range rb.export {
-		id := e.arena.keep(x.eid)
-		for j, hi := range x.holders {
-			h := &rb.holders[hi]
-			e.batch = append(e.batch, EvidenceRow{ID: id, UserID: e.arena.keep(h.userID), EventID: e.arena.keep(h.eventID), Primary: j == 0})
-			if len(e.batch) == cap(e.batch) {
-				if err := e.flush(); err != nil {
-					return err
-				}
-			}
-		}
+func (a *strArena) reset() {
+	for i := range a.blocks {
+		a.blocks[i] = a.blocks[i][:0]
 	}
-	return nil
+	a.i = 0
 }
 
-func (e *evidenceWriter) flush() error {
-	_, err := e.w.Write(e.batch)
+// add writes a bucket's rows. They point into the bucket's memory, which
+// is reused once add returns: the Parquet writer copies what it is given
+// before Write returns, so the rows go to it bucket by bucket rather than
+// being copied to live longer.
+func (e *evidenceWriter) add(rb *resolvedBucket) error {
 	e.batch = e.batch[:0]
-	e.arena.reset()
+	for _, x := range rb.export {
+		for j, hi := range x.holders {
+			h := &rb.holders[hi]
+			e.batch = append(e.batch, EvidenceRow{ID: x.eid, UserID: h.userID, EventID: h.eventID, Primary: j == 0})
+		}
+	}
+	if len(e.batch) == 0 {
+		return nil
+	}
+	_, err := e.w.Write(e.batch)
+	clear(e.batch) // nor does the batch keep the bucket's strings
 	return err
 }
 
 func (e *evidenceWriter) close() error {
-	err := errors.Join(e.flush(), e.w.Close(), e.f.Close())
+	err := errors.Join(e.w.Close(), e.f.Close())
 	e.f = nil
 	return err
 }

@@ -168,3 +168,34 @@ func TestSpillRoundTrip(t *testing.T) {
 		sp.drop()
 	}
 }
+
+// TestStrArena: kept strings survive until reset, whatever their size, and
+// a reset arena fills its blocks again instead of allocating new ones.
+func TestStrArena(t *testing.T) {
+	var a strArena
+	var kept, want []string
+	for i := range 3000 {
+		s := strings.Repeat(string(rune('a'+i%26)), 1+i*7%1500)
+		if i == 1234 {
+			s = strings.Repeat("z", 3<<20) // longer than a block
+		}
+		kept, want = append(kept, a.keep(s)), append(want, s)
+	}
+	if !slices.Equal(kept, want) {
+		t.Fatal("a kept string changed before reset")
+	}
+	blocks := len(a.blocks)
+	for range 3 {
+		a.reset()
+		kept = kept[:0]
+		for _, s := range want {
+			kept = append(kept, a.keep(s))
+		}
+		if !slices.Equal(kept, want) {
+			t.Fatal("a kept string changed after a reset")
+		}
+	}
+	if len(a.blocks) != blocks {
+		t.Fatalf("the same strings after a reset took %d blocks, first %d", len(a.blocks), blocks)
+	}
+}
