@@ -30,7 +30,7 @@ func BenchmarkWriteParts(b *testing.B) {
 	ids := randomIDs(benchIDs)
 	cfg := &Config{RowsPerFile: DefaultRowsPerFile, RowsPerGroup: DefaultRowsPerGroup, ToolVersion: "bench"}
 	for b.Loop() {
-		w, err := newPartWriter(filepath.Join(b.TempDir(), "out"), cfg, hashing.HMACSHA256, "0011223344556677")
+		w, err := newPartWriter(filepath.Join(b.TempDir(), "out"), nil, cfg, hashing.HMACSHA256, "0011223344556677")
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -51,7 +51,7 @@ func BenchmarkWriteParts(b *testing.B) {
 func BenchmarkLeakGuard(b *testing.B) {
 	dir := filepath.Join(b.TempDir(), "out")
 	cfg := &Config{RowsPerFile: DefaultRowsPerFile, RowsPerGroup: DefaultRowsPerGroup, ToolVersion: "bench"}
-	w, _ := newPartWriter(dir, cfg, hashing.HMACSHA256, "")
+	w, _ := newPartWriter(dir, nil, cfg, hashing.HMACSHA256, "")
 	for _, id := range randomIDs(benchIDs) {
 		w.Add(id)
 	}

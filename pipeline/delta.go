@@ -77,10 +77,10 @@ func (r *run) startDeltas(pub string) (*deltaMerge, error) {
 	if d.old, err = r.previousIDs(prev, d.prevScheme); err != nil {
 		return nil, err
 	}
-	if d.adds, err = newPartWriter(filepath.Join(pub, "adds"), &r.cfg, r.cfg.Scheme, r.cfg.KeyID()); err != nil {
+	if d.adds, err = newPartWriter(filepath.Join(pub, "adds"), r.pages, &r.cfg, r.cfg.Scheme, r.cfg.KeyID()); err != nil {
 		return nil, err
 	}
-	if d.removes, err = newPartWriter(filepath.Join(pub, "removes"), &r.cfg, d.prevScheme, prev.KeyID); err != nil {
+	if d.removes, err = newPartWriter(filepath.Join(pub, "removes"), r.pages, &r.cfg, d.prevScheme, prev.KeyID); err != nil {
 		return nil, err
 	}
 	d.b, d.bok, err = d.old.Next()

@@ -72,7 +72,7 @@ func (r *run) writeOutputs(ctx context.Context) error {
 		return nil // finish reports it as already published
 	}
 	pub := filepath.Join(r.staging, "publish")
-	parts, err := newPartWriter(pub, &r.cfg, r.cfg.Scheme, r.cfg.KeyID())
+	parts, err := newPartWriter(pub, r.pages, &r.cfg, r.cfg.Scheme, r.cfg.KeyID())
 	if err != nil {
 		return err
 	}
@@ -80,7 +80,7 @@ func (r *run) writeOutputs(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("write deltas: %w", err)
 	}
-	ev, err := newEvidenceWriter(filepath.Join(r.staging, "private", "evidence.parquet"))
+	ev, err := newEvidenceWriter(filepath.Join(r.staging, "private", "evidence.parquet"), r.pages)
 	if err != nil {
 		return fmt.Errorf("write evidence: %w", err)
 	}
@@ -172,6 +172,7 @@ const (
 // if need be, so that readers find the schema.
 type partWriter struct {
 	dir    string
+	pages  parquet.BufferPool // where a row group's pages wait; nil: memory
 	cfg    *Config
 	scheme hashing.Scheme
 	keyID  string
@@ -185,11 +186,11 @@ type partWriter struct {
 	rows   int64
 }
 
-func newPartWriter(dir string, cfg *Config, scheme hashing.Scheme, keyID string) (*partWriter, error) {
+func newPartWriter(dir string, pages parquet.BufferPool, cfg *Config, scheme hashing.Scheme, keyID string) (*partWriter, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	return &partWriter{dir: dir, cfg: cfg, scheme: scheme, keyID: keyID}, nil
+	return &partWriter{dir: dir, pages: pages, cfg: cfg, scheme: scheme, keyID: keyID}, nil
 }
 
 func (w *partWriter) open() error {
@@ -201,6 +202,9 @@ func (w *partWriter) open() error {
 	w.f, w.rows = f, 0
 	w.files = append(w.files, OutputFile{Path: name})
 	opts := writerOptions(w.cfg, w.scheme, w.keyID)
+	if w.pages != nil {
+		opts = append(opts, parquet.ColumnPageBuffers(w.pages))
+	}
 	if w.scheme.Binary() {
 		w.bin = parquet.NewGenericWriter[BinaryIDRow](f, opts...)
 	} else {
@@ -285,8 +289,14 @@ func (w *partWriter) Close() ([]OutputFile, error) {
 type evidenceWriter struct {
 	f     *hashingFile
 	w     *parquet.GenericWriter[EvidenceRow]
-	batch []EvidenceRow // a bucket's rows
+	batch []EvidenceRow
+	arena strArena // the batch's strings: a bucket's memory is reused
 }
+
+// evidenceBatch is the rows per Write. The batches must not follow the
+// buckets: where the writer cuts pages depends on how rows are handed to
+// it, and the file must not depend on how buckets were split.
+const evidenceBatch = 64 << 10
 
 // evidenceCodec is GZIP, Huffman coding only: the evidence is mostly hex
 // identifiers and random-looking ids, which LZ matching barely shortens, so
@@ -295,15 +305,19 @@ type evidenceWriter struct {
 // written in a third of the time. Every Parquet reader reads GZIP.
 var evidenceCodec = &gzip.Codec{Level: gzip.HuffmanOnly}
 
-func newEvidenceWriter(path string) (*evidenceWriter, error) {
+func newEvidenceWriter(path string, pages parquet.BufferPool) (*evidenceWriter, error) {
 	f, err := createHashing(path, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	// Row groups bound what the writer buffers: the whole file otherwise,
 	// a third of a gigabyte at 10M users.
-	w := parquet.NewGenericWriter[EvidenceRow](f, parquet.Compression(evidenceCodec), parquet.MaxRowsPerRowGroup(DefaultRowsPerGroup))
-	return &evidenceWriter{f: f, w: w}, nil
+	opts := []parquet.WriterOption{parquet.Compression(evidenceCodec), parquet.MaxRowsPerRowGroup(DefaultRowsPerGroup)}
+	if pages != nil {
+		opts = append(opts, parquet.ColumnPageBuffers(pages))
+	}
+	w := parquet.NewGenericWriter[EvidenceRow](f, opts...)
+	return &evidenceWriter{f: f, w: w, batch: make([]EvidenceRow, 0, evidenceBatch)}, nil
 }
 
 // strArena keeps copies of strings until reset: what a batch of rows
@@ -335,28 +349,31 @@ func (a *strArena) reset() {
 	a.i = 0
 }
 
-// add writes a bucket's rows. They point into the bucket's memory, which
-// is reused once add returns: the Parquet writer copies what it is given
-// before Write returns, so the rows go to it bucket by bucket rather than
-// being copied to live longer.
 func (e *evidenceWriter) add(rb *resolvedBucket) error {
-	e.batch = e.batch[:0]
 	for _, x := range rb.export {
+		id := e.arena.keep(x.eid)
 		for j, hi := range x.holders {
 			h := &rb.holders[hi]
-			e.batch = append(e.batch, EvidenceRow{ID: x.eid, UserID: h.userID, EventID: h.eventID, Primary: j == 0})
+			e.batch = append(e.batch, EvidenceRow{ID: id, UserID: e.arena.keep(h.userID), EventID: e.arena.keep(h.eventID), Primary: j == 0})
+			if len(e.batch) == cap(e.batch) {
+				if err := e.flush(); err != nil {
+					return err
+				}
+			}
 		}
 	}
-	if len(e.batch) == 0 {
-		return nil
-	}
+	return nil
+}
+
+func (e *evidenceWriter) flush() error {
 	_, err := e.w.Write(e.batch)
-	clear(e.batch) // nor does the batch keep the bucket's strings
+	e.batch = e.batch[:0]
+	e.arena.reset()
 	return err
 }
 
 func (e *evidenceWriter) close() error {
-	err := errors.Join(e.w.Close(), e.f.Close())
+	err := errors.Join(e.flush(), e.w.Close(), e.f.Close())
 	e.f = nil
 	return err
 }

@@ -18,6 +18,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/parquet-go/parquet-go"
 	"golang.org/x/mod/sumdb/note"
 
 	"audiencematch/consent"
@@ -186,8 +187,14 @@ type run struct {
 	// idTree and evidenceTree are the record's tree heads (computeTrees).
 	idTree, evidenceTree *audit.Tree
 	m                    *Manifest
-	stages               []StageTime
-	t0                   time.Time
+	// pages holds the Parquet writers' pages until their row group is
+	// written: files in staging rather than memory. A row group of 1M ids is
+	// 32 MiB of pages, and on this machine fresh memory costs about 15 µs a
+	// page to touch, page cache a small fraction of that: the write stage
+	// took 6% less time at 1M users, its page faults halved.
+	pages  parquet.BufferPool
+	stages []StageTime
+	t0     time.Time
 }
 
 func newRun(cfg Config) *run {
@@ -285,11 +292,12 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 			err = fmt.Errorf("remove staging %q: %w", r.staging, rmErr)
 		}
 	}()
-	for _, d := range []string{"publish", "private"} {
+	for _, d := range []string{"publish", "private", "pages"} {
 		if err := os.Mkdir(filepath.Join(r.staging, d), 0o700); err != nil {
 			return nil, err
 		}
 	}
+	r.pages = parquet.NewFileBufferPool(filepath.Join(r.staging, "pages"), "column-*")
 	if r.rejects, err = newRejectWriter(filepath.Join(r.staging, "private", "rejects.csv")); err != nil {
 		return nil, err
 	}
