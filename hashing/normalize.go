@@ -21,6 +21,10 @@ var (
 	ErrPhoneInvalid  = errors.New("phone not a valid number")
 )
 
+// Preload prepares what Normalize needs (see e164.Preload), so that its
+// first call does not wait for it.
+func Preload() { e164.Preload() }
+
 // Normalize returns the E.164 form of phone, parsed with default region
 // upper(country), or an error when libphonenumber does not call it valid.
 // Common shapes take the metadata-driven fast path of package e164, whose

@@ -301,6 +301,12 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 	if r.rejects, err = newRejectWriter(filepath.Join(r.staging, "private", "rejects.csv")); err != nil {
 		return nil, err
 	}
+	if !cfg.commit {
+		// Compiled while the inputs are read, the numbering metadata is
+		// ready when the join first normalizes: otherwise one worker
+		// compiles it there while every other waits.
+		go hashing.Preload()
+	}
 	if err := r.runSteps(ctx, steps(r)); err != nil {
 		return nil, err
 	}
