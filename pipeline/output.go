@@ -87,10 +87,10 @@ func (r *run) writeOutputs(ctx context.Context) error {
 	defer ev.abort()
 	var snapErr error
 	var snapWG sync.WaitGroup
-	snapWG.Go(func() { r.snapshot, snapErr = snapshotOf(r.snapSrc, spillParts, r.staging) })
+	snapWG.Go(func() { r.snapshot, snapErr = snapshotOf(r.snapSrc, bucketParts, r.staging) })
 	var trees treeBuilder
 	u := &r.m.Users
-	err = eachResolved(ctx, r.idSrc, spillParts, r.cfg.Workers, r.cfg.Scheme.Binary(), newIDBucketer(r.cfg.Scheme, spillParts), r.staging, func(rb *resolvedBucket) error {
+	err = eachResolved(ctx, r.idSrc, bucketParts, r.cfg.Workers, r.cfg.Scheme.Binary(), newIDBucketer(r.cfg.Scheme, bucketParts), r.staging, func(rb *resolvedBucket) error {
 		rb.counts.addTo(u)
 		r.m.TotalRows += rb.counts.exported
 		var wg sync.WaitGroup

@@ -26,25 +26,28 @@ func TestIDBucketerSub(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		bk := newIDBucketer(s, spillParts)
 		ids := make([]string, 200000)
 		for i := range ids {
 			ids[i] = h.ID(string(rune(rng.Uint32())) + "+4474001" + string(rune('0'+i%10)) + string(rune(i)))
 		}
 		slices.Sort(ids)
-		last, used := -1, map[int]int{}
-		for _, id := range ids {
-			fine := bk.of([]byte(id))*spillParts + bk.sub(id)
-			if fine < last {
-				t.Fatalf("%s: %x comes after a larger sub-bucket (%d < %d)", s, id, fine, last)
+		for _, parts := range []int{bucketParts, spillParts} {
+			bk := newIDBucketer(s, parts)
+			last, used := -1, map[int]int{}
+			for _, id := range ids {
+				fine := bk.of([]byte(id))*spillParts + bk.sub(id)
+				if fine < last {
+					t.Fatalf("%s, %d buckets: %x comes after a larger sub-bucket (%d < %d)", s, parts, id, fine, last)
+				}
+				last = fine
+				used[fine]++
 			}
-			last = fine
-			used[fine]++
-		}
-		// 200k ids over 2^20 sub-buckets: evenly spread, about 181k of
-		// them are used.
-		if len(used) < len(ids)*3/4 {
-			t.Errorf("%s: %d ids in only %d of %d sub-buckets", s, len(ids), len(used), spillParts*spillParts)
+			// Spread evenly, n ids over m sub-buckets use about
+			// m(1-e^(-n/m)) of them.
+			m := float64(parts * spillParts)
+			if want := m * (1 - math.Exp(-float64(len(ids))/m)); float64(len(used)) < 0.95*want {
+				t.Errorf("%s, %d buckets: %d ids in only %d sub-buckets, want about %.0f", s, parts, len(ids), len(used), want)
+			}
 		}
 	}
 }

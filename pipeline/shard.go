@@ -322,8 +322,8 @@ func (r *run) loadShards(count int) error {
 		addCounts(m.Rejects.ConsentEvents, in.Rejects.ConsentEvents)
 		dir := filepath.Join(set, shardName(i, count))
 		err := errors.Join(
-			r.openShardSpill(dir, "ids", spillParts, in.Files, &r.idSrc),
-			r.openShardSpill(dir, "snapshot", spillParts, in.Files, &r.snapSrc),
+			r.openShardSpill(dir, "ids", bucketParts, in.Files, &r.idSrc),
+			r.openShardSpill(dir, "snapshot", bucketParts, in.Files, &r.snapSrc),
 			r.openShardGuard(dir, in),
 			readShardFile(dir, "rejects.csv", in.Files, func(b []byte) error {
 				rows, err := readRejects(b)

@@ -44,10 +44,11 @@ type span struct {
 }
 
 // spillChunk is the size at which a writer's partition buffer is written.
-// A run's writers hold up to about 4,400 buffers at once (1,024 partitions
-// of the holders and of the snapshot lines, 128 of the guard, per worker):
-// at 8 KiB that is 43 MiB, at 16 KiB it was 87 MiB and 60 MiB more peak
-// memory at 1M users, for no measurable gain at 10M in fewer writes.
+// A run's writers hold up to about 1,300 buffers at once (256 buckets of
+// the holders and of the snapshot lines, 128 parts of the guard, per
+// worker), or 2,048 while events or users are read (1,024 partitions per
+// worker): 20 MiB at 8 KiB. At 16 KiB, with 1,024 buckets, peak memory at
+// 1M users was 60 MiB more, for no measurable gain at 10M in fewer writes.
 const spillChunk = 8 << 10
 
 // newSpill creates an owner-only spill file of parts partitions. With
