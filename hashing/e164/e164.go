@@ -19,6 +19,7 @@ package e164
 import (
 	"math/bits"
 	"regexp"
+	"slices"
 	"strconv"
 	"sync"
 
@@ -72,8 +73,7 @@ type meta struct {
 	cc        int
 	ccDigits  string
 	general   desc
-	types     []desc // premium rate ... voicemail, fixed line: any match is a known type
-	mobile    *desc  // nil when the mobile and fixed line patterns are the same
+	types     []desc // any match is a known type: mobile, fixed line, then the rarer ones
 	lengths   []int32
 	localOnly []int32
 	idd       *dfa
@@ -93,7 +93,7 @@ func (m *meta) validType(nsn []byte) bool {
 			return true
 		}
 	}
-	return m.mobile != nil && m.mobile.matches(nsn)
+	return false
 }
 
 // Length check results, as testNumberLength returns them.
@@ -277,24 +277,23 @@ func compileMeta(pm *phonenumbers.PhoneMetadata) (*meta, error) {
 	if m.general, err = compileDesc(pm.GetGeneralDesc()); err != nil {
 		return nil, err
 	}
-	// getNumberTypeHelper's order; the order does not change whether some
-	// type matches, which is all validity asks.
-	for _, d := range []*phonenumbers.PhoneNumberDesc{
+	// The types getNumberTypeHelper tries, the most common first: the order
+	// does not change whether some type matches, which is all validity
+	// asks, and most numbers are mobile or fixed lines. The mobile pattern
+	// counts only where it differs from the fixed line's (where it is the
+	// same, a fixed-line match is the library's FIXED_LINE_OR_MOBILE).
+	descs := []*phonenumbers.PhoneNumberDesc{pm.GetFixedLine(),
 		pm.GetPremiumRate(), pm.GetTollFree(), pm.GetSharedCost(), pm.GetVoip(),
-		pm.GetPersonalNumber(), pm.GetPager(), pm.GetUan(), pm.GetVoicemail(), pm.GetFixedLine(),
-	} {
+		pm.GetPersonalNumber(), pm.GetPager(), pm.GetUan(), pm.GetVoicemail()}
+	if !pm.GetSameMobileAndFixedLinePattern() {
+		descs = slices.Insert(descs, 0, pm.GetMobile())
+	}
+	for _, d := range descs {
 		c, err := compileDesc(d)
 		if err != nil {
 			return nil, err
 		}
 		m.types = append(m.types, c)
-	}
-	if !pm.GetSameMobileAndFixedLinePattern() {
-		c, err := compileDesc(pm.GetMobile())
-		if err != nil {
-			return nil, err
-		}
-		m.mobile = &c
 	}
 	if m.idd, err = compileDFA(pm.GetInternationalPrefix()); err != nil {
 		return nil, err
