@@ -398,7 +398,9 @@ func (r *run) joinOne(jw *joinWorker, ev, us *spill, p int, bucket *idBucketer) 
 			}
 			continue
 		}
-		jw.guard.Add(e164)
+		if e164 != phone { // a number typed in E.164 is registered already (users stage)
+			jw.guard.Add(e164)
+		}
 		jw.id = jw.hasher.AppendID(jw.id[:0], e164)
 		b := bucket.of(jw.id)
 		buf := appendStr(jw.ids.buf(b), bytesString(jw.id))
