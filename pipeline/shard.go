@@ -241,19 +241,27 @@ func writeFileSum(path string, fn func(*bufio.Writer) error) (string, error) {
 // read the same inputs under the same configuration, then applies the
 // shared-number rule across them, hashes, writes, checks and publishes
 // atomically, appends one audit record and removes the shards. With shards
-// missing it returns ErrShardsIncomplete and changes nothing.
+// missing it returns ErrShardsIncomplete and changes nothing. When the run
+// is committed already (a commit killed after its audit record, run again)
+// it publishes nothing and removes the shards: they can only make that run.
 func Commit(ctx context.Context, cfg Config, count int) (*Result, error) {
 	if count < 1 || count > MaxShards {
 		return nil, fmt.Errorf("%w: --shards %d: want 1 to %d", ErrUsage, count, MaxShards)
 	}
 	cfg.Shard, cfg.commit = Shard{}, true
+	// The defaults filled in, as execute fills them: ShardsDir depends on
+	// the configuration's digest, and without them the shards' directory
+	// was never found, so never removed.
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
 	res, err := execute(ctx, cfg, func(r *run) []step {
 		return []step{
 			{"shards", func(context.Context) error { return r.loadShards(count) }},
 			{"write", r.writeOutputs},
 		}
 	})
-	if err == nil && res.Skipped == nil {
+	if err == nil && (res.Skipped == nil || res.Skipped.ConfigDigest == cfg.Digest()) {
 		if rmErr := os.RemoveAll(ShardsDir(&cfg)); rmErr != nil {
 			cfg.Log.Warn("could not remove the committed shards", "error", rmErr.Error())
 		}

@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -210,5 +212,146 @@ func TestCrashSafety(t *testing.T) {
 			}
 		}
 		e.finish(t, want)
+	})
+}
+
+// shardCommand runs shard i of n, or with i < 0 the commit of n shards.
+func (e crashEnv) shardCommand(crashAt string, i, n int) *exec.Cmd {
+	args := []string{"run", "--users", filepath.Join(e.in, "users.csv"), "--consent", filepath.Join(e.in, "consent_events.csv"),
+		"--shard", fmt.Sprintf("%d/%d", i, n)}
+	if i < 0 {
+		args = []string{"commit", "--shards", strconv.Itoa(n)}
+	}
+	c := exec.Command(e.bin, append(args, "--destination", "meta-ads", "--state", e.state,
+		"--as-of", "2026-11-01T00:00:00Z", "--min-policy-version", "3", "--max-consent-age", "395d")...)
+	c.Env = append(os.Environ(), pipeline.CrashEnv+"="+crashAt)
+	return c
+}
+
+// finishShards runs every shard of n, uninterrupted, then the commit, and
+// checks the result as finish does, and that the shards are gone.
+func (e crashEnv) finishShards(t *testing.T, n int, want map[string][]byte) {
+	t.Helper()
+	for i := range n {
+		if out, err := e.shardCommand("", i, n).CombinedOutput(); err != nil {
+			t.Fatalf("shard %d/%d after the crash: %v\n%s", i, n, err, out)
+		}
+	}
+	e.commitAndCheck(t, n, want)
+}
+
+func (e crashEnv) commitAndCheck(t *testing.T, n int, want map[string][]byte) {
+	t.Helper()
+	if out, err := e.shardCommand("", -1, n).CombinedOutput(); err != nil {
+		t.Fatalf("commit after the crash: %v\n%s", err, out)
+	}
+	sameTree(t, tree(t, e.out), want)
+	if c := committed(t, e.state); c != 1 {
+		t.Fatalf("%d committed records after recovery, want 1", c)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.state, "staging")); len(ents) != 0 {
+		t.Errorf("staging not cleaned: %d entries", len(ents))
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.state, "shards")); len(ents) != 0 {
+		t.Errorf("the committed shards were not removed: %d entries under STATE/shards", len(ents))
+	}
+	if _, err := pipeline.VerifyAudit(e.state, mustVerifier(t, e.state), nil); err != nil {
+		t.Fatalf("audit verify after recovery: %v", err)
+	}
+}
+
+// TestShardCrashSafety: a shard killed at any stage or moment (a
+// preempted pod) leaves nothing the commit would take, and running it
+// again completes the run; a commit killed at any stage publishes nothing
+// partial, and running it again publishes what the unsharded run publishes,
+// records it once and removes the shards.
+func TestShardCrashSafety(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary many times")
+	}
+	const n = 3
+	bin := buildBinary(t)
+	base := t.TempDir()
+	in := filepath.Join(base, "in")
+	if out, err := exec.Command(bin, "fixtures", "--users", "20000", "--out", in).CombinedOutput(); err != nil {
+		t.Fatalf("fixtures: %v %s", err, out)
+	}
+	keys := filepath.Join(base, "state")
+	if out, err := exec.Command(bin, "keys", "init", "--state", keys).CombinedOutput(); err != nil {
+		t.Fatalf("keys init: %v %s", err, out)
+	}
+	keys = pipeline.KeysDir(keys)
+	ref := newCrashEnv(t, bin, in, keys)
+	start := time.Now()
+	if out, err := ref.command("").CombinedOutput(); err != nil {
+		t.Fatalf("reference run: %v\n%s", err, out)
+	}
+	shardDuration := time.Since(start)
+	want := tree(t, ref.out)
+
+	for _, stage := range []string{"consent", "users", "join"} {
+		t.Run("kill shard at "+stage, func(t *testing.T) {
+			e := newCrashEnv(t, bin, in, keys)
+			if err := e.shardCommand(stage, 1, n).Run(); !killedBySIGKILL(err) {
+				t.Fatalf("the shard was not killed at %s: %v", stage, err)
+			}
+			// The killed shard is missing: the commit waits (exit 75)
+			// and changes nothing.
+			for _, i := range []int{0, 2} {
+				if out, err := e.shardCommand("", i, n).CombinedOutput(); err != nil {
+					t.Fatalf("shard %d/%d: %v\n%s", i, n, err, out)
+				}
+			}
+			err := e.shardCommand("", -1, n).Run()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != exitTempFail {
+				t.Fatalf("commit with a killed shard: %v, want exit %d", err, exitTempFail)
+			}
+			if got := tree(t, e.out); len(got) != 0 {
+				t.Fatalf("commit with a killed shard published %d files", len(got))
+			}
+			e.finishShards(t, n, want)
+		})
+	}
+
+	stages := []string{"shards", "write", "staged", "evidence", "published", "committed"}
+	for i, stage := range stages {
+		t.Run("kill commit at "+stage, func(t *testing.T) {
+			e := newCrashEnv(t, bin, in, keys)
+			for s := range n {
+				if out, err := e.shardCommand("", s, n).CombinedOutput(); err != nil {
+					t.Fatalf("shard %d/%d: %v\n%s", s, n, err, out)
+				}
+			}
+			if err := e.shardCommand(stage, -1, n).Run(); !killedBySIGKILL(err) {
+				t.Fatalf("the commit was not killed at %s: %v", stage, err)
+			}
+			if got := tree(t, e.out); i >= slices.Index(stages, "published") {
+				sameTree(t, got, want)
+			} else if len(got) != 0 {
+				t.Fatalf("commit killed at %s, OUT holds %d files", stage, len(got))
+			}
+			e.commitAndCheck(t, n, want)
+		})
+	}
+
+	t.Run("kill shards at random moments", func(t *testing.T) {
+		e := newCrashEnv(t, bin, in, keys)
+		rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 2))
+		for k := range 6 {
+			c := e.shardCommand("", k%n, n)
+			var stderr bytes.Buffer
+			c.Stderr = &stderr
+			if err := c.Start(); err != nil {
+				t.Fatal(err)
+			}
+			delay := time.Duration(rng.Int64N(int64(shardDuration)))
+			time.Sleep(delay)
+			c.Process.Kill()
+			if err := c.Wait(); err != nil && !killedBySIGKILL(err) {
+				t.Fatalf("kill %d after %v: %v\n%s", k, delay, err, stderr.String())
+			}
+		}
+		e.finishShards(t, n, want)
 	})
 }
