@@ -120,6 +120,12 @@ func (e crashEnv) finish(t *testing.T, want map[string][]byte) {
 	if out, err := e.command("").CombinedOutput(); err != nil {
 		t.Fatalf("run after the crash: %v\n%s", err, out)
 	}
+	e.checkRecovered(t, want)
+}
+
+// checkRecovered checks a recovered state against the reference.
+func (e crashEnv) checkRecovered(t *testing.T, want map[string][]byte) {
+	t.Helper()
 	sameTree(t, tree(t, e.out), want)
 	if n := committed(t, e.state); n != 1 {
 		t.Fatalf("%d committed records after recovery, want 1", n)
@@ -132,6 +138,23 @@ func (e crashEnv) finish(t *testing.T, want map[string][]byte) {
 	}
 }
 
+// killRandomly starts c and kills it after a random part of d; c must
+// end killed or, if it was quicker, successfully.
+func killRandomly(t *testing.T, c *exec.Cmd, rng *rand.Rand, d time.Duration) {
+	t.Helper()
+	var stderr bytes.Buffer
+	c.Stderr = &stderr
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	delay := time.Duration(rng.Int64N(int64(d)))
+	time.Sleep(delay)
+	c.Process.Kill()
+	if err := c.Wait(); err != nil && !killedBySIGKILL(err) {
+		t.Fatalf("killed after %v: %v\n%s", delay, err, stderr.String())
+	}
+}
+
 func mustVerifier(t *testing.T, state string) note.Verifier {
 	t.Helper()
 	v, err := audit.LoadVerifier(filepath.Join(pipeline.KeysDir(state), audit.VerifierFile))
@@ -141,10 +164,17 @@ func mustVerifier(t *testing.T, state string) note.Verifier {
 	return v
 }
 
-func TestCrashSafety(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the binary many times")
-	}
+// crashRef is what every crash scenario shares: the binary, fixtures of
+// 20k users, keys, and what an uninterrupted run publishes (want), and how
+// long it took.
+type crashRef struct {
+	bin, in, keys string
+	want          map[string][]byte
+	took          time.Duration
+}
+
+func newCrashRef(t *testing.T) crashRef {
+	t.Helper()
 	bin := buildBinary(t)
 	base := t.TempDir()
 	in := filepath.Join(base, "in")
@@ -156,17 +186,24 @@ func TestCrashSafety(t *testing.T) {
 		t.Fatalf("keys init: %v %s", err, out)
 	}
 	keys = pipeline.KeysDir(keys)
-
 	ref := newCrashEnv(t, bin, in, keys)
 	start := time.Now()
 	if out, err := ref.command("").CombinedOutput(); err != nil {
 		t.Fatalf("reference run: %v\n%s", err, out)
 	}
-	refDuration := time.Since(start)
-	want := tree(t, ref.out)
-	if len(want) < 2 {
-		t.Fatalf("the reference run published %d files", len(want))
+	c := crashRef{bin: bin, in: in, keys: keys, want: tree(t, ref.out), took: time.Since(start)}
+	if len(c.want) < 2 {
+		t.Fatalf("the reference run published %d files", len(c.want))
 	}
+	return c
+}
+
+func TestCrashSafety(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary many times")
+	}
+	ref := newCrashRef(t)
+	bin, in, keys, want, refDuration := ref.bin, ref.in, ref.keys, ref.want, ref.took
 
 	stages := []string{"consent", "users", "join", "write", "staged", "evidence", "published", "committed"}
 	for i, stage := range stages {
@@ -192,23 +229,11 @@ func TestCrashSafety(t *testing.T) {
 	t.Run("kill at random moments", func(t *testing.T) {
 		e := newCrashEnv(t, bin, in, keys)
 		rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
-		for k := 0; k < 8; k++ {
-			c := e.command("")
-			var stderr bytes.Buffer
-			c.Stderr = &stderr
-			if err := c.Start(); err != nil {
-				t.Fatal(err)
-			}
-			delay := time.Duration(rng.Int64N(int64(refDuration)))
-			time.Sleep(delay)
-			c.Process.Kill()
-			err := c.Wait()
+		for range 8 {
+			killRandomly(t, e.command(""), rng, refDuration)
 			// Between kills: nothing partial is ever visible in OUT.
 			if got := tree(t, e.out); len(got) != 0 {
 				sameTree(t, got, want)
-			}
-			if err != nil && !killedBySIGKILL(err) {
-				t.Fatalf("kill %d after %v: %v\n%s", k, delay, err, stderr.String())
 			}
 		}
 		e.finish(t, want)
@@ -245,18 +270,9 @@ func (e crashEnv) commitAndCheck(t *testing.T, n int, want map[string][]byte) {
 	if out, err := e.shardCommand("", -1, n).CombinedOutput(); err != nil {
 		t.Fatalf("commit after the crash: %v\n%s", err, out)
 	}
-	sameTree(t, tree(t, e.out), want)
-	if c := committed(t, e.state); c != 1 {
-		t.Fatalf("%d committed records after recovery, want 1", c)
-	}
-	if ents, _ := os.ReadDir(filepath.Join(e.state, "staging")); len(ents) != 0 {
-		t.Errorf("staging not cleaned: %d entries", len(ents))
-	}
+	e.checkRecovered(t, want)
 	if ents, _ := os.ReadDir(filepath.Join(e.state, "shards")); len(ents) != 0 {
 		t.Errorf("the committed shards were not removed: %d entries under STATE/shards", len(ents))
-	}
-	if _, err := pipeline.VerifyAudit(e.state, mustVerifier(t, e.state), nil); err != nil {
-		t.Fatalf("audit verify after recovery: %v", err)
 	}
 }
 
@@ -270,24 +286,8 @@ func TestShardCrashSafety(t *testing.T) {
 		t.Skip("builds and runs the binary many times")
 	}
 	const n = 3
-	bin := buildBinary(t)
-	base := t.TempDir()
-	in := filepath.Join(base, "in")
-	if out, err := exec.Command(bin, "fixtures", "--users", "20000", "--out", in).CombinedOutput(); err != nil {
-		t.Fatalf("fixtures: %v %s", err, out)
-	}
-	keys := filepath.Join(base, "state")
-	if out, err := exec.Command(bin, "keys", "init", "--state", keys).CombinedOutput(); err != nil {
-		t.Fatalf("keys init: %v %s", err, out)
-	}
-	keys = pipeline.KeysDir(keys)
-	ref := newCrashEnv(t, bin, in, keys)
-	start := time.Now()
-	if out, err := ref.command("").CombinedOutput(); err != nil {
-		t.Fatalf("reference run: %v\n%s", err, out)
-	}
-	shardDuration := time.Since(start)
-	want := tree(t, ref.out)
+	ref := newCrashRef(t)
+	bin, in, keys, want, shardDuration := ref.bin, ref.in, ref.keys, ref.want, ref.took
 
 	for _, stage := range []string{"consent", "users", "join"} {
 		t.Run("kill shard at "+stage, func(t *testing.T) {
@@ -339,18 +339,7 @@ func TestShardCrashSafety(t *testing.T) {
 		e := newCrashEnv(t, bin, in, keys)
 		rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 2))
 		for k := range 6 {
-			c := e.shardCommand("", k%n, n)
-			var stderr bytes.Buffer
-			c.Stderr = &stderr
-			if err := c.Start(); err != nil {
-				t.Fatal(err)
-			}
-			delay := time.Duration(rng.Int64N(int64(shardDuration)))
-			time.Sleep(delay)
-			c.Process.Kill()
-			if err := c.Wait(); err != nil && !killedBySIGKILL(err) {
-				t.Fatalf("kill %d after %v: %v\n%s", k, delay, err, stderr.String())
-			}
+			killRandomly(t, e.shardCommand("", k%n, n), rng, shardDuration)
 		}
 		e.finishShards(t, n, want)
 	})
