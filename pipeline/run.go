@@ -121,12 +121,7 @@ func (c *Config) check() error {
 	if _, err := hashing.ParseScheme(string(c.Scheme)); err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
-	if c.RowsPerFile <= 0 {
-		c.RowsPerFile = DefaultRowsPerFile
-	}
-	if c.RowsPerGroup <= 0 {
-		c.RowsPerGroup = DefaultRowsPerGroup
-	}
+	c.RowsPerFile, c.RowsPerGroup = c.rows()
 	if c.Workers <= 0 {
 		c.Workers = runtime.GOMAXPROCS(0)
 	}
@@ -139,6 +134,18 @@ func (c *Config) check() error {
 	return nil
 }
 
+// rows is the output sizing in effect: the defaults where none is set.
+func (c *Config) rows() (perFile, perGroup int64) {
+	perFile, perGroup = c.RowsPerFile, c.RowsPerGroup
+	if perFile <= 0 {
+		perFile = DefaultRowsPerFile
+	}
+	if perGroup <= 0 {
+		perGroup = DefaultRowsPerGroup
+	}
+	return perFile, perGroup
+}
+
 // KeyID is the key_id the run reports: empty for unkeyed schemes.
 func (c *Config) KeyID() string {
 	if !c.Scheme.Keyed() {
@@ -148,8 +155,12 @@ func (c *Config) KeyID() string {
 }
 
 // Digest is the SHA-256 of the canonical form of everything in the
-// configuration that can change the output (never the key itself).
+// configuration that can change the output (never the key itself), with
+// the defaults in effect whether or not check has filled them in (the
+// shards' directory is named by it, and Commit once looked for it under the
+// digest of unfilled sizes, so never removed it).
 func (c *Config) Digest() string {
+	perFile, perGroup := c.rows()
 	b, _ := json.Marshal(struct {
 		Destination, Scheme, KeyID, AsOf, Purpose string
 		MinPolicyVersion                          int64
@@ -158,7 +169,7 @@ func (c *Config) Digest() string {
 		RowsPerFile, RowsPerGroup                 int64
 		ToolVersion                               string
 	}{c.Destination, string(c.Scheme), c.KeyID(), c.Rules.AsOf.UTC().Format(time.RFC3339Nano), c.Rules.Purpose,
-		c.Rules.MinPolicyVersion, int64(c.Rules.MaxAge / time.Second), c.MaxRejectRate, c.RowsPerFile, c.RowsPerGroup, c.ToolVersion})
+		c.Rules.MinPolicyVersion, int64(c.Rules.MaxAge / time.Second), c.MaxRejectRate, perFile, perGroup, c.ToolVersion})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }

@@ -249,12 +249,6 @@ func Commit(ctx context.Context, cfg Config, count int) (*Result, error) {
 		return nil, fmt.Errorf("%w: --shards %d: want 1 to %d", ErrUsage, count, MaxShards)
 	}
 	cfg.Shard, cfg.commit = Shard{}, true
-	// The defaults filled in, as execute fills them: ShardsDir depends on
-	// the configuration's digest, and without them the shards' directory
-	// was never found, so never removed.
-	if err := cfg.check(); err != nil {
-		return nil, err
-	}
 	res, err := execute(ctx, cfg, func(r *run) []step {
 		return []step{
 			{"shards", func(context.Context) error { return r.loadShards(count) }},

@@ -309,11 +309,7 @@ func (w *spillWriter) write(p int, b []byte) {
 	w.spans = append(w.spans, partSpan{p, span{w.f, w.off, int64(len(b))}})
 	w.off += int64(len(b))
 	if len(b) > cap(w.stage) { // a record longer than the stage goes on its own
-		if _, err := w.f.Write(b); err != nil {
-			w.s.fail(err)
-		}
-		w.s.addSpans(w.spans)
-		w.spans = w.spans[:0]
+		w.writeSpans(b)
 		return
 	}
 	w.stage = append(w.stage, b...)
@@ -321,14 +317,20 @@ func (w *spillWriter) write(p int, b []byte) {
 
 // drain writes the staged chunks and records their spans.
 func (w *spillWriter) drain() {
-	if len(w.stage) == 0 {
-		return
+	if len(w.stage) > 0 {
+		w.writeSpans(w.stage)
+		w.stage = w.stage[:0]
 	}
-	if _, err := w.f.Write(w.stage); err != nil {
+}
+
+// writeSpans writes b, the chunks of w.spans, to the writer's file and
+// records them.
+func (w *spillWriter) writeSpans(b []byte) {
+	if _, err := w.f.Write(b); err != nil {
 		w.s.fail(err)
 	}
 	w.s.addSpans(w.spans)
-	w.stage, w.spans = w.stage[:0], w.spans[:0]
+	w.spans = w.spans[:0]
 }
 
 // chunkPool holds partition buffers between writers. Grown from nothing by
