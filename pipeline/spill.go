@@ -505,8 +505,9 @@ func eachChunk(srcs []*spill, p int, buf *[]byte, fn func([]byte) error) error {
 // splitBytes bounds a partition a stage loads whole (a join partition, a
 // bucket of holders or of snapshot lines). A larger one is first split into
 // spillParts sub-partitions of a spill of its own, so memory stays flat
-// however large the audience: below about 200M users (partitions of 16
-// MiB) nothing is split; at a billion every partition is split once.
+// however large the audience: join partitions reach 16 MiB at about 200M
+// users, buckets of holders (256 of them) at about 110M; at a billion
+// every partition and bucket is split once.
 var splitBytes int64 = 16 << 20
 
 // splitPart copies partition p of srcs into a new spill at path, each
