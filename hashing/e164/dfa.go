@@ -1,11 +1,10 @@
 package e164
 
 import (
+	"encoding/binary"
 	"fmt"
 	"regexp/syntax"
 	"slices"
-	"strconv"
-	"strings"
 )
 
 // dfa is a deterministic automaton over the ASCII digits '0'-'9', compiled
@@ -41,15 +40,16 @@ func compileDFA(p string) (*dfa, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &builder{prog: prog, ids: map[string]int32{}}
-	start, err := b.closure([]uint32{uint32(prog.Start)}, true)
+	b := &builder{prog: prog, ids: map[string]int32{}, mark: make([]uint32, len(prog.Inst))}
+	start, err := b.closure([]uint32{uint32(prog.Start)}, true, nil)
 	if err != nil {
 		return nil, err
 	}
 	b.add(start)
+	var step, set []uint32 // scratch: add keeps a copy of a new set
 	for s := 0; s < len(b.sets); s++ {
 		for d := range 10 {
-			var step []uint32
+			step = step[:0]
 			for _, pc := range b.sets[s] {
 				in := &prog.Inst[pc]
 				if consumes(in.Op) && in.MatchRune(rune('0'+d)) {
@@ -60,8 +60,7 @@ func compileDFA(p string) (*dfa, error) {
 				b.d.next[s*10+d] = -1
 				continue
 			}
-			set, err := b.closure(step, false)
-			if err != nil {
+			if set, err = b.closure(step, false, set); err != nil {
 				return nil, err
 			}
 			id, err := b.add(set)
@@ -74,11 +73,18 @@ func compileDFA(p string) (*dfa, error) {
 	return &b.d, nil
 }
 
+// builder builds one automaton. Its scratch space (mark, gen, stack, key)
+// is reused from one closure or state to the next: building every region's
+// automata once made a million allocations before.
 type builder struct {
-	prog *syntax.Prog
-	sets [][]uint32
-	ids  map[string]int32
-	d    dfa
+	prog  *syntax.Prog
+	sets  [][]uint32
+	ids   map[string]int32
+	d     dfa
+	mark  []uint32 // mark[pc] == gen: pc seen by the current closure
+	gen   uint32
+	stack []uint32
+	key   []byte
 }
 
 func consumes(op syntax.InstOp) bool {
@@ -89,22 +95,23 @@ func consumes(op syntax.InstOp) bool {
 	return false
 }
 
-// closure follows the empty transitions from pcs and returns the sorted
-// set of consuming and matching instructions reached, and of the
-// end-of-text assertions (kept as markers: what follows one can only match
-// at the end of the input). A beginning-of-text assertion is passed only
-// at the start.
-func (b *builder) closure(pcs []uint32, atStart bool) ([]uint32, error) {
-	seen := map[uint32]bool{}
-	var out []uint32
-	stack := append([]uint32(nil), pcs...)
+// closure follows the empty transitions from pcs and returns, in out's
+// memory, the sorted set of consuming and matching instructions reached,
+// and of the end-of-text assertions (kept as markers: what follows one can
+// only match at the end of the input). A beginning-of-text assertion is
+// passed only at the start.
+func (b *builder) closure(pcs []uint32, atStart bool, out []uint32) ([]uint32, error) {
+	out = out[:0]
+	b.gen++
+	stack := append(b.stack[:0], pcs...)
+	defer func() { b.stack = stack }()
 	for len(stack) > 0 {
 		pc := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
-		if seen[pc] {
+		if b.mark[pc] == b.gen {
 			continue
 		}
-		seen[pc] = true
+		b.mark[pc] = b.gen
 		in := &b.prog.Inst[pc]
 		switch in.Op {
 		case syntax.InstAlt, syntax.InstAltMatch:
@@ -133,21 +140,22 @@ func (b *builder) closure(pcs []uint32, atStart bool) ([]uint32, error) {
 	return out, nil
 }
 
+// add returns the state of set, a new one if set is new (add keeps a copy:
+// set's memory is the caller's).
 func (b *builder) add(set []uint32) (int32, error) {
-	var key strings.Builder
+	b.key = b.key[:0]
 	for _, pc := range set {
-		key.WriteString(strconv.FormatUint(uint64(pc), 36))
-		key.WriteByte(',')
+		b.key = binary.AppendUvarint(b.key, uint64(pc))
 	}
-	if id, ok := b.ids[key.String()]; ok {
+	if id, ok := b.ids[string(b.key)]; ok {
 		return id, nil
 	}
 	if len(b.sets) >= maxStates {
 		return 0, fmt.Errorf("more than %d states", maxStates)
 	}
 	id := int32(len(b.sets))
-	b.ids[key.String()] = id
-	b.sets = append(b.sets, set)
+	b.ids[string(b.key)] = id
+	b.sets = append(b.sets, slices.Clone(set))
 	accept, atEnd := false, false
 	for _, pc := range set {
 		switch in := &b.prog.Inst[pc]; in.Op {
@@ -170,7 +178,7 @@ func (b *builder) add(set []uint32) (int32, error) {
 // matchesAtEnd reports whether a match is reached from pc without
 // consuming input, at the end of the input.
 func (b *builder) matchesAtEnd(pc uint32) (bool, error) {
-	set, err := b.closure([]uint32{pc}, false)
+	set, err := b.closure([]uint32{pc}, false, nil) // its own memory: the recursion below needs it
 	if err != nil {
 		return false, err
 	}
