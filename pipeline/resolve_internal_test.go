@@ -202,3 +202,36 @@ func TestStrArena(t *testing.T) {
 		t.Fatalf("the same strings after a reset took %d blocks, first %d", len(a.blocks), blocks)
 	}
 }
+
+// TestUserIndex: users are numbered in order of addition and found again,
+// also when their hashes clash (here, all of them or every other one).
+func TestUserIndex(t *testing.T) {
+	for _, hash := range []func(i int) uint64{
+		func(i int) uint64 { return uint64(i) * 0x9e3779b97f4a7c15 },
+		func(int) uint64 { return 7 },
+		func(i int) uint64 { return uint64(i / 2) },
+	} {
+		x := newUserIndex()
+		for round := range 2 {
+			x.reset()
+			for i := range 1000 {
+				id := fmt.Sprintf("acct-%d-%d", round, i)
+				if _, ok := x.get(hash(i), id); ok {
+					t.Fatalf("%s found before it was added", id)
+				}
+				if k := x.add(hash(i), id); k != int32(i) {
+					t.Fatalf("%s numbered %d, want %d", id, k, i)
+				}
+			}
+			for i := range 1000 {
+				id := fmt.Sprintf("acct-%d-%d", round, i)
+				if k, ok := x.get(hash(i), id); !ok || k != int32(i) {
+					t.Fatalf("%s: got %d, %v, want %d", id, k, ok, i)
+				}
+				if _, ok := x.get(hash(i), id+"x"); ok {
+					t.Fatalf("%sx found, never added", id)
+				}
+			}
+		}
+	}
+}
