@@ -77,8 +77,10 @@ func ShardsDir(cfg *Config) string { return filepath.Join(cfg.State, "shards", r
 
 func shardName(i, n int) string { return fmt.Sprintf("shard-%05d-of-%05d", i, n) }
 
-// shardVersion is the first field of shard.json.
-const shardVersion = "audiencematch.shard/v4"
+// shardVersion is the first field of shard.json. v5: 256 buckets of
+// holders and snapshot lines (v4 had 1,024), so a commit refuses the
+// shards an earlier version left, by their version, before reading them.
+const shardVersion = "audiencematch.shard/v5"
 
 // shardInfo is a finished shard's shard.json, written last.
 type shardInfo struct {

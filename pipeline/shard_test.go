@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -188,8 +189,9 @@ func TestShardedIdenticalToUnsharded(t *testing.T) {
 	}
 }
 
-// TestShardCommitRefusesMismatch: inputs that change between shards, and a
-// shard file changed after it was written, stop the commit.
+// TestShardCommitRefusesMismatch: inputs that change between shards, a
+// shard file changed after it was written, and a shard of another format
+// version stop the commit.
 func TestShardCommitRefusesMismatch(t *testing.T) {
 	dir := t.TempDir()
 	st, err := fixtures.WriteFiles(filepath.Join(dir, "in"), fixtures.Options{Users: 2000, Seed: 5})
@@ -231,6 +233,20 @@ func TestShardCommitRefusesMismatch(t *testing.T) {
 		t.Fatalf("a refused commit created %s", cfg.Out)
 	}
 	shard(1)
+	info := filepath.Join(pipeline.ShardsDir(&cfg), "shard-00000-of-00002", "shard.json")
+	b, _ = os.ReadFile(info)
+	old := regexp.MustCompile(`"audiencematch\.shard/v\d+"`).ReplaceAll(b, []byte(`"audiencematch.shard/v4"`))
+	if bytes.Equal(old, b) {
+		t.Fatal("shard.json has no version to change")
+	}
+	if err := os.WriteFile(info, old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = pipeline.Commit(ctx, cfg, 2)
+	if !errors.Is(err, pipeline.ErrData) || !strings.Contains(err.Error(), `version "audiencematch.shard/v4"`) {
+		t.Fatalf("commit over a shard of an earlier version: %v", err)
+	}
+	shard(0)
 	if _, err := pipeline.Commit(ctx, cfg, 2); err != nil {
 		t.Fatal(err)
 	}
