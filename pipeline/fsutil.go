@@ -56,8 +56,6 @@ func (w *hashingFile) Close() error {
 
 func (w *hashingFile) Sum() string { return hex.EncodeToString(w.h.Sum(nil)) }
 
-// cpuTime is the CPU time (user and system) the process has used so far, or
-// 0 where the platform does not report it.
 // usage is the process's CPU time so far and its minor page faults: on a
 // virtual machine, the first touch of a page of memory is costly enough to
 // show in a stage's time.

@@ -60,6 +60,10 @@ type eventWorker struct {
 }
 
 func (r *run) readConsent(ctx context.Context) error {
+	// Compiled while the inputs are read (in a run and in a shard alike),
+	// the numbering metadata is ready when the join first normalizes:
+	// otherwise one worker compiles it there while every other waits.
+	go hashing.Preload()
 	t, err := r.cfg.Source.Open(ctx, TableConsent, EventColumns)
 	if err != nil {
 		return fmt.Errorf("consent events: %w", err)
