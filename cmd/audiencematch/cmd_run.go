@@ -52,10 +52,42 @@ type RunOptions struct {
 	MetricsFile      string
 	CPUProfile       string
 	MemProfile       string
+	PretouchMiB      int64
 	Shard            string
 	Shards           int
 	LockWait         time.Duration
 	commit           bool // `audiencematch commit`: no inputs are read
+}
+
+// maxPretouchMiB bounds --pretouch-mib: more than a run at 10M users uses
+// (about 200 MiB) is waste, and a typo must not allocate the machine away.
+// defaultPretouchMiB is what 1M users' run reuses well: 128 MiB, 35 ms to
+// populate, the run 4% faster (7 of 8 alternating pairs).
+const (
+	maxPretouchMiB     = 4096
+	defaultPretouchMiB = 128
+)
+
+// pretouchBytes is --pretouch-mib in bytes; unset (-1), the input files'
+// size up to defaultPretouchMiB, so that a small run populates little (a
+// database source, whose size is unknown, and a commit get the default).
+func (o *RunOptions) pretouchBytes() int64 {
+	if o.PretouchMiB >= 0 {
+		return o.PretouchMiB << 20
+	}
+	auto := int64(defaultPretouchMiB) << 20
+	if o.commit || o.Source != "" {
+		return auto
+	}
+	var in int64
+	for _, p := range []string{o.Users, o.Consent} {
+		st, err := os.Stat(p)
+		if err != nil {
+			return 0 // the run reports the missing input
+		}
+		in += st.Size()
+	}
+	return min(auto, in)
 }
 
 // JobIndexEnv is the shard index a Kubernetes Indexed Job gives each pod.
@@ -78,6 +110,7 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 	_ = f.MarkHidden("cpu-profile")
 	f.StringVar(&o.MemProfile, "mem-profile", "", "write a Go allocation profile of the run here (for performance work)")
 	_ = f.MarkHidden("mem-profile")
+	f.Int64Var(&o.PretouchMiB, "pretouch-mib", -1, "populate this much heap memory up front, in one system call, for the run to reuse: on virtual machines where every first touch of a page faults expensively, the run is faster; 0 turns it off (default: the size of the input files, at most 128)")
 	f.StringVar(&o.MetricsFile, "metrics-file", "", "write Prometheus text-format metrics here, atomically (node_exporter's textfile collector)")
 	f.StringVar(&o.Destination, "destination", "", "destination id, e.g. meta-ads: names the output directory and the derived key (required)")
 	f.StringVar(&o.Key, "key", "", "master key file: hex, at least 32 bytes, mode 0600 (default: $"+hashing.KeyEnv+", then STATE/keys/master.key)")
@@ -309,6 +342,9 @@ func runRun(cmd *cobra.Command, o *RunOptions, g *globalOptions, run func(contex
 	if err != nil {
 		return err
 	}
+	if o.PretouchMiB < -1 || o.PretouchMiB > maxPretouchMiB {
+		return fmt.Errorf("%w: --pretouch-mib %d is not between 0 and %d", pipeline.ErrUsage, o.PretouchMiB, maxPretouchMiB)
+	}
 	start := time.Now()
 	var res *pipeline.Result
 	if o.MetricsFile != "" {
@@ -354,6 +390,12 @@ func runRun(cmd *cobra.Command, o *RunOptions, g *globalOptions, run func(contex
 			pprof.Lookup("allocs").WriteTo(f, 0)
 			f.Close()
 		}()
+	}
+	t := time.Now()
+	if n, err := pipeline.Pretouch(o.pretouchBytes()); err != nil {
+		log.Debug("pretouch failed; the run faults its memory in page by page", "error", err.Error())
+	} else if n > 0 {
+		log.Debug("pretouched heap memory", "bytes", n, "seconds", time.Since(t).Seconds())
 	}
 	cfg.Progress = &pipeline.Progress{}
 	stop := showProgress(cmd.Context(), cfg.Progress, cmd.ErrOrStderr(), log)

@@ -269,6 +269,8 @@ func TestRunBadInput(t *testing.T) {
 			return a
 		}, exitConfig, "AUDIENCEMATCH_MASTER_KEY"},
 		{"bad as-of", func(t *testing.T, e *env) []string { return e.args("--as-of", "yesterday") }, exitUsage, "RFC 3339"},
+		{"pretouch too large", func(t *testing.T, e *env) []string { return e.args("--pretouch-mib", "100000") }, exitUsage, "--pretouch-mib 100000 is not between 0 and 4096"},
+		{"pretouch negative", func(t *testing.T, e *env) []string { return e.args("--pretouch-mib", "-2") }, exitUsage, "--pretouch-mib -2 is not between 0 and 4096"},
 		{"bad max age", func(t *testing.T, e *env) []string { return e.args("--max-consent-age", "a year") }, exitUsage, "395d"},
 		{"bad destination", func(t *testing.T, e *env) []string { return e.args("--destination", "../etc") }, exitUsage, "destination"},
 		{"unknown flag", func(t *testing.T, e *env) []string { return e.args("--colour") }, exitUsage, "unknown flag"},
