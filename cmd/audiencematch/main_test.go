@@ -561,3 +561,41 @@ func TestExitCodeMapping(t *testing.T) {
 		}
 	}
 }
+
+func TestPretouchBytes(t *testing.T) {
+	dir := t.TempDir()
+	users, consent := filepath.Join(dir, "users.csv"), filepath.Join(dir, "consent.csv")
+	if err := os.WriteFile(users, make([]byte, 1000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(consent, make([]byte, 3000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const auto = defaultPretouchMiB << 20
+	for _, c := range []struct {
+		name   string
+		o      RunOptions
+		shards int
+		want   int64
+	}{
+		{"auto: the inputs' size", RunOptions{PretouchMiB: -1, Users: users, Consent: consent}, 0, 4000},
+		{"auto: a shard's share", RunOptions{PretouchMiB: -1, Users: users, Consent: consent}, 4, 1000},
+		{"auto: a missing input", RunOptions{PretouchMiB: -1, Users: users, Consent: filepath.Join(dir, "none")}, 0, 0},
+		{"auto: a database source", RunOptions{PretouchMiB: -1, Source: "postgres://x"}, 0, 0},
+		{"auto: a commit", RunOptions{PretouchMiB: -1, commit: true}, 0, 0},
+		{"set, for a commit", RunOptions{PretouchMiB: 64, commit: true}, 0, 64 << 20},
+		{"set", RunOptions{PretouchMiB: 5, Users: users, Consent: consent}, 0, 5 << 20},
+		{"off", RunOptions{PretouchMiB: 0, Users: users, Consent: consent}, 0, 0},
+	} {
+		if got := c.o.pretouchBytes(c.shards); got != c.want {
+			t.Errorf("%s: %d bytes, want %d", c.name, got, c.want)
+		}
+	}
+	// Large inputs are capped.
+	if err := os.Truncate(consent, 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	if got := (&RunOptions{PretouchMiB: -1, Users: users, Consent: consent}).pretouchBytes(0); got != auto {
+		t.Errorf("1 GiB of input: %d bytes, want the cap %d", got, auto)
+	}
+}
