@@ -20,7 +20,7 @@ func benchJoinRun(b *testing.B, n int) *run {
 	b.Helper()
 	asOf := fixtures.DefaultAsOf
 	cfg := Config{Destination: "meta-ads", Scheme: hashing.HMACSHA256, Out: b.TempDir(), State: b.TempDir(),
-		Rules: consent.Rules{Purpose: fixtures.DefaultPurpose, AsOf: asOf, MinPolicyVersion: 3, MaxAge: 395 * 24 * time.Hour},
+		Rules:    consent.Rules{Purpose: fixtures.DefaultPurpose, AsOf: asOf, MinPolicyVersion: 3, MaxAge: 395 * 24 * time.Hour},
 		Registry: &destinations.Registry{}, Users: "-", Consent: "-", Workers: 1}
 	master, err := hashing.NewMasterKey(make([]byte, 32))
 	if err != nil {
