@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -63,8 +64,11 @@ func (s Shard) owns(userID string, line int64) bool {
 // digest (the inputs' digests are only known once they are read; the
 // commit checks every shard read the same inputs).
 func runKey(cfg *Config) string {
-	return cfg.Rules.AsOf.UTC().Format("20060102T150405Z") + "-" + cfg.Digest()[:16]
+	return cfg.Rules.AsOf.UTC().Format(runKeyTime) + "-" + cfg.Digest()[:16]
 }
+
+// runKeyTime is the layout of the cutoff in a run key.
+const runKeyTime = "20060102T150405Z"
 
 // guardSalt is the leak guard's salt: the same in every shard of a run.
 func guardSalt(cfg *Config) uint64 {
@@ -257,12 +261,62 @@ func Commit(ctx context.Context, cfg Config, count int) (*Result, error) {
 			{"write", r.writeOutputs},
 		}
 	})
+	log := cfg.Log
+	if log == nil { // check filled in execute's copy only
+		log = slog.New(slog.DiscardHandler)
+	}
 	if err == nil && (res.Skipped == nil || res.Skipped.ConfigDigest == cfg.Digest()) {
 		if rmErr := os.RemoveAll(ShardsDir(&cfg)); rmErr != nil {
-			cfg.Log.Warn("could not remove the committed shards", "error", rmErr.Error())
+			log.Warn("could not remove the committed shards", "error", rmErr.Error())
+		}
+	}
+	if err == nil {
+		removed, rmErr := removeAbandonedShards(&cfg)
+		for _, name := range removed {
+			log.Info("removed the shards of a run never committed", "shards", name, "retention_days", int(ShardRetention.Hours()/24))
+		}
+		if rmErr != nil {
+			log.Warn("could not remove the shards of a run never committed", "error", rmErr.Error())
 		}
 	}
 	return res, err
+}
+
+// ShardRetention is how long the shards of a run nobody committed are kept:
+// they hold user ids and identifiers, personal data that must not outlive
+// its use, and would otherwise stay on disk for good (a shard that failed
+// one night leaves its set; the next night's cutoff names a new one). A
+// successful commit removes every set under STATE/shards whose cutoff is
+// older than its own by more than this.
+const ShardRetention = 7 * 24 * time.Hour
+
+// removeAbandonedShards removes the shard sets (named by runKey) under
+// STATE/shards whose cutoff is more than ShardRetention before cfg's.
+// Anything else there is left alone. It returns the sets it removed.
+func removeAbandonedShards(cfg *Config) ([]string, error) {
+	dir := filepath.Join(cfg.State, "shards")
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	var errs []error
+	for _, e := range entries {
+		stamp, _, ok := strings.Cut(e.Name(), "-")
+		at, perr := time.Parse(runKeyTime, stamp)
+		if !e.IsDir() || !ok || perr != nil || cfg.Rules.AsOf.Sub(at) <= ShardRetention {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, e.Name())
+	}
+	return removed, errors.Join(errs...)
 }
 
 // loadShards merges the shards into the run: counts, leak guard needles

@@ -10,9 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"audiencematch/consent/audit"
 	"audiencematch/fixtures"
@@ -291,5 +293,56 @@ func testParallelIngest(t *testing.T, format string) {
 	sameFiles(t, "private", gotPriv, wantPriv)
 	if gotRec != wantRec {
 		t.Errorf("audit record differs:\n%s\nwant\n%s", gotRec, wantRec)
+	}
+}
+
+// TestCommitRemovesAbandonedShards: a commit removes the shard sets of runs
+// never committed whose cutoff is more than ShardRetention before its own,
+// and nothing else under STATE/shards.
+func TestCommitRemovesAbandonedShards(t *testing.T) {
+	dir := t.TempDir()
+	st, err := fixtures.WriteFiles(filepath.Join(dir, "in"), fixtures.Options{Users: 300, Seed: 9})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cfg := shardConfig(t, filepath.Join(dir, "run"), st)
+	shards := filepath.Join(cfg.State, "shards")
+	asOf := cfg.Rules.AsOf
+	stale := asOf.Add(-pipeline.ShardRetention-time.Hour).UTC().Format("20060102T150405Z") + "-0123456789abcdef"
+	recent := asOf.Add(-pipeline.ShardRetention+time.Hour).UTC().Format("20060102T150405Z") + "-0123456789abcdef"
+	for _, d := range []string{stale + "/shard-00000-of-00002", recent + "/shard-00000-of-00002", "not-a-set", "notes"} {
+		if err := os.MkdirAll(filepath.Join(shards, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(shards, stale, "shard-00000-of-00002", "ids.spill"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pipeline.Commit(ctx, cfg, 1); !errors.Is(err, pipeline.ErrShardsIncomplete) {
+		t.Fatalf("commit with no shards: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(shards, stale)); err != nil {
+		t.Fatalf("a commit that failed removed shards: %v", err)
+	}
+	c := cfg
+	c.Shard = pipeline.Shard{Index: 0, Count: 1}
+	if _, err := pipeline.Run(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pipeline.Commit(ctx, cfg, 1); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(shards)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, e := range entries {
+		left = append(left, e.Name())
+	}
+	want := []string{recent, "not-a-set", "notes"} // ReadDir sorts by name
+	if !slices.Equal(left, want) {
+		t.Errorf("left under shards: %q, want %q (the stale set removed, the committed one too)", left, want)
 	}
 }
