@@ -22,11 +22,10 @@ func Pretouch(n int64) (int64, error) {
 		return 0, nil
 	}
 	b := make([]byte, n)
-	start := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
-	// The bounds are page-aligned: a large object starts a span of its own.
-	page := uintptr(syscall.Getpagesize())
-	start = (start + page - 1) &^ (page - 1)
-	end := (uintptr(unsafe.Pointer(unsafe.SliceData(b))) + uintptr(n)) &^ (page - 1)
+	// madvise wants page-aligned bounds (a large object starts a span of its
+	// own, so its start already is).
+	p, page := uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(syscall.Getpagesize())
+	start, end := (p+page-1)&^(page-1), (p+uintptr(n))&^(page-1)
 	var err error
 	if end > start {
 		if _, _, e := syscall.Syscall(syscall.SYS_MADVISE, start, end-start, madvPopulateWrite); e != 0 {

@@ -255,28 +255,27 @@ func Commit(ctx context.Context, cfg Config, count int) (*Result, error) {
 		return nil, fmt.Errorf("%w: --shards %d: want 1 to %d", ErrUsage, count, MaxShards)
 	}
 	cfg.Shard, cfg.commit = Shard{}, true
+	if cfg.Log == nil { // for the removals below, as check does for the run
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
 	res, err := execute(ctx, cfg, func(r *run) []step {
 		return []step{
 			{"shards", func(context.Context) error { return r.loadShards(count) }},
 			{"write", r.writeOutputs},
 		}
 	})
-	log := cfg.Log
-	if log == nil { // check filled in execute's copy only
-		log = slog.New(slog.DiscardHandler)
-	}
 	if err == nil && (res.Skipped == nil || res.Skipped.ConfigDigest == cfg.Digest()) {
 		if rmErr := os.RemoveAll(ShardsDir(&cfg)); rmErr != nil {
-			log.Warn("could not remove the committed shards", "error", rmErr.Error())
+			cfg.Log.Warn("could not remove the committed shards", "error", rmErr.Error())
 		}
 	}
 	if err == nil {
 		removed, rmErr := removeAbandonedShards(&cfg)
 		for _, name := range removed {
-			log.Info("removed the shards of a run never committed", "shards", name, "retention_days", int(ShardRetention.Hours()/24))
+			cfg.Log.Info("removed the shards of a run never committed", "shards", name, "retention_days", int(ShardRetention.Hours()/24))
 		}
 		if rmErr != nil {
-			log.Warn("could not remove the shards of a run never committed", "error", rmErr.Error())
+			cfg.Log.Warn("could not remove the shards of a run never committed", "error", rmErr.Error())
 		}
 	}
 	return res, err
