@@ -274,9 +274,7 @@ func (r *run) join(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for w := range workers {
 		jw := &workers[w]
-		*jw = joinWorker{users: newUserIndex(), ids: r.ids.writer(), snap: r.snap.writer(),
-			guard: r.guard.writer(), excluded: map[string]int64{}}
-		if jw.hasher, err = hashing.NewHasher(r.cfg.Scheme, r.cfg.Key); err != nil {
+		if err := r.newJoinWorker(jw); err != nil {
 			return err
 		}
 		wg.Go(func() {
@@ -312,6 +310,15 @@ func (r *run) join(ctx context.Context) error {
 	}
 	r.idSrc, r.snapSrc = []*spill{r.ids}, []*spill{r.snap}
 	return nil
+}
+
+// newJoinWorker readies jw to join partitions into the run's ids and snap
+// spills (created first) and its leak guard.
+func (r *run) newJoinWorker(jw *joinWorker) (err error) {
+	*jw = joinWorker{users: newUserIndex(), ids: r.ids.writer(), snap: r.snap.writer(),
+		guard: r.guard.writer(), excluded: map[string]int64{}}
+	jw.hasher, err = hashing.NewHasher(r.cfg.Scheme, r.cfg.Key)
+	return err
 }
 
 // joinPart joins partition p: whole, or split by more bits of the same

@@ -86,10 +86,8 @@ func BenchmarkJoinPartition(b *testing.B) {
 	for _, n := range []int{1000, 10000} {
 		b.Run(fmt.Sprintf("users=%d", n), func(b *testing.B) {
 			r := benchJoinRun(b, n)
-			jw := &joinWorker{users: newUserIndex(), ids: r.ids.writer(), snap: r.snap.writer(),
-				guard: r.guard.writer(), excluded: map[string]int64{}}
-			var err error
-			if jw.hasher, err = hashing.NewHasher(r.cfg.Scheme, r.cfg.Key); err != nil {
+			jw := &joinWorker{}
+			if err := r.newJoinWorker(jw); err != nil {
 				b.Fatal(err)
 			}
 			bucket := newIDBucketer(r.cfg.Scheme, bucketParts)
