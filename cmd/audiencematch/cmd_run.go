@@ -131,6 +131,9 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 	if o.commit {
 		f.IntVar(&o.Shards, "shards", 0, "how many shards the run was split into (required)")
 		f.DurationVar(&o.LockWait, "lock-wait", 10*time.Minute, "wait this long for the state's run lock (another shard's commit may hold it briefly)")
+		for _, name := range inputFlags {
+			_ = f.MarkHidden(name) // accepted from a shared config file only (runRun)
+		}
 		return
 	}
 	f.StringVar(&o.Shard, "shard", "", "process only shard I/N (users partitioned by user id) and leave it under STATE/shards for `audiencematch commit --shards N`; publishes nothing")
@@ -334,11 +337,29 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 	return cfg, nil
 }
 
+// inputFlags name what a run reads; commit accepts them only from a config
+// file it shares with the shards, and ignores them.
+var inputFlags = []string{"users", "consent", "source", "users-table", "consent-table", "users-query", "consent-query"}
+
 // runRun applies the config file, then runs run (pipeline.Run, or a commit)
 // and reports the result.
 func runRun(cmd *cobra.Command, o *RunOptions, g *globalOptions, run func(context.Context, pipeline.Config) (*pipeline.Result, error)) (err error) {
+	if o.commit {
+		// commit reads the shards, never the inputs: an input flag on its
+		// command line is a mistake (the shards' inputs are checked by
+		// their SHA-256). A config file shared with the shards may name
+		// them; they are ignored there.
+		for _, name := range inputFlags {
+			if cmd.Flags().Changed(name) {
+				return fmt.Errorf("%w: commit reads the shards under --state, not inputs: drop --%s (the shards recorded their inputs' SHA-256)", pipeline.ErrUsage, name)
+			}
+		}
+	}
 	if err := applyConfigFile(cmd, o.Config); err != nil {
 		return err
+	}
+	if o.commit {
+		o.Users, o.Consent, o.Source = "", "", ""
 	}
 	log, err := g.logger(cmd.ErrOrStderr())
 	if err != nil {

@@ -39,8 +39,12 @@ func TestShardedCLI(t *testing.T) {
 	}
 	sharded := newEnv(t, vectorUsers, vectorEvents)
 	sharded.users, sharded.events = st.UsersPath, st.EventsPath
+	// The commit shares the shards' config file, inputs included: it
+	// ignores them, and reads nothing but the shards.
+	shared := writeFile(t, filepath.Join(sharded.dir, "shared.yaml"),
+		"users: "+filepath.Join(sharded.dir, "no-such-users.csv")+"\nconsent: "+filepath.Join(sharded.dir, "no-such-events.csv")+"\n", 0o600)
 	commit := []string{"commit", "--key", sharded.key, "--destination", "meta-ads", "--out", sharded.out,
-		"--state", sharded.state, "--as-of", "2026-11-01T00:00:00Z", "--log-format", "json", "--shards", "3"}
+		"--state", sharded.state, "--as-of", "2026-11-01T00:00:00Z", "--log-format", "json", "--shards", "3", "--config", shared}
 	for _, i := range []string{"0/3", "1/3"} {
 		if _, stderr, code := execute(t, sharded.args("--shard", i)...); code != 0 {
 			t.Fatalf("shard %s: exit %d: %s", i, code, stderr)
@@ -85,6 +89,8 @@ func TestShardUsageErrors(t *testing.T) {
 		"no cutoff":            append(noAsOf, "--shard", "0/2"),
 		"commit without count": {"commit", "--destination", "meta-ads", "--state", e.state, "--as-of", "2026-11-01T00:00:00Z"},
 		"commit without as-of": {"commit", "--destination", "meta-ads", "--state", e.state, "--shards", "2"},
+		"commit with inputs":   {"commit", "--destination", "meta-ads", "--state", e.state, "--shards", "2", "--as-of", "2026-11-01T00:00:00Z", "--users", e.users},
+		"commit with a source": {"commit", "--destination", "meta-ads", "--state", e.state, "--shards", "2", "--as-of", "2026-11-01T00:00:00Z", "--source", "postgres://localhost/x"},
 	} {
 		if name == "no job index" {
 			t.Setenv(JobIndexEnv, "") // restored after the test
