@@ -3,6 +3,7 @@ package hashing
 import (
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -301,4 +302,97 @@ func BenchmarkHMAC(b *testing.B) {
 		buf = h.AppendID(buf[:0], "+16505551212")
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ids/s")
+}
+
+func TestDestinationKeyFile(t *testing.T) {
+	master := TestKey(t)
+	p := filepath.Join(t.TempDir(), "meta-ads.key")
+	written, err := WriteDestKey(p, master, "meta-ads")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(p); st.Mode().Perm() != 0o600 {
+		t.Errorf("mode = %v, want 0600", st.Mode().Perm())
+	}
+	k, err := LoadKey(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := DeriveDestKey(master, "meta-ads")
+	if got, err := k.For("meta-ads"); err != nil || got != want || written != want {
+		t.Fatalf("For(meta-ads) = %v, want the derived key", err)
+	}
+	if _, err := k.For("other"); !errors.Is(err, ErrKeyDestination) {
+		t.Errorf("For(other) err = %v, want ErrKeyDestination", err)
+	}
+	if _, ok := k.Master(); ok || k.Destination() != "meta-ads" {
+		t.Error("a destination key says it is a master key")
+	}
+	if s := fmt.Sprintf("%v %#v %s", k, k, k); strings.Contains(s, hex.EncodeToString(want[:])[:8]) {
+		t.Errorf("formatting printed the key: %s", s)
+	}
+	if _, err := WriteDestKey(p, master, "meta-ads"); err == nil {
+		t.Error("WriteDestKey overwrote a file")
+	}
+	// A master key file loads as one, and derives every destination's key.
+	mk, err := LoadKey(writeKey(t, strings.Repeat("ab", 32), 0o600))
+	if _, ok := mk.Master(); err != nil || !ok {
+		t.Fatalf("master key file: %v", err)
+	}
+	m, _ := ParseMasterKey([]byte(strings.Repeat("ab", 32)))
+	a, _ := mk.For("x")
+	if b, _ := DeriveDestKey(m, "x"); a != b {
+		t.Error("a master key's For differs from DeriveDestKey")
+	}
+	good := hex.EncodeToString(want[:])
+	for name, c := range map[string]struct {
+		text string
+		mode os.FileMode
+		want error
+	}{
+		"group readable": {destKeyTag + " meta-ads " + good, 0o640, ErrKeyPermissions},
+		"short key":      {destKeyTag + " meta-ads " + good[:62], 0o600, ErrKeyFormat},
+		"long key":       {destKeyTag + " meta-ads " + good + "00", 0o600, ErrKeyFormat},
+		"not hex":        {destKeyTag + " meta-ads " + strings.Repeat("zz", 32), 0o600, ErrKeyFormat},
+		"no destination": {destKeyTag + " " + good, 0o600, ErrKeyFormat},
+		"extra field":    {destKeyTag + " meta-ads " + good + " x", 0o600, ErrKeyFormat},
+	} {
+		if _, err := LoadKey(writeKey(t, c.text, c.mode)); !errors.Is(err, c.want) {
+			t.Errorf("%s: err = %v, want %v", name, err, c.want)
+		}
+	}
+	if _, err := WriteDestKey(filepath.Join(t.TempDir(), "k"), master, "a b"); err == nil {
+		t.Error("a destination with white space was written")
+	}
+}
+
+func TestLoadKeyEnv(t *testing.T) {
+	master := TestKey(t)
+	p := filepath.Join(t.TempDir(), "d.key")
+	want, err := WriteDestKey(p, master, "meta-ads")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, _ := os.ReadFile(p)
+	t.Setenv(DestKeyEnv, string(text))
+	t.Setenv(KeyEnv, strings.Repeat("00", 32))
+	if _, err := LoadKey(""); err == nil {
+		t.Error("both variables set: no error")
+	}
+	os.Unsetenv(KeyEnv)
+	k, err := LoadKey("")
+	if got, ferr := k.For("meta-ads"); err != nil || ferr != nil || got != want {
+		t.Fatalf("$%s: %v, %v", DestKeyEnv, err, ferr)
+	}
+	t.Setenv(DestKeyEnv, strings.Repeat("00", 32))
+	if _, err := LoadKey(""); !errors.Is(err, ErrKeyFormat) {
+		t.Errorf("a master key in $%s: err = %v, want ErrKeyFormat", DestKeyEnv, err)
+	}
+	os.Unsetenv(DestKeyEnv)
+	t.Setenv(KeyEnv, strings.Repeat("00", 32))
+	if k, err := LoadKey(""); err != nil {
+		t.Fatal(err)
+	} else if _, ok := k.Master(); !ok {
+		t.Errorf("$%s did not load as a master key", KeyEnv)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+	"unicode"
 
 	"golang.org/x/crypto/hkdf"
 )
@@ -178,4 +179,132 @@ func GenerateMasterKey() (MasterKey, error) {
 		return MasterKey{}, err
 	}
 	return MasterKey{b: b}, nil
+}
+
+// destKeyTag starts a destination key file (WriteDestKey): the tag, the
+// destination, then K_dest as hex, on one line.
+const destKeyTag = "audiencematch-dest-key/v1"
+
+// ErrKeyDestination is returned when a destination key is used for another
+// destination.
+var ErrKeyDestination = errors.New("key is for another destination")
+
+// Key is what a run is given: the master key, from which every
+// destination's key is derived, or one destination's key alone (made by
+// `audiencematch keys derive`), which a machine that exports to that
+// destination only can hold instead of the master key.
+type Key struct {
+	master      MasterKey
+	dest        DestKey
+	destination string // set for a destination key
+}
+
+// String redacts the key.
+func (k Key) String() string {
+	if k.destination != "" {
+		return "Key(destination " + k.destination + ", redacted)"
+	}
+	return "Key(master, redacted)"
+}
+
+// GoString redacts the key for %#v too.
+func (k Key) GoString() string { return k.String() }
+
+// MasterKeyOf wraps a master key.
+func MasterKeyOf(m MasterKey) Key { return Key{master: m} }
+
+// Master is the master key, and false for a destination key.
+func (k Key) Master() (MasterKey, bool) { return k.master, k.destination == "" }
+
+// Destination is the destination of a destination key, "" for a master key.
+func (k Key) Destination() string { return k.destination }
+
+// For is K_dest for destination: derived from a master key, or a
+// destination key's own when it was made for destination
+// (ErrKeyDestination otherwise).
+func (k Key) For(destination string) (DestKey, error) {
+	if k.destination == "" {
+		return DeriveDestKey(k.master, destination)
+	}
+	if k.destination != destination {
+		return DestKey{}, fmt.Errorf("%w: this key is the destination key of %q only, not of %q", ErrKeyDestination, k.destination, destination)
+	}
+	return k.dest, nil
+}
+
+// ParseKey decodes a destination key file's text, or else a master key's
+// hex text (surrounding white space ignored).
+func ParseKey(text []byte) (Key, error) {
+	s := strings.TrimSpace(string(text))
+	rest, ok := strings.CutPrefix(s, destKeyTag)
+	if !ok {
+		m, err := ParseMasterKey(text)
+		return Key{master: m}, err
+	}
+	f := strings.Fields(rest)
+	if len(f) != 2 {
+		return Key{}, fmt.Errorf("%w: a destination key is %q, a destination and 64 hex digits on one line", ErrKeyFormat, destKeyTag)
+	}
+	b, err := hex.DecodeString(f[1])
+	if err != nil || len(b) != len(DestKey{}) {
+		return Key{}, fmt.Errorf("%w: a destination key is %q, a destination and 64 hex digits on one line", ErrKeyFormat, destKeyTag)
+	}
+	k := Key{destination: f[0]}
+	copy(k.dest[:], b)
+	return k, nil
+}
+
+// DestKeyEnv names the environment variable that may hold a destination
+// key file's text (keys derive) instead of KeyEnv's master key.
+const DestKeyEnv = "AUDIENCEMATCH_DEST_KEY"
+
+// LoadKey reads a master key or a destination key from path, refusing, as
+// ssh does, a file that group or others may read or write. With an empty
+// path it reads the environment: a destination key from DestKeyEnv, else
+// the master key from KeyEnv (both set is an error).
+func LoadKey(path string) (Key, error) {
+	if path == "" {
+		v, ok := os.LookupEnv(DestKeyEnv)
+		if !ok {
+			m, err := LoadMasterKey("")
+			return Key{master: m}, err
+		}
+		if _, both := os.LookupEnv(KeyEnv); both {
+			return Key{}, fmt.Errorf("%w: both $%s and $%s are set: set one", ErrKeyFormat, DestKeyEnv, KeyEnv)
+		}
+		k, err := ParseKey([]byte(v))
+		if err == nil && k.destination == "" {
+			err = fmt.Errorf("%w: it holds a master key; give that in $%s", ErrKeyFormat, KeyEnv)
+		}
+		if err != nil {
+			return Key{}, fmt.Errorf("key from $%s: %w", DestKeyEnv, err)
+		}
+		return k, nil
+	}
+	text, err := ReadSecretFile(path)
+	if err != nil {
+		return Key{}, fmt.Errorf("load key %q: %w", path, err)
+	}
+	k, err := ParseKey(text)
+	if err != nil {
+		return Key{}, fmt.Errorf("load key %q: %w", path, err)
+	}
+	return k, nil
+}
+
+// WriteDestKey writes destination's key, derived from master, to a new
+// file of mode 0600, as LoadKey reads it. It refuses to overwrite a file.
+func WriteDestKey(path string, master MasterKey, destination string) (DestKey, error) {
+	if destination == "" || strings.ContainsFunc(destination, unicode.IsSpace) {
+		return DestKey{}, fmt.Errorf("destination %q: empty or has white space", destination)
+	}
+	k, err := DeriveDestKey(master, destination)
+	if err != nil {
+		return k, err
+	}
+	line := destKeyTag + " " + destination + " " + hex.EncodeToString(k[:]) + "\n"
+	if err := WriteSecretFile(path, []byte(line)); err != nil {
+		return k, fmt.Errorf("write key %q: %w", path, err)
+	}
+	return k, nil
 }

@@ -231,6 +231,10 @@ func TestSubjectEveryCase(t *testing.T) {
 	o := computeOracle(users, events, oracleParams{asOf: cfg.Rules.AsOf, purpose: cfg.Rules.Purpose, minPolicy: cfg.Rules.MinPolicyVersion,
 		maxAge: cfg.Rules.MaxAge, master: auditMaster, dest: "meta-ads", scheme: "hmac-sha256"})
 	mk, _ := hashing.NewMasterKey(auditMaster)
+	// Half the lookups use the master key, half the destination's own key
+	// (keys derive); another destination's key computes nothing.
+	keys := []hashing.Key{hashing.MasterKeyOf(mk), destKeyFile(t, mk, "meta-ads")}
+	other := destKeyFile(t, mk, "other-dest")
 	h := rfc6962.DefaultHasher
 	seen := map[fixtures.Case]int{}
 	for _, u := range users {
@@ -244,7 +248,13 @@ func TestSubjectEveryCase(t *testing.T) {
 		seen[u.Case]++
 		e164 := phonenumbers.Format(num, phonenumbers.E164)
 		_, wantExported := o.ids[oracleParams{master: auditMaster, dest: "meta-ads", scheme: "hmac-sha256"}.id(e164)]
-		rep, err := pipeline.Subject(cfg.State, v, pipeline.SubjectQuery{Phone: u.Phone, Country: u.Country, Master: &mk})
+		if seen[u.Case] == 1 {
+			rep, err := pipeline.Subject(cfg.State, v, pipeline.SubjectQuery{Phone: u.Phone, Country: u.Country, Key: &other})
+			if err != nil || len(rep.Runs) != 1 || rep.Runs[0].Status != "unknown" || !strings.Contains(rep.Runs[0].Note, "other-dest") {
+				t.Fatalf("another destination's key: %+v, %v", rep, err)
+			}
+		}
+		rep, err := pipeline.Subject(cfg.State, v, pipeline.SubjectQuery{Phone: u.Phone, Country: u.Country, Key: &keys[seen[u.Case]%2]})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -311,4 +321,18 @@ func hashes[T ~[]tlog.Hash](p T) [][]byte {
 		out[i] = p[i][:]
 	}
 	return out
+}
+
+// destKeyFile writes destination's key file as `keys derive` does and loads it.
+func destKeyFile(t *testing.T, mk hashing.MasterKey, destination string) hashing.Key {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), destination+".key")
+	if _, err := hashing.WriteDestKey(p, mk, destination); err != nil {
+		t.Fatal(err)
+	}
+	k, err := hashing.LoadKey(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }

@@ -18,7 +18,7 @@ import (
 type SubjectQuery struct {
 	Phone, Country string
 	UserID         string
-	Master         *hashing.MasterKey
+	Key            *hashing.Key
 }
 
 // SubjectReport answers "what was sent about this person, and when".
@@ -98,7 +98,7 @@ func Subject(state string, verifier note.Verifier, q SubjectQuery) (*SubjectRepo
 		}
 		var leaf []byte
 		if q.UserID == "" {
-			if leaf, sr.Note = subjectID(rec, scheme, e164, q.Master); leaf == nil {
+			if leaf, sr.Note = subjectID(rec, scheme, e164, q.Key); leaf == nil {
 				sr.Status = "unknown"
 				continue
 			}
@@ -156,18 +156,18 @@ func Subject(state string, verifier note.Verifier, q SubjectQuery) (*SubjectRepo
 }
 
 // subjectID is the identifier a run would have sent for e164.
-func subjectID(rec *audit.Record, scheme hashing.Scheme, e164 string, master *hashing.MasterKey) ([]byte, string) {
+func subjectID(rec *audit.Record, scheme hashing.Scheme, e164 string, given *hashing.Key) ([]byte, string) {
 	var key hashing.DestKey
 	if scheme.Keyed() {
-		if master == nil {
+		if given == nil {
 			return nil, "keyed scheme: give the master key (--key) to compute this run's identifier"
 		}
 		var err error
-		if key, err = hashing.DeriveDestKey(*master, rec.Destination); err != nil {
+		if key, err = given.For(rec.Destination); err != nil {
 			return nil, err.Error()
 		}
 		if key.KeyID() != rec.KeyID {
-			return nil, fmt.Sprintf("this run used key_id %s, the given master key derives %s (rotated key)", rec.KeyID, key.KeyID())
+			return nil, fmt.Sprintf("this run used key_id %s, the given key's is %s (rotated key)", rec.KeyID, key.KeyID())
 		}
 	}
 	h, err := hashing.NewHasher(scheme, key)

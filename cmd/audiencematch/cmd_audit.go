@@ -181,7 +181,7 @@ checked before it is printed. This answers "prove you stopped sending my number
 after I withdrew".
 
 --phone needs the master key for keyed runs (--key, $` + hashing.KeyEnv + `, or
-STATE/keys/master.key). --user-id looks the person up in the private evidence.`,
+STATE/keys/master.key), or a destination's key for that destination's runs. --user-id looks the person up in the private evidence.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if (o.Phone == "") == (o.UserID == "") {
@@ -193,8 +193,8 @@ STATE/keys/master.key). --user-id looks the person up in the private evidence.`,
 			}
 			q := pipeline.SubjectQuery{Phone: o.Phone, Country: o.Country, UserID: o.UserID}
 			if o.Phone != "" {
-				if mk, err := loadMasterKey(o.Key, o.State); err == nil {
-					q.Master = &mk
+				if k, err := loadKey(o.Key, o.State); err == nil {
+					q.Key = &k
 				}
 			}
 			rep, err := pipeline.Subject(o.State, v, q)
@@ -231,7 +231,7 @@ STATE/keys/master.key). --user-id looks the person up in the private evidence.`,
 	cmd.Flags().StringVar(&o.Phone, "phone", "", "the number, typed any way")
 	cmd.Flags().StringVar(&o.Country, "country", "", "ISO 3166-1 region for a number without +country code")
 	cmd.Flags().StringVar(&o.UserID, "user-id", "", "the account id")
-	cmd.Flags().StringVar(&o.Key, "key", "", "master key file (default: $"+hashing.KeyEnv+", then STATE/keys/master.key)")
+	cmd.Flags().StringVar(&o.Key, "key", "", "master key file, or a destination's key file (its runs only) (default: $"+hashing.KeyEnv+", then STATE/keys/master.key)")
 	cmd.Flags().BoolVar(&o.JSON, "json", false, "print the report, with every proof, as JSON")
 	return cmd
 }

@@ -46,8 +46,60 @@ Existing keys are never overwritten; running init again prints the verifier key.
 		RunE: func(cmd *cobra.Command, _ []string) error { return runKeysInit(cmd, o) },
 	}
 	o.AddFlags(initCmd)
-	keys.AddCommand(initCmd)
+	keys.AddCommand(initCmd, newKeysDeriveCommand())
 	return keys
+}
+
+// DeriveOptions are the flags of `audiencematch keys derive`.
+type DeriveOptions struct {
+	State, Key, Destination, Out string
+}
+
+func newKeysDeriveCommand() *cobra.Command {
+	o := &DeriveOptions{}
+	cmd := &cobra.Command{
+		Use:   "derive --destination ID --out FILE [--key FILE | --state DIR]",
+		Short: "Write one destination's key (K_dest) to a new owner-only file, for machines that export to it alone",
+		Long: `Write K_dest = HKDF-SHA256(master key, "audiencematch/v1/"+destination), the
+destination's own key, to a new file of mode 0600 that run, commit and
+audit subject accept as --key, or as its text in $` + hashing.DestKeyEnv + `.
+A machine (or every pod of a sharded job) that exports to one destination can
+hold this key instead of the master key: whoever obtains it can compute that
+destination's identifiers and no other's, and the master key stays with the
+operator. Output under it is byte-identical to output under the master key.
+
+The file names its destination; a run for another destination refuses it.
+Its key_id, printed on stdout, is the one that destination's runs report.
+An existing file is never overwritten. Rotating the master key changes every
+destination's key: derive again.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.Out == "" || !pipeline.ValidDestination(o.Destination) {
+				return fmt.Errorf("%w: keys derive needs --out and a valid --destination (got %q)", pipeline.ErrUsage, o.Destination)
+			}
+			k, err := loadKey(o.Key, o.State)
+			if err != nil {
+				return fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
+			}
+			master, ok := k.Master()
+			if !ok {
+				return fmt.Errorf("%w: --key is the destination key of %q: derive needs the master key", pipeline.ErrUsage, k.Destination())
+			}
+			dk, err := hashing.WriteDestKey(o.Out, master, o.Destination)
+			if err != nil {
+				return fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "wrote the key of %s to %s (mode 0600)\n", o.Destination, o.Out)
+			fmt.Fprintln(cmd.OutOrStdout(), dk.KeyID())
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Destination, "destination", "", "destination id (required)")
+	f.StringVar(&o.Out, "out", "", "the new key file (required; never overwritten)")
+	f.StringVar(&o.Key, "key", "", "master key file (default: $"+hashing.KeyEnv+", then STATE/keys/master.key)")
+	f.StringVar(&o.State, "state", "", "state directory, for STATE/keys/master.key")
+	return cmd
 }
 
 func runKeysInit(cmd *cobra.Command, o *KeysOptions) error {

@@ -115,7 +115,7 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 	f.Int64Var(&o.PretouchMiB, "pretouch-mib", -1, "populate this much heap memory up front, in one system call, for the run to reuse: on virtual machines where every first touch of a page faults expensively, the run is faster; 0 turns it off (default: the size of the input files, over the shards, at most 128; none for --source and commit)")
 	f.StringVar(&o.MetricsFile, "metrics-file", "", "write Prometheus text-format metrics here, atomically (node_exporter's textfile collector)")
 	f.StringVar(&o.Destination, "destination", "", "destination id, e.g. meta-ads: names the output directory and the derived key (required)")
-	f.StringVar(&o.Key, "key", "", "master key file: hex, at least 32 bytes, mode 0600 (default: $"+hashing.KeyEnv+", then STATE/keys/master.key)")
+	f.StringVar(&o.Key, "key", "", "key file, mode 0600: the master key (hex, at least 32 bytes), or the destination's own key from `audiencematch keys derive`, which is all a machine exporting to one destination needs (default: $"+hashing.DestKeyEnv+" for a destination key, $"+hashing.KeyEnv+" for the master key, then STATE/keys/master.key)")
 	f.StringVar(&o.Out, "out", "", "publish directory: OUT/<destination>/dt=<date>/run=<id>/ (default: the registry's delivery for the destination)")
 	f.StringVar(&o.Destinations, "destinations", "", "destination registry (default: STATE/destinations.yaml)")
 	f.StringVar(&o.State, "state", "", "private state directory: staging, evidence, rejects (required; keep it owner-only)")
@@ -323,11 +323,11 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 		return cfg, fmt.Errorf("%w: %w; recreate it with: audiencematch keys init --state %s", pipeline.ErrConfig, err, o.State)
 	}
 	if scheme.Keyed() && refused == nil {
-		master, err := loadMasterKey(keyFile, o.State)
+		key, err := loadKey(keyFile, o.State)
 		if err != nil {
 			return cfg, fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
 		}
-		if cfg.Key, err = hashing.DeriveDestKey(master, o.Destination); err != nil {
+		if cfg.Key, err = key.For(o.Destination); err != nil {
 			return cfg, fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
 		}
 	} else if refused == nil {
@@ -491,17 +491,18 @@ func orNone(s string) string {
 	return s
 }
 
-// loadMasterKey takes the key from --key, else the environment, else the
-// state directory's keys/master.key.
-func loadMasterKey(path, state string) (hashing.MasterKey, error) {
+// loadKey takes the key from --key (a master key or a destination key),
+// else from the environment (hashing.LoadKey), else STATE/keys/master.key.
+func loadKey(path, state string) (hashing.Key, error) {
 	if path == "" {
-		if _, ok := os.LookupEnv(hashing.KeyEnv); !ok && state != "" {
+		_, master := os.LookupEnv(hashing.KeyEnv)
+		if _, dest := os.LookupEnv(hashing.DestKeyEnv); !master && !dest && state != "" {
 			if p := filepath.Join(pipeline.KeysDir(state), "master.key"); fileExists(p) {
 				path = p
 			}
 		}
 	}
-	return hashing.LoadMasterKey(path)
+	return hashing.LoadKey(path)
 }
 
 func fileExists(p string) bool {

@@ -39,6 +39,14 @@ func TestShardedCLI(t *testing.T) {
 	}
 	sharded := newEnv(t, vectorUsers, vectorEvents)
 	sharded.users, sharded.events = st.UsersPath, st.EventsPath
+	// The shards and the commit hold meta-ads's own key, not the master
+	// key, and publish the same bytes, key_id included.
+	destKey := filepath.Join(sharded.dir, "meta-ads.key")
+	keyID, stderr, code := execute(t, "keys", "derive", "--key", sharded.key, "--destination", "meta-ads", "--out", destKey)
+	if code != 0 || len(strings.TrimSpace(keyID)) != 16 {
+		t.Fatalf("keys derive: exit %d, key_id %q: %s", code, keyID, stderr)
+	}
+	sharded.key = destKey
 	// The commit shares the shards' config file, inputs included: it
 	// ignores them, and reads nothing but the shards.
 	shared := writeFile(t, filepath.Join(sharded.dir, "shared.yaml"),
@@ -53,7 +61,7 @@ func TestShardedCLI(t *testing.T) {
 	if len(sharded.published(t)) != 0 {
 		t.Fatal("a shard published files")
 	}
-	_, stderr, code := execute(t, commit...)
+	_, stderr, code = execute(t, commit...)
 	if code != 75 || !strings.Contains(stderr, "missing: 2") || len(sharded.published(t)) != 0 {
 		t.Fatalf("commit with shard 2 missing: exit %d, %d files published: %s", code, len(sharded.published(t)), stderr)
 	}
@@ -99,5 +107,37 @@ func TestShardUsageErrors(t *testing.T) {
 		if _, stderr, code := execute(t, args...); code != 64 {
 			t.Errorf("%s: exit %d, want 64: %s", name, code, stderr)
 		}
+	}
+}
+
+// TestDestinationKey: keys derive writes a destination's key, owner-only,
+// never over a file; a run refuses another destination's key.
+func TestDestinationKey(t *testing.T) {
+	e := newEnv(t, vectorUsers, vectorEvents)
+	other := filepath.Join(e.dir, "other.key")
+	if _, stderr, code := execute(t, "keys", "derive", "--state", e.state, "--destination", "other-dest", "--out", other); code != 0 {
+		t.Fatalf("keys derive from STATE/keys/master.key: exit %d: %s", code, stderr)
+	}
+	if st, err := os.Stat(other); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("derived key file: %v, %v", st, err)
+	}
+	for name, c := range map[string]struct {
+		args []string
+		code int
+		says string
+	}{
+		"another destination's key": {e.args("--key", other), 78, "other-dest"},
+		"overwrite":                 {[]string{"keys", "derive", "--key", e.key, "--destination", "other-dest", "--out", other}, 78, "refusing to overwrite"},
+		"from a destination key":    {[]string{"keys", "derive", "--key", other, "--destination", "x", "--out", other + "2"}, 64, "needs the master key"},
+		"no out":                    {[]string{"keys", "derive", "--key", e.key, "--destination", "x"}, 64, "--out"},
+		"bad destination":           {[]string{"keys", "derive", "--key", e.key, "--destination", "Bad Dest", "--out", other + "3"}, 64, "destination"},
+	} {
+		_, stderr, code := execute(t, c.args...)
+		if code != c.code || !strings.Contains(stderr, c.says) {
+			t.Errorf("%s: exit %d, want %d saying %q: %s", name, code, c.code, c.says, stderr)
+		}
+	}
+	if len(e.published(t)) != 0 {
+		t.Error("a run with another destination's key published")
 	}
 }
