@@ -39,6 +39,8 @@ type bucketHolder struct {
 type resolvedBucket struct {
 	buf     []byte
 	holders []bucketHolder // sorted by identifier, user id, line
+	spare   []bucketHolder // holders as read (sortHolders)
+	keys    []holderKey
 	order   []int32        // what export's holders slice
 	export  []exportRow
 	hexIDs  []byte // what export's eids share, for binary schemes
@@ -95,13 +97,7 @@ func (rb *resolvedBucket) resolve(srcs []*spill, p int, binaryIDs bool) error {
 	if err := rd.err(); err != nil {
 		return err
 	}
-	hs := rb.holders
-	slices.SortFunc(hs, func(a, b bucketHolder) int {
-		if c := cmp.Compare(a.pre, b.pre); c != 0 {
-			return c
-		}
-		return cmp.Or(cmp.Compare(a.id, b.id), cmp.Compare(a.userID, b.userID), cmp.Compare(a.line, b.line))
-	})
+	hs := rb.sortHolders()
 	if binaryIDs && cap(rb.hexIDs) < len(hs)*2*sha256.Size {
 		rb.hexIDs = make([]byte, 0, len(hs)*2*sha256.Size) // eids point into it: it must not grow
 	}
@@ -140,6 +136,36 @@ func (rb *resolvedBucket) resolve(srcs []*spill, p int, binaryIDs bool) error {
 	}
 	rb.leafHashes()
 	return nil
+}
+
+// holderKey is a holder's identifier prefix and its index in the bucket.
+type holderKey struct {
+	pre uint64
+	i   int32
+}
+
+// sortHolders sorts the bucket's holders by identifier, user id and line.
+// It sorts 16-byte keys and gathers the 72-byte holders once, rather than
+// swapping holders: BenchmarkResolve went from 150-153 ms to 136-141.
+func (rb *resolvedBucket) sortHolders() []bucketHolder {
+	hs := rb.holders
+	keys := rb.keys[:0]
+	for i := range hs {
+		keys = append(keys, holderKey{hs[i].pre, int32(i)})
+	}
+	slices.SortFunc(keys, func(a, b holderKey) int {
+		if c := cmp.Compare(a.pre, b.pre); c != 0 {
+			return c
+		}
+		x, y := &hs[a.i], &hs[b.i]
+		return cmp.Or(cmp.Compare(x.id, y.id), cmp.Compare(x.userID, y.userID), cmp.Compare(x.line, y.line))
+	})
+	sorted := rb.spare[:0]
+	for _, k := range keys {
+		sorted = append(sorted, hs[k.i])
+	}
+	rb.keys, rb.spare, rb.holders = keys, hs, sorted
+	return sorted
 }
 
 // eachResolved resolves the buckets of srcs with workers goroutines and
