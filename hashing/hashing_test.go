@@ -304,13 +304,20 @@ func BenchmarkHMAC(b *testing.B) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ids/s")
 }
 
-func TestDestinationKeyFile(t *testing.T) {
-	master := TestKey(t)
+// writeDestKey writes meta-ads's key, derived from TestKey, to a new file.
+func writeDestKey(t *testing.T) (string, DestKey) {
+	t.Helper()
 	p := filepath.Join(t.TempDir(), "meta-ads.key")
-	written, err := WriteDestKey(p, master, "meta-ads")
+	k, err := WriteDestKey(p, TestKey(t), "meta-ads")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return p, k
+}
+
+func TestDestinationKeyFile(t *testing.T) {
+	master := TestKey(t)
+	p, written := writeDestKey(t)
 	if st, _ := os.Stat(p); st.Mode().Perm() != 0o600 {
 		t.Errorf("mode = %v, want 0600", st.Mode().Perm())
 	}
@@ -333,6 +340,9 @@ func TestDestinationKeyFile(t *testing.T) {
 	}
 	if _, err := WriteDestKey(p, master, "meta-ads"); err == nil {
 		t.Error("WriteDestKey overwrote a file")
+	}
+	if _, err := LoadMasterKey(p); !errors.Is(err, ErrKeyFormat) {
+		t.Errorf("LoadMasterKey of a destination key: err = %v, want ErrKeyFormat", err)
 	}
 	// A master key file loads as one, and derives every destination's key.
 	mk, err := LoadKey(writeKey(t, strings.Repeat("ab", 32), 0o600))
@@ -367,12 +377,7 @@ func TestDestinationKeyFile(t *testing.T) {
 }
 
 func TestLoadKeyEnv(t *testing.T) {
-	master := TestKey(t)
-	p := filepath.Join(t.TempDir(), "d.key")
-	want, err := WriteDestKey(p, master, "meta-ads")
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, want := writeDestKey(t)
 	text, _ := os.ReadFile(p)
 	t.Setenv(DestKeyEnv, string(text))
 	t.Setenv(KeyEnv, strings.Repeat("00", 32))

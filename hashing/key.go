@@ -91,15 +91,14 @@ func LoadMasterKey(path string) (MasterKey, error) {
 		}
 		return k, nil
 	}
-	text, err := ReadSecretFile(path)
+	k, err := loadKeyFile(path)
 	if err != nil {
-		return MasterKey{}, fmt.Errorf("load key %q: %w", path, err)
+		return MasterKey{}, err
 	}
-	k, err := ParseMasterKey(text)
-	if err != nil {
-		return MasterKey{}, fmt.Errorf("load key %q: %w", path, err)
+	if _, ok := k.Master(); !ok {
+		return MasterKey{}, fmt.Errorf("load key %q: %w: it is the destination key of %q, not a master key", path, ErrKeyFormat, k.destination)
 	}
-	return k, nil
+	return k.master, nil
 }
 
 // ReadSecretFile reads a small secret file, refusing, as ssh does, one that
@@ -281,6 +280,11 @@ func LoadKey(path string) (Key, error) {
 		}
 		return k, nil
 	}
+	return loadKeyFile(path)
+}
+
+// loadKeyFile reads and parses a key file (ReadSecretFile, ParseKey).
+func loadKeyFile(path string) (Key, error) {
 	text, err := ReadSecretFile(path)
 	if err != nil {
 		return Key{}, fmt.Errorf("load key %q: %w", path, err)
