@@ -41,7 +41,7 @@ type resolvedBucket struct {
 	holders []bucketHolder // sorted by identifier, user id, line
 	spare   []bucketHolder // holders as read (sortHolders)
 	keys    []holderKey
-	order   []int32        // what export's holders slice
+	order   []int32 // what export's holders slice
 	export  []exportRow
 	hexIDs  []byte // what export's eids share, for binary schemes
 	counts  resolveCounts

@@ -26,6 +26,13 @@ if [ "${DIFF_N:-10000000}" != 0 ]; then
     grep -E 'inputs|^(ok|FAIL|---)'
 fi
 
+# failed WHAT LOG: a run failed; say so with the end of its log, and stop.
+failed() {
+  echo "bench.sh: $1 failed; the end of its log ($2):" >&2
+  tail -n 5 "$2" >&2
+  exit 1
+}
+
 # report TIMEFILE N [WHAT]: wall time, peak RSS, CPU and N per second
 # (WHAT, default "users"). Sets secs to the wall time in seconds.
 report() {
@@ -51,8 +58,10 @@ destinations:
   - {id: meta-ads, name: Parent Ads, organization: Parent Co, relationship: parent, purposes: [ads_matching],
      lawful_basis: consent, scheme: hmac-sha256, delivery: $PWD/$dir/out, retention_days: 90}
 YAML
-  common=(--users "$dir/in/users.csv" --consent "$dir/in/consent_events.csv" --destination meta-ads --state "$dir/state"
+  # The commit reads no inputs (it refuses --users/--consent): only the runs get them.
+  common=(--destination meta-ads --state "$dir/state"
     --as-of 2026-11-01T00:00:00Z --min-policy-version 3 --max-consent-age 395d --log-format json)
+  inputs=(--users "$dir/in/users.csv" --consent "$dir/in/consent_events.csv")
   repeat="${REPEAT:-3}"
   walls=()
   for ((k = 1; k <= repeat; k++)); do
@@ -60,7 +69,8 @@ YAML
     # --force from the second run on: the first committed the date.
     force=()
     [ "$k" -gt 1 ] && { force=(--force); rm -rf "$dir/out"; }
-    /usr/bin/time -v -o "$dir/time.txt" bin/audiencematch run "${common[@]}" "${force[@]}" --log-level debug 2>"$dir/log.json"
+    /usr/bin/time -v -o "$dir/time.txt" bin/audiencematch run "${inputs[@]}" "${common[@]}" "${force[@]}" --log-level debug 2>"$dir/log.json" ||
+      failed "run" "$dir/log.json"
     grep -oE '"stage":"[a-z]*","seconds":[0-9.]*(,"cpu_seconds":[0-9.]*)?' "$dir/log.json" |
       sed -E 's/"stage":"([a-z]*)","seconds":([0-9.]*)(,"cpu_seconds":([0-9.]*))?/   stage \1: \2 s (CPU \4 s)/; s/ \(CPU  s\)//'
     report "$dir/time.txt" "$n"
@@ -74,11 +84,13 @@ YAML
     # commit does all the work again (its audit record is already there).
     rm -rf "$dir/state/shards" "$dir/out"
     for ((i = 0; i < shards; i++)); do
-      /usr/bin/time -v -o "$dir/time.txt" bin/audiencematch run "${common[@]}" --force --shard "$i/$shards" 2>/dev/null
+      /usr/bin/time -v -o "$dir/time.txt" bin/audiencematch run "${inputs[@]}" "${common[@]}" --force --shard "$i/$shards" 2>"$dir/log.json" ||
+        failed "shard $i/$shards" "$dir/log.json"
       # A shard reads every row but owns about 1/N of the users.
       printf '   shard %d/%d: ' "$i" "$shards"; report "$dir/time.txt" "$((n / shards))" "owned users"
     done
-    /usr/bin/time -v -o "$dir/time.txt" bin/audiencematch commit "${common[@]}" --force --shards "$shards" 2>/dev/null
+    /usr/bin/time -v -o "$dir/time.txt" bin/audiencematch commit "${common[@]}" --force --shards "$shards" 2>"$dir/log.json" ||
+      failed "commit" "$dir/log.json"
     printf '   commit: '; report "$dir/time.txt" "$n"
   fi
 done
