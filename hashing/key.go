@@ -83,7 +83,7 @@ func LoadMasterKey(path string) (MasterKey, error) {
 	if path == "" {
 		v, ok := os.LookupEnv(KeyEnv)
 		if !ok {
-			return MasterKey{}, fmt.Errorf("%w: pass --key FILE or set %s", ErrNoKey, KeyEnv)
+			return MasterKey{}, fmt.Errorf("%w: pass --key FILE, or set $%s (or a destination key from `audiencematch keys derive` in $%s)", ErrNoKey, KeyEnv, DestKeyEnv)
 		}
 		k, err := ParseMasterKey([]byte(v))
 		if err != nil {
