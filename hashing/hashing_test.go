@@ -364,6 +364,7 @@ func TestDestinationKeyFile(t *testing.T) {
 		"short key":      {destKeyTag + " meta-ads " + good[:62], 0o600, ErrKeyFormat},
 		"long key":       {destKeyTag + " meta-ads " + good + "00", 0o600, ErrKeyFormat},
 		"not hex":        {destKeyTag + " meta-ads " + strings.Repeat("zz", 32), 0o600, ErrKeyFormat},
+		"hex then not":   {destKeyTag + " meta-ads " + good + "zz", 0o600, ErrKeyFormat},
 		"no destination": {destKeyTag + " " + good, 0o600, ErrKeyFormat},
 		"extra field":    {destKeyTag + " meta-ads " + good + " x", 0o600, ErrKeyFormat},
 	} {

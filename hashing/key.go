@@ -240,12 +240,14 @@ func ParseKey(text []byte) (Key, error) {
 		m, err := ParseMasterKey(text)
 		return Key{master: m}, err
 	}
+	var b []byte
 	f := strings.Fields(rest)
-	if len(f) != 2 {
-		return Key{}, fmt.Errorf("%w: a destination key is %q, a destination and 64 hex digits on one line", ErrKeyFormat, destKeyTag)
+	if len(f) == 2 {
+		if d, err := hex.DecodeString(f[1]); err == nil { // on an error, d holds what came before it
+			b = d
+		}
 	}
-	b, err := hex.DecodeString(f[1])
-	if err != nil || len(b) != len(DestKey{}) {
+	if len(b) != len(DestKey{}) {
 		return Key{}, fmt.Errorf("%w: a destination key is %q, a destination and 64 hex digits on one line", ErrKeyFormat, destKeyTag)
 	}
 	k := Key{destination: f[0]}
