@@ -51,7 +51,7 @@ func (DestKey) GoString() string { return "DestKey(redacted)" }
 var (
 	ErrKeyPermissions = errors.New("key file is accessible by group or others")
 	ErrKeyShort       = errors.New("master key is shorter than 32 bytes")
-	ErrKeyFormat      = errors.New("master key is not hex text")
+	ErrKeyFormat      = errors.New("malformed key")
 	ErrNoKey          = errors.New("no master key given")
 )
 
@@ -60,7 +60,7 @@ func ParseMasterKey(text []byte) (MasterKey, error) {
 	s := strings.TrimSpace(string(text))
 	b, err := hex.DecodeString(s)
 	if err != nil {
-		return MasterKey{}, fmt.Errorf("%w: %v", ErrKeyFormat, err)
+		return MasterKey{}, fmt.Errorf("%w: a master key is hex text: %v", ErrKeyFormat, err)
 	}
 	if len(b) < MinKeyBytes {
 		return MasterKey{}, fmt.Errorf("%w: it has %d bytes; generate one with `audiencematch keys init` or `openssl rand -hex 32`", ErrKeyShort, len(b))
