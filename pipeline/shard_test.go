@@ -49,6 +49,24 @@ func shardConfig(t *testing.T, dir string, st fixtures.Stats) pipeline.Config {
 	}
 }
 
+// shardFixtures writes fixture inputs under a new temporary directory,
+// which it returns with them.
+func shardFixtures(t *testing.T, o fixtures.Options) (string, fixtures.Stats) {
+	t.Helper()
+	dir := t.TempDir()
+	st, err := fixtures.WriteFiles(filepath.Join(dir, "in"), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, st
+}
+
+// runShard runs shard i of n of cfg.
+func runShard(ctx context.Context, cfg pipeline.Config, i, n int) (*pipeline.Result, error) {
+	cfg.Shard = pipeline.Shard{Index: i, Count: n}
+	return pipeline.Run(ctx, cfg)
+}
+
 // filesUnder maps every file under dir (relative path) to its bytes.
 func filesUnder(t *testing.T, dir string) map[string][]byte {
 	t.Helper()
@@ -115,11 +133,7 @@ func committedRecord(t *testing.T, state, out string) string {
 // same time) and a commit publish byte for byte what one unsharded run
 // publishes, keep the same evidence and rejects, and append the same record.
 func TestShardedIdenticalToUnsharded(t *testing.T) {
-	dir := t.TempDir()
-	st, err := fixtures.WriteFiles(filepath.Join(dir, "in"), fixtures.Options{Users: 20000, Seed: 42})
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, st := shardFixtures(t, fixtures.Options{Users: 20000, Seed: 42})
 	ctx := context.Background()
 	base, err := pipeline.Run(ctx, shardConfig(t, filepath.Join(dir, "whole"), st))
 	if err != nil {
@@ -142,11 +156,7 @@ func TestShardedIdenticalToUnsharded(t *testing.T) {
 			var wg sync.WaitGroup
 			errs := make([]error, n)
 			for _, i := range order[:n-1] { // all but one at the same time
-				wg.Go(func() {
-					c := cfg
-					c.Shard = pipeline.Shard{Index: i, Count: n}
-					_, errs[i] = pipeline.Run(ctx, c)
-				})
+				wg.Go(func() { _, errs[i] = runShard(ctx, cfg, i, n) })
 			}
 			wg.Wait()
 			if err := errors.Join(errs...); err != nil {
@@ -160,9 +170,7 @@ func TestShardedIdenticalToUnsharded(t *testing.T) {
 			if _, serr := os.Stat(cfg.Out); !os.IsNotExist(serr) {
 				t.Fatalf("an incomplete commit created %s", cfg.Out)
 			}
-			c := cfg
-			c.Shard = pipeline.Shard{Index: last, Count: n}
-			sres, err := pipeline.Run(ctx, c)
+			sres, err := runShard(ctx, cfg, last, n)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -195,18 +203,12 @@ func TestShardedIdenticalToUnsharded(t *testing.T) {
 // shard file changed after it was written, and a shard of another format
 // version stop the commit.
 func TestShardCommitRefusesMismatch(t *testing.T) {
-	dir := t.TempDir()
-	st, err := fixtures.WriteFiles(filepath.Join(dir, "in"), fixtures.Options{Users: 2000, Seed: 5})
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, st := shardFixtures(t, fixtures.Options{Users: 2000, Seed: 5})
 	ctx := context.Background()
 	cfg := shardConfig(t, filepath.Join(dir, "run"), st)
 	shard := func(i int) {
 		t.Helper()
-		c := cfg
-		c.Shard = pipeline.Shard{Index: i, Count: 2}
-		if _, err := pipeline.Run(ctx, c); err != nil {
+		if _, err := runShard(ctx, cfg, i, 2); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -216,7 +218,7 @@ func TestShardCommitRefusesMismatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	shard(1)
-	_, err = pipeline.Commit(ctx, cfg, 2)
+	_, err := pipeline.Commit(ctx, cfg, 2)
 	if !errors.Is(err, pipeline.ErrData) || !strings.Contains(err.Error(), "inputs changed between shards") {
 		t.Fatalf("commit over changed inputs: %v", err)
 	}
@@ -265,11 +267,7 @@ func TestParallelIngestIdentical(t *testing.T) {
 }
 
 func testParallelIngest(t *testing.T, format string) {
-	dir := t.TempDir()
-	st, err := fixtures.WriteFiles(filepath.Join(dir, "in"), fixtures.Options{Users: 20000, Seed: 7, Format: format})
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, st := shardFixtures(t, fixtures.Options{Users: 20000, Seed: 7, Format: format})
 	ctx := context.Background()
 	run := func(name string, workers, block int, split int64) (map[string][]byte, map[string][]byte, string) {
 		pipeline.SetCSVBlockSize(t, block)
@@ -300,11 +298,7 @@ func testParallelIngest(t *testing.T, format string) {
 // never committed whose cutoff is more than ShardRetention before its own,
 // and nothing else under STATE/shards.
 func TestCommitRemovesAbandonedShards(t *testing.T) {
-	dir := t.TempDir()
-	st, err := fixtures.WriteFiles(filepath.Join(dir, "in"), fixtures.Options{Users: 300, Seed: 9})
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, st := shardFixtures(t, fixtures.Options{Users: 300, Seed: 9})
 	ctx := context.Background()
 	cfg := shardConfig(t, filepath.Join(dir, "run"), st)
 	shards := filepath.Join(cfg.State, "shards")
@@ -325,9 +319,7 @@ func TestCommitRemovesAbandonedShards(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(shards, stale)); err != nil {
 		t.Fatalf("a commit that failed removed shards: %v", err)
 	}
-	c := cfg
-	c.Shard = pipeline.Shard{Index: 0, Count: 1}
-	if _, err := pipeline.Run(ctx, c); err != nil {
+	if _, err := runShard(ctx, cfg, 0, 1); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := pipeline.Commit(ctx, cfg, 1); err != nil {
