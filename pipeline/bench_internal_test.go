@@ -115,3 +115,33 @@ func BenchmarkResolve(b *testing.B) {
 	}
 	b.ReportMetric(float64(benchIDs)*float64(b.N)/b.Elapsed().Seconds(), "holders/s")
 }
+
+// BenchmarkPublishedIter is the delta's reading of the previous run's
+// 500k identifiers.
+func BenchmarkPublishedIter(b *testing.B) {
+	dir := filepath.Join(b.TempDir(), "out")
+	cfg := &Config{RowsPerFile: DefaultRowsPerFile, RowsPerGroup: DefaultRowsPerGroup, ToolVersion: "bench"}
+	w, _ := newPartWriter(dir, nil, cfg, hashing.HMACSHA256, "")
+	for _, id := range randomIDs(benchIDs) {
+		w.Add(id)
+	}
+	w.Close()
+	for b.Loop() {
+		it := &publishedIter{scheme: hashing.HMACSHA256, paths: []string{filepath.Join(dir, "part-00000.parquet")}}
+		n := 0
+		for {
+			_, ok, err := it.Next()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if !ok {
+				break
+			}
+			n++
+		}
+		if n != benchIDs {
+			b.Fatalf("%d ids", n)
+		}
+	}
+	b.ReportMetric(float64(benchIDs)*float64(b.N)/b.Elapsed().Seconds(), "ids/s")
+}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -212,35 +211,38 @@ func deltaSet(w *partWriter, dir string, scheme hashing.Scheme, keyID string) (*
 }
 
 // publishedIter streams the identifiers of published parts, in order,
-// checking that they are strictly increasing.
+// checking that they are strictly increasing. An id is a substring of its
+// page's values, copied once per page: one allocation per page, not per id.
 type publishedIter struct {
 	paths  []string
 	scheme hashing.Scheme
-	f      *os.File
-	bin    *parquet.GenericReader[BinaryIDRow]
-	txt    *parquet.GenericReader[TextIDRow]
-	binBuf []BinaryIDRow
-	txtBuf []TextIDRow
+	r      *idPages
+	vals   string   // the current page's ids, end to end
+	offs   []uint32 // where they start, and the end, in a text scheme
+	size   int      // of every id, in a binary scheme
 	i, n   int
 	last   string
 }
 
 // Next returns the next identifier; ok is false at the end or on error.
+// The last file is closed at the end; Close closes it before.
 func (it *publishedIter) Next() (id string, ok bool, err error) {
 	for it.i == it.n {
 		if err := it.fill(); err == io.EOF {
 			return "", false, nil
 		} else if err != nil {
+			it.Close()
 			return "", false, err
 		}
 	}
-	if it.scheme.Binary() {
-		id = string(it.binBuf[it.i].ID[:])
+	if it.size > 0 {
+		id = it.vals[it.i*it.size : (it.i+1)*it.size]
 	} else {
-		id = it.txtBuf[it.i].ID
+		id = it.vals[it.offs[it.i]:it.offs[it.i+1]]
 	}
 	it.i++
 	if it.last != "" && id <= it.last {
+		it.Close()
 		return "", false, fmt.Errorf("%w: previous run's identifiers are not sorted", ErrData)
 	}
 	it.last = id
@@ -249,50 +251,36 @@ func (it *publishedIter) Next() (id string, ok bool, err error) {
 
 func (it *publishedIter) fill() error {
 	for {
-		if it.f == nil {
+		if it.r == nil {
 			if len(it.paths) == 0 {
 				return io.EOF
 			}
-			f, err := os.Open(it.paths[0])
+			r, err := openIDPages(it.paths[0], it.scheme)
 			if err != nil {
 				return err
 			}
-			st, err := f.Stat()
-			if err != nil {
-				f.Close()
-				return err
-			}
-			pf, err := parquet.OpenFile(f, st.Size())
-			if err != nil {
-				f.Close()
-				return fmt.Errorf("%s: %w", it.paths[0], err)
-			}
-			it.f, it.paths = f, it.paths[1:]
-			if it.scheme.Binary() {
-				it.bin, it.binBuf = parquet.NewGenericReader[BinaryIDRow](pf), make([]BinaryIDRow, 4096)
-			} else {
-				it.txt, it.txtBuf = parquet.NewGenericReader[TextIDRow](pf), make([]TextIDRow, 4096)
-			}
+			it.r, it.paths = r, it.paths[1:]
 		}
-		var n int
-		var err error
-		if it.bin != nil {
-			n, err = it.bin.Read(it.binBuf)
-		} else {
-			n, err = it.txt.Read(it.txtBuf)
-		}
-		it.i, it.n = 0, n
-		if err == io.EOF || (err == nil && n == 0) {
-			it.f.Close()
-			it.f, it.bin, it.txt = nil, nil, nil
-			if n > 0 {
-				return nil
-			}
+		data, offs, err := it.r.next()
+		if err == io.EOF {
+			it.Close()
 			continue
 		}
 		if err != nil {
 			return err
 		}
-		return nil
+		it.vals, it.size = string(data), it.r.size
+		it.offs = append(it.offs[:0], offs...) // their page is released on the next read
+		if it.i, it.n = 0, it.r.count(data, offs); it.n > 0 {
+			return nil
+		}
+	}
+}
+
+// Close closes the file being read, if any.
+func (it *publishedIter) Close() {
+	if it.r != nil {
+		it.r.Close()
+		it.r = nil
 	}
 }

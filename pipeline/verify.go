@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -245,105 +246,167 @@ func ReadPublishedIDs(path string, scheme hashing.Scheme) ([][]byte, error) {
 }
 
 // eachPublishedID streams one published part's identifiers to fn, which
-// must not keep id, until fn returns false. It decodes the column's pages
-// itself, which is several times faster than parquet-go's row reader, so
-// it accepts only the shape the writers produce: one required column "id",
-// FIXED_LEN_BYTE_ARRAY(32) in a binary scheme and BYTE_ARRAY otherwise,
-// with no dictionary and no nulls; anything else is an error, never a
-// silently skipped value.
+// must not keep id, until fn returns false.
 func eachPublishedID(path string, scheme hashing.Scheme, fn func(i int64, id []byte) bool) error {
+	r, err := openIDPages(path, scheme)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	i := int64(0)
+	for {
+		data, offs, err := r.next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		for k := range r.count(data, offs) {
+			if !fn(i, r.value(data, offs, k)) {
+				return nil
+			}
+			i++
+		}
+	}
+}
+
+// idPages reads a published part's identifiers a page at a time, decoding
+// the column's pages itself: several times faster than parquet-go's row
+// reader, which reconstructs every row. So it accepts only the shape the
+// part writer produces: one required column "id", FIXED_LEN_BYTE_ARRAY(32)
+// in a binary scheme and BYTE_ARRAY otherwise, with no dictionary and no
+// nulls; anything else is an error, never a silently skipped value.
+type idPages struct {
+	f     *os.File
+	path  string
+	size  int // 32 in a binary scheme, else 0
+	rgs   []parquet.RowGroup
+	pages parquet.Pages
+	page  parquet.Page // handed out by next, released by the one after
+	row   int64        // the ids of the pages handed out so far
+}
+
+func openIDPages(path string, scheme hashing.Scheme) (*idPages, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer f.Close()
-	st, err := f.Stat()
+	r := &idPages{f: f, path: path}
+	if err := r.open(scheme); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+func (r *idPages) open(scheme hashing.Scheme) error {
+	st, err := r.f.Stat()
 	if err != nil {
 		return err
 	}
-	pf, err := parquet.OpenFile(f, st.Size())
+	pf, err := parquet.OpenFile(r.f, st.Size())
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", r.path, err)
 	}
-	kind, size := parquet.ByteArray, 0
+	kind, want := parquet.ByteArray, "BYTE_ARRAY"
 	if scheme.Binary() {
-		kind, size = parquet.FixedLenByteArray, 32
+		kind, r.size, want = parquet.FixedLenByteArray, 32, "FIXED_LEN_BYTE_ARRAY(32)"
 	}
 	cols := pf.Schema().Fields()
 	if len(cols) != 1 || cols[0].Name() != "id" || !cols[0].Leaf() || !cols[0].Required() ||
-		cols[0].Type().Kind() != kind || (size > 0 && cols[0].Type().Length() != size) {
-		return fmt.Errorf("not the schema of a %s part: want one required column id of %s", scheme, idTypeName(kind, size))
+		cols[0].Type().Kind() != kind || (r.size > 0 && cols[0].Type().Length() != r.size) {
+		return fmt.Errorf("%s: not the schema of a %s part: want one required column id of %s", r.path, scheme, want)
 	}
-	i := int64(0)
-	for _, rg := range pf.RowGroups() {
-		more, err := eachPageID(rg.ColumnChunks()[0].Pages(), kind, size, &i, fn)
-		if err != nil || !more {
-			return err
-		}
-	}
+	r.rgs = pf.RowGroups()
 	return nil
 }
 
-func idTypeName(kind parquet.Kind, size int) string {
-	if size > 0 {
-		return fmt.Sprintf("%s(%d)", kind, size)
-	}
-	return kind.String()
-}
-
-// eachPageID hands the ids of one column chunk's pages to fn, numbering
-// them from *i on; more is false once fn has returned false.
-func eachPageID(pages parquet.Pages, kind parquet.Kind, size int, i *int64, fn func(int64, []byte) bool) (more bool, err error) {
-	defer pages.Close()
+// next returns the next page's values: the ids end to end, and in a text
+// scheme their offsets (one more than the ids). They are valid until the
+// next call. It returns io.EOF after the last page.
+func (r *idPages) next() (data []byte, offs []uint32, err error) {
+	r.release()
 	for {
-		p, err := pages.ReadPage()
+		if r.pages == nil {
+			if len(r.rgs) == 0 {
+				return nil, nil, io.EOF
+			}
+			r.pages, r.rgs = r.rgs[0].ColumnChunks()[0].Pages(), r.rgs[1:]
+		}
+		p, err := r.pages.ReadPage()
 		if err == io.EOF {
-			return true, nil
+			r.pages.Close()
+			r.pages = nil
+			continue
 		}
 		if err != nil {
-			return false, err
+			return nil, nil, fmt.Errorf("%s: %w", r.path, err)
 		}
-		more, err = eachValue(p, kind, size, i, fn)
-		parquet.Release(p)
-		if err != nil || !more {
-			return more, err
+		r.page = p
+		if data, offs, err = r.values(p); err != nil {
+			return nil, nil, fmt.Errorf("%s: page at row %d: %w", r.path, r.row, err)
 		}
+		r.row += p.NumValues()
+		return data, offs, nil
 	}
 }
 
-func eachValue(p parquet.Page, kind parquet.Kind, size int, i *int64, fn func(int64, []byte) bool) (bool, error) {
+func (r *idPages) values(p parquet.Page) (data []byte, offs []uint32, err error) {
 	if p.Dictionary() != nil || p.NumNulls() != 0 {
-		return false, fmt.Errorf("page %d: dictionary-encoded or with nulls", *i)
+		return nil, nil, errors.New("dictionary-encoded or with nulls")
 	}
 	v := p.Data()
 	switch {
-	case kind == parquet.FixedLenByteArray && v.Kind() == encoding.FixedLenByteArray:
+	case r.size > 0 && v.Kind() == encoding.FixedLenByteArray:
 		data, n := v.FixedLenByteArray()
-		if n != size || len(data)%size != 0 || int64(len(data)/size) != p.NumValues() {
-			return false, fmt.Errorf("page at row %d: %d bytes of %d-byte values for %d values", *i, len(data), n, p.NumValues())
+		if n != r.size || len(data)%r.size != 0 || int64(len(data)/r.size) != p.NumValues() {
+			return nil, nil, fmt.Errorf("%d bytes of %d-byte values for %d values", len(data), n, p.NumValues())
 		}
-		for ; len(data) > 0; data = data[size:] {
-			if !fn(*i, data[:size:size]) {
-				return false, nil
+		return data, nil, nil
+	case r.size == 0 && v.Kind() == encoding.ByteArray:
+		data, offs := v.ByteArray()
+		if int64(len(offs)) != p.NumValues()+1 {
+			return nil, nil, fmt.Errorf("%d offsets for %d values", len(offs), p.NumValues())
+		}
+		for k := 1; k < len(offs); k++ {
+			if offs[k-1] > offs[k] || int(offs[k]) > len(data) {
+				return nil, nil, errors.New("bad value offsets")
 			}
-			*i++
 		}
-	case kind == parquet.ByteArray && v.Kind() == encoding.ByteArray:
-		data, off := v.ByteArray()
-		if int64(len(off)) != p.NumValues()+1 {
-			return false, fmt.Errorf("page at row %d: %d offsets for %d values", *i, len(off), p.NumValues())
-		}
-		for k := 1; k < len(off); k++ {
-			if off[k-1] > off[k] || int(off[k]) > len(data) {
-				return false, fmt.Errorf("page at row %d: bad value offsets", *i)
-			}
-			if !fn(*i, data[off[k-1]:off[k]:off[k]]) {
-				return false, nil
-			}
-			*i++
-		}
-	default:
-		return false, fmt.Errorf("page at row %d: values of kind %d, want %s", *i, v.Kind(), kind)
+		return data, offs, nil
 	}
-	return true, nil
+	return nil, nil, fmt.Errorf("values of encoding kind %d", v.Kind())
+}
+
+// count is the number of ids in a page next returned.
+func (r *idPages) count(data []byte, offs []uint32) int {
+	if r.size > 0 {
+		return len(data) / r.size
+	}
+	return len(offs) - 1
+}
+
+// value is the k-th id of a page next returned.
+func (r *idPages) value(data []byte, offs []uint32, k int) []byte {
+	if r.size > 0 {
+		return data[k*r.size : (k+1)*r.size : (k+1)*r.size]
+	}
+	return data[offs[k]:offs[k+1]:offs[k+1]]
+}
+
+func (r *idPages) release() {
+	if r.page != nil {
+		parquet.Release(r.page)
+		r.page = nil
+	}
+}
+
+func (r *idPages) Close() error {
+	r.release()
+	if r.pages != nil {
+		r.pages.Close()
+		r.pages = nil
+	}
+	return r.f.Close()
 }

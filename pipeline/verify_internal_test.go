@@ -2,8 +2,10 @@ package pipeline
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -101,6 +103,87 @@ func TestEachPublishedID(t *testing.T) {
 			}
 			if n != 0 {
 				t.Errorf("%d ids handed out before the error", n)
+			}
+		})
+	}
+}
+
+// TestPublishedIter: the previous run's ids come back in order across files,
+// row groups and pages, in both kinds of scheme, and a part out of order is
+// refused.
+func TestPublishedIter(t *testing.T) {
+	cfg := &Config{RowsPerFile: 9000, RowsPerGroup: 4000, ToolVersion: "test"}
+	for _, s := range []hashing.Scheme{hashing.HMACSHA256, hashing.SHA256E164} {
+		t.Run(string(s), func(t *testing.T) {
+			h, err := hashing.NewHasher(s, hashing.DestKey{5})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids := make([]string, 25000)
+			for i := range ids {
+				ids[i] = h.ID(fmt.Sprintf("+4474%08d", i))
+			}
+			slices.Sort(ids)
+			dir := t.TempDir()
+			w, err := newPartWriter(dir, nil, cfg, s, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, id := range ids {
+				if err := w.Add(id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			files, err := w.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(files) != 3 {
+				t.Fatalf("%d files, want 3", len(files))
+			}
+			it := &publishedIter{scheme: s}
+			for _, f := range files {
+				it.paths = append(it.paths, filepath.Join(dir, f.Path))
+			}
+			for i := 0; ; i++ {
+				id, ok, err := it.Next()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !ok {
+					if i != len(ids) {
+						t.Fatalf("%d ids read, %d written", i, len(ids))
+					}
+					break
+				}
+				if i >= len(ids) || id != ids[i] {
+					t.Fatalf("id %d differs", i)
+				}
+			}
+			if it.r != nil {
+				t.Error("the last file is still open")
+			}
+
+			// The same ids, the first two swapped, in one part.
+			path := filepath.Join(t.TempDir(), "part-00000.parquet")
+			ids[0], ids[1] = ids[1], ids[0]
+			if s.Binary() {
+				rows := make([]BinaryIDRow, len(ids))
+				for i := range ids {
+					rows[i].ID = [32]byte([]byte(ids[i]))
+				}
+				writePart(t, path, rows)
+			} else {
+				rows := make([]TextIDRow, len(ids))
+				for i := range ids {
+					rows[i].ID = ids[i]
+				}
+				writePart(t, path, rows)
+			}
+			it = &publishedIter{scheme: s, paths: []string{path}}
+			it.Next()
+			if _, _, err := it.Next(); !errors.Is(err, ErrData) || !strings.Contains(err.Error(), "not sorted") {
+				t.Fatalf("err = %v, want ErrData: not sorted", err)
 			}
 		})
 	}
