@@ -68,9 +68,12 @@ type leakGuard struct {
 	maxLen int
 	// passCount is how many exact passes the last Check made.
 	passCount int
-	// One pass's exact hashes: groups [lo, hi), sorted and deduplicated.
-	lo, hi uint64
-	exact  []uint64
+	// One pass's exact hashes: groups [lo, hi), sorted and deduplicated,
+	// and a bit per slot of their low bits, which most ids miss.
+	lo, hi     uint64
+	exact      []uint64
+	filter     []uint64
+	filterMask uint64
 }
 
 const (
@@ -285,6 +288,17 @@ func (g *leakGuard) load(lo, hi uint64) error {
 	}
 	slices.Sort(g.exact)
 	g.exact = slices.Compact(g.exact)
+	bits := uint(12) // 16 slots a hash or more: few ids reach the search
+	for 1<<bits < 16*len(g.exact) && bits < 28 {
+		bits++
+	}
+	g.filterMask = 1<<bits - 1
+	g.filter = slices.Grow(g.filter[:0], 1<<bits/64)[:1<<bits/64]
+	clear(g.filter)
+	for _, h := range g.exact {
+		x := h & g.filterMask
+		g.filter[x/64] |= 1 << (x % 64)
+	}
 	return nil
 }
 
@@ -293,6 +307,9 @@ func (g *leakGuard) load(lo, hi uint64) error {
 func (g *leakGuard) hasExact(b []byte) bool {
 	h := guardHashFrom(g.state, b)
 	if p := h >> (64 - guardGroupBits); p < g.lo || p >= g.hi {
+		return false
+	}
+	if x := h & g.filterMask; g.filter[x/64]&(1<<(x%64)) == 0 {
 		return false
 	}
 	_, found := slices.BinarySearch(g.exact, h)
@@ -365,7 +382,7 @@ func (g *leakGuard) Check(dir string, scheme hashing.Scheme, removesScheme hashi
 			}
 		}
 	}
-	g.exact = nil
+	g.exact, g.filter = nil, nil
 	return nil
 }
 
