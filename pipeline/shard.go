@@ -81,10 +81,11 @@ func ShardsDir(cfg *Config) string { return filepath.Join(cfg.State, "shards", r
 
 func shardName(i, n int) string { return fmt.Sprintf("shard-%05d-of-%05d", i, n) }
 
-// shardVersion is the first field of shard.json. v5: 256 buckets of
-// holders and snapshot lines (v4 had 1,024), so a commit refuses the
-// shards an earlier version left, by their version, before reading them.
-const shardVersion = "audiencematch.shard/v5"
+// shardVersion is the first field of shard.json, so that a commit refuses
+// the shards an earlier version left, by their version, before reading
+// them. v6: the leak guard's hashes are XXH3 (v5's were FNV-1a). v5: 256
+// buckets of holders and snapshot lines (v4 had 1,024).
+const shardVersion = "audiencematch.shard/v6"
 
 // shardInfo is a finished shard's shard.json, written last.
 type shardInfo struct {

@@ -322,6 +322,12 @@ func (r *idPages) open(scheme hashing.Scheme) error {
 	return nil
 }
 
+// groups is the number of row groups left to read.
+func (r *idPages) groups() int { return len(r.rgs) }
+
+// only restricts the reader to row group k, before the first next.
+func (r *idPages) only(k int) { r.rgs = r.rgs[k : k+1] }
+
 // next returns the next page's values: the ids end to end, and in a text
 // scheme their offsets (one more than the ids). They are valid until the
 // next call. It returns io.EOF after the last page.
