@@ -259,3 +259,55 @@ func TestLeakGuardCountsEveryPage(t *testing.T) {
 		})
 	}
 }
+
+// TestLeakGuardFirstLeakInOrder: the id check runs a row group per task on
+// every core, and still reports the first leak in file and row order, with
+// its row number in the file.
+func TestLeakGuardFirstLeakInOrder(t *testing.T) {
+	h, _ := hashing.NewHasher(hashing.SHA256E164, hashing.DestKey{})
+	hexUser := strings.Repeat("ab", 32)
+	rows := func(leaks ...int) []TextIDRow {
+		out := make([]TextIDRow, 10)
+		for i := range out {
+			out[i].ID = h.ID(fmt.Sprintf("+4474001234%02d", i))
+		}
+		for _, i := range leaks {
+			out[i].ID = hexUser
+		}
+		return out
+	}
+	small := parquet.MaxRowsPerRowGroup(3) // four row groups a file
+	for _, c := range []struct {
+		name   string
+		a, b   []int // leaking rows of part 0 and part 1
+		badEnd bool  // part 0's last id has the wrong shape
+		want   string
+	}{
+		{"one leak in the third group", nil, []int{7}, false, "part-00001.parquet: row 7: id equals"},
+		{"two leaks, the first reported", []int{8, 4}, []int{1}, false, "part-00000.parquet: row 4: id equals"},
+		{"a shape error in the first file wins", nil, []int{1}, true, "part-00000.parquet: row 9: id does not have the exact shape"},
+		{"clean", nil, nil, false, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			a := rows(c.a...)
+			if c.badEnd {
+				a[9].ID = "not-an-id"
+			}
+			writePart(t, filepath.Join(dir, "part-00000.parquet"), a, small)
+			writePart(t, filepath.Join(dir, "part-00001.parquet"), rows(c.b...), small)
+			g := newLeakGuard(1, t.TempDir())
+			g.Add(hexUser)
+			err := g.Check(dir, hashing.SHA256E164, hashing.SHA256E164)
+			if c.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err = %v, want %q", err, c.want)
+			}
+		})
+	}
+}
