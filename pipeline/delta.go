@@ -82,6 +82,7 @@ func (r *run) startDeltas(pub string) (*deltaMerge, error) {
 	if d.removes, err = newPartWriter(filepath.Join(pub, "removes"), r.pages, &r.cfg, d.prevScheme, prev.KeyID); err != nil {
 		return nil, err
 	}
+	d.adds.later, d.removes.later = &r.later, &r.later
 	d.b, d.bok, err = d.old.Next()
 	return d, err
 }

@@ -76,6 +76,7 @@ func (r *run) writeOutputs(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	parts.later = &r.later
 	deltas, err := r.startDeltas(pub)
 	if err != nil {
 		return fmt.Errorf("write deltas: %w", err)
@@ -84,6 +85,7 @@ func (r *run) writeOutputs(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("write evidence: %w", err)
 	}
+	ev.f.later = &r.later
 	defer ev.abort()
 	var snapErr error
 	var snapWG sync.WaitGroup
@@ -184,6 +186,7 @@ type partWriter struct {
 	txtBuf []TextIDRow
 	txtMem strArena // txtBuf's ids: the caller's strings may not outlive Add
 	rows   int64
+	later  *syncer // if set, syncs the parts closed (see hashingFile)
 }
 
 func newPartWriter(dir string, pages parquet.BufferPool, cfg *Config, scheme hashing.Scheme, keyID string) (*partWriter, error) {
@@ -199,6 +202,7 @@ func (w *partWriter) open() error {
 	if err != nil {
 		return err
 	}
+	f.later = w.later
 	w.f, w.rows = f, 0
 	w.files = append(w.files, OutputFile{Path: name})
 	opts := writerOptions(w.cfg, w.scheme, w.keyID)
@@ -396,6 +400,9 @@ func (r *run) finish() (*Result, error) {
 		res.AlreadyPublished = true
 		return res, r.commitRecord(runDir)
 	}
+	// The output files are synced while the manifest is written and the
+	// guard reads them; the record is written once they are durable.
+	r.synced = r.later.start()
 	if err := r.rejects.Close(); err != nil {
 		return nil, fmt.Errorf("write rejects: %w", err)
 	}
@@ -429,6 +436,10 @@ func (r *run) finish() (*Result, error) {
 	start := time.Now()
 	if err := r.guard.Check(filepath.Join(r.staging, "publish"), r.cfg.Scheme, removesScheme); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrData, err)
+	}
+	err = <-r.synced
+	if r.synced = nil; err != nil {
+		return nil, fmt.Errorf("sync the output files: %w", err)
 	}
 	r.stages = append(r.stages, StageTime{"guard", time.Since(start)})
 	r.cfg.Log.Debug("stage done", "stage", "guard", "seconds", time.Since(start).Seconds(), "passes", r.guard.passCount)
