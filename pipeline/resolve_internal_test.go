@@ -57,21 +57,34 @@ func TestIDBucketerSub(t *testing.T) {
 // digests almost never reach).
 func TestSortDigests(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
-	lines := make([][sha256.Size]byte, 5000)
-	for i := range lines {
-		for j := range lines[i] {
-			lines[i][j] = byte(rng.Uint32())
+	for _, n := range []int{0, 1, 50, 5000, 100000} {
+		lines := make([][sha256.Size]byte, n)
+		for i := range lines {
+			for j := range lines[i] {
+				lines[i][j] = byte(rng.Uint32())
+			}
+			if i%3 == 0 { // a third share one of four 8-byte prefixes
+				copy(lines[i][:8], []byte{0, 0, 0, 0, 0, 0, 0, byte(i % 4)})
+			}
 		}
-		if i%3 == 0 { // a third share one of four 8-byte prefixes
-			copy(lines[i][:8], []byte{0, 0, 0, 0, 0, 0, 0, byte(i % 4)})
+		if n > 1 {
+			lines[1] = lines[0] // and two are equal
 		}
-	}
-	lines[1] = lines[0] // and two are equal
-	want := slices.Clone(lines)
-	slices.SortFunc(want, func(a, b [sha256.Size]byte) int { return bytes.Compare(a[:], b[:]) })
-	_, got := sortDigests(lines, nil, nil)
-	if !slices.Equal(got, want) {
-		t.Fatal("sortDigests differs from sorting by bytes.Compare")
+		want := slices.Clone(lines)
+		slices.SortFunc(want, func(a, b [sha256.Size]byte) int { return bytes.Compare(a[:], b[:]) })
+		_, got := sortDigests(lines, nil, nil)
+		if !slices.Equal(got, want) {
+			t.Fatalf("%d lines: sortDigests differs from sorting by bytes.Compare", n)
+		}
+		// Evenly spread, as SHA-256 digests are: the bins' insertion sort.
+		for i := range lines {
+			binary.BigEndian.PutUint64(lines[i][:8], rng.Uint64()>>(i%2)) // and a narrower range for half
+		}
+		want = slices.Clone(lines)
+		slices.SortFunc(want, func(a, b [sha256.Size]byte) int { return bytes.Compare(a[:], b[:]) })
+		if _, got = sortDigests(lines, nil, got[:0]); !slices.Equal(got, want) {
+			t.Fatalf("%d spread lines: sortDigests differs from sorting by bytes.Compare", n)
+		}
 	}
 }
 
@@ -233,5 +246,18 @@ func TestUserIndex(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// BenchmarkSortDigests is one snapshot bucket at 10M users: 40k digests.
+func BenchmarkSortDigests(b *testing.B) {
+	lines := make([][sha256.Size]byte, 40000)
+	for i := range lines {
+		lines[i] = sha256.Sum256(binary.LittleEndian.AppendUint64(nil, uint64(i)))
+	}
+	var keys []sortKey
+	var sorted [][sha256.Size]byte
+	for b.Loop() {
+		keys, sorted = sortDigests(lines, keys[:0], sorted[:0])
 	}
 }
