@@ -53,11 +53,7 @@ func BenchmarkWriteParts(b *testing.B) {
 func BenchmarkLeakGuard(b *testing.B) {
 	dir := filepath.Join(b.TempDir(), "out")
 	cfg := &Config{RowsPerFile: DefaultRowsPerFile, RowsPerGroup: DefaultRowsPerGroup, ToolVersion: "bench"}
-	w, _ := newPartWriter(dir, nil, cfg, hashing.HMACSHA256, "")
-	for _, id := range randomIDs(benchIDs) {
-		w.Add(id)
-	}
-	w.Close()
+	writeIDs(b, dir, cfg, hashing.HMACSHA256, randomIDs(benchIDs))
 	g := newLeakGuard(1, b.TempDir())
 	for i := 0; i < benchIDs; i++ {
 		g.Add(fmt.Sprintf("acct-%09d", i))
@@ -126,11 +122,7 @@ func BenchmarkResolve(b *testing.B) {
 func BenchmarkPublishedIter(b *testing.B) {
 	dir := filepath.Join(b.TempDir(), "out")
 	cfg := &Config{RowsPerFile: DefaultRowsPerFile, RowsPerGroup: DefaultRowsPerGroup, ToolVersion: "bench"}
-	w, _ := newPartWriter(dir, nil, cfg, hashing.HMACSHA256, "")
-	for _, id := range randomIDs(benchIDs) {
-		w.Add(id)
-	}
-	w.Close()
+	writeIDs(b, dir, cfg, hashing.HMACSHA256, randomIDs(benchIDs))
 	for b.Loop() {
 		it := &publishedIter{scheme: hashing.HMACSHA256, paths: []string{filepath.Join(dir, "part-00000.parquet")}}
 		n := 0

@@ -30,18 +30,7 @@ func TestEachPublishedID(t *testing.T) {
 				ids[i] = h.ID(fmt.Sprintf("+4474%08d", i))
 			}
 			dir := t.TempDir()
-			w, err := newPartWriter(dir, nil, cfg, s, "")
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, id := range ids {
-				if err := w.Add(id); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if _, err := w.Close(); err != nil {
-				t.Fatal(err)
-			}
+			writeIDs(t, dir, cfg, s, ids)
 			path := filepath.Join(dir, "part-00000.parquet")
 			got, err := ReadPublishedIDs(path, s)
 			if err != nil {
@@ -125,19 +114,7 @@ func TestPublishedIter(t *testing.T) {
 			}
 			slices.Sort(ids)
 			dir := t.TempDir()
-			w, err := newPartWriter(dir, nil, cfg, s, "")
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, id := range ids {
-				if err := w.Add(id); err != nil {
-					t.Fatal(err)
-				}
-			}
-			files, err := w.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
+			files := writeIDs(t, dir, cfg, s, ids)
 			if len(files) != 3 {
 				t.Fatalf("%d files, want 3", len(files))
 			}
@@ -187,4 +164,23 @@ func TestPublishedIter(t *testing.T) {
 			}
 		})
 	}
+}
+
+// writeIDs writes ids, sorted, as the parts of a run under dir.
+func writeIDs(tb testing.TB, dir string, cfg *Config, s hashing.Scheme, ids []string) []OutputFile {
+	tb.Helper()
+	w, err := newPartWriter(dir, nil, cfg, s, "")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, id := range ids {
+		if err := w.Add(id); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	files, err := w.Close()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return files
 }
