@@ -105,17 +105,6 @@ func newLeakGuard(salt uint64, dir string) *leakGuard {
 	return &leakGuard{salt: salt, dir: dir}
 }
 
-// FNV-1a 64: the shard partition.
-const fnvOffset, fnvPrime = 14695981039346656037, 1099511628211
-
-// fnv1a continues an FNV-1a 64 hash h over s.
-func fnv1a[T string | []byte](h uint64, s T) uint64 {
-	for i := 0; i < len(s); i++ {
-		h = (h ^ uint64(s[i])) * fnvPrime
-	}
-	return h
-}
-
 // guardHash is the guard's hash of s under salt.
 func guardHash(salt uint64, s string) uint64 { return xxh3.HashStringSeed(s, salt) }
 

@@ -70,6 +70,17 @@ func runKey(cfg *Config) string {
 // runKeyTime is the layout of the cutoff in a run key.
 const runKeyTime = "20060102T150405Z"
 
+// FNV-1a 64: the shard partition.
+const fnvOffset, fnvPrime = 14695981039346656037, 1099511628211
+
+// fnv1a continues an FNV-1a 64 hash h over s.
+func fnv1a(h uint64, s string) uint64 {
+	for i := 0; i < len(s); i++ {
+		h = (h ^ uint64(s[i])) * fnvPrime
+	}
+	return h
+}
+
 // guardSalt is the leak guard's salt: the same in every shard of a run.
 func guardSalt(cfg *Config) uint64 {
 	sum := sha256.Sum256([]byte("audiencematch/guard/" + cfg.Digest()))
