@@ -353,17 +353,26 @@ func (a *strArena) reset() {
 	a.i = 0
 }
 
+// add adds the bucket's evidence rows to the batch, writing each full
+// batch. A number's id is kept once per batch: a flush between two of its
+// holders reuses the arena, so the id is kept again after it (keeping it
+// once per number wrote corrupt ids whenever a batch ended inside a
+// number's holders: at 10M users, evidence that did not match its tree).
 func (e *evidenceWriter) add(rb *resolvedBucket) error {
 	for _, x := range rb.export {
-		id := e.arena.keep(x.eid)
+		id := ""
 		for j, hi := range x.holders {
-			h := &rb.holders[hi]
-			e.batch = append(e.batch, EvidenceRow{ID: id, UserID: e.arena.keep(h.userID), EventID: e.arena.keep(h.eventID), Primary: j == 0})
 			if len(e.batch) == cap(e.batch) {
 				if err := e.flush(); err != nil {
 					return err
 				}
+				id = ""
 			}
+			if id == "" {
+				id = e.arena.keep(x.eid)
+			}
+			h := &rb.holders[hi]
+			e.batch = append(e.batch, EvidenceRow{ID: id, UserID: e.arena.keep(h.userID), EventID: e.arena.keep(h.eventID), Primary: j == 0})
 		}
 	}
 	return nil

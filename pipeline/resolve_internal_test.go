@@ -13,6 +13,10 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/parquet-go/parquet-go"
+	"golang.org/x/mod/sumdb/tlog"
+
+	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 )
 
@@ -259,5 +263,58 @@ func BenchmarkSortDigests(b *testing.B) {
 	var sorted [][sha256.Size]byte
 	for b.Loop() {
 		keys, sorted = sortDigests(lines, keys[:0], sorted[:0])
+	}
+}
+
+// TestEvidenceWriterBatches: the evidence file holds the bucket's rows
+// exactly, and their leaves are the ones the record's tree was built from,
+// also when a batch is written between two holders of one number (the
+// batch's strings are then reused: a row still pointing at them changed).
+func TestEvidenceWriterBatches(t *testing.T) {
+	var want []EvidenceRow
+	var buckets []*resolvedBucket
+	for b := range 2 {
+		rb := &resolvedBucket{}
+		for k := range 10 {
+			row := exportRow{id: fmt.Sprintf("id-%d-%02d", b, k), eid: fmt.Sprintf("%064x", b*100+k)}
+			for j := range k%4 + 1 {
+				rb.holders = append(rb.holders, bucketHolder{userID: fmt.Sprintf("user-%d-%02d-%d", b, k, j), eventID: fmt.Sprintf("event-%d", j)})
+				row.holders = append(row.holders, int32(len(rb.holders)-1))
+				want = append(want, EvidenceRow{ID: row.eid, UserID: fmt.Sprintf("user-%d-%02d-%d", b, k, j), EventID: fmt.Sprintf("event-%d", j), Primary: j == 0})
+			}
+			rb.export = append(rb.export, row)
+		}
+		rb.leafHashes()
+		buckets = append(buckets, rb)
+	}
+	for _, batch := range []int{1, 3, 4, 1000} {
+		path := filepath.Join(t.TempDir(), "evidence.parquet")
+		ew, err := newEvidenceWriter(path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ew.batch = make([]EvidenceRow, 0, batch)
+		var leaves []tlog.Hash
+		for _, rb := range buckets {
+			if err := ew.add(rb); err != nil {
+				t.Fatal(err)
+			}
+			leaves = append(leaves, rb.evLeaves...)
+		}
+		if err := ew.close(); err != nil {
+			t.Fatal(err)
+		}
+		got, err := parquet.ReadFile[EvidenceRow](path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("batches of %d: the file's rows differ from the buckets'", batch)
+		}
+		for i, e := range got {
+			if tlog.RecordHash(audit.EvidenceLeaf(e.ID, e.UserID, e.EventID, e.Primary)) != leaves[i] {
+				t.Fatalf("batches of %d: row %d's leaf differs from the tree's", batch, i)
+			}
+		}
 	}
 }

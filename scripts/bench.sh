@@ -2,7 +2,8 @@
 # Speed and memory of the nightly job on this machine: the per-stage Go
 # benchmarks, then full runs on 1M and 10M fixture users, with rows per
 # second, wall time and peak RSS (/usr/bin/time -v).
-# Also the long form of the normalization differential test: DIFF_N (default
+# After the first full run of each size, `audit verify` checks it and is
+# timed too. Also the long form of the normalization differential test: DIFF_N (default
 # 10M) generated inputs, the fast path against nyaruka/phonenumbers.
 # Usage: scripts/bench.sh [SIZES]   (default "1000000 10000000"; fixtures cached in ./bench)
 #        DIFF_N=0 scripts/bench.sh   skips the differential test
@@ -75,6 +76,14 @@ YAML
       sed -E 's/"stage":"([a-z]*)","seconds":([0-9.]*)(,"cpu_seconds":([0-9.]*))?/   stage \1: \2 s (CPU \4 s)/; s/ \(CPU  s\)//'
     report "$dir/time.txt" "$n"
     walls+=("$secs")
+    if [ "$k" = 1 ]; then
+      # What an auditor runs: every published file and the evidence re-read,
+      # both trees rebuilt (before the next run removes this one's output).
+      echo "== audit verify after the first run"
+      /usr/bin/time -v -o "$dir/time.txt" bin/audiencematch audit verify --state "$dir/state" >"$dir/verify.txt" 2>&1 ||
+        failed "audit verify" "$dir/verify.txt"
+      report "$dir/time.txt" "$n"
+    fi
   done
   printf '%s\n' "${walls[@]}" | sort -n | awk -v n="$n" '{ w[NR] = $1 } END { m = w[int((NR + 1) / 2)]; printf "   median of %d runs: %s s, %.0f users/s\n", NR, m, n / m }'
   shards="${SHARDS:-4}"
