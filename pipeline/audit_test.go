@@ -7,11 +7,13 @@ import (
 	"encoding/hex"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nyaruka/phonenumbers"
+	"github.com/parquet-go/parquet-go"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/note"
@@ -110,6 +112,25 @@ func TestAuditVerifyAndTamper(t *testing.T) {
 	os.WriteFile(ev, b, 0o600)
 	if _, err := pipeline.VerifyAudit(cfg.State, v, nil); err == nil {
 		t.Error("a changed evidence file went unnoticed")
+	}
+	os.WriteFile(ev, orig, 0o600)
+	// Evidence rewritten as well-formed Parquet: a holder changed, a row
+	// dropped, a duplicate holder made primary.
+	rows, err := parquet.ReadFile[pipeline.EvidenceRow](ev)
+	if err != nil || len(rows) < 3 {
+		t.Fatalf("%d evidence rows, err %v", len(rows), err)
+	}
+	for name, edit := range map[string]func([]pipeline.EvidenceRow) []pipeline.EvidenceRow{
+		"holder changed": func(r []pipeline.EvidenceRow) []pipeline.EvidenceRow { r[1].UserID += "x"; return r },
+		"row dropped":    func(r []pipeline.EvidenceRow) []pipeline.EvidenceRow { return r[1:] },
+		"primary turned": func(r []pipeline.EvidenceRow) []pipeline.EvidenceRow { r[2].Primary = !r[2].Primary; return r },
+	} {
+		if err := parquet.WriteFile(ev, edit(slices.Clone(rows))); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pipeline.VerifyAudit(cfg.State, v, nil); err == nil {
+			t.Errorf("evidence with a %s went unnoticed", name)
+		}
 	}
 	os.WriteFile(ev, orig, 0o600)
 	planted := filepath.Join(res.PublishedDir, "part-00001.parquet")

@@ -8,8 +8,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/parquet-go/parquet-go"
-
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 )
@@ -76,15 +74,18 @@ func (r *run) startDeltas(pub string) (*deltaMerge, error) {
 	if d.old, err = r.previousIDs(prev, d.prevScheme); err != nil {
 		return nil, err
 	}
-	if d.adds, err = newPartWriter(filepath.Join(pub, "adds"), r.pages, &r.cfg, r.cfg.Scheme, r.cfg.KeyID()); err != nil {
+	if d.adds, err = newPartWriter(filepath.Join(pub, "adds"), r.pages, &r.cfg, r.cfg.Scheme, r.cfg.KeyID()); err == nil {
+		d.removes, err = newPartWriter(filepath.Join(pub, "removes"), r.pages, &r.cfg, d.prevScheme, prev.KeyID)
+	}
+	if err == nil {
+		d.adds.later, d.removes.later = &r.later, &r.later
+		d.b, d.bok, err = d.old.Next()
+	}
+	if err != nil {
+		d.old.Close()
 		return nil, err
 	}
-	if d.removes, err = newPartWriter(filepath.Join(pub, "removes"), r.pages, &r.cfg, d.prevScheme, prev.KeyID); err != nil {
-		return nil, err
-	}
-	d.adds.later, d.removes.later = &r.later, &r.later
-	d.b, d.bok, err = d.old.Next()
-	return d, err
+	return d, nil
 }
 
 // add takes this run's next identifier, a: identifiers of the previous run
@@ -131,6 +132,7 @@ func (d *deltaMerge) finish() error {
 // idIter streams sorted identifiers; ok is false at the end.
 type idIter interface {
 	Next() (id string, ok bool, err error)
+	Close() // closes what is open, if it did not reach the end
 }
 
 // previousIDs streams the identifiers the previous run sent: from its
@@ -160,42 +162,73 @@ func (r *run) previousIDs(prev *audit.Record, scheme hashing.Scheme) (idIter, er
 		return &publishedIter{paths: paths, scheme: scheme}, nil
 	}
 	path := filepath.Join(r.cfg.State, "runs", prev.RunID, "evidence.parquet")
-	rows, err := parquet.ReadFile[EvidenceRow](path)
+	er, err := openEvidence(path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: the previous run %s's output is gone and its evidence unreadable, so removes cannot be computed: %w", ErrNoInput, prev.RunID, err)
 	}
-	tree := audit.NewMerkleTree(int(prev.IDs.Size))
-	it := &sliceIter{}
-	for _, e := range rows {
+	r.cfg.Log.Info("previous run's output is gone; its identifiers for removes come from its evidence", "previous_run_id", prev.RunID)
+	return &evidenceIter{r: er, path: path, prev: prev, scheme: scheme}, nil
+}
+
+// evidenceIter streams the identifiers a previous run sent from its
+// evidence (its primary rows), in order, checking that they are strictly
+// increasing, when its published parts are gone. They make its identifier
+// tree, which must match its audit record: the last Next checks it before
+// reporting the end, so a run never finishes on evidence that does not
+// match (every delta merge reads to the end before it is closed).
+type evidenceIter struct {
+	r      *evidenceReader
+	path   string
+	prev   *audit.Record
+	scheme hashing.Scheme
+	tree   audit.TreeRoot
+	last   string
+	err    error
+}
+
+func (it *evidenceIter) Next() (string, bool, error) {
+	if it.err == nil {
+		id, ok, err := it.next()
+		if ok || err == nil {
+			return id, ok, nil
+		}
+		it.err = err
+		it.Close()
+	}
+	return "", false, it.err
+}
+
+func (it *evidenceIter) next() (string, bool, error) {
+	for {
+		e, err := it.r.next()
+		if err == io.EOF {
+			if err := sameRoot(it.tree.Summary(), it.prev.IDs, "previous run's identifier"); err != nil {
+				return "", false, fmt.Errorf("%w: previous run %s: its evidence does not match its audit record (%v); run audit verify", ErrData, it.prev.RunID, err)
+			}
+			it.Close()
+			return "", false, nil
+		}
+		if err != nil {
+			return "", false, fmt.Errorf("%w: previous run %s's evidence %s: %w", ErrNoInput, it.prev.RunID, it.path, err)
+		}
 		if !e.Primary {
 			continue
 		}
-		id := evidenceLeafID(scheme, e.ID)
-		if err := tree.Append(id); err != nil {
-			return nil, err
+		id := evidenceLeafID(it.scheme, e.ID)
+		if id == nil || !it.scheme.ValidID(id) {
+			return "", false, fmt.Errorf("%w: previous run %s's evidence %s: an identifier does not have the shape of %s", ErrData, it.prev.RunID, it.path, it.scheme)
 		}
-		it.ids = append(it.ids, string(id))
+		it.tree.Append(id)
+		if it.last != "" && string(id) <= it.last {
+			return "", false, fmt.Errorf("%w: previous run %s's evidence %s: its identifiers are not sorted", ErrData, it.prev.RunID, it.path)
+		}
+		it.last = string(id)
+		return it.last, true, nil
 	}
-	if err := sameTree(tree, prev.IDs, "previous run's identifier"); err != nil {
-		return nil, fmt.Errorf("%w: previous run %s: its evidence does not match its audit record (%v); run audit verify", ErrData, prev.RunID, err)
-	}
-	r.cfg.Log.Info("previous run's output is gone; its identifiers for removes come from its evidence", "previous_run_id", prev.RunID)
-	return it, nil
 }
 
-// sliceIter streams identifiers held in memory.
-type sliceIter struct {
-	ids []string
-	i   int
-}
-
-func (s *sliceIter) Next() (string, bool, error) {
-	if s.i == len(s.ids) {
-		return "", false, nil
-	}
-	s.i++
-	return s.ids[s.i-1], true, nil
-}
+// Close closes the evidence file, if still open.
+func (it *evidenceIter) Close() { it.r.Close() }
 
 func deltaSet(w *partWriter, dir string, scheme hashing.Scheme, keyID string) (*DeltaSet, error) {
 	files, err := w.Close()

@@ -81,6 +81,9 @@ func (r *run) writeOutputs(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("write deltas: %w", err)
 	}
+	if deltas != nil {
+		defer deltas.old.Close() // after a failure: finish reads it to the end
+	}
 	ev, err := newEvidenceWriter(filepath.Join(r.staging, "private", "evidence.parquet"), r.pages)
 	if err != nil {
 		return fmt.Errorf("write evidence: %w", err)

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -117,8 +118,8 @@ func verifyRun(state string, rec *audit.Record) error {
 	if err != nil {
 		return err
 	}
-	tree := &audit.MerkleTree{}
-	if err := verifyParts(dir, rec.Files, m.Files, scheme, tree); err != nil {
+	var tree audit.TreeRoot
+	if err := verifyParts(dir, rec.Files, m.Files, scheme, &tree); err != nil {
 		return err
 	}
 	if (m.Adds == nil) != (len(rec.Adds) == 0 && len(rec.Removes) == 0) || m.PreviousRunID != rec.PreviousRunID {
@@ -139,7 +140,7 @@ func verifyRun(state string, rec *audit.Record) error {
 			return err
 		}
 	}
-	if err := sameTree(tree, rec.IDs, "identifier"); err != nil {
+	if err := sameRoot(tree.Summary(), rec.IDs, "identifier"); err != nil {
 		return err
 	}
 	return verifyEvidence(state, rec)
@@ -148,11 +149,12 @@ func verifyRun(state string, rec *audit.Record) error {
 // verifyParts checks published parts against the log's and the manifest's
 // entries: SHA-256, rows, identifiers of the scheme's shape, sorted and
 // distinct across the parts; with a tree, it adds them as leaves.
-func verifyParts(dir string, files []audit.File, listed []OutputFile, scheme hashing.Scheme, tree *audit.MerkleTree) error {
+func verifyParts(dir string, files []audit.File, listed []OutputFile, scheme hashing.Scheme, tree *audit.TreeRoot) error {
 	if len(listed) != len(files) {
 		return fmt.Errorf("the manifest lists %d files where the log lists %d", len(listed), len(files))
 	}
-	var prev []byte
+	var prev []byte // the last identifier, across the parts
+	started := false
 	for i, f := range files {
 		path := filepath.Join(dir, filepath.FromSlash(f.Path))
 		if listed[i].Path != f.Path || listed[i].SHA256 != f.SHA256 || listed[i].Rows != f.Rows {
@@ -165,26 +167,30 @@ func verifyParts(dir string, files []audit.File, listed []OutputFile, scheme has
 		if sum != f.SHA256 {
 			return fmt.Errorf("%s: SHA-256 %s, the log says %s", path, sum, f.SHA256)
 		}
-		ids, err := ReadPublishedIDs(path, scheme)
-		if err != nil {
+		var rows int64
+		var bad error
+		err = eachPublishedID(path, scheme, func(_ int64, id []byte) bool {
+			switch {
+			case !scheme.ValidID(id):
+				bad = fmt.Errorf("an identifier does not have the shape of %s", scheme)
+			case started && bytes.Compare(prev, id) >= 0:
+				bad = errors.New("identifiers are not sorted and distinct")
+			}
+			if bad != nil {
+				return false
+			}
+			prev, started = append(prev[:0], id...), true
+			rows++
+			if tree != nil {
+				tree.Append(id)
+			}
+			return true
+		})
+		if err = cmp.Or(err, bad); err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
-		if int64(len(ids)) != f.Rows {
-			return fmt.Errorf("%s: %d rows, the log says %d", path, len(ids), f.Rows)
-		}
-		for _, id := range ids {
-			if !scheme.ValidID(id) {
-				return fmt.Errorf("%s: an identifier does not have the shape of %s", path, scheme)
-			}
-			if prev != nil && bytes.Compare(prev, id) >= 0 {
-				return fmt.Errorf("%s: identifiers are not sorted and distinct", path)
-			}
-			prev = id
-			if tree != nil {
-				if err := tree.Append(id); err != nil {
-					return err
-				}
-			}
+		if rows != f.Rows {
+			return fmt.Errorf("%s: %d rows, the log says %d", path, rows, f.Rows)
 		}
 	}
 	return nil
@@ -192,24 +198,88 @@ func verifyParts(dir string, files []audit.File, listed []OutputFile, scheme has
 
 func verifyEvidence(state string, rec *audit.Record) error {
 	path := filepath.Join(state, "runs", rec.RunID, "evidence.parquet")
-	rows, err := parquet.ReadFile[EvidenceRow](path)
+	er, err := openEvidence(path)
 	if err != nil {
 		return fmt.Errorf("evidence: %w", err)
 	}
-	tree := &audit.MerkleTree{}
+	defer er.Close()
+	var tree audit.TreeRoot
 	var primaries int64
-	for _, e := range rows {
+	for {
+		e, err := er.next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("evidence %s: %w", path, err)
+		}
 		if e.Primary {
 			primaries++
 		}
-		if err := tree.Append(audit.EvidenceLeaf(e.ID, e.UserID, e.EventID, e.Primary)); err != nil {
-			return err
-		}
+		tree.Append(audit.EvidenceLeaf(e.ID, e.UserID, e.EventID, e.Primary))
 	}
 	if primaries != rec.IDs.Size {
 		return fmt.Errorf("evidence %s: %d identifiers with a primary holder, %d committed", path, primaries, rec.IDs.Size)
 	}
-	return sameTree(tree, rec.Evidence, "evidence")
+	return sameRoot(tree.Summary(), rec.Evidence, "evidence")
+}
+
+// evidenceReader streams a run's evidence rows in file order, a batch at
+// a time, so that reading them does not hold the run in memory (at 10M
+// identifiers parquet.ReadFile held about 1.5 GiB of rows).
+type evidenceReader struct {
+	f    *os.File
+	rd   *parquet.GenericReader[EvidenceRow]
+	rows []EvidenceRow
+	i, n int
+	eof  bool
+}
+
+func openEvidence(path string) (*evidenceReader, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	pf, err := parquet.OpenFile(f, st.Size())
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &evidenceReader{f: f, rd: parquet.NewGenericReader[EvidenceRow](pf), rows: make([]EvidenceRow, 1024)}, nil
+}
+
+// next returns the next row, valid until the next call, or io.EOF after
+// the last.
+func (er *evidenceReader) next() (*EvidenceRow, error) {
+	for er.i == er.n {
+		if er.eof {
+			return nil, io.EOF
+		}
+		n, err := er.rd.Read(er.rows)
+		if err == io.EOF {
+			er.eof = true
+		} else if err != nil {
+			return nil, err
+		}
+		er.i, er.n = 0, n
+	}
+	er.i++
+	return &er.rows[er.i-1], nil
+}
+
+// Close closes the file; a second Close is a no-op.
+func (er *evidenceReader) Close() error {
+	if er.f == nil {
+		return nil
+	}
+	err := errors.Join(er.rd.Close(), er.f.Close())
+	er.f = nil
+	return err
 }
 
 func sameTree(t *audit.MerkleTree, want *audit.Tree, what string) error {
@@ -217,6 +287,10 @@ func sameTree(t *audit.MerkleTree, want *audit.Tree, what string) error {
 	if err != nil {
 		return err
 	}
+	return sameRoot(got, want, what)
+}
+
+func sameRoot(got, want *audit.Tree, what string) error {
 	if *got != *want {
 		return fmt.Errorf("%s tree: %d leaves, root %s; the log says %d, %s", what, got.Size, got.Root, want.Size, want.Root)
 	}

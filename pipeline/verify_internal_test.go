@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"bytes"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -9,6 +10,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/parquet-go/parquet-go"
+
+	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 )
 
@@ -183,4 +187,90 @@ func writeIDs(tb testing.TB, dir string, cfg *Config, s hashing.Scheme, ids []st
 		tb.Fatal(err)
 	}
 	return files
+}
+
+// TestEvidenceIter: a previous run's identifiers read from its evidence
+// are its primary rows' identifiers, in order, across read batches; the
+// end is reported only once their tree matches the run's record, and rows
+// out of order or of the wrong shape are refused.
+func TestEvidenceIter(t *testing.T) {
+	const n = 3000 // several batches of the reader
+	h, err := hashing.NewHasher(hashing.HMACSHA256, hashing.DestKey{4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = h.ID(fmt.Sprintf("+4474%08d", i))
+	}
+	slices.Sort(ids)
+	var rows []EvidenceRow
+	var tree audit.TreeRoot
+	for i, id := range ids {
+		rows = append(rows, EvidenceRow{ID: hex.EncodeToString([]byte(id)), UserID: fmt.Sprint("u", i), EventID: "e", Primary: true})
+		if i%3 == 0 { // a second holder of the number: not an identifier of its own
+			rows = append(rows, EvidenceRow{ID: rows[len(rows)-1].ID, UserID: fmt.Sprint("v", i), EventID: "e"})
+		}
+		tree.Append([]byte(id))
+	}
+	rec := &audit.Record{RunID: "prev", IDs: tree.Summary()}
+	open := func(rows []EvidenceRow, rec *audit.Record) *evidenceIter {
+		path := filepath.Join(t.TempDir(), "evidence.parquet")
+		if err := parquet.WriteFile(path, rows); err != nil {
+			t.Fatal(err)
+		}
+		er, err := openEvidence(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &evidenceIter{r: er, path: path, prev: rec, scheme: hashing.HMACSHA256}
+	}
+	drain := func(it *evidenceIter) ([]string, error) {
+		var got []string
+		for {
+			id, ok, err := it.Next()
+			if !ok {
+				return got, err
+			}
+			got = append(got, id)
+		}
+	}
+
+	got, err := drain(open(rows, rec))
+	if err != nil || !slices.Equal(got, ids) {
+		t.Fatalf("read %d ids (err %v), want the %d primary ones in order", len(got), err, len(ids))
+	}
+
+	// Another run's record: every id is read, and the end is an error.
+	other := &audit.Record{RunID: "prev", IDs: &audit.Tree{Size: rec.IDs.Size, Root: strings.Repeat("0", 64)}}
+	it := open(rows, other)
+	got, err = drain(it)
+	if len(got) != n || !errors.Is(err, ErrData) || !strings.Contains(err.Error(), "does not match its audit record") {
+		t.Fatalf("against another record: %d ids, err %v", len(got), err)
+	}
+	if _, ok, again := it.Next(); ok || again == nil {
+		t.Error("the error is not kept")
+	}
+
+	// A primary row dropped, or its holder changed to a secondary one
+	// (rows holds p0 s0 p1 p2 p3 s3 ...: rows[4] is p3).
+	for name, edit := range map[string]func([]EvidenceRow) []EvidenceRow{
+		"row dropped":    func(r []EvidenceRow) []EvidenceRow { return slices.Delete(r, 4, 5) },
+		"primary turned": func(r []EvidenceRow) []EvidenceRow { r[4].Primary = false; return r },
+	} {
+		if _, err := drain(open(edit(slices.Clone(rows)), rec)); !errors.Is(err, ErrData) {
+			t.Errorf("%s: err %v, want ErrData", name, err)
+		}
+	}
+
+	swapped := slices.Clone(rows)
+	swapped[0], swapped[2] = swapped[2], swapped[0] // p1 s0 p0: p1 is read, then p0 refused
+	if got, err := drain(open(swapped, rec)); len(got) != 1 || !errors.Is(err, ErrData) || !strings.Contains(err.Error(), "not sorted") {
+		t.Errorf("out of order: %d ids, err %v", len(got), err)
+	}
+	bad := slices.Clone(rows)
+	bad[3].ID = "zz" + bad[3].ID[2:] // p2, after p0 and p1
+	if got, err := drain(open(bad, rec)); len(got) != 2 || !errors.Is(err, ErrData) || !strings.Contains(err.Error(), "shape") {
+		t.Errorf("not hex: %d ids, err %v", len(got), err)
+	}
 }
