@@ -304,8 +304,15 @@ func TestSubjectEveryCase(t *testing.T) {
 			if err := proof.VerifyInclusion(h, uint64(m.Index), uint64(rec.IDs.Size), h.HashLeaf(id), hashes(m.Proof), root); err != nil {
 				t.Fatalf("identifier inclusion: %v", err)
 			}
-			if len(r.Evidence) == 0 || r.Evidence[0].EventID == "" {
+			if len(r.Evidence) == 0 || r.Evidence[0].EventID == "" || !r.Evidence[0].Primary {
 				t.Errorf("case %v: exported without the consent event behind it", u.Case)
+			}
+			evRoot, _ := hex.DecodeString(rec.Evidence.Root)
+			for _, e := range r.Evidence {
+				leaf := audit.EvidenceLeaf(r.ID, e.UserID, e.EventID, e.Primary) // hex ids, as hmac-sha256 evidence holds them
+				if err := proof.VerifyInclusion(h, uint64(e.Index), uint64(rec.Evidence.Size), h.HashLeaf(leaf), hashes(e.Proof), evRoot); err != nil {
+					t.Fatalf("evidence row %d inclusion: %v", e.Index, err)
+				}
 			}
 		} else {
 			for _, nb := range []*audit.Neighbor{m.Left, m.Right} {

@@ -1,11 +1,12 @@
 package pipeline
 
 import (
+	"cmp"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"path/filepath"
 
-	"github.com/parquet-go/parquet-go"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 
@@ -92,10 +93,7 @@ func Subject(state string, verifier note.Verifier, q SubjectQuery) (*SubjectRepo
 		if err != nil {
 			return nil, err
 		}
-		evidence, err := parquet.ReadFile[EvidenceRow](filepath.Join(state, "runs", rec.RunID, "evidence.parquet"))
-		if err != nil {
-			return nil, fmt.Errorf("run %s evidence: %w", rec.RunID, err)
-		}
+		evidencePath := filepath.Join(state, "runs", rec.RunID, "evidence.parquet")
 		var leaf []byte
 		if q.UserID == "" {
 			if leaf, sr.Note = subjectID(rec, scheme, e164, q.Key); leaf == nil {
@@ -103,11 +101,8 @@ func Subject(state string, verifier note.Verifier, q SubjectQuery) (*SubjectRepo
 				continue
 			}
 		} else {
-			for _, e := range evidence {
-				if e.UserID == q.UserID {
-					leaf = evidenceLeafID(scheme, e.ID)
-					break
-				}
+			if leaf, err = evidenceUserLeaf(evidencePath, scheme, q.UserID); err != nil {
+				return nil, fmt.Errorf("run %s evidence: %w", rec.RunID, err)
 			}
 			group := rec.Destination + "/" + rec.KeyID
 			if leaf == nil {
@@ -120,39 +115,69 @@ func Subject(state string, verifier note.Verifier, q SubjectQuery) (*SubjectRepo
 			known[group] = leaf
 		}
 		sr.ID = hex.EncodeToString(leaf)
-		var ids [][]byte
-		tree := &audit.MerkleTree{}
-		for _, f := range rec.Files {
-			part, err := ReadPublishedIDs(filepath.Join(rec.Published, f.Path), scheme)
-			if err != nil {
-				return nil, fmt.Errorf("run %s: %w", rec.RunID, err)
-			}
-			for _, id := range part {
-				if err := tree.Append(id); err != nil {
-					return nil, err
-				}
-			}
-			ids = append(ids, part...)
-		}
-		idRoot, err := audit.ParseHash(rec.IDs.Root)
-		if err != nil {
+		if sr.Membership, err = proveMembership(rec, scheme, leaf); err != nil {
 			return nil, err
-		}
-		if sr.Membership, err = audit.ProveMembership(tree, ids, leaf); err != nil {
-			return nil, err
-		}
-		if err := sr.Membership.Check(leaf, rec.IDs.Size, idRoot); err != nil {
-			return nil, fmt.Errorf("run %s: the published identifiers do not match the log (%v); run audit verify", rec.RunID, err)
 		}
 		sr.Status = "not_exported"
 		if sr.Membership.Present {
 			sr.Status = "exported"
-			if sr.Evidence, err = evidenceFor(evidence, rec, scheme, leaf); err != nil {
+			if sr.Evidence, err = evidenceFor(evidencePath, rec, scheme, leaf); err != nil {
 				return nil, err
 			}
 		}
 	}
 	return rep, nil
+}
+
+// proveMembership proves leaf present in or absent from a run's published
+// identifiers, streamed (a run's tree is not held), and checks the proof
+// against the run's record.
+func proveMembership(rec *audit.Record, scheme hashing.Scheme, leaf []byte) (*audit.Membership, error) {
+	mp := audit.NewMembershipProver(rec.IDs.Size, leaf)
+	for _, f := range rec.Files {
+		path := filepath.Join(rec.Published, f.Path)
+		var addErr error
+		err := eachPublishedID(path, scheme, func(_ int64, id []byte) bool {
+			addErr = mp.Add(id)
+			return addErr == nil
+		})
+		if err = cmp.Or(err, addErr); err != nil {
+			return nil, fmt.Errorf("run %s: %s: %w", rec.RunID, path, err)
+		}
+	}
+	m, err := mp.Finish()
+	if err == nil {
+		var root tlog.Hash
+		if root, err = audit.ParseHash(rec.IDs.Root); err == nil {
+			err = m.Check(leaf, rec.IDs.Size, root)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("run %s: the published identifiers do not match the log (%v); run audit verify", rec.RunID, err)
+	}
+	return m, nil
+}
+
+// evidenceUserLeaf is the identifier (as the tree's leaf) of the first
+// evidence row of userID, or nil if the run has none.
+func evidenceUserLeaf(path string, scheme hashing.Scheme, userID string) ([]byte, error) {
+	er, err := openEvidence(path)
+	if err != nil {
+		return nil, err
+	}
+	defer er.Close()
+	for {
+		e, err := er.next()
+		if err == io.EOF {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if e.UserID == userID {
+			return evidenceLeafID(scheme, e.ID), nil
+		}
+	}
 }
 
 // subjectID is the identifier a run would have sent for e164.
@@ -188,32 +213,49 @@ func evidenceLeafID(scheme hashing.Scheme, id string) []byte {
 	return []byte(id)
 }
 
-// evidenceFor returns the evidence rows of leaf with their inclusion proofs.
-func evidenceFor(rows []EvidenceRow, rec *audit.Record, scheme hashing.Scheme, leaf []byte) ([]SubjectEvidence, error) {
-	tree := &audit.MerkleTree{}
-	for _, e := range rows {
-		if err := tree.Append(audit.EvidenceLeaf(e.ID, e.UserID, e.EventID, e.Primary)); err != nil {
-			return nil, err
-		}
-	}
+// evidenceFor returns the evidence rows of leaf with their inclusion
+// proofs, streaming the run's evidence once: each row of leaf is marked
+// before it is appended, and only its proof's hashes are kept.
+func evidenceFor(path string, rec *audit.Record, scheme hashing.Scheme, leaf []byte) ([]SubjectEvidence, error) {
 	root, err := audit.ParseHash(rec.Evidence.Root)
 	if err != nil {
 		return nil, err
 	}
+	er, err := openEvidence(path)
+	if err != nil {
+		return nil, fmt.Errorf("run %s evidence: %w", rec.RunID, err)
+	}
+	defer er.Close()
+	p := audit.NewProver(rec.Evidence.Size)
 	var out []SubjectEvidence
 	want := evidenceID(scheme.Binary(), string(leaf))
-	for i, e := range rows {
-		if e.ID != want {
-			continue
+	var b []byte
+	for i := int64(0); ; i++ {
+		e, err := er.next()
+		if err == io.EOF {
+			break
 		}
-		p, err := tree.Prove(int64(i), tree.Size())
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("run %s evidence: %w", rec.RunID, err)
 		}
-		if err := tlog.CheckRecord(p, rec.Evidence.Size, root, int64(i), tlog.RecordHash(audit.EvidenceLeaf(e.ID, e.UserID, e.EventID, e.Primary))); err != nil {
+		if e.ID == want {
+			if err := p.Mark(); err != nil {
+				return nil, fmt.Errorf("run %s: evidence does not match the log (%v); run audit verify", rec.RunID, err)
+			}
+			out = append(out, SubjectEvidence{UserID: e.UserID, EventID: e.EventID, Primary: e.Primary, Index: i})
+		}
+		b = audit.AppendEvidenceLeaf(b[:0], e.ID, e.UserID, e.EventID, e.Primary)
+		p.Append(b)
+	}
+	for k := range out {
+		e := &out[k]
+		var err error
+		if e.Proof, err = p.Prove(e.Index); err == nil {
+			err = tlog.CheckRecord(e.Proof, rec.Evidence.Size, root, e.Index, tlog.RecordHash(audit.EvidenceLeaf(want, e.UserID, e.EventID, e.Primary)))
+		}
+		if err != nil {
 			return nil, fmt.Errorf("run %s: evidence does not match the log (%v); run audit verify", rec.RunID, err)
 		}
-		out = append(out, SubjectEvidence{UserID: e.UserID, EventID: e.EventID, Primary: e.Primary, Index: int64(i), Proof: p})
 	}
 	return out, nil
 }

@@ -5,8 +5,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -94,7 +96,7 @@ func TestMembership(t *testing.T) {
 		root, _ := tree.Root(int64(n))
 		for x := 0; x <= 2*n+1; x++ {
 			v := []byte(fmt.Sprintf("k%03d", x))
-			m, err := ProveMembership(tree, leaves, v)
+			m, err := ProveMembership(leaves, v)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -115,6 +117,15 @@ func TestMembership(t *testing.T) {
 				t.Fatalf("inclusion proof accepted for another leaf")
 			}
 		}
+	}
+	// Leaves out of order, or fewer than the tree's, prove nothing.
+	if _, err := ProveMembership([][]byte{[]byte("b"), []byte("a")}, []byte("a")); err == nil {
+		t.Error("unsorted leaves accepted")
+	}
+	short := NewMembershipProver(3, []byte("b"))
+	short.Add([]byte("a"))
+	if _, err := short.Finish(); err == nil {
+		t.Error("a proof over fewer leaves than the tree's")
 	}
 	// A forged absence: claiming neighbours that are not adjacent.
 	tree := &MerkleTree{}
@@ -362,5 +373,81 @@ func TestTreeRootMatchesMerkleTree(t *testing.T) {
 			t.Fatal(err)
 		}
 		stream.Append(leaf)
+	}
+}
+
+// TestProverMatchesMerkleTree: proofs built while leaves stream by are
+// the stored tree's, for every leaf of every size up to 70 and for sets of
+// leaves marked together (neighbors, the ends, random ones) in larger
+// trees; a leaf not marked, or a tree not complete, has no proof.
+func TestProverMatchesMerkleTree(t *testing.T) {
+	leaf := func(i int64) []byte { return []byte(fmt.Sprintf("leaf-%d", i)) }
+	check := func(n int64, marked []int64) {
+		t.Helper()
+		full := NewMerkleTree(int(n))
+		p := NewProver(n)
+		isMarked := map[int64]bool{}
+		for _, i := range marked {
+			isMarked[i] = true
+		}
+		for i := range n {
+			if isMarked[i] {
+				if err := p.Mark(); err != nil {
+					t.Fatalf("size %d, mark %d: %v", n, i, err)
+				}
+			}
+			p.Append(leaf(i))
+			if err := full.Append(leaf(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want, _ := full.Summary()
+		if got := p.Summary(); *got != *want {
+			t.Fatalf("size %d: root %+v, want %+v", n, got, want)
+		}
+		for _, i := range marked {
+			got, err := p.Prove(i)
+			if err != nil {
+				t.Fatalf("size %d, leaf %d: %v", n, i, err)
+			}
+			wantProof, _ := full.Prove(i, n)
+			if !slices.Equal(got, wantProof) {
+				t.Fatalf("size %d, leaf %d: proof differs from the stored tree's", n, i)
+			}
+		}
+	}
+	for n := int64(1); n <= 70; n++ {
+		for i := range n {
+			check(n, []int64{i})
+		}
+	}
+	rng := mrand.New(mrand.NewPCG(1, 2))
+	for _, n := range []int64{1000, 1024, 1025, 4097} {
+		check(n, []int64{0, n - 1})
+		for range 20 {
+			i := rng.Int64N(n - 1)
+			check(n, []int64{i, i + 1})
+			check(n, []int64{rng.Int64N(n), rng.Int64N(n), rng.Int64N(n)})
+		}
+	}
+
+	p := NewProver(10)
+	for i := range int64(10) {
+		if i == 3 {
+			p.Mark()
+		}
+		if _, err := p.Prove(3); err == nil && i < 9 {
+			t.Fatal("a proof before the tree is complete")
+		}
+		p.Append(leaf(i))
+	}
+	if _, err := p.Prove(3); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Prove(6); err == nil {
+		t.Error("a proof of a leaf never marked")
+	}
+	if err := NewProver(0).Mark(); err == nil {
+		t.Error("a mark beyond the tree's size")
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"sort"
 
 	"golang.org/x/mod/sumdb/tlog"
 )
@@ -29,35 +28,111 @@ type Neighbor struct {
 	Proof tlog.RecordProof `json:"proof"`
 }
 
-// ProveMembership finds x among the sorted leaves of t.
-func ProveMembership(t *MerkleTree, leaves [][]byte, x []byte) (*Membership, error) {
-	n := int64(len(leaves))
-	if n != t.Size() {
-		return nil, fmt.Errorf("%d leaves for a tree of %d", n, t.Size())
-	}
-	i := int64(sort.Search(len(leaves), func(i int) bool { return bytes.Compare(leaves[i], x) >= 0 }))
-	if i < n && bytes.Equal(leaves[i], x) {
-		p, err := t.Prove(i, n)
-		return &Membership{Present: true, Index: i, Proof: p}, err
-	}
-	m := &Membership{}
-	for _, j := range []int64{i - 1, i} {
-		if j < 0 || j >= n {
-			continue
-		}
-		p, err := t.Prove(j, n)
-		if err != nil {
+// ProveMembership finds x among sorted leaves held in memory.
+func ProveMembership(leaves [][]byte, x []byte) (*Membership, error) {
+	mp := NewMembershipProver(int64(len(leaves)), x)
+	for _, l := range leaves {
+		if err := mp.Add(l); err != nil {
 			return nil, err
 		}
-		nb := &Neighbor{Index: j, Leaf: leaves[j], Proof: p}
-		if j < i {
-			m.Left = nb
+	}
+	return mp.Finish()
+}
+
+// MembershipProver proves x present in, or absent from, a sorted tree of
+// known size while its leaves stream by (Add each in order, then Finish):
+// it holds one leaf back, so that the leaf before where x would be is
+// marked before it is appended.
+type MembershipProver struct {
+	p        *Prover
+	x        []byte
+	m        Membership
+	i        int64  // leaves added
+	pend     []byte // the leaf held back, when have
+	have     bool
+	pendMark bool // it needs a proof
+	decided  bool // x's place is known
+}
+
+// NewMembershipProver proves x in a tree of size sorted leaves.
+func NewMembershipProver(size int64, x []byte) *MembershipProver {
+	return &MembershipProver{p: NewProver(size), x: x}
+}
+
+// Add takes the next leaf; leaves must be strictly increasing.
+func (mp *MembershipProver) Add(leaf []byte) error {
+	if mp.have && bytes.Compare(mp.pend, leaf) >= 0 {
+		return fmt.Errorf("leaf %d is not after the one before: the leaves are not sorted and distinct", mp.i)
+	}
+	mark := false
+	if !mp.decided && bytes.Compare(leaf, mp.x) >= 0 {
+		mp.decided, mark = true, true
+		if bytes.Equal(leaf, mp.x) {
+			mp.m.Present, mp.m.Index = true, mp.i
 		} else {
-			m.Right = nb
+			mp.holdLeft()
+			mp.m.Right = &Neighbor{Index: mp.i, Leaf: bytes.Clone(leaf)}
 		}
 	}
-	return m, nil
+	if err := mp.flush(); err != nil {
+		return err
+	}
+	mp.pend, mp.have, mp.pendMark = append(mp.pend[:0], leaf...), true, mark
+	mp.i++
+	return nil
 }
+
+// holdLeft makes the leaf held back, if any, x's left neighbor.
+func (mp *MembershipProver) holdLeft() {
+	if mp.have {
+		mp.pendMark = true
+		mp.m.Left = &Neighbor{Index: mp.i - 1, Leaf: bytes.Clone(mp.pend)}
+	}
+}
+
+func (mp *MembershipProver) flush() error {
+	if !mp.have {
+		return nil
+	}
+	if mp.pendMark {
+		if err := mp.p.Mark(); err != nil {
+			return err
+		}
+	}
+	mp.p.Append(mp.pend)
+	mp.have = false
+	return nil
+}
+
+// Finish returns the proof, once every leaf is added.
+func (mp *MembershipProver) Finish() (*Membership, error) {
+	if !mp.decided { // after the last leaf
+		mp.holdLeft()
+	}
+	if err := mp.flush(); err != nil {
+		return nil, err
+	}
+	if mp.i != mp.p.size {
+		return nil, fmt.Errorf("%d leaves for a tree of %d", mp.i, mp.p.size)
+	}
+	m := mp.m
+	var err error
+	if m.Present {
+		m.Proof, err = mp.p.Prove(m.Index)
+	}
+	for _, nb := range []*Neighbor{m.Left, m.Right} {
+		if nb != nil && err == nil {
+			nb.Proof, err = mp.p.Prove(nb.Index)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// Summary is the size and root of the leaves added.
+func (mp *MembershipProver) Summary() *Tree { return mp.p.Summary() }
 
 // CheckMembership verifies m for x against a tree of size n and root.
 func (m *Membership) Check(x []byte, n int64, root tlog.Hash) error {
