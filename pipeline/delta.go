@@ -145,7 +145,7 @@ func (r *run) previousIDs(prev *audit.Record, scheme hashing.Scheme) (idIter, er
 	missing := false
 	for _, f := range prev.Files {
 		p := filepath.Join(prev.Published, f.Path)
-		sum, _, err := sha256File(p)
+		sum, err := sha256Stream(p)
 		if errors.Is(err, fs.ErrNotExist) {
 			missing = true
 			break

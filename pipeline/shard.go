@@ -224,7 +224,7 @@ func (r *run) writeShard() error {
 		}
 		info.Files[f.name] = sum
 	}
-	rej, _, err := sha256File(filepath.Join(r.staging, "rejects.csv"))
+	rej, err := sha256Stream(filepath.Join(r.staging, "rejects.csv"))
 	if err != nil {
 		return err
 	}

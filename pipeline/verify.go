@@ -55,6 +55,8 @@ func VerifyAudit(state string, verifier note.Verifier, trusted []byte) (*VerifyR
 	return rep, nil
 }
 
+// sha256File is the hex SHA-256 of a small file and its contents (a
+// manifest, a checkpoint); sha256Stream hashes large ones in pieces.
 func sha256File(path string) (string, []byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -160,7 +162,7 @@ func verifyParts(dir string, files []audit.File, listed []OutputFile, scheme has
 		if listed[i].Path != f.Path || listed[i].SHA256 != f.SHA256 || listed[i].Rows != f.Rows {
 			return fmt.Errorf("%s: the manifest's entry differs from the log's", f.Path)
 		}
-		sum, _, err := sha256File(path)
+		sum, err := sha256Stream(path)
 		if err != nil {
 			return err
 		}
