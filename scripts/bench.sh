@@ -2,7 +2,8 @@
 # Speed and memory of the nightly job on this machine: the per-stage Go
 # benchmarks, then full runs on 1M and 10M fixture users, with rows per
 # second, wall time and peak RSS (/usr/bin/time -v).
-# After the first full run of each size, `audit verify` checks it and is
+# After the first full run of each size, `audit verify` checks it, then the
+# next night's run (a day later, same inputs: deltas against the first) is
 # timed too. Also the long form of the normalization differential test: DIFF_N (default
 # 10M) generated inputs, the fast path against nyaruka/phonenumbers.
 # Usage: scripts/bench.sh [SIZES]   (default "1000000 10000000"; fixtures cached in ./bench)
@@ -82,6 +83,13 @@ YAML
       echo "== audit verify after the first run"
       /usr/bin/time -v -o "$dir/time.txt" bin/audiencematch audit verify --state "$dir/state" >"$dir/verify.txt" 2>&1 ||
         failed "audit verify" "$dir/verify.txt"
+      report "$dir/time.txt" "$n"
+      # The nightly case: a previous run to compute adds and removes against.
+      echo "== the next night: the same inputs a day later, with deltas against the run above"
+      /usr/bin/time -v -o "$dir/time.txt" bin/audiencematch run "${inputs[@]}" "${common[@]/2026-11-01T/2026-11-02T}" --log-level debug 2>"$dir/log.json" ||
+        failed "next night's run" "$dir/log.json"
+      grep -q '"previous_run_id"' "$dir/log.json" || grep -q 'previous' "$dir/out/meta-ads/dt=2026-11-02/"run=*/manifest.json ||
+        failed "next night's run (no previous run found)" "$dir/log.json"
       report "$dir/time.txt" "$n"
     fi
   done
