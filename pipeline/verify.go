@@ -238,21 +238,30 @@ type evidenceReader struct {
 }
 
 func openEvidence(path string) (*evidenceReader, error) {
-	f, err := os.Open(path)
+	f, pf, err := openParquet(path)
 	if err != nil {
 		return nil, err
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	pf, err := parquet.OpenFile(f, st.Size())
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return &evidenceReader{f: f, rd: parquet.NewGenericReader[EvidenceRow](pf), rows: make([]EvidenceRow, 1024)}, nil
+}
+
+// openParquet opens a Parquet file and reads its footer; the caller closes
+// the file.
+func openParquet(path string) (*os.File, *parquet.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := f.Stat()
+	if err == nil {
+		var pf *parquet.File
+		if pf, err = parquet.OpenFile(f, st.Size()); err == nil {
+			return f, pf, nil
+		}
+		err = fmt.Errorf("%s: %w", path, err)
+	}
+	f.Close()
+	return nil, nil, err
 }
 
 // next returns the next row, valid until the next call, or io.EOF after
@@ -284,14 +293,7 @@ func (er *evidenceReader) Close() error {
 	return err
 }
 
-func sameTree(t *audit.MerkleTree, want *audit.Tree, what string) error {
-	got, err := t.Summary()
-	if err != nil {
-		return err
-	}
-	return sameRoot(got, want, what)
-}
-
+// sameRoot compares a tree rebuilt with the one a record holds.
 func sameRoot(got, want *audit.Tree, what string) error {
 	if *got != *want {
 		return fmt.Errorf("%s tree: %d leaves, root %s; the log says %d, %s", what, got.Size, got.Root, want.Size, want.Root)
@@ -364,27 +366,19 @@ type idPages struct {
 }
 
 func openIDPages(path string, scheme hashing.Scheme) (*idPages, error) {
-	f, err := os.Open(path)
+	f, pf, err := openParquet(path)
 	if err != nil {
 		return nil, err
 	}
 	r := &idPages{f: f, path: path}
-	if err := r.open(scheme); err != nil {
+	if err := r.open(pf, scheme); err != nil {
 		f.Close()
 		return nil, err
 	}
 	return r, nil
 }
 
-func (r *idPages) open(scheme hashing.Scheme) error {
-	st, err := r.f.Stat()
-	if err != nil {
-		return err
-	}
-	pf, err := parquet.OpenFile(r.f, st.Size())
-	if err != nil {
-		return fmt.Errorf("%s: %w", r.path, err)
-	}
+func (r *idPages) open(pf *parquet.File, scheme hashing.Scheme) error {
 	kind, want := parquet.ByteArray, "BYTE_ARRAY"
 	if scheme.Binary() {
 		kind, r.size, want = parquet.FixedLenByteArray, 32, "FIXED_LEN_BYTE_ARRAY(32)"
