@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -316,5 +318,65 @@ func TestEvidenceWriterBatches(t *testing.T) {
 				t.Fatalf("batches of %d: row %d's leaf differs from the tree's", batch, i)
 			}
 		}
+	}
+}
+
+// TestMergeRejects: shards' rejects come out in the run's order (consent
+// events, then users, each by line) whatever shard holds them; a shard's
+// rows out of that order, or a file that is not what its digest says,
+// stop the merge.
+func TestMergeRejects(t *testing.T) {
+	dir := t.TempDir()
+	shard := func(name string, rows ...rejectRow) (string, string) {
+		var b strings.Builder
+		b.WriteString("table,line,reason,raw\n")
+		for _, x := range rows {
+			fmt.Fprintf(&b, "%s,%d,%s,%s\n", x.table, x.line, x.reason, x.raw)
+		}
+		d := filepath.Join(dir, name)
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "rejects.csv"), []byte(b.String()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256([]byte(b.String()))
+		return d, hex.EncodeToString(sum[:])
+	}
+	merge := func(shards ...[]rejectRow) ([]rejectRow, error) {
+		var srcs []*shardRejects
+		for i, rows := range shards {
+			d, sum := shard(fmt.Sprint("s", i), rows...)
+			sr, err := openShardRejects(d, sum, fmt.Sprint("shard ", i))
+			if err != nil {
+				return nil, err
+			}
+			defer sr.Close()
+			srcs = append(srcs, sr)
+		}
+		var got []rejectRow
+		err := mergeRejects(srcs, func(table string, line int64, reason, raw string) {
+			got = append(got, rejectRow{table, line, reason, raw})
+		})
+		return got, err
+	}
+	c := func(line int64) rejectRow { return rejectRow{TableConsent, line, "bad", fmt.Sprint("c", line)} }
+	u := func(line int64) rejectRow { return rejectRow{TableUsers, line, "bad", fmt.Sprint("u", line)} }
+	got, err := merge([]rejectRow{c(2), c(9), u(1), u(7)}, nil, []rejectRow{c(5), u(3), u(4)}, []rejectRow{u(2)})
+	want := []rejectRow{c(2), c(5), c(9), u(1), u(2), u(3), u(4), u(7)}
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("merged %v (%v), want %v", got, err, want)
+	}
+	if _, err := merge([]rejectRow{c(2)}, []rejectRow{u(4), c(3)}); err == nil || !strings.Contains(err.Error(), "out of order") {
+		t.Errorf("a shard's rows out of order: %v", err)
+	}
+	d, _ := shard("changed", c(1), u(1))
+	sr, err := openShardRejects(d, strings.Repeat("0", 64), "shard 0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sr.Close()
+	if err := mergeRejects([]*shardRejects{sr}, func(string, int64, string, string) {}); err == nil || !strings.Contains(err.Error(), "does not match its digest") {
+		t.Errorf("a file not matching its digest: %v", err)
 	}
 }

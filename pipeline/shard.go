@@ -2,17 +2,21 @@ package pipeline
 
 import (
 	"bufio"
+	"cmp"
+	"container/heap"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/csv"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -379,7 +383,12 @@ func (r *run) loadShards(count int) error {
 		}
 		m.addInput(in.Table, in.Name, in.SHA256, total)
 	}
-	var rejects []rejectRow
+	rejects := make([]*shardRejects, 0, count)
+	defer func() {
+		for _, sr := range rejects {
+			sr.Close()
+		}
+	}()
 	for i := range infos {
 		in := &infos[i]
 		m.Users.Rows += in.Users.Rows
@@ -394,29 +403,22 @@ func (r *run) loadShards(count int) error {
 			r.openShardSpill(dir, "ids", bucketParts, in.Files, &r.idSrc),
 			r.openShardSpill(dir, "snapshot", bucketParts, in.Files, &r.snapSrc),
 			r.openShardGuard(dir, in),
-			readShardFile(dir, "rejects.csv", in.Files, func(b []byte) error {
-				rows, err := readRejects(b)
-				rejects = append(rejects, rows...)
-				return err
-			}),
 		)
+		if err == nil {
+			var sr *shardRejects
+			if sr, err = openShardRejects(dir, in.Files["rejects.csv"], fmt.Sprintf("shard %d/%d", i, count)); err == nil {
+				rejects = append(rejects, sr)
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("%w: shard %d/%d: %w", ErrData, i, count, err)
 		}
 	}
 	// The unsharded run writes rejects as it reads: consent events, then
-	// users, each in line order.
-	slices.SortFunc(rejects, func(a, b rejectRow) int {
-		if a.table != b.table {
-			if a.table == TableConsent {
-				return -1
-			}
-			return 1
-		}
-		return int(a.line - b.line)
-	})
-	for _, x := range rejects {
-		r.rejects.Write(x.table, x.line, x.reason, x.raw)
+	// users, each in line order. Each shard's are in that order already, so
+	// they are merged as they are read, not held.
+	if err := mergeRejects(rejects, r.rejects.Write); err != nil {
+		return fmt.Errorf("%w: %w", ErrData, err)
 	}
 	return nil
 }
@@ -486,23 +488,120 @@ type rejectRow struct {
 	raw    string
 }
 
-func readRejects(b []byte) ([]rejectRow, error) {
-	cr := csv.NewReader(strings.NewReader(string(b)))
-	cr.FieldsPerRecord = 4
-	recs, err := cr.ReadAll()
+// shardRejects reads a shard's rejects.csv a row at a time, in the order
+// the shard wrote it, checking that order and, at the end, the file's
+// digest against shard.json's: the commit's output is only published
+// after every file has been read to its end.
+type shardRejects struct {
+	name string // the shard, for errors
+	f    *os.File
+	sum  hash.Hash
+	want string
+	cr   *csv.Reader
+	row  rejectRow // the current row, when ok
+	ok   bool
+}
+
+func openShardRejects(dir, want, name string) (*shardRejects, error) {
+	f, err := os.Open(filepath.Join(dir, "rejects.csv"))
 	if err != nil {
 		return nil, err
 	}
-	if len(recs) == 0 {
-		return nil, errCorrupt
+	sr := &shardRejects{name: name, f: f, sum: sha256.New(), want: want}
+	sr.cr = csv.NewReader(io.TeeReader(f, sr.sum))
+	sr.cr.FieldsPerRecord = 4
+	if _, err := sr.cr.Read(); err != nil { // the header
+		f.Close()
+		return nil, fmt.Errorf("rejects.csv: %w (%w)", errCorrupt, err)
 	}
-	out := make([]rejectRow, 0, len(recs)-1)
-	for _, rec := range recs[1:] {
-		line, err := strconv.ParseInt(rec[1], 10, 64)
-		if err != nil {
-			return nil, err
+	if err := sr.next(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return sr, nil
+}
+
+// next reads the next row into sr.row; at the end, ok is false and the
+// digest has been checked.
+func (sr *shardRejects) next() error {
+	rec, err := sr.cr.Read()
+	if err == io.EOF {
+		sr.ok = false
+		if hex.EncodeToString(sr.sum.Sum(nil)) != sr.want {
+			return errors.New("rejects.csv does not match its digest in shard.json")
 		}
-		out = append(out, rejectRow{rec[0], line, rec[2], rec[3]})
+		return nil
 	}
-	return out, nil
+	if err != nil {
+		return fmt.Errorf("rejects.csv: %w", err)
+	}
+	line, err := strconv.ParseInt(rec[1], 10, 64)
+	if err != nil {
+		return fmt.Errorf("rejects.csv: %w", err)
+	}
+	row := rejectRow{rec[0], line, rec[2], rec[3]}
+	if sr.ok && rejectOrder(sr.row, row) >= 0 {
+		return fmt.Errorf("rejects.csv: %w: rows out of order", errCorrupt)
+	}
+	sr.row, sr.ok = row, true
+	return nil
+}
+
+// Close closes the file; a second Close is a no-op.
+func (sr *shardRejects) Close() {
+	if sr.f != nil {
+		sr.f.Close()
+		sr.f = nil
+	}
+}
+
+// rejectOrder is the order a run writes rejects in: consent events, then
+// users, each by line.
+func rejectOrder(a, b rejectRow) int {
+	rank := func(t string) int {
+		if t == TableConsent {
+			return 0
+		}
+		return 1
+	}
+	return cmp.Or(cmp.Compare(rank(a.table), rank(b.table)), cmp.Compare(a.line, b.line))
+}
+
+// mergeRejects writes the shards' rejects in rejectOrder, reading each
+// shard's file once, to its end: a heap of the shards by their next row.
+func mergeRejects(srcs []*shardRejects, write func(table string, line int64, reason, raw string)) error {
+	h := &rejectHeap{}
+	for _, sr := range srcs {
+		if sr.ok {
+			h.s = append(h.s, sr)
+		}
+	}
+	heap.Init(h)
+	for h.Len() > 0 {
+		first := h.s[0]
+		x := first.row
+		write(x.table, x.line, x.reason, x.raw)
+		if err := first.next(); err != nil {
+			return fmt.Errorf("%s: %w", first.name, err)
+		}
+		if first.ok {
+			heap.Fix(h, 0)
+		} else {
+			heap.Pop(h)
+		}
+	}
+	return nil
+}
+
+// rejectHeap orders shards by their next reject.
+type rejectHeap struct{ s []*shardRejects }
+
+func (h *rejectHeap) Len() int           { return len(h.s) }
+func (h *rejectHeap) Less(i, j int) bool { return rejectOrder(h.s[i].row, h.s[j].row) < 0 }
+func (h *rejectHeap) Swap(i, j int)      { h.s[i], h.s[j] = h.s[j], h.s[i] }
+func (h *rejectHeap) Push(x any)         { h.s = append(h.s, x.(*shardRejects)) }
+func (h *rejectHeap) Pop() any {
+	x := h.s[len(h.s)-1]
+	h.s = h.s[:len(h.s)-1]
+	return x
 }

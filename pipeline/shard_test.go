@@ -3,6 +3,7 @@ package pipeline_test
 import (
 	"bytes"
 	"context"
+	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"io/fs"
@@ -232,6 +233,29 @@ func TestShardCommitRefusesMismatch(t *testing.T) {
 	_, err = pipeline.Commit(ctx, cfg, 2)
 	if !errors.Is(err, pipeline.ErrData) || !strings.Contains(err.Error(), "does not match its digest") {
 		t.Fatalf("commit over a changed shard file: %v", err)
+	}
+	if _, serr := os.Stat(cfg.Out); !os.IsNotExist(serr) {
+		t.Fatalf("a refused commit created %s", cfg.Out)
+	}
+	shard(1)
+	// A reject's reason changed: well-formed and in order, but not what the
+	// shard wrote (the commit reads rejects as it merges them).
+	rej := filepath.Join(pipeline.ShardsDir(&cfg), "shard-00001-of-00002", "rejects.csv")
+	orig, _ := os.ReadFile(rej)
+	rows, err := csv.NewReader(bytes.NewReader(orig)).ReadAll()
+	if err != nil || len(rows) < 2 {
+		t.Fatalf("shard 1 has %d reject rows (%v): the fixtures should have some", len(rows)-1, err)
+	}
+	rows[len(rows)-1][2] += "x"
+	var changed bytes.Buffer
+	w := csv.NewWriter(&changed)
+	w.WriteAll(rows)
+	if err := os.WriteFile(rej, changed.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = pipeline.Commit(ctx, cfg, 2)
+	if !errors.Is(err, pipeline.ErrData) || !strings.Contains(err.Error(), "rejects.csv does not match its digest") {
+		t.Fatalf("commit over changed rejects: %v", err)
 	}
 	if _, serr := os.Stat(cfg.Out); !os.IsNotExist(serr) {
 		t.Fatalf("a refused commit created %s", cfg.Out)
