@@ -213,16 +213,24 @@ func TestShardCommitRefusesMismatch(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// refused: the commit stops with ErrData naming want, and publishes nothing.
+	refused := func(what, want string) {
+		t.Helper()
+		_, err := pipeline.Commit(ctx, cfg, 2)
+		if !errors.Is(err, pipeline.ErrData) || !strings.Contains(err.Error(), want) {
+			t.Fatalf("commit over %s: %v", what, err)
+		}
+		if _, serr := os.Stat(cfg.Out); !os.IsNotExist(serr) {
+			t.Fatalf("a commit refused over %s created %s", what, cfg.Out)
+		}
+	}
 	shard(0)
 	users, _ := os.ReadFile(st.UsersPath)
 	if err := os.WriteFile(st.UsersPath, append(users, []byte("late-user,+16502530000,US\n")...), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	shard(1)
-	_, err := pipeline.Commit(ctx, cfg, 2)
-	if !errors.Is(err, pipeline.ErrData) || !strings.Contains(err.Error(), "inputs changed between shards") {
-		t.Fatalf("commit over changed inputs: %v", err)
-	}
+	refused("changed inputs", "inputs changed between shards")
 	shard(0) // both now read the same inputs
 	ids := filepath.Join(pipeline.ShardsDir(&cfg), "shard-00001-of-00002", "ids.spill")
 	b, _ := os.ReadFile(ids)
@@ -230,13 +238,7 @@ func TestShardCommitRefusesMismatch(t *testing.T) {
 	if err := os.WriteFile(ids, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err = pipeline.Commit(ctx, cfg, 2)
-	if !errors.Is(err, pipeline.ErrData) || !strings.Contains(err.Error(), "does not match its digest") {
-		t.Fatalf("commit over a changed shard file: %v", err)
-	}
-	if _, serr := os.Stat(cfg.Out); !os.IsNotExist(serr) {
-		t.Fatalf("a refused commit created %s", cfg.Out)
-	}
+	refused("a changed shard file", "does not match its digest")
 	shard(1)
 	// A reject's reason changed: well-formed and in order, but not what the
 	// shard wrote (the commit reads rejects as it merges them).
@@ -253,13 +255,7 @@ func TestShardCommitRefusesMismatch(t *testing.T) {
 	if err := os.WriteFile(rej, changed.Bytes(), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err = pipeline.Commit(ctx, cfg, 2)
-	if !errors.Is(err, pipeline.ErrData) || !strings.Contains(err.Error(), "rejects.csv does not match its digest") {
-		t.Fatalf("commit over changed rejects: %v", err)
-	}
-	if _, serr := os.Stat(cfg.Out); !os.IsNotExist(serr) {
-		t.Fatalf("a refused commit created %s", cfg.Out)
-	}
+	refused("changed rejects", "rejects.csv does not match its digest")
 	shard(1)
 	info := filepath.Join(pipeline.ShardsDir(&cfg), "shard-00000-of-00002", "shard.json")
 	b, _ = os.ReadFile(info)
@@ -270,10 +266,7 @@ func TestShardCommitRefusesMismatch(t *testing.T) {
 	if err := os.WriteFile(info, old, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err = pipeline.Commit(ctx, cfg, 2)
-	if !errors.Is(err, pipeline.ErrData) || !strings.Contains(err.Error(), `version "audiencematch.shard/v4"`) {
-		t.Fatalf("commit over a shard of an earlier version: %v", err)
-	}
+	refused("a shard of an earlier version", `version "audiencematch.shard/v4"`)
 	shard(0)
 	if _, err := pipeline.Commit(ctx, cfg, 2); err != nil {
 		t.Fatal(err)
