@@ -16,6 +16,8 @@ type rowBatch struct {
 	rows   []Row
 	fields []string // the rows' Fields slice this
 	block  []byte   // what the rows' strings point into, when a reader recycles it
+	arena  []byte   // what they point into, when the batch owns it (parquetStrings)
+	spans  []int32  // the fields' offsets in arena, while it is filled
 }
 
 func (b *rowBatch) reset(seq int) {

@@ -60,11 +60,24 @@ func BenchmarkRun(b *testing.B) {
 }
 
 // BenchmarkReadCSV is the CSV reader alone, on the consent events table.
-func BenchmarkReadCSV(b *testing.B) {
-	st := benchInputs(b)
+func BenchmarkReadCSV(b *testing.B) { benchRead(b, benchInputs(b).EventsPath) }
+
+// BenchmarkReadParquet is the Parquet reader alone, on the same table as
+// Parquet (less its rows of broken quoting).
+func BenchmarkReadParquet(b *testing.B) {
+	dir := filepath.Join(filepath.Dir(benchInputs(b).EventsPath), "parquet")
+	st, err := fixtures.WriteFiles(dir, fixtures.Options{Users: benchUsers, Seed: 1, Format: "parquet"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchRead(b, st.EventsPath)
+}
+
+// benchRead reads every row of the consent events table at path.
+func benchRead(b *testing.B, path string) {
 	var rows int64
 	for b.Loop() {
-		t, err := pipeline.OpenTable(st.EventsPath, pipeline.EventColumns)
+		t, err := pipeline.OpenTable(path, pipeline.EventColumns)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -120,7 +120,7 @@ func OpenTable(path string, columns []string) (RowReader, error) {
 		return nil, err
 	}
 	if format == FormatParquet {
-		return openParquetTable(path, columns)
+		return openParquetTable(path, columns, false)
 	}
 	f, err := os.Open(path)
 	if err != nil {
