@@ -103,8 +103,9 @@ func BenchmarkResolve(b *testing.B) {
 	exported := int64(0)
 	for b.Loop() {
 		exported = 0
-		err := eachResolved(b.Context(), []*spill{s}, spillParts, 2, true, bk, b.TempDir(), func(rb *resolvedBucket) error {
+		err := eachResolved(b.Context(), []*spill{s}, spillParts, 2, true, bk, b.TempDir(), func(rb *resolvedBucket, release func()) error {
 			exported += rb.counts.exported
+			release()
 			return nil
 		})
 		if err != nil {

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/csv"
@@ -95,28 +96,71 @@ func (r *run) writeOutputs(ctx context.Context) error {
 	snapWG.Go(func() { r.snapshot, snapErr = snapshotOf(r.snapSrc, bucketParts, r.staging) })
 	var trees treeBuilder
 	u := &r.m.Users
-	err = eachResolved(ctx, r.idSrc, bucketParts, r.cfg.Workers, r.cfg.Scheme.Binary(), newIDBucketer(r.cfg.Scheme, bucketParts), r.staging, func(rb *resolvedBucket) error {
-		rb.counts.addTo(u)
-		r.m.TotalRows += rb.counts.exported
-		var wg sync.WaitGroup
-		var partsErr, evErr error
-		wg.Go(func() {
+	// Three writers take the buckets in order, each at its own pace: the
+	// parts (and deltas), the evidence and the trees. A writer that waited
+	// for the others at every bucket left a core idle whenever the
+	// evidence, the slowest, was the last one working.
+	var writersErr error
+	var errMu sync.Mutex
+	var writers sync.WaitGroup
+	writer := func(write func(rb *resolvedBucket) error) chan *resolvedBucket {
+		// Roomier than eachResolved's window, so sending never waits:
+		// fn cannot get a bucket the writers have not released.
+		ch := make(chan *resolvedBucket, bucketParts)
+		writers.Go(func() {
+			failed := false
+			for rb := range ch {
+				if !failed {
+					if err := write(rb); err != nil {
+						failed = true
+						errMu.Lock()
+						writersErr = cmp.Or(writersErr, err)
+						errMu.Unlock()
+					}
+				}
+				rb.done()
+			}
+		})
+		return ch
+	}
+	streams := []chan *resolvedBucket{
+		writer(func(rb *resolvedBucket) error {
 			for i := range rb.export {
-				if partsErr = parts.Add(rb.export[i].id); partsErr != nil {
-					return
+				if err := parts.Add(rb.export[i].id); err != nil {
+					return err
 				}
 				if deltas != nil {
-					if partsErr = deltas.add(rb.export[i].id); partsErr != nil {
-						return
+					if err := deltas.add(rb.export[i].id); err != nil {
+						return err
 					}
 				}
 			}
-		})
-		wg.Go(func() { evErr = ev.add(rb) })
-		trees.add(rb)
-		wg.Wait()
-		return errors.Join(partsErr, evErr)
+			return nil
+		}),
+		writer(ev.add),
+		writer(func(rb *resolvedBucket) error { trees.add(rb); return nil }),
+	}
+	err = eachResolved(ctx, r.idSrc, bucketParts, r.cfg.Workers, r.cfg.Scheme.Binary(), newIDBucketer(r.cfg.Scheme, bucketParts), r.staging, func(rb *resolvedBucket, release func()) error {
+		errMu.Lock()
+		werr := writersErr
+		errMu.Unlock()
+		if werr != nil {
+			release()
+			return werr
+		}
+		rb.counts.addTo(u)
+		r.m.TotalRows += rb.counts.exported
+		rb.hold(int32(len(streams)), release)
+		for _, ch := range streams {
+			ch <- rb
+		}
+		return nil
 	})
+	for _, ch := range streams {
+		close(ch)
+	}
+	writers.Wait()
+	err = cmp.Or(err, writersErr)
 	snapWG.Wait()
 	if err != nil {
 		return fmt.Errorf("write output: %w", err)

@@ -51,6 +51,24 @@ type resolvedBucket struct {
 	// The leaves' hashes of the identifier and evidence trees (leafHashes).
 	idLeaves, evLeaves []tlog.Hash
 	leaf               []byte
+	// refs counts the writers still reading the bucket (see hold); the
+	// last to finish releases it for the next bucket.
+	refs    atomic.Int32
+	release func()
+}
+
+// hold gives the bucket, released by eachResolved's callback, to n readers,
+// each of which calls done when it has finished with it.
+func (rb *resolvedBucket) hold(n int32, release func()) {
+	rb.release = release
+	rb.refs.Store(n)
+}
+
+// done is one reader finished with the bucket: the last releases it.
+func (rb *resolvedBucket) done() {
+	if rb.refs.Add(-1) == 0 {
+		rb.release()
+	}
 }
 
 type resolveCounts struct {
@@ -166,11 +184,13 @@ func (rb *resolvedBucket) sortHolders() []bucketHolder {
 }
 
 // eachResolved resolves the buckets of srcs with workers goroutines and
-// calls fn on each, in bucket order, from one goroutine. At most workers+1
-// buckets are held at once. A bucket larger than splitBytes is split into
-// sub-buckets by bk.sub first (a file under dir), which go to fn in turn,
-// in order. It stops at the first error (fn's, a bucket's or ctx's).
-func eachResolved(ctx context.Context, srcs []*spill, parts, workers int, binaryIDs bool, bk *idBucketer, dir string, fn func(*resolvedBucket) error) error {
+// calls fn on each, in bucket order, from one goroutine. fn may keep the
+// bucket past its return, until it calls release (once, from any
+// goroutine): at most workers+1+resolveLag buckets are held at once. A
+// bucket larger than splitBytes is split into sub-buckets by bk.sub first
+// (a file under dir), which go to fn in turn, in order. It stops at the
+// first error (fn's, a bucket's or ctx's).
+func eachResolved(ctx context.Context, srcs []*spill, parts, workers int, binaryIDs bool, bk *idBucketer, dir string, fn func(rb *resolvedBucket, release func()) error) error {
 	type unit struct{ p, q int } // bucket p, or its sub-bucket q (q >= 0)
 	var units []unit
 	splits := make([]*bucketSplit, parts)
@@ -185,7 +205,7 @@ func eachResolved(ctx context.Context, srcs []*spill, parts, workers int, binary
 			units = append(units, unit{p, q})
 		}
 	}
-	window := workers + 1
+	window := workers + 1 + resolveLag
 	free := make(chan *resolvedBucket, window)
 	for range window {
 		free <- &resolvedBucket{}
@@ -241,13 +261,16 @@ func eachResolved(ctx context.Context, srcs []*spill, parts, workers int, binary
 		if rb.err != nil {
 			return rb.err
 		}
-		if err := fn(rb); err != nil {
+		if err := fn(rb, func() { free <- rb }); err != nil {
 			return err
 		}
-		free <- rb
 	}
 	return nil
 }
+
+// resolveLag is how many buckets the writers that fn hands a bucket to may
+// hold beyond the workers' window, each writer going at its own pace.
+const resolveLag = 2
 
 // bucketSplit is a bucket of holders split into sub-buckets, made by
 // whichever worker needs it first and removed once every sub-bucket is

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -14,10 +15,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/parquet-go/parquet-go"
 	"golang.org/x/mod/sumdb/tlog"
 
+	"audiencematch/consent"
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 )
@@ -378,5 +381,98 @@ func TestMergeRejects(t *testing.T) {
 	defer sr.Close()
 	if err := mergeRejects([]*shardRejects{sr}, func(string, int64, string, string) {}); err == nil || !strings.Contains(err.Error(), "does not match its digest") {
 		t.Errorf("a file not matching its digest: %v", err)
+	}
+}
+
+// TestEachResolvedHeld: fn may keep a bucket past its return until it
+// releases it, from another goroutine: no worker reuses a bucket still
+// held, the buckets come in order, and an error stops the run while held
+// buckets are still released later. With buckets whole and split.
+func TestEachResolvedHeld(t *testing.T) {
+	k, _ := hashing.DeriveDestKey(hashing.TestKey(t), "meta-ads")
+	h, _ := hashing.NewHasher(hashing.HMACSHA256, k)
+	s, err := newSpill(filepath.Join(t.TempDir(), "ids.spill"), bucketParts, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	w, bk := s.writer(), newIDBucketer(hashing.HMACSHA256, bucketParts)
+	const holders = 20_000
+	for i := range holders {
+		id := h.AppendID(nil, fmt.Sprintf("+447400%06d", i))
+		p := bk.of(id)
+		buf := appendStr(appendStr(appendStr(w.buf(p), string(id)), fmt.Sprintf("u%d", i)), "e")
+		w.put(p, binary.AppendUvarint(append(buf, byte(consent.Valid)), uint64(i+2)))
+	}
+	if err := w.flush(); err != nil {
+		t.Fatal(err)
+	}
+	// At 4 KiB some of the buckets (about 80 holders, 4 KiB each) split.
+	for _, split := range []int64{splitBytes, 4 << 10} {
+		t.Run(fmt.Sprintf("splitBytes=%d", split), func(t *testing.T) {
+			defer func(old int64) { splitBytes = old }(splitBytes)
+			splitBytes = split
+			// A slow reader checks each bucket, long after fn returned,
+			// against what fn saw, then releases it.
+			type held struct {
+				rb      *resolvedBucket
+				release func()
+				ids     []string
+			}
+			calls := 0
+			run := func(stopAt int) (got []string, err error) {
+				ch := make(chan held, bucketParts)
+				var wg sync.WaitGroup
+				var mismatch []string
+				wg.Go(func() {
+					for x := range ch {
+						if len(x.ids) > 0 {
+							time.Sleep(50 * time.Microsecond)
+						}
+						for i := range x.rb.export {
+							if i >= len(x.ids) || x.rb.export[i].id != x.ids[i] {
+								mismatch = append(mismatch, fmt.Sprintf("bucket of %d ids changed while held", len(x.ids)))
+								break
+							}
+						}
+						got = append(got, x.ids...)
+						x.release()
+					}
+				})
+				n := 0
+				err = eachResolved(t.Context(), []*spill{s}, bucketParts, 2, true, bk, t.TempDir(), func(rb *resolvedBucket, release func()) error {
+					calls++
+					if n++; n == stopAt {
+						release()
+						return errors.New("stop")
+					}
+					var ids []string
+					for _, x := range rb.export {
+						ids = append(ids, strings.Clone(x.id))
+					}
+					ch <- held{rb, release, ids}
+					return nil
+				})
+				close(ch)
+				wg.Wait()
+				if len(mismatch) > 0 {
+					t.Fatal(mismatch[0])
+				}
+				return got, err
+			}
+			got, err := run(-1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if split < 1<<20 && calls <= bucketParts {
+				t.Fatalf("%d units at splitBytes %d: no bucket was split", calls, split)
+			}
+			if len(got) != holders || !slices.IsSorted(got) {
+				t.Fatalf("%d ids, sorted %v; want %d in order", len(got), slices.IsSorted(got), holders)
+			}
+			if _, err := run(40); err == nil || err.Error() != "stop" {
+				t.Fatalf("fn's error: got %v", err)
+			}
+		})
 	}
 }
