@@ -24,6 +24,25 @@ func (b *rowBatch) reset(seq int) {
 	b.seq, b.rows, b.fields = seq, b.rows[:0], b.fields[:0]
 }
 
+// batchCursor hands out a batchReader's rows one at a time, in order: the
+// RowReader side of a reader that parses in batches.
+type batchCursor struct {
+	cur rowBatch
+	pos int
+}
+
+// next returns br's next row; it is valid until the following call.
+func (c *batchCursor) next(br batchReader) (*Row, error) {
+	for c.pos == len(c.cur.rows) {
+		if err := br.nextBatch(&c.cur); err != nil {
+			return nil, err
+		}
+		c.pos = 0
+	}
+	c.pos++
+	return &c.cur.rows[c.pos-1], nil
+}
+
 // batchReader hands out batches to concurrent workers.
 type batchReader interface {
 	// nextBatch fills b with the next batch, or returns io.EOF after the

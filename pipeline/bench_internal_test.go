@@ -72,19 +72,37 @@ func BenchmarkLeakGuard(b *testing.B) {
 	b.ReportMetric(float64(benchIDs)*float64(b.N)/b.Elapsed().Seconds(), "ids/s")
 }
 
+// spillHolders spills n holders into a new spill of parts buckets, as the
+// join does: holder i has number +447400 and six digits of what of(i)
+// gives first, and its status; user id u<i>, event id e, line i+2.
+func spillHolders(tb testing.TB, parts, n int, of func(i int) (int, consent.Status)) (*spill, *idBucketer) {
+	tb.Helper()
+	k, _ := hashing.DeriveDestKey(hashing.TestKey(tb), "meta-ads")
+	h, _ := hashing.NewHasher(hashing.HMACSHA256, k)
+	s, err := newSpill(filepath.Join(tb.TempDir(), "ids.spill"), parts, false)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	w, bk := s.writer(), newIDBucketer(hashing.HMACSHA256, parts)
+	for i := range n {
+		number, status := of(i)
+		id := h.AppendID(nil, fmt.Sprintf("+447400%06d", number))
+		p := bk.of(id)
+		buf := appendStr(appendStr(appendStr(w.buf(p), string(id)), fmt.Sprintf("u%d", i)), "e")
+		w.put(p, binary.AppendUvarint(append(buf, byte(status)), uint64(i+2)))
+	}
+	if err := w.flush(); err != nil {
+		tb.Fatal(err)
+	}
+	return s, bk
+}
+
 // BenchmarkResolve is the write stage's reading of the join's buckets:
 // 500k spilled holders (a tenth of them sharing a number, one in fifty
 // withdrawn) loaded, sorted and put through the shared-number rule.
 func BenchmarkResolve(b *testing.B) {
-	k, _ := hashing.DeriveDestKey(hashing.TestKey(b), "meta-ads")
-	h, _ := hashing.NewHasher(hashing.HMACSHA256, k)
-	s, err := newSpill(filepath.Join(b.TempDir(), "ids.spill"), spillParts, false)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
-	w, bk := s.writer(), newIDBucketer(hashing.HMACSHA256, spillParts)
-	for i := range benchIDs {
+	s, bk := spillHolders(b, spillParts, benchIDs, func(i int) (int, consent.Status) {
 		n, status := i, consent.Valid
 		if i%10 == 0 {
 			n = i / 2
@@ -92,14 +110,8 @@ func BenchmarkResolve(b *testing.B) {
 		if i%50 == 0 {
 			status = consent.Withdrawn
 		}
-		id := h.AppendID(nil, fmt.Sprintf("+447400%06d", n))
-		p := bk.of(id)
-		buf := appendStr(appendStr(appendStr(w.buf(p), string(id)), fmt.Sprintf("u%d", i)), "e")
-		w.put(p, binary.AppendUvarint(append(buf, byte(status)), uint64(i+2)))
-	}
-	if err := w.flush(); err != nil {
-		b.Fatal(err)
-	}
+		return n, status
+	})
 	exported := int64(0)
 	for b.Loop() {
 		exported = 0

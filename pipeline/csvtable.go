@@ -61,9 +61,7 @@ type csvTable struct {
 	// Set by the reader goroutine before it closes blocks.
 	digest string
 	err    error
-	// Next's state.
-	cur rowBatch
-	pos int
+	rows   batchCursor // Next's
 }
 
 // csvBlock is a run of whole lines, the first numbered firstLine; a block
@@ -351,16 +349,7 @@ func splitCSV(text string, fields []string) ([]string, error) {
 }
 
 // Next returns the rows one at a time, in order.
-func (t *csvTable) Next() (*Row, error) {
-	for t.pos == len(t.cur.rows) {
-		if err := t.nextBatch(&t.cur); err != nil {
-			return nil, err
-		}
-		t.pos = 0
-	}
-	t.pos++
-	return &t.cur.rows[t.pos-1], nil
-}
+func (t *csvTable) Next() (*Row, error) { return t.rows.next(t) }
 
 func (t *csvTable) Digest() string { return t.digest }
 

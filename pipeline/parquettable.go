@@ -214,8 +214,7 @@ type parquetStrings struct {
 	line   int64 // rows read so far
 	seq    int
 	err    error
-	cur    rowBatch // Next's
-	pos    int
+	rows   batchCursor // Next's
 }
 
 // pqColumn is one column of the current row group.
@@ -334,16 +333,7 @@ func (c *pqColumn) read(n int, arena []byte, spans []int32, k, nc int, line int6
 }
 
 // Next returns the rows one at a time, in order.
-func (t *parquetStrings) Next() (*Row, error) {
-	for t.pos == len(t.cur.rows) {
-		if err := t.nextBatch(&t.cur); err != nil {
-			return nil, err
-		}
-		t.pos = 0
-	}
-	t.pos++
-	return &t.cur.rows[t.pos-1], nil
-}
+func (t *parquetStrings) Next() (*Row, error) { return t.rows.next(t) }
 
 func (t *parquetStrings) Digest() string { return t.digest }
 

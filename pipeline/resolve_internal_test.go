@@ -389,24 +389,8 @@ func TestMergeRejects(t *testing.T) {
 // held, the buckets come in order, and an error stops the run while held
 // buckets are still released later. With buckets whole and split.
 func TestEachResolvedHeld(t *testing.T) {
-	k, _ := hashing.DeriveDestKey(hashing.TestKey(t), "meta-ads")
-	h, _ := hashing.NewHasher(hashing.HMACSHA256, k)
-	s, err := newSpill(filepath.Join(t.TempDir(), "ids.spill"), bucketParts, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	w, bk := s.writer(), newIDBucketer(hashing.HMACSHA256, bucketParts)
 	const holders = 20_000
-	for i := range holders {
-		id := h.AppendID(nil, fmt.Sprintf("+447400%06d", i))
-		p := bk.of(id)
-		buf := appendStr(appendStr(appendStr(w.buf(p), string(id)), fmt.Sprintf("u%d", i)), "e")
-		w.put(p, binary.AppendUvarint(append(buf, byte(consent.Valid)), uint64(i+2)))
-	}
-	if err := w.flush(); err != nil {
-		t.Fatal(err)
-	}
+	s, bk := spillHolders(t, bucketParts, holders, func(i int) (int, consent.Status) { return i, consent.Valid })
 	// At 4 KiB some of the buckets (about 80 holders, 4 KiB each) split.
 	for _, split := range []int64{splitBytes, 4 << 10} {
 		t.Run(fmt.Sprintf("splitBytes=%d", split), func(t *testing.T) {
