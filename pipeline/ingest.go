@@ -72,6 +72,7 @@ func (r *run) readConsent(ctx context.Context) error {
 	if r.events, err = newSpill(filepath.Join(r.staging, "events.spill"), spillParts, false); err != nil {
 		return err
 	}
+	r.events.group()
 	rules, sh := r.cfg.Rules, r.cfg.Shard
 	workers := make([]eventWorker, r.cfg.Workers)
 	for i := range workers {
@@ -183,6 +184,7 @@ func (r *run) readUsers(ctx context.Context) error {
 	if r.users, err = newSpill(filepath.Join(r.staging, "users.spill"), spillParts, false); err != nil {
 		return err
 	}
+	r.users.group()
 	sh := r.cfg.Shard
 	workers := make([]userWorker, r.cfg.Workers)
 	for i := range workers {
@@ -267,6 +269,8 @@ func (r *run) join(ctx context.Context) error {
 	if r.snap, err = newSpill(filepath.Join(r.staging, "snapshot.spill"), bucketParts, keep); err != nil {
 		return err
 	}
+	r.ids.group() // unless kept (digested): the commit reads a shard's
+	r.snap.group()
 	bucket := newIDBucketer(r.cfg.Scheme, bucketParts)
 	workers := make([]joinWorker, r.cfg.Workers)
 	var next atomic.Int64
@@ -291,6 +295,8 @@ func (r *run) join(ctx context.Context) error {
 					errs[w] = err
 					return
 				}
+				r.events.consumed(p)
+				r.users.consumed(p)
 			}
 		})
 	}

@@ -243,7 +243,9 @@ func eachResolved(ctx context.Context, srcs []*spill, parts, workers int, binary
 					return
 				}
 				if u := units[i]; u.q < 0 {
-					rb.err = rb.resolve(srcs, u.p, binaryIDs)
+					if rb.err = rb.resolve(srcs, u.p, binaryIDs); rb.err == nil {
+						consumed(srcs, u.p)
+					}
 				} else {
 					rb.err = splits[u.p].resolve(rb, srcs, u.p, u.q, bk, binaryIDs)
 				}
@@ -293,6 +295,9 @@ func (s *bucketSplit) resolve(rb *resolvedBucket, srcs []*spill, p, q int, bk *i
 			}
 			return len(b) - len(rd.b), bk.sub(h.id), nil
 		})
+		if s.err == nil {
+			consumed(srcs, p)
+		}
 	})
 	if s.err != nil {
 		return s.err
@@ -334,6 +339,7 @@ func snapshotOf(srcs []*spill, parts int, dir string) (string, error) {
 			if err := digest(srcs, p); err != nil {
 				return "", err
 			}
+			consumed(srcs, p)
 			continue
 		}
 		sp, err := splitPart(filepath.Join(dir, fmt.Sprintf("snapshot-%d.spill", p)), srcs, p, func(b []byte) (int, int, error) {
@@ -345,6 +351,7 @@ func snapshotOf(srcs []*spill, parts int, dir string) (string, error) {
 		if err != nil {
 			return "", err
 		}
+		consumed(srcs, p)
 		for q := range spillParts {
 			if err = digest([]*spill{sp}, q); err != nil {
 				break

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -22,6 +23,7 @@ import (
 
 	"audiencematch/consent"
 	"audiencematch/consent/audit"
+	"audiencematch/fixtures"
 	"audiencematch/hashing"
 )
 
@@ -458,5 +460,157 @@ func TestEachResolvedHeld(t *testing.T) {
 				t.Fatalf("fn's error: got %v", err)
 			}
 		})
+	}
+}
+
+// TestSpillGroups: a grouped spill keeps each group of partitions in
+// files of its own and removes them once every partition of the group has
+// been consumed, not before: partitions read in any order read back what
+// was written, and a group's files go with its last partition.
+func TestSpillGroups(t *testing.T) {
+	const parts, writers, per = 4 * spillGroups, 3, 4
+	sp, err := newSpill(filepath.Join(t.TempDir(), "t.spill"), parts, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.drop()
+	sp.group()
+	if sp.per != per {
+		t.Fatalf("%d partitions a group, want %d", sp.per, per)
+	}
+	want := make([][]string, parts)
+	for w := range writers {
+		sw := sp.writer()
+		rng := rand.New(rand.NewPCG(uint64(w), 3))
+		for i := range 20000 {
+			rec := fmt.Sprintf("w%d-%d-", w, i) + strings.Repeat("x", rng.IntN(40))
+			p := rng.IntN(parts)
+			sw.put(p, appendStr(sw.buf(p), rec))
+			want[p] = append(want[p], rec)
+		}
+		if err := sw.flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	files := make([][]string, spillGroups) // each group's file names
+	for g, fs := range sp.gfiles {
+		if len(fs) != writers {
+			t.Fatalf("group %d has %d files, want one a writer", g, len(fs))
+		}
+		for _, f := range fs {
+			files[g] = append(files[g], f.Name())
+		}
+	}
+	exists := func(name string) bool { _, err := os.Stat(name); return err == nil }
+	left := make([]int, spillGroups)
+	for g := range left {
+		left[g] = per
+	}
+	for _, p := range rand.New(rand.NewPCG(1, 2)).Perm(parts) {
+		b, err := sp.appendPart(nil, p)
+		if err != nil {
+			t.Fatalf("partition %d, after %v left of each group: %v", p, left, err)
+		}
+		var got []string
+		for rd := (spillReader{b: b}); rd.more(); {
+			got = append(got, strings.Clone(rd.str()))
+		}
+		slices.Sort(got)
+		slices.Sort(want[p])
+		if !slices.Equal(got, want[p]) {
+			t.Fatalf("partition %d: %d records back, %d written, or different ones", p, len(got), len(want[p]))
+		}
+		sp.consumed(p)
+		g := p / per
+		left[g]--
+		for _, name := range files[g] {
+			if exists(name) != (left[g] > 0) {
+				t.Fatalf("group %d with %d partitions left: %s exists %v", g, left[g], name, exists(name))
+			}
+		}
+	}
+	if len(sp.own) != 0 {
+		t.Errorf("%d writer files still held after every group was consumed", len(sp.own))
+	}
+
+	// A digested spill is one file written in order: never grouped.
+	dg, err := newSpill(filepath.Join(t.TempDir(), "d.spill"), parts, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dg.drop()
+	if dg.group(); dg.per != 0 {
+		t.Fatal("a digested spill was grouped")
+	}
+	dg.consumed(0) // a no-op
+}
+
+// TestRunFreesSpillGroups: in a run, the join consumes every group of the
+// events and users spills and the write stage every group of the holders
+// and snapshot lines, so each group's files are removed as soon as it has
+// been read (not when the run ends), and the output is published.
+func TestRunFreesSpillGroups(t *testing.T) {
+	dir := t.TempDir()
+	st, err := fixtures.WriteFiles(filepath.Join(dir, "in"), fixtures.Options{Users: 20_000, Seed: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := hashing.DeriveDestKey(hashing.TestKey(t), "meta-ads")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	cfg := Config{Users: st.UsersPath, Consent: st.EventsPath, Destination: "meta-ads", Scheme: hashing.HMACSHA256,
+		Key: key, Out: out, State: filepath.Join(dir, "state"), Rules: FixtureRules(fixtures.DefaultAsOf),
+		MaxRejectRate: 0.05, Registry: TestRegistry(out, "meta-ads", hashing.HMACSHA256), ToolVersion: "test"}
+	// left reports a spill that is not grouped, or still holds files.
+	left := func(what string, s *spill) error {
+		if s.per == 0 || len(s.own) != 0 {
+			return fmt.Errorf("%s: grouped %v, %d files left after its stage", what, s.per > 0, len(s.own))
+		}
+		return nil
+	}
+	// At 1 KiB most join partitions (about 1.4 KB of events and users) and
+	// every bucket of holders (4-5 KB) and of snapshot lines (2.5 KB) are
+	// split first, and read from their splits.
+	for _, split := range []int64{splitBytes, 1 << 10} {
+		t.Run(fmt.Sprintf("splitBytes=%d", split), func(t *testing.T) {
+			defer func(old int64) { splitBytes = old }(splitBytes)
+			splitBytes = split
+			cfg.Out, cfg.State = filepath.Join(t.TempDir(), "out"), filepath.Join(t.TempDir(), "state")
+			cfg.Registry = TestRegistry(cfg.Out, "meta-ads", hashing.HMACSHA256)
+			runFreesSpillGroups(t, cfg, left)
+		})
+	}
+}
+
+func runFreesSpillGroups(t *testing.T, cfg Config, left func(string, *spill) error) {
+	var checked []string
+	res, err := execute(t.Context(), cfg, func(r *run) []step {
+		return []step{
+			{"consent", r.readConsent},
+			{"users", r.readUsers},
+			{"join", func(ctx context.Context) error {
+				ev, us := r.events, r.users // the join lets go of them
+				if err := r.join(ctx); err != nil {
+					return err
+				}
+				checked = append(checked, "join")
+				return errors.Join(left("events", ev), left("users", us))
+			}},
+			{"write", func(ctx context.Context) error {
+				if err := r.writeOutputs(ctx); err != nil {
+					return err
+				}
+				checked = append(checked, "write")
+				return errors.Join(left("holders", r.ids), left("snapshot lines", r.snap))
+			}},
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(checked) != 2 || res.Manifest.TotalRows == 0 {
+		t.Fatalf("stages checked %v, %d ids published", checked, res.Manifest.TotalRows)
 	}
 }

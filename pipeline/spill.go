@@ -10,7 +10,9 @@ import (
 	"hash"
 	"io"
 	"os"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 )
 
@@ -25,7 +27,8 @@ import (
 // A digested spill (a shard's, which outlives the process) is one file,
 // written in the order it is hashed. Any other gives each writer a file
 // of its own, PATH.wN, so that workers never wait on each other's writes
-// (nor the kernel on one file's lock).
+// (nor the kernel on one file's lock); a grouped one, a file per writer
+// and group of partitions, removed once the group has been read.
 type spill struct {
 	mu     sync.Mutex
 	f      *os.File
@@ -35,6 +38,66 @@ type spill struct {
 	sum    hash.Hash
 	err    error
 	own    []*os.File // the writers' files, when not digested
+	// A grouped spill (see group) keeps each group of partitions in
+	// files of their own, removed once the group has been read.
+	per    int          // partitions per group; 0: not grouped
+	gfiles [][]*os.File // by group: the writers' files
+	gleft  []atomic.Int32
+}
+
+// spillGroups is how many groups a grouped spill's partitions form. The
+// cost of a run's staging on this machine is its high-water mark: pages
+// the kernel gets back are cheap to reuse a moment later, while pages new
+// to the process (the host hands freed memory back to itself after a
+// couple of seconds) cost about 10 µs each. Reading a stage's spills group
+// by group and removing each group once read keeps the staging's peak at
+// about what one stage's output and the next one's input hold.
+const spillGroups = 16
+
+// group makes the spill keep its partitions in spillGroups groups of
+// files (not for a digested spill, which is one file written in order).
+// Before any writer is made.
+func (s *spill) group() {
+	if s.sum != nil || len(s.chunks)%spillGroups != 0 {
+		return
+	}
+	s.per = len(s.chunks) / spillGroups
+	s.gfiles = make([][]*os.File, spillGroups)
+	s.gleft = make([]atomic.Int32, spillGroups)
+	for g := range s.gleft {
+		s.gleft[g].Store(int32(s.per))
+	}
+}
+
+// groupOf is partition p's group (0 when the spill is not grouped).
+func (s *spill) groupOf(p int) int {
+	if s.per == 0 {
+		return 0
+	}
+	return p / s.per
+}
+
+// consumed says partition p has been read for good (nothing reads it
+// again). Once every partition of its group has been, a grouped spill
+// closes and removes the group's files, so that the kernel gets their pages
+// back while the run still writes. Safe for concurrent use.
+func (s *spill) consumed(p int) {
+	if s.per == 0 {
+		return
+	}
+	g := p / s.per
+	if s.gleft[g].Add(-1) != 0 {
+		return
+	}
+	s.mu.Lock()
+	files := s.gfiles[g]
+	s.gfiles[g] = nil
+	s.own = slices.DeleteFunc(s.own, func(f *os.File) bool { return slices.Contains(files, f) })
+	s.mu.Unlock()
+	for _, f := range files {
+		f.Close()
+		os.Remove(f.Name())
+	}
 }
 
 // span is a chunk: n bytes at off in f.
@@ -97,9 +160,9 @@ func (s *spill) failLocked(err error) {
 	s.err = cmp.Or(s.err, fmt.Errorf("spill %s: %w", s.path, err))
 }
 
-// ownFile creates a writer's own file (see spill), or returns nil after
-// an error, which Err reports.
-func (s *spill) ownFile() *os.File {
+// ownFile creates a writer's own file (see spill) for group g, or returns
+// nil after an error, which Err reports.
+func (s *spill) ownFile(g int) *os.File {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.err != nil {
@@ -111,6 +174,9 @@ func (s *spill) ownFile() *os.File {
 		return nil
 	}
 	s.own = append(s.own, f)
+	if s.per > 0 {
+		s.gfiles[g] = append(s.gfiles[g], f)
+	}
 	return f
 }
 
@@ -157,6 +223,14 @@ func (s *spill) appendPart(buf []byte, p int) ([]byte, error) {
 		}
 	}
 	return buf, nil
+}
+
+// consumed marks partition p of every spill read for good (see
+// spill.consumed).
+func consumed(srcs []*spill, p int) {
+	for _, s := range srcs {
+		s.consumed(p)
+	}
 }
 
 // partSize is partition p's size summed over spills (a run's, or its shards').
@@ -267,8 +341,13 @@ func openSpill(path string, index []byte) (*spill, error) {
 // flush, the spill's chunk list lacks what stage holds: nothing reads a
 // spill before its writers have flushed.
 type spillWriter struct {
-	s     *spill
-	bufs  [][]byte
+	s    *spill
+	bufs [][]byte
+	outs []spillOut // one, or one per group of a grouped spill
+}
+
+// spillOut is where a writer's chunks of one group go.
+type spillOut struct {
 	f     *os.File   // its own file, once it has written (see spill)
 	off   int64      // f's size, with stage written
 	stage []byte     // full chunks not yet written to f
@@ -287,7 +366,7 @@ const stageSize = 256 << 10
 var stagePool = sync.Pool{New: func() any { return new([stageSize]byte) }}
 
 func (s *spill) writer() *spillWriter {
-	return &spillWriter{s: s, bufs: make([][]byte, len(s.chunks))}
+	return &spillWriter{s: s, bufs: make([][]byte, len(s.chunks)), outs: make([]spillOut, max(1, len(s.gfiles)))}
 }
 
 // write writes one chunk of partition p, or stages it.
@@ -296,41 +375,42 @@ func (w *spillWriter) write(p int, b []byte) {
 		w.s.write(p, b)
 		return
 	}
-	if w.f == nil {
-		if w.f = w.s.ownFile(); w.f == nil {
+	g := w.s.groupOf(p)
+	o := &w.outs[g]
+	if o.f == nil {
+		if o.f = w.s.ownFile(g); o.f == nil {
 			return
 		}
-		w.stage = stagePool.Get().(*[stageSize]byte)[:0]
+		o.stage = stagePool.Get().(*[stageSize]byte)[:0]
 	}
-	if len(w.stage)+len(b) > cap(w.stage) {
-		w.drain()
+	if len(o.stage)+len(b) > cap(o.stage) {
+		w.drain(o)
 	}
-	// w.off counts the stage: it is where b lands in the file.
-	w.spans = append(w.spans, partSpan{p, span{w.f, w.off, int64(len(b))}})
-	w.off += int64(len(b))
-	if len(b) > cap(w.stage) { // a record longer than the stage goes on its own
-		w.writeSpans(b)
+	// o.off counts the stage: it is where b lands in the file.
+	o.spans = append(o.spans, partSpan{p, span{o.f, o.off, int64(len(b))}})
+	o.off += int64(len(b))
+	if len(b) > cap(o.stage) { // a record longer than the stage goes on its own
+		w.writeSpans(o, b)
 		return
 	}
-	w.stage = append(w.stage, b...)
+	o.stage = append(o.stage, b...)
 }
 
-// drain writes the staged chunks and records their spans.
-func (w *spillWriter) drain() {
-	if len(w.stage) > 0 {
-		w.writeSpans(w.stage)
-		w.stage = w.stage[:0]
+// drain writes o's staged chunks and records their spans.
+func (w *spillWriter) drain(o *spillOut) {
+	if len(o.stage) > 0 {
+		w.writeSpans(o, o.stage)
+		o.stage = o.stage[:0]
 	}
 }
 
-// writeSpans writes b, the chunks of w.spans, to the writer's file and
-// records them.
-func (w *spillWriter) writeSpans(b []byte) {
-	if _, err := w.f.Write(b); err != nil {
+// writeSpans writes b, the chunks of o.spans, to o's file and records them.
+func (w *spillWriter) writeSpans(o *spillOut, b []byte) {
+	if _, err := o.f.Write(b); err != nil {
 		w.s.fail(err)
 	}
-	w.s.addSpans(w.spans)
-	w.spans = w.spans[:0]
+	w.s.addSpans(o.spans)
+	o.spans = o.spans[:0]
 }
 
 // chunkPool holds partition buffers between writers. Grown from nothing by
@@ -370,10 +450,12 @@ func (w *spillWriter) flush() error {
 		}
 		w.bufs[p] = nil
 	}
-	if w.stage != nil {
-		w.drain()
-		stagePool.Put((*[stageSize]byte)(w.stage[:stageSize]))
-		w.stage = nil
+	for i := range w.outs {
+		if o := &w.outs[i]; o.stage != nil {
+			w.drain(o)
+			stagePool.Put((*[stageSize]byte)(o.stage[:stageSize]))
+			o.stage = nil
+		}
 	}
 	return w.s.Err()
 }
