@@ -474,7 +474,7 @@ func TestSpillGroups(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sp.drop()
-	sp.group()
+	sp.group(writers)
 	if sp.per != per {
 		t.Fatalf("%d partitions a group, want %d", sp.per, per)
 	}
@@ -539,8 +539,21 @@ func TestSpillGroups(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dg.drop()
-	if dg.group(); dg.per != 0 {
+	if dg.group(writers); dg.per != 0 {
 		t.Fatal("a digested spill was grouped")
+	}
+
+	// Many writers: fewer groups, so that the files stay within
+	// maxGroupFiles; one group is no grouping.
+	for _, c := range []struct{ writers, groups int }{{8, 16}, {9, 8}, {64, 2}, {65, 0}} {
+		many, err := newSpill(filepath.Join(t.TempDir(), "m.spill"), parts, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if many.group(c.writers); len(many.gfiles) != c.groups || (c.groups > 0 && many.per*c.groups != parts) {
+			t.Errorf("%d writers: %d groups of %d partitions, want %d groups", c.writers, len(many.gfiles), many.per, c.groups)
+		}
+		many.drop()
 	}
 	dg.consumed(0) // a no-op
 }

@@ -45,25 +45,36 @@ type spill struct {
 	gleft  []atomic.Int32
 }
 
-// spillGroups is how many groups a grouped spill's partitions form. The
-// cost of a run's staging on this machine is its high-water mark: pages
-// the kernel gets back are cheap to reuse a moment later, while pages new
-// to the process (the host hands freed memory back to itself after a
+// spillGroups is how many groups a grouped spill's partitions form, at
+// most. The cost of a run's staging on this machine is its high-water mark:
+// pages the kernel gets back are cheap to reuse a moment later, while pages
+// new to the process (the host hands freed memory back to itself after a
 // couple of seconds) cost about 10 µs each. Reading a stage's spills group
 // by group and removing each group once read keeps the staging's peak at
 // about what one stage's output and the next one's input hold.
 const spillGroups = 16
 
-// group makes the spill keep its partitions in spillGroups groups of
-// files (not for a digested spill, which is one file written in order).
-// Before any writer is made.
-func (s *spill) group() {
-	if s.sum != nil || len(s.chunks)%spillGroups != 0 {
+// maxGroupFiles bounds a grouped spill's files (a file per writer and
+// group): with many workers it has fewer groups, so that a run's open files
+// (four grouped spills at once in the join) stay well below the usual limit
+// of 1,024.
+const maxGroupFiles = 128
+
+// group makes the spill keep its partitions in groups of files, as many as
+// spillGroups and maxGroupFiles for writers writers allow (not for a
+// digested spill, which is one file written in order, nor with a single
+// group). Before any writer is made.
+func (s *spill) group(writers int) {
+	n := spillGroups
+	for n > 1 && (writers*n > maxGroupFiles || len(s.chunks)%n != 0) {
+		n /= 2
+	}
+	if s.sum != nil || n < 2 {
 		return
 	}
-	s.per = len(s.chunks) / spillGroups
-	s.gfiles = make([][]*os.File, spillGroups)
-	s.gleft = make([]atomic.Int32, spillGroups)
+	s.per = len(s.chunks) / n
+	s.gfiles = make([][]*os.File, n)
+	s.gleft = make([]atomic.Int32, n)
 	for g := range s.gleft {
 		s.gleft[g].Store(int32(s.per))
 	}
