@@ -197,8 +197,7 @@ func prefixNeedles(t *testing.T, g *leakGuard) int {
 		err := eachChunk(g.srcs, p, &buf, func(b []byte) error {
 			rd := spillReader{b: b}
 			for rd.more() {
-				rd.fixed(16)
-				rd.uvarint()
+				readNeedle(&rd)
 				n++
 			}
 			return rd.err()
