@@ -53,13 +53,14 @@ import (
 // hash, then the prefix needles (first 8 bytes, the low 32 bits of the
 // hash, length) of the raw scan. A prefix needle is only compared where
 // the raw bytes hold its 8 bytes exactly, so 32 bits of hash leave a false
-// alarm once in 4 billion such places; they made the guard's spill, the
-// largest at the staging's peak (416 MB at 10M users), a quarter smaller. The raw bytes to scan are small (kilobytes per million ids), so
-// Check indexes their 8-byte windows and streams the prefix needles past
-// them; the exact hashes are loaded a pass at a time, each pass as large as
-// guardPassBytes allows, and every pass decodes the ids. Memory stays flat
-// as the audience grows: almost no input string is as long as an id, so a
-// run has one pass.
+// alarm once in 4 billion such places; keeping 32 rather than 64 made the
+// guard's spill, the largest at the staging's peak (416 MB at 10M users),
+// a quarter smaller. The raw bytes to scan are small (kilobytes per
+// million ids), so Check indexes their 8-byte windows and streams the
+// prefix needles past them; the exact hashes are loaded a pass at a time,
+// each pass as large as guardPassBytes allows, and every pass decodes the
+// ids. Memory stays flat as the audience grows: almost no input string is
+// as long as an id, so a run has one pass.
 type leakGuard struct {
 	salt uint64
 	dir  string // where the spill goes
