@@ -48,14 +48,19 @@ import (
 // for equal strings and rarely equal otherwise (a collision is a false
 // alarm that stops the run, never a leak let through).
 //
-// The hashes (needles) are spilled to disk, in 2*guardGroups parts: the
-// exact hashes of strings as long as an identifier by the top bits of the
-// hash, then the prefix needles (first 8 bytes, the low 32 bits of the
-// hash, length) of the raw scan. A prefix needle is only compared where
-// the raw bytes hold its 8 bytes exactly, so 32 bits of hash leave a false
-// alarm once in 4 billion such places; keeping 32 rather than 64 made the
-// guard's spill, the largest at the staging's peak (416 MB at 10M users),
-// a quarter smaller. The raw bytes to scan are small (kilobytes per
+// The hashes (needles) are spilled to disk: the exact hashes of strings as
+// long as an identifier, in guardGroups parts by the top bits of the hash,
+// then the prefix needles of the raw scan in guardPrefixParts parts. A
+// prefix needle is 9 bytes: a 32-bit hash of the string's first 8 bytes,
+// the low 32 bits of the string's hash, its length. It is compared only
+// where the raw bytes' 8-byte window has the same 32-bit hash, and there
+// the string's hash is computed: both hashes must agree by chance for a
+// false alarm, once in 2^64 such pairs. The guard's spill is the largest
+// at the staging's peak: 416 MB at 10M users with the needles' whole hash
+// and prefix (21 bytes), 317 MB with half the hash, 220 MB now. Fewer parts
+// of needles than of exact hashes keep the buffers a writer fills at
+// random few (a needle is written for nearly every string; an exact hash
+// for almost none). The raw bytes to scan are small (kilobytes per
 // million ids), so Check indexes their 8-byte windows and streams the
 // prefix needles past them; the exact hashes are loaded a pass at a time,
 // each pass as large as guardPassBytes allows, and every pass decodes the
@@ -87,8 +92,11 @@ type leakGuard struct {
 const (
 	guardGroups    = 64
 	guardGroupBits = 6
-	// guardParts: the exact groups, then as many parts of prefix needles.
-	guardParts = 2 * guardGroups
+	// guardPrefixParts is how many parts the prefix needles are in: each
+	// Check's worker streams a part at a time.
+	guardPrefixParts = 16
+	// guardParts: the exact groups, then the parts of prefix needles.
+	guardParts = guardGroups + guardPrefixParts
 )
 
 // guardPassBytes bounds one pass's spilled exact hashes (8 bytes each).
@@ -100,8 +108,19 @@ var guardRawBytes = 64 << 20
 
 const guardPrefix = 8
 
-// guardMix spreads a prefix's bits for the raw index's filter.
-func guardMix(p uint64) uint64 { return p * 0x9e3779b97f4a7c15 }
+// guardPrefixHash is the 32-bit hash of a string's first 8 bytes (p,
+// little-endian) that a prefix needle and the raw index's windows share:
+// MurmurHash3's 64-bit finalizer of p and the salt, whose every output bit
+// depends on every input bit, its top half.
+func guardPrefixHash(salt, p uint64) uint32 {
+	p ^= salt
+	p ^= p >> 33
+	p *= 0xff51afd7ed558ccd
+	p ^= p >> 33
+	p *= 0xc4ceb9fe1a85ec53
+	p ^= p >> 33
+	return uint32(p >> 32)
+}
 
 // newLeakGuard's salt comes from the run's key (cutoff and configuration),
 // the same for every shard of a run; its spill goes into dir.
@@ -169,16 +188,16 @@ func (w *guardWriter) add(v string) {
 	if len(v) < guardPrefix || lowerHex(v) {
 		return
 	}
-	p := guardGroups + grp
-	b := binary.LittleEndian.AppendUint64(w.w.buf(p), binary.LittleEndian.Uint64([]byte(v[:guardPrefix])))
+	p := guardGroups + int(h>>32)%guardPrefixParts
+	b := binary.LittleEndian.AppendUint32(w.w.buf(p), guardPrefixHash(w.g.salt, binary.LittleEndian.Uint64([]byte(v[:guardPrefix]))))
 	w.w.put(p, binary.AppendUvarint(binary.LittleEndian.AppendUint32(b, uint32(h)), uint64(len(v))))
 	w.maxLen = max(w.maxLen, len(v))
 }
 
-// readNeedle decodes a prefix needle (see add): the string's first 8
-// bytes, the low 32 bits of its hash, its length.
-func readNeedle(rd *spillReader) (prefix uint64, h uint32, n int32) {
-	prefix = binary.LittleEndian.Uint64(rd.fixed(8))
+// readNeedle decodes a prefix needle (see add): the hash of the string's
+// first 8 bytes, the low 32 bits of its hash, its length.
+func readNeedle(rd *spillReader) (prefix, h uint32, n int32) {
+	prefix = binary.LittleEndian.Uint32(rd.fixed(4))
 	h = binary.LittleEndian.Uint32(rd.fixed(4))
 	return prefix, h, int32(rd.uvarint())
 }
@@ -350,7 +369,7 @@ func (g *leakGuard) Check(dir string, scheme hashing.Scheme, removesScheme hashi
 	if err != nil {
 		return err
 	}
-	x := &rawIndex{limit: max(guardRawBytes, 2*g.maxLen+guardPrefix), keep: max(g.maxLen-1, 0)}
+	x := &rawIndex{limit: max(guardRawBytes, 2*g.maxLen+guardPrefix), keep: max(g.maxLen-1, 0), salt: g.salt}
 	for i := range files {
 		if err := g.scanFile(x, files, i); err != nil {
 			return err
@@ -616,13 +635,14 @@ func (g *leakGuard) checkIDs(files []guardFile, shape bool) error {
 }
 
 // rawIndex holds raw bytes to scan, end to end, and an index of their
-// 8-byte windows by content.
+// 8-byte windows by hash (guardPrefixHash).
 type rawIndex struct {
-	limit, keep int // the most bytes it holds; how far needles may reach back
+	limit, keep int    // the most bytes it holds; how far needles may reach back
+	salt        uint64 // the guard's
 	buf         []byte
 	regs        []rawRegion // by start
-	keys        []rawKey    // by prefix, then position
-	filter      []uint64    // a bit per slot of prefixes: most needles miss it
+	keys        []rawKey    // by prefix hash, then position
+	filter      []uint64    // a bit per slot of prefix hashes: most needles miss it
 	filterBits  uint
 }
 
@@ -634,8 +654,8 @@ type rawRegion struct {
 }
 
 type rawKey struct {
-	prefix   uint64
-	pos, end int32 // the window's position and its region's end in buf
+	prefix   uint32 // the window's guardPrefixHash
+	pos, end int32  // the window's position and its region's end in buf
 }
 
 // add reads n bytes at off of file i.
@@ -654,7 +674,7 @@ func (x *rawIndex) build() {
 	x.keys = x.keys[:0]
 	for _, r := range x.regs {
 		for i := r.start; i+guardPrefix <= r.end; i++ {
-			x.keys = append(x.keys, rawKey{binary.LittleEndian.Uint64(x.buf[i:]), int32(i), int32(r.end)})
+			x.keys = append(x.keys, rawKey{guardPrefixHash(x.salt, binary.LittleEndian.Uint64(x.buf[i:])), int32(i), int32(r.end)})
 		}
 	}
 	slices.SortFunc(x.keys, func(a, b rawKey) int {
@@ -666,17 +686,17 @@ func (x *rawIndex) build() {
 	}
 	x.filter = make([]uint64, 1<<x.filterBits/64)
 	for _, k := range x.keys {
-		b := guardMix(k.prefix) >> (64 - x.filterBits)
+		b := k.prefix >> (32 - x.filterBits)
 		x.filter[b/64] |= 1 << (b % 64)
 	}
 }
 
-// windows returns the windows whose first 8 bytes are p.
-func (x *rawIndex) windows(p uint64) []rawKey {
-	if b := guardMix(p) >> (64 - x.filterBits); x.filter[b/64]&(1<<(b%64)) == 0 {
+// windows returns the windows whose first 8 bytes hash to p.
+func (x *rawIndex) windows(p uint32) []rawKey {
+	if b := p >> (32 - x.filterBits); x.filter[b/64]&(1<<(b%64)) == 0 {
 		return nil
 	}
-	i, found := slices.BinarySearchFunc(x.keys, p, func(k rawKey, p uint64) int { return cmp.Compare(k.prefix, p) })
+	i, found := slices.BinarySearchFunc(x.keys, p, func(k rawKey, p uint32) int { return cmp.Compare(k.prefix, p) })
 	if !found {
 		return nil
 	}
@@ -702,7 +722,7 @@ func (g *leakGuard) scanNeedles(x *rawIndex, files []guardFile) error {
 	if x.build(); len(x.keys) == 0 {
 		return nil
 	}
-	workers := min(runtime.GOMAXPROCS(0), guardGroups)
+	workers := min(runtime.GOMAXPROCS(0), guardPrefixParts)
 	first := make([]int32, workers) // the smallest leaking position each worker found
 	errs := make([]error, workers)
 	var next atomic.Int64
@@ -711,7 +731,7 @@ func (g *leakGuard) scanNeedles(x *rawIndex, files []guardFile) error {
 		first[w] = -1
 		wg.Go(func() {
 			var buf []byte
-			for p := int(next.Add(1) - 1); p < guardGroups && errs[w] == nil; p = int(next.Add(1) - 1) {
+			for p := int(next.Add(1) - 1); p < guardPrefixParts && errs[w] == nil; p = int(next.Add(1) - 1) {
 				errs[w] = eachChunk(g.srcs, guardGroups+p, &buf, func(b []byte) error {
 					rd := spillReader{b: b}
 					for rd.more() {

@@ -74,6 +74,10 @@ func testLeakGuard(t *testing.T) {
 			writePart(t, filepath.Join(dir, "part-00000.parquet"), []TextIDRow{good})
 			os.WriteFile(filepath.Join(dir, "manifest.json"), []byte(`{"run_id":"x"}`), 0o644)
 		}, ""},
+		{"a needle's first 8 bytes, then others", func(dir string) {
+			writePart(t, filepath.Join(dir, "part-00000.parquet"), []TextIDRow{good})
+			os.WriteFile(filepath.Join(dir, "manifest.json"), []byte(`{"n":"+447400199999","m":"acct-zbh2","u":"u1"}`), 0o644)
+		}, ""},
 		{"raw phone in metadata", func(dir string) {
 			writePart(t, filepath.Join(dir, "part-00000.parquet"), []TextIDRow{good}, parquet.KeyValueMetadata(metaScheme, "+44 7400 123456"))
 		}, "byte"},
