@@ -1,7 +1,9 @@
 package pipeline
 
 import (
+	"errors"
 	"runtime"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -26,12 +28,26 @@ func Pretouch(n int64) (int64, error) {
 	// own, so its start already is).
 	p, page := uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(syscall.Getpagesize())
 	start, end := (p+page-1)&^(page-1), (p+uintptr(n))&^(page-1)
-	var err error
-	if end > start {
-		if _, _, e := syscall.Syscall(syscall.SYS_MADVISE, start, end-start, madvPopulateWrite); e != 0 {
-			err = e
+	// The kernel populates a range on the calling thread: a range per
+	// core takes a fraction of the time (1M users: 40 ms on one core, while
+	// the other had nothing to do).
+	parts := uintptr(runtime.GOMAXPROCS(0))
+	step := ((end-start)/parts + page - 1) &^ (page - 1)
+	errs := make([]error, parts)
+	var wg sync.WaitGroup
+	for i := range parts {
+		lo, hi := start+i*step, min(start+(i+1)*step, end)
+		if lo >= hi {
+			break
 		}
+		wg.Go(func() {
+			if _, _, e := syscall.Syscall(syscall.SYS_MADVISE, lo, hi-lo, madvPopulateWrite); e != 0 {
+				errs[i] = e
+			}
+		})
 	}
+	wg.Wait()
+	err := errors.Join(errs...)
 	runtime.KeepAlive(b)
 	runtime.GC() // the span goes back to the heap, its pages kept
 	if err != nil {

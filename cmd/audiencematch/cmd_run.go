@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"runtime/trace"
 	"sort"
 	"strconv"
 	"strings"
@@ -52,6 +53,7 @@ type RunOptions struct {
 	MetricsFile      string
 	CPUProfile       string
 	MemProfile       string
+	Trace            string
 	PretouchMiB      int64
 	Shard            string
 	Shards           int
@@ -111,6 +113,7 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 	f.StringVar(&o.CPUProfile, "cpu-profile", "", "write a Go CPU profile of the run here (for performance work)")
 	_ = f.MarkHidden("cpu-profile")
 	f.StringVar(&o.MemProfile, "mem-profile", "", "write a Go allocation profile of the run here (for performance work)")
+	f.StringVar(&o.Trace, "trace", "", "write a Go execution trace of the run here, for go tool trace (for performance work: where cores sit idle)")
 	_ = f.MarkHidden("mem-profile")
 	f.Int64Var(&o.PretouchMiB, "pretouch-mib", -1, "populate this much heap memory up front, in one system call, for the run to reuse: on virtual machines where every first touch of a page faults expensively, the run is faster; 0 turns it off (default: the size of the input files, over the shards, at most 128; none for --source and commit)")
 	f.StringVar(&o.MetricsFile, "metrics-file", "", "write Prometheus text-format metrics here, atomically (node_exporter's textfile collector)")
@@ -403,6 +406,17 @@ func runRun(cmd *cobra.Command, o *RunOptions, g *globalOptions, run func(contex
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if o.Trace != "" {
+		f, err := os.Create(o.Trace)
+		if err != nil {
+			return fmt.Errorf("%w: --trace: %w", pipeline.ErrUsage, err)
+		}
+		defer f.Close()
+		if err := trace.Start(f); err != nil {
+			return err
+		}
+		defer trace.Stop()
 	}
 	if o.MemProfile != "" {
 		f, err := os.Create(o.MemProfile)
