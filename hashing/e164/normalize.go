@@ -74,7 +74,7 @@ func Normalize(phone, region string) (e164 string, res Result) {
 		return "", Fallback // the library then has no metadata to strip a national prefix with
 	}
 	digits := buf[:nd]
-	def := t.regions[region] // nil: not a supported region
+	def := t.region(region) // nil: not a supported region
 	var (
 		cc       int
 		national []byte
@@ -236,20 +236,17 @@ func (t *tables) countryCode(d []byte) (int, []byte) {
 // known reports whether the library has cc in its calling code map. A code
 // whose metadata the automaton could not compile is unknown here, which
 // sends its numbers to the library.
-func (t *tables) known(cc int) bool {
-	_, geo := t.ccRegions[cc]
-	_, nonGeo := t.nonGeo[cc]
-	return geo || nonGeo || t.codes[cc]
-}
+func (t *tables) known(cc int) bool { return t.byCC[cc].known }
 
 // mainMeta is the metadata parseHelper uses for a number with calling code
 // cc: its main region's, or the non-geographical entity's.
 func (t *tables) mainMeta(cc int) *meta {
-	if m := t.nonGeo[cc]; m != nil {
-		return m
+	c := &t.byCC[cc]
+	if c.nonGeo != nil {
+		return c.nonGeo
 	}
-	if l := t.ccRegions[cc]; len(l) > 0 {
-		return l[0]
+	if len(c.regions) > 0 {
+		return c.regions[0]
 	}
 	return nil
 }
@@ -257,11 +254,12 @@ func (t *tables) mainMeta(cc int) *meta {
 // valid is IsValidNumber for the number with calling code cc and national
 // significant number nsn. ok is false when the tables cannot say.
 func (t *tables) valid(cc int, nsn []byte) (valid, ok bool) {
-	if m := t.nonGeo[cc]; m != nil {
-		return m.validType(nsn), true
+	c := &t.byCC[cc]
+	if c.nonGeo != nil {
+		return c.nonGeo.validType(nsn), true
 	}
-	list, found := t.ccRegions[cc]
-	if !found {
+	list := c.regions
+	if list == nil {
 		return false, false
 	}
 	if len(list) == 1 {
