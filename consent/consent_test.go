@@ -209,3 +209,14 @@ func TestParseEventTime(t *testing.T) {
 	}
 	t.Logf("%d timestamps, %d on the fast path", len(cases), fast)
 }
+
+// BenchmarkParseEventTime is the consent stage's timestamp reading, in the
+// fixtures' shape (an offset, no fraction).
+func BenchmarkParseEventTime(b *testing.B) {
+	for b.Loop() {
+		if _, err := parseEventTime("2026-07-23T21:51:22+05:30"); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "timestamps/s")
+}

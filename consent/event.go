@@ -125,32 +125,30 @@ func parseRFC3339(s string) (sec, nsec int64, ok bool) {
 	if len(s) < len("2006-01-02T15:04:05Z") || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':' {
 		return 0, 0, false
 	}
-	num := func(i, n int) int64 {
-		v := int64(0)
-		for _, c := range []byte(s[i : i+n]) {
-			if c < '0' || c > '9' {
-				ok = false
-			}
-			v = v*10 + int64(c-'0')
-		}
-		return v
-	}
-	ok = true
-	year, month, day := num(0, 4), num(5, 2), num(8, 2)
-	hour, minute, second := num(11, 2), num(14, 2), num(17, 2)
-	if !ok || month < 1 || month > 12 || day < 1 || day > daysIn(month, year) || hour > 23 || minute > 59 || second > 59 {
+	// Two digits at a time, as a pair of small functions the compiler
+	// inlines: a closure looping over each field's digits took a third of
+	// the consent stage's parsing (11.5M timestamps at 10M users).
+	y1, ok1 := digits2(s[0], s[1])
+	y2, ok2 := digits2(s[2], s[3])
+	month, ok3 := digits2(s[5], s[6])
+	day, ok4 := digits2(s[8], s[9])
+	hour, ok5 := digits2(s[11], s[12])
+	minute, ok6 := digits2(s[14], s[15])
+	second, ok7 := digits2(s[17], s[18])
+	year := y1*100 + y2
+	if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6 && ok7) || month < 1 || month > 12 || day < 1 || day > daysIn(month, year) || hour > 23 || minute > 59 || second > 59 {
 		return 0, 0, false
 	}
 	rest := s[19:]
 	if len(rest) >= 2 && rest[0] == '.' {
 		n := 1
 		for n < len(rest) && rest[n] >= '0' && rest[n] <= '9' {
+			nsec = nsec*10 + int64(rest[n]-'0')
 			n++
 		}
 		if n == 1 || n > 10 {
 			return 0, 0, false
 		}
-		nsec = num(20, n-1)
 		for range 10 - n {
 			nsec *= 10
 		}
@@ -160,9 +158,9 @@ func parseRFC3339(s string) (sec, nsec int64, ok bool) {
 	switch {
 	case rest == "Z":
 	case len(rest) == 6 && (rest[0] == '+' || rest[0] == '-') && rest[3] == ':':
-		at := len(s) - 5
-		oh, om := num(at, 2), num(at+3, 2)
-		if !ok || oh > 23 || om > 59 {
+		oh, okh := digits2(rest[1], rest[2])
+		om, okm := digits2(rest[4], rest[5])
+		if !okh || !okm || oh > 23 || om > 59 {
 			return 0, 0, false
 		}
 		offset = (oh*60 + om) * 60
@@ -173,6 +171,12 @@ func parseRFC3339(s string) (sec, nsec int64, ok bool) {
 		return 0, 0, false
 	}
 	return daysFromCivil(year, month, day)*86400 + hour*3600 + minute*60 + second - offset, nsec, true
+}
+
+// digits2 is the value of two decimal digits, and whether they are.
+func digits2(a, b byte) (int64, bool) {
+	a, b = a-'0', b-'0' // a byte below '0' wraps past 9
+	return int64(a)*10 + int64(b), a <= 9 && b <= 9
 }
 
 // daysIn is the number of days of a month of the proleptic Gregorian calendar.
