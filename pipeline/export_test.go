@@ -16,3 +16,11 @@ func SetSplitBytes(t testing.TB, n int64) {
 	splitBytes = n
 	t.Cleanup(func() { splitBytes = old })
 }
+
+// SetGroupSpillsFrom sets the input size from which a run groups its
+// spills (0: always, math.MaxInt64: never) until t ends.
+func SetGroupSpillsFrom(t testing.TB, n int64) {
+	old := groupSpillsFrom
+	groupSpillsFrom = n
+	t.Cleanup(func() { groupSpillsFrom = old })
+}

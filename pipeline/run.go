@@ -10,6 +10,7 @@ import (
 	"hash/maphash"
 	"io/fs"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -192,6 +193,9 @@ type run struct {
 	// stages, read by the join), and the join's holders and snapshot lines,
 	// in buckets (see join).
 	events, users, ids, snap *spill
+	// groupSpills is set when they keep their partitions in groups of
+	// files (see spill.group and groupSpillsFrom).
+	groupSpills bool
 	// What the write stage reads: the run's own ids and snap, or every
 	// shard's (Commit).
 	idSrc, snapSrc []*spill
@@ -215,7 +219,27 @@ type run struct {
 func newRun(cfg Config) *run {
 	r := &run{cfg: cfg, t0: time.Now(), m: newManifest(&cfg), guard: newLeakGuard(guardSalt(&cfg), ""), seed: maphash.MakeSeed()}
 	r.guard.durable = cfg.Shard.Count > 0
+	r.groupSpills = inputBytes(cfg.Source)/int64(max(cfg.Shard.Count, 1)) >= groupSpillsFrom
 	return r
+}
+
+// inputBytes is the size of a file source's two files; for any other
+// source, or when a file cannot be read (the run reports it), the largest
+// size there is.
+func inputBytes(src Source) int64 {
+	fs, ok := src.(FileSource)
+	if !ok {
+		return math.MaxInt64
+	}
+	n := int64(0)
+	for _, p := range []string{fs.Users, fs.Consent} {
+		st, err := os.Stat(p)
+		if err != nil {
+			return math.MaxInt64
+		}
+		n += st.Size()
+	}
+	return n
 }
 
 // closeSpills closes every spill file (they live in staging, which goes).

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io/fs"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -274,9 +275,10 @@ func TestShardCommitRefusesMismatch(t *testing.T) {
 }
 
 // TestParallelIngestIdentical: inputs cut into hundreds of small blocks and
-// read by eight workers publish byte for byte what one worker reading one
-// block at a time publishes, with the same evidence, rejects and record;
-// and so do Parquet inputs, cut into batches by rowBatcher.
+// read by eight workers, spilled in groups of files, publish byte for byte
+// what one worker reading one block at a time without groups publishes,
+// with the same evidence, rejects and record; and so do Parquet inputs,
+// cut into batches by rowBatcher.
 func TestParallelIngestIdentical(t *testing.T) {
 	for _, format := range []string{"csv", "parquet"} {
 		t.Run(format, func(t *testing.T) { testParallelIngest(t, format) })
@@ -286,9 +288,10 @@ func TestParallelIngestIdentical(t *testing.T) {
 func testParallelIngest(t *testing.T, format string) {
 	dir, st := shardFixtures(t, fixtures.Options{Users: 20000, Seed: 7, Format: format})
 	ctx := context.Background()
-	run := func(name string, workers, block int, split int64) (map[string][]byte, map[string][]byte, string) {
+	run := func(name string, workers, block int, split, group int64) (map[string][]byte, map[string][]byte, string) {
 		pipeline.SetCSVBlockSize(t, block)
 		pipeline.SetSplitBytes(t, split)
+		pipeline.SetGroupSpillsFrom(t, group)
 		cfg := shardConfig(t, filepath.Join(dir, name), st)
 		cfg.Workers = workers
 		res, err := pipeline.Run(ctx, cfg)
@@ -297,13 +300,14 @@ func testParallelIngest(t *testing.T, format string) {
 		}
 		return filesUnder(t, res.PublishedDir), privateFiles(t, cfg.State, res.Manifest.RunID), committedRecord(t, cfg.State, cfg.Out)
 	}
-	wantPub, wantPriv, wantRec := run("one", 1, 64<<20, 64<<20)
+	wantPub, wantPriv, wantRec := run("one", 1, 64<<20, 64<<20, math.MaxInt64)
 	if format == "csv" && len(wantPriv["rejects.csv"]) < 200 {
 		t.Fatalf("the fixtures have too few rejects to check their order")
 	}
-	// Many workers, small CSV blocks, and every join partition, bucket of
-	// holders and bucket of snapshot lines split in sub-partitions.
-	gotPub, gotPriv, gotRec := run("many", 8, 4096, 1)
+	// Many workers, small CSV blocks, spills in groups of files, and every
+	// join partition, bucket of holders and bucket of snapshot lines split
+	// in sub-partitions.
+	gotPub, gotPriv, gotRec := run("many", 8, 4096, 1, 0)
 	sameFiles(t, "published", gotPub, wantPub)
 	sameFiles(t, "private", gotPriv, wantPriv)
 	if gotRec != wantRec {
