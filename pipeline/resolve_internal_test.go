@@ -583,6 +583,9 @@ func TestRunFreesSpillGroups(t *testing.T) {
 		}
 		return nil
 	}
+	// Grouped whatever the size of the inputs.
+	defer func(old int64) { groupSpillsFrom = old }(groupSpillsFrom)
+	groupSpillsFrom = 0
 	// At 1 KiB most join partitions (about 1.4 KB of events and users) and
 	// every bucket of holders (4-5 KB) and of snapshot lines (2.5 KB) are
 	// split first, and read from their splits.
@@ -627,3 +630,41 @@ func runFreesSpillGroups(t *testing.T, cfg Config, left func(string, *spill) err
 		t.Fatalf("stages checked %v, %d ids published", checked, res.Manifest.TotalRows)
 	}
 }
+
+// TestGroupSpillsFromInputSize: a run groups its spills when its input
+// files, over its shards, reach groupSpillsFrom, or when its source is not
+// files (their size unknown), and not otherwise.
+func TestGroupSpillsFromInputSize(t *testing.T) {
+	dir := t.TempDir()
+	users, events := filepath.Join(dir, "users.csv"), filepath.Join(dir, "events.csv")
+	if err := os.WriteFile(users, make([]byte, 600), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(events, make([]byte, 400), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	defer func(old int64) { groupSpillsFrom = old }(groupSpillsFrom)
+	files := FileSource{Users: users, Consent: events}
+	for _, c := range []struct {
+		from   int64
+		src    Source
+		shards int
+		want   bool
+	}{
+		{1000, files, 0, true},
+		{1001, files, 0, false},
+		{500, files, 2, true},
+		{501, files, 2, false},
+		{1 << 40, FileSource{Users: users, Consent: filepath.Join(dir, "missing.csv")}, 0, true},
+		{1 << 40, otherSource{}, 0, true},
+	} {
+		groupSpillsFrom = c.from
+		r := newRun(Config{Source: c.src, Shard: Shard{Count: c.shards}})
+		if r.groupSpills != c.want {
+			t.Errorf("%T over %d shards, grouped from %d bytes: grouped %v, want %v", c.src, c.shards, c.from, r.groupSpills, c.want)
+		}
+	}
+}
+
+// otherSource stands for a database: a Source that is not files.
+type otherSource struct{ FileSource }
