@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
+	"math/bits"
 	"strings"
 	"sync"
 	"unsafe"
@@ -328,11 +330,8 @@ func splitCSV(text string, fields []string) ([]string, error) {
 			}
 			fields = append(fields, field)
 		} else {
-			end := len(text)
-			if j := strings.IndexByte(text[i:], ','); j >= 0 {
-				end = i + j
-			}
-			if strings.IndexByte(text[i:end], '"') >= 0 {
+			end := commaOrQuote(text, i)
+			if end < len(text) && text[end] == '"' {
 				return nil, errRecord
 			}
 			fields = append(fields, text[i:end])
@@ -346,6 +345,28 @@ func splitCSV(text string, fields []string) ([]string, error) {
 			return append(fields, ""), nil
 		}
 	}
+}
+
+// commaOrQuote is the index of the first ',' or '"' in text from i on, or
+// len(text). Fields are short: two IndexByte calls a field (a comma, then
+// a stray quote) cost more than the bytes, so it looks at 8 bytes a step,
+// for both at once (the bytes equal to c are the zero bytes of x^c: the
+// lowest zero byte's flag is exact, the borrow only spoiling those above).
+func commaOrQuote(text string, i int) int {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	for ; i+8 <= len(text); i += 8 {
+		x := binary.LittleEndian.Uint64([]byte(text[i : i+8]))
+		c, q := x^(','*ones), x^('"'*ones)
+		if m := ((c-ones)&^c | (q-ones)&^q) & highs; m != 0 {
+			return i + bits.TrailingZeros64(m)/8
+		}
+	}
+	for ; i < len(text); i++ {
+		if text[i] == ',' || text[i] == '"' {
+			return i
+		}
+	}
+	return i
 }
 
 // Next returns the rows one at a time, in order.
