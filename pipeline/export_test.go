@@ -24,3 +24,11 @@ func SetGroupSpillsFrom(t testing.TB, n int64) {
 	groupSpillsFrom = n
 	t.Cleanup(func() { groupSpillsFrom = old })
 }
+
+// SetEvidenceBatch sets the most evidence rows handed to one Write (a
+// multiple of 64) until t ends.
+func SetEvidenceBatch(t testing.TB, n int) {
+	old := evidenceBatch
+	evidenceBatch = n
+	t.Cleanup(func() { evidenceBatch = old })
+}

@@ -288,10 +288,11 @@ func TestParallelIngestIdentical(t *testing.T) {
 func testParallelIngest(t *testing.T, format string) {
 	dir, st := shardFixtures(t, fixtures.Options{Users: 20000, Seed: 7, Format: format})
 	ctx := context.Background()
-	run := func(name string, workers, block int, split, group int64) (map[string][]byte, map[string][]byte, string) {
+	run := func(name string, workers, block int, split, group int64, evidenceBatch int) (map[string][]byte, map[string][]byte, string) {
 		pipeline.SetCSVBlockSize(t, block)
 		pipeline.SetSplitBytes(t, split)
 		pipeline.SetGroupSpillsFrom(t, group)
+		pipeline.SetEvidenceBatch(t, evidenceBatch)
 		cfg := shardConfig(t, filepath.Join(dir, name), st)
 		cfg.Workers = workers
 		res, err := pipeline.Run(ctx, cfg)
@@ -300,14 +301,14 @@ func testParallelIngest(t *testing.T, format string) {
 		}
 		return filesUnder(t, res.PublishedDir), privateFiles(t, cfg.State, res.Manifest.RunID), committedRecord(t, cfg.State, cfg.Out)
 	}
-	wantPub, wantPriv, wantRec := run("one", 1, 64<<20, 64<<20, math.MaxInt64)
+	wantPub, wantPriv, wantRec := run("one", 1, 64<<20, 64<<20, math.MaxInt64, 64<<10)
 	if format == "csv" && len(wantPriv["rejects.csv"]) < 200 {
 		t.Fatalf("the fixtures have too few rejects to check their order")
 	}
-	// Many workers, small CSV blocks, spills in groups of files, and every
-	// join partition, bucket of holders and bucket of snapshot lines split
-	// in sub-partitions.
-	gotPub, gotPriv, gotRec := run("many", 8, 4096, 1, 0)
+	// Many workers, small CSV blocks, spills in groups of files, every join
+	// partition, bucket of holders and bucket of snapshot lines split in
+	// sub-partitions, and the evidence written 128 rows at most at a time.
+	gotPub, gotPriv, gotRec := run("many", 8, 4096, 1, 0, 128)
 	sameFiles(t, "published", gotPub, wantPub)
 	sameFiles(t, "private", gotPriv, wantPriv)
 	if gotRec != wantRec {
