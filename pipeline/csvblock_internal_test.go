@@ -3,6 +3,7 @@ package pipeline
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -169,11 +170,18 @@ func TestCSVCloseEarly(t *testing.T) {
 	}
 }
 
-// BenchmarkSplitCSV is the split of the fixtures' lines into fields: a
-// consent event (7 fields) and a user row (3).
+// BenchmarkSplitCSV is the split of the fixtures' lines into fields:
+// 10k lines an op (so that scripts/bench.sh's -benchtime 3x means
+// something), consent events (7 fields) and user rows (3) in turn.
 func BenchmarkSplitCSV(b *testing.B) {
-	lines := []string{"ev-1,acct-zbh251,ads_matching,grant,2026-07-23T21:51:22+05:30,3,app_settings",
-		"acct-277utvq,+31 6 12107853,NL"}
+	lines := make([]string, 10000)
+	for i := range lines {
+		if i%2 == 0 {
+			lines[i] = fmt.Sprintf("ev-%d,acct-%06x,ads_matching,grant,2026-07-23T21:51:22+05:30,3,app_settings", i, i*7919)
+		} else {
+			lines[i] = fmt.Sprintf("acct-%06x,+31 6 %08d,NL", i*7919, i*104729%100000000)
+		}
+	}
 	var fields []string
 	for b.Loop() {
 		for _, l := range lines {
