@@ -396,27 +396,26 @@ func runRun(cmd *cobra.Command, o *RunOptions, g *globalOptions, run func(contex
 	if cfg.Source != nil {
 		defer cfg.Source.Close()
 	}
-	if o.CPUProfile != "" {
-		f, err := os.Create(o.CPUProfile)
+	for _, p := range []struct {
+		path, flag string
+		start      func(io.Writer) error
+		stop       func()
+	}{
+		{o.CPUProfile, "--cpu-profile", pprof.StartCPUProfile, pprof.StopCPUProfile},
+		{o.Trace, "--trace", trace.Start, trace.Stop},
+	} {
+		if p.path == "" {
+			continue
+		}
+		f, err := os.Create(p.path)
 		if err != nil {
-			return fmt.Errorf("%w: --cpu-profile: %w", pipeline.ErrUsage, err)
+			return fmt.Errorf("%w: %s: %w", pipeline.ErrUsage, p.flag, err)
 		}
 		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
+		if err := p.start(f); err != nil {
 			return err
 		}
-		defer pprof.StopCPUProfile()
-	}
-	if o.Trace != "" {
-		f, err := os.Create(o.Trace)
-		if err != nil {
-			return fmt.Errorf("%w: --trace: %w", pipeline.ErrUsage, err)
-		}
-		defer f.Close()
-		if err := trace.Start(f); err != nil {
-			return err
-		}
-		defer trace.Stop()
+		defer p.stop()
 	}
 	if o.MemProfile != "" {
 		f, err := os.Create(o.MemProfile)
