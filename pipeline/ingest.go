@@ -72,9 +72,7 @@ func (r *run) readConsent(ctx context.Context) error {
 	if r.events, err = newSpill(filepath.Join(r.staging, "events.spill"), spillParts, false); err != nil {
 		return err
 	}
-	if r.groupSpills {
-		r.events.group(r.cfg.Workers)
-	}
+	r.group(r.events)
 	rules, sh := r.cfg.Rules, r.cfg.Shard
 	workers := make([]eventWorker, r.cfg.Workers)
 	for i := range workers {
@@ -186,9 +184,7 @@ func (r *run) readUsers(ctx context.Context) error {
 	if r.users, err = newSpill(filepath.Join(r.staging, "users.spill"), spillParts, false); err != nil {
 		return err
 	}
-	if r.groupSpills {
-		r.users.group(r.cfg.Workers)
-	}
+	r.group(r.users)
 	sh := r.cfg.Shard
 	workers := make([]userWorker, r.cfg.Workers)
 	for i := range workers {
@@ -273,10 +269,8 @@ func (r *run) join(ctx context.Context) error {
 	if r.snap, err = newSpill(filepath.Join(r.staging, "snapshot.spill"), bucketParts, keep); err != nil {
 		return err
 	}
-	if r.groupSpills {
-		r.ids.group(r.cfg.Workers) // unless kept (digested): the commit reads a shard's
-		r.snap.group(r.cfg.Workers)
-	}
+	r.group(r.ids) // unless kept (digested): the commit reads a shard's
+	r.group(r.snap)
 	bucket := newIDBucketer(r.cfg.Scheme, bucketParts)
 	workers := make([]joinWorker, r.cfg.Workers)
 	var next atomic.Int64

@@ -656,6 +656,7 @@ func TestGroupSpillsFromInputSize(t *testing.T) {
 		{500, files, 2, true},
 		{501, files, 2, false},
 		{1 << 40, FileSource{Users: users, Consent: filepath.Join(dir, "missing.csv")}, 0, true},
+		{0, otherSource{}, 0, true},
 		{1 << 40, otherSource{}, 0, true},
 	} {
 		groupSpillsFrom = c.from

@@ -10,7 +10,6 @@ import (
 	"hash/maphash"
 	"io/fs"
 	"log/slog"
-	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -219,27 +218,36 @@ type run struct {
 func newRun(cfg Config) *run {
 	r := &run{cfg: cfg, t0: time.Now(), m: newManifest(&cfg), guard: newLeakGuard(guardSalt(&cfg), ""), seed: maphash.MakeSeed()}
 	r.guard.durable = cfg.Shard.Count > 0
-	r.groupSpills = inputBytes(cfg.Source)/int64(max(cfg.Shard.Count, 1)) >= groupSpillsFrom
+	n, known := InputSize(cfg.Source)
+	r.groupSpills = !known || n/int64(max(cfg.Shard.Count, 1)) >= groupSpillsFrom
 	return r
 }
 
-// inputBytes is the size of a file source's two files; for any other
-// source, or when a file cannot be read (the run reports it), the largest
-// size there is.
-func inputBytes(src Source) int64 {
+// InputSize is the size of a file source's two files. It is not known
+// (false) for any other source, nor when a file cannot be read (the run
+// reports that).
+func InputSize(src Source) (int64, bool) {
 	fs, ok := src.(FileSource)
 	if !ok {
-		return math.MaxInt64
+		return 0, false
 	}
 	n := int64(0)
 	for _, p := range []string{fs.Users, fs.Consent} {
 		st, err := os.Stat(p)
 		if err != nil {
-			return math.MaxInt64
+			return 0, false
 		}
 		n += st.Size()
 	}
-	return n
+	return n, true
+}
+
+// group has s keep its partitions in groups of files if the run groups
+// its spills (see groupSpillsFrom).
+func (r *run) group(s *spill) {
+	if r.groupSpills {
+		s.group(r.cfg.Workers)
+	}
 }
 
 // closeSpills closes every spill file (they live in staging, which goes).

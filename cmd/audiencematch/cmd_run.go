@@ -83,13 +83,9 @@ func (o *RunOptions) pretouchBytes(shards int) int64 {
 	if o.commit || o.Source != "" {
 		return 0
 	}
-	var in int64
-	for _, p := range []string{o.Users, o.Consent} {
-		st, err := os.Stat(p)
-		if err != nil {
-			return 0 // the run reports the missing input
-		}
-		in += st.Size()
+	in, known := pipeline.InputSize(pipeline.FileSource{Users: o.Users, Consent: o.Consent})
+	if !known {
+		return 0 // the run reports the missing input
 	}
 	return min(int64(defaultPretouchMiB)<<20, in/int64(max(shards, 1)))
 }
@@ -113,8 +109,9 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 	f.StringVar(&o.CPUProfile, "cpu-profile", "", "write a Go CPU profile of the run here (for performance work)")
 	_ = f.MarkHidden("cpu-profile")
 	f.StringVar(&o.MemProfile, "mem-profile", "", "write a Go allocation profile of the run here (for performance work)")
-	f.StringVar(&o.Trace, "trace", "", "write a Go execution trace of the run here, for go tool trace (for performance work: where cores sit idle)")
 	_ = f.MarkHidden("mem-profile")
+	f.StringVar(&o.Trace, "trace", "", "write a Go execution trace of the run here, for go tool trace (for performance work: where cores sit idle)")
+	_ = f.MarkHidden("trace")
 	f.Int64Var(&o.PretouchMiB, "pretouch-mib", -1, "populate this much heap memory up front, in one system call, for the run to reuse: on virtual machines where every first touch of a page faults expensively, the run is faster; 0 turns it off (default: the size of the input files, over the shards, at most 128; none for --source and commit)")
 	f.StringVar(&o.MetricsFile, "metrics-file", "", "write Prometheus text-format metrics here, atomically (node_exporter's textfile collector)")
 	f.StringVar(&o.Destination, "destination", "", "destination id, e.g. meta-ads: names the output directory and the derived key (required)")
