@@ -208,10 +208,18 @@ type callingCode struct {
 
 // region is the supported region r's metadata, or nil.
 func (t *tables) region(r string) *meta {
-	if len(r) != 2 || r[0] < 'A' || r[0] > 'Z' || r[1] < 'A' || r[1] > 'Z' {
-		return nil
+	if i, ok := regionIndex(r); ok {
+		return t.byRegion[i]
 	}
-	return t.byRegion[int(r[0]-'A')*26+int(r[1]-'A')]
+	return nil
+}
+
+// regionIndex is a two-capital-letter region code's place in byRegion.
+func regionIndex(r string) (int, bool) {
+	if len(r) != 2 || r[0] < 'A' || r[0] > 'Z' || r[1] < 'A' || r[1] > 'Z' {
+		return 0, false
+	}
+	return int(r[0]-'A')*26 + int(r[1]-'A'), true
 }
 
 var (
@@ -278,11 +286,12 @@ func build() *tables {
 		}
 	}
 	for r, m := range t.regions {
-		if len(r) != 2 || r[0] < 'A' || r[0] > 'Z' || r[1] < 'A' || r[1] > 'Z' {
+		i, ok := regionIndex(r)
+		if !ok {
 			t.err = fmt.Errorf("region code %q is not two capital letters", r)
 			return t
 		}
-		t.byRegion[int(r[0]-'A')*26+int(r[1]-'A')] = m
+		t.byRegion[i] = m
 	}
 	for cc := range t.byCC {
 		c := &t.byCC[cc]
