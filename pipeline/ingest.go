@@ -455,6 +455,7 @@ type userIndex struct {
 	nums  []int32  // by slot: the user's number
 	shift uint     // 64 - log2(len(keys))
 	ids   []string // by number
+	slots []int32  // by number: the user's slot, or -1 (in clash)
 	clash map[string]int32
 }
 
@@ -468,10 +469,23 @@ func newUserIndex() userIndex {
 		shift: uint(64 - bits.TrailingZeros(userIndexSlots)), clash: map[string]int32{}}
 }
 
+// reset empties the index for the next partition. The table stays as
+// large as the largest partition made it, so a small partition after a
+// large one (one just under splitBytes, then the sub-partitions of a split
+// one: 500k users, then 500 a sub-partition, a thousand times) empties
+// only the slots it filled rather than the whole table.
 func (x *userIndex) reset() {
-	clear(x.keys)
+	if 8*len(x.slots) < len(x.keys) {
+		for _, i := range x.slots {
+			if i >= 0 {
+				x.keys[i] = 0
+			}
+		}
+	} else {
+		clear(x.keys)
+	}
 	clear(x.clash)
-	x.ids = x.ids[:0]
+	x.ids, x.slots = x.ids[:0], x.slots[:0]
 }
 
 // slot is where hash h is, or the empty slot where it would go.
@@ -510,8 +524,10 @@ func (x *userIndex) add(h uint64, id string) int32 {
 	}
 	if i, taken := x.slot(h); taken {
 		x.clash[id] = k
+		x.slots = append(x.slots, -1)
 	} else {
 		x.keys[i], x.nums[i] = h|1, k
+		x.slots = append(x.slots, int32(i))
 	}
 	return k
 }
@@ -525,6 +541,7 @@ func (x *userIndex) grow() {
 		if key != 0 {
 			j, _ := x.slot(key) // key (h|1) has h's top bits
 			x.keys[j], x.nums[j] = key, nums[i]
+			x.slots[nums[i]] = int32(j)
 		}
 	}
 }

@@ -228,7 +228,9 @@ func TestStrArena(t *testing.T) {
 }
 
 // TestUserIndex: users are numbered in order of addition and found again,
-// also when their hashes clash (here, all of them or every other one).
+// also when their hashes clash (here, all of them or every other one), and
+// a partition's users are gone after a reset, whether the next partition
+// is as large (the whole table emptied) or much smaller (only its slots).
 func TestUserIndex(t *testing.T) {
 	for _, hash := range []func(i int) uint64{
 		func(i int) uint64 { return uint64(i) * 0x9e3779b97f4a7c15 },
@@ -236,9 +238,18 @@ func TestUserIndex(t *testing.T) {
 		func(i int) uint64 { return uint64(i / 2) },
 	} {
 		x := newUserIndex()
-		for round := range 2 {
+		sizes := []int{1000, 1000, 20000, 10, 10, 3000}
+		for round, n := range sizes {
 			x.reset()
-			for i := range 1000 {
+			if slices.ContainsFunc(x.keys, func(k uint64) bool { return k != 0 }) {
+				t.Fatalf("round %d: slots still full after the reset", round)
+			}
+			for i := range sizes[max(round-1, 0)] {
+				if k, ok := x.get(hash(i), fmt.Sprintf("acct-%d-%d", round-1, i)); round > 0 && ok {
+					t.Fatalf("round %d: a user of round %d found after the reset (number %d)", round, round-1, k)
+				}
+			}
+			for i := range n {
 				id := fmt.Sprintf("acct-%d-%d", round, i)
 				if _, ok := x.get(hash(i), id); ok {
 					t.Fatalf("%s found before it was added", id)
@@ -247,7 +258,7 @@ func TestUserIndex(t *testing.T) {
 					t.Fatalf("%s numbered %d, want %d", id, k, i)
 				}
 			}
-			for i := range 1000 {
+			for i := range n {
 				id := fmt.Sprintf("acct-%d-%d", round, i)
 				if k, ok := x.get(hash(i), id); !ok || k != int32(i) {
 					t.Fatalf("%s: got %d, %v, want %d", id, k, ok, i)
