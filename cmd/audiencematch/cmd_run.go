@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"runtime/pprof"
 	"runtime/trace"
 	"sort"
@@ -55,6 +57,7 @@ type RunOptions struct {
 	MemProfile       string
 	Trace            string
 	PretouchMiB      int64
+	MemoryLimitMiB   int64
 	Shard            string
 	Shards           int
 	LockWait         time.Duration
@@ -68,6 +71,12 @@ type RunOptions struct {
 const (
 	maxPretouchMiB     = 4096
 	defaultPretouchMiB = 128
+	// defaultMemoryLimitMiB is --memory-limit-mib's default. A run's live
+	// heap grows with its buckets of holders up to about 100M users (where
+	// they are split), about 600 MB there; the collector lets the heap
+	// reach twice the live heap, so a 100M-user run peaked at 1.14 GiB
+	// (4 December). Below 1 GiB with room for the runtime and the binary.
+	defaultMemoryLimitMiB = 896
 )
 
 // pretouchBytes is --pretouch-mib in bytes. Unset (-1), it is the input
@@ -113,6 +122,7 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 	f.StringVar(&o.Trace, "trace", "", "write a Go execution trace of the run here, for go tool trace (for performance work: where cores sit idle)")
 	_ = f.MarkHidden("trace")
 	f.Int64Var(&o.PretouchMiB, "pretouch-mib", -1, "populate this much heap memory up front, in one system call, for the run to reuse: on virtual machines where every first touch of a page faults expensively, the run is faster; 0 turns it off (default: the size of the input files, over the shards, at most 128; none for --source and commit)")
+	f.Int64Var(&o.MemoryLimitMiB, "memory-limit-mib", defaultMemoryLimitMiB, "soft limit on the run's memory (Go's runtime/debug.SetMemoryLimit): the garbage collector works harder as the heap nears it, so that a run stays under it while what it must hold fits; 0 turns it off; GOMEMLIMIT in the environment wins")
 	f.StringVar(&o.MetricsFile, "metrics-file", "", "write Prometheus text-format metrics here, atomically (node_exporter's textfile collector)")
 	f.StringVar(&o.Destination, "destination", "", "destination id, e.g. meta-ads: names the output directory and the derived key (required)")
 	f.StringVar(&o.Key, "key", "", "key file, mode 0600: the master key (hex, at least 32 bytes), or the destination's own key from `audiencematch keys derive`, which is all a machine exporting to one destination needs (default: $"+hashing.DestKeyEnv+" for a destination key, $"+hashing.KeyEnv+" for the master key, then STATE/keys/master.key)")
@@ -367,6 +377,12 @@ func runRun(cmd *cobra.Command, o *RunOptions, g *globalOptions, run func(contex
 	}
 	if o.PretouchMiB < -1 || o.PretouchMiB > maxPretouchMiB {
 		return fmt.Errorf("%w: --pretouch-mib %d is not between 0 and %d", pipeline.ErrUsage, o.PretouchMiB, maxPretouchMiB)
+	}
+	if o.MemoryLimitMiB < 0 || o.MemoryLimitMiB > math.MaxInt64>>20 {
+		return fmt.Errorf("%w: --memory-limit-mib %d is negative or too large", pipeline.ErrUsage, o.MemoryLimitMiB)
+	}
+	if o.MemoryLimitMiB > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(o.MemoryLimitMiB << 20)
 	}
 	start := time.Now()
 	var res *pipeline.Result
