@@ -52,9 +52,8 @@ func withGuardSizes(t *testing.T, fn func(t *testing.T)) {
 // smallGuardPasses makes the guard take an exact pass per group that has
 // hashes, and index as few raw bytes at once as it can, until t ends.
 func smallGuardPasses(t *testing.T) {
-	oldPass, oldRaw := guardPassBytes, guardRawBytes
-	guardPassBytes, guardRawBytes = 1, 1
-	t.Cleanup(func() { guardPassBytes, guardRawBytes = oldPass, oldRaw })
+	setUntilEnd(t, &guardPassBytes, 1)
+	setUntilEnd(t, &guardRawBytes, 1)
 }
 
 func testLeakGuard(t *testing.T) {

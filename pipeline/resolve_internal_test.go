@@ -407,8 +407,7 @@ func TestEachResolvedHeld(t *testing.T) {
 	// At 4 KiB some of the buckets (about 80 holders, 4 KiB each) split.
 	for _, split := range []int64{splitBytes, 4 << 10} {
 		t.Run(fmt.Sprintf("splitBytes=%d", split), func(t *testing.T) {
-			defer func(old int64) { splitBytes = old }(splitBytes)
-			splitBytes = split
+			SetSplitBytes(t, split)
 			// A slow reader checks each bucket, long after fn returned,
 			// against what fn saw, then releases it.
 			type held struct {
@@ -595,15 +594,13 @@ func TestRunFreesSpillGroups(t *testing.T) {
 		return nil
 	}
 	// Grouped whatever the size of the inputs.
-	defer func(old int64) { groupSpillsFrom = old }(groupSpillsFrom)
-	groupSpillsFrom = 0
+	SetGroupSpillsFrom(t, 0)
 	// At 1 KiB most join partitions (about 1.4 KB of events and users) and
 	// every bucket of holders (4-5 KB) and of snapshot lines (2.5 KB) are
 	// split first, and read from their splits.
 	for _, split := range []int64{splitBytes, 1 << 10} {
 		t.Run(fmt.Sprintf("splitBytes=%d", split), func(t *testing.T) {
-			defer func(old int64) { splitBytes = old }(splitBytes)
-			splitBytes = split
+			SetSplitBytes(t, split)
 			cfg.Out, cfg.State = filepath.Join(t.TempDir(), "out"), filepath.Join(t.TempDir(), "state")
 			cfg.Registry = TestRegistry(cfg.Out, "meta-ads", hashing.HMACSHA256)
 			runFreesSpillGroups(t, cfg, left)
@@ -654,7 +651,6 @@ func TestGroupSpillsFromInputSize(t *testing.T) {
 	if err := os.WriteFile(events, make([]byte, 400), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	defer func(old int64) { groupSpillsFrom = old }(groupSpillsFrom)
 	files := FileSource{Users: users, Consent: events}
 	for _, c := range []struct {
 		from   int64
@@ -670,7 +666,7 @@ func TestGroupSpillsFromInputSize(t *testing.T) {
 		{0, otherSource{}, 0, true},
 		{1 << 40, otherSource{}, 0, true},
 	} {
-		groupSpillsFrom = c.from
+		SetGroupSpillsFrom(t, c.from)
 		r := newRun(Config{Source: c.src, Shard: Shard{Count: c.shards}})
 		if r.groupSpills != c.want {
 			t.Errorf("%T over %d shards, grouped from %d bytes: grouped %v, want %v", c.src, c.shards, c.from, r.groupSpills, c.want)
