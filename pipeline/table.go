@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -103,7 +104,11 @@ func DetectFormat(path string) (Format, error) {
 	defer f.Close()
 	head := make([]byte, 4)
 	n, _ := io.ReadFull(f, head)
-	if n == 4 && bytes.Equal(head, []byte("PAR1")) {
+	return formatOf(path, head[:n])
+}
+
+func formatOf(path string, head []byte) (Format, error) {
+	if bytes.Equal(head, []byte("PAR1")) {
 		return FormatParquet, nil
 	}
 	if strings.EqualFold(filepath.Ext(path), ".parquet") {
@@ -113,22 +118,52 @@ func DetectFormat(path string) (Format, error) {
 }
 
 // OpenTable opens a CSV or Parquet table and checks that it has columns. A
-// missing column is an ErrConfig error that names it.
+// missing column is an ErrConfig error that names it. The file is opened
+// once and its format told from a peek at its first bytes, so a pipe or FIFO
+// (--users <(zcat users.csv.gz)) loses nothing to the detection; a Parquet
+// table must be a regular file, since Parquet is read from its footer.
 func OpenTable(path string, columns []string) (RowReader, error) {
-	format, err := DetectFormat(path)
-	if err != nil {
-		return nil, err
-	}
-	if format == FormatParquet {
-		return openParquetTable(path, columns, false)
-	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("open %q: %w: %w", path, ErrNoInput, err)
 	}
-	r, err := newCSVTable(f, columns)
+	st, err := f.Stat()
 	if err != nil {
 		f.Close()
+		return nil, fmt.Errorf("open %q: %w: %w", path, ErrNoInput, err)
+	}
+	if st.IsDir() {
+		f.Close()
+		return nil, fmt.Errorf("%w: %q is a directory: give the table's file", ErrNoInput, path)
+	}
+	br := bufio.NewReaderSize(f, 1<<16)
+	head, _ := br.Peek(4)
+	format, err := formatOf(path, head)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if format == FormatParquet {
+		if !st.Mode().IsRegular() {
+			f.Close()
+			return nil, fmt.Errorf("%w: %q is a Parquet stream from a pipe: Parquet is read from its footer, so write it to a file and give that", ErrNoInput, path)
+		}
+		f.Close()
+		return openParquetTable(path, columns, false)
+	}
+	var rc io.ReadCloser = f
+	if !st.Mode().IsRegular() {
+		rc = struct {
+			io.Reader
+			io.Closer
+		}{br, f}
+	} else if _, err := f.Seek(0, io.SeekStart); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open %q: %w: %w", path, ErrNoInput, err)
+	}
+	r, err := newCSVTable(rc, columns)
+	if err != nil {
+		rc.Close()
 		return nil, fmt.Errorf("%q: %w", path, err)
 	}
 	return r, nil

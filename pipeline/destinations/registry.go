@@ -16,6 +16,10 @@
 //	    delivery: /srv/exports          # a local directory, for now
 //	    retention_days: 90
 //	    key_file: /etc/audiencematch/meta-ads.key   # optional: this destination's own master key
+//	    max_drop_percent: 20            # optional: the drop guard's threshold (default 20)
+//
+// The file holds exactly one YAML document: a second one (after "---") is an
+// error rather than silently ignored, since it might hold a restriction.
 //
 // A run is refused, before it reads any user data, when its destination is
 // not in the registry, is a third party, is not registered for the run's
@@ -26,6 +30,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -61,6 +66,24 @@ type Destination struct {
 	Delivery      string   `yaml:"delivery" json:"delivery"`
 	RetentionDays int      `yaml:"retention_days" json:"retention_days"`
 	KeyFile       string   `yaml:"key_file,omitempty" json:"key_file,omitempty"`
+	// MaxDropPercent is the drop guard's threshold: a run whose snapshot is
+	// smaller than the previous one by more than this share publishes
+	// nothing unless the operator allows the drop. Nil: DefaultMaxDropPercent.
+	MaxDropPercent *float64 `yaml:"max_drop_percent,omitempty" json:"max_drop_percent,omitempty"`
+}
+
+// DefaultMaxDropPercent is the drop guard's threshold when the registry
+// sets none: a fifth of the audience gone in one night is far more than the
+// usual churn of withdrawals, and far more like a truncated input or a
+// mistyped cutoff.
+const DefaultMaxDropPercent = 20.0
+
+// MaxDrop is the drop guard's threshold as a fraction (0.2 for 20%).
+func (d *Destination) MaxDrop() float64 {
+	if d.MaxDropPercent == nil {
+		return DefaultMaxDropPercent / 100
+	}
+	return *d.MaxDropPercent / 100
 }
 
 // Registry is the parsed registry file.
@@ -90,6 +113,12 @@ func Load(path string) (*Registry, error) {
 	r := &Registry{Path: path}
 	if err := dec.Decode(r); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	var more yaml.Node
+	if err := dec.Decode(&more); err == nil {
+		return nil, fmt.Errorf("%s: more than one YAML document (a second one starts at line %d): put every destination in the first", path, more.Line)
+	} else if !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s: after the first document: %w", path, err)
 	}
 	if errs := r.Validate(); len(errs) > 0 {
 		return nil, fmt.Errorf("%s: %w", path, errors.Join(errs...))
@@ -134,6 +163,9 @@ func (r *Registry) Validate() []error {
 		}
 		if d.RetentionDays <= 0 {
 			bad("%s: retention_days must be positive", where)
+		}
+		if p := d.MaxDropPercent; p != nil && (*p < 0 || *p > 100) {
+			bad("%s: max_drop_percent %v must be between 0 and 100", where, *p)
 		}
 	}
 	return errs

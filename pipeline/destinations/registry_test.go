@@ -106,6 +106,11 @@ func TestValidate(t *testing.T) {
 		{strings.Replace(good, "purposes: [marketing_email]", "purposes: []", 1), "purposes are required"},
 		{strings.Replace(good, "audiencematch.destinations/v1", "v0", 1), "version"},
 		{strings.Replace(good, "allow_unkeyed: false", "allow_unkeyd: false", 1), "allow_unkeyd"},
+		{strings.Replace(good, "retention_days: 90", "retention_days: 90\n    max_drop_percent: 120", 1), "max_drop_percent 120"},
+		{strings.Replace(good, "retention_days: 90", "retention_days: 90\n    max_drop_percent: -1", 1), "max_drop_percent -1"},
+		// A second document might hold a restriction: it is never ignored.
+		{good + "---\nversion: audiencematch.destinations/v1\ndestinations: []\n", "more than one YAML document"},
+		{good + "---\nrelationship: parent\n", "more than one YAML document"},
 	}
 	for _, c := range cases {
 		if _, err := load(t, c.edit); err == nil || !strings.Contains(err.Error(), c.want) {
@@ -114,5 +119,18 @@ func TestValidate(t *testing.T) {
 	}
 	if _, err := Load(filepath.Join(t.TempDir(), "none.yaml")); err == nil {
 		t.Error("a missing registry loaded")
+	}
+}
+
+func TestMaxDrop(t *testing.T) {
+	r, err := load(t, strings.Replace(good, "retention_days: 30\n  - id: uid2-op", "retention_days: 30\n    max_drop_percent: 5\n  - id: uid2-op", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Lookup("meta-ads").MaxDrop(); got != DefaultMaxDropPercent/100 {
+		t.Errorf("meta-ads: max drop %v, want the default %v", got, DefaultMaxDropPercent/100)
+	}
+	if got := r.Lookup("google-cm").MaxDrop(); got != 0.05 {
+		t.Errorf("google-cm: max drop %v, want 0.05", got)
 	}
 }

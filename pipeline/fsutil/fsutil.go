@@ -98,22 +98,45 @@ func PublishDir(src, dst string) error {
 	return SyncDir(parent)
 }
 
+// CopyDir copies the tree under src into the existing directory dst: regular
+// files and directories (a published run holds adds/ and removes/), each
+// synced, directories with src's permissions. Anything else (a symlink, a
+// device) is refused: a run never writes one, so its presence means the
+// staging was tampered with.
 func CopyDir(src, dst string) error {
 	entries, err := os.ReadDir(src)
 	if err != nil {
 		return err
 	}
 	for _, e := range entries {
-		if !e.Type().IsRegular() {
-			return fmt.Errorf("copy %q: not a regular file", e.Name())
+		from, to := filepath.Join(src, e.Name()), filepath.Join(dst, e.Name())
+		switch {
+		case e.Type().IsRegular():
+			err = CopyFile(from, to)
+		case e.IsDir():
+			err = copySubdir(from, to)
+		default:
+			err = fmt.Errorf("copy %q: neither a regular file nor a directory", from)
 		}
-		if err := CopyFile(filepath.Join(src, e.Name()), filepath.Join(dst, e.Name())); err != nil {
+		if err != nil {
 			return err
 		}
 	}
 	return SyncDir(dst)
 }
 
+func copySubdir(src, dst string) error {
+	st, err := os.Stat(src)
+	if err != nil {
+		return err
+	}
+	if err := os.Mkdir(dst, st.Mode().Perm()); err != nil {
+		return err
+	}
+	return CopyDir(src, dst)
+}
+
+// CopyFile copies src to the new file dst (it must not exist) and syncs it.
 func CopyFile(src, dst string) error {
 	in, err := os.Open(src)
 	if err != nil {
