@@ -47,6 +47,13 @@ type Record struct {
 	Removes         []File   `json:"removes,omitempty"` // identifiers of the previous run no longer eligible
 	RemovesScheme   string   `json:"removes_scheme,omitempty"`
 	RemovesKeyID    string   `json:"removes_key_id,omitempty"`
+	// Backfill marks a run published for a cutoff earlier than the
+	// destination's latest committed one: it carries no adds or removes and
+	// is outside the delivery chain (previous_run_id never names it).
+	Backfill bool `json:"backfill,omitempty"`
+	// AllowDrop records that the operator allowed the run to shrink the
+	// audience past the drop guard's threshold, or to read empty input.
+	AllowDrop bool `json:"allow_drop,omitempty"`
 	Reason          string   `json:"reason,omitempty"` // why a run failed or was refused
 	Extra           []string `json:"extra,omitempty"`  // reserved; must be empty in v1
 }
@@ -164,6 +171,8 @@ func (r *Record) Validate() error {
 			return errors.New("run_committed record has a malformed tree")
 		case r.KeyID != "" && !isHex(r.KeyID, 16):
 			return errors.New("run_committed record has a malformed key_id")
+		case r.Backfill && (r.PreviousRunID != "" || len(r.Adds) != 0 || len(r.Removes) != 0):
+			return errors.New("run_committed record of a backfill names a previous run or deltas")
 		}
 		for _, f := range slices.Concat(r.Files, r.Adds, r.Removes) {
 			if !isHex(f.SHA256, 64) || f.Path == "" || f.Rows < 0 {
