@@ -94,6 +94,103 @@ func TestOrderIndependence(t *testing.T) {
 	}
 }
 
+// TestFailClosed: MATCHING.md section 2, "Fail closed (amendment 1)". A
+// malformed row whose user_id can be read makes the user's consent
+// unreadable, whatever the readable rows say, unless its purpose is
+// readable and another purpose.
+func TestFailClosed(t *testing.T) {
+	rules := Rules{AsOf: asOf, Purpose: "ads_matching", MinPolicyVersion: 3, MaxAge: 395 * 24 * time.Hour}
+	at := func(n int) string { return daysBefore(n).Format(time.RFC3339) }
+	// bad is a malformed row as ParseEvent leaves it: what it could read.
+	bad := func(id, user, purpose, action, occurredAt, policy string) Event {
+		t.Helper()
+		e, err := ParseEvent(id, user, purpose, action, occurredAt, policy, "support")
+		if err == nil {
+			t.Fatalf("row %q parses: the case needs a malformed one", id)
+		}
+		return e
+	}
+	grant := ev("g", Grant, daysBefore(10), 3)
+	cases := []struct {
+		name      string
+		events    []Event
+		malformed []Event
+		want      Status
+		effID     string
+	}{
+		{"unknown action after a grant", []Event{grant}, []Event{bad("m", "u", "ads_matching", "revoke", at(5), "3")}, ConsentUnreadable, ""},
+		{"unreadable timestamp", []Event{grant}, []Event{bad("m", "u", "ads_matching", "withdraw", "2026-10-01 12:00:00", "3")}, ConsentUnreadable, ""},
+		{"empty timestamp", []Event{grant}, []Event{bad("m", "u", "ads_matching", "withdraw", "", "3")}, ConsentUnreadable, ""},
+		{"unreadable policy version", []Event{grant}, []Event{bad("m", "u", "ads_matching", "withdraw", at(5), "3.0")}, ConsentUnreadable, ""},
+		{"empty event id", []Event{grant}, []Event{bad("", "u", "ads_matching", "withdraw", at(5), "3")}, ConsentUnreadable, ""},
+		{"older than the grant", []Event{grant}, []Event{bad("m", "u", "ads_matching", "revoke", at(300), "3")}, ConsentUnreadable, ""},
+		{"a later grant does not override it", []Event{grant, ev("g2", Grant, daysBefore(1), 4)}, []Event{bad("m", "u", "ads_matching", "revoke", at(5), "3")}, ConsentUnreadable, ""},
+		{"no readable event", nil, []Event{bad("m", "u", "ads_matching", "revoke", at(5), "3")}, ConsentUnreadable, ""},
+		{"timestamp readable and after as_of", []Event{grant}, []Event{bad("m", "u", "ads_matching", "revoke", asOf.Add(time.Hour).Format(time.RFC3339), "3")}, ConsentUnreadable, ""},
+		{"purpose unreadable (empty)", []Event{grant}, []Event{bad("m", "u", "", "revoke", at(5), "3")}, ConsentUnreadable, ""},
+		{"another readable purpose", []Event{grant}, []Event{bad("m", "u", "marketing_email", "revoke", at(5), "3")}, Valid, "g"},
+		{"purpose differs in case", []Event{grant}, []Event{bad("m", "u", "Ads_Matching", "revoke", at(5), "3")}, Valid, "g"},
+		{"user_id unreadable", []Event{grant}, []Event{bad("m", "", "ads_matching", "withdraw", at(5), "3")}, Valid, "g"},
+		{"already withdrawn", []Event{grant, ev("w", Withdraw, daysBefore(5), 3)}, []Event{bad("m", "u", "ads_matching", "grant", "yesterday", "3")}, ConsentUnreadable, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got, eff := rules.Evaluate(c.events, c.malformed...)
+			if got != c.want || eff.ID() != c.effID {
+				t.Fatalf("got %v (effective %q), want %v (%q)", got, eff.ID(), c.want, c.effID)
+			}
+			if eff.Unreadable && eff.InScope != int32(len(c.events)) {
+				t.Errorf("in scope %d: a malformed row counts as malformed, not in scope", eff.InScope)
+			}
+		})
+	}
+}
+
+func TestStatusNames(t *testing.T) {
+	var vectors = []struct {
+		s      Status
+		name   string
+		blocks bool
+	}{
+		{NoConsent, "no_consent", false},
+		{Valid, "valid", false},
+		{Withdrawn, "withdrawn", true},
+		{Expired, "expired", false},
+		{StalePolicy, "stale_policy", false},
+		{ConsentUnreadable, "consent_unreadable", true},
+	}
+	if len(vectors) != len(statusNames) {
+		t.Fatalf("%d statuses, %d tested", len(statusNames), len(vectors))
+	}
+	for _, v := range vectors {
+		if got := v.s.String(); got != v.name {
+			t.Errorf("got %q, want %q", got, v.name)
+		}
+		if got := v.s.Blocks(); got != v.blocks {
+			t.Errorf("%s.Blocks() = %v, want %v", v.name, got, v.blocks)
+		}
+	}
+}
+
+func TestFailsClosed(t *testing.T) {
+	rules := Rules{AsOf: asOf, Purpose: "ads_matching"}
+	var vectors = []struct {
+		user, purpose string
+		want          bool
+	}{
+		{"u", "ads_matching", true},
+		{"u", "", true},
+		{"u", "analytics", false},
+		{"", "ads_matching", false},
+		{"", "", false},
+	}
+	for _, v := range vectors {
+		if got := rules.FailsClosed(v.user, v.purpose); got != v.want {
+			t.Errorf("FailsClosed(%q, %q) = %v, want %v", v.user, v.purpose, got, v.want)
+		}
+	}
+}
+
 func TestParseEvent(t *testing.T) {
 	ok := []string{"e1", "u1", "ads_matching", "grant", "2026-10-01T12:00:00.123456789+02:00", "3", "app_settings"}
 	e, err := ParseEvent(ok[0], ok[1], ok[2], ok[3], ok[4], ok[5], ok[6])

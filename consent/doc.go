@@ -7,6 +7,14 @@
 // grant, its policy_version >= min_policy_version, and, when max_consent_age
 // is set, as_of - occurred_at <= max_consent_age. No events means no consent.
 //
+// Fail closed (amendment 1): a malformed row whose user_id can still be read
+// might be a withdrawal. Unless its purpose can be read and is another
+// purpose, its user is treated as if the effective event were a withdraw
+// and excluded as consent_unreadable (Rules.FailsClosed,
+// Effective.AddUnreadable), and a number any of whose holders is in that
+// state is not exported either (Status.Blocks). The row still counts as
+// malformed.
+//
 // What the contract leaves open is fixed here so that a decision never
 // depends on the order of the input rows:
 //
@@ -15,6 +23,9 @@
 //     the smaller event_id.
 //   - A grant that is both under an old policy and too old is reported as
 //     stale_policy: it was never valid for the current notice.
+//   - An empty purpose in a malformed row counts as unreadable, and a
+//     malformed row fails closed even when its occurred_at is readable and
+//     after as_of: the contract names no exception for either.
 //
 // Every event is counted in exactly one class, tested in this order:
 // malformed (it could not be parsed), other_purpose, after_cutoff,
