@@ -80,6 +80,7 @@ func (r *run) buildRecord(manifestSum string) (*audit.Record, error) {
 		Manifest:  &audit.File{Path: "manifest.json", SHA256: manifestSum},
 		IDs:       r.idTree, Evidence: r.evidenceTree,
 		PreviousRunID: m.PreviousRunID,
+		Backfill:      m.Backfill, AllowDrop: r.cfg.AllowDrop,
 	}
 	if abs, err := filepath.Abs(rec.Published); err == nil {
 		rec.Published = abs
@@ -164,10 +165,9 @@ func AppendEvent(cfg *Config, typ, reason string) error {
 	return l.Append(rec, cfg.AuditSigner, time.Now())
 }
 
+// oneLine makes an error message a record's reason: whatever bytes it holds
+// (it should hold none of an input's, but a record outlives any mistake),
+// the record is valid UTF-8 in canonical form, so every reader accepts it.
 func oneLine(s string) string {
-	s = strings.ReplaceAll(s, "\n", " ")
-	if len(s) > 1000 {
-		s = s[:1000] + "…"
-	}
-	return s
+	return audit.SanitizeReason(strings.TrimSpace(s))
 }

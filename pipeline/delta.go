@@ -6,7 +6,6 @@ import (
 	"io"
 	"io/fs"
 	"path/filepath"
-	"time"
 
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
@@ -23,27 +22,18 @@ type DeltaSet struct {
 	KeyID  string       `json:"key_id,omitempty"`
 }
 
-// previousRun is the last committed run of the destination, in log order,
-// whose cutoff is before this run's; nil for a first run.
+// previousRun is the run this run's deltas are computed against: the head
+// of the destination's delivery chain (chain.go), whatever its cutoff, since
+// it is what the platform holds. A backfill has none: it carries no deltas.
 func (r *run) previousRun() (*audit.Record, error) {
-	l, err := audit.Open(AuditDir(r.cfg.State))
+	if r.cfg.Backfill {
+		return nil, nil
+	}
+	l, err := openLog(r.cfg.State)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("%w: audit log: %w", ErrConfig, err)
+		return nil, err
 	}
-	var prev *audit.Record
-	for _, rec := range l.Records() {
-		if rec.Type != audit.TypeRunCommitted || rec.Destination != r.cfg.Destination {
-			continue
-		}
-		at, err := time.Parse(time.RFC3339Nano, rec.AsOf)
-		if err == nil && at.Before(r.cfg.Rules.AsOf) {
-			prev = rec
-		}
-	}
-	return prev, nil
+	return deltaBase(l, r.cfg.Destination), nil
 }
 
 // deltaMerge writes adds/ and removes/ beside the snapshot by merging the
@@ -141,6 +131,17 @@ type idIter interface {
 // against the record's identifier tree, so that removes still reach the
 // platform.
 func (r *run) previousIDs(prev *audit.Record, scheme hashing.Scheme) (idIter, error) {
+	it, fromEvidence, err := sentIDs(r.cfg.State, prev, scheme)
+	if fromEvidence {
+		r.cfg.Log.Info("previous run's output is gone; its identifiers for removes come from its evidence", "previous_run_id", prev.RunID)
+	}
+	return it, err
+}
+
+// sentIDs streams the identifiers of a committed run's snapshot, in order:
+// from its published files, checked against its record, or from its
+// evidence (fromEvidence) when the files are gone.
+func sentIDs(state string, prev *audit.Record, scheme hashing.Scheme) (it idIter, fromEvidence bool, err error) {
 	var paths []string
 	missing := false
 	for _, f := range prev.Files {
@@ -151,23 +152,22 @@ func (r *run) previousIDs(prev *audit.Record, scheme hashing.Scheme) (idIter, er
 			break
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%w: the previous run %s is needed for removes: %w", ErrNoInput, prev.RunID, err)
+			return nil, false, fmt.Errorf("%w: the previous run %s is needed for removes: %w", ErrNoInput, prev.RunID, err)
 		}
 		if sum != f.SHA256 {
-			return nil, fmt.Errorf("%w: previous run %s: %s does not match its audit record; run audit verify", ErrData, prev.RunID, p)
+			return nil, false, fmt.Errorf("%w: previous run %s: %s does not match its audit record; run audit verify", ErrData, prev.RunID, p)
 		}
 		paths = append(paths, p)
 	}
 	if !missing {
-		return &publishedIter{paths: paths, scheme: scheme}, nil
+		return &publishedIter{paths: paths, scheme: scheme}, false, nil
 	}
-	path := filepath.Join(r.cfg.State, "runs", prev.RunID, "evidence.parquet")
+	path := filepath.Join(state, "runs", prev.RunID, "evidence.parquet")
 	er, err := openEvidence(path)
 	if err != nil {
-		return nil, fmt.Errorf("%w: the previous run %s's output is gone and its evidence unreadable, so removes cannot be computed: %w", ErrNoInput, prev.RunID, err)
+		return nil, false, fmt.Errorf("%w: the previous run %s's output is gone and its evidence unreadable, so removes cannot be computed: %w", ErrNoInput, prev.RunID, err)
 	}
-	r.cfg.Log.Info("previous run's output is gone; its identifiers for removes come from its evidence", "previous_run_id", prev.RunID)
-	return &evidenceIter{r: er, path: path, prev: prev, scheme: scheme}, nil
+	return &evidenceIter{r: er, path: path, prev: prev, scheme: scheme}, true, nil
 }
 
 // evidenceIter streams the identifiers a previous run sent from its

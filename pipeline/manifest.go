@@ -50,6 +50,10 @@ type Manifest struct {
 	PreviousTotalRows int64     `json:"previous_total_rows,omitempty"`
 	Adds              *DeltaSet `json:"adds,omitempty"`
 	Removes           *DeltaSet `json:"removes,omitempty"`
+	// Backfill marks a run for a cutoff earlier than the destination's
+	// latest: a snapshot without deltas, not part of the delivery chain
+	// (consumers applying deltas skip it).
+	Backfill bool `json:"backfill,omitempty"`
 }
 
 // PolicyRules are the consent rules of the run.
@@ -112,6 +116,7 @@ func newManifest(c *Config) *Manifest {
 		Users:         UserCounts{Excluded: map[string]int64{}},
 		ConsentEvents: EventCounts{ByClass: map[string]int64{}},
 		Rejects:       RejectSummary{Users: map[string]int64{}, ConsentEvents: map[string]int64{}},
+		Backfill:      c.Backfill,
 	}
 	for _, r := range UserReasons {
 		m.Users.Excluded[r] = 0

@@ -508,6 +508,9 @@ func (r *run) finish() (*Result, error) {
 		return nil, fmt.Errorf("%w: malformed rows: %.2f%% of users, %.2f%% of consent events, over --max-reject-rate %.2f%%; nothing published; the rejected rows and their line numbers are in %s",
 			ErrData, 100*ur, 100*er, 100*r.cfg.MaxRejectRate, filepath.Join(failed, "rejects.csv"))
 	}
+	if err := r.checkDrop(); err != nil {
+		return nil, err
+	}
 	if err := fsutil.WriteFileDurable(filepath.Join(r.staging, "publish", "manifest.json"), body, 0o644); err != nil {
 		return nil, err
 	}

@@ -54,6 +54,14 @@ type Config struct {
 	// committed run (a run with the same inputs and settings is still
 	// recognised as published and not written twice).
 	Force bool
+	// Backfill publishes a run for a cutoff earlier than the destination's
+	// latest committed one: a snapshot without deltas, outside the delivery
+	// chain (see chain.go). Without it such a cutoff is refused.
+	Backfill bool
+	// AllowDrop lets a run publish though its snapshot shrinks past the
+	// registry's max_drop_percent against the previous run, or its input
+	// has no rows; the record says so.
+	AllowDrop bool
 	// Progress, when not nil, is updated as rows go by.
 	Progress *Progress
 	// Registry is the destination allowlist; required. A destination it does
@@ -67,6 +75,9 @@ type Config struct {
 	LockWait time.Duration
 	// commit is set by Commit, which reads shards rather than inputs.
 	commit bool
+	// maxDrop is the destination's drop guard threshold, a fraction, from
+	// the registry (authorize sets it).
+	maxDrop float64
 }
 
 // Output sizing defaults: a row group of 1Mi 32-byte ids is 32 MiB, a size
@@ -97,6 +108,10 @@ type StageTime struct {
 	Duration time.Duration
 }
 
+// maxClockSkew is how far in the future a cutoff may be, for clocks of
+// machines that share a state directory.
+const maxClockSkew = 5 * time.Minute
+
 var destinationRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
 
 // ValidDestination reports whether id is usable as a destination id (it
@@ -115,6 +130,13 @@ func (c *Config) check() error {
 		return fmt.Errorf("%w: --purpose is required", ErrUsage)
 	case c.Rules.AsOf.IsZero():
 		return fmt.Errorf("%w: as_of is not set", ErrUsage)
+	case c.Rules.AsOf.After(time.Now().Add(maxClockSkew)):
+		// Consent events after a future cutoff are not yet known, so the
+		// run would decide on a history that is still being written; a
+		// typo here (2030 for 2026) would otherwise withdraw nobody and
+		// publish a cutoff no later run could follow.
+		return fmt.Errorf("%w: --as-of %s is in the future: give a cutoff no later than now, as RFC 3339 (2026-11-01T00:00:00Z), or leave it out for the start of the run",
+			ErrUsage, c.Rules.AsOf.UTC().Format(time.RFC3339))
 	case c.MaxRejectRate < 0 || c.MaxRejectRate > 1:
 		return fmt.Errorf("%w: --max-reject-rate %v is not between 0 and 1", ErrUsage, c.MaxRejectRate)
 	}
@@ -313,14 +335,31 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 	} else if n > 0 {
 		cfg.Log.Info("removed the staging leftovers of an interrupted run", "entries", n)
 	}
+	healed, err := healUnrecorded(&cfg)
+	for _, id := range healed {
+		cfg.Log.Warn("recorded a run that was published but not recorded (interrupted before its audit record)", "run_id", id)
+	}
+	if err != nil {
+		return nil, err
+	}
 	if !cfg.Force {
 		if rec, err := committedOn(&cfg); err != nil || rec != nil {
 			return &Result{Skipped: rec}, err
 		}
 	}
+	l, err := openLog(cfg.State)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkCutoff(&cfg, deltaBase(l, cfg.Destination)); err != nil {
+		return nil, err
+	}
 	defer func() {
 		// Shards not yet complete are not a failed run: nothing was tried.
-		if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, ErrShardsIncomplete) {
+		// A run whose record is in the log is committed whatever failed
+		// after it (signing its checkpoint, which the next run completes):
+		// a run_failed beside its run_committed would contradict it.
+		if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, ErrShardsIncomplete) && !r.recorded() {
 			if aerr := AppendEvent(&r.cfg, "run_failed", err.Error()); aerr != nil {
 				err = fmt.Errorf("%w (and the failure could not be recorded in the audit log: %v)", err, aerr)
 			}
@@ -412,6 +451,7 @@ func authorize(cfg *Config, record bool) error {
 		}
 		return fmt.Errorf("%w: %w", ErrRejected, err)
 	}
+	cfg.maxDrop = d.MaxDrop()
 	if string(cfg.Scheme) != d.Scheme {
 		return fmt.Errorf("%w: scheme %s conflicts with the registry's %s for %q", ErrUsage, cfg.Scheme, d.Scheme, d.ID)
 	}

@@ -152,6 +152,15 @@ func RunShard(ctx context.Context, cfg Config) (res *Result, err error) {
 			return &Result{Skipped: rec}, err
 		}
 	}
+	// The commit applies the backfill rule again, under the run lock; a
+	// shard refuses early so that its work is not wasted.
+	l, err := openLog(cfg.State)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkCutoff(&cfg, deltaBase(l, cfg.Destination)); err != nil {
+		return nil, err
+	}
 	stale, _ := filepath.Glob(filepath.Join(set, ".tmp-"+name+"-*"))
 	for _, d := range stale {
 		if err := os.RemoveAll(d); err != nil {

@@ -43,13 +43,21 @@ func VerifyAudit(state string, verifier note.Verifier, trusted []byte) (*VerifyR
 	if err != nil {
 		return nil, err
 	}
+	heads := map[string]*audit.Record{} // each destination's delivery chain so far
 	for i, rec := range l.Records() {
 		if rec.Type != audit.TypeRunCommitted {
 			continue
 		}
 		rep.Committed++
-		if err := verifyRun(state, rec); err != nil {
+		err := verifyRun(state, rec)
+		if err == nil {
+			err = verifyDelivery(state, heads[rec.Destination], rec)
+		}
+		if err != nil {
 			return nil, fmt.Errorf("%w: audit verify: record %d, run %s (%s): %w", ErrData, i, rec.RunID, rec.Destination, err)
+		}
+		if !rec.Backfill {
+			heads[rec.Destination] = rec
 		}
 	}
 	return rep, nil

@@ -51,6 +51,8 @@ type RunOptions struct {
 	UsersQuery       string
 	ConsentQuery     string
 	Force            bool
+	Backfill         bool
+	AllowDrop        bool
 	Summary          bool
 	MetricsFile      string
 	CPUProfile       string
@@ -114,6 +116,8 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 	f.StringVar(&o.UsersQuery, "users-query", "", "with --source: a query returning user_id, phone, country (usually set in the config file)")
 	f.StringVar(&o.ConsentQuery, "consent-query", "", "with --source: a query returning the consent_events columns")
 	f.BoolVar(&o.Force, "force", false, "run even though a run for this destination and cutoff date is already committed")
+	f.BoolVar(&o.Backfill, "backfill", false, "publish a run for a cutoff earlier than the destination's latest committed one: a snapshot with no adds or removes, recorded as a backfill and outside the delivery chain (without it such a cutoff is refused)")
+	f.BoolVar(&o.AllowDrop, "allow-drop", false, "publish even though the snapshot shrinks past the registry's max_drop_percent (default 20%) against the previous run, or an input has no rows; recorded in the audit log")
 	f.BoolVar(&o.Summary, "summary", false, "print the reconciliation on stdout (default: only when stdout is a terminal; cron stays quiet)")
 	f.StringVar(&o.CPUProfile, "cpu-profile", "", "write a Go CPU profile of the run here (for performance work)")
 	_ = f.MarkHidden("cpu-profile")
@@ -304,7 +308,7 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 	}
 	cfg := pipeline.Config{
 		Users: o.Users, Consent: o.Consent, Destination: o.Destination, Scheme: scheme,
-		Out: out, State: o.State, Registry: registry, Force: o.Force,
+		Out: out, State: o.State, Registry: registry, Force: o.Force, Backfill: o.Backfill, AllowDrop: o.AllowDrop,
 		Rules:         consent.Rules{AsOf: asOf, Purpose: o.Purpose, MinPolicyVersion: o.MinPolicyVersion, MaxAge: maxAge},
 		MaxRejectRate: o.MaxRejectRate, Workers: o.Workers, RowsPerFile: o.RowsPerFile,
 		ToolVersion: Version, Log: log, LockWait: o.LockWait,

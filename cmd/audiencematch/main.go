@@ -32,6 +32,7 @@ const (
 	exitData        = 65
 	exitNoInput     = 66
 	exitUnavailable = 69
+	exitIOErr       = 74
 	exitTempFail    = 75
 	exitRefused     = 77
 	exitConfig      = 78
@@ -40,9 +41,13 @@ const (
 const exitCodesHelp = `Exit codes:
   0   success (also: this exact run was already published)
   64  usage: bad flag, unknown scheme, unkeyed scheme without --allow-unkeyed
-  65  bad data: malformed rows over --max-reject-rate; nothing published
+  65  bad data: malformed rows over --max-reject-rate, the drop guard (the snapshot
+      shrinks past max_drop_percent, or an input has no rows; see --allow-drop), or
+      published files that do not match the audit log; nothing published
   66  an input file is missing or unreadable
   69  a service is unavailable
+  74  I/O error: the disk is full, read-only or failing; free space or fix the mount
+      and run again (a run already recorded stays committed)
   75  temporary failure: retrying later may help
   77  destination refused: not in the registry, a third party, not registered for the
       purpose, or unkeyed without allow_unkeyed; nothing read, nothing written
@@ -54,6 +59,10 @@ func exitCode(err error) int {
 	switch {
 	case err == nil:
 		return exitOK
+	// A full or read-only disk is the machine's state, not a bug nor bad
+	// input: the operator frees space or fixes the mount and runs again.
+	case isIOErr(err):
+		return exitIOErr
 	case errors.Is(err, pipeline.ErrUsage):
 		return exitUsage
 	// A temporary failure first: a source's read error may arrive wrapped in
@@ -147,4 +156,14 @@ func main() {
 		fmt.Fprintf(os.Stderr, "audiencematch: %v\n", err)
 	}
 	os.Exit(exitCode(err))
+}
+
+// isIOErr reports whether err comes from a full, read-only or failing disk.
+func isIOErr(err error) bool {
+	for _, e := range []syscall.Errno{syscall.ENOSPC, syscall.EDQUOT, syscall.EROFS, syscall.EIO} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }

@@ -1,0 +1,416 @@
+package pipeline
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"audiencematch/consent/audit"
+	"audiencematch/hashing"
+)
+
+// The delivery chain of a destination is the sequence of its committed runs
+// that are not backfills, in the order of the audit log, which is the order
+// in which they were published. Its invariant:
+//
+//	applying every run's removes, then its adds, in chain order, to the
+//	first run's snapshot gives exactly the latest run's snapshot
+//
+// and every run's deltas are computed against what the platform actually
+// received: the chain's head (deltaBase). Three rules keep it:
+//
+//   - heal: before anything else, under the run lock, a published run
+//     directory that the log does not record (a crash between the publish
+//     and the record) is checked against its prepared record and recorded,
+//     so that the log order stays the delivery order (healUnrecorded);
+//   - backfill: a cutoff earlier than the head's is refused unless the
+//     operator asks for a backfill, which publishes a snapshot without
+//     deltas, is recorded as such, and never becomes the head (checkCutoff);
+//   - audit verify recomputes every run's deltas from its own and its
+//     predecessor's identifiers and checks previous_run_id against the log
+//     (verifyDelivery).
+
+// deltaBase is the head of the destination's delivery chain in l: its last
+// committed run, in log order, that is not a backfill; nil for none.
+func deltaBase(l *audit.Log, destination string) *audit.Record {
+	recs := l.Records()
+	for i := len(recs) - 1; i >= 0; i-- {
+		if rec := recs[i]; isChainRun(rec, destination) {
+			return rec
+		}
+	}
+	return nil
+}
+
+// isChainRun reports whether rec is a run of destination's delivery chain.
+func isChainRun(rec *audit.Record, destination string) bool {
+	return rec != nil && rec.Type == audit.TypeRunCommitted && rec.Destination == destination && !rec.Backfill
+}
+
+// openLog opens the audit log under state; a log not created yet is empty.
+func openLog(state string) (*audit.Log, error) {
+	l, err := audit.Open(AuditDir(state))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: audit log: %w", ErrConfig, err)
+	}
+	if l == nil {
+		l = &audit.Log{}
+	}
+	return l, nil
+}
+
+// checkCutoff applies the backfill rule: a run whose cutoff is earlier than
+// the chain head's would compute its deltas against a future the platform
+// has already received (a user who withdrew between the two would never be
+// removed), so it runs only as a backfill; and a backfill is only for such
+// a cutoff.
+func checkCutoff(cfg *Config, head *audit.Record) error {
+	if head == nil {
+		if cfg.Backfill {
+			return fmt.Errorf("%w: --backfill: %s has no committed run yet, so there is nothing to backfill behind; run without --backfill", ErrUsage, cfg.Destination)
+		}
+		return nil
+	}
+	headAt, err := time.Parse(time.RFC3339Nano, head.AsOf)
+	if err != nil {
+		return fmt.Errorf("%w: audit log: run %s has the cutoff %q", ErrConfig, head.RunID, head.AsOf)
+	}
+	earlier := cfg.Rules.AsOf.Before(headAt)
+	switch {
+	case earlier && !cfg.Backfill:
+		return fmt.Errorf("%w: --as-of %s is earlier than the cutoff %s of %s's latest committed run %s: its deltas would be computed against a state the platform has moved past; pass --backfill to publish a snapshot for that cutoff with no adds or removes, outside the delivery chain",
+			ErrUsage, cfg.Rules.AsOf.UTC().Format(time.RFC3339), head.AsOf, cfg.Destination, head.RunID)
+	case !earlier && cfg.Backfill:
+		return fmt.Errorf("%w: --backfill is for a cutoff earlier than %s's latest committed one (%s, run %s); --as-of %s is not: run without --backfill",
+			ErrUsage, cfg.Destination, head.AsOf, head.RunID, cfg.Rules.AsOf.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// unrecorded is a published run directory that the log does not record.
+type unrecorded struct {
+	dir string
+	rec *audit.Record
+}
+
+// healUnrecorded finds the destination's published run directories that the
+// audit log does not record (a run killed between its publish and its
+// record) and records each, from the record it prepared before publishing,
+// once its files are checked against it. It runs under the run lock, before
+// any delta is computed, so that the next run's deltas start from what the
+// platform holds. A directory that cannot be checked is refused, naming
+// it: it is never silently skipped, and never recorded unchecked.
+func healUnrecorded(cfg *Config) ([]string, error) {
+	if cfg.AuditSigner == nil {
+		return nil, nil
+	}
+	dirs, err := filepath.Glob(filepath.Join(cfg.Out, cfg.Destination, "dt=*", "run=*"))
+	if err != nil || len(dirs) == 0 {
+		return nil, err
+	}
+	l, err := audit.OpenForAppend(AuditDir(cfg.State))
+	if err != nil {
+		return nil, fmt.Errorf("%w: audit log: %w", ErrConfig, err)
+	}
+	var pending []unrecorded
+	for _, dir := range dirs {
+		runID := strings.TrimPrefix(filepath.Base(dir), "run=")
+		if l.Committed(runID) >= 0 {
+			continue
+		}
+		rec, err := preparedRecord(cfg, runID, dir)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s is published but the audit log does not record it, and it cannot be recorded now: %w; the platform may have loaded it: check it with audit verify's help (README, \"Recovery\"), then move it out of %s and run again",
+				ErrData, dir, err, cfg.Out)
+		}
+		pending = append(pending, unrecorded{dir, rec})
+	}
+	// Record them in the order they were delivered: each names the chain
+	// head of its time as previous_run_id, so the one that extends the
+	// current head goes first (backfills are outside the chain).
+	var healed []string
+	for len(pending) > 0 {
+		head := deltaBase(l, cfg.Destination)
+		i := slices.IndexFunc(pending, func(u unrecorded) bool {
+			return u.rec.Backfill || (head == nil && u.rec.PreviousRunID == "") || (head != nil && u.rec.PreviousRunID == head.RunID)
+		})
+		if i < 0 {
+			return healed, fmt.Errorf("%w: %s is published but not recorded, and its previous run %q is not the latest recorded run of %s: it cannot be placed in the delivery chain; move it out of %s and run again",
+				ErrData, pending[0].dir, pending[0].rec.PreviousRunID, cfg.Destination, cfg.Out)
+		}
+		u := pending[i]
+		pending = slices.Delete(pending, i, i+1)
+		if err := l.Append(u.rec, cfg.AuditSigner, time.Now()); err != nil {
+			return healed, fmt.Errorf("record the published run %s: %w", u.rec.RunID, err)
+		}
+		healed = append(healed, u.rec.RunID)
+	}
+	return healed, nil
+}
+
+// preparedRecord reads the record a run prepared before publishing dir and
+// checks that dir holds exactly the files it lists, with their digests.
+func preparedRecord(cfg *Config, runID, dir string) (*audit.Record, error) {
+	path := filepath.Join(cfg.State, "runs", runID, "record.json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("its prepared record: %w", err)
+	}
+	rec, err := audit.ParseRecord(b)
+	if err != nil {
+		return nil, fmt.Errorf("its prepared record %s: %w", path, err)
+	}
+	if rec.Type != audit.TypeRunCommitted || rec.RunID != runID || rec.Destination != cfg.Destination ||
+		filepath.Base(rec.Published) != filepath.Base(dir) {
+		return nil, fmt.Errorf("its prepared record %s names another run", path)
+	}
+	if err := checkPublishedFiles(dir, rec); err != nil {
+		return nil, err
+	}
+	return rec, nil
+}
+
+// checkPublishedFiles checks that dir holds exactly rec's manifest and
+// files, each with the digest rec gives: nothing missing, changed or
+// planted beside them.
+func checkPublishedFiles(dir string, rec *audit.Record) error {
+	want := map[string]string{rec.Manifest.Path: rec.Manifest.SHA256}
+	for _, f := range slices.Concat(rec.Files, rec.Adds, rec.Removes) {
+		want[f.Path] = f.SHA256
+	}
+	var have []string
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		have = append(have, filepath.ToSlash(rel))
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	slices.Sort(have)
+	wantNames := make([]string, 0, len(want))
+	for p := range want {
+		wantNames = append(wantNames, p)
+	}
+	slices.Sort(wantNames)
+	if !slices.Equal(have, wantNames) {
+		return fmt.Errorf("%s holds %v, the record lists %v", dir, have, wantNames)
+	}
+	for _, p := range wantNames {
+		sum, err := sha256Stream(filepath.Join(dir, p))
+		if err != nil {
+			return err
+		}
+		if sum != want[p] {
+			return fmt.Errorf("%s: SHA-256 %s, the record says %s", filepath.Join(dir, p), sum, want[p])
+		}
+	}
+	return nil
+}
+
+// recorded reports whether the audit log holds this run's run_committed
+// record: once it does, the run is committed, whatever fails after.
+func (r *run) recorded() bool {
+	if r.m == nil || r.m.RunID == "" || r.cfg.AuditSigner == nil {
+		return false
+	}
+	l, err := audit.Open(AuditDir(r.cfg.State))
+	return err == nil && l.Committed(r.m.RunID) >= 0
+}
+
+// checkDrop is the drop guard: a run publishes nothing when its input has
+// no rows, or when its snapshot is smaller than the previous run's by more
+// than the destination's max_drop_percent, unless the operator allowed it.
+// A truncated export, an empty table or a mistyped cutoff otherwise
+// "withdraws" most of the audience, and the removes would reach the
+// platform the same night. The error names the figures.
+func (r *run) checkDrop() error {
+	m := r.m
+	if r.cfg.AllowDrop {
+		return nil
+	}
+	if m.Users.Rows == 0 || m.ConsentEvents.Rows == 0 {
+		return fmt.Errorf("%w: drop guard: the input has %d user rows and %d consent event rows; an empty table is far more likely a failed export than a real audience: nothing published; check the inputs, or pass --allow-drop if it is real",
+			ErrData, m.Users.Rows, m.ConsentEvents.Rows)
+	}
+	if m.PreviousRunID == "" || m.PreviousTotalRows == 0 || m.TotalRows >= m.PreviousTotalRows {
+		return nil
+	}
+	drop := float64(m.PreviousTotalRows-m.TotalRows) / float64(m.PreviousTotalRows)
+	if drop <= r.cfg.maxDrop {
+		return nil
+	}
+	return fmt.Errorf("%w: drop guard: this run would publish %d identifiers against %d in run %s, %.1f%% fewer, over %s's max_drop_percent of %.1f%%: nothing published; check the inputs and --as-of, or pass --allow-drop if the drop is real",
+		ErrData, m.TotalRows, m.PreviousTotalRows, m.PreviousRunID, 100*drop, r.cfg.Destination, 100*r.cfg.maxDrop)
+}
+
+// verifyDelivery checks rec's place in its destination's delivery chain,
+// whose head before rec is head (nil for none): a backfill stands outside
+// it; any other run names head as its previous run, and its removes and
+// adds are exactly head's snapshot minus its own and the reverse (all of
+// head's, and all of its own, after a key or scheme change), recomputed by
+// a streamed merge of the two snapshots.
+func verifyDelivery(state string, head, rec *audit.Record) error {
+	if rec.Backfill {
+		if head == nil {
+			return errors.New("a backfill, but the destination has no earlier committed run in the log")
+		}
+		if !cutoffBefore(rec.AsOf, head.AsOf) {
+			return fmt.Errorf("a backfill, but its cutoff %s is not earlier than the cutoff %s of the latest run %s", rec.AsOf, head.AsOf, head.RunID)
+		}
+		return nil
+	}
+	if head == nil {
+		if rec.PreviousRunID != "" || len(rec.Adds) != 0 || len(rec.Removes) != 0 || rec.RemovesScheme != "" {
+			return fmt.Errorf("previous_run_id is %q, but the log has no earlier committed run of the destination", rec.PreviousRunID)
+		}
+		return nil
+	}
+	if rec.PreviousRunID != head.RunID {
+		return fmt.Errorf("previous_run_id is %q, but the destination's preceding committed run in the log is %s: a run is missing from the delivery chain", rec.PreviousRunID, head.RunID)
+	}
+	if rec.RemovesScheme != head.Scheme || rec.RemovesKeyID != head.KeyID {
+		return fmt.Errorf("its removes are under %s/%s, but the previous run %s sent %s/%s", rec.RemovesScheme, rec.RemovesKeyID, head.RunID, head.Scheme, head.KeyID)
+	}
+	prevScheme, err := hashing.ParseScheme(head.Scheme)
+	if err != nil {
+		return err
+	}
+	scheme, err := hashing.ParseScheme(rec.Scheme)
+	if err != nil {
+		return err
+	}
+	prev, _, err := sentIDs(state, head, prevScheme)
+	if err != nil {
+		return fmt.Errorf("the previous run's identifiers: %w", err)
+	}
+	defer prev.Close()
+	cur, _, err := sentIDs(state, rec, scheme)
+	if err != nil {
+		return fmt.Errorf("its identifiers: %w", err)
+	}
+	defer cur.Close()
+	adds, removes := deltaFiles(rec, rec.Adds, scheme), deltaFiles(rec, rec.Removes, prevScheme)
+	if adds == nil || removes == nil {
+		// A retention policy removed the delta files: their digests were
+		// checked while they existed; what is left to check is their sizes.
+		adds, removes = &countingIter{}, &countingIter{}
+	}
+	defer adds.Close()
+	defer removes.Close()
+	sameKey := head.KeyID == rec.KeyID && head.Scheme == rec.Scheme
+	nAdds, nRemoves, err := mergeDelta(prev, cur, sameKey, adds, removes)
+	if err != nil {
+		return err
+	}
+	if want := rowsOf(rec.Adds); nAdds != want {
+		return fmt.Errorf("adds: the snapshots differ by %d new identifiers, the record lists %d", nAdds, want)
+	}
+	if want := rowsOf(rec.Removes); nRemoves != want {
+		return fmt.Errorf("removes: the snapshots differ by %d dropped identifiers, the record lists %d", nRemoves, want)
+	}
+	return nil
+}
+
+// cutoffBefore compares two RFC 3339 cutoffs as instants.
+func cutoffBefore(a, b string) bool {
+	ta, errA := time.Parse(time.RFC3339Nano, a)
+	tb, errB := time.Parse(time.RFC3339Nano, b)
+	return errA == nil && errB == nil && ta.Before(tb)
+}
+
+func rowsOf(files []audit.File) int64 {
+	n := int64(0)
+	for _, f := range files {
+		n += f.Rows
+	}
+	return n
+}
+
+// deltaFiles streams a delta's published files; nil when any is gone.
+func deltaFiles(rec *audit.Record, files []audit.File, scheme hashing.Scheme) idIter {
+	paths := make([]string, len(files))
+	for i, f := range files {
+		paths[i] = filepath.Join(rec.Published, f.Path)
+		if _, err := os.Stat(paths[i]); err != nil {
+			return nil
+		}
+	}
+	return &publishedIter{paths: paths, scheme: scheme}
+}
+
+// countingIter stands for a delta whose files are gone: mergeDelta counts
+// what it should hold, and the caller compares the count with the record.
+type countingIter struct{}
+
+func (*countingIter) Next() (string, bool, error) { return "", false, nil }
+func (*countingIter) Close()                      {}
+
+// mergeDelta walks the previous snapshot and this one in order and checks
+// that removes and adds hold exactly what the walk says they must, in
+// order; it returns how many each must hold. Positions, not identifiers,
+// name a mismatch: identifiers are personal data.
+func mergeDelta(prev, cur idIter, sameKey bool, adds, removes idIter) (nAdds, nRemoves int64, err error) {
+	_, counting := adds.(*countingIter)
+	expect := func(it idIter, what string, n *int64, id string) error {
+		*n++
+		if counting {
+			return nil
+		}
+		got, ok, err := it.Next()
+		switch {
+		case err != nil:
+			return fmt.Errorf("%s: %w", what, err)
+		case !ok:
+			return fmt.Errorf("%s ends after %d identifiers, but the snapshots say it must hold more (a withdrawal or a grant never reached the platform)", what, *n-1)
+		case got != id:
+			return fmt.Errorf("%s: identifier %d is not the one the snapshots say it must be (an identifier is missing or planted)", what, *n)
+		}
+		return nil
+	}
+	a, aok, err := prev.Next()
+	if err != nil {
+		return 0, 0, err
+	}
+	b, bok, err := cur.Next()
+	if err != nil {
+		return 0, 0, err
+	}
+	for (aok || bok) && err == nil {
+		switch {
+		case aok && (!bok || !sameKey || a < b):
+			if err = expect(removes, "removes", &nRemoves, a); err == nil {
+				a, aok, err = prev.Next()
+			}
+		case bok && (!aok || (sameKey && b < a)):
+			if err = expect(adds, "adds", &nAdds, b); err == nil {
+				b, bok, err = cur.Next()
+			}
+		default: // in both snapshots: in neither delta
+			if a, aok, err = prev.Next(); err == nil {
+				b, bok, err = cur.Next()
+			}
+		}
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, d := range []struct {
+		it   idIter
+		what string
+	}{{removes, "removes"}, {adds, "adds"}} {
+		if _, more, err := d.it.Next(); err != nil || more {
+			return 0, 0, cmp.Or(err, fmt.Errorf("%s holds identifiers beyond what the snapshots say (an identifier is planted)", d.what))
+		}
+	}
+	return nAdds, nRemoves, nil
+}
