@@ -121,9 +121,15 @@ func newAuditRunsCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			l, _, err := audit.VerifyLog(pipeline.AuditDir(o.State), v, nil)
+			// VerifyTree: a record that cannot be read is listed as such
+			// (type unreadable), with the others; audit verify fails on it.
+			l, _, err := audit.VerifyTree(pipeline.AuditDir(o.State), v, nil)
 			if err != nil {
 				return fmt.Errorf("%w: %w", pipeline.ErrData, err)
+			}
+			if u := l.Unreadable(); len(u) > 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %d record(s) of the log cannot be read (the first is record %d); they are listed as %s; see audit verify\n",
+					len(u), u[0], audit.TypeUnreadable)
 			}
 			if o.JSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())

@@ -35,10 +35,11 @@ const DefaultOrigin = "audiencematch.audit/v1"
 // Log is the audit log, read whole into memory: one record per nightly run
 // and destination is a few thousand a year.
 type Log struct {
-	dir     string
-	lines   [][]byte
-	records []*Record
-	tree    MerkleTree
+	dir        string
+	lines      [][]byte
+	records    []*Record
+	unreadable []int64
+	tree       MerkleTree
 }
 
 // ErrNoLog means the audit directory has no log yet.
@@ -47,6 +48,12 @@ var ErrNoLog = errors.New("no audit log")
 // Open reads and parses every record. A torn last line (a crash while
 // appending, before the checkpoint was signed) is an error here; OpenForAppend
 // repairs it.
+//
+// A complete line that is not a readable record (not canonical, say, or of
+// a version this tool does not read) does not stop the log: its bytes stay
+// a leaf of the tree, so checkpoints still cover and verify it, Append adds
+// after it, and Records holds a placeholder of type TypeUnreadable in its
+// place. Unreadable lists such lines; VerifyLog fails on them.
 func Open(dir string) (*Log, error) { return open(dir, false) }
 
 // OpenForAppend is Open that first drops a torn, unterminated last line.
@@ -79,7 +86,10 @@ func open(dir string, repair bool) (*Log, error) {
 		line = line[:len(line)-1]
 		r, err := ParseRecord(line)
 		if err != nil {
-			return nil, fmt.Errorf("%s: record %d (line %d): %w", path, i, i+1, err)
+			// A reader that refused the whole log here would stop every
+			// later run from recording anything, failures included.
+			r = &Record{Type: TypeUnreadable, Reason: SanitizeReason(fmt.Sprintf("record %d (line %d) cannot be read: %v", i, i+1, err))}
+			l.unreadable = append(l.unreadable, int64(i))
 		}
 		if err := l.tree.Append(line); err != nil {
 			return nil, err
@@ -93,8 +103,15 @@ func open(dir string, repair bool) (*Log, error) {
 // Size is the number of records.
 func (l *Log) Size() int64 { return l.tree.Size() }
 
-// Records returns the parsed records, in log order.
+// Records returns the parsed records, in log order: record i is leaf i.
+// A line that cannot be read has a placeholder of type TypeUnreadable, with
+// only its Type and Reason (why it cannot be read) set: callers that look
+// for a type of record pass over it.
 func (l *Log) Records() []*Record { return l.records }
+
+// Unreadable returns the indexes of the lines that are not readable records,
+// in log order; see Open.
+func (l *Log) Unreadable() []int64 { return l.unreadable }
 
 // Line returns record i's canonical bytes (its leaf data).
 func (l *Log) Line(i int64) []byte { return l.lines[i] }
@@ -289,9 +306,25 @@ func broken(format string, args ...any) error {
 
 // VerifyLog checks the log under dir against its signed checkpoint and,
 // when trusted is not nil, against a checkpoint the auditor saved earlier:
-// the log must have grown from it without rewriting history. It returns the
-// log and its verified checkpoint.
+// the log must have grown from it without rewriting history; and every
+// record must be readable. It returns the log and its verified checkpoint.
 func VerifyLog(dir string, verifier note.Verifier, trusted []byte) (*Log, *log.Checkpoint, error) {
+	l, cp, err := VerifyTree(dir, verifier, trusted)
+	if err != nil {
+		return nil, nil, err
+	}
+	if u := l.Unreadable(); len(u) > 0 {
+		return nil, nil, broken("%s: %s; the signed checkpoint covers it as it is (%d unreadable record(s) in all)",
+			filepath.Join(dir, RecordsFile), l.records[u[0]].Reason, len(u))
+	}
+	return l, cp, nil
+}
+
+// VerifyTree is VerifyLog for readers that list records: it checks every
+// line's bytes against the signed checkpoint (and trusted), but returns the
+// log even when some lines are not readable records (Log.Unreadable), so
+// that the rest can be shown.
+func VerifyTree(dir string, verifier note.Verifier, trusted []byte) (*Log, *log.Checkpoint, error) {
 	cpPath := filepath.Join(dir, CheckpointFile)
 	cpBytes, err := os.ReadFile(cpPath)
 	if err != nil {
