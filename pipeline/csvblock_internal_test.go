@@ -66,14 +66,31 @@ func wantRows(body string, firstLine int64) []Row {
 		f, err := splitCSV(l, nil)
 		switch {
 		case err != nil:
-			rows = append(rows, Row{Line: n, Reject: RejectBrokenQuoting, Raw: l})
+			rows = append(rows, Row{Line: n, Reject: RejectBrokenQuoting, Raw: l, Fields: readableRef(l, 3)})
 		case len(f) != 3:
-			rows = append(rows, Row{Line: n, Reject: RejectFieldCount, Raw: l})
+			rows = append(rows, Row{Line: n, Reject: RejectFieldCount, Raw: l, Fields: readableRef(l, 3)})
 		default:
 			rows = append(rows, Row{Line: n, Fields: f})
 		}
 	}
 	return rows
+}
+
+// readableRef is the first n fields of a rejected line that can still be
+// read: split at every comma, up to the first part with a quote in it.
+func readableRef(l string, n int) []string {
+	parts := strings.Split(l, ",")
+	out, some := make([]string, n), false
+	for i := range n {
+		if i >= len(parts) || strings.Contains(parts[i], `"`) {
+			break
+		}
+		out[i], some = parts[i], some || parts[i] != ""
+	}
+	if !some {
+		return nil
+	}
+	return out
 }
 
 func sameRows(a, b []Row) bool {

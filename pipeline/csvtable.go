@@ -283,9 +283,9 @@ func (t *csvTable) parseBlock(blk csvBlock, b *rowBatch) {
 		fields, err = splitCSV(text, fields[:0])
 		switch {
 		case err != nil:
-			b.rows = append(b.rows, Row{Line: line, Reject: RejectBrokenQuoting, Raw: text})
+			b.rows = append(b.rows, Row{Line: line, Reject: RejectBrokenQuoting, Raw: text, Fields: t.readable(text, b)})
 		case len(fields) != t.ncols:
-			b.rows = append(b.rows, Row{Line: line, Reject: RejectFieldCount, Raw: text})
+			b.rows = append(b.rows, Row{Line: line, Reject: RejectFieldCount, Raw: text, Fields: t.readable(text, b)})
 		default:
 			start := len(b.fields)
 			for _, p := range t.idx {
@@ -293,6 +293,46 @@ func (t *csvTable) parseBlock(blk csvBlock, b *rowBatch) {
 			}
 			b.rows = append(b.rows, Row{Line: line, Fields: b.fields[start:len(b.fields):len(b.fields)]})
 		}
+	}
+}
+
+// readable is the requested columns of a rejected line that can still be
+// read, "" for the others, or nil when none can (see Row.Reject). A column
+// can be read when every field up to it is plain: unquoted, with no quote
+// in it. Before the first quote nothing is ambiguous, so such a field is
+// where the header says, assuming no field before it lost or gained a
+// comma; past a quote, a field's extent depends on quoting that is broken.
+// Rejects are rare, so this costs nothing the good rows pay for.
+func (t *csvTable) readable(text string, b *rowBatch) []string {
+	start, some := len(b.fields), false
+	for _, p := range t.idx {
+		f, ok := plainField(text, p)
+		b.fields = append(b.fields, f)
+		some = some || ok && f != ""
+	}
+	if !some {
+		b.fields = b.fields[:start]
+		return nil
+	}
+	return b.fields[start:len(b.fields):len(b.fields)]
+}
+
+// plainField is field n (from 0) of a line, if it and every field before it
+// are plain (see readable).
+func plainField(text string, n int) (string, bool) {
+	i := 0
+	for k := 0; ; k++ {
+		end := commaOrQuote(text, i)
+		if end < len(text) && text[end] == '"' {
+			return "", false
+		}
+		if k == n {
+			return text[i:end], true
+		}
+		if end == len(text) {
+			return "", false
+		}
+		i = end + 1
 	}
 }
 

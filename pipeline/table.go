@@ -19,8 +19,11 @@ type Row struct {
 	// Fields holds the requested columns, in the order they were asked for.
 	// The slice is reused by the next call to Next.
 	Fields []string
-	// Reject, when not empty, says why the row is malformed; Fields is then
-	// nil and Raw holds the row's text as read, for the reject file.
+	// Reject, when not empty, says why the row is malformed; Raw holds the
+	// row's text as read, for the reject file, and Fields those of the
+	// requested columns that can still be read ("" for the others), or nil
+	// when none can: MATCHING.md section 2's amendment 1 needs a malformed
+	// consent row's user_id and purpose whenever they can be read.
 	Reject string
 	Raw    string
 }

@@ -36,9 +36,8 @@ func readTable(p string) (rows []Row, digest string, err error) {
 			return rows, "", err
 		}
 		c := *row
-		c.Fields = append([]string(nil), row.Fields...)
-		if row.Reject != "" {
-			c.Fields = nil
+		if row.Fields != nil {
+			c.Fields = append([]string(nil), row.Fields...)
 		}
 		rows = append(rows, c)
 	}
@@ -69,13 +68,13 @@ func TestCSVRows(t *testing.T) {
 	}{
 		{2, "", []string{"u1", "(650) 555-1212", "US"}},
 		{4, "", []string{"u2", `+44 7400 "123456"`, "GB"}},
-		{5, RejectBrokenQuoting, nil},
+		{5, RejectBrokenQuoting, []string{"u3", "", "US"}},
 		{6, "", []string{"u4", "650 555 1212", "US"}},
-		{7, RejectBrokenQuoting, nil},
-		{8, RejectBrokenQuoting, nil},
-		{9, RejectFieldCount, nil},
-		{10, RejectFieldCount, nil},
-		{11, RejectBrokenQuoting, nil},
+		{7, RejectBrokenQuoting, []string{"u5", "", "US"}},
+		{8, RejectBrokenQuoting, []string{"", "", "US"}},
+		{9, RejectFieldCount, []string{"u7", "", "US"}},
+		{10, RejectFieldCount, []string{"u8", "650", "US"}},
+		{11, RejectBrokenQuoting, []string{"u9", "", "US"}},
 		{12, "", []string{"u10", "", "US"}},
 		{13, "", []string{"u11", "+16505551212", "US"}},
 	}
@@ -101,6 +100,59 @@ func TestCSVLongLine(t *testing.T) {
 	}
 	if len(rows) != 2 || rows[0].Reject != RejectRecordTooLong || rows[1].Fields[0] != "u2" || rows[1].Line != 3 {
 		t.Fatalf("rows = %+v", rows)
+	}
+}
+
+// TestCSVRejectReadable: a rejected line still yields the requested
+// columns whose fields, and every field before them, are plain (MATCHING.md
+// section 2, amendment 1, needs a malformed consent row's user_id and
+// purpose whenever they can be read), by the header's positions.
+func TestCSVRejectReadable(t *testing.T) {
+	var vectors = []struct {
+		header, line, reject string
+		want                 []string // event_id, user_id, purpose, action, occurred_at, policy_version, source
+	}{
+		{"", `e1,u1,ads_matching,withdraw,"2026-10-01T12:00:00Z"x,3,app`, RejectBrokenQuoting,
+			[]string{"e1", "u1", "ads_matching", "withdraw", "", "", ""}},
+		{"", `e2,u2,"ads_matching,withdraw,2026-10-01T12:00:00Z,3,app`, RejectBrokenQuoting,
+			[]string{"e2", "u2", "", "", "", "", ""}},
+		{"", `e3,"u3",ads_matching,withdraw,2026-10-01T12:00:00Z,3,"app`, RejectBrokenQuoting,
+			[]string{"e3", "", "", "", "", "", ""}},
+		{"", `e"4,u4,ads_matching,withdraw,2026-10-01T12:00:00Z,3,app`, RejectBrokenQuoting, nil},
+		{"", `"e5,u5,ads_matching,withdraw,2026-10-01T12:00:00Z,3,app`, RejectBrokenQuoting, nil},
+		{"", `e6,u6`, RejectFieldCount, []string{"e6", "u6", "", "", "", "", ""}},
+		{"", `e7,u7,ads_matching,withdraw,2026-10-01T12:00:00Z,3,support, ticket`, RejectFieldCount,
+			[]string{"e7", "u7", "ads_matching", "withdraw", "2026-10-01T12:00:00Z", "3", "support"}},
+		{"", `,,,`, RejectFieldCount, nil},
+		{"purpose,x,user_id,event_id,action,occurred_at,policy_version,source", `ads_matching,y,u8,e8,withdraw,"2026"x,3,app`, RejectBrokenQuoting,
+			[]string{"e8", "u8", "ads_matching", "withdraw", "", "", ""}},
+		{"purpose,x,user_id,event_id,action,occurred_at,policy_version,source", `ads_matching,"y,u9,e9,withdraw,2026,3,app`, RejectBrokenQuoting,
+			[]string{"", "", "ads_matching", "", "", "", ""}},
+	}
+	for _, v := range vectors {
+		header := v.header
+		if header == "" {
+			header = strings.Join(EventColumns, ",")
+		}
+		p := filepath.Join(t.TempDir(), "consent_events.csv")
+		if err := os.WriteFile(p, []byte(header+"\n"+v.line+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r, err := OpenTable(p, EventColumns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		row, err := r.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if row.Reject != v.reject || row.Raw != v.line || row.Line != 2 {
+			t.Errorf("%s: got line %d reject %q raw %q, want line 2 reject %q", v.line, row.Line, row.Reject, row.Raw, v.reject)
+		}
+		if got, want := strings.Join(row.Fields, "|"), strings.Join(v.want, "|"); got != want || (row.Fields == nil) != (v.want == nil) {
+			t.Errorf("%s: got fields %q, want %q", v.line, row.Fields, v.want)
+		}
+		r.Close()
 	}
 }
 
