@@ -8,8 +8,10 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/csv"
 	"encoding/hex"
 	"encoding/json"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -89,12 +91,19 @@ func computeOracle(users []fixtures.User, events []fixtures.Event, p oracleParam
 		}
 	}
 	byUser := map[string][]oEvent{}
+	unreadable := map[string]bool{} // users a malformed row may have withdrawn (amendment 1)
 	for _, e := range events {
 		at, terr := time.Parse(time.RFC3339Nano, e.OccurredAt)
 		pol, perr := strconv.ParseInt(e.PolicyVersion, 10, 64)
 		switch {
 		case e.Broken || e.EventID == "" || e.UserID == "" || (e.Action != "grant" && e.Action != "withdraw") || terr != nil || perr != nil:
 			o.events["malformed"]++
+			// The generator's broken rows break their quoting after the
+			// purpose, and its ids and purposes have no quote or comma,
+			// so both stay readable; an empty one is not.
+			if e.UserID != "" && (e.Purpose == "" || e.Purpose == p.purpose) {
+				unreadable[e.UserID] = true
+			}
 		case e.Purpose != p.purpose:
 			o.events["other_purpose"]++
 		case at.After(p.asOf):
@@ -107,6 +116,9 @@ func computeOracle(users []fixtures.User, events []fixtures.Event, p oracleParam
 		}
 	}
 	status := func(id string) (string, string) {
+		if unreadable[id] {
+			return "consent_unreadable", ""
+		}
 		evs := byUser[id]
 		if len(evs) == 0 {
 			return "no_consent", ""
@@ -156,7 +168,7 @@ func computeOracle(users []fixtures.User, events []fixtures.Event, p oracleParam
 		s, eventID := status(u.UserID)
 		line := sha256.Sum256([]byte(u.UserID + "\t" + s + "\t" + eventID + "\n"))
 		lines = append(lines, hex.EncodeToString(line[:]))
-		if s != "valid" && s != "withdrawn" {
+		if s != "valid" && s != "withdrawn" && s != "consent_unreadable" {
 			o.excluded[s]++
 			continue
 		}
@@ -167,8 +179,8 @@ func computeOracle(users []fixtures.User, events []fixtures.Event, p oracleParam
 			}
 		}
 		switch {
-		case s == "withdrawn":
-			o.excluded["withdrawn"]++
+		case s == "withdrawn" || s == "consent_unreadable":
+			o.excluded[s]++
 			if e164 != "" {
 				blocked[e164] = true
 			}
@@ -408,13 +420,28 @@ func TestEndToEndAgainstOracle(t *testing.T) {
 	}
 }
 
-// TestParquetInputSameOutput: the same rows as Parquet give the same files.
+// TestParquetInputSameOutput: the same rows as Parquet and as CSV give the
+// same files. The generator's rows with broken CSV quoting have no Parquet
+// form, and in CSV they fail closed (MATCHING.md section 2, amendment 1), so
+// the CSV here holds the rows the Parquet file holds.
 func TestParquetInputSameOutput(t *testing.T) {
 	master := bytes.Repeat([]byte{7}, 32)
 	mk, _ := hashing.NewMasterKey(master)
 	dir := t.TempDir()
 	pq := checkAgainstOracle(t, fixtureConfig(t, filepath.Join(dir, "pq"), hashing.HMACSHA256, mk, "parquet"), master)
-	csv := checkAgainstOracle(t, fixtureConfig(t, filepath.Join(dir, "csv"), hashing.HMACSHA256, mk, "csv"), master)
+	us, es := generateSeed(20000, 42)
+	us = slices.DeleteFunc(us, func(u fixtures.User) bool { return u.Broken })
+	es = slices.DeleteFunc(es, func(e fixtures.Event) bool { return e.Broken })
+	st, err := fixtures.WriteTables(filepath.Join(dir, "csv-in"), us, es)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := fixtureConfig(t, filepath.Join(dir, "csv"), hashing.HMACSHA256, mk, "csv")
+	cfg.Users, cfg.Consent = st.UsersPath, st.EventsPath
+	csv, err := pipeline.Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(pq.Manifest.Files) != len(csv.Manifest.Files) {
 		t.Fatalf("%d files from Parquet, %d from CSV", len(pq.Manifest.Files), len(csv.Manifest.Files))
 	}
@@ -442,5 +469,150 @@ func TestProgressCounts(t *testing.T) {
 	if ev != m.ConsentEvents.Rows || us != m.Users.Rows || n != of || n == 0 || cfg.Progress.Stage() != "write" {
 		t.Errorf("progress %d events, %d users, %d of %d normalized, stage %q; manifest %d and %d",
 			ev, us, n, of, cfg.Progress.Stage(), m.ConsentEvents.Rows, m.Users.Rows)
+	}
+}
+
+// TestFailClosedEndToEnd: MATCHING.md section 2, "Fail closed (amendment
+// 1)". A malformed consent row whose user_id can be read excludes its user
+// as consent_unreadable, whatever is wrong with it, and blocks the user's
+// number for every holder; unless its purpose is readable and another. A
+// row whose user_id cannot be read is only rejected. Every malformed row is
+// still rejected, counted and kept with its line number, and the counts
+// reconcile.
+func TestFailClosedEndToEnd(t *testing.T) {
+	users := []string{
+		"user_id,phone,country",
+		"u-action,+16502530001,",
+		"u-time,+16502530002,",
+		"u-policy,+16502530003,",
+		"u-quote,+16502530004,",
+		"u-after,+16502530005,",
+		"u-other,+16502530006,",
+		"u-noid,+16502530007,",
+		"u-shared-a,+16502530008,",
+		`u-shared-b,"(650) 253-0008",US`,
+		"u-ok,+16502530009,",
+		"u-purpose-quote,+16502530010,",
+	}
+	events := []string{strings.Join(pipeline.EventColumns, ",")}
+	for _, u := range users[1:] {
+		id, _, _ := strings.Cut(u, ",")
+		events = append(events, "g-"+id+","+id+",ads_matching,grant,2026-10-01T00:00:00Z,4,app")
+	}
+	malformed := []struct{ line, reason string }{
+		{"m-action,u-action,ads_matching,revoke,2026-10-20T00:00:00Z,4,app", consent.RejectUnknownAction},
+		{"m-time,u-time,ads_matching,withdraw,2026-10-20 00:00:00,4,app", consent.RejectBadTimestamp},
+		{"m-policy,u-policy,ads_matching,withdraw,2026-10-20T00:00:00Z,4.0,app", consent.RejectBadPolicy},
+		{`m-quote,u-quote,ads_matching,withdraw,"2026-10-20T00:00:00Z"x,4,app`, pipeline.RejectBrokenQuoting},
+		// Readable and after as_of: the contract names no exception.
+		{"m-after,u-after,ads_matching,withdraw,2026-11-20T00:00:00Z,4.0,app", consent.RejectBadPolicy},
+		// Another readable purpose: no effect on u-other.
+		{"m-other,u-other,marketing_email,revoke,2026-10-20T00:00:00Z,4,app", consent.RejectUnknownAction},
+		// user_id unreadable: rejected only.
+		{`m"noid,u-noid,ads_matching,withdraw,2026-10-20T00:00:00Z,4,app`, pipeline.RejectBrokenQuoting},
+		{"m-noid,,ads_matching,withdraw,2026-10-20T00:00:00Z,4,app", consent.RejectEmptyUserID},
+		// One holder of a shared number unreadable: nobody exports it.
+		{"m-shared,u-shared-b,ads_matching,withdraw,yesterday,4,app", consent.RejectBadTimestamp},
+		// The purpose itself unreadable.
+		{`m-purpose,u-purpose-quote,"ads_matching,withdraw,2026-10-20T00:00:00Z,4,app`, pipeline.RejectBrokenQuoting},
+	}
+	wantRejects := map[string]string{} // line number -> reason
+	for _, m := range malformed {
+		events = append(events, m.line)
+		wantRejects[strconv.Itoa(len(events))] = m.reason
+	}
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in")
+	if err := os.MkdirAll(in, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	usersPath, eventsPath := filepath.Join(in, "users.csv"), filepath.Join(in, "consent_events.csv")
+	if err := os.WriteFile(usersPath, []byte(strings.Join(users, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(eventsPath, []byte(strings.Join(events, "\r\n")+"\r\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	master := bytes.Repeat([]byte{5}, 32)
+	mk, _ := hashing.NewMasterKey(master)
+	k, _ := hashing.DeriveDestKey(mk, "meta-ads")
+	out := filepath.Join(dir, "out")
+	cfg := pipeline.Config{
+		Users: usersPath, Consent: eventsPath, Destination: "meta-ads", Scheme: hashing.HMACSHA256, Key: k,
+		Out: out, State: filepath.Join(dir, "state"), Rules: fixtureRules(fixtures.DefaultAsOf), MaxRejectRate: 1,
+		ToolVersion: "test", Registry: testRegistry(out, "meta-ads", hashing.HMACSHA256),
+	}
+	res, err := pipeline.Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	m := res.Manifest
+	if err := m.Reconcile(); err != nil {
+		t.Error(err)
+	}
+
+	p := oracleParams{master: master, dest: "meta-ads", scheme: string(hashing.HMACSHA256)}
+	var want []string
+	for _, e164 := range []string{"+16502530006", "+16502530007", "+16502530009"} { // u-other, u-noid, u-ok
+		want = append(want, p.id(e164))
+	}
+	slices.Sort(want)
+	var got []string
+	for _, f := range m.Files {
+		got = append(got, readIDs(t, filepath.Join(res.PublishedDir, f.Path), cfg.Scheme)...)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("published %d identifiers, want %d (those of u-other, u-noid and u-ok)", len(got), len(want))
+	}
+	ev := readEvidence(t, res.EvidencePath)
+	var holders []string
+	for _, hs := range ev {
+		holders = append(holders, hs...)
+	}
+	slices.Sort(holders)
+	if w := []string{"u-noid", "u-ok", "u-other"}; !slices.Equal(holders, w) {
+		t.Errorf("evidence holders %q, want %q", holders, w)
+	}
+
+	var counts = []struct {
+		reason string
+		want   int64
+	}{
+		{consent.ConsentUnreadable.String(), 7},
+		{pipeline.ReasonSharedNumberWithdrawn, 1},
+		{"withdrawn", 0},
+		{"no_consent", 0},
+		{pipeline.ReasonInvalidPhone, 0},
+	}
+	for _, c := range counts {
+		if got := m.Users.Excluded[c.reason]; got != c.want {
+			t.Errorf("excluded %s = %d, want %d", c.reason, got, c.want)
+		}
+	}
+	if m.Users.Rows != 11 || m.Users.Exported != 3 {
+		t.Errorf("users %d, exported %d; want 11 and 3", m.Users.Rows, m.Users.Exported)
+	}
+	if c := m.ConsentEvents; c.Rows != 21 || c.ByClass["malformed"] != 10 || c.ByClass["used"] != 11 {
+		t.Errorf("consent events %d, by class %v; want 21: 10 malformed, 11 used", c.Rows, c.ByClass)
+	}
+
+	// Every malformed row is in the reject file, with its line number.
+	f, err := os.Open(res.RejectsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	recs, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gotRejects := map[string]string{}
+	for _, r := range recs[1:] {
+		if r[0] == pipeline.TableConsent {
+			gotRejects[r[1]] = r[2]
+		}
+	}
+	if !maps.Equal(gotRejects, wantRejects) {
+		t.Errorf("rejects (line: reason) %v, want %v", gotRejects, wantRejects)
 	}
 }

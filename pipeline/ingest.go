@@ -90,6 +90,9 @@ func (r *run) readConsent(ctx context.Context) error {
 					ew.classes[consent.ClassMalformed]++
 					rej = append(rej, rejectRow{TableConsent, row.Line, row.Reject, row.Raw})
 				}
+				if f := row.Fields; f != nil { // what could still be read (Row.Reject)
+					r.failClosed(ew, f[1], f[2], row.Line)
+				}
 				continue
 			}
 			f := row.Fields
@@ -102,6 +105,7 @@ func (r *run) readConsent(ctx context.Context) error {
 					ew.classes[consent.ClassMalformed]++
 					rej = append(rej, rejectRow{TableConsent, row.Line, re.Reason, fieldsText(f)})
 				}
+				r.failClosed(ew, e.UserID, e.Purpose, row.Line)
 				continue
 			}
 			if !sh.owns(e.UserID, row.Line) {
@@ -134,6 +138,20 @@ func (r *run) readConsent(ctx context.Context) error {
 	return nil
 }
 
+// failClosed spills, for a malformed consent row of which userID and
+// purpose could be read ("" for what could not), the mark that makes its
+// user's consent unreadable, when the row FailsClosed (MATCHING.md section
+// 2, "Fail closed (amendment 1)"). The mark goes to the shard that owns the
+// user, wherever the row is counted and kept as a reject (the shard of its
+// line, when userID is ""); it is no event, and counts as none.
+func (r *run) failClosed(ew *eventWorker, userID, purpose string, line int64) {
+	if !r.cfg.Rules.FailsClosed(userID, purpose) || !r.cfg.Shard.owns(userID, line) {
+		return
+	}
+	p := r.partOf(userID)
+	ew.out.put(p, appendUnreadable(ew.out.buf(p), userID))
+}
+
 // partOf is the partition of a user id's events and rows.
 func (r *run) partOf(userID string) int {
 	return int(maphash.String(r.seed, userID) % spillParts)
@@ -151,6 +169,17 @@ func appendEvent(b []byte, e *consent.Event) []byte {
 	b = binary.AppendUvarint(b, uint64(e.OccurredAt.Nanosecond()))
 	b = binary.AppendVarint(b, e.PolicyVersion)
 	return append(b, byte(e.Action))
+}
+
+// unreadableAction is the action byte of a spilled fail-closed mark
+// (failClosed): no action of the contract's, so that the mark rides in the
+// events spill with the user's events and reaches the same join partition.
+const unreadableAction = consent.Action(0)
+
+// appendUnreadable spills a fail-closed mark for userID: an event with no
+// id, time or policy and unreadableAction.
+func appendUnreadable(b []byte, userID string) []byte {
+	return append(appendStr(appendStr(b, userID), ""), 0, 0, 0, byte(unreadableAction))
 }
 
 func readEvent(rd *spillReader, e *consent.Event) {
@@ -257,8 +286,9 @@ type joinWorker struct {
 
 // join decides every user row's consent, partition by partition, and
 // spills the snapshot lines and the holders: user rows whose consent is
-// valid (they may be exported) or withdrawn (they may block their number)
-// and whose number is valid, under its identifier.
+// valid (they may be exported) or withdrawn or unreadable (they block their
+// number: consent.Status.Blocks) and whose number is valid, under its
+// identifier.
 func (r *run) join(ctx context.Context) error {
 	defer r.dropInputSpills()
 	var err error
@@ -378,6 +408,10 @@ func (r *run) joinOne(jw *joinWorker, ev, us *spill, p int, bucket *idBucketer) 
 			k = jw.users.add(h, e.UserID) // the id's memory is evBuf's, kept until the next partition
 			jw.states = append(jw.states, consent.Effective{})
 		}
+		if e.Action == unreadableAction {
+			jw.states[k].AddUnreadable()
+			continue
+		}
 		jw.states[k].Add(&e) // EventID is kept in evBuf, which lives until the next partition
 	}
 	if err := rd.err(); err != nil {
@@ -396,20 +430,20 @@ func (r *run) joinOne(jw *joinWorker, ev, us *spill, p int, bucket *idBucketer) 
 		status, eventID := consent.NoConsent, ""
 		if k, ok := jw.users.get(maphash.String(r.seed, userID), userID); ok {
 			jw.seen[k] = true
-			status, eventID = rules.Decide(&jw.states[k]), jw.states[k].EventID
+			status, eventID = rules.Decide(&jw.states[k]), jw.states[k].ID()
 		}
 		sum := jw.snapshotLine(userID, status, eventID)
 		sb := snapBucket(sum[:])
 		jw.snap.put(sb, append(jw.snap.buf(sb), sum[:]...))
-		if status != consent.Valid && status != consent.Withdrawn {
+		if status != consent.Valid && !status.Blocks() {
 			jw.excluded[status.String()]++
 			continue
 		}
 		held++
 		e164, nerr := hashing.Normalize(phone, country)
 		if nerr != nil {
-			if status == consent.Withdrawn {
-				jw.excluded[consent.Withdrawn.String()]++
+			if status.Blocks() { // excluded for its consent, and blocking no number
+				jw.excluded[status.String()]++
 			} else {
 				jw.excluded[ReasonInvalidPhone]++
 			}

@@ -13,7 +13,10 @@ import (
 const ManifestVersion = "audiencematch.manifest/v1"
 
 // Exclusion reasons for user rows, besides the consent outcomes
-// (no_consent, withdrawn, expired, stale_policy).
+// (no_consent, withdrawn, expired, stale_policy, consent_unreadable).
+// ReasonSharedNumberWithdrawn counts the valid holders of a number another
+// holder blocks: withdrawn, or unreadable, which MATCHING.md section 2
+// (amendment 1) treats as a withdraw.
 const (
 	ReasonInvalidPhone          = "invalid_phone"
 	ReasonSharedNumberWithdrawn = "shared_number_withdrawn"
@@ -22,7 +25,7 @@ const (
 )
 
 // UserReasons lists every exclusion reason of a user row.
-var UserReasons = []string{"no_consent", "withdrawn", "expired", "stale_policy",
+var UserReasons = []string{"no_consent", "withdrawn", "expired", "stale_policy", consent.ConsentUnreadable.String(),
 	ReasonInvalidPhone, ReasonSharedNumberWithdrawn, ReasonDuplicateNumber, ReasonMalformedRow}
 
 // Manifest describes one published run. It is published next to the data

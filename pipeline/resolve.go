@@ -37,7 +37,9 @@ type bucketHolder struct {
 
 // resolvedBucket is one bucket after MATCHING.md's shared-number rule: a
 // number is exported once, under its valid holder with the smallest user
-// id, and not at all if any holder withdrew.
+// id, and not at all if any holder withdrew or has unreadable consent
+// (section 2, amendment 1: "a number any of whose holders is in that state
+// is not exported either").
 type resolvedBucket struct {
 	buf     []byte
 	holders []bucketHolder // sorted by identifier, user id, line
@@ -72,13 +74,17 @@ func (rb *resolvedBucket) done() {
 }
 
 type resolveCounts struct {
-	exported, withdrawn, shared, duplicate int64
+	exported, withdrawn, unreadable, shared, duplicate int64
 }
 
 func (c *resolveCounts) addTo(u *UserCounts) {
 	u.Exported += c.exported
-	for reason, n := range map[string]int64{consent.Withdrawn.String(): c.withdrawn,
-		ReasonSharedNumberWithdrawn: c.shared, ReasonDuplicateNumber: c.duplicate} {
+	for reason, n := range map[string]int64{
+		consent.Withdrawn.String():         c.withdrawn,
+		consent.ConsentUnreadable.String(): c.unreadable,
+		ReasonSharedNumberWithdrawn:        c.shared,
+		ReasonDuplicateNumber:              c.duplicate,
+	} {
 		if n > 0 {
 			u.Excluded[reason] += n
 		}
@@ -128,13 +134,15 @@ func (rb *resolvedBucket) resolve(srcs []*spill, p int, binaryIDs bool) error {
 		}
 		blocked := false
 		for k := lo; k < hi; k++ {
-			blocked = blocked || hs[k].status == consent.Withdrawn
+			blocked = blocked || hs[k].status.Blocks()
 		}
 		start := len(rb.order)
 		for k := lo; k < hi; k++ {
 			switch {
 			case hs[k].status == consent.Withdrawn:
 				rb.counts.withdrawn++
+			case hs[k].status == consent.ConsentUnreadable:
+				rb.counts.unreadable++
 			case blocked:
 				rb.counts.shared++
 			default:

@@ -98,12 +98,15 @@ func shardName(i, n int) string { return fmt.Sprintf("shard-%05d-of-%05d", i, n)
 
 // shardVersion is the first field of shard.json, so that a commit refuses
 // the shards an earlier version left, by their version, before reading
-// them. v8: the leak guard's prefix needles hold a hash of the string's
-// first 8 bytes rather than the bytes, in 16 parts (v7's were in 64). v7:
+// them. v9: a holder's status may be consent_unreadable, which blocks its
+// number like withdrawn (MATCHING.md section 2, amendment 1), and is counted
+// under its own exclusion reason; a v8 commit would export the number. v8:
+// the leak guard's prefix needles hold a hash of the string's first 8 bytes
+// rather than the bytes, in 16 parts (v7's were in 64). v7:
 // the leak guard's prefix needles keep 32 bits of their hash (v6's kept
 // 64). v6: the leak guard's hashes are XXH3 (v5's were FNV-1a). v5: 256
 // buckets of holders and snapshot lines (v4 had 1,024).
-const shardVersion = "audiencematch.shard/v8"
+const shardVersion = "audiencematch.shard/v9"
 
 // shardInfo is a finished shard's shard.json, written last.
 type shardInfo struct {
