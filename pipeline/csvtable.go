@@ -13,6 +13,7 @@ import (
 	"math/bits"
 	"strings"
 	"sync"
+	"unicode/utf8"
 	"unsafe"
 )
 
@@ -94,11 +95,20 @@ func newCSVTable(rc io.ReadCloser, columns []string) (*csvTable, error) {
 
 // readCSVHeader returns the first non-blank line's fields (a UTF-8 byte
 // order mark removed) and the number of the line after it.
+//
+// Its errors say what is wrong and how to fix it, never what the file
+// holds: a file given by mistake (compressed, or without its header row)
+// has personal data where the header should be, and errors reach logs and
+// the audit log, which is kept for good.
 func readCSVHeader(br *bufio.Reader) ([]string, int64, error) {
+	head, _ := br.Peek(8) // fewer at the end of a short file
+	if what, fix := notCSV(head); what != "" {
+		return nil, 0, fmt.Errorf("%w: the file is %s, not CSV text: %s (a CSV input is UTF-8 text with a header row, MATCHING.md section 1)", ErrConfig, what, fix)
+	}
 	for n := int64(1); ; n++ {
 		text, err := br.ReadSlice('\n')
 		if err == bufio.ErrBufferFull {
-			return nil, 0, fmt.Errorf("%w: the header row (line %d) is longer than %d bytes", ErrConfig, n, br.Size())
+			return nil, 0, fmt.Errorf("%w: the header row (line %d) is longer than %d bytes; is the file compressed, or not CSV?", ErrConfig, n, br.Size())
 		}
 		if err == io.EOF && len(text) == 0 && n == 1 {
 			return nil, 0, fmt.Errorf("%w: the file is empty; a CSV input needs a header row", ErrConfig)
@@ -116,12 +126,35 @@ func readCSVHeader(br *bufio.Reader) ([]string, int64, error) {
 			}
 			continue
 		}
+		if !utf8.ValidString(line) {
+			return nil, 0, fmt.Errorf("%w: the header row (line %d) is not valid UTF-8: is the file compressed, or in another encoding? CSV inputs are UTF-8 text with a header row (MATCHING.md section 1)", ErrConfig, n)
+		}
 		fields, perr := splitCSV(line, nil)
 		if perr != nil {
 			return nil, 0, fmt.Errorf("%w: the header row (line %d) is not valid CSV", ErrConfig, n)
 		}
 		return fields, n + 1, nil
 	}
+}
+
+// notCSV names what a file is when its first bytes say it is not text (a
+// compressed file or an archive given where its content was meant, or UTF-16
+// text) and how to fix it; "" otherwise. A UTF-8 header row can start with
+// none of these.
+func notCSV(head []byte) (what, fix string) {
+	for _, m := range []struct{ magic, what, fix string }{
+		{"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it first (zstd -d FILE, or pass <(zstdcat FILE))"},
+		{"\x1f\x8b", "gzip-compressed", "decompress it first (gunzip FILE, or pass <(zcat FILE))"},
+		{"\xfd7zXZ\x00", "xz-compressed", "decompress it first (unxz FILE, or pass <(xzcat FILE))"},
+		{"PK\x03\x04", "a ZIP archive (an .xlsx workbook?)", "export or extract the CSV"},
+		{"\xff\xfe", "UTF-16 text", "save it as UTF-8"},
+		{"\xfe\xff", "UTF-16 text", "save it as UTF-8"},
+	} {
+		if bytes.HasPrefix(head, []byte(m.magic)) {
+			return m.what, m.fix
+		}
+	}
+	return "", ""
 }
 
 // produce reads the rest of the file into blocks of whole lines. A line

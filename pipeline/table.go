@@ -173,26 +173,47 @@ func OpenTable(path string, columns []string) (RowReader, error) {
 }
 
 // columnIndex maps each wanted column to its position in header.
+//
+// Its errors name wanted columns and positions only, never another cell of
+// the header: a file without a header row (or compressed, or not the table
+// meant) has a user id and a phone number there, and errors reach logs and
+// the audit log.
 func columnIndex(header, columns []string) ([]int, error) {
+	wanted := make(map[string]bool, len(columns))
+	for _, c := range columns {
+		wanted[c] = true
+	}
 	pos := make(map[string]int, len(header))
 	for i, h := range header {
-		if _, dup := pos[h]; dup {
-			return nil, fmt.Errorf("%w: column %q appears twice in the header", ErrConfig, h)
+		if j, dup := pos[h]; dup {
+			if wanted[h] {
+				return nil, fmt.Errorf("%w: column %q appears twice in the header (columns %d and %d)", ErrConfig, h, j+1, i+1)
+			}
+			return nil, fmt.Errorf("%w: columns %d and %d of the header have the same name", ErrConfig, j+1, i+1)
 		}
 		pos[h] = i
 	}
 	idx := make([]int, len(columns))
-	var missing []string
+	var missing, hints []string
 	for i, c := range columns {
 		p, ok := pos[c]
 		if !ok {
 			missing = append(missing, c)
+			for j, h := range header {
+				if strings.EqualFold(strings.TrimSpace(h), c) {
+					hints = append(hints, fmt.Sprintf("column %d would be %s but for case or white space", j+1, c))
+				}
+			}
 		}
 		idx[i] = p
 	}
 	if len(missing) > 0 {
-		return nil, fmt.Errorf("%w: missing column(s) %s; the header has %s (MATCHING.md section 1 lists the columns)",
-			ErrConfig, strings.Join(missing, ", "), strings.Join(header, ","))
+		hint := "is the file compressed, or without a header row?"
+		if len(hints) > 0 {
+			hint = strings.Join(hints, "; ") + ": names are exact"
+		}
+		return nil, fmt.Errorf("%w: missing column(s) %s: the header row's %d column(s) must include %s (MATCHING.md section 1); %s",
+			ErrConfig, strings.Join(missing, ", "), len(header), strings.Join(columns, ", "), hint)
 	}
 	return idx, nil
 }
