@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -153,10 +154,10 @@ func (w *world) audience(h *hashing.Hasher, asOf time.Time) []string {
 	return ids
 }
 
-// hasherOf is the destination's hasher, from the state's master key.
-func hasherOf(t *testing.T, state, destination string) *hashing.Hasher {
+// hasherOf is the destination's hasher, from a master key file.
+func hasherOf(t *testing.T, keyFile, destination string) *hashing.Hasher {
 	t.Helper()
-	mk, err := hashing.LoadMasterKey(filepath.Join(pipeline.KeysDir(state), "master.key"))
+	mk, err := hashing.LoadMasterKey(keyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,13 +264,14 @@ func (e nightsEnv) cmd(crashAt string, asOf time.Time, extra ...string) *exec.Cm
 	return c
 }
 
-// attempt runs once, killing the process the way mode says (nothing, at a
-// named stage, or after a random delay), then runs again with the same
-// flags until a run ends without being killed; that run must succeed.
-func (e nightsEnv) attempt(t *testing.T, rng *rand.Rand, typical time.Duration, asOf time.Time, extra ...string) string {
+// attempt runs once, killing the process at random (not at all, at a late
+// named stage, or after random delays), then runs again with the same flags;
+// that run must succeed. With lose set, a killed night may instead be left
+// as it is, as when nobody re-runs a failed cron job: the next night's run
+// must then cope with whatever the kill left (lost reports it).
+func (e nightsEnv) attempt(t *testing.T, rng *rand.Rand, typical time.Duration, lose bool, asOf time.Time, extra ...string) (how string, lost bool) {
 	t.Helper()
 	late := []string{"write", "staged", "evidence", "published", "committed"}
-	var how string
 	switch r := rng.IntN(4); r {
 	case 0:
 		how = "no kill"
@@ -277,7 +279,7 @@ func (e nightsEnv) attempt(t *testing.T, rng *rand.Rand, typical time.Duration, 
 		stage := late[rng.IntN(len(late))]
 		how = "killed at " + stage
 		if err := e.cmd(stage, asOf, extra...).Run(); !killedBySIGKILL(err) {
-			t.Fatalf("%s: the run was not killed: %v", how, err)
+			t.Fatalf("%s %v: the run was not killed: %v", how, extra, err)
 		}
 	case 3:
 		how = "killed at random moments"
@@ -285,10 +287,13 @@ func (e nightsEnv) attempt(t *testing.T, rng *rand.Rand, typical time.Duration, 
 			killRandomly(t, e.cmd("", asOf, extra...), rng, typical)
 		}
 	}
+	if lose && how != "no kill" && rng.IntN(2) == 0 {
+		return how + ", not run again", true
+	}
 	if out, err := e.cmd("", asOf, extra...).CombinedOutput(); err != nil {
 		t.Fatalf("%s %v, then run again: %v\n%s", how, extra, err, out)
 	}
-	return how
+	return how, false
 }
 
 func (e nightsEnv) verify(t *testing.T) error {
@@ -311,7 +316,10 @@ func TestNightsRandomized(t *testing.T) {
 		t.Skip("runs the binary many times")
 	}
 	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
+	if s, err := strconv.ParseUint(os.Getenv("AUDIENCEMATCH_TEST_SEED"), 10, 64); err == nil {
+		seed = s
+	}
+	t.Logf("seed %d (AUDIENCEMATCH_TEST_SEED repeats it)", seed)
 	rng := rand.New(rand.NewPCG(seed, 3))
 	w := newWorld(t, seed, 1500)
 	bin := buildBinary(t)
@@ -321,7 +329,7 @@ func TestNightsRandomized(t *testing.T) {
 		t.Fatalf("keys init: %v %s", err, out)
 	}
 	env{state: e.state, out: e.out}.writeRegistry(t, "hmac-sha256")
-	h := hasherOf(t, e.state, "meta-ads")
+	h := hasherOf(t, filepath.Join(pipeline.KeysDir(e.state), "master.key"), "meta-ads")
 	forced := map[string]int{} // dt= -> extra runs --force made
 	asOf := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 	typical := time.Duration(0)
@@ -330,22 +338,31 @@ func TestNightsRandomized(t *testing.T) {
 		w.night(asOf.Add(-2 * time.Hour))
 		e.users, e.events = w.write(t, filepath.Join(d, "in"))
 		if night >= 2 && rng.IntN(3) == 0 {
-			how := e.attempt(t, rng, typical, asOf.Add(-30*time.Hour), "--backfill")
+			// A cutoff of a date no run has committed yet (before the
+			// first night), earlier than the chain's head.
+			bf := time.Date(2026, 10, 10+night, 6, 0, 0, 0, time.UTC)
+			how, _ := e.attempt(t, rng, typical, false, bf, "--backfill")
+			if _, all := chain(t, e.state, "meta-ads"); !all[len(all)-1].Backfill || all[len(all)-1].AsOf != bf.Format(time.RFC3339) {
+				t.Fatalf("night %d: the backfill is not the last committed run", night)
+			}
 			t.Logf("night %d: backfill, %s", night, how)
 		}
 		start := time.Now()
-		how := e.attempt(t, rng, max(typical, time.Second), asOf)
+		how, lost := e.attempt(t, rng, max(typical, time.Second), night > 0 && night < 7, asOf)
 		if typical == 0 {
 			typical = time.Since(start)
 		}
 		t.Logf("night %d: %s", night, how)
+		if lost {
+			continue // the next night's run finds what this one left
+		}
 		if night >= 1 && rng.IntN(3) == 0 {
 			// New withdrawals for the same cutoff: the operator re-runs it.
 			for _, id := range w.userIDs()[:40] {
 				w.event(id, "withdraw", asOf.Add(-time.Hour))
 			}
 			e.users, e.events = w.write(t, filepath.Join(d, "in"))
-			how := e.attempt(t, rng, typical, asOf, "--force")
+			how, _ := e.attempt(t, rng, typical, false, asOf, "--force")
 			forced[asOf.Format(time.DateOnly)]++
 			t.Logf("night %d: forced re-run, %s", night, how)
 		}
@@ -505,8 +522,17 @@ func tamperChain(t *testing.T, e nightsEnv) {
 	if len(chainIdx) < 4 {
 		t.Fatalf("only %d runs in the chain", len(chainIdx))
 	}
-	victim := recs[chainIdx[2]] // a run with deltas, after the trusted checkpoint below
-	cut := recs[:chainIdx[1]+1]
+	// The victim: a run with adds and removes, after at least two runs
+	// (the auditor's checkpoint below is taken before it) and before another.
+	k := 2
+	for k+1 < len(chainIdx) && (rowsOf(recs[chainIdx[k]].Adds) == 0 || rowsOf(recs[chainIdx[k]].Removes) == 0) {
+		k++
+	}
+	if k+1 >= len(chainIdx) {
+		t.Fatal("no run with both adds and removes to forge")
+	}
+	victim := recs[chainIdx[k]]
+	cut := recs[:chainIdx[k-1]+1]
 	fullCheckpoint, _ := os.ReadFile(filepath.Join(pipeline.AuditDir(e.state), audit.CheckpointFile))
 	// The auditor's checkpoint, saved on a visit before the victim ran.
 	f.write(cut)
@@ -567,22 +593,22 @@ func tamperChain(t *testing.T, e nightsEnv) {
 	verifyFails("a removes file one short", victim.RunID)
 
 	// A whole run cut out of the log.
-	next := recs[chainIdx[3]]
-	f.write(slices.Delete(slices.Clone(recs), chainIdx[2], chainIdx[2]+1))
+	next := recs[chainIdx[k+1]]
+	f.write(slices.Delete(slices.Clone(recs), chainIdx[k], chainIdx[k]+1))
 	verifyFails("a run cut out of the chain", next.RunID)
 
 	// previous_run_id pointed past a run.
-	f.write(withRecord(chainIdx[3], func(r *audit.Record) { r.PreviousRunID = recs[chainIdx[1]].RunID }))
+	f.write(withRecord(chainIdx[k+1], func(r *audit.Record) { r.PreviousRunID = recs[chainIdx[k-1]].RunID }))
 	verifyFails("previous_run_id skipping a run", next.RunID)
 
 	// Two runs in the wrong order.
 	swapped := slices.Clone(recs)
-	swapped[chainIdx[2]], swapped[chainIdx[3]] = swapped[chainIdx[3]], swapped[chainIdx[2]]
+	swapped[chainIdx[k]], swapped[chainIdx[k+1]] = swapped[chainIdx[k+1]], swapped[chainIdx[k]]
 	f.write(swapped)
 	verifyFails("two runs swapped", next.RunID)
 
 	// A run turned into a backfill, taking it out of the chain.
-	f.write(withRecord(chainIdx[2], func(r *audit.Record) {
+	f.write(withRecord(chainIdx[k], func(r *audit.Record) {
 		r.Backfill, r.PreviousRunID, r.Adds, r.Removes, r.RemovesScheme, r.RemovesKeyID = true, "", nil, nil, "", ""
 	}))
 	verifyFails("a run relabelled as a backfill", victim.RunID)
