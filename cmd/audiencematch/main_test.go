@@ -402,12 +402,13 @@ func TestRerunIsNoop(t *testing.T) {
 	if after := e.published(t); strings.Join(after, ",") != strings.Join(before, ",") {
 		t.Errorf("rerun changed OUT: %v -> %v", before, after)
 	}
-	// --force with changed inputs: a second run for the day.
+	// --force with changed inputs: a second run for the day, with deltas
+	// against the first, which the platform holds.
 	writeFile(t, e.users, vectorUsers+"u9,+16505551299,US\n", 0o644)
-	if out, stderr, code := execute(t, e.args("--force")...); code != 0 || !strings.Contains(out, "published 4 identifiers") {
+	if out, stderr, code := execute(t, e.args("--force")...); code != 0 || !strings.Contains(out, "published 4 identifiers") || !strings.Contains(out, "adds 0, removes 0") {
 		t.Fatalf("forced run with new inputs: exit %d, %q %q", code, out, stderr)
 	}
-	if after := e.published(t); len(after) != 2*len(before) {
+	if after := e.published(t); len(after) != 2*len(before)+2 {
 		t.Errorf("after a forced run with new inputs OUT holds %v", after)
 	}
 }
