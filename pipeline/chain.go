@@ -414,3 +414,30 @@ func mergeDelta(prev, cur idIter, sameKey bool, adds, removes idIter) (nAdds, nR
 	}
 	return nAdds, nRemoves, nil
 }
+
+// verifyNothingUnrecorded checks that every run directory published under
+// the delivery roots the log names is one the log records: a directory the
+// platform may have loaded but the log does not show (a run killed between
+// its publish and its record, not yet healed by a later run) fails.
+func verifyNothingUnrecorded(l *audit.Log) error {
+	roots := map[string]bool{}
+	committed := map[string]bool{}
+	for _, rec := range l.Records() {
+		if rec.Type == audit.TypeRunCommitted {
+			roots[filepath.Dir(filepath.Dir(rec.Published))] = true
+			committed[rec.RunID] = true
+		}
+	}
+	for root := range roots {
+		dirs, err := filepath.Glob(filepath.Join(root, "dt=*", "run=*"))
+		if err != nil {
+			return err
+		}
+		for _, dir := range dirs {
+			if !committed[strings.TrimPrefix(filepath.Base(dir), "run=")] {
+				return fmt.Errorf("%s is published but the log does not record it: the next run of the job checks and records it (or refuses it, naming the problem)", dir)
+			}
+		}
+	}
+	return nil
+}

@@ -60,6 +60,9 @@ func VerifyAudit(state string, verifier note.Verifier, trusted []byte) (*VerifyR
 			heads[rec.Destination] = rec
 		}
 	}
+	if err := verifyNothingUnrecorded(l); err != nil {
+		return nil, fmt.Errorf("%w: audit verify: %w", ErrData, err)
+	}
 	return rep, nil
 }
 

@@ -272,6 +272,20 @@ func TestDiskFullWhileSigning(t *testing.T) {
 	mustVerify(t, e.state)
 }
 
+// A read-only delivery root is the machine's state, not a bug: exit 74,
+// nothing published, the failure recorded.
+func TestReadOnlyOutput(t *testing.T) {
+	e, _ := worldEnv(t, 50)
+	mountTmpfs(t, e.out, "size=1m,ro")
+	_, stderr, code := execute(t, runAt(e, "2026-11-01T00:00:00Z")...)
+	if code != exitIOErr || !strings.Contains(stderr, "read-only") {
+		t.Fatalf("read-only OUT: exit %d, want %d\n%s", code, exitIOErr, stderr)
+	}
+	if got := recordTypes(t, e.state); !slices.Equal(got, []string{audit.TypeRunFailed}) {
+		t.Fatalf("records %v", got)
+	}
+}
+
 // Case 10: a mistyped cutoff, an empty input or a collapse of the audience
 // publishes nothing, unless the operator allows the drop, which is recorded.
 func TestDropGuard(t *testing.T) {
