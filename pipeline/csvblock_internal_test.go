@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -234,6 +235,131 @@ func TestCommaOrQuote(t *testing.T) {
 			if got := commaOrQuote(s, i); got != want {
 				t.Fatalf("commaOrQuote(%q, %d) = %d, want %d", s, i, got, want)
 			}
+		}
+	}
+}
+
+// TestCopyRecords: NewCopyReader reads PostgreSQL's COPY CSV with its
+// quoting, whatever the block size and with batches taken in parallel: a
+// line break (LF or CRLF) inside quotes is data, Row.Line counts records
+// (the header is 1), a record longer than maxRecordBytes is one reject and
+// the next one is intact, and the digest is the stream's SHA-256.
+func TestCopyRecords(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	values := []string{"", "u1", "+1 650 555 1212", "support ticket\n#123", "a\r\nb", `say "hi"`, "a,b", "\n", `"`, "x\n\n\"y\"\r\n"}
+	quote := func(v string) string { // as COPY does: an empty string quoted, NULL not
+		if v == "" || strings.ContainsAny(v, ",\"\r\n") {
+			return `"` + strings.ReplaceAll(v, `"`, `""`) + `"`
+		}
+		return v
+	}
+	for trial := range 20 {
+		var body strings.Builder
+		var want []Row
+		for i := range 1 + rng.IntN(60) {
+			line := int64(i + 2)
+			if rng.IntN(12) == 0 {
+				long := "u" + strings.Repeat("\n9", maxRecordBytes/2+rng.IntN(maxRecordBytes))
+				body.WriteString(quote(long) + ",x,US\n")
+				want = append(want, Row{Line: line, Reject: RejectRecordTooLong})
+				continue
+			}
+			f := []string{values[rng.IntN(len(values))], values[rng.IntN(len(values))], values[rng.IntN(len(values))]}
+			body.WriteString(quote(f[0]) + "," + quote(f[1]) + "," + quote(f[2]) + "\n")
+			want = append(want, Row{Line: line, Fields: f})
+		}
+		stream := "user_id,phone,country\n" + body.String()
+		sum := sha256.Sum256([]byte(stream))
+		for _, size := range []int{16, 1000, maxRecordBytes + 3, 4 << 20} {
+			SetCSVBlockSize(t, size)
+			r, err := NewCopyReader(io.NopCloser(strings.NewReader(stream)), UserColumns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []Row
+			for {
+				row, err := r.Next()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				c := *row
+				c.Fields = slices.Clone(row.Fields)
+				got = append(got, c)
+			}
+			if !sameRows(got, want) {
+				t.Fatalf("trial %d, block size %d: read\n%.500v\nwant\n%.500v", trial, size, got, want)
+			}
+			if d := r.Digest(); d != hex.EncodeToString(sum[:]) {
+				t.Fatalf("trial %d, block size %d: digest %s", trial, size, d)
+			}
+			r.Close()
+
+			r, _ = NewCopyReader(io.NopCloser(strings.NewReader(stream)), UserColumns)
+			if got := readBatches(t, r); !sameRows(got, want) {
+				t.Fatalf("trial %d, block size %d: batches read\n%.500v\nwant\n%.500v", trial, size, got, want)
+			}
+			r.Close()
+		}
+	}
+}
+
+// readBatches takes r's batches with four workers at once and puts them
+// back in order.
+func readBatches(t *testing.T, r RowReader) []Row {
+	t.Helper()
+	br := batchesOf(r)
+	var mu sync.Mutex
+	bySeq := map[int][]Row{}
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			var b rowBatch
+			for br.nextBatch(&b) == nil {
+				rows := make([]Row, len(b.rows))
+				for i, r := range b.rows {
+					r.Fields = slices.Clone(r.Fields)
+					rows[i] = r
+				}
+				mu.Lock()
+				bySeq[b.seq] = rows
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	var got []Row
+	for seq := range len(bySeq) {
+		rows, ok := bySeq[seq]
+		if !ok {
+			t.Fatalf("batch %d missing of %d", seq, len(bySeq))
+		}
+		got = append(got, rows...)
+	}
+	return got
+}
+
+func TestRecordEnd(t *testing.T) {
+	var vectors = []struct {
+		s       string
+		inQuote bool
+		end     int
+		after   bool
+	}{
+		{"a,b\nc", false, 3, false},
+		{"\"a\nb\",c\nd", false, 7, false},
+		{"\"a\"\"\n\"\"b\"\n", false, 9, false}, // "a""<LF>""b": the line break is inside quotes
+		{"\"a\r\nb\"\r\n", false, 7, false},
+		{"\"open\n", false, -1, true},
+		{"abc", false, -1, false},
+		{"x\"\ny\n", true, 2, false}, // a quoted value that began in an earlier buffer
+		{"", false, -1, false},
+	}
+	for _, v := range vectors {
+		if end, after := recordEnd(v.s, 0, v.inQuote); end != v.end || after != v.after {
+			t.Errorf("recordEnd(%q, %v) = %d, %v; want %d, %v", v.s, v.inQuote, end, after, v.end, v.after)
 		}
 	}
 }

@@ -65,27 +65,49 @@ type csvTable struct {
 	digest string
 	err    error
 	rows   batchCursor // Next's
+	// quoted is set for CSV a program wrote, whose quotes are always
+	// closed (NewCopyReader): a line break inside quotes is data, a record
+	// ends at a line break outside quotes, and lines count records.
+	quoted bool
 }
 
-// csvBlock is a run of whole lines, the first numbered firstLine; a block
-// with tooLong set stands for one line longer than maxRecordBytes, dropped.
+// csvBlock is a run of whole lines (of whole records, when quoted), the
+// first numbered firstLine; a block with tooLong set stands for one line
+// (record) longer than maxRecordBytes, dropped.
 type csvBlock struct {
 	seq       int
 	firstLine int64
 	data      []byte
 	tooLong   bool
+	records   int64 // when quoted: the records data ends, its line breaks being no measure of them
 }
 
 var errRecord = errors.New("malformed record")
 
 func newCSVTable(rc io.ReadCloser, columns []string) (*csvTable, error) {
+	return openCSV(rc, columns, false)
+}
+
+// NewCopyReader streams the CSV that PostgreSQL's COPY ... TO STDOUT
+// (FORMAT csv, HEADER) writes, from r, as a RowReader. Unlike a file, it
+// is read with its quoting: the database closes every quote it opens, so a
+// line break inside quotes is part of a value (a source of
+// E'support ticket\n#123' is one field, not two broken rows), and Row.Line
+// is the record's number, the header being 1, as in a file of the same
+// rows without line breaks in their values. The digest is the stream's
+// SHA-256, as for a file.
+func NewCopyReader(r io.ReadCloser, columns []string) (RowReader, error) {
+	return openCSV(r, columns, true)
+}
+
+func openCSV(rc io.ReadCloser, columns []string, quoted bool) (*csvTable, error) {
 	sum := sha256.New()
 	br := bufio.NewReaderSize(io.TeeReader(rc, sum), 1<<16)
 	header, next, err := readCSVHeader(br)
 	if err != nil {
 		return nil, err
 	}
-	t := &csvTable{ncols: len(header), closer: rc, blocks: make(chan csvBlock, 4), stop: make(chan struct{}), free: make(chan []byte, 8)}
+	t := &csvTable{ncols: len(header), closer: rc, blocks: make(chan csvBlock, 4), stop: make(chan struct{}), free: make(chan []byte, 8), quoted: quoted}
 	if t.idx, err = columnIndex(header, columns); err != nil {
 		return nil, err
 	}
@@ -173,6 +195,7 @@ func (t *csvTable) produce(r io.Reader, sum hash.Hash, line int64) {
 	}
 	var carry []byte
 	skipping := false // inside a line already known to be too long
+	inQuote := false  // while skipping a quoted record: inside quotes
 	for seq := 0; ; {
 		// At least as much again as the carried partial line: a line many
 		// blocks long is then read in a logarithmic number of rounds.
@@ -189,7 +212,12 @@ func (t *csvTable) produce(r io.Reader, sum hash.Hash, line int64) {
 			return
 		}
 		if skipping {
-			i := bytes.IndexByte(buf, '\n')
+			i := -1
+			if t.quoted {
+				i, inQuote = recordEnd(unsafeString(buf), 0, inQuote)
+			} else {
+				i = bytes.IndexByte(buf, '\n')
+			}
 			if i < 0 && !eof {
 				carry = carry[:0]
 				continue
@@ -205,7 +233,13 @@ func (t *csvTable) produce(r io.Reader, sum hash.Hash, line int64) {
 				buf = buf[i+1:]
 			}
 		}
-		cut := bytes.LastIndexByte(buf, '\n') + 1
+		var cut int
+		var lines int64
+		if t.quoted {
+			cut, lines, inQuote = records(unsafeString(buf))
+		} else {
+			cut = bytes.LastIndexByte(buf, '\n') + 1
+		}
 		if eof {
 			cut = len(buf)
 		}
@@ -215,17 +249,72 @@ func (t *csvTable) produce(r io.Reader, sum hash.Hash, line int64) {
 		}
 		if cut > 0 {
 			block := buf[:cut]
-			if !send(csvBlock{seq: seq, firstLine: line, data: block}) {
+			if !send(csvBlock{seq: seq, firstLine: line, data: block, records: lines}) {
 				return
 			}
 			seq++
-			line += int64(bytes.Count(block, []byte{'\n'}))
+			if !t.quoted {
+				lines = int64(bytes.Count(block, []byte{'\n'}))
+			}
+			line += lines
 		}
 		if eof {
 			t.digest = hex.EncodeToString(sum.Sum(nil))
 			return
 		}
 		carry = append(carry[:0], buf[cut:]...)
+	}
+}
+
+// unsafeString is b as a string, without a copy, for reading only: b must
+// not change while the string is in use.
+func unsafeString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
+// recordEnd is the index of the first line break at or after i that ends a
+// quoted CSV record (one outside quotes), or -1 if there is none; inQuote
+// says whether i is inside quotes, and is returned for the end of s when
+// there is no record end. A doubled quote inside quotes leaves and enters
+// them again, so counting quotes is enough. The next line break is looked
+// for again only once passed: a value of many doubled quotes costs its
+// length, not its length times its quotes.
+func recordEnd(s string, i int, inQuote bool) (int, bool) {
+	nl := -1 // the first line break at or after i, once known and while nl >= i
+	for {
+		if inQuote {
+			j := strings.IndexByte(s[i:], '"')
+			if j < 0 {
+				return -1, true
+			}
+			i, inQuote = i+j+1, false
+			continue
+		}
+		if nl < i {
+			nl = len(s)
+			if j := strings.IndexByte(s[i:], '\n'); j >= 0 {
+				nl = i + j
+			}
+		}
+		j := strings.IndexByte(s[i:nl], '"')
+		if j < 0 {
+			if nl == len(s) {
+				return -1, false
+			}
+			return nl, false
+		}
+		i, inQuote = i+j+1, true
+	}
+}
+
+// records returns the end of the last whole quoted record of s (just after
+// its line break; 0 if none), the number of records before it, and whether
+// the end of s is inside quotes.
+func records(s string) (cut int, n int64, inQuote bool) {
+	for {
+		end, q := recordEnd(s, cut, false)
+		if end < 0 {
+			return cut, n, q
+		}
+		cut, n = end+1, n+1
 	}
 }
 
@@ -282,7 +371,13 @@ func (t *csvTable) parseBlock(blk csvBlock, b *rowBatch) {
 		b.rows = append(b.rows, Row{Line: blk.firstLine, Reject: RejectRecordTooLong})
 		return
 	}
-	if n := bytes.Count(blk.data, []byte{'\n'}) + 1; cap(b.rows) < n {
+	// A row a line or, quoted, a record: produce counts those, as values
+	// may hold any number of line breaks.
+	n := int(blk.records) + 1
+	if !t.quoted {
+		n = bytes.Count(blk.data, []byte{'\n'}) + 1
+	}
+	if cap(b.rows) < n {
 		// Room at once for a full block of lines this long: blocks grow
 		// to csvBlockSize, and growing by doublings costs fresh memory
 		// at each step. Not for a block of a small file, which is all
@@ -298,7 +393,16 @@ func (t *csvTable) parseBlock(blk csvBlock, b *rowBatch) {
 	s := unsafe.String(unsafe.SliceData(blk.data), len(blk.data))
 	var fields []string
 	for line := blk.firstLine; len(s) > 0; line++ {
-		text, rest, found := strings.Cut(s, "\n")
+		var text, rest string
+		var found bool
+		if t.quoted {
+			text, rest, found = s, "", false
+			if end, _ := recordEnd(s, 0, false); end >= 0 {
+				text, rest, found = s[:end], s[end+1:], true
+			}
+		} else {
+			text, rest, found = strings.Cut(s, "\n")
+		}
 		s = rest
 		size := len(text)
 		if found {

@@ -13,8 +13,9 @@ import (
 
 // Row is one data row of an input table.
 type Row struct {
-	// Line is the 1-based physical line of a CSV row (where a multi-line
-	// record starts) or the 1-based row number in a Parquet file.
+	// Line is the 1-based physical line of a CSV file's row, the 1-based
+	// record number of a COPY stream's (NewCopyReader; the header is 1) or
+	// the 1-based row number in a Parquet file.
 	Line int64
 	// Fields holds the requested columns, in the order they were asked for.
 	// The slice is reused by the next call to Next.
@@ -76,8 +77,9 @@ func (s FileSource) Name(table string) string { return filepath.Base(s.path(tabl
 // Close does nothing: each table is closed after it is read.
 func (FileSource) Close() error { return nil }
 
-// NewCSVReader streams CSV from r (with its header row) as a RowReader;
-// other sources (PostgreSQL's COPY) use it to share the CSV rules.
+// NewCSVReader streams CSV from r (with its header row) as a RowReader,
+// with the rules of a CSV file: one line, one row. PostgreSQL's COPY
+// output, whose values may hold line breaks, is read with NewCopyReader.
 func NewCSVReader(r io.ReadCloser, columns []string) (RowReader, error) {
 	return newCSVTable(r, columns)
 }
