@@ -275,3 +275,104 @@ func TestConnectionErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestLineBreaksInValues: a value with a line break (LF, CRLF, with quotes)
+// is data, not the end of a row: a withdrawal whose source holds one is
+// not lost, and nothing is rejected.
+func TestLineBreaksInValues(t *testing.T) {
+	url, conn := newDB(t)
+	users := []fixtures.User{
+		{UserID: "u-lf", Phone: "+16502530001"},
+		{UserID: "u-crlf", Phone: "+16502530002"},
+		{UserID: "u-ok", Phone: "+16502530003"},
+	}
+	grant := func(id, user, source string) fixtures.Event {
+		return fixtures.Event{EventID: id, UserID: user, Purpose: fixtures.DefaultPurpose, Action: "grant",
+			OccurredAt: "2026-10-01T00:00:00Z", PolicyVersion: "4", Source: source}
+	}
+	withdraw := func(id, user, source string) fixtures.Event {
+		e := grant(id, user, source)
+		e.Action, e.OccurredAt = "withdraw", "2026-10-20T00:00:00Z"
+		return e
+	}
+	events := []fixtures.Event{
+		grant("e1", "u-lf", "onboarding"),
+		withdraw("e2", "u-lf", "support ticket\n#123"),
+		grant("e3", "u-crlf", "onboarding"),
+		withdraw("e4", "u-crlf", "support ticket\r\n\"#124\", by phone\n"),
+		grant("e5", "u-ok", "app\nsettings, \"v2\"\r\n"),
+	}
+	load(t, conn, users, events)
+	src, err := pgsource.New(pgsource.Options{URL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	res, err := runWith(t, t.TempDir(), src, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := res.Manifest
+	if n := m.ConsentEvents.ByClass["malformed"]; n != 0 || len(m.Rejects.ConsentEvents) != 0 {
+		t.Errorf("%d malformed events, rejects %v; want none", n, m.Rejects.ConsentEvents)
+	}
+	if m.ConsentEvents.Rows != int64(len(events)) || m.ConsentEvents.ByClass["used"] != int64(len(events)) {
+		t.Errorf("events %d, by class %v; want %d used", m.ConsentEvents.Rows, m.ConsentEvents.ByClass, len(events))
+	}
+	if m.TotalRows != 1 || m.Users.Excluded["withdrawn"] != 2 {
+		t.Errorf("exported %d, withdrawn %d; want 1 (u-ok) and 2", m.TotalRows, m.Users.Excluded["withdrawn"])
+	}
+}
+
+// TestCastErrorHidesValue: a value a query cannot convert fails the run as
+// bad data, and the error names the query and the SQLSTATE but never the
+// value: PostgreSQL's message quotes it, and it may be personal data.
+func TestCastErrorHidesValue(t *testing.T) {
+	url, conn := newDB(t)
+	const secret = "SECRET-4915"
+	users, events := generate(20)
+	events[3].PolicyVersion = secret
+	events[5].OccurredAt = secret + "T"
+	users[2].Phone = secret + "0"
+	load(t, conn, users, events)
+	cols := "event_id, user_id, purpose, action, occurred_at, policy_version, source"
+	cases := []struct {
+		name string
+		opts pgsource.Options
+		want []string
+	}{
+		{"integer", pgsource.Options{URL: url, ConsentQuery: "SELECT " + strings.Replace(cols, "policy_version,", "policy_version::int AS policy_version,", 1) + " FROM consent_events ORDER BY event_id"},
+			[]string{"SQLSTATE 22P02", "postgres:query(consent_events)", "could not be converted"}},
+		{"timestamp", pgsource.Options{URL: url, ConsentQuery: "SELECT " + strings.Replace(cols, "occurred_at,", "occurred_at::timestamptz AS occurred_at,", 1) + " FROM consent_events ORDER BY event_id"},
+			[]string{"SQLSTATE 22007", "postgres:query(consent_events)"}},
+		{"users", pgsource.Options{URL: url, UsersQuery: "SELECT user_id, phone::bigint AS phone, country FROM users ORDER BY user_id"},
+			[]string{"SQLSTATE 22P02", "postgres:query(users)"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			src, err := pgsource.New(c.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer src.Close()
+			_, err = runWith(t, t.TempDir(), src, "", "")
+			if !errors.Is(err, pipeline.ErrData) {
+				t.Fatalf("err = %v; want ErrData", err)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("the error does not say %q: %v", w, err)
+				}
+			}
+			if strings.Contains(err.Error(), "SECRET") {
+				t.Errorf("the error shows the value: %v", err)
+			}
+			for _, u := range users { // phone::bigint fails on other rows' numbers too
+				if len(u.Phone) > 4 && strings.Contains(err.Error(), u.Phone) {
+					t.Errorf("the error shows a phone number: %v", err)
+				}
+			}
+			t.Log(err)
+		})
+	}
+}
