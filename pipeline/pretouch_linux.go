@@ -4,21 +4,18 @@ import (
 	"errors"
 	"runtime"
 	"sync"
-	"syscall"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
-// madvPopulateWrite is Linux's MADV_POPULATE_WRITE (5.14 and later).
-const madvPopulateWrite = 23
-
-// Pretouch has the kernel map n bytes of fresh Go heap in one call, then
-// frees them for the run's own allocations to reuse: the JVM's
-// AlwaysPreTouch. On the 2-core VM the targets are measured on, a page the
-// process touches for the first time costs about 14 µs when it faults in
-// alone, against about 4 µs when populated in bulk (1M users: 24k faults,
-// a tenth of the run's CPU). It returns how many bytes were populated; an
-// error means the kernel could not (older than 5.14), which costs nothing
-// but the gain.
+// Pretouch has the kernel map n bytes of fresh Go heap in one call
+// (madvise MADV_POPULATE_WRITE, Linux 5.14 and later), then frees them for
+// the run's own allocations to reuse: the JVM's AlwaysPreTouch. On virtual
+// machines where a page's first touch faults expensively, populating in
+// bulk costs a fraction of faulting page by page (docs/PERFORMANCE.md has
+// the figures). It returns how many bytes were populated; an error means
+// the kernel could not, which costs nothing but the gain.
 func Pretouch(n int64) (int64, error) {
 	if n <= 0 {
 		return 0, nil
@@ -26,14 +23,10 @@ func Pretouch(n int64) (int64, error) {
 	b := make([]byte, n)
 	// madvise wants page-aligned bounds (a large object starts a span of its
 	// own, so its start already is).
-	p, page := uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(syscall.Getpagesize())
+	p, page := uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(unix.Getpagesize())
 	start, end := (p+page-1)&^(page-1), (p+uintptr(n))&^(page-1)
-	// The kernel populates a range on the calling thread: a range per
-	// core takes a fraction of the time (1M users: 40 ms on one core, while
-	// the other had nothing to do). The calling goroutine takes the first
-	// range itself. In about 1 run in 10 the two still run one after the
-	// other: a trace showed the other core running the runtime's
-	// background sweeper for 22 ms before the second range's goroutine.
+	// The kernel populates a range on the calling thread, so each core
+	// takes a share; the calling goroutine takes the first itself.
 	parts := uintptr(runtime.GOMAXPROCS(0))
 	step := ((end-start)/parts + page - 1) &^ (page - 1)
 	errs := make([]error, parts)
@@ -42,9 +35,7 @@ func Pretouch(n int64) (int64, error) {
 		if lo >= hi {
 			return
 		}
-		if _, _, e := syscall.Syscall(syscall.SYS_MADVISE, lo, hi-lo, madvPopulateWrite); e != 0 {
-			errs[i] = e
-		}
+		errs[i] = unix.Madvise(b[lo-p:hi-p], unix.MADV_POPULATE_WRITE)
 	}
 	var wg sync.WaitGroup
 	for i := uintptr(1); i < parts; i++ {
