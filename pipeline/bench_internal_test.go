@@ -52,8 +52,8 @@ func BenchmarkWriteParts(b *testing.B) {
 // so that every id is looked up among the exact hashes.
 func BenchmarkLeakGuard(b *testing.B) {
 	dir := filepath.Join(b.TempDir(), "out")
-	cfg := &Config{RowsPerFile: DefaultRowsPerFile, RowsPerGroup: DefaultRowsPerGroup, ToolVersion: "bench"}
-	writeIDs(b, dir, cfg, hashing.HMACSHA256, randomIDs(benchIDs))
+	cfg := &Config{Scheme: hashing.HMACSHA256, RowsPerFile: DefaultRowsPerFile, RowsPerGroup: DefaultRowsPerGroup, ToolVersion: "bench"}
+	writeRunIDs(b, dir, cfg, randomIDs(benchIDs))
 	g := newLeakGuard(1, b.TempDir())
 	for i := 0; i < benchIDs; i++ {
 		g.Add(fmt.Sprintf("acct-%09d", i))
@@ -65,7 +65,7 @@ func BenchmarkLeakGuard(b *testing.B) {
 	}
 	b.ResetTimer()
 	for b.Loop() {
-		if err := g.Check(dir, hashing.HMACSHA256, hashing.HMACSHA256); err != nil {
+		if err := g.Check(dir, cfg, hashing.HMACSHA256); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -244,7 +244,7 @@ func (r *run) readUsers(ctx context.Context) error {
 				continue
 			}
 			uw.guard.Add(userID)
-			uw.guard.Add(phone)
+			uw.guard.AddPhone(phone)
 			p := r.partOf(userID)
 			buf := binary.AppendUvarint(uw.out.buf(p), uint64(row.Line))
 			uw.out.put(p, appendStr(appendStr(appendStr(buf, userID), phone), country))

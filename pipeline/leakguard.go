@@ -3,7 +3,9 @@ package pipeline
 import (
 	"bytes"
 	"cmp"
+	"encoding/base64"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -15,31 +17,43 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/parquet-go/parquet-go"
-	"github.com/parquet-go/parquet-go/encoding/thrift"
-	"github.com/parquet-go/parquet-go/format"
 	"github.com/zeebo/xxh3"
 
 	"audiencematch/hashing"
 )
 
 // leakGuard is the last check before publishing: nothing of the inputs'
-// personal data may be in what the destination receives. It keeps 64-bit
-// hashes of the phone strings as typed, E.164 strings and user ids of the
-// run (not the strings themselves), and checks the files to publish:
+// personal data may be in what the destination receives, and nothing a user
+// typed may stop the run. So the guard checks what a run writes by
+// construction, byte for byte, and compares with the input only where input
+// could have gone, the ids (see leakguard_structure.go for the structures):
 //
-//   - Parquet files have exactly the contract's column, id, of the scheme's
-//     type, plain-encoded (no dictionary page), and no key-value metadata
-//     but the scheme and key_id;
+//   - the manifest is exactly the JSON of a Manifest whose every string is
+//     the run's configuration, a digest, a reason's name or a path the part
+//     writer gives, and whose files are the ones published;
+//   - a Parquet file is accounted for byte by byte: its footer is the one
+//     the part writer gives (schema, created_by, key-value metadata) but for
+//     its row groups, each one column chunk of data pages (no dictionary)
+//     whose headers, column index and offset index re-encode to their own
+//     bytes; only offsets, counts and bounds of the ids vary;
 //   - every id, decoded from every data page, has the scheme's exact shape
-//     and is not itself one of those strings, and the ids decoded are as
-//     many as the data pages' headers count;
-//   - no such string of 8 bytes or more occurs anywhere in the raw bytes of
-//     the files but the data pages' payloads (whose values the checks above
-//     decode): the manifest, Parquet footers, page headers and their
-//     statistics. Strings made only of 0-9 and a-f are left to the exact
-//     check: they would match hex identifiers by chance, often, at a
-//     billion users.
+//     and is not a user id of the input, the destination's key or, under a
+//     keyed scheme, a phone as typed; the ids decoded are as many as the
+//     data pages' headers count, and every bound the statistics and column
+//     index give is the least or greatest id it describes (the column
+//     index's truncated as Parquet truncates it);
+//   - any other file (the run writes none) is scanned raw: no phone string
+//     as typed, E.164 string or user id of 8 bytes or more may occur in it.
+//     Strings made only of 0-9 and a-f are left out: they would match hex
+//     by chance, often, at a billion users.
+//
+// The manifest and the Parquet files' structures are never searched for
+// input strings: a user may type "ads_matching", the destination, the
+// cutoff date or another user's sha256-e164 or uid2 id as their phone, and
+// those are rightly published. For the same reason a typed phone is
+// compared only with the ids of a keyed scheme (AddPhone): a user can
+// compute the id of any number under an unkeyed scheme, and type it. User
+// ids are assigned, not typed, so an id equal to one is a leak.
 //
 // Hashes are XXH3 64 of the string, seeded with a salt that every shard of
 // a run shares, so that the shards (separate processes) produce hashes the
@@ -49,23 +63,21 @@ import (
 // alarm that stops the run, never a leak let through).
 //
 // The hashes (needles) are spilled to disk: the exact hashes of strings as
-// long as an identifier, in guardGroups parts by the top bits of the hash,
-// then the prefix needles of the raw scan in guardPrefixParts parts. A
-// prefix needle is 9 bytes: a 32-bit hash of the string's first 8 bytes,
-// the low 32 bits of the string's hash, its length. It is compared only
-// where the raw bytes' 8-byte window has the same 32-bit hash, and there
-// the string's hash is computed: both hashes must agree by chance for a
-// false alarm, once in 2^64 such pairs. The guard's spill is the largest
-// at the staging's peak: 416 MB at 10M users with the needles' whole hash
-// and prefix (21 bytes), 317 MB with half the hash, 220 MB now. Fewer parts
-// of needles than of exact hashes keep the buffers a writer fills at
-// random few (a needle is written for nearly every string; an exact hash
-// for almost none). The raw bytes to scan are small (kilobytes per
-// million ids), so Check indexes their 8-byte windows and streams the
-// prefix needles past them; the exact hashes are loaded a pass at a time,
-// each pass as large as guardPassBytes allows, and every pass decodes the
-// ids. Memory stays flat as the audience grows: almost no input string is
-// as long as an id, so a run has one pass.
+// long as an identifier (a typed phone's marked with typedTag), in
+// guardGroups parts by the top bits of the hash, then the prefix needles of
+// the raw scan in guardPrefixParts parts. A prefix needle is 9 bytes: a
+// 32-bit hash of the string's first 8 bytes, the low 32 bits of the
+// string's hash, its length. It is compared only where the raw bytes'
+// 8-byte window has the same 32-bit hash, and there the string's hash is
+// computed: both hashes must agree by chance for a false alarm, once in
+// 2^64 such pairs. Fewer parts of needles than of
+// exact hashes keep the buffers a writer fills at random few (a needle is
+// written for nearly every string; an exact hash for almost none). The raw
+// bytes to scan are small, so Check indexes their 8-byte windows and
+// streams the prefix needles past them; the exact hashes are loaded a pass
+// at a time, each pass as large as guardPassBytes allows, and every pass
+// decodes the ids. Memory stays flat as the audience grows: almost no
+// input string is as long as an id, so a run has one pass.
 type leakGuard struct {
 	salt uint64
 	dir  string // where the spill goes
@@ -81,6 +93,9 @@ type leakGuard struct {
 	maxLen int
 	// passCount is how many exact passes the last Check made.
 	passCount int
+	// keyForms are the destination's key as raw bytes, hex and base64:
+	// one has the length of the ids of each scheme, and no id may be it.
+	keyForms [][]byte
 	// One pass's exact hashes: groups [lo, hi), sorted and deduplicated,
 	// and a bit per slot of their low bits, which most ids miss.
 	lo, hi     uint64
@@ -168,22 +183,38 @@ func (g *leakGuard) openLocked() {
 	}
 }
 
-// Add registers a string that must not be published.
-func (w *guardWriter) Add(s string) {
-	w.add(s)
+// Add registers a string that must not be published: a user id, or an
+// E.164 string.
+func (w *guardWriter) Add(s string) { w.addTrimmed(s, false) }
+
+// AddPhone registers a phone field as typed. It must not be published, but
+// an id of an unkeyed scheme may equal it: a user can type another user's
+// id, and no valid phone has the shape of a text id.
+func (w *guardWriter) AddPhone(s string) { w.addTrimmed(s, true) }
+
+func (w *guardWriter) addTrimmed(s string, typed bool) {
+	w.add(s, typed)
 	if t := strings.TrimSpace(s); t != s {
-		w.add(t)
+		w.add(t, typed)
 	}
 }
 
-func (w *guardWriter) add(v string) {
+// typedTag marks the exact hash of a typed phone: it is looked for only
+// among the ids of a keyed scheme, which nobody can compute to type.
+const typedTag = 0x9e3779b97f4a7c15
+
+func (w *guardWriter) add(v string, typed bool) {
 	if v == "" || w.w == nil {
 		return
 	}
 	h := guardHash(w.g.salt, v)
-	grp := int(h >> (64 - guardGroupBits))
 	if couldBeID(len(v)) {
-		w.w.put(grp, binary.LittleEndian.AppendUint64(w.w.buf(grp), h))
+		e := h
+		if typed {
+			e ^= typedTag
+		}
+		grp := int(e >> (64 - guardGroupBits))
+		w.w.put(grp, binary.LittleEndian.AppendUint64(w.w.buf(grp), e))
 	}
 	if len(v) < guardPrefix || lowerHex(v) {
 		return
@@ -217,11 +248,16 @@ func (w *guardWriter) flush() error {
 }
 
 // Add registers a string from the guard's own writer (one goroutine).
-func (g *leakGuard) Add(s string) {
+func (g *leakGuard) Add(s string) { g.ownWriter().Add(s) }
+
+// AddPhone registers a typed phone field from the guard's own writer.
+func (g *leakGuard) AddPhone(s string) { g.ownWriter().AddPhone(s) }
+
+func (g *leakGuard) ownWriter() *guardWriter {
 	if g.own == nil {
 		g.own = g.writer()
 	}
-	g.own.Add(s)
+	return g.own
 }
 
 // finish flushes Add's writer; the spill is then complete.
@@ -316,9 +352,13 @@ func (g *leakGuard) load(lo, hi uint64) error {
 }
 
 // hasExact reports whether b is a registered string, if its group is in
-// the pass.
-func (g *leakGuard) hasExact(b []byte) bool {
+// the pass; a typed phone only with typed set.
+func (g *leakGuard) hasExact(b []byte, typed bool) bool {
 	h := guardHashBytes(g.salt, b)
+	return g.exactHas(h) || typed && g.exactHas(h^typedTag)
+}
+
+func (g *leakGuard) exactHas(h uint64) bool {
 	if p := h >> (64 - guardGroupBits); p < g.lo || p >= g.hi {
 		return false
 	}
@@ -339,44 +379,78 @@ func (e *LeakError) Error() string {
 // guardFile is one file to publish.
 type guardFile struct {
 	path, rel string
-	parquet   bool
-	scheme    hashing.Scheme
-	values    int64 // the ids its data pages' headers count
+	kind      guardKind
+	size      int64
+	// A Parquet file's scheme and the key_id its metadata must name.
+	scheme hashing.Scheme
+	keyID  string
+	values int64 // the ids its data pages' headers count
+	// The bounds of its ids its statistics and column index give, by row
+	// group.
+	groups []groupBounds
 }
 
-// Check checks every file under dir: each Parquet file's structure, the raw
-// bytes outside data pages, then each id, once per exact pass.
-func (g *leakGuard) Check(dir string, scheme hashing.Scheme, removesScheme hashing.Scheme) error {
+// guardKind is how the guard checks a file.
+type guardKind int
+
+const (
+	guardRaw      guardKind = iota // not written by the run: scanned raw
+	guardParquet                   // a part, an add or a remove: structure and ids
+	guardManifest                  // manifest.json at the top: field by field
+)
+
+// Check checks every file under dir, which holds what a run of cfg is about
+// to publish, the removes' ids being of removesScheme: the manifest, each
+// Parquet file's structure, the raw bytes of any other file, then each id,
+// once per exact pass.
+func (g *leakGuard) Check(dir string, cfg *Config, removesScheme hashing.Scheme) error {
 	if err := g.finish(); err != nil {
 		return err
 	}
-	var files []guardFile
-	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		f := guardFile{path: p, rel: filepath.ToSlash(rel)}
-		if f.parquet = strings.HasSuffix(p, ".parquet"); f.parquet {
-			f.scheme = scheme
-			if strings.HasPrefix(f.rel, "removes/") {
-				f.scheme = removesScheme
-			}
-		}
-		files = append(files, f)
-		return nil
-	})
+	files, err := listGuardFiles(dir)
 	if err != nil {
 		return err
 	}
+	var m *Manifest
+	if i := slices.IndexFunc(files, func(f guardFile) bool { return f.kind == guardManifest }); i >= 0 {
+		if m, err = checkManifest(files[i], cfg, removesScheme); err != nil {
+			return err
+		}
+	}
+	removesKeyID := "" // the previous run's, which the manifest names
+	if removesScheme.Keyed() {
+		removesKeyID = cfg.KeyID()
+	}
+	if m != nil && m.Removes != nil {
+		removesKeyID = m.Removes.KeyID
+	}
+	for i := range files {
+		if f := &files[i]; f.kind == guardParquet {
+			f.scheme, f.keyID = cfg.Scheme, cfg.KeyID()
+			if strings.HasPrefix(f.rel, "removes/") {
+				f.scheme, f.keyID = removesScheme, removesKeyID
+			}
+		}
+	}
+	g.keyForms = nil
+	if k := cfg.Key[:]; cfg.Scheme.Keyed() {
+		g.keyForms = [][]byte{k, hex.AppendEncode(nil, k), base64.StdEncoding.AppendEncode(nil, k)}
+	}
+	defer func() { g.keyForms = nil }()
+	footers := writerFooters{cfg: cfg}
 	x := &rawIndex{limit: max(guardRawBytes, 2*g.maxLen+guardPrefix), keep: max(g.maxLen-1, 0), salt: g.salt}
 	for i := range files {
-		if err := g.scanFile(x, files, i); err != nil {
+		if err := g.scanFile(x, files, i, &footers); err != nil {
 			return err
 		}
 	}
 	if err := g.scanNeedles(x, files); err != nil {
 		return err
+	}
+	if m != nil {
+		if err := checkListed(m, files); err != nil {
+			return err
+		}
 	}
 	passes := g.passes()
 	g.passCount = len(passes)
@@ -395,10 +469,31 @@ func (g *leakGuard) Check(dir string, scheme hashing.Scheme, removesScheme hashi
 	return nil
 }
 
-// scanFile checks files[i]'s structure if it is Parquet and adds its raw
-// bytes (all of them, or all but the data pages' payloads) to the index,
-// scanning the index whenever it fills up.
-func (g *leakGuard) scanFile(x *rawIndex, files []guardFile, i int) error {
+// listGuardFiles lists the files under dir, in lexical order.
+func listGuardFiles(dir string) ([]guardFile, error) {
+	var files []guardFile
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		f := guardFile{path: p, rel: filepath.ToSlash(rel)}
+		switch {
+		case f.rel == "manifest.json":
+			f.kind = guardManifest
+		case strings.HasSuffix(f.rel, ".parquet"):
+			f.kind = guardParquet
+		}
+		files = append(files, f)
+		return nil
+	})
+	return files, err
+}
+
+// scanFile checks files[i]'s structure if the run writes it by
+// construction, or adds all its bytes to the raw index, scanning the index
+// whenever it fills up.
+func (g *leakGuard) scanFile(x *rawIndex, files []guardFile, i int, footers *writerFooters) error {
 	f, err := os.Open(files[i].path)
 	if err != nil {
 		return err
@@ -408,38 +503,39 @@ func (g *leakGuard) scanFile(x *rawIndex, files []guardFile, i int) error {
 	if err != nil {
 		return err
 	}
-	raw := []region{{0, st.Size()}}
-	if files[i].parquet {
-		var skip []region
-		if skip, files[i].values, err = parquetStructure(f, st.Size(), files[i].rel, files[i].scheme); err != nil {
+	files[i].size = st.Size()
+	switch files[i].kind {
+	case guardManifest:
+		return nil // checked whole by checkManifest
+	case guardParquet:
+		want, err := footers.get(files[i].scheme, files[i].keyID)
+		if err != nil {
 			return err
 		}
-		raw = complement(skip, st.Size())
+		return parquetLayout(f, &files[i], want)
 	}
 	if g.maxLen < guardPrefix {
 		return nil // no needle the raw scan could find
 	}
-	for _, r := range raw {
-		for r.n > 0 {
-			take := min(r.n, int64(x.limit-len(x.buf)))
-			if take < r.n && take <= int64(x.keep) {
-				if err := g.scanNeedles(x, files); err != nil {
-					return err
-				}
-				continue
-			}
-			if err := x.add(f, i, r.off, take); err != nil {
-				return err
-			}
-			if take == r.n {
-				break
-			}
-			// Windows that start in the last keep bytes may run past
-			// them: the next batch starts over there.
-			r.off, r.n = r.off+take-int64(x.keep), r.n-take+int64(x.keep)
+	for r := (region{0, st.Size()}); r.n > 0; {
+		take := min(r.n, int64(x.limit-len(x.buf)))
+		if take < r.n && take <= int64(x.keep) {
 			if err := g.scanNeedles(x, files); err != nil {
 				return err
 			}
+			continue
+		}
+		if err := x.add(f, i, r.off, take); err != nil {
+			return err
+		}
+		if take == r.n {
+			break
+		}
+		// Windows that start in the last keep bytes may run past them: the
+		// next batch starts over there.
+		r.off, r.n = r.off+take-int64(x.keep), r.n-take+int64(x.keep)
+		if err := g.scanNeedles(x, files); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -448,104 +544,11 @@ func (g *leakGuard) scanFile(x *rawIndex, files []guardFile, i int) error {
 // region is n bytes at off in a file.
 type region struct{ off, n int64 }
 
-// complement is [0, size) without the sorted, disjoint spans skip.
-func complement(skip []region, size int64) []region {
-	var out []region
-	at := int64(0)
-	for _, s := range skip {
-		if s.off > at {
-			out = append(out, region{at, s.off - at})
-		}
-		at = s.off + s.n
-	}
-	if at < size {
-		out = append(out, region{at, size - at})
-	}
-	return out
-}
-
-// parquetStructure checks a Parquet file's schema and metadata, walks every
-// column chunk's pages, and returns the data pages' payloads (sorted and
-// disjoint) and the number of values their headers count.
-func parquetStructure(f *os.File, size int64, rel string, scheme hashing.Scheme) (payloads []region, values int64, err error) {
-	pf, err := parquet.OpenFile(f, size, parquet.SkipPageIndex(true), parquet.SkipBloomFilters(true))
-	if err != nil {
-		return nil, 0, &LeakError{rel, "not a readable Parquet file: " + err.Error()}
-	}
-	fields := pf.Schema().Fields()
-	if len(fields) != 1 || fields[0].Name() != "id" || !fields[0].Leaf() || fields[0].Optional() || fields[0].Repeated() {
-		return nil, 0, &LeakError{rel, fmt.Sprintf("columns other than the contract's single required id column: %v", pf.Schema())}
-	}
-	typ := fields[0].Type()
-	if scheme.Binary() {
-		if typ.Kind() != parquet.FixedLenByteArray || typ.Length() != 32 {
-			return nil, 0, &LeakError{rel, "id is not FIXED_LEN_BYTE_ARRAY(32)"}
-		}
-	} else if typ.Kind() != parquet.ByteArray {
-		return nil, 0, &LeakError{rel, "id is not a string column"}
-	}
-	for _, kv := range pf.Metadata().KeyValueMetadata {
-		if kv.Key != metaScheme && kv.Key != metaKeyID {
-			return nil, 0, &LeakError{rel, fmt.Sprintf("unexpected key-value metadata %q", kv.Key)}
-		}
-	}
-	hdr := make([]byte, 64<<10)
-	for g, rg := range pf.Metadata().RowGroups {
-		for _, cc := range rg.Columns {
-			md := cc.MetaData
-			start := md.DataPageOffset
-			if md.DictionaryPageOffset > 0 {
-				start = min(start, md.DictionaryPageOffset)
-			}
-			end := start + md.TotalCompressedSize
-			if cc.FilePath != "" || start < 4 || md.TotalCompressedSize < 0 || end > size {
-				return nil, 0, &LeakError{rel, fmt.Sprintf("row group %d: column chunk outside the file", g)}
-			}
-			n := int64(0)
-			for off := start; off < end; {
-				m, err := f.ReadAt(hdr[:min(int64(len(hdr)), end-off)], off)
-				if err != nil && err != io.EOF {
-					return nil, 0, err
-				}
-				rd := bytes.NewReader(hdr[:m])
-				var h format.PageHeader
-				if err := thrift.NewDecoder(new(thrift.CompactProtocol).NewReader(rd)).Decode(&h); err != nil {
-					return nil, 0, &LeakError{rel, fmt.Sprintf("byte %d: unreadable page header: %v", off, err)}
-				}
-				p := region{off + int64(m-rd.Len()), int64(h.CompressedPageSize)}
-				if p.n < 0 || p.off+p.n > end {
-					return nil, 0, &LeakError{rel, fmt.Sprintf("byte %d: page runs past its column chunk", off)}
-				}
-				switch {
-				case h.Type == format.DataPage && h.DataPageHeader.Valid:
-					n += int64(h.DataPageHeader.V.NumValues)
-				case h.Type == format.DataPageV2 && h.DataPageHeaderV2.Valid:
-					n += int64(h.DataPageHeaderV2.V.NumValues)
-				default:
-					return nil, 0, &LeakError{rel, fmt.Sprintf("byte %d: a %s page; ids must be in plain data pages", off, h.Type)}
-				}
-				payloads = append(payloads, p)
-				off = p.off + p.n
-			}
-			if n != md.NumValues {
-				return nil, 0, &LeakError{rel, fmt.Sprintf("row group %d: pages hold %d values, the column chunk says %d", g, n, md.NumValues)}
-			}
-			values += n
-		}
-	}
-	slices.SortFunc(payloads, func(a, b region) int { return cmp.Compare(a.off, b.off) })
-	for i := 1; i < len(payloads); i++ {
-		if payloads[i].off < payloads[i-1].off+payloads[i-1].n {
-			return nil, 0, &LeakError{rel, "column chunks overlap"}
-		}
-	}
-	return payloads, values, nil
-}
-
 // checkIDs decodes the Parquet files' ids and checks each against the
-// pass's exact hashes and, with shape set, the scheme's shape and the count
-// the data pages' headers give. A row group is a task, the tasks run on
-// every core, and the leak reported is the first in file and row order.
+// pass's exact hashes and, with shape set, the scheme's shape, the count
+// the data pages' headers give and the bounds the statistics and column
+// index give. A row group is a task, the tasks run on every core, and the
+// leak reported is the first in file and row order.
 func (g *leakGuard) checkIDs(files []guardFile, shape bool) error {
 	type task struct {
 		file, group int
@@ -556,21 +559,24 @@ func (g *leakGuard) checkIDs(files []guardFile, shape bool) error {
 	}
 	var tasks []*task
 	for i, f := range files {
-		if !f.parquet {
+		if f.kind != guardParquet {
 			continue
 		}
 		r, err := openIDPages(f.path, f.scheme)
 		if err != nil {
 			return &LeakError{f.rel, err.Error()}
 		}
-		if r.groups() == 0 && shape && f.values != 0 {
-			r.Close()
+		n := r.groups()
+		r.Close()
+		if shape && n != len(f.groups) {
+			return &LeakError{f.rel, fmt.Sprintf("%d row groups read, the footer has %d", n, len(f.groups))}
+		}
+		if n == 0 && shape && f.values != 0 {
 			return &LeakError{f.rel, fmt.Sprintf("0 ids decoded, the data pages hold %d", f.values)}
 		}
-		for k := range r.groups() {
+		for k := range n {
 			tasks = append(tasks, &task{file: i, group: k, leak: -1})
 		}
-		r.Close()
 	}
 	check := func(t *task) {
 		f := files[t.file]
@@ -581,26 +587,70 @@ func (g *leakGuard) checkIDs(files []guardFile, shape bool) error {
 		}
 		defer r.Close()
 		r.only(t.group)
-		for {
+		var gb *groupBounds // nil: not the shape pass
+		var key []byte      // the key as an id of the scheme would be
+		if shape {
+			gb = &f.groups[t.group]
+			for _, k := range g.keyForms {
+				if len(k) == f.scheme.IDLen() {
+					key = k
+				}
+			}
+		}
+		keyed := f.scheme.Keyed()
+		var lo, hi []byte // the group's least and greatest ids so far
+		for page := 0; ; page++ {
 			data, offs, err := r.next()
 			if err == io.EOF {
+				if gb != nil {
+					if what := gb.chunkError(page, lo, hi); what != "" {
+						t.leak, t.what = 0, what
+					}
+				}
 				return
 			}
 			if err != nil {
 				t.err = err
 				return
 			}
+			first := t.rows
+			var plo, phi []byte // the page's least and greatest ids
 			for k := range r.count(data, offs) {
 				id := r.value(data, offs, k)
-				if shape && !f.scheme.ValidID(id) {
-					t.leak, t.what = t.rows, "id does not have the exact shape of "+string(f.scheme)
-					return
+				if shape {
+					switch {
+					case !f.scheme.ValidID(id):
+						t.leak, t.what = t.rows, "id does not have the exact shape of "+string(f.scheme)
+						return
+					case key != nil && bytes.Equal(id, key):
+						t.leak, t.what = t.rows, "id equals the destination's key"
+						return
+					}
+					if plo == nil || idLess(id, plo) {
+						plo = id
+					}
+					if phi == nil || idLess(phi, id) {
+						phi = id
+					}
 				}
-				if len(g.exact) > 0 && g.hasExact(id) {
+				if len(g.exact) > 0 && g.hasExact(id, keyed) {
 					t.leak, t.what = t.rows, "id equals a phone number or user id of the input"
 					return
 				}
 				t.rows++
+			}
+			if gb == nil {
+				continue
+			}
+			if what := gb.pageError(page, plo, phi); what != "" {
+				t.leak, t.what = first, what
+				return
+			}
+			if plo != nil && (lo == nil || idLess(plo, lo)) {
+				lo = append(lo[:0], plo...)
+			}
+			if phi != nil && (hi == nil || idLess(hi, phi)) {
+				hi = append(hi[:0], phi...)
 			}
 		}
 	}
@@ -632,6 +682,18 @@ func (g *leakGuard) checkIDs(files []guardFile, shape bool) error {
 		}
 	}
 	return nil
+}
+
+// idLess reports whether id a sorts before b, as Parquet orders byte
+// arrays (unsigned, byte by byte). Their first 8 bytes nearly always
+// decide.
+func idLess(a, b []byte) bool {
+	if len(a) >= 8 && len(b) >= 8 {
+		if x, y := binary.BigEndian.Uint64(a), binary.BigEndian.Uint64(b); x != y {
+			return x < y
+		}
+	}
+	return bytes.Compare(a, b) < 0
 }
 
 // rawIndex holds raw bytes to scan, end to end, and an index of their

@@ -2,20 +2,40 @@ package pipeline
 
 import (
 	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/parquet-go/parquet-go"
 	"github.com/parquet-go/parquet-go/encoding/thrift"
 	"github.com/parquet-go/parquet-go/format"
+	"golang.org/x/mod/sumdb/note"
 
+	"audiencematch/consent"
+	"audiencematch/consent/audit"
+	"audiencematch/fixtures"
 	"audiencematch/hashing"
 )
+
+// guardConfig is the configuration the guard's tests publish files of
+// scheme s under.
+func guardConfig(s hashing.Scheme) *Config {
+	return &Config{Destination: "meta-ads", Scheme: s, Key: hashing.DestKey{1}, Rules: FixtureRules(fixtures.DefaultAsOf),
+		Source: FileSource{Users: "/in/users.csv", Consent: "/in/consent_events.csv"}, MaxRejectRate: 0.01,
+		RowsPerFile: DefaultRowsPerFile, RowsPerGroup: DefaultRowsPerGroup, ToolVersion: "test"}
+}
 
 func writePart[T any](t *testing.T, path string, rows []T, opts ...parquet.WriterOption) {
 	t.Helper()
@@ -32,6 +52,94 @@ func writePart[T any](t *testing.T, path string, rows []T, opts ...parquet.Write
 		t.Fatal(err)
 	}
 	f.Close()
+}
+
+// writeRunPart writes rows as the part writer does under cfg, with opts
+// after its options.
+func writeRunPart[T any](t *testing.T, path string, cfg *Config, rows []T, opts ...parquet.WriterOption) {
+	t.Helper()
+	writePart(t, path, rows, append(writerOptions(cfg, cfg.Scheme, cfg.KeyID()), opts...)...)
+}
+
+// writeRunIDs writes sorted ids into dir as the run's part writer does
+// under cfg.
+func writeRunIDs(tb testing.TB, dir string, cfg *Config, ids []string) {
+	tb.Helper()
+	w, err := newPartWriter(dir, nil, cfg, cfg.Scheme, cfg.KeyID())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, id := range ids {
+		if err := w.Add(id); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	if _, err := w.Close(); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// testManifest is the manifest of a run of cfg that publishes the Parquet
+// files under dir (and deltas, when there are adds/ and removes/).
+func testManifest(t *testing.T, dir string, cfg *Config) *Manifest {
+	t.Helper()
+	m := newManifest(cfg)
+	m.RunID = cfg.Rules.AsOf.UTC().Format("20060102T150405Z") + "-0123456789ab"
+	m.addInput(TableConsent, cfg.Source.Name(TableConsent), strings.Repeat("c0", 32), 3)
+	m.addInput(TableUsers, cfg.Source.Name(TableUsers), strings.Repeat("d1", 32), 2)
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !strings.HasSuffix(p, ".parquet") {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		pf, err := parquet.OpenFile(bytes.NewReader(b), int64(len(b)))
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		sum := sha256.Sum256(b)
+		o := OutputFile{Path: filepath.ToSlash(rel), SHA256: hex.EncodeToString(sum[:]), Rows: pf.NumRows(), Bytes: int64(len(b))}
+		delta := func(d **DeltaSet) {
+			if *d == nil {
+				*d = &DeltaSet{Scheme: string(cfg.Scheme), KeyID: cfg.KeyID()}
+			}
+			(*d).Files, (*d).Rows = append((*d).Files, o), (*d).Rows+o.Rows
+		}
+		switch {
+		case strings.HasPrefix(o.Path, "adds/"):
+			delta(&m.Adds)
+		case strings.HasPrefix(o.Path, "removes/"):
+			delta(&m.Removes)
+		default:
+			m.Files, m.TotalRows = append(m.Files, o), m.TotalRows+o.Rows
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Adds != nil {
+		m.PreviousRunID = "20261031T000000Z-ba9876543210"
+	}
+	m.Users.Rows, m.Users.Exported = m.TotalRows+1, m.TotalRows
+	m.Users.Excluded[ReasonInvalidPhone] = 1
+	m.Rejects.Users[RejectFieldCount] = 0
+	return m
+}
+
+// putManifest writes m into dir as the run does.
+func putManifest(t *testing.T, dir string, m *Manifest) {
+	t.Helper()
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "manifest.json"), append(b, '\n'), 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestLeakGuard(t *testing.T) { withGuardSizes(t, testLeakGuard) }
@@ -59,9 +167,11 @@ func smallGuardPasses(t *testing.T) {
 func testLeakGuard(t *testing.T) {
 	g := newLeakGuard(1, t.TempDir())
 	hexUser := strings.Repeat("ab", 32) // a user id that looks like a hex identifier
-	for _, s := range []string{"acct-zbh251", " +44 7400 123456 ", "+447400123456", hexUser, "u1"} {
+	for _, s := range []string{"acct-zbh251", "+447400123456", hexUser, "u1"} {
 		g.Add(s)
 	}
+	g.AddPhone(" +44 7400 123456 ")
+	cfg := guardConfig(hashing.SHA256E164)
 	h, _ := hashing.NewHasher(hashing.SHA256E164, hashing.DestKey{})
 	good := TextIDRow{ID: h.ID("+447400123456")}
 	cases := []struct {
@@ -70,69 +180,82 @@ func testLeakGuard(t *testing.T) {
 		want  string
 	}{
 		{"clean", func(dir string) {
-			writePart(t, filepath.Join(dir, "part-00000.parquet"), []TextIDRow{good})
-			os.WriteFile(filepath.Join(dir, "manifest.json"), []byte(`{"run_id":"x"}`), 0o644)
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []TextIDRow{good})
+			putManifest(t, dir, testManifest(t, dir, cfg))
 		}, ""},
 		{"a needle's first 8 bytes, then others", func(dir string) {
-			writePart(t, filepath.Join(dir, "part-00000.parquet"), []TextIDRow{good})
-			os.WriteFile(filepath.Join(dir, "manifest.json"), []byte(`{"n":"+447400199999","m":"acct-zbh2","u":"u1"}`), 0o644)
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []TextIDRow{good})
+			os.WriteFile(filepath.Join(dir, "notes.json"), []byte(`{"n":"+447400199999","m":"acct-zbh2","u":"u1"}`), 0o644)
 		}, ""},
 		{"raw phone in metadata", func(dir string) {
-			writePart(t, filepath.Join(dir, "part-00000.parquet"), []TextIDRow{good}, parquet.KeyValueMetadata(metaScheme, "+44 7400 123456"))
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []TextIDRow{good}, parquet.KeyValueMetadata(metaScheme, "+44 7400 123456"))
 		}, "byte"},
-		{"user id in manifest", func(dir string) {
-			writePart(t, filepath.Join(dir, "part-00000.parquet"), []TextIDRow{good})
-			os.WriteFile(filepath.Join(dir, "manifest.json"), []byte(`{"note":"acct-zbh251"}`), 0o644)
-		}, "manifest.json: byte 9"},
+		{"user id in a file the run does not write", func(dir string) {
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []TextIDRow{good})
+			os.WriteFile(filepath.Join(dir, "notes.json"), []byte(`{"note":"acct-zbh251"}`), 0o644)
+		}, "notes.json: byte 9"},
 		{"E.164 in a removes file", func(dir string) {
-			writePart(t, filepath.Join(dir, "removes", "part-00000.parquet"), []TextIDRow{good}, parquet.KeyValueMetadata(metaKeyID, "+447400123456"))
+			writeRunPart(t, filepath.Join(dir, "removes", "part-00000.parquet"), cfg, []TextIDRow{good}, parquet.KeyValueMetadata(metaKeyID, "+447400123456"))
 		}, "removes"},
 		{"user id as an identifier", func(dir string) {
-			writePart(t, filepath.Join(dir, "part-00000.parquet"), []TextIDRow{{ID: hexUser}})
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []TextIDRow{{ID: hexUser}})
 		}, "equals a phone number or user id"},
 		{"extra column", func(dir string) {
 			type row struct {
 				ID    string `parquet:"id"`
 				Phone string `parquet:"phone"`
 			}
-			writePart(t, filepath.Join(dir, "part-00000.parquet"), []row{{good.ID, "x"}})
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []row{{good.ID, "x"}})
 		}, "columns other than"},
 		{"unknown metadata", func(dir string) {
-			writePart(t, filepath.Join(dir, "part-00000.parquet"), []TextIDRow{good}, parquet.KeyValueMetadata("note", "hello"))
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []TextIDRow{good}, parquet.KeyValueMetadata("note", "hello"))
 		}, "unexpected key-value metadata"},
 		{"dictionary-encoded ids", func(dir string) {
 			type row struct {
 				ID string `parquet:"id,dict"`
 			}
-			writePart(t, filepath.Join(dir, "part-00000.parquet"), []row{{good.ID}, {good.ID}})
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []row{{good.ID}, {good.ID}})
 		}, "DICTIONARY_PAGE page"},
 		{"leak in the second of many files", func(dir string) {
 			for i := range 5 {
-				writePart(t, filepath.Join(dir, fmt.Sprintf("part-%05d.parquet", i)), []TextIDRow{good, good})
+				writeRunPart(t, filepath.Join(dir, fmt.Sprintf("part-%05d.parquet", i)), cfg, []TextIDRow{good, good})
 			}
 			os.WriteFile(filepath.Join(dir, "a.json"), []byte(`{}`), 0o644)
 			os.WriteFile(filepath.Join(dir, "b.json"), []byte(`{"user": "acct-zbh251", "phone": "+447400123456"}`), 0o644)
 		}, "b.json: byte 10"},
+		{"typed phone in a file the run does not write", func(dir string) {
+			os.WriteFile(filepath.Join(dir, "b.json"), []byte(`{"phone": "+44 7400 123456"}`), 0o644)
+		}, "b.json: byte 11"},
 		{"wrong shape", func(dir string) {
-			writePart(t, filepath.Join(dir, "part-00000.parquet"), []TextIDRow{{ID: "not-an-id"}})
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []TextIDRow{{ID: "not-an-id"}})
 		}, "exact shape"},
+		{"raw phone as an id", func(dir string) {
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []TextIDRow{good, {ID: "+447400123456"}})
+		}, "row 1: id does not have the exact shape"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
 			c.plant(dir)
-			err := g.Check(dir, hashing.SHA256E164, hashing.SHA256E164)
-			var le *LeakError
-			if c.want == "" && err != nil {
-				t.Fatalf("clean output flagged: %v", err)
-			}
-			if c.want != "" && (!errors.As(err, &le) || !strings.Contains(err.Error(), c.want)) {
-				t.Fatalf("err = %v, want a LeakError mentioning %q", err, c.want)
-			}
-			if err != nil && (strings.Contains(err.Error(), "7400") || strings.Contains(err.Error(), "acct-")) {
-				t.Errorf("the error repeats the leaked value: %v", err)
-			}
+			checkGuard(t, g, dir, cfg, cfg.Scheme, c.want)
 		})
+	}
+}
+
+// checkGuard runs g on dir and wants no error (want empty) or a LeakError
+// mentioning want, which never repeats a planted value.
+func checkGuard(t *testing.T, g *leakGuard, dir string, cfg *Config, removesScheme hashing.Scheme, want string) {
+	t.Helper()
+	err := g.Check(dir, cfg, removesScheme)
+	var le *LeakError
+	if want == "" && err != nil {
+		t.Fatalf("clean output flagged: %v", err)
+	}
+	if want != "" && (!errors.As(err, &le) || !strings.Contains(err.Error(), want)) {
+		t.Fatalf("err = %v, want a LeakError mentioning %q", err, want)
+	}
+	if err != nil && (strings.Contains(err.Error(), "7400") || strings.Contains(err.Error(), "acct-")) {
+		t.Errorf("the error repeats the leaked value: %v", err)
 	}
 }
 
@@ -145,10 +268,221 @@ func testLeakGuardAcrossChunks(t *testing.T) {
 	g.Add("acct-straddle")
 	dir := t.TempDir()
 	b := []byte(strings.Repeat("x", (1<<20)-5) + "acct-straddle" + strings.Repeat("y", 100))
-	os.WriteFile(filepath.Join(dir, "manifest.json"), b, 0o644)
-	if err := g.Check(dir, hashing.HMACSHA256, hashing.HMACSHA256); err == nil || !strings.Contains(err.Error(), "byte 1048571") {
+	os.WriteFile(filepath.Join(dir, "notes.txt"), b, 0o644)
+	if err := g.Check(dir, guardConfig(hashing.HMACSHA256), hashing.HMACSHA256); err == nil || !strings.Contains(err.Error(), "byte 1048571") {
 		t.Fatalf("err = %v", err)
 	}
+}
+
+// TestLeakGuardManifest: the manifest is checked field by field, never
+// searched for input strings. A user id, a phone or anything else in a
+// place the run writes something else is refused, whatever it is.
+func TestLeakGuardManifest(t *testing.T) {
+	cfg := guardConfig(hashing.HMACSHA256)
+	h, _ := hashing.NewHasher(cfg.Scheme, cfg.Key)
+	rows := []BinaryIDRow{{ID: [32]byte([]byte(h.ID("+447400123456")))}}
+	cases := []struct {
+		name string
+		edit func(m *Manifest)
+		text func(b []byte) []byte
+		want string
+	}{
+		{"as the run writes it", nil, nil, ""},
+		{"user id as the purpose", func(m *Manifest) { m.Purpose = "acct-zbh251" }, nil, "purpose is not what the run writes"},
+		{"phone as the destination", func(m *Manifest) { m.Destination = "+447400123456" }, nil, "destination is not"},
+		{"phone as the tool version", func(m *Manifest) { m.ToolVersion = "+447400123456" }, nil, "tool_version is not"},
+		{"phone as the run id", func(m *Manifest) { m.RunID = "+447400123456" }, nil, "run_id is not"},
+		{"phone as the previous run id", func(m *Manifest) { m.PreviousRunID = "20261031T000000Z-447400123456x" }, nil, "previous_run_id is not"},
+		{"phone as the removes' key_id", func(m *Manifest) { m.Removes.KeyID = "+447400123456" }, nil, "removes is not"},
+		{"phone as the removes' scheme", func(m *Manifest) { m.Removes.Scheme = "+447400123456" }, nil, "removes is not"},
+		{"phone as an exclusion reason", func(m *Manifest) { m.Users.Excluded["+447400123456"] = 0 }, nil, "users.excluded: a key"},
+		{"user id as a reject reason", func(m *Manifest) { m.Rejects.ConsentEvents["acct-zbh251"] = 1 }, nil, "rejects.consent_events: a key"},
+		{"phone as an input's name", func(m *Manifest) { m.Inputs[1].Name = "+447400123456" }, nil, "inputs: a name"},
+		{"phone as an input's digest", func(m *Manifest) { m.Inputs[0].SHA256 = "+447400123456" }, nil, "inputs: a sha256"},
+		{"user id as a part's path", func(m *Manifest) { m.Files[0].Path = "acct-zbh251.parquet" }, nil, "files: a path"},
+		{"phone as an add's digest", func(m *Manifest) { m.Adds.Files[0].SHA256 = strings.Repeat("+447400123456", 5) }, nil, "adds: a sha256"},
+		{"phone as a part's row count", func(m *Manifest) { m.Files[0].Rows = 447400123456 }, nil, "part-00000.parquet: rows or bytes"},
+		{"a part listed twice", func(m *Manifest) { m.Files = append(m.Files, m.Files[0]) }, nil, "listed twice"},
+		{"a part not listed", func(m *Manifest) { m.Removes.Files = nil }, nil, "removes/part-00000.parquet: a Parquet file the manifest does not list"},
+		{"a field the manifest does not have", nil, func(b []byte) []byte {
+			return bytes.Replace(b, []byte("{"), []byte(`{"note": "acct-zbh251",`), 1)
+		}, "not the JSON of a manifest"},
+		{"a field twice", nil, func(b []byte) []byte {
+			return bytes.Replace(b, []byte("{"), []byte(`{"purpose": "acct-zbh251",`), 1)
+		}, "not exactly the JSON of its fields"},
+		{"a field spelled otherwise", nil, func(b []byte) []byte {
+			return bytes.Replace(b, []byte(`"purpose"`), []byte(`"PURPOSE"`), 1)
+		}, "not exactly the JSON of its fields"},
+		{"a value after it", nil, func(b []byte) []byte { return append(b, `{"acct-zbh251": 1}`...) }, "not exactly the JSON of its fields"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			for _, sub := range []string{"", "adds", "removes"} {
+				writeRunPart(t, filepath.Join(dir, sub, "part-00000.parquet"), cfg, rows)
+			}
+			m := testManifest(t, dir, cfg)
+			if c.edit != nil {
+				c.edit(m)
+			}
+			putManifest(t, dir, m)
+			if c.text != nil {
+				path := filepath.Join(dir, "manifest.json")
+				b, _ := os.ReadFile(path)
+				os.WriteFile(path, c.text(b), 0o644)
+			}
+			g := newLeakGuard(1, t.TempDir())
+			g.Add("acct-zbh251")
+			g.Add("+447400123456")
+			checkGuard(t, g, dir, cfg, cfg.Scheme, c.want)
+		})
+	}
+}
+
+// TestLeakGuardParquetStructure: whatever a part's bytes hold that the
+// part writer does not put there is refused, wherever it is: in the
+// footer's fields, in a field the decoder skips, in a statistic or the
+// column index, between the structures, or as an id.
+func TestLeakGuardParquetStructure(t *testing.T) {
+	phone := []byte("+44 7400 123456")
+	for _, s := range []hashing.Scheme{hashing.HMACSHA256, hashing.SHA256E164, hashing.UID2} {
+		cfg := guardConfig(s)
+		h, _ := hashing.NewHasher(s, cfg.Key)
+		ids := []string{h.ID("+447400123456"), h.ID("+447400123457"), h.ID("+447400123458")}
+		lo, hi := slices.Min(ids), slices.Max(ids)
+		// padded is a value as long as an id, holding a phone.
+		padded := append(bytes.Clone(phone), make([]byte, s.IDLen()-len(phone))...)
+		if !s.Binary() {
+			copy(padded[len(phone):], strings.Repeat("0", s.IDLen()))
+		}
+		// Under a binary scheme any 32 bytes have an id's shape: the key is
+		// what must not be one.
+		notAnID, notAnIDWant := string(phone), "exact shape"
+		if s.Binary() {
+			notAnID, notAnIDWant = string(cfg.Key[:]), "id equals the destination's key"
+		}
+		cases := []struct {
+			name   string
+			opts   []parquet.WriterOption
+			footer func(md *format.FileMetaData)
+			bytes  func(t *testing.T, b []byte) []byte
+			want   string
+		}{
+			{"as the part writer writes it", nil, nil, nil, ""},
+			{"phone as created_by", []parquet.WriterOption{parquet.CreatedBy(string(phone), "", "")}, nil, nil, "created_by is not"},
+			{"phone as the schema's name", nil, func(md *format.FileMetaData) { md.Schema[0].Name = string(phone) }, nil, "the schema is not"},
+			{"phone in the column's metadata", nil, func(md *format.FileMetaData) {
+				md.RowGroups[0].Columns[0].MetaData.KeyValueMetadata = []format.KeyValue{{Key: "phone", Value: string(phone)}}
+			}, nil, "column key-value metadata"},
+			{"phone as the column chunk's greatest id", nil, func(md *format.FileMetaData) {
+				md.RowGroups[0].Columns[0].MetaData.Statistics.MaxValue = padded
+			}, nil, "the column chunk's statistics give a bound"},
+			{"phone as a page header's greatest id", nil, nil, func(t *testing.T, b []byte) []byte {
+				return replaceFirst(t, b, []byte(hi), padded, 0) // the header's max comes before the page and footer
+			}, "a page's statistics or column index give a bound"},
+			{"phone in the column index", nil, nil, func(t *testing.T, b []byte) []byte {
+				// Its least id, truncated to 16 bytes, comes first.
+				return replaceFirst(t, b, []byte(lo[:16]), padded[:16], footerOf(t, b).RowGroups[0].Columns[0].ColumnIndexOffset)
+			}, "a page's statistics or column index give a bound"},
+			{"phone in a footer field the decoder skips", nil, nil, func(t *testing.T, b []byte) []byte {
+				// Field 100 of FileMetaData, binary, before the struct's stop.
+				field := append([]byte{0x08, 0xc8, 0x01, byte(len(phone))}, phone...)
+				return withFooter(b, func(f []byte) []byte { return append(append(f[:len(f)-1:len(f)-1], field...), 0) })
+			}, "bytes that are not its fields'"},
+			{"phone between the indexes and the footer", nil, nil, func(t *testing.T, b []byte) []byte {
+				n := int(binary.LittleEndian.Uint32(b[len(b)-8:]))
+				at := len(b) - 8 - n
+				return append(append(b[:at:at], phone...), b[at:]...)
+			}, "bytes in no page, index or footer"},
+			{"not an id", nil, nil, nil, notAnIDWant},
+		}
+		for _, c := range cases {
+			t.Run(string(s)+"/"+c.name, func(t *testing.T) {
+				dir := t.TempDir()
+				path := filepath.Join(dir, "part-00000.parquet")
+				rows := ids
+				if c.name == "not an id" {
+					rows = []string{ids[0], notAnID}
+				}
+				if s.Binary() {
+					bin := make([]BinaryIDRow, len(rows))
+					for i, id := range rows {
+						copy(bin[i].ID[:], id)
+					}
+					writeRunPart(t, path, cfg, bin, c.opts...)
+				} else {
+					txt := make([]TextIDRow, len(rows))
+					for i, id := range rows {
+						txt[i].ID = id
+					}
+					writeRunPart(t, path, cfg, txt, c.opts...)
+				}
+				if c.footer != nil || c.bytes != nil {
+					b, err := os.ReadFile(path)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if c.footer != nil {
+						b = patchFooter(t, b, c.footer)
+					}
+					if c.bytes != nil {
+						b = c.bytes(t, b)
+					}
+					os.WriteFile(path, b, 0o644)
+				}
+				g := newLeakGuard(1, t.TempDir())
+				g.AddPhone(string(phone))
+				checkGuard(t, g, dir, cfg, s, c.want)
+			})
+		}
+	}
+}
+
+// replaceFirst replaces the first old in b at or after byte from with new,
+// of the same length.
+func replaceFirst(t *testing.T, b, old, new []byte, from int64) []byte {
+	t.Helper()
+	i := bytes.Index(b[from:], old)
+	if i < 0 || len(old) != len(new) {
+		t.Fatalf("nothing to replace")
+	}
+	b = bytes.Clone(b)
+	copy(b[int(from)+i:], new)
+	return b
+}
+
+// footerOf decodes the footer of the Parquet file b.
+func footerOf(t *testing.T, b []byte) *format.FileMetaData {
+	t.Helper()
+	pf, err := parquet.OpenFile(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := *pf.Metadata()
+	return &md
+}
+
+// withFooter replaces the footer of the Parquet file b with what edit
+// makes of its bytes.
+func withFooter(b []byte, edit func(footer []byte) []byte) []byte {
+	n := int(binary.LittleEndian.Uint32(b[len(b)-8:]))
+	at := len(b) - 8 - n
+	footer := edit(bytes.Clone(b[at : len(b)-8]))
+	out := append(bytes.Clone(b[:at]), footer...)
+	return append(binary.LittleEndian.AppendUint32(out, uint32(len(footer))), "PAR1"...)
+}
+
+// patchFooter re-encodes the footer of the Parquet file b as patch edits
+// it.
+func patchFooter(t *testing.T, b []byte, patch func(md *format.FileMetaData)) []byte {
+	t.Helper()
+	md := footerOf(t, b)
+	patch(md)
+	footer, err := thrift.Marshal(new(thrift.CompactProtocol), md)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return withFooter(b, func([]byte) []byte { return footer })
 }
 
 // TestLeakGuardExactEveryScheme: an input string shaped like an identifier
@@ -175,21 +509,47 @@ func TestLeakGuardExactEveryScheme(t *testing.T) {
 		}
 		g.Add(id)
 		dir := t.TempDir()
+		cfg := guardConfig(s)
 		if s.Binary() {
-			writePart(t, filepath.Join(dir, "part-00000.parquet"), []BinaryIDRow{{ID: [32]byte([]byte(id))}})
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []BinaryIDRow{{ID: [32]byte([]byte(id))}})
 		} else {
-			writePart(t, filepath.Join(dir, "part-00000.parquet"), []TextIDRow{{ID: id}})
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []TextIDRow{{ID: id}})
 		}
-		// Binary and base64 ids are also in the raw scan, which may see
-		// them first; hex ids are left to the exact check alone.
-		err = g.Check(dir, s, s)
+		err = g.Check(dir, cfg, s)
 		var le *LeakError
-		if !errors.As(err, &le) {
-			t.Errorf("%s: err = %v, want a LeakError", s, err)
-		} else if strings.Trim(id, "0123456789abcdef") == "" && !strings.Contains(err.Error(), "equals a phone number or user id") {
+		if !errors.As(err, &le) || !strings.Contains(err.Error(), "equals a phone number or user id") {
 			t.Errorf("%s: err = %v, want the exact check to refuse", s, err)
 		}
 	}
+}
+
+// TestLeakGuardTypedPhoneAsAnID: a typed phone may equal an id of an
+// unkeyed scheme (a user can type another user's id), and is still looked
+// for in a file the run does not write; under a keyed scheme, which nobody
+// can compute, an id equal to one is a leak.
+func TestLeakGuardTypedPhoneAsAnID(t *testing.T) {
+	for _, s := range []hashing.Scheme{hashing.SHA256E164, hashing.UID2} {
+		h, _ := hashing.NewHasher(s, hashing.DestKey{})
+		id := h.ID("+447400123456")
+		g := newLeakGuard(7, t.TempDir())
+		g.AddPhone(id)
+		cfg := guardConfig(s)
+		dir := t.TempDir()
+		writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []TextIDRow{{ID: id}})
+		putManifest(t, dir, testManifest(t, dir, cfg))
+		checkGuard(t, g, dir, cfg, s, "")
+		if s == hashing.UID2 { // hex ids are left out of the raw scan
+			os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("id: "+id), 0o644)
+			checkGuard(t, g, dir, cfg, s, "notes.txt: byte 4")
+		}
+	}
+	cfg := guardConfig(hashing.HMACSHA256)
+	typed := "+44 7400 123456 ext. 1234567890 " // 32 bytes, published raw by a bug
+	g := newLeakGuard(7, t.TempDir())
+	g.AddPhone(typed)
+	dir := t.TempDir()
+	writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []BinaryIDRow{{ID: [32]byte([]byte(typed))}})
+	checkGuard(t, g, dir, cfg, cfg.Scheme, "row 0: id equals a phone number or user id")
 }
 
 // prefixNeedles counts the raw scan's needles.
@@ -218,6 +578,7 @@ func prefixNeedles(t *testing.T, g *leakGuard) int {
 // whose column chunk counts fewer values than its pages is refused.
 func TestLeakGuardCountsEveryPage(t *testing.T) {
 	h, _ := hashing.NewHasher(hashing.SHA256E164, hashing.DestKey{})
+	cfg := guardConfig(hashing.SHA256E164)
 	hexUser := strings.Repeat("ab", 32)
 	for _, c := range []struct {
 		name  string
@@ -230,30 +591,17 @@ func TestLeakGuardCountsEveryPage(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
 			path := filepath.Join(dir, "part-00000.parquet")
-			writePart(t, path, []TextIDRow{{ID: h.ID("+447400123456")}, {ID: hexUser}})
+			writeRunPart(t, path, cfg, []TextIDRow{{ID: h.ID("+447400123456")}, {ID: hexUser}})
 			b, err := os.ReadFile(path)
 			if err != nil {
 				t.Fatal(err)
 			}
-			pf, err := parquet.OpenFile(bytes.NewReader(b), int64(len(b)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			md := *pf.Metadata()
-			c.patch(&md)
-			footer, err := thrift.Marshal(new(thrift.CompactProtocol), &md)
-			if err != nil {
-				t.Fatal(err)
-			}
-			old := int(binary.LittleEndian.Uint32(b[len(b)-8:]))
-			b = append(b[:len(b)-8-old], footer...)
-			b = append(binary.LittleEndian.AppendUint32(b, uint32(len(footer))), "PAR1"...)
-			if err := os.WriteFile(path, b, 0o644); err != nil {
+			if err := os.WriteFile(path, patchFooter(t, b, c.patch), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			g := newLeakGuard(1, t.TempDir())
 			g.Add(hexUser)
-			err = g.Check(dir, hashing.SHA256E164, hashing.SHA256E164)
+			err = g.Check(dir, cfg, cfg.Scheme)
 			var le *LeakError
 			if !errors.As(err, &le) || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("err = %v, want a LeakError mentioning %q", err, c.want)
@@ -267,6 +615,7 @@ func TestLeakGuardCountsEveryPage(t *testing.T) {
 // its row number in the file.
 func TestLeakGuardFirstLeakInOrder(t *testing.T) {
 	h, _ := hashing.NewHasher(hashing.SHA256E164, hashing.DestKey{})
+	cfg := guardConfig(hashing.SHA256E164)
 	hexUser := strings.Repeat("ab", 32)
 	rows := func(leaks ...int) []TextIDRow {
 		out := make([]TextIDRow, 10)
@@ -296,11 +645,11 @@ func TestLeakGuardFirstLeakInOrder(t *testing.T) {
 			if c.badEnd {
 				a[9].ID = "not-an-id"
 			}
-			writePart(t, filepath.Join(dir, "part-00000.parquet"), a, small)
-			writePart(t, filepath.Join(dir, "part-00001.parquet"), rows(c.b...), small)
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, a, small)
+			writeRunPart(t, filepath.Join(dir, "part-00001.parquet"), cfg, rows(c.b...), small)
 			g := newLeakGuard(1, t.TempDir())
 			g.Add(hexUser)
-			err := g.Check(dir, hashing.SHA256E164, hashing.SHA256E164)
+			err := g.Check(dir, cfg, cfg.Scheme)
 			if c.want == "" {
 				if err != nil {
 					t.Fatal(err)
@@ -309,6 +658,176 @@ func TestLeakGuardFirstLeakInOrder(t *testing.T) {
 			}
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("err = %v, want %q", err, c.want)
+			}
+		})
+	}
+}
+
+// TestLeakGuardUserTypedStrings: whatever a user types as their phone, with
+// consent or without, the run publishes, its withdrawals with it. Each of
+// these strings is in what a run publishes: the purpose, the destination,
+// the scheme, the cutoff, names of files and fields, the previous run's
+// id, and, under a text scheme, another user's id (anyone can compute it).
+// A user whose field equals one must not stop the export.
+func TestLeakGuardUserTypedStrings(t *testing.T) {
+	for _, s := range hashing.Schemes() {
+		t.Run(string(s), func(t *testing.T) {
+			typedRuns(t, s)
+		})
+	}
+}
+
+// typedRuns runs two days of users who type the strings a run publishes
+// as their phone; a user with a valid number withdraws on the second day,
+// and another user has typed that number's id. It returns the second run's
+// configuration and result, and the users.
+func typedRuns(t *testing.T, s hashing.Scheme) (Config, *Result, []fixtures.User) {
+	t.Helper()
+	dir := t.TempDir()
+	k, err := hashing.DeriveDestKey(hashing.TestKey(t), "meta-ads")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, _ := hashing.NewHasher(s, k)
+	skey, vkey, err := note.GenerateKey(rand.Reader, audit.DefaultOrigin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, _ := note.NewSigner(skey)
+	verifier, _ := note.NewVerifier(vkey)
+	out := filepath.Join(dir, "out")
+	asOf := fixtures.DefaultAsOf
+	cfg := Config{Destination: "meta-ads", Scheme: s, Key: k, Out: out, State: filepath.Join(dir, "state"),
+		Rules: FixtureRules(asOf), MaxRejectRate: 0.01, ToolVersion: "test", AuditSigner: signer, AuditVerifier: verifier,
+		Registry: TestRegistry(out, "meta-ads", s)}
+	id := h.ID("+447400123456")
+	typed := []string{
+		fixtures.DefaultPurpose, " " + fixtures.DefaultPurpose + " ", "meta-ads", string(s), string(hashing.HMACSHA256),
+		asOf.Format(time.DateOnly), asOf.Format(time.RFC3339), asOf.Add(24 * time.Hour).Format(time.RFC3339),
+		asOf.Format("20060102T150405Z"), "dt=" + asOf.Format(time.DateOnly),
+		"manifest.json", "id", "part-00000.parquet", "adds/part-00000.parquet", "removes/part-00000.parquet",
+		metaScheme, metaKeyID, k.KeyID(), "audiencematch version test(build )", "TextIDRow", "BinaryIDRow", "PAR1PAR1",
+		ManifestVersion, cfg.Digest(), `"purpose": "ads_matching",`, `"destination": "meta-ads",`, `"scheme": "` + string(s) + `",`,
+		"users.csv", "consent_events.csv", "previous_run_id", "config_digest", "max_consent_age_seconds", "consent_events",
+		hex.EncodeToString([]byte(id)),
+	}
+	if !s.Binary() {
+		typed = append(typed, id) // another user's id, as the scheme publishes it
+	}
+	typed = append(typed, UserReasons...)
+	typed = append(typed, consent.EventClassNames[:]...)
+	var users []fixtures.User
+	var events []fixtures.Event
+	grant := func(user string, at time.Time, action string) {
+		events = append(events, fixtures.Event{EventID: fmt.Sprintf("ev-%d", len(events)), UserID: user, Purpose: fixtures.DefaultPurpose,
+			Action: action, OccurredAt: at.Format(time.RFC3339), PolicyVersion: "5", Source: "app_settings"})
+	}
+	addUsers := func(phones []string, at time.Time) {
+		for _, p := range phones {
+			u := fmt.Sprintf("u-typed-%03d", len(users))
+			users = append(users, fixtures.User{UserID: u, Phone: p, Country: "GB"})
+			if len(users)%2 == 0 { // half with valid consent, half without
+				grant(u, at, "grant")
+			}
+		}
+	}
+	users = append(users, fixtures.User{UserID: "u-valid", Phone: "+447400123456", Country: "GB"})
+	grant("u-valid", asOf.Add(-48*time.Hour), "grant")
+	addUsers(typed, asOf.Add(-24*time.Hour))
+	run := func(day int, asOf time.Time) *Result {
+		t.Helper()
+		st, err := fixtures.WriteTables(filepath.Join(dir, fmt.Sprintf("in-%d", day)), users, events)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := cfg
+		c.Users, c.Consent, c.Rules = st.UsersPath, st.EventsPath, FixtureRules(asOf)
+		res, err := Run(context.Background(), c)
+		if err != nil {
+			t.Fatalf("day %d: %v", day, err)
+		}
+		if _, err := os.Stat(filepath.Join(res.PublishedDir, "manifest.json")); err != nil {
+			t.Fatalf("day %d: nothing published: %v", day, err)
+		}
+		return res
+	}
+	first := run(1, asOf)
+	if first.Manifest.TotalRows != 1 {
+		t.Fatalf("day 1: %d ids exported, want 1", first.Manifest.TotalRows)
+	}
+	// Day 2: u-valid withdraws, a new number is added, and more users type
+	// what day 1 published.
+	day2 := asOf.Add(24 * time.Hour)
+	grant("u-valid", day2.Add(-time.Hour), "withdraw")
+	users = append(users, fixtures.User{UserID: "u-new", Phone: "+447400123457", Country: "GB"})
+	grant("u-new", day2.Add(-time.Hour), "grant")
+	addUsers([]string{first.Manifest.RunID, first.Manifest.Files[0].SHA256, first.Manifest.ConfigDigest,
+		day2.Format(time.DateOnly), day2.Format(time.RFC3339)}, day2.Add(-time.Hour))
+	second := run(2, day2)
+	m := second.Manifest
+	if m.Removes == nil || m.Removes.Rows != 1 || m.Adds.Rows != 1 || m.PreviousRunID != first.Manifest.RunID {
+		t.Fatalf("day 2: the withdrawal or the new number is not in the deltas: %+v %+v", m.Removes, m.Adds)
+	}
+	c := cfg
+	c.Rules = FixtureRules(day2)
+	return c, second, users
+}
+
+// TestLeakGuardRunOutputTampered: in a real run's output, a phone or user id
+// written where the run writes something else fails the guard.
+func TestLeakGuardRunOutputTampered(t *testing.T) {
+	for _, s := range []hashing.Scheme{hashing.HMACSHA256, hashing.UID2} {
+		t.Run(string(s), func(t *testing.T) {
+			cfg, res, users := typedRuns(t, s)
+			g := newLeakGuard(guardSalt(&cfg), t.TempDir())
+			for _, u := range users {
+				g.Add(u.UserID)
+				g.AddPhone(u.Phone)
+			}
+			g.Add("+447400123456")
+			g.Add("+447400123457")
+			if err := g.finish(); err != nil {
+				t.Fatal(err)
+			}
+			removesScheme := hashing.Scheme(res.Manifest.Removes.Scheme)
+			phone := "+447400123457"
+			for _, c := range []struct {
+				name   string
+				tamper func(t *testing.T, dir string)
+				want   string
+			}{
+				{"as published", func(*testing.T, string) {}, ""},
+				{"phone in a part's key-value metadata", func(t *testing.T, dir string) {
+					path := filepath.Join(dir, "adds", "part-00000.parquet")
+					b, _ := os.ReadFile(path)
+					os.WriteFile(path, patchFooter(t, b, func(md *format.FileMetaData) {
+						md.KeyValueMetadata[0].Value = phone
+					}), 0o644)
+				}, "adds/part-00000.parquet: footer at byte"},
+				{"phone in a page's statistics", func(t *testing.T, dir string) {
+					path := filepath.Join(dir, "part-00000.parquet")
+					b, _ := os.ReadFile(path)
+					h, _ := hashing.NewHasher(s, cfg.Key)
+					id := h.ID(phone)
+					os.WriteFile(path, replaceFirst(t, b, []byte(id), []byte(phone+id[len(phone):]), 0), 0o644)
+				}, "part-00000.parquet: row 0: a page's statistics"},
+				{"user id as the manifest's purpose", func(t *testing.T, dir string) {
+					path := filepath.Join(dir, "manifest.json")
+					b, _ := os.ReadFile(path)
+					os.WriteFile(path, bytes.Replace(b, []byte(`"ads_matching"`), []byte(`"u-typed-001"`), 1), 0o644)
+				}, "manifest.json: purpose is not"},
+			} {
+				t.Run(c.name, func(t *testing.T) {
+					dir := filepath.Join(t.TempDir(), "publish")
+					if err := os.CopyFS(dir, os.DirFS(res.PublishedDir)); err != nil {
+						t.Fatal(err)
+					}
+					c.tamper(t, dir)
+					err := g.Check(dir, &cfg, removesScheme)
+					if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
+						t.Fatalf("err = %v, want %q", err, c.want)
+					}
+				})
 			}
 		})
 	}

@@ -519,7 +519,7 @@ func (r *run) finish() (*Result, error) {
 		removesScheme = hashing.Scheme(m.Removes.Scheme)
 	}
 	start := time.Now()
-	if err := r.guard.Check(filepath.Join(r.staging, "publish"), r.cfg.Scheme, removesScheme); err != nil {
+	if err := r.guard.Check(filepath.Join(r.staging, "publish"), &r.cfg, removesScheme); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrData, err)
 	}
 	err = <-r.synced
