@@ -126,7 +126,7 @@ func healUnrecorded(cfg *Config) ([]string, error) {
 		}
 		rec, err := preparedRecord(cfg, runID, dir)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s is published but the audit log does not record it, and it cannot be recorded now: %w; the platform may have loaded it: check it with audit verify's help (README, \"Recovery\"), then move it out of %s and run again",
+			return nil, fmt.Errorf("%w: %s is published but the audit log does not record it, and it cannot be recorded now: %w; the platform may have loaded it: have it dropped there, move the directory out of %s, and run again (docs/OPERATIONS.md, \"Recovery\")",
 				ErrData, dir, err, cfg.Out)
 		}
 		pending = append(pending, unrecorded{dir, rec})
