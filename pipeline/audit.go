@@ -14,6 +14,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"audiencematch/consent/audit"
+	"audiencematch/pipeline/errkind"
 )
 
 // AuditDir is the audit log's directory under the state directory.
@@ -131,7 +132,7 @@ func (r *run) commitRecord(runDir string) error {
 	}
 	l, err := audit.OpenForAppend(AuditDir(r.cfg.State))
 	if err != nil {
-		return fmt.Errorf("%w: audit log: %w", ErrConfig, err)
+		return fmt.Errorf("%w: audit log: %w", errkind.ErrConfig, err)
 	}
 	if l.Committed(rec.RunID) >= 0 {
 		return nil

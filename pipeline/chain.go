@@ -13,6 +13,7 @@ import (
 
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
+	"audiencematch/pipeline/errkind"
 )
 
 // The delivery chain of a destination is the sequence of its committed runs
@@ -57,7 +58,7 @@ func isChainRun(rec *audit.Record, destination string) bool {
 func openLog(state string) (*audit.Log, error) {
 	l, err := audit.Open(AuditDir(state))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w: audit log: %w", ErrConfig, err)
+		return nil, fmt.Errorf("%w: audit log: %w", errkind.ErrConfig, err)
 	}
 	if l == nil {
 		l = &audit.Log{}
@@ -73,22 +74,22 @@ func openLog(state string) (*audit.Log, error) {
 func checkCutoff(cfg *Config, head *audit.Record) error {
 	if head == nil {
 		if cfg.Backfill {
-			return fmt.Errorf("%w: --backfill: %s has no committed run yet, so there is nothing to backfill behind; run without --backfill", ErrUsage, cfg.Destination)
+			return fmt.Errorf("%w: --backfill: %s has no committed run yet, so there is nothing to backfill behind; run without --backfill", errkind.ErrUsage, cfg.Destination)
 		}
 		return nil
 	}
 	headAt, err := time.Parse(time.RFC3339Nano, head.AsOf)
 	if err != nil {
-		return fmt.Errorf("%w: audit log: run %s has the cutoff %q", ErrConfig, head.RunID, head.AsOf)
+		return fmt.Errorf("%w: audit log: run %s has the cutoff %q", errkind.ErrConfig, head.RunID, head.AsOf)
 	}
 	earlier := cfg.Rules.AsOf.Before(headAt)
 	switch {
 	case earlier && !cfg.Backfill:
 		return fmt.Errorf("%w: --as-of %s is earlier than the cutoff %s of %s's latest committed run %s: its deltas would be computed against a state the platform has moved past; pass --backfill to publish a snapshot for that cutoff with no adds or removes, outside the delivery chain",
-			ErrUsage, cfg.Rules.AsOf.UTC().Format(time.RFC3339), head.AsOf, cfg.Destination, head.RunID)
+			errkind.ErrUsage, cfg.Rules.AsOf.UTC().Format(time.RFC3339), head.AsOf, cfg.Destination, head.RunID)
 	case !earlier && cfg.Backfill:
 		return fmt.Errorf("%w: --backfill is for a cutoff earlier than %s's latest committed one (%s, run %s); --as-of %s is not: run without --backfill",
-			ErrUsage, cfg.Destination, head.AsOf, head.RunID, cfg.Rules.AsOf.UTC().Format(time.RFC3339))
+			errkind.ErrUsage, cfg.Destination, head.AsOf, head.RunID, cfg.Rules.AsOf.UTC().Format(time.RFC3339))
 	}
 	return nil
 }
@@ -116,7 +117,7 @@ func healUnrecorded(cfg *Config) ([]string, error) {
 	}
 	l, err := audit.OpenForAppend(AuditDir(cfg.State))
 	if err != nil {
-		return nil, fmt.Errorf("%w: audit log: %w", ErrConfig, err)
+		return nil, fmt.Errorf("%w: audit log: %w", errkind.ErrConfig, err)
 	}
 	var pending []unrecorded
 	for _, dir := range dirs {
@@ -127,7 +128,7 @@ func healUnrecorded(cfg *Config) ([]string, error) {
 		rec, err := preparedRecord(cfg, runID, dir)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s is published but the audit log does not record it, and it cannot be recorded now: %w; the platform may have loaded it: have it dropped there, move the directory out of %s, and run again (docs/OPERATIONS.md, \"Recovery\")",
-				ErrData, dir, err, cfg.Out)
+				errkind.ErrData, dir, err, cfg.Out)
 		}
 		pending = append(pending, unrecorded{dir, rec})
 	}
@@ -142,7 +143,7 @@ func healUnrecorded(cfg *Config) ([]string, error) {
 		})
 		if i < 0 {
 			return healed, fmt.Errorf("%w: %s is published but not recorded, and its previous run %q is not the latest recorded run of %s: it cannot be placed in the delivery chain; move it out of %s and run again",
-				ErrData, pending[0].dir, pending[0].rec.PreviousRunID, cfg.Destination, cfg.Out)
+				errkind.ErrData, pending[0].dir, pending[0].rec.PreviousRunID, cfg.Destination, cfg.Out)
 		}
 		u := pending[i]
 		pending = slices.Delete(pending, i, i+1)
@@ -240,7 +241,7 @@ func (r *run) checkDrop() error {
 	}
 	if m.Users.Rows == 0 || m.ConsentEvents.Rows == 0 {
 		return fmt.Errorf("%w: drop guard: the input has %d user rows and %d consent event rows; an empty table is far more likely a failed export than a real audience: nothing published; check the inputs, or pass --allow-drop if it is real",
-			ErrData, m.Users.Rows, m.ConsentEvents.Rows)
+			errkind.ErrData, m.Users.Rows, m.ConsentEvents.Rows)
 	}
 	if m.PreviousRunID == "" || m.PreviousTotalRows == 0 || m.TotalRows >= m.PreviousTotalRows {
 		return nil
@@ -250,7 +251,7 @@ func (r *run) checkDrop() error {
 		return nil
 	}
 	return fmt.Errorf("%w: drop guard: this run would publish %d identifiers against %d in run %s, %.1f%% fewer, over %s's max_drop_percent of %.1f%%: nothing published; check the inputs and --as-of, or pass --allow-drop if the drop is real",
-		ErrData, m.TotalRows, m.PreviousTotalRows, m.PreviousRunID, 100*drop, r.cfg.Destination, 100*r.cfg.maxDrop)
+		errkind.ErrData, m.TotalRows, m.PreviousTotalRows, m.PreviousRunID, 100*drop, r.cfg.Destination, 100*r.cfg.maxDrop)
 }
 
 // verifyDelivery checks rec's place in its destination's delivery chain,

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"audiencematch/pipeline/errkind"
 	"bufio"
 	"bytes"
 	"crypto/sha256"
@@ -125,18 +126,18 @@ func openCSV(rc io.ReadCloser, columns []string, quoted bool) (*csvTable, error)
 func readCSVHeader(br *bufio.Reader) ([]string, int64, error) {
 	head, _ := br.Peek(8) // fewer at the end of a short file
 	if what, fix := notCSV(head); what != "" {
-		return nil, 0, fmt.Errorf("%w: the file is %s, not CSV text: %s (a CSV input is UTF-8 text with a header row, MATCHING.md section 1)", ErrConfig, what, fix)
+		return nil, 0, fmt.Errorf("%w: the file is %s, not CSV text: %s (a CSV input is UTF-8 text with a header row, MATCHING.md section 1)", errkind.ErrConfig, what, fix)
 	}
 	for n := int64(1); ; n++ {
 		text, err := br.ReadSlice('\n')
 		if err == bufio.ErrBufferFull {
-			return nil, 0, fmt.Errorf("%w: the header row (line %d) is longer than %d bytes; is the file compressed, or not CSV?", ErrConfig, n, br.Size())
+			return nil, 0, fmt.Errorf("%w: the header row (line %d) is longer than %d bytes; is the file compressed, or not CSV?", errkind.ErrConfig, n, br.Size())
 		}
 		if err == io.EOF && len(text) == 0 && n == 1 {
-			return nil, 0, fmt.Errorf("%w: the file is empty; a CSV input needs a header row", ErrConfig)
+			return nil, 0, fmt.Errorf("%w: the file is empty; a CSV input needs a header row", errkind.ErrConfig)
 		}
 		if err != nil && err != io.EOF {
-			return nil, 0, fmt.Errorf("%w: %w", ErrNoInput, err)
+			return nil, 0, fmt.Errorf("%w: %w", errkind.ErrNoInput, err)
 		}
 		line := strings.TrimSuffix(strings.TrimSuffix(string(text), "\n"), "\r")
 		if n == 1 {
@@ -144,16 +145,16 @@ func readCSVHeader(br *bufio.Reader) ([]string, int64, error) {
 		}
 		if line == "" {
 			if err == io.EOF {
-				return nil, 0, fmt.Errorf("%w: the file is empty; a CSV input needs a header row", ErrConfig)
+				return nil, 0, fmt.Errorf("%w: the file is empty; a CSV input needs a header row", errkind.ErrConfig)
 			}
 			continue
 		}
 		if !utf8.ValidString(line) {
-			return nil, 0, fmt.Errorf("%w: the header row (line %d) is not valid UTF-8: is the file compressed, or in another encoding? CSV inputs are UTF-8 text with a header row (MATCHING.md section 1)", ErrConfig, n)
+			return nil, 0, fmt.Errorf("%w: the header row (line %d) is not valid UTF-8: is the file compressed, or in another encoding? CSV inputs are UTF-8 text with a header row (MATCHING.md section 1)", errkind.ErrConfig, n)
 		}
 		fields, perr := splitCSV(line, nil)
 		if perr != nil {
-			return nil, 0, fmt.Errorf("%w: the header row (line %d) is not valid CSV", ErrConfig, n)
+			return nil, 0, fmt.Errorf("%w: the header row (line %d) is not valid CSV", errkind.ErrConfig, n)
 		}
 		return fields, n + 1, nil
 	}
@@ -208,7 +209,7 @@ func (t *csvTable) produce(r io.Reader, sum hash.Hash, line int64) {
 		buf = buf[:len(carry)+n]
 		eof := err == io.EOF || err == io.ErrUnexpectedEOF
 		if err != nil && !eof {
-			t.err = fmt.Errorf("%w: read error at line %d: %w", ErrNoInput, line, err)
+			t.err = fmt.Errorf("%w: read error at line %d: %w", errkind.ErrNoInput, line, err)
 			return
 		}
 		if skipping {

@@ -9,6 +9,7 @@ import (
 
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
+	"audiencematch/pipeline/errkind"
 )
 
 // DeltaSet is a run's adds or removes: identifiers new since the previous
@@ -152,10 +153,10 @@ func sentIDs(state string, prev *audit.Record, scheme hashing.Scheme) (it idIter
 			break
 		}
 		if err != nil {
-			return nil, false, fmt.Errorf("%w: the previous run %s is needed for removes: %w", ErrNoInput, prev.RunID, err)
+			return nil, false, fmt.Errorf("%w: the previous run %s is needed for removes: %w", errkind.ErrNoInput, prev.RunID, err)
 		}
 		if sum != f.SHA256 {
-			return nil, false, fmt.Errorf("%w: previous run %s: %s does not match its audit record; run audit verify", ErrData, prev.RunID, p)
+			return nil, false, fmt.Errorf("%w: previous run %s: %s does not match its audit record; run audit verify", errkind.ErrData, prev.RunID, p)
 		}
 		paths = append(paths, p)
 	}
@@ -165,7 +166,7 @@ func sentIDs(state string, prev *audit.Record, scheme hashing.Scheme) (it idIter
 	path := filepath.Join(state, "runs", prev.RunID, "evidence.parquet")
 	er, err := openEvidence(path)
 	if err != nil {
-		return nil, false, fmt.Errorf("%w: the previous run %s's output is gone and its evidence unreadable, so removes cannot be computed: %w", ErrNoInput, prev.RunID, err)
+		return nil, false, fmt.Errorf("%w: the previous run %s's output is gone and its evidence unreadable, so removes cannot be computed: %w", errkind.ErrNoInput, prev.RunID, err)
 	}
 	return &evidenceIter{r: er, path: path, prev: prev, scheme: scheme}, true, nil
 }
@@ -203,24 +204,24 @@ func (it *evidenceIter) next() (string, bool, error) {
 		e, err := it.r.next()
 		if err == io.EOF {
 			if err := sameRoot(it.tree.Summary(), it.prev.IDs, "previous run's identifier"); err != nil {
-				return "", false, fmt.Errorf("%w: previous run %s: its evidence does not match its audit record (%v); run audit verify", ErrData, it.prev.RunID, err)
+				return "", false, fmt.Errorf("%w: previous run %s: its evidence does not match its audit record (%v); run audit verify", errkind.ErrData, it.prev.RunID, err)
 			}
 			it.Close()
 			return "", false, nil
 		}
 		if err != nil {
-			return "", false, fmt.Errorf("%w: previous run %s's evidence %s: %w", ErrNoInput, it.prev.RunID, it.path, err)
+			return "", false, fmt.Errorf("%w: previous run %s's evidence %s: %w", errkind.ErrNoInput, it.prev.RunID, it.path, err)
 		}
 		if !e.Primary {
 			continue
 		}
 		id := evidenceLeafID(it.scheme, e.ID)
 		if id == nil || !it.scheme.ValidID(id) {
-			return "", false, fmt.Errorf("%w: previous run %s's evidence %s: an identifier does not have the shape of %s", ErrData, it.prev.RunID, it.path, it.scheme)
+			return "", false, fmt.Errorf("%w: previous run %s's evidence %s: an identifier does not have the shape of %s", errkind.ErrData, it.prev.RunID, it.path, it.scheme)
 		}
 		it.tree.Append(id)
 		if it.last != "" && string(id) <= it.last {
-			return "", false, fmt.Errorf("%w: previous run %s's evidence %s: its identifiers are not sorted", ErrData, it.prev.RunID, it.path)
+			return "", false, fmt.Errorf("%w: previous run %s's evidence %s: its identifiers are not sorted", errkind.ErrData, it.prev.RunID, it.path)
 		}
 		it.last = string(id)
 		return it.last, true, nil
@@ -277,7 +278,7 @@ func (it *publishedIter) Next() (id string, ok bool, err error) {
 	it.i++
 	if it.last != "" && id <= it.last {
 		it.Close()
-		return "", false, fmt.Errorf("%w: previous run's identifiers are not sorted", ErrData)
+		return "", false, fmt.Errorf("%w: previous run's identifiers are not sorted", errkind.ErrData)
 	}
 	it.last = id
 	return id, true, nil

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"audiencematch/pipeline/errkind"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -18,7 +19,7 @@ func ensureStateDirs(state string) error {
 	for _, d := range []string{"", "staging", "runs"} {
 		p := filepath.Join(state, d)
 		if err := os.MkdirAll(p, 0o700); err != nil {
-			return fmt.Errorf("%w: create state directory %q: %w", ErrConfig, p, err)
+			return fmt.Errorf("%w: create state directory %q: %w", errkind.ErrConfig, p, err)
 		}
 	}
 	return nil

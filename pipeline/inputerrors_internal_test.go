@@ -10,6 +10,7 @@ import (
 	"github.com/parquet-go/parquet-go"
 
 	"audiencematch/consent/audit"
+	"audiencematch/pipeline/errkind"
 )
 
 // personal is what the inputs below hold that no error may repeat: user
@@ -26,7 +27,7 @@ func checkNoPersonalData(t *testing.T, what, text string) {
 }
 
 // TestHeaderErrorsHoldNoInput: a users file that is not what it should be
-// fails with ErrConfig, and the error says what is wrong and how to fix it
+// fails with errkind.ErrConfig, and the error says what is wrong and how to fix it
 // without a byte of the file: only expected column names, positions, line
 // numbers and counts.
 func TestHeaderErrorsHoldNoInput(t *testing.T) {
@@ -62,8 +63,8 @@ func TestHeaderErrorsHoldNoInput(t *testing.T) {
 				r.Close()
 				t.Fatal("opened")
 			}
-			if !errors.Is(err, ErrConfig) {
-				t.Errorf("err = %v, want ErrConfig", err)
+			if !errors.Is(err, errkind.ErrConfig) {
+				t.Errorf("err = %v, want errkind.ErrConfig", err)
 			}
 			for _, w := range c.want {
 				if !strings.Contains(err.Error(), w) {
@@ -98,8 +99,8 @@ func TestParquetHeaderErrorsHoldNoInput(t *testing.T) {
 				r.Close()
 				t.Fatal("opened")
 			}
-			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "missing column(s) user_id") {
-				t.Errorf("err = %v, want ErrConfig naming user_id", err)
+			if !errors.Is(err, errkind.ErrConfig) || !strings.Contains(err.Error(), "missing column(s) user_id") {
+				t.Errorf("err = %v, want errkind.ErrConfig naming user_id", err)
 			}
 			checkNoPersonalData(t, "the error", err.Error())
 		})

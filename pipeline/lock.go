@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"audiencematch/pipeline/errkind"
 	"context"
 	"errors"
 	"fmt"
@@ -37,11 +38,11 @@ func acquireLock(ctx context.Context, state string, now time.Time, wait time.Dur
 		ok, err = fl.TryLock()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: run lock %s: %w", ErrTempFail, path, err)
+		return nil, fmt.Errorf("%w: run lock %s: %w", errkind.ErrTempFail, path, err)
 	}
 	if !ok {
 		holder, _ := os.ReadFile(path)
-		return nil, fmt.Errorf("%w: another run holds %s (%s); this run exits without doing anything", ErrTempFail, path, describeHolder(string(holder)))
+		return nil, fmt.Errorf("%w: another run holds %s (%s); this run exits without doing anything", errkind.ErrTempFail, path, describeHolder(string(holder)))
 	}
 	// The lock is on the file, not its content: rewrite the content now.
 	info := fmt.Sprintf("pid=%d started=%s\n", os.Getpid(), now.UTC().Format(time.RFC3339))

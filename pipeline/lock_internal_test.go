@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"audiencematch/pipeline/errkind"
 	"context"
 	"errors"
 	"testing"
@@ -17,10 +18,10 @@ func TestLockWait(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := acquireLock(ctx, state, time.Now(), 0); !errors.Is(err, ErrTempFail) {
+	if _, err := acquireLock(ctx, state, time.Now(), 0); !errors.Is(err, errkind.ErrTempFail) {
 		t.Fatalf("second lock without a wait: %v", err)
 	}
-	if _, err := acquireLock(ctx, state, time.Now(), 300*time.Millisecond); !errors.Is(err, ErrTempFail) {
+	if _, err := acquireLock(ctx, state, time.Now(), 300*time.Millisecond); !errors.Is(err, errkind.ErrTempFail) {
 		t.Fatalf("second lock after its wait ran out: %v", err)
 	}
 	got := make(chan error, 1)

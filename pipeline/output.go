@@ -23,6 +23,7 @@ import (
 	"github.com/parquet-go/parquet-go"
 
 	"audiencematch/hashing"
+	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/fsutil"
 )
 
@@ -506,7 +507,7 @@ func (r *run) finish() (*Result, error) {
 			return nil, err
 		}
 		return nil, fmt.Errorf("%w: malformed rows: %.2f%% of users, %.2f%% of consent events, over --max-reject-rate %.2f%%; nothing published; the rejected rows and their line numbers are in %s",
-			ErrData, 100*ur, 100*er, 100*r.cfg.MaxRejectRate, filepath.Join(failed, "rejects.csv"))
+			errkind.ErrData, 100*ur, 100*er, 100*r.cfg.MaxRejectRate, filepath.Join(failed, "rejects.csv"))
 	}
 	if err := r.checkDrop(); err != nil {
 		return nil, err
@@ -520,7 +521,7 @@ func (r *run) finish() (*Result, error) {
 	}
 	start := time.Now()
 	if err := r.guard.Check(filepath.Join(r.staging, "publish"), &r.cfg, removesScheme); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrData, err)
+		return nil, fmt.Errorf("%w: %w", errkind.ErrData, err)
 	}
 	err = <-r.synced
 	if r.synced = nil; err != nil {

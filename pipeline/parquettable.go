@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"audiencematch/pipeline/errkind"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -49,7 +50,7 @@ func openParquetTable(path string, columns []string, rowsOnly bool) (RowReader, 
 	}
 	pf, err := file.OpenParquetFile(path, false)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %q is not a readable Parquet file: %w", ErrData, path, err)
+		return nil, fmt.Errorf("%w: %q is not a readable Parquet file: %w", errkind.ErrData, path, err)
 	}
 	t := &parquetTable{pf: pf, digest: digest, columns: columns}
 	schema := pf.MetaData().Schema
@@ -65,7 +66,7 @@ func openParquetTable(path string, columns []string, rowsOnly bool) (RowReader, 
 	for i, c := range columns {
 		if idx[i] = schema.ColumnIndexByName(c); idx[i] < 0 {
 			pf.Close()
-			return nil, fmt.Errorf("%q: %w: column %q is not a flat column", path, ErrConfig, c)
+			return nil, fmt.Errorf("%q: %w: column %q is not a flat column", path, errkind.ErrConfig, c)
 		}
 	}
 	// Parallel decodes the columns side by side: the consent stage of 1M
@@ -74,16 +75,16 @@ func openParquetTable(path string, columns []string, rowsOnly bool) (RowReader, 
 	fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{BatchSize: 64 << 10, Parallel: true}, memory.DefaultAllocator)
 	if err != nil {
 		pf.Close()
-		return nil, fmt.Errorf("%w: %q: %w", ErrData, path, err)
+		return nil, fmt.Errorf("%w: %q: %w", errkind.ErrData, path, err)
 	}
 	if t.rr, err = fr.GetRecordReader(context.Background(), idx, nil); err != nil {
 		pf.Close()
-		return nil, fmt.Errorf("%w: %q: %w", ErrData, path, err)
+		return nil, fmt.Errorf("%w: %q: %w", errkind.ErrData, path, err)
 	}
 	for _, f := range t.rr.Schema().Fields() {
 		if !textable(f.Type) {
 			t.Close()
-			return nil, fmt.Errorf("%q: %w: column %q has type %s; use a string, integer or timestamp column", path, ErrConfig, f.Name, f.Type)
+			return nil, fmt.Errorf("%q: %w: column %q has type %s; use a string, integer or timestamp column", path, errkind.ErrConfig, f.Name, f.Type)
 		}
 	}
 	if !rowsOnly && flatStrings(pf, idx, t.rr.Schema()) {
@@ -128,7 +129,7 @@ func (t *parquetTable) Next() (*Row, error) {
 	for t.i >= t.n {
 		if !t.rr.Next() {
 			if err := t.rr.Err(); err != nil && !errors.Is(err, io.EOF) {
-				return nil, fmt.Errorf("%w: reading Parquet row %d: %w", ErrData, t.line+1, err)
+				return nil, fmt.Errorf("%w: reading Parquet row %d: %w", errkind.ErrData, t.line+1, err)
 			}
 			return nil, io.EOF
 		}
@@ -258,11 +259,11 @@ func (t *parquetStrings) fill(b *rowBatch) error {
 		for k, i := range t.idx {
 			c, err := rg.Column(i)
 			if err != nil {
-				return fmt.Errorf("%w: Parquet row group %d: %w", ErrData, t.rg-1, err)
+				return fmt.Errorf("%w: Parquet row group %d: %w", errkind.ErrData, t.rg-1, err)
 			}
 			ba, ok := c.(*file.ByteArrayColumnChunkReader)
 			if !ok {
-				return fmt.Errorf("%w: Parquet row group %d: column %d is not a byte array", ErrData, t.rg-1, i)
+				return fmt.Errorf("%w: Parquet row group %d: column %d is not a byte array", errkind.ErrData, t.rg-1, i)
 			}
 			t.cols[k].r, t.cols[k].leaf, t.cols[k].maxDef = ba, i, t.pf.MetaData().Schema.Column(i).MaxDefinitionLevel()
 		}
@@ -279,7 +280,7 @@ func (t *parquetStrings) fill(b *rowBatch) error {
 	for k := range t.cols {
 		var err error
 		if arena, err = t.cols[k].read(n, arena, spans, k, nc, t.line); err != nil {
-			return fmt.Errorf("%w: Parquet row group %d, column %d: %w", ErrData, t.rg-1, t.cols[k].leaf, err)
+			return fmt.Errorf("%w: Parquet row group %d, column %d: %w", errkind.ErrData, t.rg-1, t.cols[k].leaf, err)
 		}
 	}
 	all := unsafe.String(unsafe.SliceData(arena), len(arena))
@@ -343,12 +344,12 @@ func (t *parquetStrings) Close() error { return t.pf.Close() }
 func fileDigest(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", fmt.Errorf("open %q: %w: %w", path, ErrNoInput, err)
+		return "", fmt.Errorf("open %q: %w: %w", path, errkind.ErrNoInput, err)
 	}
 	defer f.Close()
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("read %q: %w: %w", path, ErrNoInput, err)
+		return "", fmt.Errorf("read %q: %w: %w", path, errkind.ErrNoInput, err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -25,6 +25,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 	"audiencematch/pipeline/destinations"
+	"audiencematch/pipeline/errkind"
 )
 
 // Config is everything one run needs. The CLI fills it from flags and the
@@ -121,27 +122,27 @@ func ValidDestination(id string) bool { return destinationRE.MatchString(id) }
 func (c *Config) check() error {
 	switch {
 	case !ValidDestination(c.Destination):
-		return fmt.Errorf("%w: destination %q: use 1-64 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit", ErrUsage, c.Destination)
+		return fmt.Errorf("%w: destination %q: use 1-64 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit", errkind.ErrUsage, c.Destination)
 	case c.Source == nil && (c.Users == "" || c.Consent == "") && !c.commit:
-		return fmt.Errorf("%w: both --users and --consent (or --source) are required", ErrUsage)
+		return fmt.Errorf("%w: both --users and --consent (or --source) are required", errkind.ErrUsage)
 	case c.Out == "" || c.State == "":
-		return fmt.Errorf("%w: both --out and --state are required", ErrUsage)
+		return fmt.Errorf("%w: both --out and --state are required", errkind.ErrUsage)
 	case c.Rules.Purpose == "":
-		return fmt.Errorf("%w: --purpose is required", ErrUsage)
+		return fmt.Errorf("%w: --purpose is required", errkind.ErrUsage)
 	case c.Rules.AsOf.IsZero():
-		return fmt.Errorf("%w: as_of is not set", ErrUsage)
+		return fmt.Errorf("%w: as_of is not set", errkind.ErrUsage)
 	case c.Rules.AsOf.After(time.Now().Add(maxClockSkew)):
 		// Consent events after a future cutoff are not yet known, so the
 		// run would decide on a history that is still being written; a
 		// typo here (2030 for 2026) would otherwise withdraw nobody and
 		// publish a cutoff no later run could follow.
 		return fmt.Errorf("%w: --as-of %s is in the future: give a cutoff no later than now, as RFC 3339 (2026-11-01T00:00:00Z), or leave it out for the start of the run",
-			ErrUsage, c.Rules.AsOf.UTC().Format(time.RFC3339))
+			errkind.ErrUsage, c.Rules.AsOf.UTC().Format(time.RFC3339))
 	case c.MaxRejectRate < 0 || c.MaxRejectRate > 1:
-		return fmt.Errorf("%w: --max-reject-rate %v is not between 0 and 1", ErrUsage, c.MaxRejectRate)
+		return fmt.Errorf("%w: --max-reject-rate %v is not between 0 and 1", errkind.ErrUsage, c.MaxRejectRate)
 	}
 	if _, err := hashing.ParseScheme(string(c.Scheme)); err != nil {
-		return fmt.Errorf("%w: %w", ErrUsage, err)
+		return fmt.Errorf("%w: %w", errkind.ErrUsage, err)
 	}
 	c.RowsPerFile, c.RowsPerGroup = c.rows()
 	if c.Workers <= 0 {
@@ -321,10 +322,10 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 	defer lock.Release()
 	if cfg.AuditSigner != nil {
 		if cfg.AuditVerifier == nil {
-			return nil, fmt.Errorf("%w: an audit signer needs its verifier", ErrConfig)
+			return nil, fmt.Errorf("%w: an audit signer needs its verifier", errkind.ErrConfig)
 		}
 		if err := audit.Recover(AuditDir(cfg.State), cfg.AuditSigner, cfg.AuditVerifier); err != nil {
-			return nil, fmt.Errorf("%w: audit log: %w", ErrConfig, err)
+			return nil, fmt.Errorf("%w: audit log: %w", errkind.ErrConfig, err)
 		}
 	}
 	if err := authorize(&r.cfg, true); err != nil {
@@ -366,7 +367,7 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 		}
 	}()
 	if r.staging, err = os.MkdirTemp(filepath.Join(cfg.State, "staging"), "run-"); err != nil {
-		return nil, fmt.Errorf("%w: create staging directory: %w", ErrConfig, err)
+		return nil, fmt.Errorf("%w: create staging directory: %w", errkind.ErrConfig, err)
 	}
 	r.guard.dir = r.staging
 	defer func() {
@@ -439,24 +440,24 @@ func fieldsText(fields []string) string {
 // registry decides them.
 func authorize(cfg *Config, record bool) error {
 	if cfg.Registry == nil {
-		return fmt.Errorf("%w: no destination registry: nothing may be sent without one", ErrConfig)
+		return fmt.Errorf("%w: no destination registry: nothing may be sent without one", errkind.ErrConfig)
 	}
 	d, err := cfg.Registry.Authorize(cfg.Destination, cfg.Rules.Purpose)
 	if err != nil && !record {
-		return fmt.Errorf("%w: %w", ErrRejected, err)
+		return fmt.Errorf("%w: %w", errkind.ErrRejected, err)
 	}
 	if err != nil {
 		if aerr := AppendEvent(cfg, "destination_refused", err.Error()); aerr != nil {
-			return fmt.Errorf("%w: %w (and the refusal could not be recorded: %v)", ErrRejected, err, aerr)
+			return fmt.Errorf("%w: %w (and the refusal could not be recorded: %v)", errkind.ErrRejected, err, aerr)
 		}
-		return fmt.Errorf("%w: %w", ErrRejected, err)
+		return fmt.Errorf("%w: %w", errkind.ErrRejected, err)
 	}
 	cfg.maxDrop = d.MaxDrop()
 	if string(cfg.Scheme) != d.Scheme {
-		return fmt.Errorf("%w: scheme %s conflicts with the registry's %s for %q", ErrUsage, cfg.Scheme, d.Scheme, d.ID)
+		return fmt.Errorf("%w: scheme %s conflicts with the registry's %s for %q", errkind.ErrUsage, cfg.Scheme, d.Scheme, d.ID)
 	}
 	if filepath.Clean(cfg.Out) != filepath.Clean(d.Delivery) {
-		return fmt.Errorf("%w: output directory %s conflicts with the registry's delivery %s for %q", ErrUsage, cfg.Out, d.Delivery, d.ID)
+		return fmt.Errorf("%w: output directory %s conflicts with the registry's delivery %s for %q", errkind.ErrUsage, cfg.Out, d.Delivery, d.ID)
 	}
 	return nil
 }
@@ -469,7 +470,7 @@ func committedOn(cfg *Config) (*audit.Record, error) {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, nil
 		}
-		return nil, fmt.Errorf("%w: audit log: %w", ErrConfig, err)
+		return nil, fmt.Errorf("%w: audit log: %w", errkind.ErrConfig, err)
 	}
 	day := cfg.Rules.AsOf.UTC().Format(time.DateOnly)
 	for i := len(l.Records()) - 1; i >= 0; i-- {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/gofrs/flock"
 
+	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/fsutil"
 )
 
@@ -38,7 +39,7 @@ const MaxShards = 4096
 
 // ErrShardsIncomplete: Commit found shards missing; run it again when they
 // are done (exit 75, like any temporary failure).
-var ErrShardsIncomplete = fmt.Errorf("%w: shards incomplete", ErrTempFail)
+var ErrShardsIncomplete = fmt.Errorf("%w: shards incomplete", errkind.ErrTempFail)
 
 // ParseShard reads "I/N" (0 <= I < N).
 func ParseShard(s string) (Shard, error) {
@@ -46,7 +47,7 @@ func ParseShard(s string) (Shard, error) {
 	idx, err1 := strconv.Atoi(i)
 	cnt, err2 := strconv.Atoi(n)
 	if !ok || err1 != nil || err2 != nil || cnt < 1 || cnt > MaxShards || idx < 0 || idx >= cnt {
-		return Shard{}, fmt.Errorf("%w: shard %q: want I/N with 0 <= I < N <= %d", ErrUsage, s, MaxShards)
+		return Shard{}, fmt.Errorf("%w: shard %q: want I/N with 0 <= I < N <= %d", errkind.ErrUsage, s, MaxShards)
 	}
 	return Shard{idx, cnt}, nil
 }
@@ -142,12 +143,12 @@ func RunShard(ctx context.Context, cfg Config) (res *Result, err error) {
 	}
 	set := ShardsDir(&cfg)
 	if err := os.MkdirAll(set, 0o700); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+		return nil, fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 	}
 	name := shardName(cfg.Shard.Index, cfg.Shard.Count)
 	fl := flock.New(filepath.Join(set, name+".lock"), flock.SetPermissions(0o600))
 	if ok, err := fl.TryLock(); err != nil || !ok {
-		return nil, fmt.Errorf("%w: shard %s is already running (lock %s)", ErrTempFail, cfg.Shard, fl.Path())
+		return nil, fmt.Errorf("%w: shard %s is already running (lock %s)", errkind.ErrTempFail, cfg.Shard, fl.Path())
 	}
 	defer fl.Unlock()
 	if !cfg.Force {
@@ -172,7 +173,7 @@ func RunShard(ctx context.Context, cfg Config) (res *Result, err error) {
 	}
 	r := newRun(cfg)
 	if r.staging, err = os.MkdirTemp(set, ".tmp-"+name+"-"); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+		return nil, fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 	}
 	r.guard.dir = r.staging
 	defer os.RemoveAll(r.staging)
@@ -283,7 +284,7 @@ func writeFileSum(path string, fn func(*bufio.Writer) error) (string, error) {
 // it publishes nothing and removes the shards: they can only make that run.
 func Commit(ctx context.Context, cfg Config, count int) (*Result, error) {
 	if count < 1 || count > MaxShards {
-		return nil, fmt.Errorf("%w: --shards %d: want 1 to %d", ErrUsage, count, MaxShards)
+		return nil, fmt.Errorf("%w: --shards %d: want 1 to %d", errkind.ErrUsage, count, MaxShards)
 	}
 	cfg.Shard, cfg.commit = Shard{}, true
 	if cfg.Log == nil { // for the removals below, as check does for the run
@@ -363,10 +364,10 @@ func (r *run) loadShards(count int) error {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("%w: shard %d/%d: %w", ErrConfig, i, count, err)
+			return fmt.Errorf("%w: shard %d/%d: %w", errkind.ErrConfig, i, count, err)
 		}
 		if err := json.Unmarshal(b, &infos[i]); err != nil {
-			return fmt.Errorf("%w: shard %d/%d: shard.json: %w", ErrData, i, count, err)
+			return fmt.Errorf("%w: shard %d/%d: shard.json: %w", errkind.ErrData, i, count, err)
 		}
 	}
 	if len(missing) > 0 {
@@ -378,15 +379,15 @@ func (r *run) loadShards(count int) error {
 		in := &infos[i]
 		switch {
 		case in.Version != shardVersion:
-			return fmt.Errorf("%w: shard %d/%d: version %q, want %q", ErrData, i, count, in.Version, shardVersion)
+			return fmt.Errorf("%w: shard %d/%d: version %q, want %q", errkind.ErrData, i, count, in.Version, shardVersion)
 		case in.Index != i || in.Count != count || in.RunKey != runKey(&r.cfg) || in.ConfigDigest != r.m.ConfigDigest:
-			return fmt.Errorf("%w: shard %d/%d was made for another run or configuration", ErrData, i, count)
+			return fmt.Errorf("%w: shard %d/%d was made for another run or configuration", errkind.ErrData, i, count)
 		case len(in.Inputs) != len(first.Inputs):
-			return fmt.Errorf("%w: shard %d/%d read other tables than shard 0", ErrData, i, count)
+			return fmt.Errorf("%w: shard %d/%d read other tables than shard 0", errkind.ErrData, i, count)
 		}
 		for j := range in.Inputs {
 			if a, b := in.Inputs[j], first.Inputs[j]; a.Table != b.Table || a.Name != b.Name || a.SHA256 != b.SHA256 {
-				return fmt.Errorf("%w: the inputs changed between shards: %s read by shard %d/%d differs from shard 0's; run every shard again", ErrData, a.Table, i, count)
+				return fmt.Errorf("%w: the inputs changed between shards: %s read by shard %d/%d differs from shard 0's; run every shard again", errkind.ErrData, a.Table, i, count)
 			}
 		}
 	}
@@ -426,14 +427,14 @@ func (r *run) loadShards(count int) error {
 			}
 		}
 		if err != nil {
-			return fmt.Errorf("%w: shard %d/%d: %w", ErrData, i, count, err)
+			return fmt.Errorf("%w: shard %d/%d: %w", errkind.ErrData, i, count, err)
 		}
 	}
 	// The unsharded run writes rejects as it reads: consent events, then
 	// users, each in line order. Each shard's are in that order already, so
 	// they are merged as they are read, not held.
 	if err := mergeRejects(rejects, r.rejects.Write); err != nil {
-		return fmt.Errorf("%w: %w", ErrData, err)
+		return fmt.Errorf("%w: %w", errkind.ErrData, err)
 	}
 	return nil
 }

@@ -22,6 +22,7 @@ import (
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
+	"audiencematch/pipeline/errkind"
 )
 
 func TestParseShard(t *testing.T) {
@@ -31,7 +32,7 @@ func TestParseShard(t *testing.T) {
 		}
 	}
 	for _, in := range []string{"", "1", "3/3", "-1/3", "0/0", "a/b", "0/4097", "1/2/3", " 1/2"} {
-		if _, err := pipeline.ParseShard(in); !errors.Is(err, pipeline.ErrUsage) {
+		if _, err := pipeline.ParseShard(in); !errors.Is(err, errkind.ErrUsage) {
 			t.Errorf("ParseShard(%q): err = %v, want a usage error", in, err)
 		}
 	}
@@ -166,7 +167,7 @@ func TestShardedIdenticalToUnsharded(t *testing.T) {
 			}
 			// Not yet complete: the commit refuses and publishes nothing.
 			_, err := pipeline.Commit(ctx, cfg, n)
-			if !errors.Is(err, pipeline.ErrShardsIncomplete) || !errors.Is(err, pipeline.ErrTempFail) {
+			if !errors.Is(err, pipeline.ErrShardsIncomplete) || !errors.Is(err, errkind.ErrTempFail) {
 				t.Fatalf("commit with shard %d missing: %v", last, err)
 			}
 			if _, serr := os.Stat(cfg.Out); !os.IsNotExist(serr) {
@@ -214,11 +215,11 @@ func TestShardCommitRefusesMismatch(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// refused: the commit stops with ErrData naming want, and publishes nothing.
+	// refused: the commit stops with errkind.ErrData naming want, and publishes nothing.
 	refused := func(what, want string) {
 		t.Helper()
 		_, err := pipeline.Commit(ctx, cfg, 2)
-		if !errors.Is(err, pipeline.ErrData) || !strings.Contains(err.Error(), want) {
+		if !errors.Is(err, errkind.ErrData) || !strings.Contains(err.Error(), want) {
 			t.Fatalf("commit over %s: %v", what, err)
 		}
 		if _, serr := os.Stat(cfg.Out); !os.IsNotExist(serr) {

@@ -12,6 +12,7 @@ import (
 
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
+	"audiencematch/pipeline/errkind"
 )
 
 // SubjectQuery names a person: by phone (normalized as the runs did; keyed
@@ -60,12 +61,12 @@ type SubjectEvidence struct {
 func Subject(state string, verifier note.Verifier, q SubjectQuery) (*SubjectReport, error) {
 	l, cp, err := audit.VerifyLog(AuditDir(state), verifier, nil)
 	if err != nil {
-		return nil, fmt.Errorf("%w: audit log: %w", ErrData, err)
+		return nil, fmt.Errorf("%w: audit log: %w", errkind.ErrData, err)
 	}
 	e164 := ""
 	if q.UserID == "" {
 		if e164, err = hashing.Normalize(q.Phone, q.Country); err != nil {
-			return nil, fmt.Errorf("%w: --phone is not a valid number (%v); add --country for a national number", ErrUsage, err)
+			return nil, fmt.Errorf("%w: --phone is not a valid number (%v); add --country for a national number", errkind.ErrUsage, err)
 		}
 	}
 	rep := &SubjectReport{LogSize: l.Size()}

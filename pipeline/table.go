@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"audiencematch/pipeline/errkind"
 	"bufio"
 	"bytes"
 	"context"
@@ -104,7 +105,7 @@ const (
 func DetectFormat(path string) (Format, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", fmt.Errorf("open %q: %w: %w", path, ErrNoInput, err)
+		return "", fmt.Errorf("open %q: %w: %w", path, errkind.ErrNoInput, err)
 	}
 	defer f.Close()
 	head := make([]byte, 4)
@@ -117,29 +118,29 @@ func formatOf(path string, head []byte) (Format, error) {
 		return FormatParquet, nil
 	}
 	if strings.EqualFold(filepath.Ext(path), ".parquet") {
-		return "", fmt.Errorf("%q has a .parquet name but is not a Parquet file: %w", path, ErrData)
+		return "", fmt.Errorf("%q has a .parquet name but is not a Parquet file: %w", path, errkind.ErrData)
 	}
 	return FormatCSV, nil
 }
 
 // OpenTable opens a CSV or Parquet table and checks that it has columns. A
-// missing column is an ErrConfig error that names it. The file is opened
+// missing column is an errkind.ErrConfig error that names it. The file is opened
 // once and its format told from a peek at its first bytes, so a pipe or FIFO
 // (--users <(zcat users.csv.gz)) loses nothing to the detection; a Parquet
 // table must be a regular file, since Parquet is read from its footer.
 func OpenTable(path string, columns []string) (RowReader, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("open %q: %w: %w", path, ErrNoInput, err)
+		return nil, fmt.Errorf("open %q: %w: %w", path, errkind.ErrNoInput, err)
 	}
 	st, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("open %q: %w: %w", path, ErrNoInput, err)
+		return nil, fmt.Errorf("open %q: %w: %w", path, errkind.ErrNoInput, err)
 	}
 	if st.IsDir() {
 		f.Close()
-		return nil, fmt.Errorf("%w: %q is a directory: give the table's file", ErrNoInput, path)
+		return nil, fmt.Errorf("%w: %q is a directory: give the table's file", errkind.ErrNoInput, path)
 	}
 	br := bufio.NewReaderSize(f, 1<<16)
 	head, _ := br.Peek(4)
@@ -151,7 +152,7 @@ func OpenTable(path string, columns []string) (RowReader, error) {
 	if format == FormatParquet {
 		if !st.Mode().IsRegular() {
 			f.Close()
-			return nil, fmt.Errorf("%w: %q is a Parquet stream from a pipe: Parquet is read from its footer, so write it to a file and give that", ErrNoInput, path)
+			return nil, fmt.Errorf("%w: %q is a Parquet stream from a pipe: Parquet is read from its footer, so write it to a file and give that", errkind.ErrNoInput, path)
 		}
 		f.Close()
 		return openParquetTable(path, columns, false)
@@ -164,7 +165,7 @@ func OpenTable(path string, columns []string) (RowReader, error) {
 		}{br, f}
 	} else if _, err := f.Seek(0, io.SeekStart); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("open %q: %w: %w", path, ErrNoInput, err)
+		return nil, fmt.Errorf("open %q: %w: %w", path, errkind.ErrNoInput, err)
 	}
 	r, err := newCSVTable(rc, columns)
 	if err != nil {
@@ -189,9 +190,9 @@ func columnIndex(header, columns []string) ([]int, error) {
 	for i, h := range header {
 		if j, dup := pos[h]; dup {
 			if wanted[h] {
-				return nil, fmt.Errorf("%w: column %q appears twice in the header (columns %d and %d)", ErrConfig, h, j+1, i+1)
+				return nil, fmt.Errorf("%w: column %q appears twice in the header (columns %d and %d)", errkind.ErrConfig, h, j+1, i+1)
 			}
-			return nil, fmt.Errorf("%w: columns %d and %d of the header have the same name", ErrConfig, j+1, i+1)
+			return nil, fmt.Errorf("%w: columns %d and %d of the header have the same name", errkind.ErrConfig, j+1, i+1)
 		}
 		pos[h] = i
 	}
@@ -215,7 +216,7 @@ func columnIndex(header, columns []string) ([]int, error) {
 			hint = strings.Join(hints, "; ") + ": names are exact"
 		}
 		return nil, fmt.Errorf("%w: missing column(s) %s: the header row's %d column(s) must include %s (MATCHING.md section 1); %s",
-			ErrConfig, strings.Join(missing, ", "), len(header), strings.Join(columns, ", "), hint)
+			errkind.ErrConfig, strings.Join(missing, ", "), len(header), strings.Join(columns, ", "), hint)
 	}
 	return idx, nil
 }

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"audiencematch/pipeline/errkind"
 	"errors"
 	"io"
 	"os"
@@ -167,17 +168,17 @@ func TestTableConfigErrors(t *testing.T) {
 	}
 	for _, c := range cases {
 		_, err := readAll(t, c.content)
-		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%s: err = %v, want ErrConfig mentioning %q", c.name, err, c.want)
+		if !errors.Is(err, errkind.ErrConfig) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: err = %v, want errkind.ErrConfig mentioning %q", c.name, err, c.want)
 		}
 	}
-	if _, err := OpenTable(filepath.Join(t.TempDir(), "nope.csv"), UserColumns); !errors.Is(err, ErrNoInput) {
-		t.Errorf("missing file: err = %v, want ErrNoInput", err)
+	if _, err := OpenTable(filepath.Join(t.TempDir(), "nope.csv"), UserColumns); !errors.Is(err, errkind.ErrNoInput) {
+		t.Errorf("missing file: err = %v, want errkind.ErrNoInput", err)
 	}
 	p := filepath.Join(t.TempDir(), "fake.parquet")
 	os.WriteFile(p, []byte("user_id,phone,country\n"), 0o644)
-	if _, err := OpenTable(p, UserColumns); !errors.Is(err, ErrData) {
-		t.Errorf("CSV named .parquet: err = %v, want ErrData", err)
+	if _, err := OpenTable(p, UserColumns); !errors.Is(err, errkind.ErrData) {
+		t.Errorf("CSV named .parquet: err = %v, want errkind.ErrData", err)
 	}
 }
 

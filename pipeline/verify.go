@@ -18,6 +18,7 @@ import (
 
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
+	"audiencematch/pipeline/errkind"
 )
 
 // VerifyReport is what `audit verify` found when everything held.
@@ -32,11 +33,11 @@ type VerifyReport struct {
 // the checkpoint's signature, the records' tree against it, consistency with
 // a checkpoint saved earlier (trusted may be nil), and for every committed
 // run its manifest, files, identifier tree, evidence tree and counts. The
-// error names the first broken thing; it wraps ErrData.
+// error names the first broken thing; it wraps errkind.ErrData.
 func VerifyAudit(state string, verifier note.Verifier, trusted []byte) (*VerifyReport, error) {
 	l, cp, err := audit.VerifyLog(AuditDir(state), verifier, trusted)
 	if err != nil {
-		return nil, fmt.Errorf("%w: audit verify: %w", ErrData, err)
+		return nil, fmt.Errorf("%w: audit verify: %w", errkind.ErrData, err)
 	}
 	rep := &VerifyReport{Records: l.Size(), Root: hex.EncodeToString(cp.Hash)}
 	rep.Checkpoint, err = os.ReadFile(filepath.Join(AuditDir(state), audit.CheckpointFile))
@@ -54,14 +55,14 @@ func VerifyAudit(state string, verifier note.Verifier, trusted []byte) (*VerifyR
 			err = verifyDelivery(state, heads[rec.Destination], rec)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%w: audit verify: record %d, run %s (%s): %w", ErrData, i, rec.RunID, rec.Destination, err)
+			return nil, fmt.Errorf("%w: audit verify: record %d, run %s (%s): %w", errkind.ErrData, i, rec.RunID, rec.Destination, err)
 		}
 		if !rec.Backfill {
 			heads[rec.Destination] = rec
 		}
 	}
 	if err := verifyNothingUnrecorded(l); err != nil {
-		return nil, fmt.Errorf("%w: audit verify: %w", ErrData, err)
+		return nil, fmt.Errorf("%w: audit verify: %w", errkind.ErrData, err)
 	}
 	return rep, nil
 }

@@ -14,6 +14,7 @@ import (
 
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
+	"audiencematch/pipeline/errkind"
 )
 
 // TestEachPublishedID: the page decoder reads back what the part writer
@@ -163,8 +164,8 @@ func TestPublishedIter(t *testing.T) {
 			}
 			it = &publishedIter{scheme: s, paths: []string{path}}
 			it.Next()
-			if _, _, err := it.Next(); !errors.Is(err, ErrData) || !strings.Contains(err.Error(), "not sorted") {
-				t.Fatalf("err = %v, want ErrData: not sorted", err)
+			if _, _, err := it.Next(); !errors.Is(err, errkind.ErrData) || !strings.Contains(err.Error(), "not sorted") {
+				t.Fatalf("err = %v, want errkind.ErrData: not sorted", err)
 			}
 		})
 	}
@@ -245,7 +246,7 @@ func TestEvidenceIter(t *testing.T) {
 	other := &audit.Record{RunID: "prev", IDs: &audit.Tree{Size: rec.IDs.Size, Root: strings.Repeat("0", 64)}}
 	it := open(rows, other)
 	got, err = drain(it)
-	if len(got) != n || !errors.Is(err, ErrData) || !strings.Contains(err.Error(), "does not match its audit record") {
+	if len(got) != n || !errors.Is(err, errkind.ErrData) || !strings.Contains(err.Error(), "does not match its audit record") {
 		t.Fatalf("against another record: %d ids, err %v", len(got), err)
 	}
 	if _, ok, again := it.Next(); ok || again == nil {
@@ -258,19 +259,19 @@ func TestEvidenceIter(t *testing.T) {
 		"row dropped":    func(r []EvidenceRow) []EvidenceRow { return slices.Delete(r, 4, 5) },
 		"primary turned": func(r []EvidenceRow) []EvidenceRow { r[4].Primary = false; return r },
 	} {
-		if _, err := drain(open(edit(slices.Clone(rows)), rec)); !errors.Is(err, ErrData) {
-			t.Errorf("%s: err %v, want ErrData", name, err)
+		if _, err := drain(open(edit(slices.Clone(rows)), rec)); !errors.Is(err, errkind.ErrData) {
+			t.Errorf("%s: err %v, want errkind.ErrData", name, err)
 		}
 	}
 
 	swapped := slices.Clone(rows)
 	swapped[0], swapped[2] = swapped[2], swapped[0] // p1 s0 p0: p1 is read, then p0 refused
-	if got, err := drain(open(swapped, rec)); len(got) != 1 || !errors.Is(err, ErrData) || !strings.Contains(err.Error(), "not sorted") {
+	if got, err := drain(open(swapped, rec)); len(got) != 1 || !errors.Is(err, errkind.ErrData) || !strings.Contains(err.Error(), "not sorted") {
 		t.Errorf("out of order: %d ids, err %v", len(got), err)
 	}
 	bad := slices.Clone(rows)
 	bad[3].ID = "zz" + bad[3].ID[2:] // p2, after p0 and p1
-	if got, err := drain(open(bad, rec)); len(got) != 2 || !errors.Is(err, ErrData) || !strings.Contains(err.Error(), "shape") {
+	if got, err := drain(open(bad, rec)); len(got) != 2 || !errors.Is(err, errkind.ErrData) || !strings.Contains(err.Error(), "shape") {
 		t.Errorf("not hex: %d ids, err %v", len(got), err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
+	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/fsutil"
 )
 
@@ -38,7 +39,7 @@ func (o *AuditOptions) AddFlags(cmd *cobra.Command) {
 
 func (o *AuditOptions) verifier(cmd *cobra.Command) (note.Verifier, error) {
 	if o.State == "" {
-		return nil, fmt.Errorf("%w: --state is required", pipeline.ErrUsage)
+		return nil, fmt.Errorf("%w: --state is required", errkind.ErrUsage)
 	}
 	v := o.Verifier
 	if v == "" {
@@ -47,7 +48,7 @@ func (o *AuditOptions) verifier(cmd *cobra.Command) (note.Verifier, error) {
 	}
 	ver, err := audit.LoadVerifier(v)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
+		return nil, fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 	}
 	return ver, nil
 }
@@ -88,7 +89,7 @@ Exit 0 only when all holds. Otherwise exit 65, naming the first broken thing.
 			var trusted []byte
 			if o.TrustedCheckpoint != "" {
 				if trusted, err = os.ReadFile(o.TrustedCheckpoint); err != nil {
-					return fmt.Errorf("%w: trusted checkpoint: %w", pipeline.ErrNoInput, err)
+					return fmt.Errorf("%w: trusted checkpoint: %w", errkind.ErrNoInput, err)
 				}
 			}
 			rep, err := pipeline.VerifyAudit(o.State, v, trusted)
@@ -125,7 +126,7 @@ func newAuditRunsCommand() *cobra.Command {
 			// (type unreadable), with the others; audit verify fails on it.
 			l, _, err := audit.VerifyTree(pipeline.AuditDir(o.State), v, nil)
 			if err != nil {
-				return fmt.Errorf("%w: %w", pipeline.ErrData, err)
+				return fmt.Errorf("%w: %w", errkind.ErrData, err)
 			}
 			if u := l.Unreadable(); len(u) > 0 {
 				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %d record(s) of the log cannot be read (the first is record %d); they are listed as %s; see audit verify\n",
@@ -191,7 +192,7 @@ STATE/keys/master.key), or a destination's key for that destination's runs. --us
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if (o.Phone == "") == (o.UserID == "") {
-				return fmt.Errorf("%w: give exactly one of --phone or --user-id", pipeline.ErrUsage)
+				return fmt.Errorf("%w: give exactly one of --phone or --user-id", errkind.ErrUsage)
 			}
 			v, err := o.verifier(cmd)
 			if err != nil {

@@ -9,8 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"audiencematch/pipeline"
 	"audiencematch/pipeline/destinations"
+	"audiencematch/pipeline/errkind"
 )
 
 // DestinationsOptions are the flags of `audiencematch destinations`.
@@ -33,7 +33,7 @@ func (o *DestinationsOptions) load() (*destinations.Registry, error) {
 	}
 	r, err := destinations.Load(path)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
+		return nil, fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 	}
 	return r, nil
 }
@@ -43,7 +43,7 @@ func registryPath(file, state string) (string, error) {
 		return file, nil
 	}
 	if state == "" {
-		return "", fmt.Errorf("%w: give --destinations FILE or --state DIR", pipeline.ErrUsage)
+		return "", fmt.Errorf("%w: give --destinations FILE or --state DIR", errkind.ErrUsage)
 	}
 	return filepath.Join(state, "destinations.yaml"), nil
 }

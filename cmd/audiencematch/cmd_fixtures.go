@@ -7,7 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"audiencematch/fixtures"
-	"audiencematch/pipeline"
+	"audiencematch/pipeline/errkind"
 )
 
 // FixturesOptions are the flags of `audiencematch fixtures`.
@@ -52,18 +52,18 @@ small share (under 0.2%) of malformed rows.`,
 
 func runFixtures(cmd *cobra.Command, o *FixturesOptions) error {
 	if o.Out == "" {
-		return fmt.Errorf("%w: --out DIR is required", pipeline.ErrUsage)
+		return fmt.Errorf("%w: --out DIR is required", errkind.ErrUsage)
 	}
 	if o.Users < 0 {
-		return fmt.Errorf("%w: --users must be at least 0", pipeline.ErrUsage)
+		return fmt.Errorf("%w: --users must be at least 0", errkind.ErrUsage)
 	}
 	if o.Format != "csv" && o.Format != "parquet" {
-		return fmt.Errorf("%w: --format %q: use csv or parquet", pipeline.ErrUsage, o.Format)
+		return fmt.Errorf("%w: --format %q: use csv or parquet", errkind.ErrUsage, o.Format)
 	}
 	start := time.Now()
 	st, err := fixtures.WriteFiles(o.Out, fixtures.Options{Users: o.Users, Seed: o.Seed, Format: o.Format})
 	if err != nil {
-		return fmt.Errorf("%w: write fixtures: %w", pipeline.ErrConfig, err)
+		return fmt.Errorf("%w: write fixtures: %w", errkind.ErrConfig, err)
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "wrote %d users to %s and %d consent events to %s in %.1fs; master key: %s\n",
 		st.Users, st.UsersPath, st.Events, st.EventsPath, time.Since(start).Seconds(), st.KeyPath)

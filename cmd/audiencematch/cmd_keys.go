@@ -12,6 +12,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
+	"audiencematch/pipeline/errkind"
 )
 
 // KeysOptions are the flags of `audiencematch keys init`.
@@ -75,19 +76,19 @@ destination's key: derive again.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.Out == "" || !pipeline.ValidDestination(o.Destination) {
-				return fmt.Errorf("%w: keys derive needs --out and a valid --destination (got %q)", pipeline.ErrUsage, o.Destination)
+				return fmt.Errorf("%w: keys derive needs --out and a valid --destination (got %q)", errkind.ErrUsage, o.Destination)
 			}
 			k, err := loadKey(o.Key, o.State)
 			if err != nil {
-				return fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
+				return fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 			}
 			master, ok := k.Master()
 			if !ok {
-				return fmt.Errorf("%w: --key is the destination key of %q: derive needs the master key", pipeline.ErrUsage, k.Destination())
+				return fmt.Errorf("%w: --key is the destination key of %q: derive needs the master key", errkind.ErrUsage, k.Destination())
 			}
 			dk, err := hashing.WriteDestKey(o.Out, master, o.Destination)
 			if err != nil {
-				return fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
+				return fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "wrote the key of %s to %s (mode 0600)\n", o.Destination, o.Out)
 			fmt.Fprintln(cmd.OutOrStdout(), dk.KeyID())
@@ -104,11 +105,11 @@ destination's key: derive again.`,
 
 func runKeysInit(cmd *cobra.Command, o *KeysOptions) error {
 	if o.State == "" {
-		return fmt.Errorf("%w: --state is required", pipeline.ErrUsage)
+		return fmt.Errorf("%w: --state is required", errkind.ErrUsage)
 	}
 	dir := pipeline.KeysDir(o.State)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
+		return fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 	}
 	mk := filepath.Join(dir, "master.key")
 	if _, err := os.Stat(mk); errors.Is(err, fs.ErrNotExist) {
@@ -117,13 +118,13 @@ func runKeysInit(cmd *cobra.Command, o *KeysOptions) error {
 			return err
 		}
 		if err := hashing.WriteMasterKey(mk, k); err != nil {
-			return fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
+			return fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 		}
 		fmt.Fprintf(cmd.ErrOrStderr(), "created master key %s\n", mk)
 	}
 	vkey, created, err := audit.InitKeys(dir, o.Origin)
 	if err != nil {
-		return fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
+		return fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 	}
 	if created {
 		fmt.Fprintf(cmd.ErrOrStderr(), "created audit signing key %s; give this verifier key to the auditors:\n", filepath.Join(dir, audit.SignerFile))

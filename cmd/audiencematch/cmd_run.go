@@ -25,6 +25,7 @@ import (
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
 	"audiencematch/pipeline/destinations"
+	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/pgsource"
 )
 
@@ -160,13 +161,13 @@ func (o *RunOptions) shard() (pipeline.Shard, error) {
 	case o.commit:
 		return pipeline.Shard{}, nil
 	case o.Shard != "" && o.Shards != 0:
-		return pipeline.Shard{}, fmt.Errorf("%w: give --shard I/N or --shards N, not both", pipeline.ErrUsage)
+		return pipeline.Shard{}, fmt.Errorf("%w: give --shard I/N or --shards N, not both", errkind.ErrUsage)
 	case o.Shard != "":
 		return pipeline.ParseShard(o.Shard)
 	case o.Shards != 0:
 		idx, ok := os.LookupEnv(JobIndexEnv)
 		if !ok {
-			return pipeline.Shard{}, fmt.Errorf("%w: --shards %d needs $%s (set by a Kubernetes Indexed Job), or use --shard I/N", pipeline.ErrUsage, o.Shards, JobIndexEnv)
+			return pipeline.Shard{}, fmt.Errorf("%w: --shards %d needs $%s (set by a Kubernetes Indexed Job), or use --shard I/N", errkind.ErrUsage, o.Shards, JobIndexEnv)
 		}
 		return pipeline.ParseShard(idx + "/" + strconv.Itoa(o.Shards))
 	}
@@ -249,14 +250,14 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 		missing = append(missing, "--users and --consent (or --source)")
 	}
 	if o.Source != "" && (o.Users != "" || o.Consent != "") {
-		return pipeline.Config{}, fmt.Errorf("%w: give --source or --users/--consent, not both", pipeline.ErrUsage)
+		return pipeline.Config{}, fmt.Errorf("%w: give --source or --users/--consent, not both", errkind.ErrUsage)
 	}
 	if len(missing) > 0 {
-		return pipeline.Config{}, fmt.Errorf("%w: missing %s (see audiencematch run --help)", pipeline.ErrUsage, strings.Join(missing, ", "))
+		return pipeline.Config{}, fmt.Errorf("%w: missing %s (see audiencematch run --help)", errkind.ErrUsage, strings.Join(missing, ", "))
 	}
 	if o.Scheme != "" {
 		if _, err := hashing.ParseScheme(o.Scheme); err != nil {
-			return pipeline.Config{}, fmt.Errorf("%w: --scheme: %w", pipeline.ErrUsage, err)
+			return pipeline.Config{}, fmt.Errorf("%w: --scheme: %w", errkind.ErrUsage, err)
 		}
 	}
 	regPath, err := registryPath(o.Destinations, o.State)
@@ -265,7 +266,7 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 	}
 	registry, err := destinations.Load(regPath)
 	if err != nil {
-		return pipeline.Config{}, fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
+		return pipeline.Config{}, fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 	}
 	// The registry decides the scheme and the delivery directory; a flag may
 	// repeat them but not contradict them. An unknown destination keeps the
@@ -273,10 +274,10 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 	out, scheme, keyFile := o.Out, hashing.Scheme(o.Scheme), o.Key
 	if d := registry.Lookup(o.Destination); d != nil {
 		if o.Scheme != "" && o.Scheme != d.Scheme {
-			return pipeline.Config{}, fmt.Errorf("%w: --scheme %s conflicts with the registry's scheme %s for %q (%s)", pipeline.ErrUsage, o.Scheme, d.Scheme, d.ID, regPath)
+			return pipeline.Config{}, fmt.Errorf("%w: --scheme %s conflicts with the registry's scheme %s for %q (%s)", errkind.ErrUsage, o.Scheme, d.Scheme, d.ID, regPath)
 		}
 		if o.Out != "" && filepath.Clean(o.Out) != filepath.Clean(d.Delivery) {
-			return pipeline.Config{}, fmt.Errorf("%w: --out %s conflicts with the registry's delivery %s for %q (%s)", pipeline.ErrUsage, o.Out, d.Delivery, d.ID, regPath)
+			return pipeline.Config{}, fmt.Errorf("%w: --out %s conflicts with the registry's delivery %s for %q (%s)", errkind.ErrUsage, o.Out, d.Delivery, d.ID, regPath)
 		}
 		out, scheme = d.Delivery, hashing.Scheme(d.Scheme)
 		if d.KeyFile != "" && o.Key == "" {
@@ -294,17 +295,17 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 	// for destinations that may receive data.
 	_, refused := registry.Authorize(o.Destination, o.Purpose)
 	if refused == nil && !scheme.Keyed() && !o.AllowUnkeyed {
-		return pipeline.Config{}, fmt.Errorf("%w: --scheme %s is unkeyed: a SHA-256 of a phone number is reversed in about a second on one GPU, so its identifiers are personal data in disguise; pass --allow-unkeyed only for a destination that requires it", pipeline.ErrUsage, scheme)
+		return pipeline.Config{}, fmt.Errorf("%w: --scheme %s is unkeyed: a SHA-256 of a phone number is reversed in about a second on one GPU, so its identifiers are personal data in disguise; pass --allow-unkeyed only for a destination that requires it", errkind.ErrUsage, scheme)
 	}
 	asOf := now.UTC()
 	if o.AsOf != "" {
 		if asOf, err = consent.ParseTime(o.AsOf); err != nil {
-			return pipeline.Config{}, fmt.Errorf("%w: --as-of: %w", pipeline.ErrUsage, err)
+			return pipeline.Config{}, fmt.Errorf("%w: --as-of: %w", errkind.ErrUsage, err)
 		}
 	}
 	maxAge, err := consent.ParseMaxAge(o.MaxConsentAge)
 	if err != nil {
-		return pipeline.Config{}, fmt.Errorf("%w: --max-consent-age: %w", pipeline.ErrUsage, err)
+		return pipeline.Config{}, fmt.Errorf("%w: --max-consent-age: %w", errkind.ErrUsage, err)
 	}
 	cfg := pipeline.Config{
 		Users: o.Users, Consent: o.Consent, Destination: o.Destination, Scheme: scheme,
@@ -330,19 +331,19 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 	}
 	signer, err := audit.LoadSigner(pipeline.KeysDir(o.State))
 	if err != nil {
-		return cfg, fmt.Errorf("%w: %w; create it with: audiencematch keys init --state %s", pipeline.ErrConfig, err, o.State)
+		return cfg, fmt.Errorf("%w: %w; create it with: audiencematch keys init --state %s", errkind.ErrConfig, err, o.State)
 	}
 	cfg.AuditSigner = signer
 	if cfg.AuditVerifier, err = audit.LoadVerifier(filepath.Join(pipeline.KeysDir(o.State), audit.VerifierFile)); err != nil {
-		return cfg, fmt.Errorf("%w: %w; recreate it with: audiencematch keys init --state %s", pipeline.ErrConfig, err, o.State)
+		return cfg, fmt.Errorf("%w: %w; recreate it with: audiencematch keys init --state %s", errkind.ErrConfig, err, o.State)
 	}
 	if scheme.Keyed() && refused == nil {
 		key, err := loadKey(keyFile, o.State)
 		if err != nil {
-			return cfg, fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
+			return cfg, fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 		}
 		if cfg.Key, err = key.For(o.Destination); err != nil {
-			return cfg, fmt.Errorf("%w: %w", pipeline.ErrConfig, err)
+			return cfg, fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 		}
 	} else if refused == nil {
 		log.Warn("unkeyed scheme: identifiers are plain SHA-256 of phone numbers and can be reversed by brute force in about a second on one GPU; they remain personal data",
@@ -365,7 +366,7 @@ func runRun(cmd *cobra.Command, o *RunOptions, g *globalOptions, run func(contex
 		// them; they are ignored there.
 		for _, name := range inputFlags {
 			if cmd.Flags().Changed(name) {
-				return fmt.Errorf("%w: commit reads the shards under --state, not inputs: drop --%s (the shards recorded their inputs' SHA-256)", pipeline.ErrUsage, name)
+				return fmt.Errorf("%w: commit reads the shards under --state, not inputs: drop --%s (the shards recorded their inputs' SHA-256)", errkind.ErrUsage, name)
 			}
 		}
 	}
@@ -380,10 +381,10 @@ func runRun(cmd *cobra.Command, o *RunOptions, g *globalOptions, run func(contex
 		return err
 	}
 	if o.PretouchMiB < -1 || o.PretouchMiB > maxPretouchMiB {
-		return fmt.Errorf("%w: --pretouch-mib %d is not between 0 and %d", pipeline.ErrUsage, o.PretouchMiB, maxPretouchMiB)
+		return fmt.Errorf("%w: --pretouch-mib %d is not between 0 and %d", errkind.ErrUsage, o.PretouchMiB, maxPretouchMiB)
 	}
 	if o.MemoryLimitMiB < 0 || o.MemoryLimitMiB > math.MaxInt64>>20 {
-		return fmt.Errorf("%w: --memory-limit-mib %d is negative or too large", pipeline.ErrUsage, o.MemoryLimitMiB)
+		return fmt.Errorf("%w: --memory-limit-mib %d is negative or too large", errkind.ErrUsage, o.MemoryLimitMiB)
 	}
 	if o.MemoryLimitMiB > 0 && os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(o.MemoryLimitMiB << 20)
@@ -395,7 +396,7 @@ func runRun(cmd *cobra.Command, o *RunOptions, g *globalOptions, run func(contex
 			if merr := writeMetrics(o.MetricsFile, o.Destination, res, exitCode(err), start, time.Now()); merr != nil {
 				log.Error("could not write the metrics file", "path", o.MetricsFile, "error", merr.Error())
 				if err == nil {
-					err = fmt.Errorf("%w: metrics file: %w", pipeline.ErrConfig, merr)
+					err = fmt.Errorf("%w: metrics file: %w", errkind.ErrConfig, merr)
 				}
 			}
 		}()
@@ -408,7 +409,7 @@ func runRun(cmd *cobra.Command, o *RunOptions, g *globalOptions, run func(contex
 		return err
 	}
 	if (cfg.Shard.Count > 0 || o.commit) && o.AsOf == "" {
-		return fmt.Errorf("%w: a sharded run needs --as-of: every shard and the commit must share the cutoff", pipeline.ErrUsage)
+		return fmt.Errorf("%w: a sharded run needs --as-of: every shard and the commit must share the cutoff", errkind.ErrUsage)
 	}
 	if cfg.Source != nil {
 		defer cfg.Source.Close()
@@ -426,7 +427,7 @@ func runRun(cmd *cobra.Command, o *RunOptions, g *globalOptions, run func(contex
 		}
 		f, err := os.Create(p.path)
 		if err != nil {
-			return fmt.Errorf("%w: %s: %w", pipeline.ErrUsage, p.flag, err)
+			return fmt.Errorf("%w: %s: %w", errkind.ErrUsage, p.flag, err)
 		}
 		defer f.Close()
 		if err := p.start(f); err != nil {
@@ -437,7 +438,7 @@ func runRun(cmd *cobra.Command, o *RunOptions, g *globalOptions, run func(contex
 	if o.MemProfile != "" {
 		f, err := os.Create(o.MemProfile)
 		if err != nil {
-			return fmt.Errorf("%w: --mem-profile: %w", pipeline.ErrUsage, err)
+			return fmt.Errorf("%w: --mem-profile: %w", errkind.ErrUsage, err)
 		}
 		defer func() {
 			pprof.Lookup("allocs").WriteTo(f, 0)

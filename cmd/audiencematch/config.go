@@ -1,6 +1,7 @@
 package main
 
 import (
+	"audiencematch/pipeline/errkind"
 	"fmt"
 	"os"
 	"sort"
@@ -9,8 +10,6 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"go.yaml.in/yaml/v3"
-
-	"audiencematch/pipeline"
 )
 
 // applyConfigFile sets every flag that the YAML file at path names and the
@@ -23,13 +22,13 @@ func applyConfigFile(cmd *cobra.Command, path string) error {
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("%w: config file: %w", pipeline.ErrConfig, err)
+		return fmt.Errorf("%w: config file: %w", errkind.ErrConfig, err)
 	}
 	// Nodes, not values: YAML would turn 2026-11-01T00:00:00Z into a time and
 	// 0700 into a number; flags want the text as written.
 	var values map[string]yaml.Node
 	if err := yaml.Unmarshal(b, &values); err != nil {
-		return fmt.Errorf("%w: config file %q: %w", pipeline.ErrConfig, path, err)
+		return fmt.Errorf("%w: config file %q: %w", errkind.ErrConfig, path, err)
 	}
 	keys := make([]string, 0, len(values))
 	for k := range values {
@@ -39,14 +38,14 @@ func applyConfigFile(cmd *cobra.Command, path string) error {
 	for _, k := range keys {
 		f := cmd.Flags().Lookup(k)
 		if f == nil || k == "config" {
-			return fmt.Errorf("%w: config file %q: unknown key %q (keys are the flag names of %q)", pipeline.ErrConfig, path, k, cmd.CommandPath())
+			return fmt.Errorf("%w: config file %q: unknown key %q (keys are the flag names of %q)", errkind.ErrConfig, path, k, cmd.CommandPath())
 		}
 		if f.Changed {
 			continue
 		}
 		n := values[k]
 		if err := setFlag(f, &n); err != nil {
-			return fmt.Errorf("%w: config file %q: key %q: %w", pipeline.ErrConfig, path, k, err)
+			return fmt.Errorf("%w: config file %q: key %q: %w", errkind.ErrConfig, path, k, err)
 		}
 	}
 	return nil

@@ -16,7 +16,7 @@ import (
 	"golang.org/x/term"
 
 	"audiencematch/hashing"
-	"audiencematch/pipeline"
+	"audiencematch/pipeline/errkind"
 )
 
 // Version is the tool version recorded in manifests; set at build time with
@@ -63,21 +63,21 @@ func exitCode(err error) int {
 	// input: the operator frees space or fixes the mount and runs again.
 	case isIOErr(err):
 		return exitIOErr
-	case errors.Is(err, pipeline.ErrUsage):
+	case errors.Is(err, errkind.ErrUsage):
 		return exitUsage
 	// A temporary failure first: a source's read error may arrive wrapped in
 	// "input unreadable", and a retry is what the scheduler should do.
-	case errors.Is(err, pipeline.ErrTempFail), errors.Is(err, context.Canceled):
+	case errors.Is(err, errkind.ErrTempFail), errors.Is(err, context.Canceled):
 		return exitTempFail
-	case errors.Is(err, pipeline.ErrData):
+	case errors.Is(err, errkind.ErrData):
 		return exitData
-	case errors.Is(err, pipeline.ErrNoInput):
+	case errors.Is(err, errkind.ErrNoInput):
 		return exitNoInput
-	case errors.Is(err, pipeline.ErrUnavailable):
+	case errors.Is(err, errkind.ErrUnavailable):
 		return exitUnavailable
-	case errors.Is(err, pipeline.ErrRejected):
+	case errors.Is(err, errkind.ErrRejected):
 		return exitRefused
-	case errors.Is(err, pipeline.ErrConfig),
+	case errors.Is(err, errkind.ErrConfig),
 		errors.Is(err, hashing.ErrKeyPermissions), errors.Is(err, hashing.ErrKeyShort),
 		errors.Is(err, hashing.ErrKeyFormat), errors.Is(err, hashing.ErrNoKey):
 		return exitConfig
@@ -118,7 +118,7 @@ Start with:
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "auto", "log format: auto (text on a terminal, JSON otherwise), text, json")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
-		return fmt.Errorf("%w: %w", pipeline.ErrUsage, err)
+		return fmt.Errorf("%w: %w", errkind.ErrUsage, err)
 	})
 	root.AddCommand(newRunCommand(g), newCommitCommand(g), newFixturesCommand(g), newKeysCommand(), newAuditCommand(), newDestinationsCommand())
 	return root
@@ -128,7 +128,7 @@ Start with:
 func (g *globalOptions) logger(w io.Writer) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
-		return nil, fmt.Errorf("%w: --log-level %q: use debug, info, warn or error", pipeline.ErrUsage, g.logLevel)
+		return nil, fmt.Errorf("%w: --log-level %q: use debug, info, warn or error", errkind.ErrUsage, g.logLevel)
 	}
 	opts := &slog.HandlerOptions{Level: level}
 	format := g.logFormat
@@ -144,7 +144,7 @@ func (g *globalOptions) logger(w io.Writer) (*slog.Logger, error) {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	}
-	return nil, fmt.Errorf("%w: --log-format %q: use auto, text or json", pipeline.ErrUsage, g.logFormat)
+	return nil, fmt.Errorf("%w: --log-format %q: use auto, text or json", errkind.ErrUsage, g.logFormat)
 }
 
 func main() {

@@ -19,6 +19,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/fixtures"
 	"audiencematch/pipeline"
+	"audiencematch/pipeline/errkind"
 )
 
 // execute runs the CLI in-process and returns stdout, stderr and the exit code.
@@ -557,8 +558,8 @@ func TestLogCallsTakeNoPersonalFields(t *testing.T) {
 
 func TestExitCodeMapping(t *testing.T) {
 	for err, want := range map[error]int{
-		nil: 0, pipeline.ErrUsage: 64, pipeline.ErrRejected: 77, pipeline.ErrData: 65, pipeline.ErrNoInput: 66,
-		pipeline.ErrUnavailable: 69, pipeline.ErrTempFail: 75, pipeline.ErrConfig: 78, context.Canceled: 75,
+		nil: 0, errkind.ErrUsage: 64, errkind.ErrRejected: 77, errkind.ErrData: 65, errkind.ErrNoInput: 66,
+		errkind.ErrUnavailable: 69, errkind.ErrTempFail: 75, errkind.ErrConfig: 78, context.Canceled: 75,
 	} {
 		if got := exitCode(err); got != want {
 			t.Errorf("exitCode(%v) = %d, want %d", err, got, want)

@@ -37,6 +37,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"audiencematch/pipeline"
+	"audiencematch/pipeline/errkind"
 )
 
 // Options say where the tables are.
@@ -56,10 +57,10 @@ type Source struct {
 // New checks the options; it connects on the first Open.
 func New(o Options) (*Source, error) {
 	if o.URL == "" {
-		return nil, fmt.Errorf("%w: --source needs a postgres:// URL", pipeline.ErrUsage)
+		return nil, fmt.Errorf("%w: --source needs a postgres:// URL", errkind.ErrUsage)
 	}
 	if _, err := pgx.ParseConfig(o.URL); err != nil {
-		return nil, fmt.Errorf("%w: --source: %v", pipeline.ErrUsage, redact(err.Error(), o.URL))
+		return nil, fmt.Errorf("%w: --source: %v", errkind.ErrUsage, redact(err.Error(), o.URL))
 	}
 	if o.UsersTable == "" && o.UsersQuery == "" {
 		o.UsersTable = pipeline.TableUsers
@@ -182,9 +183,9 @@ func classify(err error, url, doing string) error {
 	case errors.As(err, &pgErr):
 		return pgError(pgErr, doing)
 	case errors.As(err, &netErr), pgconn.SafeToRetry(err), strings.Contains(msg, "connect"):
-		return fmt.Errorf("%w: PostgreSQL: %s: %s; is the server up and reachable?", pipeline.ErrTempFail, doing, msg)
+		return fmt.Errorf("%w: PostgreSQL: %s: %s; is the server up and reachable?", errkind.ErrTempFail, doing, msg)
 	}
-	return fmt.Errorf("%w: PostgreSQL: %s: %s", pipeline.ErrTempFail, doing, msg)
+	return fmt.Errorf("%w: PostgreSQL: %s: %s", errkind.ErrTempFail, doing, msg)
 }
 
 // pgSchemaMessages are the SQLSTATE codes whose message names objects of
@@ -240,15 +241,15 @@ func pgError(e *pgconn.PgError, doing string) error {
 	}
 	switch {
 	case e.Code == "28P01" || e.Code == "28000":
-		return fmt.Errorf("%w: PostgreSQL: %s: authentication failed (%s); check the user and password in --source", pipeline.ErrTempFail, doing, e.Code)
+		return fmt.Errorf("%w: PostgreSQL: %s: authentication failed (%s); check the user and password in --source", errkind.ErrTempFail, doing, e.Code)
 	case pgSchemaMessages[e.Code] != "":
-		return fmt.Errorf("%w: PostgreSQL: %s: %s (SQLSTATE %s); %s", pipeline.ErrTempFail, doing, e.Message, e.Code, pgSchemaMessages[e.Code])
+		return fmt.Errorf("%w: PostgreSQL: %s: %s (SQLSTATE %s); %s", errkind.ErrTempFail, doing, e.Message, e.Code, pgSchemaMessages[e.Code])
 	case strings.HasPrefix(e.Code, "22"):
 		return fmt.Errorf("%w: PostgreSQL: %s: a value could not be converted%s (SQLSTATE %s); check the casts of the query or the columns' types against MATCHING.md section 1; the server's message is not shown, as it quotes the value",
-			pipeline.ErrData, doing, where, code)
+			errkind.ErrData, doing, where, code)
 	}
 	return fmt.Errorf("%w: PostgreSQL: %s: error%s (SQLSTATE %s, %s); the server's message is not shown, as it may quote a value of a row: see the server's log",
-		pipeline.ErrTempFail, doing, where, code, e.Severity)
+		errkind.ErrTempFail, doing, where, code, e.Severity)
 }
 
 // redact removes the password of url from s.

@@ -17,6 +17,7 @@ import (
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
+	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/pgsource"
 )
 
@@ -264,8 +265,8 @@ func TestConnectionErrors(t *testing.T) {
 			}
 			defer src.Close()
 			_, err = runWith(t, t.TempDir(), src, "", "")
-			if !errors.Is(err, pipeline.ErrTempFail) || !strings.Contains(err.Error(), c.want) {
-				t.Fatalf("err = %v; want ErrTempFail mentioning %q", err, c.want)
+			if !errors.Is(err, errkind.ErrTempFail) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err = %v; want errkind.ErrTempFail mentioning %q", err, c.want)
 			}
 			for _, secret := range []string{cfg.Password, "secret-pw", "wrong-password"} {
 				if strings.Contains(err.Error(), secret) {
@@ -356,8 +357,8 @@ func TestCastErrorHidesValue(t *testing.T) {
 			}
 			defer src.Close()
 			_, err = runWith(t, t.TempDir(), src, "", "")
-			if !errors.Is(err, pipeline.ErrData) {
-				t.Fatalf("err = %v; want ErrData", err)
+			if !errors.Is(err, errkind.ErrData) {
+				t.Fatalf("err = %v; want errkind.ErrData", err)
 			}
 			for _, w := range c.want {
 				if !strings.Contains(err.Error(), w) {

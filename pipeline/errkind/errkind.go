@@ -1,9 +1,13 @@
-package pipeline
+// Package errkind names the kinds of failure a run can end in. Every error
+// the pipeline and its parts return wraps at most one of them; the CLI maps
+// each to its exit code (sysexits.h) in one switch, so callers match with
+// errors.Is and never parse messages. It imports nothing of the project, so
+// that every package can report its failures in these terms.
+package errkind
 
 import "errors"
 
-// Error kinds. Every error a run returns wraps at most one of them; the CLI
-// maps each to its exit code (sysexits.h), so callers match, never parse.
+// The kinds, with the exit code each maps to.
 var (
 	ErrUsage       = errors.New("usage error")                    // 64
 	ErrData        = errors.New("bad input data")                 // 65
