@@ -43,5 +43,5 @@
 // (never the key), the counts of the reconciliation, each published file's
 // SHA-256 and row count, the manifest's SHA-256, the Merkle root of the
 // run's sorted identifiers (so that absence can be proved: see
-// ProveAbsence) and the Merkle root of its private evidence.
+// MembershipProver) and the Merkle root of its private evidence.
 package audit

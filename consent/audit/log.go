@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -372,6 +371,3 @@ func VerifyTree(dir string, verifier note.Verifier, trusted []byte) (*Log, *log.
 	}
 	return l, cp, nil
 }
-
-// HexHash formats a hash for records and reports.
-func HexHash(h tlog.Hash) string { return hex.EncodeToString(h[:]) }

@@ -28,17 +28,6 @@ type Neighbor struct {
 	Proof tlog.RecordProof `json:"proof"`
 }
 
-// ProveMembership finds x among sorted leaves held in memory.
-func ProveMembership(leaves [][]byte, x []byte) (*Membership, error) {
-	mp := NewMembershipProver(int64(len(leaves)), x)
-	for _, l := range leaves {
-		if err := mp.Add(l); err != nil {
-			return nil, err
-		}
-	}
-	return mp.Finish()
-}
-
 // MembershipProver proves x present in, or absent from, a sorted tree of
 // known size while its leaves stream by (Add each in order, then Finish):
 // it holds one leaf back, so that the leaf before where x would be is
@@ -131,10 +120,7 @@ func (mp *MembershipProver) Finish() (*Membership, error) {
 	return &m, nil
 }
 
-// Summary is the size and root of the leaves added.
-func (mp *MembershipProver) Summary() *Tree { return mp.p.Summary() }
-
-// CheckMembership verifies m for x against a tree of size n and root.
+// Check verifies m for x against a tree of size n and root.
 func (m *Membership) Check(x []byte, n int64, root tlog.Hash) error {
 	if m.Present {
 		return tlog.CheckRecord(m.Proof, n, root, m.Index, tlog.RecordHash(x))

@@ -3,7 +3,10 @@ package audit
 import (
 	"encoding/hex"
 	"fmt"
+	"slices"
 
+	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/tlog"
 )
 
@@ -13,11 +16,6 @@ import (
 type MerkleTree struct {
 	hashes []tlog.Hash
 	n      int64
-}
-
-// NewMerkleTree returns an empty tree with room for leaves leaves.
-func NewMerkleTree(leaves int) *MerkleTree {
-	return &MerkleTree{hashes: make([]tlog.Hash, 0, 2*leaves)}
 }
 
 // Append adds a leaf whose data is b.
@@ -49,15 +47,6 @@ func (t *MerkleTree) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 // Root is the tree hash at size n (n <= Size).
 func (t *MerkleTree) Root(n int64) (tlog.Hash, error) { return tlog.TreeHash(n, t) }
 
-// Summary is the tree's size and root, as records carry it.
-func (t *MerkleTree) Summary() (*Tree, error) {
-	h, err := t.Root(t.n)
-	if err != nil {
-		return nil, err
-	}
-	return &Tree{Size: t.n, Root: hex.EncodeToString(h[:])}, nil
-}
-
 // Prove returns the inclusion proof of leaf i in the tree of size n.
 func (t *MerkleTree) Prove(i, n int64) (tlog.RecordProof, error) { return tlog.ProveRecord(n, i, t) }
 
@@ -73,11 +62,13 @@ func ParseHash(s string) (tlog.Hash, error) {
 }
 
 // TreeRoot computes the same root as MerkleTree while leaves stream by,
-// keeping only the roots of its complete subtrees (one hash per level), for
-// trees too large to hold, such as a run's identifiers.
+// keeping only the compact range of the leaves so far (RFC 6962's perfect
+// subtrees left of the next leaf, one hash per level), for trees too large
+// to hold, such as a run's identifiers. Its zero value is an empty tree; it
+// must not be copied once a leaf is appended.
 type TreeRoot struct {
-	stack []tlog.Hash // complete subtrees, largest first
-	n     int64
+	r *compact.Range // [0, leaves appended)
+	s *hashSpace     // the range's hashes
 }
 
 // Append adds a leaf whose data is b.
@@ -88,43 +79,106 @@ func (t *TreeRoot) Append(b []byte) { t.AppendLeafHash(tlog.RecordHash(b)) }
 // interior nodes here, in order.
 func (t *TreeRoot) AppendLeafHash(h tlog.Hash) { t.appendLeafHash(h, nil) }
 
-// appendLeafHash adds a leaf by its hash; seen, if not nil, is called with
-// every complete subtree the leaf completes: the leaf itself at level 0,
-// then each node merged above it, by level and index within the level.
-func (t *TreeRoot) appendLeafHash(h tlog.Hash, seen func(node, tlog.Hash)) {
-	if seen != nil {
-		seen(node{0, t.n}, h)
-	}
-	level := 0
-	for k := t.n; k&1 == 1; k >>= 1 {
-		h = tlog.NodeHash(t.stack[len(t.stack)-1], h)
-		t.stack = t.stack[:len(t.stack)-1]
-		if level++; seen != nil {
-			seen(node{level, k >> 1}, h)
-		}
-	}
-	t.stack = append(t.stack, h)
-	t.n++
-}
-
 // Summary is the tree's size and root, as records carry it.
 func (t *TreeRoot) Summary() *Tree {
-	var h tlog.Hash
-	if len(t.stack) > 0 {
-		h = t.stack[len(t.stack)-1]
-		for i := len(t.stack) - 2; i >= 0; i-- {
-			h = tlog.NodeHash(t.stack[i], h)
-		}
-	} else {
-		h, _ = tlog.TreeHash(0, (*MerkleTree)(nil))
+	root := rfc6962.DefaultHasher.EmptyRoot() // RFC 6962 section 2.1: MTH({}) = SHA-256()
+	if t.size() > 0 {
+		t.reserve()
+		root, _ = t.r.GetRootHash(nil) // cannot fail: the range starts at 0
 	}
-	return &Tree{Size: t.n, Root: hex.EncodeToString(h[:])}
+	return &Tree{Size: t.size(), Root: hex.EncodeToString(root)}
 }
 
-// node is a complete subtree: the 2^level leaves from k<<level on.
-type node struct {
-	level int
-	k     int64
+// appendLeafHash adds a leaf by its hash; visit, if not nil, is called with
+// every complete subtree the leaf completes: the leaf itself, then each node
+// merged above it.
+func (t *TreeRoot) appendLeafHash(h tlog.Hash, visit compact.VisitFn) {
+	if t.s == nil || !t.s.room() {
+		t.reserve()
+	}
+	if err := t.r.Append(t.s.keep(h), visit); err != nil {
+		// A range grown one leaf at a time from 0 always has the hashes
+		// its next merge needs.
+		panic(fmt.Sprintf("audit: compact range [0, %d): %v", t.r.End(), err))
+	}
+}
+
+// size is the number of leaves appended.
+func (t *TreeRoot) size() int64 {
+	if t.r == nil {
+		return 0
+	}
+	return int64(t.r.End())
+}
+
+// reserve makes room in t.s for the hashes of one Append or GetRootHash,
+// moving the range's hashes to the spare block when the current one is
+// nearly full. Nothing outside t.r holds a hash of the block given up: the
+// range's visitors and readers copy what they keep.
+func (t *TreeRoot) reserve() {
+	if t.s == nil {
+		t.s = newHashSpace()
+		t.r = t.s.rf.NewEmptyRange(0)
+	}
+	if t.s.room() {
+		return
+	}
+	t.s.cur, t.s.spare = t.s.spare[:0], t.s.cur
+	live := t.r.Hashes() // t.r is replaced: its slice is reused
+	for i, h := range live {
+		live[i] = t.s.keep(tlog.Hash(h))
+	}
+	r, err := t.s.rf.NewRange(0, t.r.End(), live)
+	if err != nil {
+		panic(fmt.Sprintf("audit: compact range [0, %d): %v", t.r.End(), err))
+	}
+	t.r = r
+}
+
+// hashSpace holds the hashes of a compact range. compact.Range keeps each
+// hash as a slice of its own, and a heap allocation per leaf and per
+// interior node is a large share of the cost of hashing them, for trees of
+// millions of leaves. The hashes are carved from a block instead; when it
+// is nearly full the range, a hash per level, moves to the spare block, and
+// the two serve a tree of any size.
+type hashSpace struct {
+	rf         compact.RangeFactory // hashing into this space
+	cur, spare []byte
+}
+
+const (
+	spaceHashes = 2048 // hashes per block
+	opHashes    = 64   // the most one Append makes: the leaf and a node per level
+)
+
+func newHashSpace() *hashSpace {
+	s := &hashSpace{
+		cur:   make([]byte, 0, spaceHashes*tlog.HashSize),
+		spare: make([]byte, 0, spaceHashes*tlog.HashSize),
+	}
+	s.rf.Hash = s.nodeHash
+	return s
+}
+
+// room reports whether one more Append or GetRootHash fits in the block.
+func (s *hashSpace) room() bool { return cap(s.cur)-len(s.cur) >= opHashes*tlog.HashSize }
+
+// keep returns a copy of h in the current block, where TreeRoot.reserve
+// has made room.
+func (s *hashSpace) keep(h tlog.Hash) []byte {
+	n := len(s.cur)
+	b := s.cur[n : n+tlog.HashSize : n+tlog.HashSize]
+	*(*tlog.Hash)(b) = h
+	s.cur = s.cur[:n+tlog.HashSize]
+	return b
+}
+
+// nodeHash is the compact.HashFn of RFC 6962 section 2.1's interior nodes,
+// SHA-256(0x01 || left || right). It is tlog.NodeHash, which hashes from
+// the stack, rather than rfc6962.DefaultHasher.HashChildren, which
+// allocates a hash.Hash and two slices per node; the bytes are the same.
+func (s *hashSpace) nodeHash(left, right []byte) []byte {
+	return s.keep(tlog.NodeHash(tlog.Hash(left), tlog.Hash(right)))
 }
 
 // Prover builds inclusion proofs for chosen leaves of a tree of known size
@@ -136,54 +190,47 @@ type node struct {
 type Prover struct {
 	size int64 // the tree's, when complete
 	root TreeRoot
-	want map[node]bool      // hashes still to come
-	got  map[node]tlog.Hash // hashes the proofs need
+	want map[compact.NodeID]bool      // hashes still to come
+	got  map[compact.NodeID]tlog.Hash // hashes the proofs need
 }
 
 // NewProver returns a Prover for a tree of size leaves.
 func NewProver(size int64) *Prover {
-	return &Prover{size: size, want: map[node]bool{}, got: map[node]tlog.Hash{}}
+	return &Prover{size: size, want: map[compact.NodeID]bool{}, got: map[compact.NodeID]tlog.Hash{}}
 }
 
 // Append adds the next leaf, whose data is b.
 func (p *Prover) Append(b []byte) { p.AppendLeafHash(tlog.RecordHash(b)) }
 
 // AppendLeafHash adds the next leaf by its hash.
-func (p *Prover) AppendLeafHash(h tlog.Hash) {
-	p.root.appendLeafHash(h, p.keep)
-}
+func (p *Prover) AppendLeafHash(h tlog.Hash) { p.root.appendLeafHash(h, p.keep) }
 
-func (p *Prover) keep(x node, h tlog.Hash) {
-	if p.want[x] {
-		p.got[x] = h
-		delete(p.want, x)
+// keep is the visitor of every complete subtree as the range grows.
+func (p *Prover) keep(id compact.NodeID, h []byte) {
+	if p.want[id] {
+		p.got[id] = tlog.Hash(h)
+		delete(p.want, id)
 	}
 }
 
 // Mark asks for the proof of the next leaf, the one Append adds next.
 func (p *Prover) Mark() error {
-	i := p.root.n
+	i := p.root.size()
 	var need hashRecorder
 	if _, err := tlog.ProveRecord(p.size, i, &need); err != nil {
 		return fmt.Errorf("leaf %d of a tree of %d: %w", i, p.size, err)
 	}
-	// The subtrees complete before leaf i are those of the stack: one per
-	// bit of i, largest first.
-	onStack := map[node]tlog.Hash{}
-	at, s := int64(0), 0
-	for level := 62; level >= 0; level-- {
-		if i&(1<<level) != 0 {
-			onStack[node{level, at >> level}] = p.root.stack[s]
-			at, s = at+1<<level, s+1
-		}
-	}
+	// The proof's subtrees that end before leaf i are its left siblings
+	// (RFC 6962 section 2.1.1), each a node of the compact range [0, i):
+	// take them from the range now, and the rest as they complete.
+	ids := compact.RangeNodes(0, uint64(i), nil)
 	for _, x := range need {
-		if (x.k+1)<<x.level <= i {
-			h, ok := onStack[x]
-			if !ok {
+		if _, end := x.Coverage(); end <= uint64(i) {
+			k := slices.Index(ids, x)
+			if k < 0 {
 				return fmt.Errorf("leaf %d: the proof needs a subtree no longer kept", i)
 			}
-			p.got[x] = h
+			p.got[x] = tlog.Hash(p.root.r.Hashes()[k])
 		} else if _, ok := p.got[x]; !ok {
 			p.want[x] = true
 		}
@@ -194,38 +241,40 @@ func (p *Prover) Mark() error {
 // Prove returns the inclusion proof of leaf i, marked before it was
 // appended, once the tree has all its leaves.
 func (p *Prover) Prove(i int64) (tlog.RecordProof, error) {
-	if p.root.n != p.size {
-		return nil, fmt.Errorf("tree of %d leaves, %d appended", p.size, p.root.n)
+	if n := p.root.size(); n != p.size {
+		return nil, fmt.Errorf("tree of %d leaves, %d appended", p.size, n)
 	}
 	return tlog.ProveRecord(p.size, i, hashMap(p.got))
 }
 
-// Summary is the size and root of the leaves appended.
-func (p *Prover) Summary() *Tree { return p.root.Summary() }
-
 // hashRecorder is a tlog.HashReader that notes which hashes are read.
-type hashRecorder []node
+type hashRecorder []compact.NodeID
 
 func (r *hashRecorder) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 	for _, x := range indexes {
-		level, k := tlog.SplitStoredHashIndex(x)
-		*r = append(*r, node{level, k})
+		*r = append(*r, nodeID(x))
 	}
 	return make([]tlog.Hash, len(indexes)), nil
 }
 
 // hashMap is a tlog.HashReader over the hashes a Prover kept.
-type hashMap map[node]tlog.Hash
+type hashMap map[compact.NodeID]tlog.Hash
 
 func (m hashMap) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 	out := make([]tlog.Hash, len(indexes))
 	for i, x := range indexes {
-		level, k := tlog.SplitStoredHashIndex(x)
-		h, ok := m[node{level, k}]
+		id := nodeID(x)
+		h, ok := m[id]
 		if !ok {
-			return nil, fmt.Errorf("hash of level %d, index %d: the leaf was not marked", level, k)
+			return nil, fmt.Errorf("hash of level %d, index %d: the leaf was not marked", id.Level, id.Index)
 		}
 		out[i] = h
 	}
 	return out, nil
+}
+
+// nodeID names tlog's stored hash index x by the subtree it is the root of.
+func nodeID(x int64) compact.NodeID {
+	level, k := tlog.SplitStoredHashIndex(x)
+	return compact.NewNodeID(uint(level), uint64(k))
 }
