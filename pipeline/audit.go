@@ -15,6 +15,7 @@ import (
 
 	"audiencematch/consent/audit"
 	"audiencematch/pipeline/errkind"
+	"audiencematch/pipeline/manifest"
 )
 
 // AuditDir is the audit log's directory under the state directory.
@@ -97,7 +98,7 @@ func (r *run) buildRecord(manifestSum string) (*audit.Record, error) {
 	return rec, rec.Validate()
 }
 
-func auditFiles(files []OutputFile) []audit.File {
+func auditFiles(files []manifest.OutputFile) []audit.File {
 	out := make([]audit.File, len(files))
 	for i, f := range files {
 		out[i] = audit.File{Path: f.Path, SHA256: f.SHA256, Rows: f.Rows}

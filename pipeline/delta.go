@@ -10,18 +10,8 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 	"audiencematch/pipeline/errkind"
+	"audiencematch/pipeline/manifest"
 )
-
-// DeltaSet is a run's adds or removes: identifiers new since the previous
-// committed run of the destination, or identifiers that run sent and that
-// are no longer eligible. Removes carry the scheme and key_id they were sent
-// under, which after a key rotation are the old ones.
-type DeltaSet struct {
-	Files  []OutputFile `json:"files"`
-	Rows   int64        `json:"rows"`
-	Scheme string       `json:"scheme"`
-	KeyID  string       `json:"key_id,omitempty"`
-}
 
 // previousRun is the run this run's deltas are computed against: the head
 // of the destination's delivery chain (chain.go), whatever its cutoff, since
@@ -231,12 +221,12 @@ func (it *evidenceIter) next() (string, bool, error) {
 // Close closes the evidence file, if still open.
 func (it *evidenceIter) Close() { it.r.Close() }
 
-func deltaSet(w *partWriter, dir string, scheme hashing.Scheme, keyID string) (*DeltaSet, error) {
+func deltaSet(w *partWriter, dir string, scheme hashing.Scheme, keyID string) (*manifest.DeltaSet, error) {
 	files, err := w.Close()
 	if err != nil {
 		return nil, err
 	}
-	d := &DeltaSet{Scheme: string(scheme), KeyID: keyID}
+	d := &manifest.DeltaSet{Scheme: string(scheme), KeyID: keyID}
 	for _, f := range files {
 		f.Path = dir + "/" + f.Path
 		d.Files = append(d.Files, f)

@@ -17,10 +17,11 @@ import (
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
+	"audiencematch/pipeline/manifest"
 )
 
 // readSet reads the identifiers of a run's snapshot, adds or removes.
-func readSet(t *testing.T, dir string, files []pipeline.OutputFile, scheme hashing.Scheme) []string {
+func readSet(t *testing.T, dir string, files []manifest.OutputFile, scheme hashing.Scheme) []string {
 	t.Helper()
 	var out []string
 	for _, f := range files {

@@ -357,7 +357,7 @@ func checkAgainstOracle(t *testing.T, cfg pipeline.Config, master []byte) *pipel
 	if m.Users.Rows != o.users || m.TotalRows != int64(len(want)) || m.Users.Exported != int64(len(want)) {
 		t.Errorf("users %d exported %d, oracle %d and %d", m.Users.Rows, m.Users.Exported, o.users, len(want))
 	}
-	for _, r := range pipeline.UserReasons {
+	for _, r := range consent.ExclusionReasons {
 		if m.Users.Excluded[r] != o.excluded[r] {
 			t.Errorf("excluded %s = %d, oracle %d", r, m.Users.Excluded[r], o.excluded[r])
 		}
@@ -381,7 +381,7 @@ func checkAgainstOracle(t *testing.T, cfg pipeline.Config, master []byte) *pipel
 		t.Errorf("consent snapshot %s, oracle %s", rec.Snapshot, o.snapshot)
 	}
 	// Every case is exercised, or the comparison proves little.
-	for _, r := range pipeline.UserReasons {
+	for _, r := range consent.ExclusionReasons {
 		if strings.HasSuffix(cfg.Users, ".csv") && m.Users.Excluded[r] == 0 {
 			t.Errorf("fixtures produced no %s rows", r)
 		}
@@ -579,10 +579,10 @@ func TestFailClosedEndToEnd(t *testing.T) {
 		want   int64
 	}{
 		{consent.ConsentUnreadable.String(), 7},
-		{pipeline.ReasonSharedNumberWithdrawn, 1},
+		{consent.ReasonSharedNumberWithdrawn, 1},
 		{"withdrawn", 0},
 		{"no_consent", 0},
-		{pipeline.ReasonInvalidPhone, 0},
+		{consent.ReasonInvalidPhone, 0},
 	}
 	for _, c := range counts {
 		if got := m.Users.Excluded[c.reason]; got != c.want {

@@ -134,7 +134,7 @@ func (r *run) readConsent(ctx context.Context) error {
 			c.ByClass[consent.EventClassNames[class]] += n
 		}
 	}
-	r.m.addInput(TableConsent, r.cfg.Source.Name(TableConsent), t.Digest(), c.Rows)
+	r.m.AddInput(TableConsent, r.cfg.Source.Name(TableConsent), t.Digest(), c.Rows)
 	return nil
 }
 
@@ -228,7 +228,7 @@ func (r *run) readUsers(ctx context.Context) error {
 			if row.Reject != "" {
 				if sh.owns("", row.Line) {
 					uw.rows++
-					uw.excluded[ReasonMalformedRow]++
+					uw.excluded[consent.ReasonMalformedRow]++
 					rej = append(rej, rejectRow{TableUsers, row.Line, row.Reject, row.Raw})
 				}
 				continue
@@ -239,7 +239,7 @@ func (r *run) readUsers(ctx context.Context) error {
 			}
 			uw.rows++
 			if userID == "" {
-				uw.excluded[ReasonMalformedRow]++
+				uw.excluded[consent.ReasonMalformedRow]++
 				rej = append(rej, rejectRow{TableUsers, row.Line, consent.RejectEmptyUserID, fieldsText(row.Fields)})
 				continue
 			}
@@ -262,7 +262,7 @@ func (r *run) readUsers(ctx context.Context) error {
 		u.Rows += workers[i].rows
 		addCounts(u.Excluded, workers[i].excluded)
 	}
-	r.m.addInput(TableUsers, r.cfg.Source.Name(TableUsers), t.Digest(), u.Rows)
+	r.m.AddInput(TableUsers, r.cfg.Source.Name(TableUsers), t.Digest(), u.Rows)
 	return nil
 }
 
@@ -445,7 +445,7 @@ func (r *run) joinOne(jw *joinWorker, ev, us *spill, p int, bucket *idBucketer) 
 			if status.Blocks() { // excluded for its consent, and blocking no number
 				jw.excluded[status.String()]++
 			} else {
-				jw.excluded[ReasonInvalidPhone]++
+				jw.excluded[consent.ReasonInvalidPhone]++
 			}
 			continue
 		}

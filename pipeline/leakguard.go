@@ -20,6 +20,7 @@ import (
 	"github.com/zeebo/xxh3"
 
 	"audiencematch/hashing"
+	"audiencematch/pipeline/manifest"
 )
 
 // leakGuard is the last check before publishing: nothing of the inputs'
@@ -411,7 +412,7 @@ func (g *leakGuard) Check(dir string, cfg *Config, removesScheme hashing.Scheme)
 	if err != nil {
 		return err
 	}
-	var m *Manifest
+	var m *manifest.Manifest
 	if i := slices.IndexFunc(files, func(f guardFile) bool { return f.kind == guardManifest }); i >= 0 {
 		if m, err = checkManifest(files[i], cfg, removesScheme); err != nil {
 			return err

@@ -18,6 +18,7 @@ import (
 	"github.com/parquet-go/parquet-go/format"
 
 	"audiencematch/hashing"
+	"audiencematch/pipeline/manifest"
 )
 
 // The leak guard's checks of what a run writes by construction: the
@@ -45,13 +46,13 @@ var (
 // from the configuration are cfg's, and every other string has the shape
 // of what the run puts there. The counts are the run's; the files' are
 // compared with the files by checkListed.
-func checkManifest(f guardFile, cfg *Config, removesScheme hashing.Scheme) (*Manifest, error) {
+func checkManifest(f guardFile, cfg *Config, removesScheme hashing.Scheme) (*manifest.Manifest, error) {
 	b, err := os.ReadFile(f.path)
 	if err != nil {
 		return nil, err
 	}
-	fail := func(what string) (*Manifest, error) { return nil, &LeakError{f.rel, what} }
-	var m Manifest
+	fail := func(what string) (*manifest.Manifest, error) { return nil, &LeakError{f.rel, what} }
+	var m manifest.Manifest
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if dec.Decode(&m) != nil {
@@ -107,7 +108,7 @@ func checkManifest(f guardFile, cfg *Config, removesScheme hashing.Scheme) (*Man
 	}
 	type listing struct {
 		field, dir string
-		files      []OutputFile
+		files      []manifest.OutputFile
 	}
 	files := []listing{{"files", "", m.Files}}
 	if m.Adds != nil {
@@ -146,14 +147,14 @@ func checkManifest(f guardFile, cfg *Config, removesScheme hashing.Scheme) (*Man
 
 // checkListed checks that the manifest lists every Parquet file published,
 // once, with the ids its data pages hold and its size.
-func checkListed(m *Manifest, files []guardFile) error {
+func checkListed(m *manifest.Manifest, files []guardFile) error {
 	unlisted := map[string]*guardFile{}
 	for i := range files {
 		if files[i].kind == guardParquet {
 			unlisted[files[i].rel] = &files[i]
 		}
 	}
-	lists := [][]OutputFile{m.Files}
+	lists := [][]manifest.OutputFile{m.Files}
 	if m.Adds != nil {
 		lists = append(lists, m.Adds.Files)
 	}

@@ -27,6 +27,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
+	"audiencematch/pipeline/manifest"
 )
 
 // guardConfig is the configuration the guard's tests publish files of
@@ -81,12 +82,12 @@ func writeRunIDs(tb testing.TB, dir string, cfg *Config, ids []string) {
 
 // testManifest is the manifest of a run of cfg that publishes the Parquet
 // files under dir (and deltas, when there are adds/ and removes/).
-func testManifest(t *testing.T, dir string, cfg *Config) *Manifest {
+func testManifest(t *testing.T, dir string, cfg *Config) *manifest.Manifest {
 	t.Helper()
 	m := newManifest(cfg)
 	m.RunID = cfg.Rules.AsOf.UTC().Format("20060102T150405Z") + "-0123456789ab"
-	m.addInput(TableConsent, cfg.Source.Name(TableConsent), strings.Repeat("c0", 32), 3)
-	m.addInput(TableUsers, cfg.Source.Name(TableUsers), strings.Repeat("d1", 32), 2)
+	m.AddInput(TableConsent, cfg.Source.Name(TableConsent), strings.Repeat("c0", 32), 3)
+	m.AddInput(TableUsers, cfg.Source.Name(TableUsers), strings.Repeat("d1", 32), 2)
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || !strings.HasSuffix(p, ".parquet") {
 			return err
@@ -101,10 +102,10 @@ func testManifest(t *testing.T, dir string, cfg *Config) *Manifest {
 		}
 		rel, _ := filepath.Rel(dir, p)
 		sum := sha256.Sum256(b)
-		o := OutputFile{Path: filepath.ToSlash(rel), SHA256: hex.EncodeToString(sum[:]), Rows: pf.NumRows(), Bytes: int64(len(b))}
-		delta := func(d **DeltaSet) {
+		o := manifest.OutputFile{Path: filepath.ToSlash(rel), SHA256: hex.EncodeToString(sum[:]), Rows: pf.NumRows(), Bytes: int64(len(b))}
+		delta := func(d **manifest.DeltaSet) {
 			if *d == nil {
-				*d = &DeltaSet{Scheme: string(cfg.Scheme), KeyID: cfg.KeyID()}
+				*d = &manifest.DeltaSet{Scheme: string(cfg.Scheme), KeyID: cfg.KeyID()}
 			}
 			(*d).Files, (*d).Rows = append((*d).Files, o), (*d).Rows+o.Rows
 		}
@@ -125,13 +126,13 @@ func testManifest(t *testing.T, dir string, cfg *Config) *Manifest {
 		m.PreviousRunID = "20261031T000000Z-ba9876543210"
 	}
 	m.Users.Rows, m.Users.Exported = m.TotalRows+1, m.TotalRows
-	m.Users.Excluded[ReasonInvalidPhone] = 1
+	m.Users.Excluded[consent.ReasonInvalidPhone] = 1
 	m.Rejects.Users[RejectFieldCount] = 0
 	return m
 }
 
 // putManifest writes m into dir as the run does.
-func putManifest(t *testing.T, dir string, m *Manifest) {
+func putManifest(t *testing.T, dir string, m *manifest.Manifest) {
 	t.Helper()
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
@@ -283,27 +284,27 @@ func TestLeakGuardManifest(t *testing.T) {
 	rows := []BinaryIDRow{{ID: [32]byte([]byte(h.ID("+447400123456")))}}
 	cases := []struct {
 		name string
-		edit func(m *Manifest)
+		edit func(m *manifest.Manifest)
 		text func(b []byte) []byte
 		want string
 	}{
 		{"as the run writes it", nil, nil, ""},
-		{"user id as the purpose", func(m *Manifest) { m.Purpose = "acct-zbh251" }, nil, "purpose is not what the run writes"},
-		{"phone as the destination", func(m *Manifest) { m.Destination = "+447400123456" }, nil, "destination is not"},
-		{"phone as the tool version", func(m *Manifest) { m.ToolVersion = "+447400123456" }, nil, "tool_version is not"},
-		{"phone as the run id", func(m *Manifest) { m.RunID = "+447400123456" }, nil, "run_id is not"},
-		{"phone as the previous run id", func(m *Manifest) { m.PreviousRunID = "20261031T000000Z-447400123456x" }, nil, "previous_run_id is not"},
-		{"phone as the removes' key_id", func(m *Manifest) { m.Removes.KeyID = "+447400123456" }, nil, "removes is not"},
-		{"phone as the removes' scheme", func(m *Manifest) { m.Removes.Scheme = "+447400123456" }, nil, "removes is not"},
-		{"phone as an exclusion reason", func(m *Manifest) { m.Users.Excluded["+447400123456"] = 0 }, nil, "users.excluded: a key"},
-		{"user id as a reject reason", func(m *Manifest) { m.Rejects.ConsentEvents["acct-zbh251"] = 1 }, nil, "rejects.consent_events: a key"},
-		{"phone as an input's name", func(m *Manifest) { m.Inputs[1].Name = "+447400123456" }, nil, "inputs: a name"},
-		{"phone as an input's digest", func(m *Manifest) { m.Inputs[0].SHA256 = "+447400123456" }, nil, "inputs: a sha256"},
-		{"user id as a part's path", func(m *Manifest) { m.Files[0].Path = "acct-zbh251.parquet" }, nil, "files: a path"},
-		{"phone as an add's digest", func(m *Manifest) { m.Adds.Files[0].SHA256 = strings.Repeat("+447400123456", 5) }, nil, "adds: a sha256"},
-		{"phone as a part's row count", func(m *Manifest) { m.Files[0].Rows = 447400123456 }, nil, "part-00000.parquet: rows or bytes"},
-		{"a part listed twice", func(m *Manifest) { m.Files = append(m.Files, m.Files[0]) }, nil, "listed twice"},
-		{"a part not listed", func(m *Manifest) { m.Removes.Files = nil }, nil, "removes/part-00000.parquet: a Parquet file the manifest does not list"},
+		{"user id as the purpose", func(m *manifest.Manifest) { m.Purpose = "acct-zbh251" }, nil, "purpose is not what the run writes"},
+		{"phone as the destination", func(m *manifest.Manifest) { m.Destination = "+447400123456" }, nil, "destination is not"},
+		{"phone as the tool version", func(m *manifest.Manifest) { m.ToolVersion = "+447400123456" }, nil, "tool_version is not"},
+		{"phone as the run id", func(m *manifest.Manifest) { m.RunID = "+447400123456" }, nil, "run_id is not"},
+		{"phone as the previous run id", func(m *manifest.Manifest) { m.PreviousRunID = "20261031T000000Z-447400123456x" }, nil, "previous_run_id is not"},
+		{"phone as the removes' key_id", func(m *manifest.Manifest) { m.Removes.KeyID = "+447400123456" }, nil, "removes is not"},
+		{"phone as the removes' scheme", func(m *manifest.Manifest) { m.Removes.Scheme = "+447400123456" }, nil, "removes is not"},
+		{"phone as an exclusion reason", func(m *manifest.Manifest) { m.Users.Excluded["+447400123456"] = 0 }, nil, "users.excluded: a key"},
+		{"user id as a reject reason", func(m *manifest.Manifest) { m.Rejects.ConsentEvents["acct-zbh251"] = 1 }, nil, "rejects.consent_events: a key"},
+		{"phone as an input's name", func(m *manifest.Manifest) { m.Inputs[1].Name = "+447400123456" }, nil, "inputs: a name"},
+		{"phone as an input's digest", func(m *manifest.Manifest) { m.Inputs[0].SHA256 = "+447400123456" }, nil, "inputs: a sha256"},
+		{"user id as a part's path", func(m *manifest.Manifest) { m.Files[0].Path = "acct-zbh251.parquet" }, nil, "files: a path"},
+		{"phone as an add's digest", func(m *manifest.Manifest) { m.Adds.Files[0].SHA256 = strings.Repeat("+447400123456", 5) }, nil, "adds: a sha256"},
+		{"phone as a part's row count", func(m *manifest.Manifest) { m.Files[0].Rows = 447400123456 }, nil, "part-00000.parquet: rows or bytes"},
+		{"a part listed twice", func(m *manifest.Manifest) { m.Files = append(m.Files, m.Files[0]) }, nil, "listed twice"},
+		{"a part not listed", func(m *manifest.Manifest) { m.Removes.Files = nil }, nil, "removes/part-00000.parquet: a Parquet file the manifest does not list"},
 		{"a field the manifest does not have", nil, func(b []byte) []byte {
 			return bytes.Replace(b, []byte("{"), []byte(`{"note": "acct-zbh251",`), 1)
 		}, "not the JSON of a manifest"},
@@ -707,14 +708,14 @@ func typedRuns(t *testing.T, s hashing.Scheme) (Config, *Result, []fixtures.User
 		asOf.Format("20060102T150405Z"), "dt=" + asOf.Format(time.DateOnly),
 		"manifest.json", "id", "part-00000.parquet", "adds/part-00000.parquet", "removes/part-00000.parquet",
 		metaScheme, metaKeyID, k.KeyID(), "audiencematch version test(build )", "TextIDRow", "BinaryIDRow", "PAR1PAR1",
-		ManifestVersion, cfg.Digest(), `"purpose": "ads_matching",`, `"destination": "meta-ads",`, `"scheme": "` + string(s) + `",`,
+		manifest.Version, cfg.Digest(), `"purpose": "ads_matching",`, `"destination": "meta-ads",`, `"scheme": "` + string(s) + `",`,
 		"users.csv", "consent_events.csv", "previous_run_id", "config_digest", "max_consent_age_seconds", "consent_events",
 		hex.EncodeToString([]byte(id)),
 	}
 	if !s.Binary() {
 		typed = append(typed, id) // another user's id, as the scheme publishes it
 	}
-	typed = append(typed, UserReasons...)
+	typed = append(typed, consent.ExclusionReasons...)
 	typed = append(typed, consent.EventClassNames[:]...)
 	var users []fixtures.User
 	var events []fixtures.Event

@@ -25,6 +25,7 @@ import (
 	"audiencematch/hashing"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/fsutil"
+	"audiencematch/pipeline/manifest"
 )
 
 // BinaryIDRow is a row of an hmac-sha256 export: FIXED_LEN_BYTE_ARRAY(32).
@@ -226,7 +227,7 @@ type partWriter struct {
 	cfg    *Config
 	scheme hashing.Scheme
 	keyID  string
-	files  []OutputFile
+	files  []manifest.OutputFile
 	f      *hashingFile
 	bin    *parquet.GenericWriter[BinaryIDRow]
 	txt    *parquet.GenericWriter[TextIDRow]
@@ -252,7 +253,7 @@ func (w *partWriter) open() error {
 	}
 	f.later = w.later
 	w.f, w.rows = f, 0
-	w.files = append(w.files, OutputFile{Path: name})
+	w.files = append(w.files, manifest.OutputFile{Path: name})
 	opts := writerOptions(w.cfg, w.scheme, w.keyID)
 	if w.pages != nil {
 		opts = append(opts, parquet.ColumnPageBuffers(w.pages))
@@ -322,7 +323,7 @@ func (w *partWriter) closePart() error {
 }
 
 // Close finishes the last part and returns every file written.
-func (w *partWriter) Close() ([]OutputFile, error) {
+func (w *partWriter) Close() ([]manifest.OutputFile, error) {
 	if w.f == nil && len(w.files) == 0 {
 		if err := w.open(); err != nil {
 			return nil, err

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"audiencematch/consent"
+	"audiencematch/pipeline/manifest"
 )
 
 // The write stage reads the join's buckets of holders in identifier order.
@@ -77,13 +78,13 @@ type resolveCounts struct {
 	exported, withdrawn, unreadable, shared, duplicate int64
 }
 
-func (c *resolveCounts) addTo(u *UserCounts) {
+func (c *resolveCounts) addTo(u *manifest.UserCounts) {
 	u.Exported += c.exported
 	for reason, n := range map[string]int64{
-		consent.Withdrawn.String():         c.withdrawn,
-		consent.ConsentUnreadable.String(): c.unreadable,
-		ReasonSharedNumberWithdrawn:        c.shared,
-		ReasonDuplicateNumber:              c.duplicate,
+		consent.Withdrawn.String():          c.withdrawn,
+		consent.ConsentUnreadable.String():  c.unreadable,
+		consent.ReasonSharedNumberWithdrawn: c.shared,
+		consent.ReasonDuplicateNumber:       c.duplicate,
 	} {
 		if n > 0 {
 			u.Excluded[reason] += n

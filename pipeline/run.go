@@ -26,6 +26,7 @@ import (
 	"audiencematch/hashing"
 	"audiencematch/pipeline/destinations"
 	"audiencematch/pipeline/errkind"
+	"audiencematch/pipeline/manifest"
 )
 
 // Config is everything one run needs. The CLI fills it from flags and the
@@ -90,7 +91,7 @@ const (
 
 // Result describes a finished run.
 type Result struct {
-	Manifest         *Manifest
+	Manifest         *manifest.Manifest
 	PublishedDir     string // OUT/<destination>/dt=<date>/run=<id>
 	EvidencePath     string
 	RejectsPath      string
@@ -223,7 +224,7 @@ type run struct {
 	idSrc, snapSrc []*spill
 	// idTree and evidenceTree are the record's tree heads (computeTrees).
 	idTree, evidenceTree *audit.Tree
-	m                    *Manifest
+	m                    *manifest.Manifest
 	// pages holds the Parquet writers' pages until their row group is
 	// written: files in staging rather than memory. A row group of 1M ids is
 	// 32 MiB of pages, and on this machine fresh heap costs about 15 µs a
@@ -423,7 +424,7 @@ func (r *run) runSteps(ctx context.Context, steps []step) error {
 }
 
 func (r *run) reject(table string, line int64, reason, raw string) {
-	r.m.addReject(table, reason)
+	r.m.AddReject(table, reason)
 	r.rejects.Write(table, line, reason, raw)
 }
 
@@ -483,4 +484,19 @@ func committedOn(cfg *Config) (*audit.Record, error) {
 		}
 	}
 	return nil, nil
+}
+
+// newManifest starts the run's manifest with everything the configuration
+// decides.
+func newManifest(c *Config) *manifest.Manifest {
+	m := manifest.New()
+	m.ToolVersion, m.Destination, m.Purpose = c.ToolVersion, c.Destination, c.Rules.Purpose
+	m.AsOf = c.Rules.AsOf.UTC().Format(time.RFC3339Nano)
+	m.Policy = manifest.PolicyRules{
+		MinPolicyVersion:     c.Rules.MinPolicyVersion,
+		MaxConsentAgeSeconds: int64(c.Rules.MaxAge / time.Second),
+		MaxRejectRate:        c.MaxRejectRate,
+	}
+	m.Scheme, m.KeyID, m.ConfigDigest, m.Backfill = string(c.Scheme), c.KeyID(), c.Digest(), c.Backfill
+	return m
 }

@@ -25,6 +25,7 @@ import (
 
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/fsutil"
+	"audiencematch/pipeline/manifest"
 )
 
 // Shard is one partition of a sharded run: the users whose user_id hashes
@@ -111,18 +112,18 @@ const shardVersion = "audiencematch.shard/v9"
 
 // shardInfo is a finished shard's shard.json, written last.
 type shardInfo struct {
-	Version       string            `json:"version"`
-	RunKey        string            `json:"run_key"`
-	Index         int               `json:"index"`
-	Count         int               `json:"count"`
-	ConfigDigest  string            `json:"config_digest"`
-	Inputs        []InputFile       `json:"inputs"` // rows: the rows this shard owns
-	Users         UserCounts        `json:"users"`
-	ConsentEvents EventCounts       `json:"consent_events"`
-	Rejects       RejectSummary     `json:"rejects"`
-	GuardMaxLen   int               `json:"guard_max_len"` // the longest string in guard.spill
-	Files         map[string]string `json:"files"`         // name → SHA-256
-	Finished      string            `json:"finished"`
+	Version       string                 `json:"version"`
+	RunKey        string                 `json:"run_key"`
+	Index         int                    `json:"index"`
+	Count         int                    `json:"count"`
+	ConfigDigest  string                 `json:"config_digest"`
+	Inputs        []manifest.InputFile   `json:"inputs"` // rows: the rows this shard owns
+	Users         manifest.UserCounts    `json:"users"`
+	ConsentEvents manifest.EventCounts   `json:"consent_events"`
+	Rejects       manifest.RejectSummary `json:"rejects"`
+	GuardMaxLen   int                    `json:"guard_max_len"` // the longest string in guard.spill
+	Files         map[string]string      `json:"files"`         // name → SHA-256
+	Finished      string                 `json:"finished"`
 }
 
 // RunShard reads the inputs, keeps the shard's users, decides their
@@ -397,7 +398,7 @@ func (r *run) loadShards(count int) error {
 		for i := range infos {
 			total += infos[i].Inputs[j].Rows
 		}
-		m.addInput(in.Table, in.Name, in.SHA256, total)
+		m.AddInput(in.Table, in.Name, in.SHA256, total)
 	}
 	rejects := make([]*shardRejects, 0, count)
 	defer func() {

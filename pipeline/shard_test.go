@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"audiencematch/consent"
 	"audiencematch/consent/audit"
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
@@ -142,8 +143,8 @@ func TestShardedIdenticalToUnsharded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if base.Manifest.Users.Excluded[pipeline.ReasonDuplicateNumber] == 0 || base.Manifest.Users.Excluded[pipeline.ReasonSharedNumberWithdrawn] == 0 ||
-		base.Manifest.Rejects.Users[pipeline.ReasonMalformedRow]+base.Manifest.Rejects.ConsentEvents["broken_csv_quoting"] == 0 {
+	if base.Manifest.Users.Excluded[consent.ReasonDuplicateNumber] == 0 || base.Manifest.Users.Excluded[consent.ReasonSharedNumberWithdrawn] == 0 ||
+		base.Manifest.Rejects.Users[consent.ReasonMalformedRow]+base.Manifest.Rejects.ConsentEvents["broken_csv_quoting"] == 0 {
 		t.Fatalf("the fixtures lack shared numbers or malformed rows: %+v", base.Manifest.Users.Excluded)
 	}
 	wholeState := filepath.Join(dir, "whole", "state")

@@ -19,6 +19,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 	"audiencematch/pipeline/errkind"
+	"audiencematch/pipeline/manifest"
 )
 
 // VerifyReport is what `audit verify` found when everything held.
@@ -87,7 +88,7 @@ func verifyRun(state string, rec *audit.Record) error {
 	if sum != rec.Manifest.SHA256 {
 		return fmt.Errorf("%s: SHA-256 %s, the log says %s", filepath.Join(dir, rec.Manifest.Path), sum, rec.Manifest.SHA256)
 	}
-	m, err := ReadManifest(body)
+	m, err := manifest.ReadManifest(body)
 	if err != nil {
 		return err
 	}
@@ -163,7 +164,7 @@ func verifyRun(state string, rec *audit.Record) error {
 // verifyParts checks published parts against the log's and the manifest's
 // entries: SHA-256, rows, identifiers of the scheme's shape, sorted and
 // distinct across the parts; with a tree, it adds them as leaves.
-func verifyParts(dir string, files []audit.File, listed []OutputFile, scheme hashing.Scheme, tree *audit.TreeRoot) error {
+func verifyParts(dir string, files []audit.File, listed []manifest.OutputFile, scheme hashing.Scheme, tree *audit.TreeRoot) error {
 	if len(listed) != len(files) {
 		return fmt.Errorf("the manifest lists %d files where the log lists %d", len(listed), len(files))
 	}

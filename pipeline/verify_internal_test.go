@@ -15,6 +15,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 	"audiencematch/pipeline/errkind"
+	"audiencematch/pipeline/manifest"
 )
 
 // TestEachPublishedID: the page decoder reads back what the part writer
@@ -172,7 +173,7 @@ func TestPublishedIter(t *testing.T) {
 }
 
 // writeIDs writes ids, sorted, as the parts of a run under dir.
-func writeIDs(tb testing.TB, dir string, cfg *Config, s hashing.Scheme, ids []string) []OutputFile {
+func writeIDs(tb testing.TB, dir string, cfg *Config, s hashing.Scheme, ids []string) []manifest.OutputFile {
 	tb.Helper()
 	w, err := newPartWriter(dir, nil, cfg, s, "")
 	if err != nil {

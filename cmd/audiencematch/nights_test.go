@@ -22,6 +22,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
+	"audiencematch/pipeline/manifest"
 )
 
 // world is a small user base whose consent history a test changes night by
@@ -482,14 +483,14 @@ func (f *forger) dropLast(dir string, file audit.File) audit.File {
 }
 
 // rewriteManifest applies edit to a run's manifest and returns its digest.
-func (f *forger) rewriteManifest(rec *audit.Record, edit func(*pipeline.Manifest)) string {
+func (f *forger) rewriteManifest(rec *audit.Record, edit func(*manifest.Manifest)) string {
 	path := filepath.Join(rec.Published, rec.Manifest.Path)
 	f.keep(path)
 	b, err := os.ReadFile(path)
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	m, err := pipeline.ReadManifest(b)
+	m, err := manifest.ReadManifest(b)
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -577,7 +578,7 @@ func tamperChain(t *testing.T, e nightsEnv) {
 	// A withdrawal hidden: one identifier dropped from the removes and one
 	// from the adds, so that the counts still balance.
 	adds, removes := f.dropLast(victim.Published, victim.Adds[0]), f.dropLast(victim.Published, victim.Removes[0])
-	sum := f.rewriteManifest(victim, func(m *pipeline.Manifest) {
+	sum := f.rewriteManifest(victim, func(m *manifest.Manifest) {
 		m.Adds.Files[0].SHA256, m.Adds.Files[0].Rows, m.Adds.Rows = adds.SHA256, adds.Rows, m.Adds.Rows-1
 		m.Removes.Files[0].SHA256, m.Removes.Files[0].Rows, m.Removes.Rows = removes.SHA256, removes.Rows, m.Removes.Rows-1
 	})
@@ -590,7 +591,7 @@ func tamperChain(t *testing.T, e nightsEnv) {
 
 	// A withdrawal hidden, with the manifest's previous total adjusted.
 	removes = f.dropLast(victim.Published, victim.Removes[0])
-	sum = f.rewriteManifest(victim, func(m *pipeline.Manifest) {
+	sum = f.rewriteManifest(victim, func(m *manifest.Manifest) {
 		m.Removes.Files[0].SHA256, m.Removes.Files[0].Rows, m.Removes.Rows = removes.SHA256, removes.Rows, m.Removes.Rows-1
 		m.PreviousTotalRows--
 	})

@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"audiencematch/consent"
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
@@ -138,7 +139,7 @@ func TestSameOutputAsFiles(t *testing.T) {
 			t.Errorf("%s differs between PostgreSQL and files", f.Path)
 		}
 	}
-	for _, r := range pipeline.UserReasons {
+	for _, r := range consent.ExclusionReasons {
 		if fm.Users.Excluded[r] != pm.Users.Excluded[r] {
 			t.Errorf("%s: files %d, PostgreSQL %d", r, fm.Users.Excluded[r], pm.Users.Excluded[r])
 		}
