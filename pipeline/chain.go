@@ -14,6 +14,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 	"audiencematch/pipeline/errkind"
+	"audiencematch/pipeline/fsutil"
 )
 
 // The delivery chain of a destination is the sequence of its committed runs
@@ -207,7 +208,7 @@ func checkPublishedFiles(dir string, rec *audit.Record) error {
 		return fmt.Errorf("%s holds %v, the record lists %v", dir, have, wantNames)
 	}
 	for _, p := range wantNames {
-		sum, err := sha256Stream(filepath.Join(dir, p))
+		sum, err := fsutil.SHA256File(filepath.Join(dir, p))
 		if err != nil {
 			return err
 		}

@@ -10,6 +10,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 	"audiencematch/pipeline/errkind"
+	"audiencematch/pipeline/fsutil"
 	"audiencematch/pipeline/manifest"
 )
 
@@ -137,7 +138,7 @@ func sentIDs(state string, prev *audit.Record, scheme hashing.Scheme) (it idIter
 	missing := false
 	for _, f := range prev.Files {
 		p := filepath.Join(prev.Published, f.Path)
-		sum, err := sha256Stream(p)
+		sum, err := fsutil.SHA256File(p)
 		if errors.Is(err, fs.ErrNotExist) {
 			missing = true
 			break

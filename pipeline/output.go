@@ -91,7 +91,7 @@ func (r *run) writeOutputs(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("write evidence: %w", err)
 	}
-	ev.f.later = &r.later
+	ev.f.Later = &r.later
 	defer ev.abort()
 	var snapErr error
 	var snapWG sync.WaitGroup
@@ -228,14 +228,14 @@ type partWriter struct {
 	scheme hashing.Scheme
 	keyID  string
 	files  []manifest.OutputFile
-	f      *hashingFile
+	f      *fsutil.HashingFile
 	bin    *parquet.GenericWriter[BinaryIDRow]
 	txt    *parquet.GenericWriter[TextIDRow]
 	binBuf []BinaryIDRow
 	txtBuf []TextIDRow
 	txtMem strArena // txtBuf's ids: the caller's strings may not outlive Add
 	rows   int64
-	later  *syncer // if set, syncs the parts closed (see hashingFile)
+	later  *fsutil.Syncer // if set, syncs the parts closed (see hashingFile)
 }
 
 func newPartWriter(dir string, pages parquet.BufferPool, cfg *Config, scheme hashing.Scheme, keyID string) (*partWriter, error) {
@@ -247,11 +247,11 @@ func newPartWriter(dir string, pages parquet.BufferPool, cfg *Config, scheme has
 
 func (w *partWriter) open() error {
 	name := fmt.Sprintf("part-%05d.parquet", len(w.files))
-	f, err := createHashing(filepath.Join(w.dir, name), 0o644)
+	f, err := fsutil.CreateHashing(filepath.Join(w.dir, name), 0o644)
 	if err != nil {
 		return err
 	}
-	f.later = w.later
+	f.Later = w.later
 	w.f, w.rows = f, 0
 	w.files = append(w.files, manifest.OutputFile{Path: name})
 	opts := writerOptions(w.cfg, w.scheme, w.keyID)
@@ -317,7 +317,7 @@ func (w *partWriter) closePart() error {
 		return fmt.Errorf("%s: %w", w.files[len(w.files)-1].Path, err)
 	}
 	last := &w.files[len(w.files)-1]
-	last.SHA256, last.Rows, last.Bytes = w.f.Sum(), w.rows, w.f.n
+	last.SHA256, last.Rows, last.Bytes = w.f.Sum(), w.rows, w.f.Size()
 	w.f, w.bin, w.txt = nil, nil, nil
 	return nil
 }
@@ -340,7 +340,7 @@ func (w *partWriter) Close() ([]manifest.OutputFile, error) {
 // evidenceWriter writes the private evidence file: one row per valid
 // holder of each exported identifier.
 type evidenceWriter struct {
-	f     *hashingFile
+	f     *fsutil.HashingFile
 	w     *parquet.GenericWriter[EvidenceRow]
 	batch []EvidenceRow
 	// kept holds the strings of the rows carried from one bucket to the
@@ -370,7 +370,7 @@ var evidenceBatch = 64 << 10
 var evidenceCodec = &gzip.Codec{Level: gzip.HuffmanOnly}
 
 func newEvidenceWriter(path string, pages parquet.BufferPool) (*evidenceWriter, error) {
-	f, err := createHashing(path, 0o600)
+	f, err := fsutil.CreateHashing(path, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -486,7 +486,7 @@ func (r *run) finish() (*Result, error) {
 	}
 	// The output files are synced while the manifest is written and the
 	// guard reads them; the record is written once they are durable.
-	r.synced = r.later.start()
+	r.synced = r.later.Start()
 	if err := r.rejects.Close(); err != nil {
 		return nil, fmt.Errorf("write rejects: %w", err)
 	}

@@ -36,11 +36,10 @@ type bucketHolder struct {
 	status          consent.Status
 }
 
-// resolvedBucket is one bucket after MATCHING.md's shared-number rule: a
-// number is exported once, under its valid holder with the smallest user
-// id, and not at all if any holder withdrew or has unreadable consent
-// (section 2, amendment 1: "a number any of whose holders is in that state
-// is not exported either").
+// resolvedBucket is one bucket after MATCHING.md's shared-number rule
+// (section 3, consent.SharedNumber): a number is exported once, under its
+// valid holder with the smallest user id (holders come sorted by user id),
+// and not at all if any holder withdrew or has unreadable consent.
 type resolvedBucket struct {
 	buf     []byte
 	holders []bucketHolder // sorted by identifier, user id, line
@@ -51,6 +50,9 @@ type resolvedBucket struct {
 	hexIDs  []byte // what export's eids share, for binary schemes
 	counts  resolveCounts
 	err     error
+	// One number's holders' statuses and holdings (consent.SharedNumber).
+	statuses []consent.Status
+	holdings []consent.Holding
 	// The leaves' hashes of the identifier and evidence trees (leafHashes).
 	idLeaves, evLeaves []tlog.Hash
 	leaf               []byte
@@ -133,27 +135,32 @@ func (rb *resolvedBucket) resolve(srcs []*spill, p int, binaryIDs bool) error {
 		for hi < len(hs) && hs[hi].pre == hs[lo].pre && hs[hi].id == hs[lo].id {
 			hi++
 		}
-		blocked := false
+		rb.statuses, rb.holdings = rb.statuses[:0], slices.Grow(rb.holdings[:0], hi-lo)[:hi-lo]
 		for k := lo; k < hi; k++ {
-			blocked = blocked || hs[k].status.Blocks()
+			rb.statuses = append(rb.statuses, hs[k].status)
 		}
+		_, exported := consent.SharedNumber(rb.statuses, rb.holdings)
 		start := len(rb.order)
-		for k := lo; k < hi; k++ {
-			switch {
-			case hs[k].status == consent.Withdrawn:
-				rb.counts.withdrawn++
-			case hs[k].status == consent.ConsentUnreadable:
-				rb.counts.unreadable++
-			case blocked:
+		for j, h := range rb.holdings {
+			switch s := hs[lo+j].status; {
+			case h == consent.Primary:
+				rb.counts.exported++
+				rb.order = append(rb.order, int32(lo+j))
+			case h == consent.DuplicateNumber:
+				rb.counts.duplicate++
+				rb.order = append(rb.order, int32(lo+j))
+			case h == consent.SharedNumberWithdrawn:
 				rb.counts.shared++
-			default:
-				rb.order = append(rb.order, int32(k))
+			case s == consent.Withdrawn:
+				rb.counts.withdrawn++
+			case s == consent.ConsentUnreadable:
+				rb.counts.unreadable++
+			default: // the join spills no other holder (joinPart)
+				return fmt.Errorf("holder status %d: %w", s, errCorrupt)
 			}
 		}
-		if valid := rb.order[start:]; len(valid) > 0 {
-			rb.counts.exported++
-			rb.counts.duplicate += int64(len(valid) - 1)
-			row := exportRow{id: hs[lo].id, eid: hs[lo].id, holders: valid}
+		if exported {
+			row := exportRow{id: hs[lo].id, eid: hs[lo].id, holders: rb.order[start:]}
 			if binaryIDs {
 				at := len(rb.hexIDs)
 				rb.hexIDs = hex.AppendEncode(rb.hexIDs, []byte(row.id))

@@ -26,6 +26,7 @@ import (
 	"audiencematch/hashing"
 	"audiencematch/pipeline/destinations"
 	"audiencematch/pipeline/errkind"
+	"audiencematch/pipeline/fsutil"
 	"audiencematch/pipeline/manifest"
 )
 
@@ -233,7 +234,7 @@ type run struct {
 	pages parquet.BufferPool
 	// later holds the output files written (parts, deltas, evidence) until
 	// finish syncs them, while the guard reads them; synced has the outcome.
-	later  syncer
+	later  fsutil.Syncer
 	synced <-chan error
 	stages []StageTime
 	t0     time.Time
@@ -376,7 +377,7 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 			r.rejects.Close()
 		}
 		r.closeSpills()
-		r.later.discard()
+		r.later.Discard()
 		if r.synced != nil {
 			<-r.synced
 		}

@@ -245,7 +245,7 @@ func (r *run) writeShard() error {
 		}
 		info.Files[f.name] = sum
 	}
-	rej, err := sha256Stream(filepath.Join(r.staging, "rejects.csv"))
+	rej, err := fsutil.SHA256File(filepath.Join(r.staging, "rejects.csv"))
 	if err != nil {
 		return err
 	}
@@ -260,7 +260,7 @@ func (r *run) writeShard() error {
 // writeFileSum writes an owner-only file through fn, durably, and returns
 // its SHA-256.
 func writeFileSum(path string, fn func(*bufio.Writer) error) (string, error) {
-	f, err := createHashing(path, 0o600)
+	f, err := fsutil.CreateHashing(path, 0o600)
 	if err != nil {
 		return "", err
 	}
@@ -468,7 +468,7 @@ var errCorrupt = errors.New("corrupt")
 // digest, opens it with its index NAME.idx and adds it to srcs.
 func (r *run) openShardSpill(dir, name string, parts int, sums map[string]string, srcs *[]*spill) error {
 	path := filepath.Join(dir, name+".spill")
-	sum, err := sha256Stream(path)
+	sum, err := fsutil.SHA256File(path)
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 	"audiencematch/pipeline/errkind"
+	"audiencematch/pipeline/fsutil"
 	"audiencematch/pipeline/manifest"
 )
 
@@ -175,7 +176,7 @@ func verifyParts(dir string, files []audit.File, listed []manifest.OutputFile, s
 		if listed[i].Path != f.Path || listed[i].SHA256 != f.SHA256 || listed[i].Rows != f.Rows {
 			return fmt.Errorf("%s: the manifest's entry differs from the log's", f.Path)
 		}
-		sum, err := sha256Stream(path)
+		sum, err := fsutil.SHA256File(path)
 		if err != nil {
 			return err
 		}
