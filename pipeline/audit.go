@@ -1,7 +1,6 @@
 package pipeline
 
 import (
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -104,13 +103,6 @@ func auditFiles(files []manifest.OutputFile) []audit.File {
 		out[i] = audit.File{Path: f.Path, SHA256: f.SHA256, Rows: f.Rows}
 	}
 	return out
-}
-
-func evidenceID(binary bool, id string) string {
-	if binary {
-		return hex.EncodeToString([]byte(id))
-	}
-	return id
 }
 
 // commitRecord appends the prepared record of a published run, unless the

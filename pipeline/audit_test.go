@@ -23,6 +23,7 @@ import (
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
+	"audiencematch/pipeline/idfile"
 )
 
 // verifierOf finds the verifier of a signer made by signer; nil for nil.
@@ -116,14 +117,14 @@ func TestAuditVerifyAndTamper(t *testing.T) {
 	os.WriteFile(ev, orig, 0o600)
 	// Evidence rewritten as well-formed Parquet: a holder changed, a row
 	// dropped, a duplicate holder made primary.
-	rows, err := parquet.ReadFile[pipeline.EvidenceRow](ev)
+	rows, err := parquet.ReadFile[idfile.EvidenceRow](ev)
 	if err != nil || len(rows) < 3 {
 		t.Fatalf("%d evidence rows, err %v", len(rows), err)
 	}
-	for name, edit := range map[string]func([]pipeline.EvidenceRow) []pipeline.EvidenceRow{
-		"holder changed": func(r []pipeline.EvidenceRow) []pipeline.EvidenceRow { r[1].UserID += "x"; return r },
-		"row dropped":    func(r []pipeline.EvidenceRow) []pipeline.EvidenceRow { return r[1:] },
-		"primary turned": func(r []pipeline.EvidenceRow) []pipeline.EvidenceRow { r[2].Primary = !r[2].Primary; return r },
+	for name, edit := range map[string]func([]idfile.EvidenceRow) []idfile.EvidenceRow{
+		"holder changed": func(r []idfile.EvidenceRow) []idfile.EvidenceRow { r[1].UserID += "x"; return r },
+		"row dropped":    func(r []idfile.EvidenceRow) []idfile.EvidenceRow { return r[1:] },
+		"primary turned": func(r []idfile.EvidenceRow) []idfile.EvidenceRow { r[2].Primary = !r[2].Primary; return r },
 	} {
 		if err := parquet.WriteFile(ev, edit(slices.Clone(rows))); err != nil {
 			t.Fatal(err)

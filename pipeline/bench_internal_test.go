@@ -10,6 +10,7 @@ import (
 
 	"audiencematch/consent"
 	"audiencematch/hashing"
+	"audiencematch/pipeline/idfile"
 )
 
 const benchIDs = 500000
@@ -25,34 +26,13 @@ func randomIDs(n int) []string {
 	return ids
 }
 
-// BenchmarkWriteParts is the Parquet writer on 500k sorted identifiers.
-func BenchmarkWriteParts(b *testing.B) {
-	ids := randomIDs(benchIDs)
-	cfg := &Config{RowsPerFile: DefaultRowsPerFile, RowsPerGroup: DefaultRowsPerGroup, ToolVersion: "bench"}
-	for b.Loop() {
-		w, err := newPartWriter(filepath.Join(b.TempDir(), "out"), nil, cfg, hashing.HMACSHA256, "0011223344556677")
-		if err != nil {
-			b.Fatal(err)
-		}
-		for _, id := range ids {
-			if err := w.Add(id); err != nil {
-				b.Fatal(err)
-			}
-		}
-		if _, err := w.Close(); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.ReportMetric(float64(benchIDs)*float64(b.N)/b.Elapsed().Seconds(), "rows/s")
-}
-
 // BenchmarkLeakGuard is the guard over 500k identifiers, with 1.5M input
 // values registered (a million-user run's phones, E.164s and user ids), of
 // which 300 are as long as an identifier (junk phones in the fixtures are),
 // so that every id is looked up among the exact hashes.
 func BenchmarkLeakGuard(b *testing.B) {
 	dir := filepath.Join(b.TempDir(), "out")
-	cfg := &Config{Scheme: hashing.HMACSHA256, RowsPerFile: DefaultRowsPerFile, RowsPerGroup: DefaultRowsPerGroup, ToolVersion: "bench"}
+	cfg := &Config{Scheme: hashing.HMACSHA256, RowsPerFile: idfile.DefaultRowsPerFile, RowsPerGroup: idfile.DefaultRowsPerGroup, ToolVersion: "bench"}
 	writeRunIDs(b, dir, cfg, randomIDs(benchIDs))
 	g := newLeakGuard(1, b.TempDir())
 	for i := 0; i < benchIDs; i++ {
@@ -128,30 +108,4 @@ func BenchmarkResolve(b *testing.B) {
 		b.Fatal("nothing exported")
 	}
 	b.ReportMetric(float64(benchIDs)*float64(b.N)/b.Elapsed().Seconds(), "holders/s")
-}
-
-// BenchmarkPublishedIter is the delta's reading of the previous run's
-// 500k identifiers.
-func BenchmarkPublishedIter(b *testing.B) {
-	dir := filepath.Join(b.TempDir(), "out")
-	cfg := &Config{RowsPerFile: DefaultRowsPerFile, RowsPerGroup: DefaultRowsPerGroup, ToolVersion: "bench"}
-	writeIDs(b, dir, cfg, hashing.HMACSHA256, randomIDs(benchIDs))
-	for b.Loop() {
-		it := &publishedIter{scheme: hashing.HMACSHA256, paths: []string{filepath.Join(dir, "part-00000.parquet")}}
-		n := 0
-		for {
-			_, ok, err := it.Next()
-			if err != nil {
-				b.Fatal(err)
-			}
-			if !ok {
-				break
-			}
-			n++
-		}
-		if n != benchIDs {
-			b.Fatalf("%d ids", n)
-		}
-	}
-	b.ReportMetric(float64(benchIDs)*float64(b.N)/b.Elapsed().Seconds(), "ids/s")
 }

@@ -15,6 +15,7 @@ import (
 	"audiencematch/hashing"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/fsutil"
+	"audiencematch/pipeline/idfile"
 )
 
 // The delivery chain of a destination is the sequence of its committed runs
@@ -291,12 +292,12 @@ func verifyDelivery(state string, head, rec *audit.Record) error {
 	if err != nil {
 		return err
 	}
-	prev, _, err := sentIDs(state, head, prevScheme)
+	prev, _, err := idfile.SentIDs(state, head, prevScheme)
 	if err != nil {
 		return fmt.Errorf("the previous run's identifiers: %w", err)
 	}
 	defer prev.Close()
-	cur, _, err := sentIDs(state, rec, scheme)
+	cur, _, err := idfile.SentIDs(state, rec, scheme)
 	if err != nil {
 		return fmt.Errorf("its identifiers: %w", err)
 	}
@@ -339,7 +340,7 @@ func rowsOf(files []audit.File) int64 {
 }
 
 // deltaFiles streams a delta's published files; nil when any is gone.
-func deltaFiles(rec *audit.Record, files []audit.File, scheme hashing.Scheme) idIter {
+func deltaFiles(rec *audit.Record, files []audit.File, scheme hashing.Scheme) idfile.Iter {
 	paths := make([]string, len(files))
 	for i, f := range files {
 		paths[i] = filepath.Join(rec.Published, f.Path)
@@ -347,7 +348,7 @@ func deltaFiles(rec *audit.Record, files []audit.File, scheme hashing.Scheme) id
 			return nil
 		}
 	}
-	return &publishedIter{paths: paths, scheme: scheme}
+	return idfile.NewPublishedIter(paths, scheme)
 }
 
 // countingIter stands for a delta whose files are gone: mergeDelta counts
@@ -361,9 +362,9 @@ func (*countingIter) Close()                      {}
 // that removes and adds hold exactly what the walk says they must, in
 // order; it returns how many each must hold. Positions, not identifiers,
 // name a mismatch: identifiers are personal data.
-func mergeDelta(prev, cur idIter, sameKey bool, adds, removes idIter) (nAdds, nRemoves int64, err error) {
+func mergeDelta(prev, cur idfile.Iter, sameKey bool, adds, removes idfile.Iter) (nAdds, nRemoves int64, err error) {
 	_, counting := adds.(*countingIter)
-	expect := func(it idIter, what string, n *int64, id string) error {
+	expect := func(it idfile.Iter, what string, n *int64, id string) error {
 		*n++
 		if counting {
 			return nil
@@ -407,7 +408,7 @@ func mergeDelta(prev, cur idIter, sameKey bool, adds, removes idIter) (nAdds, nR
 		return 0, 0, err
 	}
 	for _, d := range []struct {
-		it   idIter
+		it   idfile.Iter
 		what string
 	}{{removes, "removes"}, {adds, "adds"}} {
 		if _, more, err := d.it.Next(); err != nil || more {

@@ -6,6 +6,7 @@ import (
 
 	"audiencematch/consent"
 	"audiencematch/hashing"
+	"audiencematch/pipeline/idfile"
 )
 
 // TestDigestDefaults: a configuration's digest (and so its shards'
@@ -18,7 +19,7 @@ func TestDigestDefaults(t *testing.T) {
 	if err := c.check(); err != nil {
 		t.Fatal(err)
 	}
-	if c.RowsPerFile != DefaultRowsPerFile || c.RowsPerGroup != DefaultRowsPerGroup {
+	if c.RowsPerFile != idfile.DefaultRowsPerFile || c.RowsPerGroup != idfile.DefaultRowsPerGroup {
 		t.Fatalf("check left sizes %d, %d", c.RowsPerFile, c.RowsPerGroup)
 	}
 	if after := c.Digest(); after != before {

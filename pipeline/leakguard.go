@@ -20,6 +20,7 @@ import (
 	"github.com/zeebo/xxh3"
 
 	"audiencematch/hashing"
+	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/manifest"
 )
 
@@ -563,11 +564,11 @@ func (g *leakGuard) checkIDs(files []guardFile, shape bool) error {
 		if f.kind != guardParquet {
 			continue
 		}
-		r, err := openIDPages(f.path, f.scheme)
+		r, err := idfile.OpenPages(f.path, f.scheme)
 		if err != nil {
 			return &LeakError{f.rel, err.Error()}
 		}
-		n := r.groups()
+		n := r.Groups()
 		r.Close()
 		if shape && n != len(f.groups) {
 			return &LeakError{f.rel, fmt.Sprintf("%d row groups read, the footer has %d", n, len(f.groups))}
@@ -581,13 +582,13 @@ func (g *leakGuard) checkIDs(files []guardFile, shape bool) error {
 	}
 	check := func(t *task) {
 		f := files[t.file]
-		r, err := openIDPages(f.path, f.scheme)
+		r, err := idfile.OpenPages(f.path, f.scheme)
 		if err != nil {
 			t.err = err
 			return
 		}
 		defer r.Close()
-		r.only(t.group)
+		r.Only(t.group)
 		var gb *groupBounds // nil: not the shape pass
 		var key []byte      // the key as an id of the scheme would be
 		if shape {
@@ -601,7 +602,7 @@ func (g *leakGuard) checkIDs(files []guardFile, shape bool) error {
 		keyed := f.scheme.Keyed()
 		var lo, hi []byte // the group's least and greatest ids so far
 		for page := 0; ; page++ {
-			data, offs, err := r.next()
+			data, offs, err := r.Next()
 			if err == io.EOF {
 				if gb != nil {
 					if what := gb.chunkError(page, lo, hi); what != "" {
@@ -616,8 +617,8 @@ func (g *leakGuard) checkIDs(files []guardFile, shape bool) error {
 			}
 			first := t.rows
 			var plo, phi []byte // the page's least and greatest ids
-			for k := range r.count(data, offs) {
-				id := r.value(data, offs, k)
+			for k := range r.Count(data, offs) {
+				id := r.Value(data, offs, k)
 				if shape {
 					switch {
 					case !f.scheme.ValidID(id):

@@ -18,6 +18,7 @@ import (
 	"github.com/parquet-go/parquet-go/format"
 
 	"audiencematch/hashing"
+	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/manifest"
 )
 
@@ -33,7 +34,7 @@ var (
 	runIDShape  = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{12}$`) // see run.runID
 	digestShape = regexp.MustCompile(`^[0-9a-f]{64}$`)
 	keyIDShape  = regexp.MustCompile(`^[0-9a-f]{16}$`)
-	partShape   = regexp.MustCompile(`^part-[0-9]{5,}\.parquet$`) // see partWriter.open
+	partShape   = regexp.MustCompile(`^part-[0-9]{5,}\.parquet$`) // see idfile.PartWriter.open
 	// Reasons and classes are open lists: a source or a consent rule may add
 	// one, and a name the guard did not know would stop the run the first
 	// time a row has it. So a count's key is checked by its shape.
@@ -193,13 +194,13 @@ func (w *writerFooters) get(scheme hashing.Scheme, keyID string) (*format.FileMe
 	if md, ok := w.m[k]; ok {
 		return md, nil
 	}
-	// As partWriter.open makes a part.
+	// As idfile.PartWriter.open makes a part.
 	var buf bytes.Buffer
 	var err error
-	if opts := writerOptions(w.cfg, scheme, keyID); scheme.Binary() {
-		err = parquet.NewGenericWriter[BinaryIDRow](&buf, opts...).Close()
+	if opts := idfile.WriterOptions(w.cfg.layout(), scheme, keyID); scheme.Binary() {
+		err = parquet.NewGenericWriter[idfile.BinaryIDRow](&buf, opts...).Close()
 	} else {
-		err = parquet.NewGenericWriter[TextIDRow](&buf, opts...).Close()
+		err = parquet.NewGenericWriter[idfile.TextIDRow](&buf, opts...).Close()
 	}
 	if err != nil {
 		return nil, fmt.Errorf("leak guard: the part writer's footer: %w", err)

@@ -27,6 +27,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
+	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/manifest"
 )
 
@@ -35,7 +36,7 @@ import (
 func guardConfig(s hashing.Scheme) *Config {
 	return &Config{Destination: "meta-ads", Scheme: s, Key: hashing.DestKey{1}, Rules: FixtureRules(fixtures.DefaultAsOf),
 		Source: FileSource{Users: "/in/users.csv", Consent: "/in/consent_events.csv"}, MaxRejectRate: 0.01,
-		RowsPerFile: DefaultRowsPerFile, RowsPerGroup: DefaultRowsPerGroup, ToolVersion: "test"}
+		RowsPerFile: idfile.DefaultRowsPerFile, RowsPerGroup: idfile.DefaultRowsPerGroup, ToolVersion: "test"}
 }
 
 func writePart[T any](t *testing.T, path string, rows []T, opts ...parquet.WriterOption) {
@@ -59,14 +60,14 @@ func writePart[T any](t *testing.T, path string, rows []T, opts ...parquet.Write
 // after its options.
 func writeRunPart[T any](t *testing.T, path string, cfg *Config, rows []T, opts ...parquet.WriterOption) {
 	t.Helper()
-	writePart(t, path, rows, append(writerOptions(cfg, cfg.Scheme, cfg.KeyID()), opts...)...)
+	writePart(t, path, rows, append(idfile.WriterOptions(cfg.layout(), cfg.Scheme, cfg.KeyID()), opts...)...)
 }
 
 // writeRunIDs writes sorted ids into dir as the run's part writer does
 // under cfg.
 func writeRunIDs(tb testing.TB, dir string, cfg *Config, ids []string) {
 	tb.Helper()
-	w, err := newPartWriter(dir, nil, cfg, cfg.Scheme, cfg.KeyID())
+	w, err := idfile.NewPartWriter(dir, nil, cfg.layout(), cfg.Scheme, cfg.KeyID())
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -174,32 +175,32 @@ func testLeakGuard(t *testing.T) {
 	g.AddPhone(" +44 7400 123456 ")
 	cfg := guardConfig(hashing.SHA256E164)
 	h, _ := hashing.NewHasher(hashing.SHA256E164, hashing.DestKey{})
-	good := TextIDRow{ID: h.ID("+447400123456")}
+	good := idfile.TextIDRow{ID: h.ID("+447400123456")}
 	cases := []struct {
 		name  string
 		plant func(dir string)
 		want  string
 	}{
 		{"clean", func(dir string) {
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []TextIDRow{good})
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.TextIDRow{good})
 			putManifest(t, dir, testManifest(t, dir, cfg))
 		}, ""},
 		{"a needle's first 8 bytes, then others", func(dir string) {
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []TextIDRow{good})
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.TextIDRow{good})
 			os.WriteFile(filepath.Join(dir, "notes.json"), []byte(`{"n":"+447400199999","m":"acct-zbh2","u":"u1"}`), 0o644)
 		}, ""},
 		{"raw phone in metadata", func(dir string) {
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []TextIDRow{good}, parquet.KeyValueMetadata(metaScheme, "+44 7400 123456"))
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.TextIDRow{good}, parquet.KeyValueMetadata(idfile.MetaScheme, "+44 7400 123456"))
 		}, "byte"},
 		{"user id in a file the run does not write", func(dir string) {
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []TextIDRow{good})
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.TextIDRow{good})
 			os.WriteFile(filepath.Join(dir, "notes.json"), []byte(`{"note":"acct-zbh251"}`), 0o644)
 		}, "notes.json: byte 9"},
 		{"E.164 in a removes file", func(dir string) {
-			writeRunPart(t, filepath.Join(dir, "removes", "part-00000.parquet"), cfg, []TextIDRow{good}, parquet.KeyValueMetadata(metaKeyID, "+447400123456"))
+			writeRunPart(t, filepath.Join(dir, "removes", "part-00000.parquet"), cfg, []idfile.TextIDRow{good}, parquet.KeyValueMetadata(idfile.MetaKeyID, "+447400123456"))
 		}, "removes"},
 		{"user id as an identifier", func(dir string) {
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []TextIDRow{{ID: hexUser}})
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.TextIDRow{{ID: hexUser}})
 		}, "equals a phone number or user id"},
 		{"extra column", func(dir string) {
 			type row struct {
@@ -209,7 +210,7 @@ func testLeakGuard(t *testing.T) {
 			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []row{{good.ID, "x"}})
 		}, "columns other than"},
 		{"unknown metadata", func(dir string) {
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []TextIDRow{good}, parquet.KeyValueMetadata("note", "hello"))
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.TextIDRow{good}, parquet.KeyValueMetadata("note", "hello"))
 		}, "unexpected key-value metadata"},
 		{"dictionary-encoded ids", func(dir string) {
 			type row struct {
@@ -219,7 +220,7 @@ func testLeakGuard(t *testing.T) {
 		}, "DICTIONARY_PAGE page"},
 		{"leak in the second of many files", func(dir string) {
 			for i := range 5 {
-				writeRunPart(t, filepath.Join(dir, fmt.Sprintf("part-%05d.parquet", i)), cfg, []TextIDRow{good, good})
+				writeRunPart(t, filepath.Join(dir, fmt.Sprintf("part-%05d.parquet", i)), cfg, []idfile.TextIDRow{good, good})
 			}
 			os.WriteFile(filepath.Join(dir, "a.json"), []byte(`{}`), 0o644)
 			os.WriteFile(filepath.Join(dir, "b.json"), []byte(`{"user": "acct-zbh251", "phone": "+447400123456"}`), 0o644)
@@ -228,10 +229,10 @@ func testLeakGuard(t *testing.T) {
 			os.WriteFile(filepath.Join(dir, "b.json"), []byte(`{"phone": "+44 7400 123456"}`), 0o644)
 		}, "b.json: byte 11"},
 		{"wrong shape", func(dir string) {
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []TextIDRow{{ID: "not-an-id"}})
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.TextIDRow{{ID: "not-an-id"}})
 		}, "exact shape"},
 		{"raw phone as an id", func(dir string) {
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []TextIDRow{good, {ID: "+447400123456"}})
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.TextIDRow{good, {ID: "+447400123456"}})
 		}, "row 1: id does not have the exact shape"},
 	}
 	for _, c := range cases {
@@ -281,7 +282,7 @@ func testLeakGuardAcrossChunks(t *testing.T) {
 func TestLeakGuardManifest(t *testing.T) {
 	cfg := guardConfig(hashing.HMACSHA256)
 	h, _ := hashing.NewHasher(cfg.Scheme, cfg.Key)
-	rows := []BinaryIDRow{{ID: [32]byte([]byte(h.ID("+447400123456")))}}
+	rows := []idfile.BinaryIDRow{{ID: [32]byte([]byte(h.ID("+447400123456")))}}
 	cases := []struct {
 		name string
 		edit func(m *manifest.Manifest)
@@ -406,13 +407,13 @@ func TestLeakGuardParquetStructure(t *testing.T) {
 					rows = []string{ids[0], notAnID}
 				}
 				if s.Binary() {
-					bin := make([]BinaryIDRow, len(rows))
+					bin := make([]idfile.BinaryIDRow, len(rows))
 					for i, id := range rows {
 						copy(bin[i].ID[:], id)
 					}
 					writeRunPart(t, path, cfg, bin, c.opts...)
 				} else {
-					txt := make([]TextIDRow, len(rows))
+					txt := make([]idfile.TextIDRow, len(rows))
 					for i, id := range rows {
 						txt[i].ID = id
 					}
@@ -512,9 +513,9 @@ func TestLeakGuardExactEveryScheme(t *testing.T) {
 		dir := t.TempDir()
 		cfg := guardConfig(s)
 		if s.Binary() {
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []BinaryIDRow{{ID: [32]byte([]byte(id))}})
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.BinaryIDRow{{ID: [32]byte([]byte(id))}})
 		} else {
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []TextIDRow{{ID: id}})
+			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.TextIDRow{{ID: id}})
 		}
 		err = g.Check(dir, cfg, s)
 		var le *LeakError
@@ -536,7 +537,7 @@ func TestLeakGuardTypedPhoneAsAnID(t *testing.T) {
 		g.AddPhone(id)
 		cfg := guardConfig(s)
 		dir := t.TempDir()
-		writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []TextIDRow{{ID: id}})
+		writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.TextIDRow{{ID: id}})
 		putManifest(t, dir, testManifest(t, dir, cfg))
 		checkGuard(t, g, dir, cfg, s, "")
 		if s == hashing.UID2 { // hex ids are left out of the raw scan
@@ -549,7 +550,7 @@ func TestLeakGuardTypedPhoneAsAnID(t *testing.T) {
 	g := newLeakGuard(7, t.TempDir())
 	g.AddPhone(typed)
 	dir := t.TempDir()
-	writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []BinaryIDRow{{ID: [32]byte([]byte(typed))}})
+	writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.BinaryIDRow{{ID: [32]byte([]byte(typed))}})
 	checkGuard(t, g, dir, cfg, cfg.Scheme, "row 0: id equals a phone number or user id")
 }
 
@@ -592,7 +593,7 @@ func TestLeakGuardCountsEveryPage(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
 			path := filepath.Join(dir, "part-00000.parquet")
-			writeRunPart(t, path, cfg, []TextIDRow{{ID: h.ID("+447400123456")}, {ID: hexUser}})
+			writeRunPart(t, path, cfg, []idfile.TextIDRow{{ID: h.ID("+447400123456")}, {ID: hexUser}})
 			b, err := os.ReadFile(path)
 			if err != nil {
 				t.Fatal(err)
@@ -618,8 +619,8 @@ func TestLeakGuardFirstLeakInOrder(t *testing.T) {
 	h, _ := hashing.NewHasher(hashing.SHA256E164, hashing.DestKey{})
 	cfg := guardConfig(hashing.SHA256E164)
 	hexUser := strings.Repeat("ab", 32)
-	rows := func(leaks ...int) []TextIDRow {
-		out := make([]TextIDRow, 10)
+	rows := func(leaks ...int) []idfile.TextIDRow {
+		out := make([]idfile.TextIDRow, 10)
 		for i := range out {
 			out[i].ID = h.ID(fmt.Sprintf("+4474001234%02d", i))
 		}
@@ -707,7 +708,7 @@ func typedRuns(t *testing.T, s hashing.Scheme) (Config, *Result, []fixtures.User
 		asOf.Format(time.DateOnly), asOf.Format(time.RFC3339), asOf.Add(24 * time.Hour).Format(time.RFC3339),
 		asOf.Format("20060102T150405Z"), "dt=" + asOf.Format(time.DateOnly),
 		"manifest.json", "id", "part-00000.parquet", "adds/part-00000.parquet", "removes/part-00000.parquet",
-		metaScheme, metaKeyID, k.KeyID(), "audiencematch version test(build )", "TextIDRow", "BinaryIDRow", "PAR1PAR1",
+		idfile.MetaScheme, idfile.MetaKeyID, k.KeyID(), "audiencematch version test(build )", "idfile.TextIDRow", "idfile.BinaryIDRow", "PAR1PAR1",
 		manifest.Version, cfg.Digest(), `"purpose": "ads_matching",`, `"destination": "meta-ads",`, `"scheme": "` + string(s) + `",`,
 		"users.csv", "consent_events.csv", "previous_run_id", "config_digest", "max_consent_age_seconds", "consent_events",
 		hex.EncodeToString([]byte(id)),

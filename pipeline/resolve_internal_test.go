@@ -25,6 +25,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
+	"audiencematch/pipeline/idfile"
 )
 
 // TestIDBucketerSub: a bucket's sub-buckets keep identifier order, for
@@ -196,37 +197,6 @@ func TestSpillRoundTrip(t *testing.T) {
 	}
 }
 
-// TestStrArena: kept strings survive until reset, whatever their size, and
-// a reset arena fills its blocks again instead of allocating new ones.
-func TestStrArena(t *testing.T) {
-	var a strArena
-	var kept, want []string
-	for i := range 3000 {
-		s := strings.Repeat(string(rune('a'+i%26)), 1+i*7%1500)
-		if i == 1234 {
-			s = strings.Repeat("z", 3<<20) // longer than a block
-		}
-		kept, want = append(kept, a.keep(s)), append(want, s)
-	}
-	if !slices.Equal(kept, want) {
-		t.Fatal("a kept string changed before reset")
-	}
-	blocks := len(a.blocks)
-	for range 3 {
-		a.reset()
-		kept = kept[:0]
-		for _, s := range want {
-			kept = append(kept, a.keep(s))
-		}
-		if !slices.Equal(kept, want) {
-			t.Fatal("a kept string changed after a reset")
-		}
-	}
-	if len(a.blocks) != blocks {
-		t.Fatalf("the same strings after a reset took %d blocks, first %d", len(a.blocks), blocks)
-	}
-}
-
 // TestUserIndex: users are numbered in order of addition and found again,
 // also when their hashes clash (here, all of them or every other one), and
 // a partition's users are gone after a reset, whether the next partition
@@ -289,7 +259,7 @@ func BenchmarkSortDigests(b *testing.B) {
 // also when a batch is written between two holders of one number (the
 // batch's strings are then reused: a row still pointing at them changed).
 func TestEvidenceWriterBatches(t *testing.T) {
-	var want []EvidenceRow
+	var want []idfile.EvidenceRow
 	var buckets []*resolvedBucket
 	for b := range 2 {
 		rb := &resolvedBucket{}
@@ -298,7 +268,7 @@ func TestEvidenceWriterBatches(t *testing.T) {
 			for j := range k%4 + 1 {
 				rb.holders = append(rb.holders, bucketHolder{userID: fmt.Sprintf("user-%d-%02d-%d", b, k, j), eventID: fmt.Sprintf("event-%d", j)})
 				row.holders = append(row.holders, int32(len(rb.holders)-1))
-				want = append(want, EvidenceRow{ID: row.eid, UserID: fmt.Sprintf("user-%d-%02d-%d", b, k, j), EventID: fmt.Sprintf("event-%d", j), Primary: j == 0})
+				want = append(want, idfile.EvidenceRow{ID: row.eid, UserID: fmt.Sprintf("user-%d-%02d-%d", b, k, j), EventID: fmt.Sprintf("event-%d", j), Primary: j == 0})
 			}
 			rb.export = append(rb.export, row)
 		}
@@ -307,22 +277,22 @@ func TestEvidenceWriterBatches(t *testing.T) {
 	}
 	for _, batch := range []int{1, 3, 4, 1000} {
 		path := filepath.Join(t.TempDir(), "evidence.parquet")
-		ew, err := newEvidenceWriter(path, nil)
+		idfile.SetEvidenceBatch(t, batch)
+		ew, err := idfile.NewEvidenceWriter(path, nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		ew.batch = make([]EvidenceRow, 0, batch)
 		var leaves []tlog.Hash
 		for _, rb := range buckets {
-			if err := ew.add(rb); err != nil {
+			if err := writeEvidence(ew, rb); err != nil {
 				t.Fatal(err)
 			}
 			leaves = append(leaves, rb.evLeaves...)
 		}
-		if err := ew.close(); err != nil {
+		if err := ew.Close(); err != nil {
 			t.Fatal(err)
 		}
-		got, err := parquet.ReadFile[EvidenceRow](path)
+		got, err := parquet.ReadFile[idfile.EvidenceRow](path)
 		if err != nil {
 			t.Fatal(err)
 		}

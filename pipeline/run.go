@@ -27,6 +27,7 @@ import (
 	"audiencematch/pipeline/destinations"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/fsutil"
+	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/manifest"
 )
 
@@ -41,8 +42,8 @@ type Config struct {
 	Out, State     string
 	Rules          consent.Rules
 	MaxRejectRate  float64 // a fraction: 0.01 is 1%
-	RowsPerFile    int64   // 0: DefaultRowsPerFile
-	RowsPerGroup   int64   // 0: DefaultRowsPerGroup
+	RowsPerFile    int64   // 0: idfile.DefaultRowsPerFile
+	RowsPerGroup   int64   // 0: idfile.DefaultRowsPerGroup
 	Workers        int     // 0: GOMAXPROCS
 	ToolVersion    string
 	Log            *slog.Logger // nil: discard
@@ -82,13 +83,6 @@ type Config struct {
 	// the registry (authorize sets it).
 	maxDrop float64
 }
-
-// Output sizing defaults: a row group of 1Mi 32-byte ids is 32 MiB, a size
-// every reader handles well.
-const (
-	DefaultRowsPerFile  = 8 << 20
-	DefaultRowsPerGroup = 1 << 20
-)
 
 // Result describes a finished run.
 type Result struct {
@@ -163,10 +157,10 @@ func (c *Config) check() error {
 func (c *Config) rows() (perFile, perGroup int64) {
 	perFile, perGroup = c.RowsPerFile, c.RowsPerGroup
 	if perFile <= 0 {
-		perFile = DefaultRowsPerFile
+		perFile = idfile.DefaultRowsPerFile
 	}
 	if perGroup <= 0 {
-		perGroup = DefaultRowsPerGroup
+		perGroup = idfile.DefaultRowsPerGroup
 	}
 	return perFile, perGroup
 }
@@ -500,4 +494,10 @@ func newManifest(c *Config) *manifest.Manifest {
 	}
 	m.Scheme, m.KeyID, m.ConfigDigest, m.Backfill = string(c.Scheme), c.KeyID(), c.Digest(), c.Backfill
 	return m
+}
+
+// layout is how the run cuts its published parts.
+func (c *Config) layout() idfile.Layout {
+	perFile, perGroup := c.rows()
+	return idfile.Layout{RowsPerFile: perFile, RowsPerGroup: perGroup, ToolVersion: c.ToolVersion}
 }

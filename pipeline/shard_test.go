@@ -24,6 +24,7 @@ import (
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
 	"audiencematch/pipeline/errkind"
+	"audiencematch/pipeline/idfile"
 )
 
 func TestParseShard(t *testing.T) {
@@ -294,7 +295,7 @@ func testParallelIngest(t *testing.T, format string) {
 		pipeline.SetCSVBlockSize(t, block)
 		pipeline.SetSplitBytes(t, split)
 		pipeline.SetGroupSpillsFrom(t, group)
-		pipeline.SetEvidenceBatch(t, evidenceBatch)
+		idfile.SetEvidenceBatch(t, evidenceBatch)
 		cfg := shardConfig(t, filepath.Join(dir, name), st)
 		cfg.Workers = workers
 		res, err := pipeline.Run(ctx, cfg)

@@ -13,6 +13,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 	"audiencematch/pipeline/errkind"
+	"audiencematch/pipeline/idfile"
 )
 
 // SubjectQuery names a person: by phone (normalized as the runs did; keyed
@@ -138,7 +139,7 @@ func proveMembership(rec *audit.Record, scheme hashing.Scheme, leaf []byte) (*au
 	for _, f := range rec.Files {
 		path := filepath.Join(rec.Published, f.Path)
 		var addErr error
-		err := eachPublishedID(path, scheme, func(_ int64, id []byte) bool {
+		err := idfile.EachPublishedID(path, scheme, func(_ int64, id []byte) bool {
 			addErr = mp.Add(id)
 			return addErr == nil
 		})
@@ -162,13 +163,13 @@ func proveMembership(rec *audit.Record, scheme hashing.Scheme, leaf []byte) (*au
 // evidenceUserLeaf is the identifier (as the tree's leaf) of the first
 // evidence row of userID, or nil if the run has none.
 func evidenceUserLeaf(path string, scheme hashing.Scheme, userID string) ([]byte, error) {
-	er, err := openEvidence(path)
+	er, err := idfile.OpenEvidence(path)
 	if err != nil {
 		return nil, err
 	}
 	defer er.Close()
 	for {
-		e, err := er.next()
+		e, err := er.Next()
 		if err == io.EOF {
 			return nil, nil
 		}
@@ -176,7 +177,7 @@ func evidenceUserLeaf(path string, scheme hashing.Scheme, userID string) ([]byte
 			return nil, err
 		}
 		if e.UserID == userID {
-			return evidenceLeafID(scheme, e.ID), nil
+			return idfile.LeafOfEvidenceID(scheme, e.ID), nil
 		}
 	}
 }
@@ -203,17 +204,6 @@ func subjectID(rec *audit.Record, scheme hashing.Scheme, e164 string, given *has
 	return h.AppendID(nil, e164), ""
 }
 
-func evidenceLeafID(scheme hashing.Scheme, id string) []byte {
-	if scheme.Binary() {
-		b, err := hex.DecodeString(id)
-		if err != nil {
-			return nil
-		}
-		return b
-	}
-	return []byte(id)
-}
-
 // evidenceFor returns the evidence rows of leaf with their inclusion
 // proofs, streaming the run's evidence once: each row of leaf is marked
 // before it is appended, and only its proof's hashes are kept.
@@ -222,17 +212,17 @@ func evidenceFor(path string, rec *audit.Record, scheme hashing.Scheme, leaf []b
 	if err != nil {
 		return nil, err
 	}
-	er, err := openEvidence(path)
+	er, err := idfile.OpenEvidence(path)
 	if err != nil {
 		return nil, fmt.Errorf("run %s evidence: %w", rec.RunID, err)
 	}
 	defer er.Close()
 	p := audit.NewProver(rec.Evidence.Size)
 	var out []SubjectEvidence
-	want := evidenceID(scheme.Binary(), string(leaf))
+	want := idfile.EvidenceID(scheme.Binary(), string(leaf))
 	var b []byte
 	for i := int64(0); ; i++ {
-		e, err := er.next()
+		e, err := er.Next()
 		if err == io.EOF {
 			break
 		}

@@ -26,6 +26,7 @@ import (
 	"audiencematch/pipeline"
 	"audiencematch/pipeline/destinations"
 	"audiencematch/pipeline/errkind"
+	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/pgsource"
 )
 
@@ -142,7 +143,7 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 	f.BoolVar(&o.AllowUnkeyed, "allow-unkeyed", false, "permit an unkeyed scheme; its identifiers can be reversed to phone numbers")
 	f.Float64Var(&o.MaxRejectRate, "max-reject-rate", 0.01, "fail, publishing nothing, when more than this fraction of either table's rows is malformed")
 	f.IntVar(&o.Workers, "workers", 0, "parallel workers (default: the number of CPUs)")
-	f.Int64Var(&o.RowsPerFile, "rows-per-file", pipeline.DefaultRowsPerFile, "most identifiers in one part-NNNNN.parquet file")
+	f.Int64Var(&o.RowsPerFile, "rows-per-file", idfile.DefaultRowsPerFile, "most identifiers in one part-NNNNN.parquet file")
 	if o.commit {
 		f.IntVar(&o.Shards, "shards", 0, "how many shards the run was split into (required)")
 		f.DurationVar(&o.LockWait, "lock-wait", 10*time.Minute, "wait this long for the state's run lock (another shard's commit may hold it briefly)")

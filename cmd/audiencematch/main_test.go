@@ -20,6 +20,7 @@ import (
 	"audiencematch/fixtures"
 	"audiencematch/pipeline"
 	"audiencematch/pipeline/errkind"
+	"audiencematch/pipeline/idfile"
 )
 
 // execute runs the CLI in-process and returns stdout, stderr and the exit code.
@@ -182,7 +183,7 @@ func TestRunVectorsEveryScheme(t *testing.T) {
 					continue
 				}
 				if scheme == "hmac-sha256" {
-					rows, err := parquet.ReadFile[pipeline.BinaryIDRow](f)
+					rows, err := parquet.ReadFile[idfile.BinaryIDRow](f)
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -190,7 +191,7 @@ func TestRunVectorsEveryScheme(t *testing.T) {
 						found = found || hex.EncodeToString(r.ID[:]) == id
 					}
 				} else {
-					rows, err := parquet.ReadFile[pipeline.TextIDRow](f)
+					rows, err := parquet.ReadFile[idfile.TextIDRow](f)
 					if err != nil {
 						t.Fatal(err)
 					}

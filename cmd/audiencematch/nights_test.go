@@ -22,6 +22,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
+	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/manifest"
 )
 
@@ -178,7 +179,7 @@ func readIDs(t *testing.T, dir string, files []audit.File) []string {
 	t.Helper()
 	var ids []string
 	for _, f := range files {
-		rows, err := parquet.ReadFile[pipeline.BinaryIDRow](filepath.Join(dir, f.Path))
+		rows, err := parquet.ReadFile[idfile.BinaryIDRow](filepath.Join(dir, f.Path))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -468,7 +469,7 @@ func (f *forger) write(recs []*audit.Record) {
 func (f *forger) dropLast(dir string, file audit.File) audit.File {
 	path := filepath.Join(dir, file.Path)
 	f.keep(path)
-	rows, err := parquet.ReadFile[pipeline.BinaryIDRow](path)
+	rows, err := parquet.ReadFile[idfile.BinaryIDRow](path)
 	if err != nil || len(rows) == 0 {
 		f.t.Fatalf("%s: %d rows, %v", path, len(rows), err)
 	}

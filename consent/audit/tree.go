@@ -278,3 +278,12 @@ func nodeID(x int64) compact.NodeID {
 	level, k := tlog.SplitStoredHashIndex(x)
 	return compact.NewNodeID(uint(level), uint64(k))
 }
+
+// SameTree reports, as an error naming what, whether a tree rebuilt from
+// files differs from the one a record holds.
+func SameTree(got, want *Tree, what string) error {
+	if *got != *want {
+		return fmt.Errorf("%s tree: %d leaves, root %s; the log says %d, %s", what, got.Size, got.Root, want.Size, want.Root)
+	}
+	return nil
+}

@@ -1,4 +1,4 @@
-package pipeline
+package idfile
 
 import (
 	"bytes"
@@ -24,7 +24,7 @@ import (
 // skipping values.
 func TestEachPublishedID(t *testing.T) {
 	const n = 20000 // several pages of 256 KiB, and three row groups below
-	cfg := &Config{RowsPerFile: DefaultRowsPerFile, RowsPerGroup: 7000, ToolVersion: "test"}
+	cfg := Layout{RowsPerFile: DefaultRowsPerFile, RowsPerGroup: 7000, ToolVersion: "test"}
 	for _, s := range []hashing.Scheme{hashing.HMACSHA256, hashing.SHA256E164} {
 		t.Run(string(s), func(t *testing.T) {
 			h, err := hashing.NewHasher(s, hashing.DestKey{3})
@@ -51,7 +51,7 @@ func TestEachPublishedID(t *testing.T) {
 				}
 			}
 			seen := 0
-			if err := eachPublishedID(path, s, func(i int64, _ []byte) bool { seen++; return i < 9000 }); err != nil || seen != 9001 {
+			if err := EachPublishedID(path, s, func(i int64, _ []byte) bool { seen++; return i < 9000 }); err != nil || seen != 9001 {
 				t.Fatalf("stopping at row 9000: %d ids seen, err %v", seen, err)
 			}
 		})
@@ -92,7 +92,7 @@ func TestEachPublishedID(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "part-00000.parquet")
 			c.write(path)
 			n := 0
-			err := eachPublishedID(path, c.scheme, func(int64, []byte) bool { n++; return true })
+			err := EachPublishedID(path, c.scheme, func(int64, []byte) bool { n++; return true })
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("err = %v, want one mentioning %q", err, c.want)
 			}
@@ -107,7 +107,7 @@ func TestEachPublishedID(t *testing.T) {
 // row groups and pages, in both kinds of scheme, and a part out of order is
 // refused.
 func TestPublishedIter(t *testing.T) {
-	cfg := &Config{RowsPerFile: 9000, RowsPerGroup: 4000, ToolVersion: "test"}
+	cfg := Layout{RowsPerFile: 9000, RowsPerGroup: 4000, ToolVersion: "test"}
 	for _, s := range []hashing.Scheme{hashing.HMACSHA256, hashing.SHA256E164} {
 		t.Run(string(s), func(t *testing.T) {
 			h, err := hashing.NewHasher(s, hashing.DestKey{5})
@@ -124,7 +124,7 @@ func TestPublishedIter(t *testing.T) {
 			if len(files) != 3 {
 				t.Fatalf("%d files, want 3", len(files))
 			}
-			it := &publishedIter{scheme: s}
+			it := &PublishedIter{scheme: s}
 			for _, f := range files {
 				it.paths = append(it.paths, filepath.Join(dir, f.Path))
 			}
@@ -163,7 +163,7 @@ func TestPublishedIter(t *testing.T) {
 				}
 				writePart(t, path, rows)
 			}
-			it = &publishedIter{scheme: s, paths: []string{path}}
+			it = NewPublishedIter([]string{path}, s)
 			it.Next()
 			if _, _, err := it.Next(); !errors.Is(err, errkind.ErrData) || !strings.Contains(err.Error(), "not sorted") {
 				t.Fatalf("err = %v, want errkind.ErrData: not sorted", err)
@@ -173,9 +173,9 @@ func TestPublishedIter(t *testing.T) {
 }
 
 // writeIDs writes ids, sorted, as the parts of a run under dir.
-func writeIDs(tb testing.TB, dir string, cfg *Config, s hashing.Scheme, ids []string) []manifest.OutputFile {
+func writeIDs(tb testing.TB, dir string, cfg Layout, s hashing.Scheme, ids []string) []manifest.OutputFile {
 	tb.Helper()
-	w, err := newPartWriter(dir, nil, cfg, s, "")
+	w, err := NewPartWriter(dir, nil, cfg, s, "")
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -216,18 +216,18 @@ func TestEvidenceIter(t *testing.T) {
 		tree.Append([]byte(id))
 	}
 	rec := &audit.Record{RunID: "prev", IDs: tree.Summary()}
-	open := func(rows []EvidenceRow, rec *audit.Record) *evidenceIter {
+	open := func(rows []EvidenceRow, rec *audit.Record) *EvidenceIter {
 		path := filepath.Join(t.TempDir(), "evidence.parquet")
 		if err := parquet.WriteFile(path, rows); err != nil {
 			t.Fatal(err)
 		}
-		er, err := openEvidence(path)
+		er, err := OpenEvidence(path)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return &evidenceIter{r: er, path: path, prev: rec, scheme: hashing.HMACSHA256}
+		return &EvidenceIter{r: er, path: path, prev: rec, scheme: hashing.HMACSHA256}
 	}
-	drain := func(it *evidenceIter) ([]string, error) {
+	drain := func(it *EvidenceIter) ([]string, error) {
 		var got []string
 		for {
 			id, ok, err := it.Next()
@@ -274,5 +274,44 @@ func TestEvidenceIter(t *testing.T) {
 	bad[3].ID = "zz" + bad[3].ID[2:] // p2, after p0 and p1
 	if got, err := drain(open(bad, rec)); len(got) != 2 || !errors.Is(err, errkind.ErrData) || !strings.Contains(err.Error(), "shape") {
 		t.Errorf("not hex: %d ids, err %v", len(got), err)
+	}
+}
+
+// writePart writes rows as one Parquet file at path.
+func writePart[T any](t *testing.T, path string, rows []T) {
+	t.Helper()
+	if err := parquet.WriteFile(path, rows); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStrArena: kept strings survive until reset, whatever their size, and
+// a reset arena fills its blocks again instead of allocating new ones.
+func TestStrArena(t *testing.T) {
+	var a strArena
+	var kept, want []string
+	for i := range 3000 {
+		s := strings.Repeat(string(rune('a'+i%26)), 1+i*7%1500)
+		if i == 1234 {
+			s = strings.Repeat("z", 3<<20) // longer than a block
+		}
+		kept, want = append(kept, a.keep(s)), append(want, s)
+	}
+	if !slices.Equal(kept, want) {
+		t.Fatal("a kept string changed before reset")
+	}
+	blocks := len(a.blocks)
+	for range 3 {
+		a.reset()
+		kept = kept[:0]
+		for _, s := range want {
+			kept = append(kept, a.keep(s))
+		}
+		if !slices.Equal(kept, want) {
+			t.Fatal("a kept string changed after a reset")
+		}
+	}
+	if len(a.blocks) != blocks {
+		t.Fatalf("the same strings after a reset took %d blocks, first %d", len(a.blocks), blocks)
 	}
 }
