@@ -15,6 +15,12 @@
 // state is not exported either (Status.Blocks). The row still counts as
 // malformed.
 //
+// A number's fate follows from its holders' outcomes, section 3's
+// shared-number rule (SharedNumber): "A number is exported when at least
+// one holder has valid consent and no holder's effective event is a
+// withdraw. Each number is exported once." A holder with unreadable consent
+// blocks like a withdraw.
+//
 // What the contract leaves open is fixed here so that a decision never
 // depends on the order of the input rows:
 //
