@@ -15,13 +15,8 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/manifest"
+	"audiencematch/pipeline/statedir"
 )
-
-// AuditDir is the audit log's directory under the state directory.
-func AuditDir(state string) string { return filepath.Join(state, "audit") }
-
-// KeysDir is where `keys init` puts the master key and the log's keys.
-func KeysDir(state string) string { return filepath.Join(state, "keys") }
 
 // The consent snapshot is the digest of the run's consent decisions:
 // SHA-256 of the concatenated, sorted SHA-256 digests of each well-formed
@@ -123,7 +118,7 @@ func (r *run) commitRecord(runDir string) error {
 	if err := json.Unmarshal(b, &rec); err != nil {
 		return fmt.Errorf("prepared audit record: %w", err)
 	}
-	l, err := audit.OpenForAppend(AuditDir(r.cfg.State))
+	l, err := audit.OpenForAppend(statedir.Audit(r.cfg.State))
 	if err != nil {
 		return fmt.Errorf("%w: audit log: %w", errkind.ErrConfig, err)
 	}
@@ -142,7 +137,7 @@ func AppendEvent(cfg *Config, typ, reason string) error {
 	if cfg.AuditSigner == nil {
 		return nil
 	}
-	l, err := audit.OpenForAppend(AuditDir(cfg.State))
+	l, err := audit.OpenForAppend(statedir.Audit(cfg.State))
 	if err != nil {
 		return err
 	}

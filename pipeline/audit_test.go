@@ -24,6 +24,7 @@ import (
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
 	"audiencematch/pipeline/idfile"
+	"audiencematch/pipeline/statedir"
 )
 
 // verifierOf finds the verifier of a signer made by signer; nil for nil.
@@ -85,8 +86,8 @@ func TestAuditVerifyAndTamper(t *testing.T) {
 		t.Fatalf("report %+v", rep)
 	}
 	files := []string{
-		filepath.Join(pipeline.AuditDir(cfg.State), audit.RecordsFile),
-		filepath.Join(pipeline.AuditDir(cfg.State), audit.CheckpointFile),
+		filepath.Join(statedir.Audit(cfg.State), audit.RecordsFile),
+		filepath.Join(statedir.Audit(cfg.State), audit.CheckpointFile),
 		filepath.Join(res.PublishedDir, "manifest.json"),
 		filepath.Join(res.PublishedDir, "part-00000.parquet"),
 	}
@@ -164,7 +165,7 @@ func TestCommitRecordRecovered(t *testing.T) {
 	if again.Skipped == nil || again.Skipped.RunID != res.Manifest.RunID {
 		t.Fatal("rerun did not recognise the published run")
 	}
-	l, err := audit.Open(pipeline.AuditDir(cfg.State))
+	l, err := audit.Open(statedir.Audit(cfg.State))
 	if err != nil || l.Committed(res.Manifest.RunID) != 0 || l.Size() != 1 {
 		t.Fatalf("log after recovery: size %d, err %v", l.Size(), err)
 	}
@@ -175,7 +176,7 @@ func TestCommitRecordRecovered(t *testing.T) {
 	if _, err := pipeline.Run(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
-	if l, _ := audit.Open(pipeline.AuditDir(cfg.State)); l.Size() != 1 {
+	if l, _ := audit.Open(statedir.Audit(cfg.State)); l.Size() != 1 {
 		t.Fatalf("log grew to %d on a no-op rerun", l.Size())
 	}
 }
@@ -187,7 +188,7 @@ func TestRecoverInterruptedAppend(t *testing.T) {
 	s, v := signer(t)
 	dir := t.TempDir()
 	_, cfg := auditedRun(t, dir, 100, s, fixtures.DefaultAsOf)
-	adir := pipeline.AuditDir(cfg.State)
+	adir := statedir.Audit(cfg.State)
 	cp, _ := os.ReadFile(filepath.Join(adir, audit.CheckpointFile))
 	// A record appended without its checkpoint (any well-formed record that
 	// keeps the delivery chain will do).
@@ -240,7 +241,7 @@ func TestFailedRunRecorded(t *testing.T) {
 	if _, err := pipeline.Run(context.Background(), cfg); err == nil {
 		t.Fatal("run with a missing input succeeded")
 	}
-	l, err := audit.Open(pipeline.AuditDir(cfg.State))
+	l, err := audit.Open(statedir.Audit(cfg.State))
 	if err != nil || l.Size() != 1 || l.Records()[0].Type != audit.TypeRunFailed || !strings.Contains(l.Records()[0].Reason, "missing.csv") {
 		t.Fatalf("log: %v %+v", err, l.Records())
 	}
@@ -300,7 +301,7 @@ func TestSubjectEveryCase(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		l, _ := audit.Open(pipeline.AuditDir(cfg.State))
+		l, _ := audit.Open(statedir.Audit(cfg.State))
 		rec := l.Records()[r.RecordIndex]
 		if err := proof.VerifyInclusion(h, uint64(r.RecordIndex), cp.Size, h.HashLeaf(l.Line(r.RecordIndex)), hashes(r.RecordProof), cp.Hash); err != nil {
 			t.Fatalf("record inclusion: %v", err)

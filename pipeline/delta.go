@@ -5,6 +5,7 @@ import (
 
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
+	"audiencematch/pipeline/delivery"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/manifest"
 )
@@ -16,11 +17,11 @@ func (r *run) previousRun() (*audit.Record, error) {
 	if r.cfg.Backfill {
 		return nil, nil
 	}
-	l, err := openLog(r.cfg.State)
+	l, err := delivery.OpenLog(r.cfg.State)
 	if err != nil {
 		return nil, err
 	}
-	return deltaBase(l, r.cfg.Destination), nil
+	return delivery.DeltaBase(l, r.cfg.Destination), nil
 }
 
 // deltaMerge writes adds/ and removes/ beside the snapshot by merging the

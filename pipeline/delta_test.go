@@ -18,6 +18,7 @@ import (
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
 	"audiencematch/pipeline/manifest"
+	"audiencematch/pipeline/statedir"
 )
 
 // readSet reads the identifiers of a run's snapshot, adds or removes.
@@ -174,7 +175,7 @@ func TestDeltasThreeRuns(t *testing.T) {
 		prev = snap
 	}
 	// A withdrawer's identifier went out in day 2's removes.
-	l, _ := audit.Open(pipeline.AuditDir(filepath.Join(dir, "state")))
+	l, _ := audit.Open(statedir.Audit(filepath.Join(dir, "state")))
 	if l.Size() != 3 {
 		t.Fatalf("log size %d", l.Size())
 	}

@@ -19,9 +19,11 @@ import (
 	"time"
 
 	"audiencematch/hashing"
+	"audiencematch/pipeline/delivery"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/fsutil"
 	"audiencematch/pipeline/idfile"
+	"audiencematch/pipeline/statedir"
 )
 
 // RunID names a run after its cutoff and a digest of its configuration and
@@ -190,7 +192,7 @@ func writeEvidence(ev *idfile.EvidenceWriter, rb *resolvedBucket) error {
 func (r *run) finish() (*Result, error) {
 	m := r.m
 	res := &Result{Manifest: m, PublishedDir: r.publishedPath(), Stages: r.stages}
-	runDir := filepath.Join(r.cfg.State, "runs", m.RunID)
+	runDir := statedir.Run(r.cfg.State, m.RunID)
 	res.EvidencePath = filepath.Join(runDir, "evidence.parquet")
 	res.RejectsPath = filepath.Join(runDir, "rejects.csv")
 	if _, err := os.Stat(res.PublishedDir); err == nil {
@@ -223,8 +225,10 @@ func (r *run) finish() (*Result, error) {
 		return nil, fmt.Errorf("%w: malformed rows: %.2f%% of users, %.2f%% of consent events, over --max-reject-rate %.2f%%; nothing published; the rejected rows and their line numbers are in %s",
 			errkind.ErrData, 100*ur, 100*er, 100*r.cfg.MaxRejectRate, filepath.Join(failed, "rejects.csv"))
 	}
-	if err := r.checkDrop(); err != nil {
-		return nil, err
+	if !r.cfg.AllowDrop {
+		if err := delivery.CheckDrop(m, r.cfg.maxDrop); err != nil {
+			return nil, err
+		}
 	}
 	if err := fsutil.WriteFileDurable(filepath.Join(r.staging, "publish", "manifest.json"), body, 0o644); err != nil {
 		return nil, err

@@ -24,11 +24,13 @@ import (
 	"audiencematch/consent"
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
+	"audiencematch/pipeline/delivery"
 	"audiencematch/pipeline/destinations"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/fsutil"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/manifest"
+	"audiencematch/pipeline/statedir"
 )
 
 // Config is everything one run needs. The CLI fills it from flags and the
@@ -320,7 +322,7 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 		if cfg.AuditVerifier == nil {
 			return nil, fmt.Errorf("%w: an audit signer needs its verifier", errkind.ErrConfig)
 		}
-		if err := audit.Recover(AuditDir(cfg.State), cfg.AuditSigner, cfg.AuditVerifier); err != nil {
+		if err := audit.Recover(statedir.Audit(cfg.State), cfg.AuditSigner, cfg.AuditVerifier); err != nil {
 			return nil, fmt.Errorf("%w: audit log: %w", errkind.ErrConfig, err)
 		}
 	}
@@ -332,7 +334,7 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 	} else if n > 0 {
 		cfg.Log.Info("removed the staging leftovers of an interrupted run", "entries", n)
 	}
-	healed, err := healUnrecorded(&cfg)
+	healed, err := heal(&cfg)
 	for _, id := range healed {
 		cfg.Log.Warn("recorded a run that was published but not recorded (interrupted before its audit record)", "run_id", id)
 	}
@@ -344,11 +346,11 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 			return &Result{Skipped: rec}, err
 		}
 	}
-	l, err := openLog(cfg.State)
+	l, err := delivery.OpenLog(cfg.State)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkCutoff(&cfg, deltaBase(l, cfg.Destination)); err != nil {
+	if err := delivery.CheckCutoff(cfg.Destination, cfg.Rules.AsOf, cfg.Backfill, delivery.DeltaBase(l, cfg.Destination)); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -461,7 +463,7 @@ func authorize(cfg *Config, record bool) error {
 // committedOn returns the committed run of the destination for the run's
 // cutoff date, if the audit log has one.
 func committedOn(cfg *Config) (*audit.Record, error) {
-	l, err := audit.Open(AuditDir(cfg.State))
+	l, err := audit.Open(statedir.Audit(cfg.State))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, nil
@@ -500,4 +502,23 @@ func newManifest(c *Config) *manifest.Manifest {
 func (c *Config) layout() idfile.Layout {
 	perFile, perGroup := c.rows()
 	return idfile.Layout{RowsPerFile: perFile, RowsPerGroup: perGroup, ToolVersion: c.ToolVersion}
+}
+
+// heal records the destination's published runs that the log does not
+// (delivery.Heal); a run without an audit log has nothing to heal.
+func heal(cfg *Config) ([]string, error) {
+	if cfg.AuditSigner == nil {
+		return nil, nil
+	}
+	return delivery.Heal(cfg.State, cfg.Out, cfg.Destination, cfg.AuditSigner)
+}
+
+// recorded reports whether the audit log holds this run's run_committed
+// record: once it does, the run is committed, whatever fails after.
+func (r *run) recorded() bool {
+	if r.m == nil || r.m.RunID == "" || r.cfg.AuditSigner == nil {
+		return false
+	}
+	l, err := audit.Open(statedir.Audit(r.cfg.State))
+	return err == nil && l.Committed(r.m.RunID) >= 0
 }

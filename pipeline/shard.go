@@ -23,6 +23,7 @@ import (
 
 	"github.com/gofrs/flock"
 
+	"audiencematch/pipeline/delivery"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/fsutil"
 	"audiencematch/pipeline/manifest"
@@ -159,11 +160,11 @@ func RunShard(ctx context.Context, cfg Config) (res *Result, err error) {
 	}
 	// The commit applies the backfill rule again, under the run lock; a
 	// shard refuses early so that its work is not wasted.
-	l, err := openLog(cfg.State)
+	l, err := delivery.OpenLog(cfg.State)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkCutoff(&cfg, deltaBase(l, cfg.Destination)); err != nil {
+	if err := delivery.CheckCutoff(cfg.Destination, cfg.Rules.AsOf, cfg.Backfill, delivery.DeltaBase(l, cfg.Destination)); err != nil {
 		return nil, err
 	}
 	stale, _ := filepath.Glob(filepath.Join(set, ".tmp-"+name+"-*"))

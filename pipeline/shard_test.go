@@ -25,6 +25,7 @@ import (
 	"audiencematch/pipeline"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/idfile"
+	"audiencematch/pipeline/statedir"
 )
 
 func TestParseShard(t *testing.T) {
@@ -117,7 +118,7 @@ func sameFiles(t *testing.T, what string, got, want map[string][]byte) {
 // with the publish path relative to the output directory.
 func committedRecord(t *testing.T, state, out string) string {
 	t.Helper()
-	l, err := audit.Open(pipeline.AuditDir(state))
+	l, err := audit.Open(statedir.Audit(state))
 	if err != nil {
 		t.Fatal(err)
 	}

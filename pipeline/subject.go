@@ -14,6 +14,7 @@ import (
 	"audiencematch/hashing"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/idfile"
+	"audiencematch/pipeline/statedir"
 )
 
 // SubjectQuery names a person: by phone (normalized as the runs did; keyed
@@ -60,7 +61,7 @@ type SubjectEvidence struct {
 // Subject answers a query over every committed run, with proofs checked
 // here before they are returned.
 func Subject(state string, verifier note.Verifier, q SubjectQuery) (*SubjectReport, error) {
-	l, cp, err := audit.VerifyLog(AuditDir(state), verifier, nil)
+	l, cp, err := audit.VerifyLog(statedir.Audit(state), verifier, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%w: audit log: %w", errkind.ErrData, err)
 	}
@@ -95,7 +96,7 @@ func Subject(state string, verifier note.Verifier, q SubjectQuery) (*SubjectRepo
 		if err != nil {
 			return nil, err
 		}
-		evidencePath := filepath.Join(state, "runs", rec.RunID, "evidence.parquet")
+		evidencePath := statedir.Evidence(state, rec.RunID)
 		var leaf []byte
 		if q.UserID == "" {
 			if leaf, sr.Note = subjectID(rec, scheme, e164, q.Key); leaf == nil {
@@ -252,7 +253,7 @@ func evidenceFor(path string, rec *audit.Record, scheme hashing.Scheme, leaf []b
 }
 
 func readCheckpoint(state string) ([]byte, string, error) {
-	path := filepath.Join(AuditDir(state), audit.CheckpointFile)
+	path := filepath.Join(statedir.Audit(state), audit.CheckpointFile)
 	sum, b, err := sha256File(path)
 	return b, sum, err
 }

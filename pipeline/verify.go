@@ -16,10 +16,12 @@ import (
 
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
+	"audiencematch/pipeline/delivery"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/fsutil"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/manifest"
+	"audiencematch/pipeline/statedir"
 )
 
 // VerifyReport is what `audit verify` found when everything held.
@@ -36,12 +38,12 @@ type VerifyReport struct {
 // run its manifest, files, identifier tree, evidence tree and counts. The
 // error names the first broken thing; it wraps errkind.ErrData.
 func VerifyAudit(state string, verifier note.Verifier, trusted []byte) (*VerifyReport, error) {
-	l, cp, err := audit.VerifyLog(AuditDir(state), verifier, trusted)
+	l, cp, err := audit.VerifyLog(statedir.Audit(state), verifier, trusted)
 	if err != nil {
 		return nil, fmt.Errorf("%w: audit verify: %w", errkind.ErrData, err)
 	}
 	rep := &VerifyReport{Records: l.Size(), Root: hex.EncodeToString(cp.Hash)}
-	rep.Checkpoint, err = os.ReadFile(filepath.Join(AuditDir(state), audit.CheckpointFile))
+	rep.Checkpoint, err = os.ReadFile(filepath.Join(statedir.Audit(state), audit.CheckpointFile))
 	if err != nil {
 		return nil, err
 	}
@@ -53,7 +55,7 @@ func VerifyAudit(state string, verifier note.Verifier, trusted []byte) (*VerifyR
 		rep.Committed++
 		err := verifyRun(state, rec)
 		if err == nil {
-			err = verifyDelivery(state, heads[rec.Destination], rec)
+			err = delivery.VerifyDelivery(state, heads[rec.Destination], rec)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%w: audit verify: record %d, run %s (%s): %w", errkind.ErrData, i, rec.RunID, rec.Destination, err)
@@ -62,7 +64,7 @@ func VerifyAudit(state string, verifier note.Verifier, trusted []byte) (*VerifyR
 			heads[rec.Destination] = rec
 		}
 	}
-	if err := verifyNothingUnrecorded(l); err != nil {
+	if err := delivery.VerifyNothingUnrecorded(l); err != nil {
 		return nil, fmt.Errorf("%w: audit verify: %w", errkind.ErrData, err)
 	}
 	return rep, nil
@@ -212,7 +214,7 @@ func verifyParts(dir string, files []audit.File, listed []manifest.OutputFile, s
 }
 
 func verifyEvidence(state string, rec *audit.Record) error {
-	path := filepath.Join(state, "runs", rec.RunID, "evidence.parquet")
+	path := statedir.Evidence(state, rec.RunID)
 	er, err := idfile.OpenEvidence(path)
 	if err != nil {
 		return fmt.Errorf("evidence: %w", err)

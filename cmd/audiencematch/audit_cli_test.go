@@ -9,6 +9,7 @@ import (
 
 	"audiencematch/consent/audit"
 	"audiencematch/pipeline"
+	"audiencematch/pipeline/statedir"
 )
 
 // TestAuditorVisits: the auditor's commands across two visits, with the
@@ -29,7 +30,7 @@ func TestAuditorVisits(t *testing.T) {
 		t.Fatalf("verify: %d %s %s", code, out, stderr)
 	}
 	// Keep a copy of the log as it was, for the rollback below.
-	auditDir := pipeline.AuditDir(e.state)
+	auditDir := statedir.Audit(e.state)
 	old := map[string][]byte{}
 	for _, f := range []string{audit.RecordsFile, audit.CheckpointFile} {
 		old[f], _ = os.ReadFile(filepath.Join(auditDir, f))

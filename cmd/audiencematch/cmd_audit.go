@@ -17,6 +17,7 @@ import (
 	"audiencematch/pipeline"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/fsutil"
+	"audiencematch/pipeline/statedir"
 )
 
 // AuditOptions are the flags shared by the audit subcommands.
@@ -43,7 +44,7 @@ func (o *AuditOptions) verifier(cmd *cobra.Command) (note.Verifier, error) {
 	}
 	v := o.Verifier
 	if v == "" {
-		v = filepath.Join(pipeline.KeysDir(o.State), audit.VerifierFile)
+		v = filepath.Join(statedir.Keys(o.State), audit.VerifierFile)
 		fmt.Fprintln(cmd.ErrOrStderr(), "note: using the verifier key stored in the state directory; pass --verifier with the key you were given to check it independently")
 	}
 	ver, err := audit.LoadVerifier(v)
@@ -124,7 +125,7 @@ func newAuditRunsCommand() *cobra.Command {
 			}
 			// VerifyTree: a record that cannot be read is listed as such
 			// (type unreadable), with the others; audit verify fails on it.
-			l, _, err := audit.VerifyTree(pipeline.AuditDir(o.State), v, nil)
+			l, _, err := audit.VerifyTree(statedir.Audit(o.State), v, nil)
 			if err != nil {
 				return fmt.Errorf("%w: %w", errkind.ErrData, err)
 			}

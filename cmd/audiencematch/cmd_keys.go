@@ -13,6 +13,7 @@ import (
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
 	"audiencematch/pipeline/errkind"
+	"audiencematch/pipeline/statedir"
 )
 
 // KeysOptions are the flags of `audiencematch keys init`.
@@ -107,7 +108,7 @@ func runKeysInit(cmd *cobra.Command, o *KeysOptions) error {
 	if o.State == "" {
 		return fmt.Errorf("%w: --state is required", errkind.ErrUsage)
 	}
-	dir := pipeline.KeysDir(o.State)
+	dir := statedir.Keys(o.State)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 	}

@@ -28,6 +28,7 @@ import (
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/pgsource"
+	"audiencematch/pipeline/statedir"
 )
 
 // RunOptions are the flags of `audiencematch run`.
@@ -330,12 +331,12 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 		}
 		cfg.Source = src
 	}
-	signer, err := audit.LoadSigner(pipeline.KeysDir(o.State))
+	signer, err := audit.LoadSigner(statedir.Keys(o.State))
 	if err != nil {
 		return cfg, fmt.Errorf("%w: %w; create it with: audiencematch keys init --state %s", errkind.ErrConfig, err, o.State)
 	}
 	cfg.AuditSigner = signer
-	if cfg.AuditVerifier, err = audit.LoadVerifier(filepath.Join(pipeline.KeysDir(o.State), audit.VerifierFile)); err != nil {
+	if cfg.AuditVerifier, err = audit.LoadVerifier(filepath.Join(statedir.Keys(o.State), audit.VerifierFile)); err != nil {
 		return cfg, fmt.Errorf("%w: %w; recreate it with: audiencematch keys init --state %s", errkind.ErrConfig, err, o.State)
 	}
 	if scheme.Keyed() && refused == nil {
@@ -529,7 +530,7 @@ func loadKey(path, state string) (hashing.Key, error) {
 	if path == "" {
 		_, master := os.LookupEnv(hashing.KeyEnv)
 		if _, dest := os.LookupEnv(hashing.DestKeyEnv); !master && !dest && state != "" {
-			if p := filepath.Join(pipeline.KeysDir(state), "master.key"); fileExists(p) {
+			if p := filepath.Join(statedir.Keys(state), "master.key"); fileExists(p) {
 				path = p
 			}
 		}

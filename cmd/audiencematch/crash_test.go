@@ -18,6 +18,7 @@ import (
 
 	"audiencematch/consent/audit"
 	"audiencematch/pipeline"
+	"audiencematch/pipeline/statedir"
 )
 
 // crashEnv is a state directory with keys (shared by every scenario, so
@@ -40,7 +41,7 @@ func newCrashEnv(t *testing.T, bin, in, keys string) crashEnv {
 	t.Helper()
 	d := t.TempDir()
 	e := crashEnv{bin: bin, in: in, dir: d, state: filepath.Join(d, "state"), out: filepath.Join(d, "out")}
-	if err := os.MkdirAll(pipeline.KeysDir(e.state), 0o700); err != nil {
+	if err := os.MkdirAll(statedir.Keys(e.state), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range []string{"master.key", audit.SignerFile, audit.VerifierFile} {
@@ -48,7 +49,7 @@ func newCrashEnv(t *testing.T, bin, in, keys string) crashEnv {
 		if err != nil {
 			t.Fatal(err)
 		}
-		os.WriteFile(filepath.Join(pipeline.KeysDir(e.state), f), b, 0o600)
+		os.WriteFile(filepath.Join(statedir.Keys(e.state), f), b, 0o600)
 	}
 	env{state: e.state, out: e.out}.writeRegistry(t, "hmac-sha256")
 	return e
@@ -90,7 +91,7 @@ func sameTree(t *testing.T, got, want map[string][]byte) {
 
 func committed(t *testing.T, state string) int {
 	t.Helper()
-	l, err := audit.Open(pipeline.AuditDir(state))
+	l, err := audit.Open(statedir.Audit(state))
 	if err != nil {
 		t.Fatalf("audit log unreadable after a crash: %v", err)
 	}
@@ -157,7 +158,7 @@ func killRandomly(t *testing.T, c *exec.Cmd, rng *rand.Rand, d time.Duration) {
 
 func mustVerifier(t *testing.T, state string) note.Verifier {
 	t.Helper()
-	v, err := audit.LoadVerifier(filepath.Join(pipeline.KeysDir(state), audit.VerifierFile))
+	v, err := audit.LoadVerifier(filepath.Join(statedir.Keys(state), audit.VerifierFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +186,7 @@ func newCrashRef(t *testing.T) crashRef {
 	if out, err := exec.Command(bin, "keys", "init", "--state", keys).CombinedOutput(); err != nil {
 		t.Fatalf("keys init: %v %s", err, out)
 	}
-	keys = pipeline.KeysDir(keys)
+	keys = statedir.Keys(keys)
 	ref := newCrashEnv(t, bin, in, keys)
 	start := time.Now()
 	if out, err := ref.command("").CombinedOutput(); err != nil {

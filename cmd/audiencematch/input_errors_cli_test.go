@@ -14,7 +14,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"audiencematch/consent/audit"
-	"audiencematch/pipeline"
+	"audiencematch/pipeline/statedir"
 )
 
 // runBinary runs the built binary and returns stdout, stderr and the exit code.
@@ -92,7 +92,7 @@ func TestBadUsersFileThenNormalRun(t *testing.T) {
 			}
 			noPersonalData(t, "stderr", stderr)
 			noPersonalData(t, "stdout", out)
-			records, err := os.ReadFile(filepath.Join(pipeline.AuditDir(e.state), audit.RecordsFile))
+			records, err := os.ReadFile(filepath.Join(statedir.Audit(e.state), audit.RecordsFile))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -128,9 +128,9 @@ func TestHeaderlessUsersStayPrivate(t *testing.T) {
 	}
 	noPersonalData(t, "stderr", stderr)
 	noPersonalData(t, "stdout", out)
-	records, _ := os.ReadFile(filepath.Join(pipeline.AuditDir(e.state), audit.RecordsFile))
+	records, _ := os.ReadFile(filepath.Join(statedir.Audit(e.state), audit.RecordsFile))
 	noPersonalData(t, "the audit log", string(records))
-	l, err := audit.Open(pipeline.AuditDir(e.state))
+	l, err := audit.Open(statedir.Audit(e.state))
 	if err != nil || len(l.Records()) != 1 || l.Records()[0].Type != audit.TypeRunFailed {
 		t.Fatalf("audit log: %v %+v", err, l)
 	}
@@ -155,7 +155,7 @@ func TestUnreadableRecordDoesNotStopRuns(t *testing.T) {
 	if _, err := audit.ParseRecord(bad); err == nil {
 		t.Fatal("the planted line is readable")
 	}
-	f, err := os.OpenFile(filepath.Join(pipeline.AuditDir(e.state), audit.RecordsFile), os.O_APPEND|os.O_WRONLY, 0)
+	f, err := os.OpenFile(filepath.Join(statedir.Audit(e.state), audit.RecordsFile), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +167,7 @@ func TestUnreadableRecordDoesNotStopRuns(t *testing.T) {
 	if _, stderr, code := runBinary(t, bin, append(e.args(), "--as-of", "2026-11-02T00:00:00Z")...); code != 0 {
 		t.Fatalf("run after the planted line: exit %d:\n%s", code, stderr)
 	}
-	l, err := audit.Open(pipeline.AuditDir(e.state))
+	l, err := audit.Open(statedir.Audit(e.state))
 	if err != nil || l.Size() != 3 || len(l.Unreadable()) != 1 || l.Unreadable()[0] != 1 || l.Records()[2].Type != audit.TypeRunCommitted {
 		t.Fatalf("log after the run: %v, %+v", err, l)
 	}

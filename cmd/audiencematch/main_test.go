@@ -21,6 +21,7 @@ import (
 	"audiencematch/pipeline"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/idfile"
+	"audiencematch/pipeline/statedir"
 )
 
 // execute runs the CLI in-process and returns stdout, stderr and the exit code.
@@ -327,7 +328,7 @@ func TestRefusals(t *testing.T) {
 			if p := e.published(t); len(p) != 0 {
 				t.Errorf("published %v", p)
 			}
-			l, err := audit.Open(pipeline.AuditDir(e.state))
+			l, err := audit.Open(statedir.Audit(e.state))
 			if err != nil || l.Size() != 1 || l.Records()[0].Type != audit.TypeDestinationRefused || !strings.Contains(l.Records()[0].Reason, c.why) {
 				t.Fatalf("audit log: %v %+v", err, l.Records())
 			}

@@ -24,6 +24,7 @@ import (
 	"audiencematch/pipeline"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/manifest"
+	"audiencematch/pipeline/statedir"
 )
 
 // world is a small user base whose consent history a test changes night by
@@ -194,7 +195,7 @@ func readIDs(t *testing.T, dir string, files []audit.File) []string {
 // order, and every committed record.
 func chain(t *testing.T, state, destination string) (runs, all []*audit.Record) {
 	t.Helper()
-	l, err := audit.Open(pipeline.AuditDir(state))
+	l, err := audit.Open(statedir.Audit(state))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -331,7 +332,7 @@ func TestNightsRandomized(t *testing.T) {
 		t.Fatalf("keys init: %v %s", err, out)
 	}
 	env{state: e.state, out: e.out}.writeRegistry(t, "hmac-sha256")
-	h := hasherOf(t, filepath.Join(pipeline.KeysDir(e.state), "master.key"), "meta-ads")
+	h := hasherOf(t, filepath.Join(statedir.Keys(e.state), "master.key"), "meta-ads")
 	forced := map[string]int{} // dt= -> extra runs --force made
 	asOf := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 	typical := time.Duration(0)
@@ -429,7 +430,7 @@ func (f *forger) restore() {
 
 // records returns the log's records; write replaces them and signs.
 func (f *forger) records() []*audit.Record {
-	l, err := audit.Open(pipeline.AuditDir(f.state))
+	l, err := audit.Open(statedir.Audit(f.state))
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -437,7 +438,7 @@ func (f *forger) records() []*audit.Record {
 }
 
 func (f *forger) write(recs []*audit.Record) {
-	dir := pipeline.AuditDir(f.state)
+	dir := statedir.Audit(f.state)
 	f.keep(filepath.Join(dir, audit.RecordsFile))
 	f.keep(filepath.Join(dir, audit.CheckpointFile))
 	var b []byte
@@ -451,7 +452,7 @@ func (f *forger) write(recs []*audit.Record) {
 	if err := os.WriteFile(filepath.Join(dir, audit.RecordsFile), b, 0o600); err != nil {
 		f.t.Fatal(err)
 	}
-	signer, err := audit.LoadSigner(pipeline.KeysDir(f.state))
+	signer, err := audit.LoadSigner(statedir.Keys(f.state))
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -543,13 +544,13 @@ func tamperChain(t *testing.T, e nightsEnv) {
 	}
 	victim := recs[chainIdx[k]]
 	cut := recs[:chainIdx[k-1]+1]
-	fullCheckpoint, _ := os.ReadFile(filepath.Join(pipeline.AuditDir(e.state), audit.CheckpointFile))
+	fullCheckpoint, _ := os.ReadFile(filepath.Join(statedir.Audit(e.state), audit.CheckpointFile))
 	// The auditor's checkpoint, saved on a visit before the victim ran.
 	f.write(cut)
-	cp, _ := os.ReadFile(filepath.Join(pipeline.AuditDir(e.state), audit.CheckpointFile))
+	cp, _ := os.ReadFile(filepath.Join(statedir.Audit(e.state), audit.CheckpointFile))
 	os.WriteFile(trusted, cp, 0o600)
 	f.restore()
-	if got, _ := os.ReadFile(filepath.Join(pipeline.AuditDir(e.state), audit.CheckpointFile)); !bytes.Equal(got, fullCheckpoint) {
+	if got, _ := os.ReadFile(filepath.Join(statedir.Audit(e.state), audit.CheckpointFile)); !bytes.Equal(got, fullCheckpoint) {
 		t.Fatal("the log was not restored")
 	}
 	verifyFails := func(name, runID string) {

@@ -13,6 +13,7 @@ import (
 
 	"audiencematch/consent/audit"
 	"audiencematch/pipeline"
+	"audiencematch/pipeline/statedir"
 )
 
 // The tests of this file attack the promise that a withdrawal reaches the
@@ -75,7 +76,7 @@ func lastCommitted(t *testing.T, state string) *audit.Record {
 
 func recordTypes(t *testing.T, state string) []string {
 	t.Helper()
-	l, err := audit.Open(pipeline.AuditDir(state))
+	l, err := audit.Open(statedir.Audit(state))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +240,7 @@ func TestBackfillKeepsWithdrawals(t *testing.T) {
 // the run exits 74, and the next one signs the checkpoint.
 func TestDiskFullWhileSigning(t *testing.T) {
 	e, w := worldEnv(t, 200)
-	adir := pipeline.AuditDir(e.state)
+	adir := statedir.Audit(e.state)
 	mountTmpfs(t, adir, "size=16m,nr_inodes=1000")
 	mustRun(t, runAt(e, "2026-11-01T00:00:00Z")...)
 	// No inode left: appending to the records works, creating the new

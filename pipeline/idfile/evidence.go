@@ -8,18 +8,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"unsafe"
 
 	"github.com/parquet-go/parquet-go"
 	"github.com/parquet-go/parquet-go/compress/gzip"
 )
-
-// EvidencePath is where a run's evidence is kept under the state
-// directory, with its manifest, prepared record and rejects.
-func EvidencePath(state, runID string) string {
-	return filepath.Join(state, "runs", runID, "evidence.parquet")
-}
 
 // EvidenceWriter writes the private evidence file: one row per valid
 // holder of each exported identifier.

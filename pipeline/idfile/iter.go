@@ -5,6 +5,7 @@ import (
 	"audiencematch/hashing"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/fsutil"
+	"audiencematch/pipeline/statedir"
 	"errors"
 	"fmt"
 	"io"
@@ -42,7 +43,7 @@ func SentIDs(state string, prev *audit.Record, scheme hashing.Scheme) (it Iter, 
 	if !missing {
 		return NewPublishedIter(paths, scheme), false, nil
 	}
-	path := EvidencePath(state, prev.RunID)
+	path := statedir.Evidence(state, prev.RunID)
 	er, err := OpenEvidence(path)
 	if err != nil {
 		return nil, false, fmt.Errorf("%w: the previous run %s's output is gone and its evidence unreadable, so removes cannot be computed: %w", errkind.ErrNoInput, prev.RunID, err)

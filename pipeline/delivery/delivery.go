@@ -1,4 +1,29 @@
-package pipeline
+// Package delivery keeps the promise that the platform holds exactly the
+// latest consented audience. The delivery chain of a destination is the
+// sequence of its committed runs that are not backfills, in the order of
+// the audit log, which is the order in which they were published. Its
+// invariant:
+//
+//	applying every run's removes, then its adds, in chain order, to the
+//	first run's snapshot gives exactly the latest run's snapshot
+//
+// and every run's deltas are computed against what the platform actually
+// received: the chain's head (DeltaBase). Three rules keep it:
+//
+//   - heal: before anything else, under the run lock, a published run
+//     directory that the log does not record (a crash between the publish
+//     and the record) is checked against its prepared record and recorded,
+//     so that the log order stays the delivery order (Heal);
+//   - backfill: a cutoff earlier than the head's is refused unless the
+//     operator asks for a backfill, which publishes a snapshot without
+//     deltas, is recorded as such, and never becomes the head (CheckCutoff);
+//   - audit verify recomputes every run's deltas from its own and its
+//     predecessor's identifiers and checks previous_run_id against the log
+//     (VerifyDelivery).
+//
+// A fourth rule guards against a mass removal that is more likely a
+// mistake than a decision: the drop guard (CheckDrop).
+package delivery
 
 import (
 	"cmp"
@@ -11,37 +36,20 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/mod/sumdb/note"
+
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/fsutil"
 	"audiencematch/pipeline/idfile"
+	"audiencematch/pipeline/manifest"
+	"audiencematch/pipeline/statedir"
 )
 
-// The delivery chain of a destination is the sequence of its committed runs
-// that are not backfills, in the order of the audit log, which is the order
-// in which they were published. Its invariant:
-//
-//	applying every run's removes, then its adds, in chain order, to the
-//	first run's snapshot gives exactly the latest run's snapshot
-//
-// and every run's deltas are computed against what the platform actually
-// received: the chain's head (deltaBase). Three rules keep it:
-//
-//   - heal: before anything else, under the run lock, a published run
-//     directory that the log does not record (a crash between the publish
-//     and the record) is checked against its prepared record and recorded,
-//     so that the log order stays the delivery order (healUnrecorded);
-//   - backfill: a cutoff earlier than the head's is refused unless the
-//     operator asks for a backfill, which publishes a snapshot without
-//     deltas, is recorded as such, and never becomes the head (checkCutoff);
-//   - audit verify recomputes every run's deltas from its own and its
-//     predecessor's identifiers and checks previous_run_id against the log
-//     (verifyDelivery).
-
-// deltaBase is the head of the destination's delivery chain in l: its last
+// DeltaBase is the head of the destination's delivery chain in l: its last
 // committed run, in log order, that is not a backfill; nil for none.
-func deltaBase(l *audit.Log, destination string) *audit.Record {
+func DeltaBase(l *audit.Log, destination string) *audit.Record {
 	recs := l.Records()
 	for i := len(recs) - 1; i >= 0; i-- {
 		if rec := recs[i]; isChainRun(rec, destination) {
@@ -56,9 +64,9 @@ func isChainRun(rec *audit.Record, destination string) bool {
 	return rec != nil && rec.Type == audit.TypeRunCommitted && rec.Destination == destination && !rec.Backfill
 }
 
-// openLog opens the audit log under state; a log not created yet is empty.
-func openLog(state string) (*audit.Log, error) {
-	l, err := audit.Open(AuditDir(state))
+// OpenLog opens the audit log under state; a log not created yet is empty.
+func OpenLog(state string) (*audit.Log, error) {
+	l, err := audit.Open(statedir.Audit(state))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: audit log: %w", errkind.ErrConfig, err)
 	}
@@ -68,15 +76,15 @@ func openLog(state string) (*audit.Log, error) {
 	return l, nil
 }
 
-// checkCutoff applies the backfill rule: a run whose cutoff is earlier than
+// CheckCutoff applies the backfill rule: a run whose cutoff is earlier than
 // the chain head's would compute its deltas against a future the platform
 // has already received (a user who withdrew between the two would never be
 // removed), so it runs only as a backfill; and a backfill is only for such
 // a cutoff.
-func checkCutoff(cfg *Config, head *audit.Record) error {
+func CheckCutoff(destination string, asOf time.Time, backfill bool, head *audit.Record) error {
 	if head == nil {
-		if cfg.Backfill {
-			return fmt.Errorf("%w: --backfill: %s has no committed run yet, so there is nothing to backfill behind; run without --backfill", errkind.ErrUsage, cfg.Destination)
+		if backfill {
+			return fmt.Errorf("%w: --backfill: %s has no committed run yet, so there is nothing to backfill behind; run without --backfill", errkind.ErrUsage, destination)
 		}
 		return nil
 	}
@@ -84,14 +92,14 @@ func checkCutoff(cfg *Config, head *audit.Record) error {
 	if err != nil {
 		return fmt.Errorf("%w: audit log: run %s has the cutoff %q", errkind.ErrConfig, head.RunID, head.AsOf)
 	}
-	earlier := cfg.Rules.AsOf.Before(headAt)
+	earlier := asOf.Before(headAt)
 	switch {
-	case earlier && !cfg.Backfill:
+	case earlier && !backfill:
 		return fmt.Errorf("%w: --as-of %s is earlier than the cutoff %s of %s's latest committed run %s: its deltas would be computed against a state the platform has moved past; pass --backfill to publish a snapshot for that cutoff with no adds or removes, outside the delivery chain",
-			errkind.ErrUsage, cfg.Rules.AsOf.UTC().Format(time.RFC3339), head.AsOf, cfg.Destination, head.RunID)
-	case !earlier && cfg.Backfill:
+			errkind.ErrUsage, asOf.UTC().Format(time.RFC3339), head.AsOf, destination, head.RunID)
+	case !earlier && backfill:
 		return fmt.Errorf("%w: --backfill is for a cutoff earlier than %s's latest committed one (%s, run %s); --as-of %s is not: run without --backfill",
-			errkind.ErrUsage, cfg.Destination, head.AsOf, head.RunID, cfg.Rules.AsOf.UTC().Format(time.RFC3339))
+			errkind.ErrUsage, destination, head.AsOf, head.RunID, asOf.UTC().Format(time.RFC3339))
 	}
 	return nil
 }
@@ -102,22 +110,19 @@ type unrecorded struct {
 	rec *audit.Record
 }
 
-// healUnrecorded finds the destination's published run directories that the
+// Heal finds the destination's published run directories that the
 // audit log does not record (a run killed between its publish and its
 // record) and records each, from the record it prepared before publishing,
 // once its files are checked against it. It runs under the run lock, before
 // any delta is computed, so that the next run's deltas start from what the
 // platform holds. A directory that cannot be checked is refused, naming
 // it: it is never silently skipped, and never recorded unchecked.
-func healUnrecorded(cfg *Config) ([]string, error) {
-	if cfg.AuditSigner == nil {
-		return nil, nil
-	}
-	dirs, err := filepath.Glob(filepath.Join(cfg.Out, cfg.Destination, "dt=*", "run=*"))
+func Heal(state, out, destination string, signer note.Signer) ([]string, error) {
+	dirs, err := filepath.Glob(filepath.Join(out, destination, "dt=*", "run=*"))
 	if err != nil || len(dirs) == 0 {
 		return nil, err
 	}
-	l, err := audit.OpenForAppend(AuditDir(cfg.State))
+	l, err := audit.OpenForAppend(statedir.Audit(state))
 	if err != nil {
 		return nil, fmt.Errorf("%w: audit log: %w", errkind.ErrConfig, err)
 	}
@@ -127,10 +132,10 @@ func healUnrecorded(cfg *Config) ([]string, error) {
 		if l.Committed(runID) >= 0 {
 			continue
 		}
-		rec, err := preparedRecord(cfg, runID, dir)
+		rec, err := preparedRecord(state, destination, runID, dir)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s is published but the audit log does not record it, and it cannot be recorded now: %w; the platform may have loaded it: have it dropped there, move the directory out of %s, and run again (docs/OPERATIONS.md, \"Recovery\")",
-				errkind.ErrData, dir, err, cfg.Out)
+				errkind.ErrData, dir, err, out)
 		}
 		pending = append(pending, unrecorded{dir, rec})
 	}
@@ -139,17 +144,17 @@ func healUnrecorded(cfg *Config) ([]string, error) {
 	// current head goes first (backfills are outside the chain).
 	var healed []string
 	for len(pending) > 0 {
-		head := deltaBase(l, cfg.Destination)
+		head := DeltaBase(l, destination)
 		i := slices.IndexFunc(pending, func(u unrecorded) bool {
 			return u.rec.Backfill || (head == nil && u.rec.PreviousRunID == "") || (head != nil && u.rec.PreviousRunID == head.RunID)
 		})
 		if i < 0 {
 			return healed, fmt.Errorf("%w: %s is published but not recorded, and its previous run %q is not the latest recorded run of %s: it cannot be placed in the delivery chain; move it out of %s and run again",
-				errkind.ErrData, pending[0].dir, pending[0].rec.PreviousRunID, cfg.Destination, cfg.Out)
+				errkind.ErrData, pending[0].dir, pending[0].rec.PreviousRunID, destination, out)
 		}
 		u := pending[i]
 		pending = slices.Delete(pending, i, i+1)
-		if err := l.Append(u.rec, cfg.AuditSigner, time.Now()); err != nil {
+		if err := l.Append(u.rec, signer, time.Now()); err != nil {
 			return healed, fmt.Errorf("record the published run %s: %w", u.rec.RunID, err)
 		}
 		healed = append(healed, u.rec.RunID)
@@ -159,8 +164,8 @@ func healUnrecorded(cfg *Config) ([]string, error) {
 
 // preparedRecord reads the record a run prepared before publishing dir and
 // checks that dir holds exactly the files it lists, with their digests.
-func preparedRecord(cfg *Config, runID, dir string) (*audit.Record, error) {
-	path := filepath.Join(cfg.State, "runs", runID, "record.json")
+func preparedRecord(state, destination, runID, dir string) (*audit.Record, error) {
+	path := filepath.Join(statedir.Run(state, runID), "record.json")
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("its prepared record: %w", err)
@@ -169,7 +174,7 @@ func preparedRecord(cfg *Config, runID, dir string) (*audit.Record, error) {
 	if err != nil {
 		return nil, fmt.Errorf("its prepared record %s: %w", path, err)
 	}
-	if rec.Type != audit.TypeRunCommitted || rec.RunID != runID || rec.Destination != cfg.Destination ||
+	if rec.Type != audit.TypeRunCommitted || rec.RunID != runID || rec.Destination != destination ||
 		filepath.Base(rec.Published) != filepath.Base(dir) {
 		return nil, fmt.Errorf("its prepared record %s names another run", path)
 	}
@@ -220,49 +225,13 @@ func checkPublishedFiles(dir string, rec *audit.Record) error {
 	return nil
 }
 
-// recorded reports whether the audit log holds this run's run_committed
-// record: once it does, the run is committed, whatever fails after.
-func (r *run) recorded() bool {
-	if r.m == nil || r.m.RunID == "" || r.cfg.AuditSigner == nil {
-		return false
-	}
-	l, err := audit.Open(AuditDir(r.cfg.State))
-	return err == nil && l.Committed(r.m.RunID) >= 0
-}
-
-// checkDrop is the drop guard: a run publishes nothing when its input has
-// no rows, or when its snapshot is smaller than the previous run's by more
-// than the destination's max_drop_percent, unless the operator allowed it.
-// A truncated export, an empty table or a mistyped cutoff otherwise
-// "withdraws" most of the audience, and the removes would reach the
-// platform the same night. The error names the figures.
-func (r *run) checkDrop() error {
-	m := r.m
-	if r.cfg.AllowDrop {
-		return nil
-	}
-	if m.Users.Rows == 0 || m.ConsentEvents.Rows == 0 {
-		return fmt.Errorf("%w: drop guard: the input has %d user rows and %d consent event rows; an empty table is far more likely a failed export than a real audience: nothing published; check the inputs, or pass --allow-drop if it is real",
-			errkind.ErrData, m.Users.Rows, m.ConsentEvents.Rows)
-	}
-	if m.PreviousRunID == "" || m.PreviousTotalRows == 0 || m.TotalRows >= m.PreviousTotalRows {
-		return nil
-	}
-	drop := float64(m.PreviousTotalRows-m.TotalRows) / float64(m.PreviousTotalRows)
-	if drop <= r.cfg.maxDrop {
-		return nil
-	}
-	return fmt.Errorf("%w: drop guard: this run would publish %d identifiers against %d in run %s, %.1f%% fewer, over %s's max_drop_percent of %.1f%%: nothing published; check the inputs and --as-of, or pass --allow-drop if the drop is real",
-		errkind.ErrData, m.TotalRows, m.PreviousTotalRows, m.PreviousRunID, 100*drop, r.cfg.Destination, 100*r.cfg.maxDrop)
-}
-
-// verifyDelivery checks rec's place in its destination's delivery chain,
+// VerifyDelivery checks rec's place in its destination's delivery chain,
 // whose head before rec is head (nil for none): a backfill stands outside
 // it; any other run names head as its previous run, and its removes and
 // adds are exactly head's snapshot minus its own and the reverse (all of
 // head's, and all of its own, after a key or scheme change), recomputed by
 // a streamed merge of the two snapshots.
-func verifyDelivery(state string, head, rec *audit.Record) error {
+func VerifyDelivery(state string, head, rec *audit.Record) error {
 	if rec.Backfill {
 		if head == nil {
 			return errors.New("a backfill, but the destination has no earlier committed run in the log")
@@ -311,7 +280,7 @@ func verifyDelivery(state string, head, rec *audit.Record) error {
 	defer adds.Close()
 	defer removes.Close()
 	sameKey := head.KeyID == rec.KeyID && head.Scheme == rec.Scheme
-	nAdds, nRemoves, err := mergeDelta(prev, cur, sameKey, adds, removes)
+	nAdds, nRemoves, err := MergeDelta(prev, cur, sameKey, adds, removes)
 	if err != nil {
 		return err
 	}
@@ -358,11 +327,11 @@ type countingIter struct{}
 func (*countingIter) Next() (string, bool, error) { return "", false, nil }
 func (*countingIter) Close()                      {}
 
-// mergeDelta walks the previous snapshot and this one in order and checks
+// MergeDelta walks the previous snapshot and this one in order and checks
 // that removes and adds hold exactly what the walk says they must, in
 // order; it returns how many each must hold. Positions, not identifiers,
 // name a mismatch: identifiers are personal data.
-func mergeDelta(prev, cur idfile.Iter, sameKey bool, adds, removes idfile.Iter) (nAdds, nRemoves int64, err error) {
+func MergeDelta(prev, cur idfile.Iter, sameKey bool, adds, removes idfile.Iter) (nAdds, nRemoves int64, err error) {
 	_, counting := adds.(*countingIter)
 	expect := func(it idfile.Iter, what string, n *int64, id string) error {
 		*n++
@@ -418,11 +387,11 @@ func mergeDelta(prev, cur idfile.Iter, sameKey bool, adds, removes idfile.Iter) 
 	return nAdds, nRemoves, nil
 }
 
-// verifyNothingUnrecorded checks that every run directory published under
+// VerifyNothingUnrecorded checks that every run directory published under
 // the delivery roots the log names is one the log records: a directory the
 // platform may have loaded but the log does not show (a run killed between
 // its publish and its record, not yet healed by a later run) fails.
-func verifyNothingUnrecorded(l *audit.Log) error {
+func VerifyNothingUnrecorded(l *audit.Log) error {
 	roots := map[string]bool{}
 	committed := map[string]bool{}
 	for _, rec := range l.Records() {
@@ -443,4 +412,27 @@ func verifyNothingUnrecorded(l *audit.Log) error {
 		}
 	}
 	return nil
+}
+
+// CheckDrop is the drop guard: a run publishes nothing when its input has
+// no rows, or when its snapshot is smaller than the previous run's by more
+// than the destination's max_drop_percent (the caller skips it when the operator
+// allowed the drop).
+// A truncated export, an empty table or a mistyped cutoff otherwise
+// "withdraws" most of the audience, and the removes would reach the
+// platform the same night. The error names the figures.
+func CheckDrop(m *manifest.Manifest, maxDrop float64) error {
+	if m.Users.Rows == 0 || m.ConsentEvents.Rows == 0 {
+		return fmt.Errorf("%w: drop guard: the input has %d user rows and %d consent event rows; an empty table is far more likely a failed export than a real audience: nothing published; check the inputs, or pass --allow-drop if it is real",
+			errkind.ErrData, m.Users.Rows, m.ConsentEvents.Rows)
+	}
+	if m.PreviousRunID == "" || m.PreviousTotalRows == 0 || m.TotalRows >= m.PreviousTotalRows {
+		return nil
+	}
+	drop := float64(m.PreviousTotalRows-m.TotalRows) / float64(m.PreviousTotalRows)
+	if drop <= maxDrop {
+		return nil
+	}
+	return fmt.Errorf("%w: drop guard: this run would publish %d identifiers against %d in run %s, %.1f%% fewer, over %s's max_drop_percent of %.1f%%: nothing published; check the inputs and --as-of, or pass --allow-drop if the drop is real",
+		errkind.ErrData, m.TotalRows, m.PreviousTotalRows, m.PreviousRunID, 100*drop, m.Destination, 100*maxDrop)
 }
