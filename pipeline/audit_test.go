@@ -23,6 +23,7 @@ import (
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
+	"audiencematch/pipeline/auditor"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/statedir"
 )
@@ -78,7 +79,7 @@ func TestAuditVerifyAndTamper(t *testing.T) {
 	s, v := signer(t)
 	dir := t.TempDir()
 	res, cfg := auditedRun(t, dir, 120, s, fixtures.DefaultAsOf)
-	rep, err := pipeline.VerifyAudit(cfg.State, v, nil)
+	rep, err := auditor.VerifyAudit(cfg.State, v, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +101,7 @@ func TestAuditVerifyAndTamper(t *testing.T) {
 			b := bytes.Clone(orig)
 			b[i] ^= 0x01
 			os.WriteFile(f, b, 0o600)
-			if _, err := pipeline.VerifyAudit(cfg.State, v, nil); err == nil {
+			if _, err := auditor.VerifyAudit(cfg.State, v, nil); err == nil {
 				t.Fatalf("%s: flipping byte %d of %d went unnoticed", filepath.Base(f), i, len(orig))
 			}
 		}
@@ -112,7 +113,7 @@ func TestAuditVerifyAndTamper(t *testing.T) {
 	b := bytes.Clone(orig)
 	b[len(b)/2] ^= 0xff
 	os.WriteFile(ev, b, 0o600)
-	if _, err := pipeline.VerifyAudit(cfg.State, v, nil); err == nil {
+	if _, err := auditor.VerifyAudit(cfg.State, v, nil); err == nil {
 		t.Error("a changed evidence file went unnoticed")
 	}
 	os.WriteFile(ev, orig, 0o600)
@@ -130,18 +131,18 @@ func TestAuditVerifyAndTamper(t *testing.T) {
 		if err := parquet.WriteFile(ev, edit(slices.Clone(rows))); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := pipeline.VerifyAudit(cfg.State, v, nil); err == nil {
+		if _, err := auditor.VerifyAudit(cfg.State, v, nil); err == nil {
 			t.Errorf("evidence with a %s went unnoticed", name)
 		}
 	}
 	os.WriteFile(ev, orig, 0o600)
 	planted := filepath.Join(res.PublishedDir, "part-00001.parquet")
 	os.WriteFile(planted, []byte("extra"), 0o644)
-	if _, err := pipeline.VerifyAudit(cfg.State, v, nil); err == nil || !strings.Contains(err.Error(), "holds") {
+	if _, err := auditor.VerifyAudit(cfg.State, v, nil); err == nil || !strings.Contains(err.Error(), "holds") {
 		t.Errorf("a planted file: %v", err)
 	}
 	os.Remove(planted)
-	if _, err := pipeline.VerifyAudit(cfg.State, v, nil); err != nil {
+	if _, err := auditor.VerifyAudit(cfg.State, v, nil); err != nil {
 		t.Fatalf("restored state fails: %v", err)
 	}
 }
@@ -169,7 +170,7 @@ func TestCommitRecordRecovered(t *testing.T) {
 	if err != nil || l.Committed(res.Manifest.RunID) != 0 || l.Size() != 1 {
 		t.Fatalf("log after recovery: size %d, err %v", l.Size(), err)
 	}
-	if _, err := pipeline.VerifyAudit(cfg.State, v, nil); err != nil {
+	if _, err := auditor.VerifyAudit(cfg.State, v, nil); err != nil {
 		t.Fatal(err)
 	}
 	// A third attempt appends nothing more.
@@ -202,14 +203,14 @@ func TestRecoverInterruptedAppend(t *testing.T) {
 	f, _ := os.OpenFile(filepath.Join(adir, audit.RecordsFile), os.O_APPEND|os.O_WRONLY, 0)
 	f.Write(line)
 	f.Close()
-	if _, err := pipeline.VerifyAudit(cfg.State, v, nil); err == nil {
+	if _, err := auditor.VerifyAudit(cfg.State, v, nil); err == nil {
 		t.Fatal("an unsigned record verified")
 	}
 	cfg.Force = true
 	if _, err := pipeline.Run(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pipeline.VerifyAudit(cfg.State, v, cp); err != nil {
+	if _, err := auditor.VerifyAudit(cfg.State, v, cp); err != nil {
 		t.Fatalf("after recovery: %v", err)
 	}
 	// A torn record: the next run drops it.
@@ -219,7 +220,7 @@ func TestRecoverInterruptedAppend(t *testing.T) {
 	if _, err := pipeline.Run(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pipeline.VerifyAudit(cfg.State, v, cp); err != nil {
+	if _, err := auditor.VerifyAudit(cfg.State, v, cp); err != nil {
 		t.Fatalf("after a torn record: %v", err)
 	}
 	// A changed record is not signed over.
@@ -245,7 +246,7 @@ func TestFailedRunRecorded(t *testing.T) {
 	if err != nil || l.Size() != 1 || l.Records()[0].Type != audit.TypeRunFailed || !strings.Contains(l.Records()[0].Reason, "missing.csv") {
 		t.Fatalf("log: %v %+v", err, l.Records())
 	}
-	if _, err := pipeline.VerifyAudit(cfg.State, v, nil); err != nil {
+	if _, err := auditor.VerifyAudit(cfg.State, v, nil); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -279,12 +280,12 @@ func TestSubjectEveryCase(t *testing.T) {
 		e164 := phonenumbers.Format(num, phonenumbers.E164)
 		_, wantExported := o.ids[oracleParams{master: auditMaster, dest: "meta-ads", scheme: "hmac-sha256"}.id(e164)]
 		if seen[u.Case] == 1 {
-			rep, err := pipeline.Subject(cfg.State, v, pipeline.SubjectQuery{Phone: u.Phone, Country: u.Country, Key: &other})
+			rep, err := auditor.Subject(cfg.State, v, auditor.SubjectQuery{Phone: u.Phone, Country: u.Country, Key: &other})
 			if err != nil || len(rep.Runs) != 1 || rep.Runs[0].Status != "unknown" || !strings.Contains(rep.Runs[0].Note, "other-dest") {
 				t.Fatalf("another destination's key: %+v, %v", rep, err)
 			}
 		}
-		rep, err := pipeline.Subject(cfg.State, v, pipeline.SubjectQuery{Phone: u.Phone, Country: u.Country, Key: &keys[seen[u.Case]%2]})
+		rep, err := auditor.Subject(cfg.State, v, auditor.SubjectQuery{Phone: u.Phone, Country: u.Country, Key: &keys[seen[u.Case]%2]})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -337,7 +338,7 @@ func TestSubjectEveryCase(t *testing.T) {
 			}
 		}
 		// By user id too: an exported user's evidence names them.
-		byUser, err := pipeline.Subject(cfg.State, v, pipeline.SubjectQuery{UserID: u.UserID})
+		byUser, err := auditor.Subject(cfg.State, v, auditor.SubjectQuery{UserID: u.UserID})
 		if err != nil {
 			t.Fatal(err)
 		}

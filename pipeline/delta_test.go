@@ -17,6 +17,7 @@ import (
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
+	"audiencematch/pipeline/auditor"
 	"audiencematch/pipeline/manifest"
 	"audiencematch/pipeline/statedir"
 )
@@ -179,7 +180,7 @@ func TestDeltasThreeRuns(t *testing.T) {
 	if l.Size() != 3 {
 		t.Fatalf("log size %d", l.Size())
 	}
-	if _, err := pipeline.VerifyAudit(filepath.Join(dir, "state"), v, nil); err != nil {
+	if _, err := auditor.VerifyAudit(filepath.Join(dir, "state"), v, nil); err != nil {
 		t.Fatal(err)
 	}
 	var w fixtures.User
@@ -224,7 +225,7 @@ func TestKeyRotation(t *testing.T) {
 	if m2.Removes.KeyID != m1.KeyID || m2.Adds.KeyID != m2.KeyID {
 		t.Errorf("removes under key %s, want the old %s", m2.Removes.KeyID, m1.KeyID)
 	}
-	if _, err := pipeline.VerifyAudit(filepath.Join(dir, "state"), v, nil); err != nil {
+	if _, err := auditor.VerifyAudit(filepath.Join(dir, "state"), v, nil); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -450,7 +450,7 @@ func addCounts(dst, src map[string]int64) {
 // readShardFile reads a shard's file, checks it against shard.json's
 // digest and hands it to fn.
 func readShardFile(dir, name string, sums map[string]string, fn func([]byte) error) error {
-	sum, b, err := sha256File(filepath.Join(dir, name))
+	sum, b, err := fsutil.ReadFileSHA256(filepath.Join(dir, name))
 	if err != nil {
 		return err
 	}

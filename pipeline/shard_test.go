@@ -23,6 +23,7 @@ import (
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
+	"audiencematch/pipeline/auditor"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/statedir"
@@ -198,7 +199,7 @@ func TestShardedIdenticalToUnsharded(t *testing.T) {
 			if _, err := os.Stat(pipeline.ShardsDir(&cfg)); !os.IsNotExist(err) {
 				t.Errorf("the shards were not removed after the commit: %v", err)
 			}
-			if _, err := pipeline.VerifyAudit(cfg.State, cfg.AuditVerifier, nil); err != nil {
+			if _, err := auditor.VerifyAudit(cfg.State, cfg.AuditVerifier, nil); err != nil {
 				t.Errorf("verify: %v", err)
 			}
 		})

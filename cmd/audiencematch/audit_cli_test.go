@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"audiencematch/consent/audit"
-	"audiencematch/pipeline"
+	"audiencematch/pipeline/auditor"
 	"audiencematch/pipeline/statedir"
 )
 
@@ -57,7 +57,7 @@ func TestAuditorVisits(t *testing.T) {
 	// A subject by phone, typed another way: exported in both runs, with proofs.
 	out, stderr, code = execute(t, "audit", "subject", "--state", e.state, "--verifier", vkey, "--key", e.key,
 		"--phone", "650.555.1212", "--country", "us", "--json")
-	var rep pipeline.SubjectReport
+	var rep auditor.SubjectReport
 	if code != 0 || json.Unmarshal([]byte(out), &rep) != nil || len(rep.Runs) != 2 {
 		t.Fatalf("subject: %d %s %s", code, out, stderr)
 	}

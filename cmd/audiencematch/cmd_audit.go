@@ -14,7 +14,7 @@ import (
 
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
-	"audiencematch/pipeline"
+	"audiencematch/pipeline/auditor"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/fsutil"
 	"audiencematch/pipeline/statedir"
@@ -93,7 +93,7 @@ Exit 0 only when all holds. Otherwise exit 65, naming the first broken thing.
 					return fmt.Errorf("%w: trusted checkpoint: %w", errkind.ErrNoInput, err)
 				}
 			}
-			rep, err := pipeline.VerifyAudit(o.State, v, trusted)
+			rep, err := auditor.VerifyAudit(o.State, v, trusted)
 			if err != nil {
 				return err
 			}
@@ -199,13 +199,13 @@ STATE/keys/master.key), or a destination's key for that destination's runs. --us
 			if err != nil {
 				return err
 			}
-			q := pipeline.SubjectQuery{Phone: o.Phone, Country: o.Country, UserID: o.UserID}
+			q := auditor.SubjectQuery{Phone: o.Phone, Country: o.Country, UserID: o.UserID}
 			if o.Phone != "" {
 				if k, err := loadKey(o.Key, o.State); err == nil {
 					q.Key = &k
 				}
 			}
-			rep, err := pipeline.Subject(o.State, v, q)
+			rep, err := auditor.Subject(o.State, v, q)
 			if err != nil {
 				return err
 			}

@@ -119,3 +119,15 @@ func (s *Syncer) Discard() {
 	}
 	s.files = nil
 }
+
+// ReadFileSHA256 reads a small file (a manifest, a shard's index) and
+// returns its content with its hex SHA-256, for a caller that checks the
+// digest before it parses the bytes.
+func ReadFileSHA256(path string) (string, []byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", nil, err
+	}
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:]), b, nil
+}

@@ -1,9 +1,8 @@
-package pipeline
+package auditor
 
 import (
 	"bytes"
 	"cmp"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -70,20 +69,9 @@ func VerifyAudit(state string, verifier note.Verifier, trusted []byte) (*VerifyR
 	return rep, nil
 }
 
-// sha256File is the hex SHA-256 of a small file and its contents (a
-// manifest, a checkpoint); sha256Stream hashes large ones in pieces.
-func sha256File(path string) (string, []byte, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", nil, err
-	}
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:]), b, nil
-}
-
 func verifyRun(state string, rec *audit.Record) error {
 	dir := rec.Published
-	sum, body, err := sha256File(filepath.Join(dir, rec.Manifest.Path))
+	sum, body, err := fsutil.ReadFileSHA256(filepath.Join(dir, rec.Manifest.Path))
 	if err != nil {
 		return fmt.Errorf("manifest: %w", err)
 	}

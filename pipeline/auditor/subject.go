@@ -1,4 +1,4 @@
-package pipeline
+package auditor
 
 import (
 	"cmp"
@@ -13,6 +13,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 	"audiencematch/pipeline/errkind"
+	"audiencematch/pipeline/fsutil"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/statedir"
 )
@@ -254,6 +255,6 @@ func evidenceFor(path string, rec *audit.Record, scheme hashing.Scheme, leaf []b
 
 func readCheckpoint(state string) ([]byte, string, error) {
 	path := filepath.Join(statedir.Audit(state), audit.CheckpointFile)
-	sum, b, err := sha256File(path)
+	sum, b, err := fsutil.ReadFileSHA256(path)
 	return b, sum, err
 }
