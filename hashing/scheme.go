@@ -76,9 +76,6 @@ func NewHasher(scheme Scheme, key DestKey) (*Hasher, error) {
 	return h, nil
 }
 
-// Scheme is the scheme this Hasher computes.
-func (h *Hasher) Scheme() Scheme { return h.scheme }
-
 // AppendID appends the identifier of e164 (a string Normalize returned) to
 // dst: 32 raw bytes for hmac-sha256, the text encoding otherwise.
 func (h *Hasher) AppendID(dst []byte, e164 string) []byte {

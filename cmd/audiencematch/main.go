@@ -26,16 +26,15 @@ var Version = "0.1.0"
 // Exit codes, from sysexits.h, so that cron wrappers and schedulers can tell
 // "retry later" from "fix the configuration".
 const (
-	exitOK          = 0
-	exitFailure     = 1
-	exitUsage       = 64
-	exitData        = 65
-	exitNoInput     = 66
-	exitUnavailable = 69
-	exitIOErr       = 74
-	exitTempFail    = 75
-	exitRefused     = 77
-	exitConfig      = 78
+	exitOK       = 0
+	exitFailure  = 1
+	exitUsage    = 64
+	exitData     = 65
+	exitNoInput  = 66
+	exitIOErr    = 74
+	exitTempFail = 75
+	exitRefused  = 77
+	exitConfig   = 78
 )
 
 const exitCodesHelp = `Exit codes:
@@ -45,7 +44,6 @@ const exitCodesHelp = `Exit codes:
       shrinks past max_drop_percent, or an input has no rows; see --allow-drop), or
       published files that do not match the audit log; nothing published
   66  an input file is missing or unreadable
-  69  a service is unavailable
   74  I/O error: the disk is full, read-only or failing; free space or fix the mount
       and run again (a run already recorded stays committed)
   75  temporary failure: retrying later may help
@@ -73,8 +71,6 @@ func exitCode(err error) int {
 		return exitData
 	case errors.Is(err, errkind.ErrNoInput):
 		return exitNoInput
-	case errors.Is(err, errkind.ErrUnavailable):
-		return exitUnavailable
 	case errors.Is(err, errkind.ErrRejected):
 		return exitRefused
 	case errors.Is(err, errkind.ErrConfig),

@@ -561,7 +561,7 @@ func TestLogCallsTakeNoPersonalFields(t *testing.T) {
 func TestExitCodeMapping(t *testing.T) {
 	for err, want := range map[error]int{
 		nil: 0, errkind.ErrUsage: 64, errkind.ErrRejected: 77, errkind.ErrData: 65, errkind.ErrNoInput: 66,
-		errkind.ErrUnavailable: 69, errkind.ErrTempFail: 75, errkind.ErrConfig: 78, context.Canceled: 75,
+		errkind.ErrTempFail: 75, errkind.ErrConfig: 78, context.Canceled: 75,
 	} {
 		if got := exitCode(err); got != want {
 			t.Errorf("exitCode(%v) = %d, want %d", err, got, want)

@@ -9,11 +9,10 @@ import "errors"
 
 // The kinds, with the exit code each maps to.
 var (
-	ErrUsage       = errors.New("usage error")                    // 64
-	ErrData        = errors.New("bad input data")                 // 65
-	ErrNoInput     = errors.New("input missing or unreadable")    // 66
-	ErrUnavailable = errors.New("service unavailable")            // 69
-	ErrTempFail    = errors.New("temporary failure, retry later") // 75
-	ErrConfig      = errors.New("configuration error")            // 78
-	ErrRejected    = errors.New("destination refused")            // 77
+	ErrUsage    = errors.New("usage error")                    // 64
+	ErrData     = errors.New("bad input data")                 // 65
+	ErrNoInput  = errors.New("input missing or unreadable")    // 66
+	ErrTempFail = errors.New("temporary failure, retry later") // 75
+	ErrConfig   = errors.New("configuration error")            // 78
+	ErrRejected = errors.New("destination refused")            // 77
 )

@@ -24,4 +24,6 @@ func Keys(state string) string { return filepath.Join(state, "keys") }
 func Run(state, runID string) string { return filepath.Join(state, "runs", runID) }
 
 // Evidence is a run's private evidence file.
-func Evidence(state, runID string) string { return filepath.Join(Run(state, runID), "evidence.parquet") }
+func Evidence(state, runID string) string {
+	return filepath.Join(Run(state, runID), "evidence.parquet")
+}
