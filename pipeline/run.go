@@ -451,13 +451,7 @@ func authorize(cfg *Config, record bool) error {
 		return fmt.Errorf("%w: %w", errkind.ErrRejected, err)
 	}
 	cfg.maxDrop = d.MaxDrop()
-	if string(cfg.Scheme) != d.Scheme {
-		return fmt.Errorf("%w: scheme %s conflicts with the registry's %s for %q", errkind.ErrUsage, cfg.Scheme, d.Scheme, d.ID)
-	}
-	if filepath.Clean(cfg.Out) != filepath.Clean(d.Delivery) {
-		return fmt.Errorf("%w: output directory %s conflicts with the registry's delivery %s for %q", errkind.ErrUsage, cfg.Out, d.Delivery, d.ID)
-	}
-	return nil
+	return d.Agrees(string(cfg.Scheme), cfg.Out)
 }
 
 // committedOn returns the committed run of the destination for the run's

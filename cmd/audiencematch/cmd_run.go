@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -270,28 +271,11 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 	if err != nil {
 		return pipeline.Config{}, fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 	}
-	// The registry decides the scheme and the delivery directory; a flag may
-	// repeat them but not contradict them. An unknown destination keeps the
-	// flags, and the pipeline refuses it (exit 77) and records the refusal.
-	out, scheme, keyFile := o.Out, hashing.Scheme(o.Scheme), o.Key
-	if d := registry.Lookup(o.Destination); d != nil {
-		if o.Scheme != "" && o.Scheme != d.Scheme {
-			return pipeline.Config{}, fmt.Errorf("%w: --scheme %s conflicts with the registry's scheme %s for %q (%s)", errkind.ErrUsage, o.Scheme, d.Scheme, d.ID, regPath)
-		}
-		if o.Out != "" && filepath.Clean(o.Out) != filepath.Clean(d.Delivery) {
-			return pipeline.Config{}, fmt.Errorf("%w: --out %s conflicts with the registry's delivery %s for %q (%s)", errkind.ErrUsage, o.Out, d.Delivery, d.ID, regPath)
-		}
-		out, scheme = d.Delivery, hashing.Scheme(d.Scheme)
-		if d.KeyFile != "" && o.Key == "" {
-			keyFile = d.KeyFile
-		}
+	set, err := registry.Resolve(o.Destination, o.Scheme, o.Out, o.Key)
+	if err != nil {
+		return pipeline.Config{}, err
 	}
-	if scheme == "" {
-		scheme = hashing.HMACSHA256
-	}
-	if out == "" {
-		out = "unregistered" // refused before anything is written
-	}
+	out, scheme, keyFile := cmp.Or(set.Delivery, "unregistered"), hashing.Scheme(set.Scheme), set.KeyFile
 	// A destination the registry refuses goes straight to the pipeline, which
 	// refuses it (exit 77) and records the refusal; flag and key checks are
 	// for destinations that may receive data.

@@ -28,6 +28,7 @@ package destinations
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -40,6 +41,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"audiencematch/hashing"
+	"audiencematch/pipeline/errkind"
 )
 
 // Version is the registry format version, its first key.
@@ -211,4 +213,37 @@ func (r *Registry) Authorize(id, purpose string) (*Destination, error) {
 		return nil, fmt.Errorf("destination %q has the unkeyed scheme %s without allow_unkeyed", id, sc)
 	}
 	return d, nil
+}
+
+// Settings are what a run to a destination sends with: the registry
+// decides them, and a flag may repeat them but not contradict them.
+type Settings struct {
+	Scheme, Delivery, KeyFile string
+}
+
+// Resolve returns the settings of a run to id from the registry and the
+// flags that may only repeat it (empty: not given). A destination the
+// registry does not know keeps the flags: the run refuses it, and records
+// the refusal, before it reads anything.
+func (r *Registry) Resolve(id, scheme, delivery, keyFile string) (Settings, error) {
+	d := r.Lookup(id)
+	if d == nil {
+		return Settings{Scheme: cmp.Or(scheme, string(hashing.HMACSHA256)), Delivery: delivery, KeyFile: keyFile}, nil
+	}
+	if err := d.Agrees(scheme, delivery); err != nil {
+		return Settings{}, fmt.Errorf("%w (%s)", err, r.Path)
+	}
+	return Settings{Scheme: d.Scheme, Delivery: d.Delivery, KeyFile: cmp.Or(keyFile, d.KeyFile)}, nil
+}
+
+// Agrees reports, as an error naming both, a scheme or delivery directory
+// (empty: not given) that contradicts the destination's.
+func (d *Destination) Agrees(scheme, delivery string) error {
+	if scheme != "" && scheme != d.Scheme {
+		return fmt.Errorf("%w: scheme %s conflicts with the registry's scheme %s for %q", errkind.ErrUsage, scheme, d.Scheme, d.ID)
+	}
+	if delivery != "" && filepath.Clean(delivery) != filepath.Clean(d.Delivery) {
+		return fmt.Errorf("%w: output directory %s conflicts with the registry's delivery %s for %q", errkind.ErrUsage, delivery, d.Delivery, d.ID)
+	}
+	return nil
 }

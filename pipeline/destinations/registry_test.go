@@ -134,3 +134,34 @@ func TestMaxDrop(t *testing.T) {
 		t.Errorf("google-cm: max drop %v, want 0.05", got)
 	}
 }
+
+func TestResolve(t *testing.T) {
+	r, err := load(t, strings.Replace(good, "retention_days: 90", "retention_days: 90\n    key_file: /etc/am/meta.key", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		id, scheme, out, key string
+		want                 Settings
+		err                  string
+	}{
+		{"meta-ads", "", "", "", Settings{"hmac-sha256", "/srv/exports", "/etc/am/meta.key"}, ""},
+		{"meta-ads", "hmac-sha256", "/srv/exports/", "/k", Settings{"hmac-sha256", "/srv/exports", "/k"}, ""},
+		{"meta-ads", "uid2", "", "", Settings{}, "conflicts with the registry's scheme"},
+		{"meta-ads", "", "/tmp/x", "", Settings{}, "conflicts with the registry's delivery"},
+		{"nobody", "", "", "", Settings{"hmac-sha256", "", ""}, ""},
+		{"nobody", "uid2", "/o", "", Settings{"uid2", "/o", ""}, ""},
+	}
+	for _, c := range cases {
+		got, err := r.Resolve(c.id, c.scheme, c.out, c.key)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%+v: err = %v, want %q", c, err, c.err)
+			}
+			continue
+		}
+		if err != nil || got != c.want {
+			t.Errorf("%+v: got %+v, %v, want %+v", c, got, err, c.want)
+		}
+	}
+}
