@@ -199,6 +199,22 @@ func (r *run) finish() (*Result, error) {
 		res.AlreadyPublished = true
 		return res, r.commitRecord(runDir)
 	}
+	body, err := r.check()
+	if err != nil {
+		return nil, err
+	}
+	if err := r.publish(res, runDir, body); err != nil {
+		return nil, err
+	}
+	return res, crashPoint("committed")
+}
+
+// check decides whether the staged run may be published: its counts
+// reconcile, its reject rates and its drop are within bounds, and the leak
+// guard passes while the output files are synced. It returns the
+// manifest's bytes, staged privately and for publishing.
+func (r *run) check() ([]byte, error) {
+	m := r.m
 	// The output files are synced while the manifest is written and the
 	// guard reads them; the record is written once they are durable.
 	r.synced = r.later.Start()
@@ -247,41 +263,48 @@ func (r *run) finish() (*Result, error) {
 	}
 	r.stages = append(r.stages, StageTime{"guard", time.Since(start)})
 	r.cfg.Log.Debug("stage done", "stage", "guard", "seconds", time.Since(start).Seconds(), "passes", r.guard.passCount)
-	sum := sha256.Sum256(body)
+	return body, nil
+}
+
+// publish keeps the run's private files under the state directory with the
+// record it prepares, publishes the run with one rename and appends the
+// record. A crash anywhere leaves a state the next run completes: before
+// the rename nothing is visible; after it, the next run records the
+// published run from its prepared record (delivery.Heal).
+func (r *run) publish(res *Result, runDir string, manifestBody []byte) error {
+	sum := sha256.Sum256(manifestBody)
 	rec, err := r.buildRecord(hex.EncodeToString(sum[:]))
 	if err != nil {
-		return nil, fmt.Errorf("audit record: %w", err)
+		return fmt.Errorf("audit record: %w", err)
 	}
 	recBody, err := json.Marshal(rec)
 	if err != nil {
-		return nil, err
+		return err
 	}
+	private := filepath.Join(r.staging, "private")
 	if err := fsutil.WriteFileDurable(filepath.Join(private, "record.json"), recBody, 0o600); err != nil {
-		return nil, err
+		return err
 	}
 	if err := crashPoint("staged"); err != nil {
-		return nil, err
+		return err
 	}
 	if err := replaceDir(private, runDir); err != nil {
-		return nil, fmt.Errorf("keep evidence: %w", err)
+		return fmt.Errorf("keep evidence: %w", err)
 	}
 	if err := crashPoint("evidence"); err != nil {
-		return nil, err
+		return err
 	}
 	if err := fsutil.PublishDir(filepath.Join(r.staging, "publish"), res.PublishedDir); err != nil {
 		if errors.Is(err, fs.ErrExist) || errors.Is(err, syscall.ENOTEMPTY) {
 			res.AlreadyPublished = true
-			return res, r.commitRecord(runDir)
+			return r.commitRecord(runDir)
 		}
-		return nil, fmt.Errorf("publish %q: %w", res.PublishedDir, err)
+		return fmt.Errorf("publish %q: %w", res.PublishedDir, err)
 	}
 	if err := crashPoint("published"); err != nil {
-		return nil, err
+		return err
 	}
-	if err := r.commitRecord(runDir); err != nil {
-		return nil, err
-	}
-	return res, crashPoint("committed")
+	return r.commitRecord(runDir)
 }
 
 // replaceDir moves src to dst, replacing what dst held: the private copy of
