@@ -345,32 +345,12 @@ var inputFlags = []string{"users", "consent", "source", "users-table", "consent-
 // runRun applies the config file, then runs run (pipeline.Run, or a commit)
 // and reports the result.
 func runRun(cmd *cobra.Command, o *RunOptions, g *globalOptions, run func(context.Context, pipeline.Config) (*pipeline.Result, error)) (err error) {
-	if o.commit {
-		// commit reads the shards, never the inputs: an input flag on its
-		// command line is a mistake (the shards' inputs are checked by
-		// their SHA-256). A config file shared with the shards may name
-		// them; they are ignored there.
-		for _, name := range inputFlags {
-			if cmd.Flags().Changed(name) {
-				return fmt.Errorf("%w: commit reads the shards under --state, not inputs: drop --%s (the shards recorded their inputs' SHA-256)", errkind.ErrUsage, name)
-			}
-		}
-	}
-	if err := applyConfigFile(cmd, o.Config); err != nil {
+	if err := o.load(cmd); err != nil {
 		return err
-	}
-	if o.commit {
-		o.Users, o.Consent, o.Source = "", "", ""
 	}
 	log, err := g.logger(cmd.ErrOrStderr())
 	if err != nil {
 		return err
-	}
-	if o.PretouchMiB < -1 || o.PretouchMiB > maxPretouchMiB {
-		return fmt.Errorf("%w: --pretouch-mib %d is not between 0 and %d", errkind.ErrUsage, o.PretouchMiB, maxPretouchMiB)
-	}
-	if o.MemoryLimitMiB < 0 || o.MemoryLimitMiB > math.MaxInt64>>20 {
-		return fmt.Errorf("%w: --memory-limit-mib %d is negative or too large", errkind.ErrUsage, o.MemoryLimitMiB)
 	}
 	if o.MemoryLimitMiB > 0 && os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(o.MemoryLimitMiB << 20)
@@ -400,6 +380,62 @@ func runRun(cmd *cobra.Command, o *RunOptions, g *globalOptions, run func(contex
 	if cfg.Source != nil {
 		defer cfg.Source.Close()
 	}
+	stopProfiles, err := o.startProfiles()
+	defer stopProfiles()
+	if err != nil {
+		return err
+	}
+	t := time.Now()
+	if n, err := pipeline.Pretouch(o.pretouchBytes(cfg.Shard.Count)); err != nil {
+		log.Debug("pretouch failed; the run faults its memory in page by page", "error", err.Error())
+	} else if n > 0 {
+		log.Debug("pretouched heap memory", "bytes", n, "seconds", time.Since(t).Seconds())
+	}
+	cfg.Progress = &pipeline.Progress{}
+	stop := showProgress(cmd.Context(), cfg.Progress, cmd.ErrOrStderr(), log)
+	res, err = run(cmd.Context(), cfg)
+	stop()
+	return report(cmd, o, log, cfg, res, err, start)
+}
+
+// load applies the config file under the flags and checks what the flags
+// alone decide.
+func (o *RunOptions) load(cmd *cobra.Command) error {
+	if o.commit {
+		// commit reads the shards, never the inputs: an input flag on its
+		// command line is a mistake (the shards' inputs are checked by
+		// their SHA-256). A config file shared with the shards may name
+		// them; they are ignored there.
+		for _, name := range inputFlags {
+			if cmd.Flags().Changed(name) {
+				return fmt.Errorf("%w: commit reads the shards under --state, not inputs: drop --%s (the shards recorded their inputs' SHA-256)", errkind.ErrUsage, name)
+			}
+		}
+	}
+	if err := applyConfigFile(cmd, o.Config); err != nil {
+		return err
+	}
+	if o.commit {
+		o.Users, o.Consent, o.Source = "", "", ""
+	}
+	if o.PretouchMiB < -1 || o.PretouchMiB > maxPretouchMiB {
+		return fmt.Errorf("%w: --pretouch-mib %d is not between 0 and %d", errkind.ErrUsage, o.PretouchMiB, maxPretouchMiB)
+	}
+	if o.MemoryLimitMiB < 0 || o.MemoryLimitMiB > math.MaxInt64>>20 {
+		return fmt.Errorf("%w: --memory-limit-mib %d is negative or too large", errkind.ErrUsage, o.MemoryLimitMiB)
+	}
+	return nil
+}
+
+// startProfiles starts the profiles and trace the flags ask for; stop ends
+// and writes them, whatever happened.
+func (o *RunOptions) startProfiles() (stop func(), err error) {
+	var stops []func()
+	stop = func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}
 	for _, p := range []struct {
 		path, flag string
 		start      func(io.Writer) error
@@ -413,34 +449,30 @@ func runRun(cmd *cobra.Command, o *RunOptions, g *globalOptions, run func(contex
 		}
 		f, err := os.Create(p.path)
 		if err != nil {
-			return fmt.Errorf("%w: %s: %w", errkind.ErrUsage, p.flag, err)
+			return stop, fmt.Errorf("%w: %s: %w", errkind.ErrUsage, p.flag, err)
 		}
-		defer f.Close()
+		stops = append(stops, func() { f.Close() })
 		if err := p.start(f); err != nil {
-			return err
+			return stop, err
 		}
-		defer p.stop()
+		stops = append(stops, p.stop)
 	}
 	if o.MemProfile != "" {
 		f, err := os.Create(o.MemProfile)
 		if err != nil {
-			return fmt.Errorf("%w: --mem-profile: %w", errkind.ErrUsage, err)
+			return stop, fmt.Errorf("%w: --mem-profile: %w", errkind.ErrUsage, err)
 		}
-		defer func() {
+		stops = append(stops, func() {
 			pprof.Lookup("allocs").WriteTo(f, 0)
 			f.Close()
-		}()
+		})
 	}
-	t := time.Now()
-	if n, err := pipeline.Pretouch(o.pretouchBytes(cfg.Shard.Count)); err != nil {
-		log.Debug("pretouch failed; the run faults its memory in page by page", "error", err.Error())
-	} else if n > 0 {
-		log.Debug("pretouched heap memory", "bytes", n, "seconds", time.Since(t).Seconds())
-	}
-	cfg.Progress = &pipeline.Progress{}
-	stop := showProgress(cmd.Context(), cfg.Progress, cmd.ErrOrStderr(), log)
-	res, err = run(cmd.Context(), cfg)
-	stop()
+	return stop, nil
+}
+
+// report logs how the run ended: one line on success, so that cron mails
+// only failures, and the reconciliation on stdout when asked.
+func report(cmd *cobra.Command, o *RunOptions, log *slog.Logger, cfg pipeline.Config, res *pipeline.Result, err error, start time.Time) error {
 	if errors.Is(err, pipeline.ErrShardsIncomplete) {
 		log.Warn("not all shards are finished; nothing published", "destination", cfg.Destination, "error", err.Error(), "exit_code", exitCode(err))
 		return err
@@ -464,7 +496,6 @@ func runRun(cmd *cobra.Command, o *RunOptions, g *globalOptions, run func(contex
 		log.Info("this exact run (same inputs and settings) is already published; nothing to do", "run_id", m.RunID, "dir", res.PublishedDir)
 		return nil
 	}
-	// One line on success, so that cron mails only failures.
 	log.Info("run published", "run_id", m.RunID, "destination", m.Destination, "scheme", m.Scheme, "key_id", m.KeyID,
 		"users", m.Users.Rows, "exported", m.TotalRows, "excluded", m.Users.Rows-m.Users.Exported,
 		"consent_events", m.ConsentEvents.Rows, "seconds", time.Since(start).Seconds())
