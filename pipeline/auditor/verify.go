@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 
 	"golang.org/x/mod/sumdb/note"
 
@@ -98,26 +97,8 @@ func verifyRun(state string, rec *audit.Record) error {
 		return fmt.Errorf("%d users exported but %d identifiers committed", c.Exported, rec.IDs.Size)
 	}
 	// Exactly the recorded files, nothing planted beside them.
-	want := []string{rec.Manifest.Path}
-	for _, f := range slices.Concat(rec.Files, rec.Adds, rec.Removes) {
-		want = append(want, f.Path)
-	}
-	var have []string
-	err = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		have = append(have, filepath.ToSlash(rel))
-		return nil
-	})
-	if err != nil {
+	if err := delivery.SameFiles(dir, rec); err != nil {
 		return err
-	}
-	slices.Sort(want)
-	slices.Sort(have)
-	if !slices.Equal(have, want) {
-		return fmt.Errorf("%s holds %v, the log lists %v", dir, have, want)
 	}
 	scheme, err := hashing.ParseScheme(rec.Scheme)
 	if err != nil {

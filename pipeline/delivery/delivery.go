@@ -184,13 +184,12 @@ func preparedRecord(state, destination, runID, dir string) (*audit.Record, error
 	return rec, nil
 }
 
-// checkPublishedFiles checks that dir holds exactly rec's manifest and
-// files, each with the digest rec gives: nothing missing, changed or
-// planted beside them.
-func checkPublishedFiles(dir string, rec *audit.Record) error {
-	want := map[string]string{rec.Manifest.Path: rec.Manifest.SHA256}
+// SameFiles checks that dir holds exactly rec's manifest and files, nothing
+// missing and nothing planted beside them.
+func SameFiles(dir string, rec *audit.Record) error {
+	want := []string{rec.Manifest.Path}
 	for _, f := range slices.Concat(rec.Files, rec.Adds, rec.Removes) {
-		want[f.Path] = f.SHA256
+		want = append(want, f.Path)
 	}
 	var have []string
 	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
@@ -204,22 +203,32 @@ func checkPublishedFiles(dir string, rec *audit.Record) error {
 	if err != nil {
 		return err
 	}
+	slices.Sort(want)
 	slices.Sort(have)
-	wantNames := make([]string, 0, len(want))
-	for p := range want {
-		wantNames = append(wantNames, p)
+	if !slices.Equal(have, want) {
+		return fmt.Errorf("%s holds %v, the log lists %v", dir, have, want)
 	}
-	slices.Sort(wantNames)
-	if !slices.Equal(have, wantNames) {
-		return fmt.Errorf("%s holds %v, the record lists %v", dir, have, wantNames)
+	return nil
+}
+
+// checkPublishedFiles checks that dir holds exactly rec's manifest and
+// files, each with the digest rec gives: nothing missing, changed or
+// planted beside them.
+func checkPublishedFiles(dir string, rec *audit.Record) error {
+	if err := SameFiles(dir, rec); err != nil {
+		return err
 	}
-	for _, p := range wantNames {
+	want := map[string]string{rec.Manifest.Path: rec.Manifest.SHA256}
+	for _, f := range slices.Concat(rec.Files, rec.Adds, rec.Removes) {
+		want[f.Path] = f.SHA256
+	}
+	for p, digest := range want {
 		sum, err := fsutil.SHA256File(filepath.Join(dir, p))
 		if err != nil {
 			return err
 		}
-		if sum != want[p] {
-			return fmt.Errorf("%s: SHA-256 %s, the record says %s", filepath.Join(dir, p), sum, want[p])
+		if sum != digest {
+			return fmt.Errorf("%s: SHA-256 %s, the record says %s", filepath.Join(dir, p), sum, digest)
 		}
 	}
 	return nil
