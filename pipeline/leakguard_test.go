@@ -27,6 +27,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
+	"audiencematch/pipeline/spill"
 )
 
 // guardConfig is the configuration the guard's tests publish files of
@@ -557,13 +558,13 @@ func prefixNeedles(t *testing.T, g *leakGuard) int {
 	n := 0
 	var buf []byte
 	for p := guardGroups; p < guardParts; p++ {
-		err := eachChunk(g.srcs, p, &buf, func(b []byte) error {
-			rd := spillReader{b: b}
-			for rd.more() {
+		err := spill.EachChunk(g.srcs, p, &buf, func(b []byte) error {
+			rd := spill.NewReader(b)
+			for rd.More() {
 				readNeedle(&rd)
 				n++
 			}
-			return rd.err()
+			return rd.Err()
 		})
 		if err != nil {
 			t.Fatal(err)

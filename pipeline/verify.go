@@ -78,6 +78,20 @@ func sha256File(path string) (string, []byte, error) {
 	return hex.EncodeToString(s[:]), b, nil
 }
 
+// sha256Stream is the SHA-256 of a file, read without holding it.
+func sha256Stream(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
 func verifyRun(state string, rec *audit.Record) error {
 	dir := rec.Published
 	sum, body, err := sha256File(filepath.Join(dir, rec.Manifest.Path))
