@@ -116,7 +116,7 @@ func BenchmarkResolve(b *testing.B) {
 	exported := int64(0)
 	for b.Loop() {
 		exported = 0
-		err := eachResolved(b.Context(), []*spill.Spill{s}, spillParts, 2, true, bk, b.TempDir(), func(rb *resolvedBucket, release func()) error {
+		err := eachResolved(b.Context(), []*spill.Spill{s}, spillParts, 2, true, bk, b.TempDir(), defaultSpillThresholds.splitBytes, func(rb *resolvedBucket, release func()) error {
 			exported += rb.counts.exported
 			release()
 			return nil

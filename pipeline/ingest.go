@@ -356,9 +356,10 @@ func (r *run) newJoinWorker(jw *joinWorker) (err error) {
 }
 
 // joinPart joins partition p: whole, or split by more bits of the same
-// hash of the user id when it is larger than splitBytes.
+// hash of the user id when it is larger than the run's splitBytes
+// (spillThresholds).
 func (r *run) joinPart(jw *joinWorker, p int, bucket *idBucketer) error {
-	if r.events.Size(p)+r.users.Size(p) <= splitBytes {
+	if r.events.Size(p)+r.users.Size(p) <= r.spills.splitBytes {
 		return r.joinOne(jw, r.events, r.users, p, bucket)
 	}
 	ev, err := spill.Split(filepath.Join(r.staging, fmt.Sprintf("events-%d.spill", p)), []*spill.Spill{r.events}, p, spillParts, func(b []byte) (int, int, error) {

@@ -199,7 +199,7 @@ func (rb *resolvedBucket) sortHolders() []bucketHolder {
 // bucket larger than splitBytes is split into sub-buckets by bk.sub first
 // (a file under dir), which go to fn in turn, in order. It stops at the
 // first error (fn's, a bucket's or ctx's).
-func eachResolved(ctx context.Context, srcs []*spill.Spill, parts, workers int, binaryIDs bool, bk *idBucketer, dir string, fn func(rb *resolvedBucket, release func()) error) error {
+func eachResolved(ctx context.Context, srcs []*spill.Spill, parts, workers int, binaryIDs bool, bk *idBucketer, dir string, splitBytes int64, fn func(rb *resolvedBucket, release func()) error) error {
 	type unit struct{ p, q int } // bucket p, or its sub-bucket q (q >= 0)
 	var units []unit
 	splits := make([]*bucketSplit, parts)
@@ -322,7 +322,7 @@ func (s *bucketSplit) resolve(rb *resolvedBucket, srcs []*spill.Spill, p, q int,
 // spilled line digests: each bucket sorted, the buckets in order. A bucket
 // larger than splitBytes is split by the digests' next bits first (snapSub;
 // a file under dir).
-func snapshotOf(srcs []*spill.Spill, parts int, dir string) (string, error) {
+func snapshotOf(srcs []*spill.Spill, parts int, dir string, splitBytes int64) (string, error) {
 	h := sha256.New()
 	var buf []byte
 	var keys []sortKey

@@ -309,9 +309,8 @@ func TestEachResolvedHeld(t *testing.T) {
 	const holders = 20_000
 	s, bk := spillHolders(t, bucketParts, holders, func(i int) (int, consent.Status) { return i, consent.Valid })
 	// At 4 KiB some of the buckets (about 80 holders, 4 KiB each) split.
-	for _, split := range []int64{splitBytes, 4 << 10} {
+	for _, split := range []int64{defaultSpillThresholds.splitBytes, 4 << 10} {
 		t.Run(fmt.Sprintf("splitBytes=%d", split), func(t *testing.T) {
-			SetSplitBytes(t, split)
 			// A slow reader checks each bucket, long after fn returned,
 			// against what fn saw, then releases it.
 			type held struct {
@@ -340,7 +339,7 @@ func TestEachResolvedHeld(t *testing.T) {
 					}
 				})
 				n := 0
-				err = eachResolved(t.Context(), []*spill.Spill{s}, bucketParts, 2, true, bk, t.TempDir(), func(rb *resolvedBucket, release func()) error {
+				err = eachResolved(t.Context(), []*spill.Spill{s}, bucketParts, 2, true, bk, t.TempDir(), split, func(rb *resolvedBucket, release func()) error {
 					calls++
 					if n++; n == stopAt {
 						release()
@@ -402,14 +401,13 @@ func TestRunFreesSpillGroups(t *testing.T) {
 		}
 		return nil
 	}
-	// Grouped whatever the size of the inputs.
-	SetGroupSpillsFrom(t, 0)
 	// At 1 KiB most join partitions (about 1.4 KB of events and users) and
 	// every bucket of holders (4-5 KB) and of snapshot lines (2.5 KB) are
 	// split first, and read from their splits.
-	for _, split := range []int64{splitBytes, 1 << 10} {
+	for _, split := range []int64{defaultSpillThresholds.splitBytes, 1 << 10} {
 		t.Run(fmt.Sprintf("splitBytes=%d", split), func(t *testing.T) {
-			SetSplitBytes(t, split)
+			// Grouped whatever the size of the inputs.
+			SetSpillThresholds(&cfg, split, 0)
 			cfg.Out, cfg.State = filepath.Join(t.TempDir(), "out"), filepath.Join(t.TempDir(), "state")
 			cfg.Registry = TestRegistry(cfg.Out, "meta-ads", hashing.HMACSHA256)
 			runFreesSpillGroups(t, cfg, left)
@@ -449,8 +447,8 @@ func runFreesSpillGroups(t *testing.T, cfg Config, left func(string, *spill.Spil
 }
 
 // TestGroupSpillsFromInputSize: a run groups its spills when its input
-// files, over its shards, reach groupSpillsFrom, or when its source is not
-// files (their size unknown), and not otherwise.
+// files, over its shards, reach its groupFrom threshold, or when its source
+// is not files (their size unknown), and not otherwise.
 func TestGroupSpillsFromInputSize(t *testing.T) {
 	dir := t.TempDir()
 	users, events := filepath.Join(dir, "users.csv"), filepath.Join(dir, "events.csv")
@@ -475,8 +473,9 @@ func TestGroupSpillsFromInputSize(t *testing.T) {
 		{0, otherSource{}, 0, true},
 		{1 << 40, otherSource{}, 0, true},
 	} {
-		SetGroupSpillsFrom(t, c.from)
-		r := newRun(Config{Source: c.src, Shard: Shard{Count: c.shards}})
+		cfg := Config{Source: c.src, Shard: Shard{Count: c.shards}}
+		SetSpillThresholds(&cfg, defaultSpillThresholds.splitBytes, c.from)
+		r := newRun(cfg)
 		if r.groupSpills != c.want {
 			t.Errorf("%T over %d shards, grouped from %d bytes: grouped %v, want %v", c.src, c.shards, c.from, r.groupSpills, c.want)
 		}

@@ -81,6 +81,10 @@ type Config struct {
 	// maxDrop is the destination's drop guard threshold, a fraction, from
 	// the registry (authorize sets it).
 	maxDrop float64
+	// spills are the thresholds at which the run splits and groups its
+	// spills; nil: defaultSpillThresholds. Tests set them
+	// (SetSpillThresholds).
+	spills *spillThresholds
 }
 
 // Output sizing defaults: a row group of 1Mi 32-byte ids is 32 MiB, a size
@@ -217,8 +221,10 @@ type run struct {
 	// stages, read by the join), and the join's holders and snapshot lines,
 	// in buckets (see join).
 	events, users, ids, snap *spill.Spill
+	// spills are the run's thresholds: its Config's, or the defaults.
+	spills spillThresholds
 	// groupSpills is set when they keep their partitions in groups of
-	// files (see spill.Options.GroupWriters and groupSpillsFrom).
+	// files (see spill.Options.GroupWriters and spillThresholds.groupFrom).
 	groupSpills bool
 	// What the write stage reads: the run's own ids and snap, or every
 	// shard's (Commit).
@@ -243,24 +249,34 @@ type run struct {
 func newRun(cfg Config) *run {
 	r := &run{cfg: cfg, t0: time.Now(), m: newManifest(&cfg), guard: newLeakGuard(guardSalt(&cfg), ""), seed: maphash.MakeSeed()}
 	r.guard.durable = cfg.Shard.Count > 0
+	r.spills = defaultSpillThresholds
+	if cfg.spills != nil {
+		r.spills = *cfg.spills
+	}
 	n, known := InputSize(cfg.Source)
-	r.groupSpills = !known || n/int64(max(cfg.Shard.Count, 1)) >= groupSpillsFrom
+	r.groupSpills = !known || n/int64(max(cfg.Shard.Count, 1)) >= r.spills.groupFrom
 	return r
 }
 
-// splitBytes bounds a partition a stage loads whole (a join partition, a
-// bucket of holders or of snapshot lines). A larger one is first split into
-// spillParts sub-partitions of a spill of its own (spill.Split), so memory
-// stays flat however large the audience (docs/DESIGN.md, "Splits").
-var splitBytes int64 = 16 << 20
+// spillThresholds are the sizes at which a run splits and groups its
+// spills (package spill).
+type spillThresholds struct {
+	// splitBytes bounds a partition a stage loads whole (a join partition,
+	// a bucket of holders or of snapshot lines). A larger one is first split
+	// into spillParts sub-partitions of a spill of its own (spill.Split), so
+	// memory stays flat however large the audience (docs/DESIGN.md,
+	// "Splits").
+	splitBytes int64
+	// groupFrom is the size of the input files (a shard's share of them)
+	// from which a run groups its spills. Grouping bounds the staging's
+	// peak at a large audience, but each spill then has a file per writer
+	// and group to create and remove, one at a time, which costs a smaller
+	// run more time than it saves (docs/PERFORMANCE.md). Inputs read from a
+	// database, of unknown size, are grouped.
+	groupFrom int64
+}
 
-// groupSpillsFrom is the size of the input files (a shard's share of them)
-// from which a run groups its spills. Grouping bounds the staging's peak at
-// a large audience, but each spill then has a file per writer and group to
-// create and remove, one at a time, which costs a smaller run more time
-// than it saves (docs/PERFORMANCE.md). Inputs read from a database, of
-// unknown size, are grouped.
-var groupSpillsFrom int64 = 512 << 20
+var defaultSpillThresholds = spillThresholds{splitBytes: 16 << 20, groupFrom: 512 << 20}
 
 // InputSize is the size of a file source's two files. It is not known
 // (false) for any other source, nor when a file cannot be read (the run
@@ -283,7 +299,7 @@ func InputSize(src Source) (int64, bool) {
 
 // newSpill creates the spill NAME in staging, digested if digest is set,
 // its partitions in groups of files if the run groups its spills (see
-// groupSpillsFrom).
+// spillThresholds.groupFrom).
 func (r *run) newSpill(name string, parts int, digest bool) (*spill.Spill, error) {
 	o := spill.Options{Digest: digest}
 	if r.groupSpills {
