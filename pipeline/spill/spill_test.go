@@ -1,7 +1,11 @@
 package spill
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -202,4 +206,211 @@ func TestSpillGroups(t *testing.T) {
 		many.Drop()
 	}
 	dg.Consumed(0) // a no-op
+}
+
+// TestOpenIndex: a digested spill opened by another process with its index
+// reads back every partition as written, its Sum is the SHA-256 of its
+// file, and an index that does not fit the file is refused as corrupt.
+func TestOpenIndex(t *testing.T) {
+	const parts = 5
+	path := filepath.Join(t.TempDir(), "d.spill")
+	sp, err := New(path, parts, Options{Digest: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sw := sp.Writer()
+	for i := range 5000 {
+		p := i % parts
+		sw.Put(p, binary.AppendUvarint(AppendStr(sw.Buf(p), strings.Repeat("r", i%50)), uint64(i)))
+	}
+	if err := errors.Join(sw.Flush(), sp.Sync(), sp.Close()); err != nil {
+		t.Fatal(err)
+	}
+	body, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum := sha256.Sum256(body); sp.Sum() != hex.EncodeToString(sum[:]) {
+		t.Errorf("Sum %s, want the file's SHA-256 %x", sp.Sum(), sum)
+	}
+	index := sp.Index()
+	op, err := Open(path, index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer op.Close()
+	if op.Parts() != parts {
+		t.Fatalf("%d partitions, want %d", op.Parts(), parts)
+	}
+	for p := range parts {
+		got, err := op.AppendPart(nil, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := make([]byte, 0, sp.Size(p))
+		for _, c := range sp.chunks[p] {
+			want = append(want, body[c.off:c.off+c.n]...)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("partition %d: %d bytes back, want %d", p, len(got), len(want))
+		}
+	}
+	for name, bad := range map[string][]byte{
+		"empty":          nil,
+		"no partitions":  {0},
+		"truncated":      index[:len(index)-1],
+		"trailing bytes": append(slices.Clip(index), 0),
+		"past the end":   binary.AppendUvarint(binary.AppendUvarint([]byte{1, 1}, uint64(len(body))), 1),
+	} {
+		if _, err := Open(path, bad); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s index: %v, want ErrCorrupt", name, err)
+		}
+	}
+}
+
+// FuzzOpen: any index either opens a spill whose every chunk lies within
+// the file, or is refused; nothing panics.
+func FuzzOpen(f *testing.F) {
+	path := filepath.Join(f.TempDir(), "f.spill")
+	if err := os.WriteFile(path, make([]byte, 100), 0o600); err != nil {
+		f.Fatal(err)
+	}
+	f.Add([]byte{1, 1, 0, 100})
+	f.Add([]byte{2, 0, 2, 0, 50, 50, 50})
+	f.Fuzz(func(t *testing.T, index []byte) {
+		s, err := Open(path, index)
+		if err != nil {
+			return
+		}
+		defer s.Close()
+		for p := range s.Parts() {
+			if _, err := s.AppendPart(nil, p); err != nil {
+				t.Fatalf("partition %d of an index Open accepted: %v", p, err)
+			}
+		}
+	})
+}
+
+// TestSplit: every record of a partition, over several spills, goes to the
+// sub-partition rec gives, once; the partition's other spills' partitions
+// are left alone.
+func TestSplit(t *testing.T) {
+	const parts, subs = 4, 16
+	dir := t.TempDir()
+	var srcs []*Spill
+	want := make([][]string, subs)
+	for k := range 2 {
+		sp, err := New(filepath.Join(dir, fmt.Sprintf("s%d.spill", k)), parts, Options{Digest: k == 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sp.Drop()
+		sw := sp.Writer()
+		for i := range 3000 {
+			rec := fmt.Sprintf("s%d-%d", k, i)
+			p := i % parts
+			sw.Put(p, AppendStr(sw.Buf(p), rec))
+			if p == 2 {
+				want[len(rec)%subs] = append(want[len(rec)%subs], rec)
+			}
+		}
+		if err := sw.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		srcs = append(srcs, sp)
+	}
+	sp, err := Split(filepath.Join(dir, "split.spill"), srcs, 2, subs, func(b []byte) (int, int, error) {
+		rd := NewReader(b)
+		rec := rd.Str()
+		return len(b) - rd.Len(), len(rec) % subs, rd.Err()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Drop()
+	if sp.Parts() != subs {
+		t.Fatalf("%d sub-partitions, want %d", sp.Parts(), subs)
+	}
+	for q := range subs {
+		var got []string
+		err := EachChunk([]*Spill{sp}, q, new([]byte), func(b []byte) error {
+			for rd := NewReader(b); rd.More(); {
+				got = append(got, strings.Clone(rd.Str()))
+				if err := rd.Err(); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(got)
+		slices.Sort(want[q])
+		if !slices.Equal(got, want[q]) {
+			t.Fatalf("sub-partition %d: %d records, want %d", q, len(got), len(want[q]))
+		}
+	}
+	// A record rec cannot place fails the split, which leaves no file.
+	bad := errors.New("unplaceable")
+	if _, err := Split(filepath.Join(dir, "bad.spill"), srcs, 2, subs, func([]byte) (int, int, error) { return 0, 0, bad }); !errors.Is(err, bad) {
+		t.Fatalf("Split with a failing rec: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "bad.spill")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a failed split left its file: %v", err)
+	}
+}
+
+// BenchmarkSpill is a spill's round trip as the users stage and the join
+// make it: two writers put 1M records of about 30 bytes into 1,024
+// partitions, then every partition is read back whole and decoded; with
+// and without groups.
+func BenchmarkSpill(b *testing.B) {
+	const parts, writers, recs = 1024, 2, 1 << 20
+	for _, grouped := range []bool{false, true} {
+		b.Run(fmt.Sprintf("grouped=%v", grouped), func(b *testing.B) {
+			o := Options{}
+			if grouped {
+				o.GroupWriters = writers
+			}
+			var buf []byte
+			for b.Loop() {
+				sp, err := New(filepath.Join(b.TempDir(), "t.spill"), parts, o)
+				if err != nil {
+					b.Fatal(err)
+				}
+				var wg sync.WaitGroup
+				for w := range writers {
+					sw := sp.Writer()
+					wg.Go(func() {
+						for i := range recs / writers {
+							p := (i*7919 + w) % parts
+							sw.Put(p, AppendStr(AppendStr(AppendStr(sw.Buf(p), "acct-0001234"), "+447400123456"), "GB"))
+						}
+						if err := sw.Flush(); err != nil {
+							b.Error(err)
+						}
+					})
+				}
+				wg.Wait()
+				n := 0
+				for p := range parts {
+					if buf, err = sp.AppendPart(buf[:0], p); err != nil {
+						b.Fatal(err)
+					}
+					for rd := NewReader(buf); rd.More(); n++ {
+						rd.Str()
+						rd.Str()
+						rd.Str()
+					}
+					sp.Consumed(p)
+				}
+				if n != recs {
+					b.Fatalf("%d records, want %d", n, recs)
+				}
+				sp.Drop()
+			}
+			b.ReportMetric(float64(recs)*float64(b.N)/b.Elapsed().Seconds(), "records/s")
+		})
+	}
 }
