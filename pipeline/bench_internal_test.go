@@ -11,6 +11,7 @@ import (
 	"audiencematch/consent"
 	"audiencematch/hashing"
 	"audiencematch/pipeline/idfile"
+	"audiencematch/pipeline/spill"
 )
 
 const benchIDs = 500000
@@ -55,24 +56,24 @@ func BenchmarkLeakGuard(b *testing.B) {
 // spillHolders spills n holders into a new spill of parts buckets, as the
 // join does: holder i has number +447400 and six digits of what of(i)
 // gives first, and its status; user id u<i>, event id e, line i+2.
-func spillHolders(tb testing.TB, parts, n int, of func(i int) (int, consent.Status)) (*spill, *idBucketer) {
+func spillHolders(tb testing.TB, parts, n int, of func(i int) (int, consent.Status)) (*spill.Spill, *idBucketer) {
 	tb.Helper()
 	k, _ := hashing.DeriveDestKey(hashing.TestKey(tb), "meta-ads")
 	h, _ := hashing.NewHasher(hashing.HMACSHA256, k)
-	s, err := newSpill(filepath.Join(tb.TempDir(), "ids.spill"), parts, false)
+	s, err := spill.New(filepath.Join(tb.TempDir(), "ids.spill"), parts, spill.Options{})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { s.Close() })
-	w, bk := s.writer(), newIDBucketer(hashing.HMACSHA256, parts)
+	w, bk := s.Writer(), newIDBucketer(hashing.HMACSHA256, parts)
 	for i := range n {
 		number, status := of(i)
 		id := h.AppendID(nil, fmt.Sprintf("+447400%06d", number))
 		p := bk.of(id)
-		buf := appendStr(appendStr(appendStr(w.buf(p), string(id)), fmt.Sprintf("u%d", i)), "e")
-		w.put(p, binary.AppendUvarint(append(buf, byte(status)), uint64(i+2)))
+		buf := spill.AppendStr(spill.AppendStr(spill.AppendStr(w.Buf(p), string(id)), fmt.Sprintf("u%d", i)), "e")
+		w.Put(p, binary.AppendUvarint(append(buf, byte(status)), uint64(i+2)))
 	}
-	if err := w.flush(); err != nil {
+	if err := w.Flush(); err != nil {
 		tb.Fatal(err)
 	}
 	return s, bk
@@ -95,7 +96,7 @@ func BenchmarkResolve(b *testing.B) {
 	exported := int64(0)
 	for b.Loop() {
 		exported = 0
-		err := eachResolved(b.Context(), []*spill{s}, spillParts, 2, true, bk, b.TempDir(), func(rb *resolvedBucket, release func()) error {
+		err := eachResolved(b.Context(), []*spill.Spill{s}, spillParts, 2, true, bk, b.TempDir(), defaultSpillThresholds.splitBytes, func(rb *resolvedBucket, release func()) error {
 			exported += rb.counts.exported
 			release()
 			return nil

@@ -16,6 +16,7 @@ import (
 
 	"audiencematch/consent"
 	"audiencematch/hashing"
+	"audiencematch/pipeline/spill"
 )
 
 // The consent join, partitioned so that memory does not grow with the
@@ -56,7 +57,7 @@ const (
 type eventWorker struct {
 	rows    int64
 	classes [len(consent.EventClassNames)]int64
-	out     *spillWriter
+	out     *spill.Writer
 }
 
 func (r *run) readConsent(ctx context.Context) error {
@@ -69,14 +70,13 @@ func (r *run) readConsent(ctx context.Context) error {
 		return fmt.Errorf("consent events: %w", err)
 	}
 	defer t.Close()
-	if r.events, err = newSpill(filepath.Join(r.staging, "events.spill"), spillParts, false); err != nil {
+	if r.events, err = r.newSpill("events.spill", spillParts, false); err != nil {
 		return err
 	}
-	r.group(r.events)
 	rules, sh := r.cfg.Rules, r.cfg.Shard
 	workers := make([]eventWorker, r.cfg.Workers)
 	for i := range workers {
-		workers[i].out = r.events.writer()
+		workers[i].out = r.events.Writer()
 	}
 	rejects := r.orderedRejects()
 	err = r.eachBatch(ctx, t, "consent events", cEvents, func(w int, b *rowBatch) {
@@ -117,12 +117,12 @@ func (r *run) readConsent(ctx context.Context) error {
 				continue
 			}
 			p := r.partOf(e.UserID)
-			ew.out.put(p, appendEvent(ew.out.buf(p), &e))
+			ew.out.Put(p, appendEvent(ew.out.Buf(p), &e))
 		}
 		rejects.done(b.seq, rej)
 	})
 	for i := range workers {
-		err = errors.Join(err, workers[i].out.flush())
+		err = errors.Join(err, workers[i].out.Flush())
 	}
 	if err != nil {
 		return err
@@ -149,7 +149,7 @@ func (r *run) failClosed(ew *eventWorker, userID, purpose string, line int64) {
 		return
 	}
 	p := r.partOf(userID)
-	ew.out.put(p, appendUnreadable(ew.out.buf(p), userID))
+	ew.out.Put(p, appendUnreadable(ew.out.Buf(p), userID))
 }
 
 // partOf is the partition of a user id's events and rows.
@@ -164,7 +164,7 @@ func (r *run) subOf(userID string) int {
 
 // appendEvent spills an in-scope event: what the effective-event rule needs.
 func appendEvent(b []byte, e *consent.Event) []byte {
-	b = appendStr(appendStr(b, e.UserID), e.EventID)
+	b = spill.AppendStr(spill.AppendStr(b, e.UserID), e.EventID)
 	b = binary.AppendVarint(b, e.OccurredAt.Unix())
 	b = binary.AppendUvarint(b, uint64(e.OccurredAt.Nanosecond()))
 	b = binary.AppendVarint(b, e.PolicyVersion)
@@ -179,21 +179,21 @@ const unreadableAction = consent.Action(0)
 // appendUnreadable spills a fail-closed mark for userID: an event with no
 // id, time or policy and unreadableAction.
 func appendUnreadable(b []byte, userID string) []byte {
-	return append(appendStr(appendStr(b, userID), ""), 0, 0, 0, byte(unreadableAction))
+	return append(spill.AppendStr(spill.AppendStr(b, userID), ""), 0, 0, 0, byte(unreadableAction))
 }
 
-func readEvent(rd *spillReader, e *consent.Event) {
-	e.UserID, e.EventID = rd.str(), rd.str()
-	sec := rd.varint()
-	e.OccurredAt = time.Unix(sec, int64(rd.uvarint()))
-	e.PolicyVersion = rd.varint()
-	e.Action = consent.Action(rd.byte())
+func readEvent(rd *spill.Reader, e *consent.Event) {
+	e.UserID, e.EventID = rd.Str(), rd.Str()
+	sec := rd.Varint()
+	e.OccurredAt = time.Unix(sec, int64(rd.Uvarint()))
+	e.PolicyVersion = rd.Varint()
+	e.Action = consent.Action(rd.Byte())
 }
 
 // readUser decodes a user row the users stage spilled: line, user id,
 // phone, country.
-func readUser(rd *spillReader) (line int64, userID, phone, country string) {
-	return int64(rd.uvarint()), rd.str(), rd.str(), rd.str()
+func readUser(rd *spill.Reader) (line int64, userID, phone, country string) {
+	return int64(rd.Uvarint()), rd.Str(), rd.Str(), rd.Str()
 }
 
 // userWorker is one worker's state while users are read.
@@ -201,7 +201,7 @@ type userWorker struct {
 	rows     int64
 	excluded map[string]int64
 	guard    *guardWriter
-	out      *spillWriter
+	out      *spill.Writer
 }
 
 func (r *run) readUsers(ctx context.Context) error {
@@ -210,14 +210,13 @@ func (r *run) readUsers(ctx context.Context) error {
 		return fmt.Errorf("users: %w", err)
 	}
 	defer t.Close()
-	if r.users, err = newSpill(filepath.Join(r.staging, "users.spill"), spillParts, false); err != nil {
+	if r.users, err = r.newSpill("users.spill", spillParts, false); err != nil {
 		return err
 	}
-	r.group(r.users)
 	sh := r.cfg.Shard
 	workers := make([]userWorker, r.cfg.Workers)
 	for i := range workers {
-		workers[i] = userWorker{excluded: map[string]int64{}, guard: r.guard.writer(), out: r.users.writer()}
+		workers[i] = userWorker{excluded: map[string]int64{}, guard: r.guard.writer(), out: r.users.Writer()}
 	}
 	rejects := r.orderedRejects()
 	err = r.eachBatch(ctx, t, "users", cUsers, func(w int, b *rowBatch) {
@@ -246,13 +245,13 @@ func (r *run) readUsers(ctx context.Context) error {
 			uw.guard.Add(userID)
 			uw.guard.AddPhone(phone)
 			p := r.partOf(userID)
-			buf := binary.AppendUvarint(uw.out.buf(p), uint64(row.Line))
-			uw.out.put(p, appendStr(appendStr(appendStr(buf, userID), phone), country))
+			buf := binary.AppendUvarint(uw.out.Buf(p), uint64(row.Line))
+			uw.out.Put(p, spill.AppendStr(spill.AppendStr(spill.AppendStr(buf, userID), phone), country))
 		}
 		rejects.done(b.seq, rej)
 	})
 	for i := range workers {
-		err = errors.Join(err, workers[i].out.flush(), workers[i].guard.flush())
+		err = errors.Join(err, workers[i].out.Flush(), workers[i].guard.flush())
 	}
 	if err != nil {
 		return err
@@ -274,8 +273,8 @@ type joinWorker struct {
 	seen     []bool
 	evBuf    []byte
 	usBuf    []byte
-	ids      *spillWriter
-	snap     *spillWriter
+	ids      *spill.Writer
+	snap     *spill.Writer
 	guard    *guardWriter
 	excluded map[string]int64
 	used     int64 // in-scope events of users with a row
@@ -293,14 +292,13 @@ func (r *run) join(ctx context.Context) error {
 	defer r.dropInputSpills()
 	var err error
 	keep := r.cfg.Shard.Count > 0 // the commit reads a shard's spills
-	if r.ids, err = newSpill(filepath.Join(r.staging, "ids.spill"), bucketParts, keep); err != nil {
+	// Grouped unless kept (digested): the commit reads a shard's.
+	if r.ids, err = r.newSpill("ids.spill", bucketParts, keep); err != nil {
 		return err
 	}
-	if r.snap, err = newSpill(filepath.Join(r.staging, "snapshot.spill"), bucketParts, keep); err != nil {
+	if r.snap, err = r.newSpill("snapshot.spill", bucketParts, keep); err != nil {
 		return err
 	}
-	r.group(r.ids) // unless kept (digested): the commit reads a shard's
-	r.group(r.snap)
 	bucket := newIDBucketer(r.cfg.Scheme, bucketParts)
 	workers := make([]joinWorker, r.cfg.Workers)
 	var next atomic.Int64
@@ -325,14 +323,14 @@ func (r *run) join(ctx context.Context) error {
 					errs[w] = err
 					return
 				}
-				r.events.consumed(p)
-				r.users.consumed(p)
+				r.events.Consumed(p)
+				r.users.Consumed(p)
 			}
 		})
 	}
 	wg.Wait()
 	for i := range workers {
-		errs = append(errs, workers[i].ids.flush(), workers[i].snap.flush(), workers[i].guard.flush())
+		errs = append(errs, workers[i].ids.Flush(), workers[i].snap.Flush(), workers[i].guard.flush())
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
@@ -344,44 +342,45 @@ func (r *run) join(ctx context.Context) error {
 		c.ByClass[consent.ClassUsed.String()] += jw.used
 		c.ByClass[consent.ClassUnknownUser.String()] += jw.unknown
 	}
-	r.idSrc, r.snapSrc = []*spill{r.ids}, []*spill{r.snap}
+	r.idSrc, r.snapSrc = []*spill.Spill{r.ids}, []*spill.Spill{r.snap}
 	return nil
 }
 
 // newJoinWorker readies jw to join partitions into the run's ids and snap
 // spills (created first) and its leak guard.
 func (r *run) newJoinWorker(jw *joinWorker) (err error) {
-	*jw = joinWorker{users: newUserIndex(), ids: r.ids.writer(), snap: r.snap.writer(),
+	*jw = joinWorker{users: newUserIndex(), ids: r.ids.Writer(), snap: r.snap.Writer(),
 		guard: r.guard.writer(), excluded: map[string]int64{}}
 	jw.hasher, err = hashing.NewHasher(r.cfg.Scheme, r.cfg.Key)
 	return err
 }
 
 // joinPart joins partition p: whole, or split by more bits of the same
-// hash of the user id when it is larger than splitBytes.
+// hash of the user id when it is larger than the run's splitBytes
+// (spillThresholds).
 func (r *run) joinPart(jw *joinWorker, p int, bucket *idBucketer) error {
-	if r.events.size(p)+r.users.size(p) <= splitBytes {
+	if r.events.Size(p)+r.users.Size(p) <= r.spills.splitBytes {
 		return r.joinOne(jw, r.events, r.users, p, bucket)
 	}
-	ev, err := splitPart(filepath.Join(r.staging, fmt.Sprintf("events-%d.spill", p)), []*spill{r.events}, p, func(b []byte) (int, int, error) {
-		rd := spillReader{b: b}
+	ev, err := spill.Split(filepath.Join(r.staging, fmt.Sprintf("events-%d.spill", p)), []*spill.Spill{r.events}, p, spillParts, func(b []byte) (int, int, error) {
+		rd := spill.NewReader(b)
 		var e consent.Event
 		readEvent(&rd, &e)
-		return len(b) - len(rd.b), r.subOf(e.UserID), rd.err()
+		return len(b) - rd.Len(), r.subOf(e.UserID), rd.Err()
 	})
 	if err != nil {
 		return err
 	}
-	defer ev.drop()
-	us, err := splitPart(filepath.Join(r.staging, fmt.Sprintf("users-%d.spill", p)), []*spill{r.users}, p, func(b []byte) (int, int, error) {
-		rd := spillReader{b: b}
+	defer ev.Drop()
+	us, err := spill.Split(filepath.Join(r.staging, fmt.Sprintf("users-%d.spill", p)), []*spill.Spill{r.users}, p, spillParts, func(b []byte) (int, int, error) {
+		rd := spill.NewReader(b)
 		_, userID, _, _ := readUser(&rd)
-		return len(b) - len(rd.b), r.subOf(userID), rd.err()
+		return len(b) - rd.Len(), r.subOf(userID), rd.Err()
 	})
 	if err != nil {
 		return err
 	}
-	defer us.drop()
+	defer us.Drop()
 	for q := range spillParts {
 		if err := r.joinOne(jw, ev, us, q, bucket); err != nil {
 			return err
@@ -391,16 +390,16 @@ func (r *run) joinPart(jw *joinWorker, p int, bucket *idBucketer) error {
 }
 
 // joinOne joins partition p of the events and users spills ev and us.
-func (r *run) joinOne(jw *joinWorker, ev, us *spill, p int, bucket *idBucketer) error {
+func (r *run) joinOne(jw *joinWorker, ev, us *spill.Spill, p int, bucket *idBucketer) error {
 	var err error
-	if jw.evBuf, err = ev.appendPart(jw.evBuf[:0], p); err != nil {
+	if jw.evBuf, err = ev.AppendPart(jw.evBuf[:0], p); err != nil {
 		return err
 	}
 	jw.users.reset()
 	jw.states = jw.states[:0]
-	rd := spillReader{b: jw.evBuf}
+	rd := spill.NewReader(jw.evBuf)
 	var e consent.Event
-	for rd.more() {
+	for rd.More() {
 		readEvent(&rd, &e)
 		h := maphash.String(r.seed, e.UserID)
 		k, ok := jw.users.get(h, e.UserID)
@@ -414,18 +413,18 @@ func (r *run) joinOne(jw *joinWorker, ev, us *spill, p int, bucket *idBucketer) 
 		}
 		jw.states[k].Add(&e) // EventID is kept in evBuf, which lives until the next partition
 	}
-	if err := rd.err(); err != nil {
+	if err := rd.Err(); err != nil {
 		return err
 	}
 	jw.seen = slices.Grow(jw.seen[:0], len(jw.states))[:len(jw.states)]
 	clear(jw.seen)
-	if jw.usBuf, err = us.appendPart(jw.usBuf[:0], p); err != nil {
+	if jw.usBuf, err = us.AppendPart(jw.usBuf[:0], p); err != nil {
 		return err
 	}
 	rules := r.cfg.Rules
-	rd = spillReader{b: jw.usBuf}
+	rd = spill.NewReader(jw.usBuf)
 	var held int64
-	for rd.more() {
+	for rd.More() {
 		line, userID, phone, country := readUser(&rd)
 		status, eventID := consent.NoConsent, ""
 		if k, ok := jw.users.get(maphash.String(r.seed, userID), userID); ok {
@@ -434,7 +433,7 @@ func (r *run) joinOne(jw *joinWorker, ev, us *spill, p int, bucket *idBucketer) 
 		}
 		sum := jw.snapshotLine(userID, status, eventID)
 		sb := snapBucket(sum[:])
-		jw.snap.put(sb, append(jw.snap.buf(sb), sum[:]...))
+		jw.snap.Put(sb, append(jw.snap.Buf(sb), sum[:]...))
 		if status != consent.Valid && !status.Blocks() {
 			jw.excluded[status.String()]++
 			continue
@@ -454,11 +453,11 @@ func (r *run) joinOne(jw *joinWorker, ev, us *spill, p int, bucket *idBucketer) 
 		}
 		jw.id = jw.hasher.AppendID(jw.id[:0], e164)
 		b := bucket.of(jw.id)
-		buf := appendStr(jw.ids.buf(b), bytesString(jw.id))
-		buf = append(appendStr(appendStr(buf, userID), eventID), byte(status))
-		jw.ids.put(b, binary.AppendUvarint(buf, uint64(line)))
+		buf := spill.AppendStr(jw.ids.Buf(b), bytesString(jw.id))
+		buf = append(spill.AppendStr(spill.AppendStr(buf, userID), eventID), byte(status))
+		jw.ids.Put(b, binary.AppendUvarint(buf, uint64(line)))
 	}
-	if err := rd.err(); err != nil {
+	if err := rd.Err(); err != nil {
 		return err
 	}
 	for k := range jw.states {
@@ -592,9 +591,9 @@ func snapSub(sum []byte) int {
 
 // dropInputSpills removes the spilled events and users once joined.
 func (r *run) dropInputSpills() {
-	for _, s := range []*spill{r.events, r.users} {
+	for _, s := range []*spill.Spill{r.events, r.users} {
 		if s != nil {
-			s.drop()
+			s.Drop()
 		}
 	}
 	r.events, r.users = nil, nil

@@ -12,6 +12,7 @@ import (
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
 	"audiencematch/pipeline/destinations"
+	"audiencematch/pipeline/spill"
 )
 
 // benchJoinRun is a run whose events and users spills hold one partition
@@ -38,38 +39,38 @@ func benchJoinRun(b *testing.B, n int) *run {
 	r := newRun(cfg)
 	r.staging = b.TempDir()
 	r.guard.dir = r.staging
-	if r.events, err = newSpill(filepath.Join(r.staging, "events.spill"), spillParts, false); err != nil {
+	if r.events, err = spill.New(filepath.Join(r.staging, "events.spill"), spillParts, spill.Options{}); err != nil {
 		b.Fatal(err)
 	}
-	if r.users, err = newSpill(filepath.Join(r.staging, "users.spill"), spillParts, false); err != nil {
+	if r.users, err = spill.New(filepath.Join(r.staging, "users.spill"), spillParts, spill.Options{}); err != nil {
 		b.Fatal(err)
 	}
-	ew, uw := r.events.writer(), r.users.writer()
+	ew, uw := r.events.Writer(), r.users.Writer()
 	line := int64(1)
 	fixtures.Generate(fixtures.Options{Users: n, Seed: 7}, func(u fixtures.User) {
 		line++
 		if u.UserID == "" || u.Broken {
 			return
 		}
-		buf := binary.AppendUvarint(uw.buf(0), uint64(line))
-		uw.put(0, appendStr(appendStr(appendStr(buf, u.UserID), u.Phone), u.Country))
+		buf := binary.AppendUvarint(uw.Buf(0), uint64(line))
+		uw.Put(0, spill.AppendStr(spill.AppendStr(spill.AppendStr(buf, u.UserID), u.Phone), u.Country))
 	}, func(f fixtures.Event) {
 		e, err := consent.ParseEvent(f.EventID, f.UserID, f.Purpose, f.Action, f.OccurredAt, f.PolicyVersion, f.Source)
 		if err != nil || f.Broken || cfg.Rules.Classify(&e) != consent.ClassUsed {
 			return
 		}
-		ew.put(0, appendEvent(ew.buf(0), &e))
+		ew.Put(0, appendEvent(ew.Buf(0), &e))
 	})
-	if err := ew.flush(); err != nil {
+	if err := ew.Flush(); err != nil {
 		b.Fatal(err)
 	}
-	if err := uw.flush(); err != nil {
+	if err := uw.Flush(); err != nil {
 		b.Fatal(err)
 	}
-	if r.ids, err = newSpill(filepath.Join(r.staging, "ids.spill"), bucketParts, false); err != nil {
+	if r.ids, err = spill.New(filepath.Join(r.staging, "ids.spill"), bucketParts, spill.Options{}); err != nil {
 		b.Fatal(err)
 	}
-	if r.snap, err = newSpill(filepath.Join(r.staging, "snapshot.spill"), bucketParts, false); err != nil {
+	if r.snap, err = spill.New(filepath.Join(r.staging, "snapshot.spill"), bucketParts, spill.Options{}); err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(r.closeSpills)

@@ -22,6 +22,7 @@ import (
 	"audiencematch/hashing"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/manifest"
+	"audiencematch/pipeline/spill"
 )
 
 // leakGuard is the last check before publishing: nothing of the inputs'
@@ -87,9 +88,9 @@ type leakGuard struct {
 	// digested.
 	durable bool
 	mu      sync.Mutex
-	sp      *spill
-	own     *guardWriter // Add's
-	srcs    []*spill     // the spills Check reads: sp and shards'
+	sp      *spill.Spill
+	own     *guardWriter   // Add's
+	srcs    []*spill.Spill // the spills Check reads: sp and shards'
 	err     error
 	// maxLen is the longest needle.
 	maxLen int
@@ -154,7 +155,7 @@ func guardHashBytes(salt uint64, b []byte) uint64 { return xxh3.HashSeed(b, salt
 // guardWriter registers strings from one goroutine.
 type guardWriter struct {
 	g      *leakGuard
-	w      *spillWriter
+	w      *spill.Writer
 	maxLen int
 }
 
@@ -165,7 +166,7 @@ func (g *leakGuard) writer() *guardWriter {
 	if g.openLocked(); g.err != nil {
 		return &guardWriter{g: g}
 	}
-	return &guardWriter{g: g, w: g.sp.writer()}
+	return &guardWriter{g: g, w: g.sp.Writer()}
 }
 
 // open creates the guard's spill if nothing has yet (a shard without users
@@ -179,7 +180,7 @@ func (g *leakGuard) open() error {
 
 func (g *leakGuard) openLocked() {
 	if g.sp == nil && g.err == nil {
-		if g.sp, g.err = newSpill(filepath.Join(g.dir, "guard.spill"), guardParts, g.durable); g.err == nil {
+		if g.sp, g.err = spill.New(filepath.Join(g.dir, "guard.spill"), guardParts, spill.Options{Digest: g.durable}); g.err == nil {
 			g.srcs = append(g.srcs, g.sp)
 		}
 	}
@@ -216,23 +217,23 @@ func (w *guardWriter) add(v string, typed bool) {
 			e ^= typedTag
 		}
 		grp := int(e >> (64 - guardGroupBits))
-		w.w.put(grp, binary.LittleEndian.AppendUint64(w.w.buf(grp), e))
+		w.w.Put(grp, binary.LittleEndian.AppendUint64(w.w.Buf(grp), e))
 	}
 	if len(v) < guardPrefix || lowerHex(v) {
 		return
 	}
 	p := guardGroups + int(h>>32)%guardPrefixParts
-	b := binary.LittleEndian.AppendUint32(w.w.buf(p), guardPrefixHash(w.g.salt, binary.LittleEndian.Uint64([]byte(v[:guardPrefix]))))
-	w.w.put(p, binary.AppendUvarint(binary.LittleEndian.AppendUint32(b, uint32(h)), uint64(len(v))))
+	b := binary.LittleEndian.AppendUint32(w.w.Buf(p), guardPrefixHash(w.g.salt, binary.LittleEndian.Uint64([]byte(v[:guardPrefix]))))
+	w.w.Put(p, binary.AppendUvarint(binary.LittleEndian.AppendUint32(b, uint32(h)), uint64(len(v))))
 	w.maxLen = max(w.maxLen, len(v))
 }
 
 // readNeedle decodes a prefix needle (see add): the hash of the string's
 // first 8 bytes, the low 32 bits of its hash, its length.
-func readNeedle(rd *spillReader) (prefix, h uint32, n int32) {
-	prefix = binary.LittleEndian.Uint32(rd.fixed(4))
-	h = binary.LittleEndian.Uint32(rd.fixed(4))
-	return prefix, h, int32(rd.uvarint())
+func readNeedle(rd *spill.Reader) (prefix, h uint32, n int32) {
+	prefix = binary.LittleEndian.Uint32(rd.Fixed(4))
+	h = binary.LittleEndian.Uint32(rd.Fixed(4))
+	return prefix, h, int32(rd.Uvarint())
 }
 
 // flush writes what the writer holds.
@@ -242,7 +243,7 @@ func (w *guardWriter) flush() error {
 	defer g.mu.Unlock()
 	g.maxLen = max(g.maxLen, w.maxLen)
 	if w.w != nil {
-		if err := w.w.flush(); err != nil && g.err == nil {
+		if err := w.w.Flush(); err != nil && g.err == nil {
 			g.err = err
 		}
 	}
@@ -274,7 +275,7 @@ func (g *leakGuard) finish() error {
 }
 
 // addShard adds a shard's spilled needles.
-func (g *leakGuard) addShard(s *spill, maxLen int) {
+func (g *leakGuard) addShard(s *spill.Spill, maxLen int) {
 	g.srcs = append(g.srcs, s)
 	g.maxLen = max(g.maxLen, maxLen)
 }
@@ -308,7 +309,7 @@ func (g *leakGuard) passes() [][2]uint64 {
 	var out [][2]uint64
 	lo, bytes := uint64(0), int64(0)
 	for p := range uint64(guardGroups) {
-		n := partSize(g.srcs, int(p))
+		n := spill.PartSize(g.srcs, int(p))
 		if bytes > 0 && bytes+n > guardPassBytes {
 			out = append(out, [2]uint64{lo, p})
 			lo, bytes = p, 0
@@ -324,7 +325,7 @@ func (g *leakGuard) load(lo, hi uint64) error {
 	g.exact = g.exact[:0]
 	var buf []byte
 	for p := lo; p < hi; p++ {
-		err := eachChunk(g.srcs, int(p), &buf, func(b []byte) error {
+		err := spill.EachChunk(g.srcs, int(p), &buf, func(b []byte) error {
 			if len(b)%8 != 0 {
 				return fmt.Errorf("leak guard hashes: %w", errCorrupt)
 			}
@@ -796,9 +797,9 @@ func (g *leakGuard) scanNeedles(x *rawIndex, files []guardFile) error {
 		wg.Go(func() {
 			var buf []byte
 			for p := int(next.Add(1) - 1); p < guardPrefixParts && errs[w] == nil; p = int(next.Add(1) - 1) {
-				errs[w] = eachChunk(g.srcs, guardGroups+p, &buf, func(b []byte) error {
-					rd := spillReader{b: b}
-					for rd.more() {
+				errs[w] = spill.EachChunk(g.srcs, guardGroups+p, &buf, func(b []byte) error {
+					rd := spill.NewReader(b)
+					for rd.More() {
 						prefix, h, n := readNeedle(&rd)
 						for _, k := range x.windows(prefix) {
 							if k.pos+n <= k.end && (first[w] < 0 || k.pos < first[w]) && uint32(guardHashBytes(g.salt, x.buf[k.pos:k.pos+n])) == h {
@@ -806,7 +807,7 @@ func (g *leakGuard) scanNeedles(x *rawIndex, files []guardFile) error {
 							}
 						}
 					}
-					if err := rd.err(); err != nil {
+					if err := rd.Err(); err != nil {
 						return fmt.Errorf("leak guard needles: %w", err)
 					}
 					return nil

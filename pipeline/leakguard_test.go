@@ -29,6 +29,7 @@ import (
 	"audiencematch/hashing"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/manifest"
+	"audiencematch/pipeline/spill"
 )
 
 // guardConfig is the configuration the guard's tests publish files of
@@ -559,13 +560,13 @@ func prefixNeedles(t *testing.T, g *leakGuard) int {
 	n := 0
 	var buf []byte
 	for p := guardGroups; p < guardParts; p++ {
-		err := eachChunk(g.srcs, p, &buf, func(b []byte) error {
-			rd := spillReader{b: b}
-			for rd.more() {
+		err := spill.EachChunk(g.srcs, p, &buf, func(b []byte) error {
+			rd := spill.NewReader(b)
+			for rd.More() {
 				readNeedle(&rd)
 				n++
 			}
-			return rd.err()
+			return rd.Err()
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -73,7 +73,7 @@ func (r *run) writeOutputs(ctx context.Context) error {
 	defer ev.Abort()
 	var snapErr error
 	var snapWG sync.WaitGroup
-	snapWG.Go(func() { r.snapshot, snapErr = snapshotOf(r.snapSrc, bucketParts, r.staging) })
+	snapWG.Go(func() { r.snapshot, snapErr = snapshotOf(r.snapSrc, bucketParts, r.staging, r.spills.splitBytes) })
 	var trees treeBuilder
 	u := &r.m.Users
 	// Three writers take the buckets in order, each at its own pace: the
@@ -120,7 +120,7 @@ func (r *run) writeOutputs(ctx context.Context) error {
 		writer(func(rb *resolvedBucket) error { return writeEvidence(ev, rb) }),
 		writer(func(rb *resolvedBucket) error { trees.add(rb); return nil }),
 	}
-	err = eachResolved(ctx, r.idSrc, bucketParts, r.cfg.Workers, r.cfg.Scheme.Binary(), newIDBucketer(r.cfg.Scheme, bucketParts), r.staging, func(rb *resolvedBucket, release func()) error {
+	err = eachResolved(ctx, r.idSrc, bucketParts, r.cfg.Workers, r.cfg.Scheme.Binary(), newIDBucketer(r.cfg.Scheme, bucketParts), r.staging, r.spills.splitBytes, func(rb *resolvedBucket, release func()) error {
 		errMu.Lock()
 		werr := writersErr
 		errMu.Unlock()

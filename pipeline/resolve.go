@@ -21,6 +21,7 @@ import (
 
 	"audiencematch/consent"
 	"audiencematch/pipeline/manifest"
+	"audiencematch/pipeline/spill"
 )
 
 // The write stage reads the join's buckets of holders in identifier order.
@@ -96,10 +97,10 @@ func (c *resolveCounts) addTo(u *manifest.UserCounts) {
 
 // readHolder decodes a holder the join spilled (see joinOne): id, user
 // id, event id, status, line.
-func readHolder(rd *spillReader) bucketHolder {
-	h := bucketHolder{id: rd.str(), userID: rd.str(), eventID: rd.str()}
-	h.status = consent.Status(rd.byte())
-	h.line = int64(rd.uvarint())
+func readHolder(rd *spill.Reader) bucketHolder {
+	h := bucketHolder{id: rd.Str(), userID: rd.Str(), eventID: rd.Str()}
+	h.status = consent.Status(rd.Byte())
+	h.line = int64(rd.Uvarint())
 	return h
 }
 
@@ -110,20 +111,20 @@ func idPrefix(id string) uint64 {
 }
 
 // resolve loads bucket p from every source and applies the rule.
-func (rb *resolvedBucket) resolve(srcs []*spill, p int, binaryIDs bool) error {
+func (rb *resolvedBucket) resolve(srcs []*spill.Spill, p int, binaryIDs bool) error {
 	rb.buf, rb.holders, rb.order, rb.export, rb.hexIDs = rb.buf[:0], rb.holders[:0], rb.order[:0], rb.export[:0], rb.hexIDs[:0]
 	rb.counts, rb.err = resolveCounts{}, nil
 	var err error
-	if rb.buf, err = appendParts(rb.buf, srcs, p); err != nil {
+	if rb.buf, err = spill.AppendParts(rb.buf, srcs, p); err != nil {
 		return err
 	}
-	rd := spillReader{b: rb.buf}
-	for rd.more() {
+	rd := spill.NewReader(rb.buf)
+	for rd.More() {
 		h := readHolder(&rd)
 		h.pre = idPrefix(h.id)
 		rb.holders = append(rb.holders, h)
 	}
-	if err := rd.err(); err != nil {
+	if err := rd.Err(); err != nil {
 		return err
 	}
 	hs := rb.sortHolders()
@@ -206,12 +207,12 @@ func (rb *resolvedBucket) sortHolders() []bucketHolder {
 // bucket larger than splitBytes is split into sub-buckets by bk.sub first
 // (a file under dir), which go to fn in turn, in order. It stops at the
 // first error (fn's, a bucket's or ctx's).
-func eachResolved(ctx context.Context, srcs []*spill, parts, workers int, binaryIDs bool, bk *idBucketer, dir string, fn func(rb *resolvedBucket, release func()) error) error {
+func eachResolved(ctx context.Context, srcs []*spill.Spill, parts, workers int, binaryIDs bool, bk *idBucketer, dir string, splitBytes int64, fn func(rb *resolvedBucket, release func()) error) error {
 	type unit struct{ p, q int } // bucket p, or its sub-bucket q (q >= 0)
 	var units []unit
 	splits := make([]*bucketSplit, parts)
 	for p := range parts {
-		if partSize(srcs, p) <= splitBytes {
+		if spill.PartSize(srcs, p) <= splitBytes {
 			units = append(units, unit{p, -1})
 			continue
 		}
@@ -236,7 +237,7 @@ func eachResolved(ctx context.Context, srcs []*spill, parts, workers int, binary
 	defer func() {
 		for _, s := range splits {
 			if s != nil && s.sp != nil {
-				s.sp.drop() // after an error; a no-op once dropped
+				s.sp.Drop() // after an error; a no-op once dropped
 			}
 		}
 	}()
@@ -260,7 +261,7 @@ func eachResolved(ctx context.Context, srcs []*spill, parts, workers int, binary
 				}
 				if u := units[i]; u.q < 0 {
 					if rb.err = rb.resolve(srcs, u.p, binaryIDs); rb.err == nil {
-						consumed(srcs, u.p)
+						spill.Consumed(srcs, u.p)
 					}
 				} else {
 					rb.err = splits[u.p].resolve(rb, srcs, u.p, u.q, bk, binaryIDs)
@@ -296,31 +297,31 @@ const resolveLag = 2
 type bucketSplit struct {
 	path string
 	once sync.Once
-	sp   *spill
+	sp   *spill.Spill
 	err  error
 	left atomic.Int32
 }
 
-func (s *bucketSplit) resolve(rb *resolvedBucket, srcs []*spill, p, q int, bk *idBucketer, binaryIDs bool) error {
+func (s *bucketSplit) resolve(rb *resolvedBucket, srcs []*spill.Spill, p, q int, bk *idBucketer, binaryIDs bool) error {
 	s.once.Do(func() {
-		s.sp, s.err = splitPart(s.path, srcs, p, func(b []byte) (int, int, error) {
-			rd := spillReader{b: b}
+		s.sp, s.err = spill.Split(s.path, srcs, p, spillParts, func(b []byte) (int, int, error) {
+			rd := spill.NewReader(b)
 			h := readHolder(&rd)
-			if err := rd.err(); err != nil || len(h.id) < 6 {
+			if err := rd.Err(); err != nil || len(h.id) < 6 {
 				return 0, 0, fmt.Errorf("holders: %w", errCorrupt)
 			}
-			return len(b) - len(rd.b), bk.sub(h.id), nil
+			return len(b) - rd.Len(), bk.sub(h.id), nil
 		})
 		if s.err == nil {
-			consumed(srcs, p)
+			spill.Consumed(srcs, p)
 		}
 	})
 	if s.err != nil {
 		return s.err
 	}
-	err := rb.resolve([]*spill{s.sp}, q, binaryIDs)
+	err := rb.resolve([]*spill.Spill{s.sp}, q, binaryIDs)
 	if s.left.Add(-1) == 0 {
-		s.sp.drop()
+		s.sp.Drop()
 	}
 	return err
 }
@@ -329,14 +330,14 @@ func (s *bucketSplit) resolve(rb *resolvedBucket, srcs []*spill, p, q int, bk *i
 // spilled line digests: each bucket sorted, the buckets in order. A bucket
 // larger than splitBytes is split by the digests' next bits first (snapSub;
 // a file under dir).
-func snapshotOf(srcs []*spill, parts int, dir string) (string, error) {
+func snapshotOf(srcs []*spill.Spill, parts int, dir string, splitBytes int64) (string, error) {
 	h := sha256.New()
 	var buf []byte
 	var keys []sortKey
 	var sorted [][sha256.Size]byte
-	digest := func(srcs []*spill, p int) error {
+	digest := func(srcs []*spill.Spill, p int) error {
 		var err error
-		if buf, err = appendParts(buf[:0], srcs, p); err != nil {
+		if buf, err = spill.AppendParts(buf[:0], srcs, p); err != nil {
 			return err
 		}
 		if len(buf)%sha256.Size != 0 {
@@ -351,14 +352,14 @@ func snapshotOf(srcs []*spill, parts int, dir string) (string, error) {
 		return nil
 	}
 	for p := range parts {
-		if partSize(srcs, p) <= splitBytes {
+		if spill.PartSize(srcs, p) <= splitBytes {
 			if err := digest(srcs, p); err != nil {
 				return "", err
 			}
-			consumed(srcs, p)
+			spill.Consumed(srcs, p)
 			continue
 		}
-		sp, err := splitPart(filepath.Join(dir, fmt.Sprintf("snapshot-%d.spill", p)), srcs, p, func(b []byte) (int, int, error) {
+		sp, err := spill.Split(filepath.Join(dir, fmt.Sprintf("snapshot-%d.spill", p)), srcs, p, spillParts, func(b []byte) (int, int, error) {
 			if len(b) < sha256.Size {
 				return 0, 0, errors.New("snapshot lines: " + errCorrupt.Error())
 			}
@@ -367,13 +368,13 @@ func snapshotOf(srcs []*spill, parts int, dir string) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		consumed(srcs, p)
+		spill.Consumed(srcs, p)
 		for q := range spillParts {
-			if err = digest([]*spill{sp}, q); err != nil {
+			if err = digest([]*spill.Spill{sp}, q); err != nil {
 				break
 			}
 		}
-		sp.drop()
+		sp.Drop()
 		if err != nil {
 			return "", err
 		}

@@ -26,6 +26,7 @@ import (
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
 	"audiencematch/pipeline/idfile"
+	"audiencematch/pipeline/spill"
 )
 
 // TestIDBucketerSub: a bucket's sub-buckets keep identifier order, for
@@ -97,103 +98,6 @@ func TestSortDigests(t *testing.T) {
 		if _, got = sortDigests(lines, nil, got[:0]); !slices.Equal(got, want) {
 			t.Fatalf("%d spread lines: sortDigests differs from sorting by bytes.Compare", n)
 		}
-	}
-}
-
-// TestSpillReaderVarint: varint reads what binary.AppendVarint wrote,
-// negative and extreme values included, and a truncated one is an error.
-func TestSpillReaderVarint(t *testing.T) {
-	vals := []int64{0, 1, -1, 63, -64, 64, -65, 1 << 40, -(1 << 40), math.MaxInt64, math.MinInt64}
-	var b []byte
-	for _, v := range vals {
-		b = binary.AppendVarint(b, v)
-	}
-	rd := spillReader{b: b}
-	for _, want := range vals {
-		if got := rd.varint(); got != want {
-			t.Fatalf("varint = %d, want %d", got, want)
-		}
-	}
-	if rd.more() || rd.err() != nil {
-		t.Fatalf("after every value: more %v, err %v", rd.more(), rd.err())
-	}
-	rd = spillReader{b: binary.AppendVarint(nil, math.MinInt64)[:3]}
-	if rd.varint(); rd.err() == nil {
-		t.Fatal("a truncated varint was read without an error")
-	}
-}
-
-// TestSpillRoundTrip: every record written by concurrent writers comes
-// back from its own partition, and nothing else does, for a digested spill
-// (one file, written in order) and an undigested one (a file per writer,
-// chunks staged): short records, records that fill a chunk, and records
-// longer than a chunk and than a writer's whole stage.
-func TestSpillRoundTrip(t *testing.T) {
-	const parts, writers = 37, 3
-	for _, digest := range []bool{false, true} {
-		sp, err := newSpill(filepath.Join(t.TempDir(), "t.spill"), parts, digest)
-		if err != nil {
-			t.Fatal(err)
-		}
-		want := make([][]string, parts)
-		var mu sync.Mutex
-		var wg sync.WaitGroup
-		for w := range writers {
-			sw := sp.writer()
-			wg.Go(func() {
-				rng := rand.New(rand.NewPCG(uint64(w), 9))
-				for i := range 20000 {
-					size := rng.IntN(40)
-					switch i % 1000 {
-					case 7:
-						size = spillChunk + rng.IntN(100)
-					case 500:
-						size = stageSize + rng.IntN(5000)
-					}
-					rec := fmt.Sprintf("w%d-%d-", w, i) + strings.Repeat("x", size)
-					p := rng.IntN(parts)
-					sw.put(p, appendStr(sw.buf(p), rec))
-					mu.Lock()
-					want[p] = append(want[p], rec)
-					mu.Unlock()
-				}
-				if err := sw.flush(); err != nil {
-					t.Error(err)
-				}
-			})
-		}
-		wg.Wait()
-		if digest != (len(sp.own) == 0) {
-			t.Fatalf("digest %v: %d writer files", digest, len(sp.own))
-		}
-		total := 0
-		for p := range parts {
-			b, err := sp.appendPart(nil, p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if int64(len(b)) != sp.size(p) {
-				t.Fatalf("partition %d: read %d bytes, size says %d", p, len(b), sp.size(p))
-			}
-			var got []string
-			rd := spillReader{b: b}
-			for rd.more() {
-				got = append(got, strings.Clone(rd.str()))
-			}
-			if rd.err() != nil {
-				t.Fatalf("partition %d: %v", p, rd.err())
-			}
-			slices.Sort(got)
-			slices.Sort(want[p])
-			if !slices.Equal(got, want[p]) {
-				t.Fatalf("digest %v, partition %d: %d records back, %d written, or different ones", digest, p, len(got), len(want[p]))
-			}
-			total += len(got)
-		}
-		if total != writers*20000 {
-			t.Fatalf("%d records in all, want %d", total, writers*20000)
-		}
-		sp.drop()
 	}
 }
 
@@ -375,9 +279,8 @@ func TestEachResolvedHeld(t *testing.T) {
 	const holders = 20_000
 	s, bk := spillHolders(t, bucketParts, holders, func(i int) (int, consent.Status) { return i, consent.Valid })
 	// At 4 KiB some of the buckets (about 80 holders, 4 KiB each) split.
-	for _, split := range []int64{splitBytes, 4 << 10} {
+	for _, split := range []int64{defaultSpillThresholds.splitBytes, 4 << 10} {
 		t.Run(fmt.Sprintf("splitBytes=%d", split), func(t *testing.T) {
-			SetSplitBytes(t, split)
 			// A slow reader checks each bucket, long after fn returned,
 			// against what fn saw, then releases it.
 			type held struct {
@@ -406,7 +309,7 @@ func TestEachResolvedHeld(t *testing.T) {
 					}
 				})
 				n := 0
-				err = eachResolved(t.Context(), []*spill{s}, bucketParts, 2, true, bk, t.TempDir(), func(rb *resolvedBucket, release func()) error {
+				err = eachResolved(t.Context(), []*spill.Spill{s}, bucketParts, 2, true, bk, t.TempDir(), split, func(rb *resolvedBucket, release func()) error {
 					calls++
 					if n++; n == stopAt {
 						release()
@@ -443,101 +346,6 @@ func TestEachResolvedHeld(t *testing.T) {
 	}
 }
 
-// TestSpillGroups: a grouped spill keeps each group of partitions in
-// files of its own and removes them once every partition of the group has
-// been consumed, not before: partitions read in any order read back what
-// was written, and a group's files go with its last partition.
-func TestSpillGroups(t *testing.T) {
-	const parts, writers, per = 4 * spillGroups, 3, 4
-	sp, err := newSpill(filepath.Join(t.TempDir(), "t.spill"), parts, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp.drop()
-	sp.group(writers)
-	if sp.per != per {
-		t.Fatalf("%d partitions a group, want %d", sp.per, per)
-	}
-	want := make([][]string, parts)
-	for w := range writers {
-		sw := sp.writer()
-		rng := rand.New(rand.NewPCG(uint64(w), 3))
-		for i := range 20000 {
-			rec := fmt.Sprintf("w%d-%d-", w, i) + strings.Repeat("x", rng.IntN(40))
-			p := rng.IntN(parts)
-			sw.put(p, appendStr(sw.buf(p), rec))
-			want[p] = append(want[p], rec)
-		}
-		if err := sw.flush(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	files := make([][]string, spillGroups) // each group's file names
-	for g, fs := range sp.gfiles {
-		if len(fs) != writers {
-			t.Fatalf("group %d has %d files, want one a writer", g, len(fs))
-		}
-		for _, f := range fs {
-			files[g] = append(files[g], f.Name())
-		}
-	}
-	exists := func(name string) bool { _, err := os.Stat(name); return err == nil }
-	left := make([]int, spillGroups)
-	for g := range left {
-		left[g] = per
-	}
-	for _, p := range rand.New(rand.NewPCG(1, 2)).Perm(parts) {
-		b, err := sp.appendPart(nil, p)
-		if err != nil {
-			t.Fatalf("partition %d, after %v left of each group: %v", p, left, err)
-		}
-		var got []string
-		for rd := (spillReader{b: b}); rd.more(); {
-			got = append(got, strings.Clone(rd.str()))
-		}
-		slices.Sort(got)
-		slices.Sort(want[p])
-		if !slices.Equal(got, want[p]) {
-			t.Fatalf("partition %d: %d records back, %d written, or different ones", p, len(got), len(want[p]))
-		}
-		sp.consumed(p)
-		g := p / per
-		left[g]--
-		for _, name := range files[g] {
-			if exists(name) != (left[g] > 0) {
-				t.Fatalf("group %d with %d partitions left: %s exists %v", g, left[g], name, exists(name))
-			}
-		}
-	}
-	if len(sp.own) != 0 {
-		t.Errorf("%d writer files still held after every group was consumed", len(sp.own))
-	}
-
-	// A digested spill is one file written in order: never grouped.
-	dg, err := newSpill(filepath.Join(t.TempDir(), "d.spill"), parts, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dg.drop()
-	if dg.group(writers); dg.per != 0 {
-		t.Fatal("a digested spill was grouped")
-	}
-
-	// Many writers: fewer groups, so that the files stay within
-	// maxGroupFiles; one group is no grouping.
-	for _, c := range []struct{ writers, groups int }{{8, 16}, {9, 8}, {64, 2}, {65, 0}} {
-		many, err := newSpill(filepath.Join(t.TempDir(), "m.spill"), parts, false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if many.group(c.writers); len(many.gfiles) != c.groups || (c.groups > 0 && many.per*c.groups != parts) {
-			t.Errorf("%d writers: %d groups of %d partitions, want %d groups", c.writers, len(many.gfiles), many.per, c.groups)
-		}
-		many.drop()
-	}
-	dg.consumed(0) // a no-op
-}
-
 // TestRunFreesSpillGroups: in a run, the join consumes every group of the
 // events and users spills and the write stage every group of the holders
 // and snapshot lines, so each group's files are removed as soon as it has
@@ -557,20 +365,19 @@ func TestRunFreesSpillGroups(t *testing.T) {
 		Key: key, Out: out, State: filepath.Join(dir, "state"), Rules: FixtureRules(fixtures.DefaultAsOf),
 		MaxRejectRate: 0.05, Registry: TestRegistry(out, "meta-ads", hashing.HMACSHA256), ToolVersion: "test"}
 	// left reports a spill that is not grouped, or still holds files.
-	left := func(what string, s *spill) error {
-		if s.per == 0 || len(s.own) != 0 {
-			return fmt.Errorf("%s: grouped %v, %d files left after its stage", what, s.per > 0, len(s.own))
+	left := func(what string, s *spill.Spill) error {
+		if grouped, held := s.GroupedFiles(); !grouped || held != 0 {
+			return fmt.Errorf("%s: grouped %v, %d files left after its stage", what, grouped, held)
 		}
 		return nil
 	}
-	// Grouped whatever the size of the inputs.
-	SetGroupSpillsFrom(t, 0)
 	// At 1 KiB most join partitions (about 1.4 KB of events and users) and
 	// every bucket of holders (4-5 KB) and of snapshot lines (2.5 KB) are
 	// split first, and read from their splits.
-	for _, split := range []int64{splitBytes, 1 << 10} {
+	for _, split := range []int64{defaultSpillThresholds.splitBytes, 1 << 10} {
 		t.Run(fmt.Sprintf("splitBytes=%d", split), func(t *testing.T) {
-			SetSplitBytes(t, split)
+			// Grouped whatever the size of the inputs.
+			SetSpillThresholds(&cfg, split, 0)
 			cfg.Out, cfg.State = filepath.Join(t.TempDir(), "out"), filepath.Join(t.TempDir(), "state")
 			cfg.Registry = TestRegistry(cfg.Out, "meta-ads", hashing.HMACSHA256)
 			runFreesSpillGroups(t, cfg, left)
@@ -578,7 +385,7 @@ func TestRunFreesSpillGroups(t *testing.T) {
 	}
 }
 
-func runFreesSpillGroups(t *testing.T, cfg Config, left func(string, *spill) error) {
+func runFreesSpillGroups(t *testing.T, cfg Config, left func(string, *spill.Spill) error) {
 	var checked []string
 	res, err := execute(t.Context(), cfg, func(r *run) []step {
 		return []step{
@@ -610,8 +417,8 @@ func runFreesSpillGroups(t *testing.T, cfg Config, left func(string, *spill) err
 }
 
 // TestGroupSpillsFromInputSize: a run groups its spills when its input
-// files, over its shards, reach groupSpillsFrom, or when its source is not
-// files (their size unknown), and not otherwise.
+// files, over its shards, reach its groupFrom threshold, or when its source
+// is not files (their size unknown), and not otherwise.
 func TestGroupSpillsFromInputSize(t *testing.T) {
 	dir := t.TempDir()
 	users, events := filepath.Join(dir, "users.csv"), filepath.Join(dir, "events.csv")
@@ -636,8 +443,9 @@ func TestGroupSpillsFromInputSize(t *testing.T) {
 		{0, otherSource{}, 0, true},
 		{1 << 40, otherSource{}, 0, true},
 	} {
-		SetGroupSpillsFrom(t, c.from)
-		r := newRun(Config{Source: c.src, Shard: Shard{Count: c.shards}})
+		cfg := Config{Source: c.src, Shard: Shard{Count: c.shards}}
+		SetSpillThresholds(&cfg, defaultSpillThresholds.splitBytes, c.from)
+		r := newRun(cfg)
 		if r.groupSpills != c.want {
 			t.Errorf("%T over %d shards, grouped from %d bytes: grouped %v, want %v", c.src, c.shards, c.from, r.groupSpills, c.want)
 		}

@@ -17,6 +17,7 @@ import (
 	"runtime/pprof"
 	"slices"
 	"time"
+	"unsafe"
 
 	"github.com/parquet-go/parquet-go"
 	"golang.org/x/mod/sumdb/note"
@@ -30,6 +31,7 @@ import (
 	"audiencematch/pipeline/fsutil"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/manifest"
+	"audiencematch/pipeline/spill"
 	"audiencematch/pipeline/statedir"
 )
 
@@ -84,6 +86,10 @@ type Config struct {
 	// maxDrop is the destination's drop guard threshold, a fraction, from
 	// the registry (authorize sets it).
 	maxDrop float64
+	// spills are the thresholds at which the run splits and groups its
+	// spills; nil: defaultSpillThresholds. Tests set them
+	// (SetSpillThresholds).
+	spills *spillThresholds
 }
 
 // Result describes a finished run.
@@ -212,13 +218,15 @@ type run struct {
 	// Spilled in-scope events and user rows, by user (consent and users
 	// stages, read by the join), and the join's holders and snapshot lines,
 	// in buckets (see join).
-	events, users, ids, snap *spill
+	events, users, ids, snap *spill.Spill
+	// spills are the run's thresholds: its Config's, or the defaults.
+	spills spillThresholds
 	// groupSpills is set when they keep their partitions in groups of
-	// files (see spill.group and groupSpillsFrom).
+	// files (see spill.Options.GroupWriters and spillThresholds.groupFrom).
 	groupSpills bool
 	// What the write stage reads: the run's own ids and snap, or every
 	// shard's (Commit).
-	idSrc, snapSrc []*spill
+	idSrc, snapSrc []*spill.Spill
 	// idTree and evidenceTree are the record's tree heads (computeTrees).
 	idTree, evidenceTree *audit.Tree
 	m                    *manifest.Manifest
@@ -239,10 +247,34 @@ type run struct {
 func newRun(cfg Config) *run {
 	r := &run{cfg: cfg, t0: time.Now(), m: newManifest(&cfg), guard: newLeakGuard(guardSalt(&cfg), ""), seed: maphash.MakeSeed()}
 	r.guard.durable = cfg.Shard.Count > 0
+	r.spills = defaultSpillThresholds
+	if cfg.spills != nil {
+		r.spills = *cfg.spills
+	}
 	n, known := InputSize(cfg.Source)
-	r.groupSpills = !known || n/int64(max(cfg.Shard.Count, 1)) >= groupSpillsFrom
+	r.groupSpills = !known || n/int64(max(cfg.Shard.Count, 1)) >= r.spills.groupFrom
 	return r
 }
+
+// spillThresholds are the sizes at which a run splits and groups its
+// spills (package spill).
+type spillThresholds struct {
+	// splitBytes bounds a partition a stage loads whole (a join partition,
+	// a bucket of holders or of snapshot lines). A larger one is first split
+	// into spillParts sub-partitions of a spill of its own (spill.Split), so
+	// memory stays flat however large the audience (docs/DESIGN.md,
+	// "Splits").
+	splitBytes int64
+	// groupFrom is the size of the input files (a shard's share of them)
+	// from which a run groups its spills. Grouping bounds the staging's
+	// peak at a large audience, but each spill then has a file per writer
+	// and group to create and remove, one at a time, which costs a smaller
+	// run more time than it saves (docs/PERFORMANCE.md). Inputs read from a
+	// database, of unknown size, are grouped.
+	groupFrom int64
+}
+
+var defaultSpillThresholds = spillThresholds{splitBytes: 16 << 20, groupFrom: 512 << 20}
 
 // InputSize is the size of a file source's two files. It is not known
 // (false) for any other source, nor when a file cannot be read (the run
@@ -263,17 +295,20 @@ func InputSize(src Source) (int64, bool) {
 	return n, true
 }
 
-// group has s keep its partitions in groups of files if the run groups
-// its spills (see groupSpillsFrom).
-func (r *run) group(s *spill) {
+// newSpill creates the spill NAME in staging, digested if digest is set,
+// its partitions in groups of files if the run groups its spills (see
+// spillThresholds.groupFrom).
+func (r *run) newSpill(name string, parts int, digest bool) (*spill.Spill, error) {
+	o := spill.Options{Digest: digest}
 	if r.groupSpills {
-		s.group(r.cfg.Workers)
+		o.GroupWriters = r.cfg.Workers
 	}
+	return spill.New(filepath.Join(r.staging, name), parts, o)
 }
 
 // closeSpills closes every spill file (they live in staging, which goes).
 func (r *run) closeSpills() {
-	for _, s := range slices.Concat([]*spill{r.events, r.users, r.ids, r.snap}, r.idSrc, r.snapSrc, r.guard.srcs) {
+	for _, s := range slices.Concat([]*spill.Spill{r.events, r.users, r.ids, r.snap}, r.idSrc, r.snapSrc, r.guard.srcs) {
 		if s != nil {
 			s.Close()
 		}
@@ -430,6 +465,10 @@ func fieldsText(fields []string) string {
 	b, _ := json.Marshal(fields)
 	return string(b)
 }
+
+// bytesString is b as a string without a copy: b must not change while the
+// string is in use.
+func bytesString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
 // authorize refuses, before any user data is read, a destination the
 // registry does not allow for the run's purpose, and records the refusal

@@ -27,6 +27,7 @@ import (
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/fsutil"
 	"audiencematch/pipeline/manifest"
+	"audiencematch/pipeline/spill"
 )
 
 // Shard is one partition of a sharded run: the users whose user_id hashes
@@ -225,19 +226,19 @@ func (r *run) writeShard() error {
 		return err
 	}
 	info.GuardMaxLen = r.guard.maxLen
-	for _, s := range []*spill{r.ids, r.snap, r.guard.sp} {
-		if err := errors.Join(s.f.Sync(), s.Close()); err != nil {
+	for _, s := range []*spill.Spill{r.ids, r.snap, r.guard.sp} {
+		if err := errors.Join(s.Sync(), s.Close()); err != nil {
 			return err
 		}
-		info.Files[filepath.Base(s.path)] = s.Sum()
+		info.Files[filepath.Base(s.Path())] = s.Sum()
 	}
 	writers := []struct {
 		name  string
 		write func(*bufio.Writer) error
 	}{
-		{"ids.idx", func(w *bufio.Writer) error { _, err := w.Write(r.ids.index()); return err }},
-		{"snapshot.idx", func(w *bufio.Writer) error { _, err := w.Write(r.snap.index()); return err }},
-		{"guard.idx", func(w *bufio.Writer) error { _, err := w.Write(r.guard.sp.index()); return err }},
+		{"ids.idx", func(w *bufio.Writer) error { _, err := w.Write(r.ids.Index()); return err }},
+		{"snapshot.idx", func(w *bufio.Writer) error { _, err := w.Write(r.snap.Index()); return err }},
+		{"guard.idx", func(w *bufio.Writer) error { _, err := w.Write(r.guard.sp.Index()); return err }},
 	}
 	for _, f := range writers {
 		sum, err := writeFileSum(filepath.Join(r.staging, f.name), f.write)
@@ -467,7 +468,7 @@ var errCorrupt = errors.New("corrupt")
 
 // openShardSpill checks a shard's spill NAME.spill against shard.json's
 // digest, opens it with its index NAME.idx and adds it to srcs.
-func (r *run) openShardSpill(dir, name string, parts int, sums map[string]string, srcs *[]*spill) error {
+func (r *run) openShardSpill(dir, name string, parts int, sums map[string]string, srcs *[]*spill.Spill) error {
 	path := filepath.Join(dir, name+".spill")
 	sum, err := fsutil.SHA256File(path)
 	if err != nil {
@@ -477,13 +478,13 @@ func (r *run) openShardSpill(dir, name string, parts int, sums map[string]string
 		return fmt.Errorf("%s.spill does not match its digest in shard.json", name)
 	}
 	return readShardFile(dir, name+".idx", sums, func(index []byte) error {
-		s, err := openSpill(path, index)
+		s, err := spill.Open(path, index)
 		if err != nil {
 			return err
 		}
 		*srcs = append(*srcs, s)
-		if s.parts() != parts {
-			return fmt.Errorf("%s.spill: %d buckets, want %d", name, s.parts(), parts)
+		if s.Parts() != parts {
+			return fmt.Errorf("%s.spill: %d buckets, want %d", name, s.Parts(), parts)
 		}
 		return nil
 	})
@@ -491,7 +492,7 @@ func (r *run) openShardSpill(dir, name string, parts int, sums map[string]string
 
 // openShardGuard adds a shard's leak guard needles.
 func (r *run) openShardGuard(dir string, in *shardInfo) error {
-	var srcs []*spill
+	var srcs []*spill.Spill
 	if err := r.openShardSpill(dir, "guard", guardParts, in.Files, &srcs); err != nil {
 		return err
 	}

@@ -295,11 +295,10 @@ func testParallelIngest(t *testing.T, format string) {
 	ctx := context.Background()
 	run := func(name string, workers, block int, split, group int64, evidenceBatch int) (map[string][]byte, map[string][]byte, string) {
 		pipeline.SetCSVBlockSize(t, block)
-		pipeline.SetSplitBytes(t, split)
-		pipeline.SetGroupSpillsFrom(t, group)
 		idfile.SetEvidenceBatch(t, evidenceBatch)
 		cfg := shardConfig(t, filepath.Join(dir, name), st)
 		cfg.Workers = workers
+		pipeline.SetSpillThresholds(&cfg, split, group)
 		res, err := pipeline.Run(ctx, cfg)
 		if err != nil {
 			t.Fatal(err)

@@ -1,4 +1,4 @@
-package pipeline
+package spill
 
 import (
 	"cmp"
@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"hash"
-	"io"
 	"os"
 	"slices"
 	"sync"
@@ -16,20 +15,27 @@ import (
 	"unsafe"
 )
 
-// spill is a set of partitions of records kept on disk, so that what the
-// run holds in memory at once is one partition, not the whole audience.
-// Workers append records to their own per-partition buffers (spillWriter)
-// and write each full buffer as one chunk at the end of a single file;
-// reading a partition back reads its chunks. A record never spans chunks.
-// The order of chunks in the file depends on timing: whoever reads a
-// partition must not depend on the order of its records.
-//
-// A digested spill (a shard's, which outlives the process) is one file,
-// written in the order it is hashed. Any other gives each writer a file
-// of its own, PATH.wN, so that workers never wait on each other's writes
-// (nor the kernel on one file's lock); a grouped one, a file per writer
-// and group of partitions, removed once the group has been read.
-type spill struct {
+// ErrCorrupt is wrapped by the errors of records and indexes that cannot be
+// decoded.
+var ErrCorrupt = errors.New("corrupt")
+
+// Options are a spill's settings. The zero value is a spill that is neither
+// digested nor grouped.
+type Options struct {
+	// Digest makes the spill one file, written in the order it is hashed
+	// (see Sum), for a spill that outlives its process. A digested spill is
+	// never grouped.
+	Digest bool
+	// GroupWriters, when more than 0, groups the spill's partitions for
+	// that many writers (see Groups in the package documentation): the
+	// more writers, the fewer groups.
+	GroupWriters int
+}
+
+// Spill is a set of partitions of records kept on disk (see the package
+// documentation). Workers append records through Writers of their own;
+// reading a partition back reads its chunks.
+type Spill struct {
 	mu     sync.Mutex
 	f      *os.File
 	path   string
@@ -38,35 +44,24 @@ type spill struct {
 	sum    hash.Hash
 	err    error
 	own    []*os.File // the writers' files, when not digested
-	// A grouped spill (see group) keeps each group of partitions in
-	// files of their own, removed once the group has been read.
+	// A grouped spill keeps each group of partitions in files of their
+	// own, removed once the group has been read.
 	per    int          // partitions per group; 0: not grouped
 	gfiles [][]*os.File // by group: the writers' files
 	gleft  []atomic.Int32
 }
 
 // spillGroups is how many groups a grouped spill's partitions form, at
-// most. The cost of a run's staging on this machine is its high-water mark:
-// pages the kernel gets back are cheap to reuse a moment later, while pages
-// new to the process (the host hands freed memory back to itself after a
-// couple of seconds) cost about 10 µs each. Reading a stage's spills group
-// by group and removing each group once read keeps the staging's peak at
-// about what one stage's output and the next one's input hold.
+// most. The cost of a run's staging is its high-water mark: pages the
+// kernel gets back are cheap to reuse a moment later, while pages new to
+// the process cost a fault each (docs/PERFORMANCE.md). Reading a stage's
+// spills group by group and removing each group once read keeps the
+// staging's peak at about what one stage's output and the next one's input
+// hold.
 const spillGroups = 16
 
-// groupSpillsFrom is the size of the input files (a shard's share of them)
-// from which a run groups its spills. Grouping bounds the staging's peak
-// at a large audience (10M users: 1.74 GB without, 1.1 GB with), but each
-// spill then has a file per writer and group to create and remove, about
-// 130 files a run at 120 µs each on this machine, one at a time: at 1M
-// users (130 MB of input) runs without groups were faster in 5 of 6
-// alternating pairs (1.03 s against 1.09 s on average, less system time
-// in all), their staging never above 200 MB. Inputs read from a database,
-// of unknown size, are grouped.
-var groupSpillsFrom int64 = 512 << 20
-
 // maxGroupFiles bounds a grouped spill's files (a file per writer and
-// group): with many workers it has fewer groups, so that a run's open files
+// group): with many writers it has fewer groups, so that a run's open files
 // (four grouped spills at once in the join) stay well below the usual limit
 // of 1,024.
 const maxGroupFiles = 128
@@ -75,7 +70,7 @@ const maxGroupFiles = 128
 // spillGroups and maxGroupFiles for writers writers allow (not for a
 // digested spill, which is one file written in order, nor with a single
 // group). Before any writer is made.
-func (s *spill) group(writers int) {
+func (s *Spill) group(writers int) {
 	n := spillGroups
 	for n > 1 && (writers*n > maxGroupFiles || len(s.chunks)%n != 0) {
 		n /= 2
@@ -92,18 +87,19 @@ func (s *spill) group(writers int) {
 }
 
 // groupOf is partition p's group (0 when the spill is not grouped).
-func (s *spill) groupOf(p int) int {
+func (s *Spill) groupOf(p int) int {
 	if s.per == 0 {
 		return 0
 	}
 	return p / s.per
 }
 
-// consumed says partition p has been read for good (nothing reads it
+// Consumed says partition p has been read for good (nothing reads it
 // again). Once every partition of its group has been, a grouped spill
 // closes and removes the group's files, so that the kernel gets their pages
-// back while the run still writes. Safe for concurrent use.
-func (s *spill) consumed(p int) {
+// back while the process still writes; for any other spill it does nothing.
+// Safe for concurrent use.
+func (s *Spill) Consumed(p int) {
 	if s.per == 0 {
 		return
 	}
@@ -129,31 +125,37 @@ type span struct {
 }
 
 // spillChunk is the size at which a writer's partition buffer is written.
-// A run's writers hold up to about 1,300 buffers at once (256 buckets of
-// the holders and of the snapshot lines, 128 parts of the guard, per
-// worker), or 2,048 while events or users are read (1,024 partitions per
-// worker): 20 MiB at 8 KiB. At 16 KiB, with 1,024 buckets, peak memory at
-// 1M users was 60 MiB more, for no measurable gain at 10M in fewer writes.
+// Every writer holds a buffer per partition it writes to, and a run's
+// workers write several spills of hundreds of partitions each at once:
+// thousands of buffers, so that a larger chunk costs memory for fewer
+// writes that save no measurable time (docs/PERFORMANCE.md).
 const spillChunk = 8 << 10
 
-// newSpill creates an owner-only spill file of parts partitions. With
-// digest set it also hashes what is written (see Sum).
-func newSpill(path string, parts int, digest bool) (*spill, error) {
+// New creates an owner-only spill file at path of parts partitions,
+// digested or grouped as o says.
+func New(path string, parts int, o Options) (*Spill, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	s := &spill{f: f, path: path, chunks: make([][]span, parts)}
-	if digest {
+	s := &Spill{f: f, path: path, chunks: make([][]span, parts)}
+	if o.Digest {
 		s.sum = sha256.New()
+	}
+	if o.GroupWriters > 0 {
+		s.group(o.GroupWriters)
 	}
 	return s, nil
 }
 
-func (s *spill) parts() int { return len(s.chunks) }
+// Parts is the number of partitions.
+func (s *Spill) Parts() int { return len(s.chunks) }
+
+// Path is the spill's path, its one file when digested.
+func (s *Spill) Path() string { return s.path }
 
 // write appends one chunk of partition p to the spill's own file.
-func (s *spill) write(p int, b []byte) {
+func (s *Spill) write(p int, b []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.err != nil {
@@ -171,20 +173,20 @@ func (s *spill) write(p int, b []byte) {
 }
 
 // fail keeps the spill's first error.
-func (s *spill) fail(err error) {
+func (s *Spill) fail(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.failLocked(err)
 }
 
 // failLocked keeps the spill's first error; s.mu is held.
-func (s *spill) failLocked(err error) {
+func (s *Spill) failLocked(err error) {
 	s.err = cmp.Or(s.err, fmt.Errorf("spill %s: %w", s.path, err))
 }
 
-// ownFile creates a writer's own file (see spill) for group g, or returns
+// ownFile creates a writer's own file (see Spill) for group g, or returns
 // nil after an error, which Err reports.
-func (s *spill) ownFile(g int) *os.File {
+func (s *Spill) ownFile(g int) *os.File {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.err != nil {
@@ -203,7 +205,7 @@ func (s *spill) ownFile(g int) *os.File {
 }
 
 // addSpans records chunks a writer has written to its own file.
-func (s *spill) addSpans(spans []partSpan) {
+func (s *Spill) addSpans(spans []partSpan) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, ps := range spans {
@@ -212,17 +214,17 @@ func (s *spill) addSpans(spans []partSpan) {
 }
 
 // Err is the first write error.
-func (s *spill) Err() error {
+func (s *Spill) Err() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.err
 }
 
-// Sum is the SHA-256 of the file as written (digest set).
-func (s *spill) Sum() string { return hex.EncodeToString(s.sum.Sum(nil)) }
+// Sum is the SHA-256 of the file as written, in hex (a digested spill).
+func (s *Spill) Sum() string { return hex.EncodeToString(s.sum.Sum(nil)) }
 
-// size is partition p's size in bytes.
-func (s *spill) size(p int) int64 {
+// Size is partition p's size in bytes.
+func (s *Spill) Size(p int) int64 {
 	n := int64(0)
 	for _, c := range s.chunks[p] {
 		n += c.n
@@ -230,10 +232,10 @@ func (s *spill) size(p int) int64 {
 	return n
 }
 
-// appendPart appends partition p's records to buf. Safe for concurrent use
+// AppendPart appends partition p's records to buf. Safe for concurrent use
 // once writing is over.
-func (s *spill) appendPart(buf []byte, p int) ([]byte, error) {
-	need := len(buf) + int(s.size(p))
+func (s *Spill) AppendPart(buf []byte, p int) ([]byte, error) {
+	need := len(buf) + int(s.Size(p))
 	if cap(buf) < need {
 		buf = append(make([]byte, 0, need), buf...)
 	}
@@ -247,36 +249,46 @@ func (s *spill) appendPart(buf []byte, p int) ([]byte, error) {
 	return buf, nil
 }
 
-// consumed marks partition p of every spill read for good (see
-// spill.consumed).
-func consumed(srcs []*spill, p int) {
+// Consumed marks partition p of every spill read for good (see
+// Spill.Consumed).
+func Consumed(srcs []*Spill, p int) {
 	for _, s := range srcs {
-		s.consumed(p)
+		s.Consumed(p)
 	}
 }
 
-// partSize is partition p's size summed over spills (a run's, or its shards').
-func partSize(srcs []*spill, p int) int64 {
+// PartSize is partition p's size summed over spills (a run's, or its
+// shards').
+func PartSize(srcs []*Spill, p int) int64 {
 	n := int64(0)
 	for _, s := range srcs {
-		n += s.size(p)
+		n += s.Size(p)
 	}
 	return n
 }
 
-// appendParts appends partition p of every spill to buf.
-func appendParts(buf []byte, srcs []*spill, p int) ([]byte, error) {
+// AppendParts appends partition p of every spill to buf.
+func AppendParts(buf []byte, srcs []*Spill, p int) ([]byte, error) {
 	var err error
 	for _, s := range srcs {
-		if buf, err = s.appendPart(buf, p); err != nil {
+		if buf, err = s.AppendPart(buf, p); err != nil {
 			return nil, err
 		}
 	}
 	return buf, nil
 }
 
+// Sync commits the spill's files to stable storage.
+func (s *Spill) Sync() error {
+	err := s.f.Sync()
+	for _, f := range s.own {
+		err = errors.Join(err, f.Sync())
+	}
+	return err
+}
+
 // Close closes the files; a second Close is a no-op.
-func (s *spill) Close() error {
+func (s *Spill) Close() error {
 	if s.f == nil {
 		return nil
 	}
@@ -288,10 +300,10 @@ func (s *spill) Close() error {
 	return err
 }
 
-// index is the chunk list, for a spill that outlives its process (a
-// shard's, read by the commit): partitions, then per partition its chunk
-// count and chunks, all uvarints.
-func (s *spill) index() []byte {
+// Index is the chunk list (see the package documentation), for a spill
+// that outlives its process (a shard's, read by the commit): partitions,
+// then per partition its chunk count and chunks, all uvarints.
+func (s *Spill) Index() []byte {
 	b := binary.AppendUvarint(nil, uint64(len(s.chunks)))
 	for _, cs := range s.chunks {
 		b = binary.AppendUvarint(b, uint64(len(cs)))
@@ -302,9 +314,9 @@ func (s *spill) index() []byte {
 	return b
 }
 
-// openSpill opens a spill file written by another process, given its
-// index; every chunk must lie within the file.
-func openSpill(path string, index []byte) (*spill, error) {
+// Open opens a spill file written by another process, given its index;
+// every chunk must lie within the file. The spill is read-only.
+func Open(path string, index []byte) (*Spill, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -314,7 +326,7 @@ func openSpill(path string, index []byte) (*spill, error) {
 		f.Close()
 		return nil, err
 	}
-	s := &spill{f: f, path: path, off: st.Size()}
+	s := &Spill{f: f, path: path, off: st.Size()}
 	next := func() (uint64, bool) {
 		v, k := binary.Uvarint(index)
 		if k <= 0 {
@@ -326,51 +338,50 @@ func openSpill(path string, index []byte) (*spill, error) {
 	parts, ok := next()
 	if !ok || parts == 0 || parts > 1<<20 {
 		f.Close()
-		return nil, fmt.Errorf("%s: %w index", path, errCorrupt)
+		return nil, fmt.Errorf("%s: %w index", path, ErrCorrupt)
 	}
 	s.chunks = make([][]span, parts)
 	for p := range s.chunks {
 		n, ok := next()
 		if !ok || n > uint64(len(index)) {
 			f.Close()
-			return nil, fmt.Errorf("%s: %w index", path, errCorrupt)
+			return nil, fmt.Errorf("%s: %w index", path, ErrCorrupt)
 		}
 		for range n {
 			off, ok1 := next()
 			l, ok2 := next()
 			if !ok1 || !ok2 || off > uint64(s.off) || l > uint64(s.off)-off {
 				f.Close()
-				return nil, fmt.Errorf("%s: %w index", path, errCorrupt)
+				return nil, fmt.Errorf("%s: %w index", path, ErrCorrupt)
 			}
 			s.chunks[p] = append(s.chunks[p], span{f, int64(off), int64(l)})
 		}
 	}
 	if len(index) != 0 {
 		f.Close()
-		return nil, fmt.Errorf("%s: %w index", path, errCorrupt)
+		return nil, fmt.Errorf("%s: %w index", path, ErrCorrupt)
 	}
 	return s, nil
 }
 
-// spillWriter is one worker's buffers for a spill. Use put after appending
-// a record to buf(p); flush when done.
+// Writer is one worker's buffers for a spill. Append a record to Buf(p),
+// then hand the buffer back with Put; Flush when done.
 //
 // Unless the spill is digested, full chunks are gathered in stage and
-// written to the writer's own file stageSize at a time: one write call per
-// 8 KiB chunk cost more than the copy (a system call is about 4 µs here,
-// against 11 µs for a 64 KiB one), and the chunks' spans are recorded
+// written to the writer's own file stageSize at a time: a write call per
+// 8 KiB chunk costs more than the copy, and the chunks' spans are recorded
 // under the spill's lock once per stage rather than once per chunk. Until
-// flush, the spill's chunk list lacks what stage holds: nothing reads a
+// Flush, the spill's chunk list lacks what stage holds: nothing reads a
 // spill before its writers have flushed.
-type spillWriter struct {
-	s    *spill
+type Writer struct {
+	s    *Spill
 	bufs [][]byte
 	outs []spillOut // one, or one per group of a grouped spill
 }
 
 // spillOut is where a writer's chunks of one group go.
 type spillOut struct {
-	f     *os.File   // its own file, once it has written (see spill)
+	f     *os.File   // its own file, once it has written (see Spill)
 	off   int64      // f's size, with stage written
 	stage []byte     // full chunks not yet written to f
 	spans []partSpan // where stage's chunks go
@@ -387,12 +398,13 @@ const stageSize = 256 << 10
 
 var stagePool = sync.Pool{New: func() any { return new([stageSize]byte) }}
 
-func (s *spill) writer() *spillWriter {
-	return &spillWriter{s: s, bufs: make([][]byte, len(s.chunks)), outs: make([]spillOut, max(1, len(s.gfiles)))}
+// Writer returns a writer for one goroutine; Flush it when done.
+func (s *Spill) Writer() *Writer {
+	return &Writer{s: s, bufs: make([][]byte, len(s.chunks)), outs: make([]spillOut, max(1, len(s.gfiles)))}
 }
 
 // write writes one chunk of partition p, or stages it.
-func (w *spillWriter) write(p int, b []byte) {
+func (w *Writer) write(p int, b []byte) {
 	if w.s.sum != nil {
 		w.s.write(p, b)
 		return
@@ -419,7 +431,7 @@ func (w *spillWriter) write(p int, b []byte) {
 }
 
 // drain writes o's staged chunks and records their spans.
-func (w *spillWriter) drain(o *spillOut) {
+func (w *Writer) drain(o *spillOut) {
 	if len(o.stage) > 0 {
 		w.writeSpans(o, o.stage)
 		o.stage = o.stage[:0]
@@ -427,7 +439,7 @@ func (w *spillWriter) drain(o *spillOut) {
 }
 
 // writeSpans writes b, the chunks of o.spans, to o's file and records them.
-func (w *spillWriter) writeSpans(o *spillOut, b []byte) {
+func (w *Writer) writeSpans(o *spillOut, b []byte) {
 	if _, err := o.f.Write(b); err != nil {
 		w.s.fail(err)
 	}
@@ -436,23 +448,25 @@ func (w *spillWriter) writeSpans(o *spillOut, b []byte) {
 }
 
 // chunkPool holds partition buffers between writers. Grown from nothing by
-// append, each of a stage's thousands of buffers cost two chunks' copying
-// and garbage; a new one is allocated whole, and later stages reuse them.
+// append, each of a stage's thousands of buffers would cost two chunks'
+// copying and garbage; a new one is allocated whole, and later stages reuse
+// them.
 var chunkPool = sync.Pool{New: func() any { return new([spillChunk + spillSlack]byte) }}
 
 // spillSlack is room past spillChunk for the record that fills a buffer.
 const spillSlack = 2 << 10
 
-// buf is partition p's buffer, to append one record to.
-func (w *spillWriter) buf(p int) []byte {
+// Buf is partition p's buffer, to append one record to and hand back with
+// Put.
+func (w *Writer) Buf(p int) []byte {
 	if w.bufs[p] == nil {
 		w.bufs[p] = chunkPool.Get().(*[spillChunk + spillSlack]byte)[:0]
 	}
 	return w.bufs[p]
 }
 
-// put stores partition p's buffer back, writing it out once it is full.
-func (w *spillWriter) put(p int, b []byte) {
+// Put stores partition p's buffer back, writing it out once it is full.
+func (w *Writer) Put(p int, b []byte) {
 	w.bufs[p] = b
 	if len(b) >= spillChunk {
 		w.write(p, b)
@@ -460,9 +474,9 @@ func (w *spillWriter) put(p int, b []byte) {
 	}
 }
 
-// flush writes what the buffers and the stage hold and gives them back to
-// their pools.
-func (w *spillWriter) flush() error {
+// Flush writes what the buffers and the stage hold, gives them back to
+// their pools, and returns the spill's first write error.
+func (w *Writer) Flush() error {
 	for p, b := range w.bufs {
 		if len(b) > 0 {
 			w.write(p, b)
@@ -482,24 +496,35 @@ func (w *spillWriter) flush() error {
 	return w.s.Err()
 }
 
-// spillReader decodes records: uvarint-length strings and varints. A
-// decoding error is sticky and reported by err; the strings share the
+// Reader decodes records framed as the package documentation says:
+// uvarint-length strings, uvarints, varints, bytes and fixed-size fields.
+// A decoding error is sticky and reported by Err; the strings share the
 // buffer's memory.
-type spillReader struct {
+type Reader struct {
 	b   []byte
 	bad bool
 }
 
-func (r *spillReader) more() bool { return len(r.b) > 0 && !r.bad }
+// NewReader reads the records in b.
+func NewReader(b []byte) Reader { return Reader{b: b} }
 
-func (r *spillReader) err() error {
+// More reports whether bytes are left to decode and nothing has failed.
+func (r *Reader) More() bool { return len(r.b) > 0 && !r.bad }
+
+// Len is how many bytes are left to decode: a record read from the start
+// of b is len(b) - Len() bytes long.
+func (r *Reader) Len() int { return len(r.b) }
+
+// Err is the first decoding error, which wraps ErrCorrupt.
+func (r *Reader) Err() error {
 	if r.bad {
-		return fmt.Errorf("spilled records: %w", errCorrupt)
+		return fmt.Errorf("spilled records: %w", ErrCorrupt)
 	}
 	return nil
 }
 
-func (r *spillReader) uvarint() uint64 {
+// Uvarint decodes an unsigned varint.
+func (r *Reader) Uvarint() uint64 {
 	v, k := binary.Uvarint(r.b)
 	if k <= 0 {
 		r.bad, r.b = true, nil
@@ -509,10 +534,10 @@ func (r *spillReader) uvarint() uint64 {
 	return v
 }
 
-// varint decodes a zigzag varint as binary.Varint does: a uvarint whose
+// Varint decodes a zigzag varint as binary.Varint does: a uvarint whose
 // low bit is the sign.
-func (r *spillReader) varint() int64 {
-	u := r.uvarint()
+func (r *Reader) Varint() int64 {
+	u := r.Uvarint()
 	v := int64(u >> 1)
 	if u&1 != 0 {
 		v = ^v
@@ -520,7 +545,8 @@ func (r *spillReader) varint() int64 {
 	return v
 }
 
-func (r *spillReader) byte() byte {
+// Byte decodes one byte.
+func (r *Reader) Byte() byte {
 	if len(r.b) == 0 {
 		r.bad = true
 		return 0
@@ -530,9 +556,9 @@ func (r *spillReader) byte() byte {
 	return c
 }
 
-// str returns the next string, sharing the buffer's memory (see bytesString).
-func (r *spillReader) str() string {
-	n := r.uvarint()
+// Str returns the next string, sharing the buffer's memory.
+func (r *Reader) Str() string {
+	n := r.Uvarint()
 	if n > uint64(len(r.b)) {
 		r.bad, r.b = true, nil
 		return ""
@@ -542,8 +568,8 @@ func (r *spillReader) str() string {
 	return s
 }
 
-// fixed returns the next n bytes.
-func (r *spillReader) fixed(n int) []byte {
+// Fixed returns the next n bytes, sharing the buffer's memory.
+func (r *Reader) Fixed(n int) []byte {
 	if n > len(r.b) {
 		r.bad, r.b = true, nil
 		return nil
@@ -553,36 +579,24 @@ func (r *spillReader) fixed(n int) []byte {
 	return s
 }
 
-func appendStr(b []byte, s string) []byte {
+// AppendStr appends s framed as a string: its length as a uvarint, then
+// its bytes.
+func AppendStr(b []byte, s string) []byte {
 	return append(binary.AppendUvarint(b, uint64(len(s))), s...)
-}
-
-// sha256Stream is the SHA-256 of a file, read without holding it.
-func sha256Stream(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // bytesString is b as a string without a copy: b must not change while the
 // string is in use.
 func bytesString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
-// spillRead is about how much eachChunk reads at once.
+// spillRead is about how much EachChunk reads at once.
 const spillRead = 1 << 20
 
-// eachChunk calls fn with partition p of every spill, a run of whole chunks
-// at a time (adjacent ones, up to about spillRead bytes), reusing *buf:
-// memory stays flat however large the partition. Safe for concurrent use
-// once writing is over.
-func eachChunk(srcs []*spill, p int, buf *[]byte, fn func([]byte) error) error {
+// EachChunk calls fn with partition p of every spill, a run of whole chunks
+// at a time (adjacent ones, up to about 1 MiB), reusing *buf: memory stays
+// flat however large the partition. Safe for concurrent use once writing is
+// over.
+func EachChunk(srcs []*Spill, p int, buf *[]byte, fn func([]byte) error) error {
 	for _, s := range srcs {
 		cs := s.chunks[p]
 		for i := 0; i < len(cs); {
@@ -606,44 +620,38 @@ func eachChunk(srcs []*spill, p int, buf *[]byte, fn func([]byte) error) error {
 	return nil
 }
 
-// splitBytes bounds a partition a stage loads whole (a join partition, a
-// bucket of holders or of snapshot lines). A larger one is first split into
-// spillParts sub-partitions of a spill of its own, so memory stays flat
-// however large the audience: join partitions reach 16 MiB at about 200M
-// users, buckets of holders (256 of them) at about 110M; at a billion
-// every partition and bucket is split once.
-var splitBytes int64 = 16 << 20
-
-// splitPart copies partition p of srcs into a new spill at path, each
-// record to the sub-partition rec gives; rec returns the length of the
-// record b starts with and its sub-partition.
-func splitPart(path string, srcs []*spill, p int, rec func(b []byte) (n, sub int, err error)) (*spill, error) {
-	sp, err := newSpill(path, spillParts, false)
+// Split copies partition p of srcs into a new spill at path, of parts
+// partitions, each record to the sub-partition rec gives: a partition too
+// large to load whole is read a sub-partition at a time. rec returns the
+// length of the record b starts with and its sub-partition. The new spill
+// is neither digested nor grouped; the caller drops it.
+func Split(path string, srcs []*Spill, p, parts int, rec func(b []byte) (n, sub int, err error)) (*Spill, error) {
+	sp, err := New(path, parts, Options{})
 	if err != nil {
 		return nil, err
 	}
-	w := sp.writer()
+	w := sp.Writer()
 	var buf []byte
-	err = eachChunk(srcs, p, &buf, func(b []byte) error {
+	err = EachChunk(srcs, p, &buf, func(b []byte) error {
 		for len(b) > 0 {
 			n, q, err := rec(b)
 			if err != nil {
 				return err
 			}
-			w.put(q, append(w.buf(q), b[:n]...))
+			w.Put(q, append(w.Buf(q), b[:n]...))
 			b = b[n:]
 		}
 		return nil
 	})
-	if err = errors.Join(err, w.flush()); err != nil {
-		sp.drop()
+	if err = errors.Join(err, w.Flush()); err != nil {
+		sp.Drop()
 		return nil, err
 	}
 	return sp, nil
 }
 
-// drop closes and removes a spill.
-func (s *spill) drop() {
+// Drop closes and removes the spill's files.
+func (s *Spill) Drop() {
 	s.Close()
 	os.Remove(s.path)
 	for _, f := range s.own {
