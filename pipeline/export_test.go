@@ -9,9 +9,6 @@ func setUntilEnd[T any](t testing.TB, p *T, v T) {
 	t.Cleanup(func() { *p = old })
 }
 
-// SetCSVBlockSize makes CSV blocks n bytes long for the rest of the test.
-func SetCSVBlockSize(t testing.TB, n int) { setUntilEnd(t, &csvBlockSize, n) }
-
 // SetSplitBytes sets the size above which partitions and buckets are split
 // (1: every one that holds anything) until t ends.
 func SetSplitBytes(t testing.TB, n int64) { setUntilEnd(t, &splitBytes, n) }

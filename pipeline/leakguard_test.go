@@ -27,13 +27,14 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
+	"audiencematch/pipeline/source"
 )
 
 // guardConfig is the configuration the guard's tests publish files of
 // scheme s under.
 func guardConfig(s hashing.Scheme) *Config {
 	return &Config{Destination: "meta-ads", Scheme: s, Key: hashing.DestKey{1}, Rules: FixtureRules(fixtures.DefaultAsOf),
-		Source: FileSource{Users: "/in/users.csv", Consent: "/in/consent_events.csv"}, MaxRejectRate: 0.01,
+		Source: source.FileSource{Users: "/in/users.csv", Consent: "/in/consent_events.csv"}, MaxRejectRate: 0.01,
 		RowsPerFile: DefaultRowsPerFile, RowsPerGroup: DefaultRowsPerGroup, ToolVersion: "test"}
 }
 
@@ -85,8 +86,8 @@ func testManifest(t *testing.T, dir string, cfg *Config) *Manifest {
 	t.Helper()
 	m := newManifest(cfg)
 	m.RunID = cfg.Rules.AsOf.UTC().Format("20060102T150405Z") + "-0123456789ab"
-	m.addInput(TableConsent, cfg.Source.Name(TableConsent), strings.Repeat("c0", 32), 3)
-	m.addInput(TableUsers, cfg.Source.Name(TableUsers), strings.Repeat("d1", 32), 2)
+	m.addInput(source.TableConsent, cfg.Source.Name(source.TableConsent), strings.Repeat("c0", 32), 3)
+	m.addInput(source.TableUsers, cfg.Source.Name(source.TableUsers), strings.Repeat("d1", 32), 2)
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || !strings.HasSuffix(p, ".parquet") {
 			return err
@@ -126,7 +127,7 @@ func testManifest(t *testing.T, dir string, cfg *Config) *Manifest {
 	}
 	m.Users.Rows, m.Users.Exported = m.TotalRows+1, m.TotalRows
 	m.Users.Excluded[ReasonInvalidPhone] = 1
-	m.Rejects.Users[RejectFieldCount] = 0
+	m.Rejects.Users[source.RejectFieldCount] = 0
 	return m
 }
 

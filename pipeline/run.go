@@ -26,13 +26,14 @@ import (
 	"audiencematch/hashing"
 	"audiencematch/pipeline/destinations"
 	"audiencematch/pipeline/errkind"
+	"audiencematch/pipeline/source"
 )
 
 // Config is everything one run needs. The CLI fills it from flags and the
 // config file; tests fill it directly.
 type Config struct {
-	Users, Consent string // input paths, CSV or Parquet (when Source is nil)
-	Source         Source // nil: a FileSource of Users and Consent
+	Users, Consent string        // input paths, CSV or Parquet (when Source is nil)
+	Source         source.Source // nil: a FileSource of Users and Consent
 	Destination    string
 	Scheme         hashing.Scheme
 	Key            hashing.DestKey // K_dest; unused by unkeyed schemes
@@ -152,7 +153,7 @@ func (c *Config) check() error {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
 	if c.Source == nil {
-		c.Source = FileSource{Users: c.Users, Consent: c.Consent}
+		c.Source = source.FileSource{Users: c.Users, Consent: c.Consent}
 	}
 	return nil
 }
@@ -241,28 +242,9 @@ type run struct {
 func newRun(cfg Config) *run {
 	r := &run{cfg: cfg, t0: time.Now(), m: newManifest(&cfg), guard: newLeakGuard(guardSalt(&cfg), ""), seed: maphash.MakeSeed()}
 	r.guard.durable = cfg.Shard.Count > 0
-	n, known := InputSize(cfg.Source)
+	n, known := source.InputSize(cfg.Source)
 	r.groupSpills = !known || n/int64(max(cfg.Shard.Count, 1)) >= groupSpillsFrom
 	return r
-}
-
-// InputSize is the size of a file source's two files. It is not known
-// (false) for any other source, nor when a file cannot be read (the run
-// reports that).
-func InputSize(src Source) (int64, bool) {
-	fs, ok := src.(FileSource)
-	if !ok {
-		return 0, false
-	}
-	n := int64(0)
-	for _, p := range []string{fs.Users, fs.Consent} {
-		st, err := os.Stat(p)
-		if err != nil {
-			return 0, false
-		}
-		n += st.Size()
-	}
-	return n, true
 }
 
 // group has s keep its partitions in groups of files if the run groups

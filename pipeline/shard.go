@@ -25,6 +25,7 @@ import (
 
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/fsutil"
+	"audiencematch/pipeline/source"
 )
 
 // Shard is one partition of a sharded run: the users whose user_id hashes
@@ -575,7 +576,7 @@ func (sr *shardRejects) Close() {
 // users, each by line.
 func rejectOrder(a, b rejectRow) int {
 	rank := func(t string) int {
-		if t == TableConsent {
+		if t == source.TableConsent {
 			return 0
 		}
 		return 1

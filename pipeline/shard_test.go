@@ -23,6 +23,7 @@ import (
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
 	"audiencematch/pipeline/errkind"
+	"audiencematch/pipeline/source"
 )
 
 func TestParseShard(t *testing.T) {
@@ -290,7 +291,7 @@ func testParallelIngest(t *testing.T, format string) {
 	dir, st := shardFixtures(t, fixtures.Options{Users: 20000, Seed: 7, Format: format})
 	ctx := context.Background()
 	run := func(name string, workers, block int, split, group int64, evidenceBatch int) (map[string][]byte, map[string][]byte, string) {
-		pipeline.SetCSVBlockSize(t, block)
+		source.SetCSVBlockSize(t, block)
 		pipeline.SetSplitBytes(t, split)
 		pipeline.SetGroupSpillsFrom(t, group)
 		pipeline.SetEvidenceBatch(t, evidenceBatch)

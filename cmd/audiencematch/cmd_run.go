@@ -27,6 +27,7 @@ import (
 	"audiencematch/pipeline/destinations"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/pgsource"
+	"audiencematch/pipeline/source"
 )
 
 // RunOptions are the flags of `audiencematch run`.
@@ -95,7 +96,7 @@ func (o *RunOptions) pretouchBytes(shards int) int64 {
 	if o.commit || o.Source != "" {
 		return 0
 	}
-	in, known := pipeline.InputSize(pipeline.FileSource{Users: o.Users, Consent: o.Consent})
+	in, known := source.InputSize(source.FileSource{Users: o.Users, Consent: o.Consent})
 	if !known {
 		return 0 // the run reports the missing input
 	}

@@ -19,6 +19,7 @@ import (
 	"audiencematch/pipeline"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/pgsource"
+	"audiencematch/pipeline/source"
 )
 
 // serverURL is the server scripts/pg.sh started. Without one the tests
@@ -86,12 +87,12 @@ func load(t *testing.T, conn *pgx.Conn, users []fixtures.User, events []fixtures
 	if _, err := conn.CopyFrom(ctx, pgx.Identifier{"users"}, []string{"user_id", "phone", "country"}, pgx.CopyFromRows(ur)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := conn.CopyFrom(ctx, pgx.Identifier{"consent_events"}, pipeline.EventColumns, pgx.CopyFromRows(er)); err != nil {
+	if _, err := conn.CopyFrom(ctx, pgx.Identifier{"consent_events"}, source.EventColumns, pgx.CopyFromRows(er)); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func runWith(t *testing.T, dir string, src pipeline.Source, users, events string) (*pipeline.Result, error) {
+func runWith(t *testing.T, dir string, src source.Source, users, events string) (*pipeline.Result, error) {
 	t.Helper()
 	mk, _ := hashing.NewMasterKey(bytes.Repeat([]byte{9}, 32))
 	k, _ := hashing.DeriveDestKey(mk, "meta-ads")
@@ -231,13 +232,13 @@ func TestSnapshot(t *testing.T) {
 			n++
 		}
 	}
-	if n := count(pipeline.TableConsent, pipeline.EventColumns); n != len(events) {
+	if n := count(source.TableConsent, source.EventColumns); n != len(events) {
 		t.Fatalf("%d events, want %d", n, len(events))
 	}
 	if _, err := conn.Exec(ctx, "INSERT INTO users (user_id, phone, country) VALUES ('late', '+16505551212', '')"); err != nil {
 		t.Fatal(err)
 	}
-	if n := count(pipeline.TableUsers, pipeline.UserColumns); n != len(users) {
+	if n := count(source.TableUsers, source.UserColumns); n != len(users) {
 		t.Fatalf("%d users: the insert after the snapshot was seen (want %d)", n, len(users))
 	}
 }
