@@ -26,8 +26,8 @@ import (
 	"audiencematch/pipeline"
 	"audiencematch/pipeline/destinations"
 	"audiencematch/pipeline/errkind"
-	"audiencematch/pipeline/pgsource"
 	"audiencematch/pipeline/source"
+	"audiencematch/pipeline/source/pg"
 )
 
 // RunOptions are the flags of `audiencematch run`.
@@ -323,7 +323,7 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 		if o.ConsentQuery != "" {
 			consentTable = ""
 		}
-		src, err := pgsource.New(pgsource.Options{URL: o.Source, UsersTable: usersTable, ConsentTable: consentTable,
+		src, err := pg.New(pg.Options{URL: o.Source, UsersTable: usersTable, ConsentTable: consentTable,
 			UsersQuery: o.UsersQuery, ConsentQuery: o.ConsentQuery})
 		if err != nil {
 			return cfg, err

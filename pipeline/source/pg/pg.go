@@ -1,4 +1,4 @@
-// Package pgsource reads a run's users and consent events from PostgreSQL.
+// Package pg reads a run's users and consent events from PostgreSQL.
 //
 // Both tables are read in one read-only REPEATABLE READ transaction, so that
 // users and consent come from the same instant, and streamed with
@@ -22,7 +22,7 @@
 // event_id) so that the input digest, and with it the run id, does not
 // depend on the physical order of the table. A query from the config file
 // is used as it is: order it for the same reason.
-package pgsource
+package pg
 
 import (
 	"context"
