@@ -3,7 +3,6 @@ package pipeline_test
 import (
 	"bytes"
 	"context"
-	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -57,41 +56,6 @@ func BenchmarkRun(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(benchUsers)*float64(b.N)/b.Elapsed().Seconds(), "users/s")
-}
-
-// BenchmarkReadCSV is the CSV reader alone, on the consent events table.
-func BenchmarkReadCSV(b *testing.B) { benchRead(b, benchInputs(b).EventsPath) }
-
-// BenchmarkReadParquet is the Parquet reader alone, on the same table as
-// Parquet (less its rows of broken quoting).
-func BenchmarkReadParquet(b *testing.B) {
-	dir := filepath.Join(filepath.Dir(benchInputs(b).EventsPath), "parquet")
-	st, err := fixtures.WriteFiles(dir, fixtures.Options{Users: benchUsers, Seed: 1, Format: "parquet"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	benchRead(b, st.EventsPath)
-}
-
-// benchRead reads every row of the consent events table at path.
-func benchRead(b *testing.B, path string) {
-	var rows int64
-	for b.Loop() {
-		t, err := pipeline.OpenTable(path, pipeline.EventColumns)
-		if err != nil {
-			b.Fatal(err)
-		}
-		for {
-			if _, err := t.Next(); err == io.EOF {
-				break
-			} else if err != nil {
-				b.Fatal(err)
-			}
-			rows++
-		}
-		t.Close()
-	}
-	b.ReportMetric(float64(rows)/b.Elapsed().Seconds(), "rows/s")
 }
 
 // BenchmarkConsentFold is parsing and folding events into effective ones.

@@ -33,6 +33,7 @@ import (
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
+	"audiencematch/pipeline/source"
 )
 
 // oracle recomputes a run from the generator's rows, straight from the text
@@ -494,7 +495,7 @@ func TestFailClosedEndToEnd(t *testing.T) {
 		"u-ok,+16502530009,",
 		"u-purpose-quote,+16502530010,",
 	}
-	events := []string{strings.Join(pipeline.EventColumns, ",")}
+	events := []string{strings.Join(source.EventColumns, ",")}
 	for _, u := range users[1:] {
 		id, _, _ := strings.Cut(u, ",")
 		events = append(events, "g-"+id+","+id+",ads_matching,grant,2026-10-01T00:00:00Z,4,app")
@@ -503,18 +504,18 @@ func TestFailClosedEndToEnd(t *testing.T) {
 		{"m-action,u-action,ads_matching,revoke,2026-10-20T00:00:00Z,4,app", consent.RejectUnknownAction},
 		{"m-time,u-time,ads_matching,withdraw,2026-10-20 00:00:00,4,app", consent.RejectBadTimestamp},
 		{"m-policy,u-policy,ads_matching,withdraw,2026-10-20T00:00:00Z,4.0,app", consent.RejectBadPolicy},
-		{`m-quote,u-quote,ads_matching,withdraw,"2026-10-20T00:00:00Z"x,4,app`, pipeline.RejectBrokenQuoting},
+		{`m-quote,u-quote,ads_matching,withdraw,"2026-10-20T00:00:00Z"x,4,app`, source.RejectBrokenQuoting},
 		// Readable and after as_of: the contract names no exception.
 		{"m-after,u-after,ads_matching,withdraw,2026-11-20T00:00:00Z,4.0,app", consent.RejectBadPolicy},
 		// Another readable purpose: no effect on u-other.
 		{"m-other,u-other,marketing_email,revoke,2026-10-20T00:00:00Z,4,app", consent.RejectUnknownAction},
 		// user_id unreadable: rejected only.
-		{`m"noid,u-noid,ads_matching,withdraw,2026-10-20T00:00:00Z,4,app`, pipeline.RejectBrokenQuoting},
+		{`m"noid,u-noid,ads_matching,withdraw,2026-10-20T00:00:00Z,4,app`, source.RejectBrokenQuoting},
 		{"m-noid,,ads_matching,withdraw,2026-10-20T00:00:00Z,4,app", consent.RejectEmptyUserID},
 		// One holder of a shared number unreadable: nobody exports it.
 		{"m-shared,u-shared-b,ads_matching,withdraw,yesterday,4,app", consent.RejectBadTimestamp},
 		// The purpose itself unreadable.
-		{`m-purpose,u-purpose-quote,"ads_matching,withdraw,2026-10-20T00:00:00Z,4,app`, pipeline.RejectBrokenQuoting},
+		{`m-purpose,u-purpose-quote,"ads_matching,withdraw,2026-10-20T00:00:00Z,4,app`, source.RejectBrokenQuoting},
 	}
 	wantRejects := map[string]string{} // line number -> reason
 	for _, m := range malformed {
@@ -608,7 +609,7 @@ func TestFailClosedEndToEnd(t *testing.T) {
 	}
 	gotRejects := map[string]string{}
 	for _, r := range recs[1:] {
-		if r[0] == pipeline.TableConsent {
+		if r[0] == source.TableConsent {
 			gotRejects[r[1]] = r[2]
 		}
 	}

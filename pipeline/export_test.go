@@ -9,9 +9,6 @@ func setUntilEnd[T any](t testing.TB, p *T, v T) {
 	t.Cleanup(func() { *p = old })
 }
 
-// SetCSVBlockSize makes CSV blocks n bytes long for the rest of the test.
-func SetCSVBlockSize(t testing.TB, n int) { setUntilEnd(t, &csvBlockSize, n) }
-
 // SetSpillThresholds makes cfg's run split the partitions and buckets
 // larger than splitBytes (1: every one that holds anything) and group its
 // spills from groupFrom bytes of input (0: always, math.MaxInt64: never).

@@ -16,6 +16,7 @@ import (
 
 	"audiencematch/consent"
 	"audiencematch/hashing"
+	"audiencematch/pipeline/source"
 	"audiencematch/pipeline/spill"
 )
 
@@ -65,7 +66,7 @@ func (r *run) readConsent(ctx context.Context) error {
 	// the numbering metadata is ready when the join first normalizes:
 	// otherwise one worker compiles it there while every other waits.
 	go hashing.Preload()
-	t, err := r.cfg.Source.Open(ctx, TableConsent, EventColumns)
+	t, err := r.cfg.Source.Open(ctx, source.TableConsent, source.EventColumns)
 	if err != nil {
 		return fmt.Errorf("consent events: %w", err)
 	}
@@ -79,16 +80,16 @@ func (r *run) readConsent(ctx context.Context) error {
 		workers[i].out = r.events.Writer()
 	}
 	rejects := r.orderedRejects()
-	err = r.eachBatch(ctx, t, "consent events", cEvents, func(w int, b *rowBatch) {
+	err = r.eachBatch(ctx, t, "consent events", cEvents, func(w int, b *source.Batch) {
 		ew := &workers[w]
 		var rej []rejectRow
-		for i := range b.rows {
-			row := &b.rows[i]
+		for i := range b.Rows {
+			row := &b.Rows[i]
 			if row.Reject != "" {
 				if sh.owns("", row.Line) {
 					ew.rows++
 					ew.classes[consent.ClassMalformed]++
-					rej = append(rej, rejectRow{TableConsent, row.Line, row.Reject, row.Raw})
+					rej = append(rej, rejectRow{source.TableConsent, row.Line, row.Reject, row.Raw})
 				}
 				if f := row.Fields; f != nil { // what could still be read (Row.Reject)
 					r.failClosed(ew, f[1], f[2], row.Line)
@@ -103,7 +104,7 @@ func (r *run) readConsent(ctx context.Context) error {
 					errors.As(err, &re)
 					ew.rows++
 					ew.classes[consent.ClassMalformed]++
-					rej = append(rej, rejectRow{TableConsent, row.Line, re.Reason, fieldsText(f)})
+					rej = append(rej, rejectRow{source.TableConsent, row.Line, re.Reason, fieldsText(f)})
 				}
 				r.failClosed(ew, e.UserID, e.Purpose, row.Line)
 				continue
@@ -119,7 +120,7 @@ func (r *run) readConsent(ctx context.Context) error {
 			p := r.partOf(e.UserID)
 			ew.out.Put(p, appendEvent(ew.out.Buf(p), &e))
 		}
-		rejects.done(b.seq, rej)
+		rejects.done(b.Seq, rej)
 	})
 	for i := range workers {
 		err = errors.Join(err, workers[i].out.Flush())
@@ -134,7 +135,7 @@ func (r *run) readConsent(ctx context.Context) error {
 			c.ByClass[consent.EventClassNames[class]] += n
 		}
 	}
-	r.m.AddInput(TableConsent, r.cfg.Source.Name(TableConsent), t.Digest(), c.Rows)
+	r.m.AddInput(source.TableConsent, r.cfg.Source.Name(source.TableConsent), t.Digest(), c.Rows)
 	return nil
 }
 
@@ -205,7 +206,7 @@ type userWorker struct {
 }
 
 func (r *run) readUsers(ctx context.Context) error {
-	t, err := r.cfg.Source.Open(ctx, TableUsers, UserColumns)
+	t, err := r.cfg.Source.Open(ctx, source.TableUsers, source.UserColumns)
 	if err != nil {
 		return fmt.Errorf("users: %w", err)
 	}
@@ -219,16 +220,16 @@ func (r *run) readUsers(ctx context.Context) error {
 		workers[i] = userWorker{excluded: map[string]int64{}, guard: r.guard.writer(), out: r.users.Writer()}
 	}
 	rejects := r.orderedRejects()
-	err = r.eachBatch(ctx, t, "users", cUsers, func(w int, b *rowBatch) {
+	err = r.eachBatch(ctx, t, "users", cUsers, func(w int, b *source.Batch) {
 		uw := &workers[w]
 		var rej []rejectRow
-		for i := range b.rows {
-			row := &b.rows[i]
+		for i := range b.Rows {
+			row := &b.Rows[i]
 			if row.Reject != "" {
 				if sh.owns("", row.Line) {
 					uw.rows++
 					uw.excluded[consent.ReasonMalformedRow]++
-					rej = append(rej, rejectRow{TableUsers, row.Line, row.Reject, row.Raw})
+					rej = append(rej, rejectRow{source.TableUsers, row.Line, row.Reject, row.Raw})
 				}
 				continue
 			}
@@ -239,7 +240,7 @@ func (r *run) readUsers(ctx context.Context) error {
 			uw.rows++
 			if userID == "" {
 				uw.excluded[consent.ReasonMalformedRow]++
-				rej = append(rej, rejectRow{TableUsers, row.Line, consent.RejectEmptyUserID, fieldsText(row.Fields)})
+				rej = append(rej, rejectRow{source.TableUsers, row.Line, consent.RejectEmptyUserID, fieldsText(row.Fields)})
 				continue
 			}
 			uw.guard.Add(userID)
@@ -248,7 +249,7 @@ func (r *run) readUsers(ctx context.Context) error {
 			buf := binary.AppendUvarint(uw.out.Buf(p), uint64(row.Line))
 			uw.out.Put(p, spill.AppendStr(spill.AppendStr(spill.AppendStr(buf, userID), phone), country))
 		}
-		rejects.done(b.seq, rej)
+		rejects.done(b.Seq, rej)
 	})
 	for i := range workers {
 		err = errors.Join(err, workers[i].out.Flush(), workers[i].guard.flush())
@@ -261,7 +262,7 @@ func (r *run) readUsers(ctx context.Context) error {
 		u.Rows += workers[i].rows
 		addCounts(u.Excluded, workers[i].excluded)
 	}
-	r.m.AddInput(TableUsers, r.cfg.Source.Name(TableUsers), t.Digest(), u.Rows)
+	r.m.AddInput(source.TableUsers, r.cfg.Source.Name(source.TableUsers), t.Digest(), u.Rows)
 	return nil
 }
 

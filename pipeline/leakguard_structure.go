@@ -20,6 +20,7 @@ import (
 	"audiencematch/hashing"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/manifest"
+	"audiencematch/pipeline/source"
 )
 
 // The leak guard's checks of what a run writes by construction: the
@@ -96,7 +97,7 @@ func checkManifest(f guardFile, cfg *Config, removesScheme hashing.Scheme) (*man
 	tables := map[string]bool{}
 	for _, in := range m.Inputs {
 		switch {
-		case in.Table != TableUsers && in.Table != TableConsent || tables[in.Table]:
+		case in.Table != source.TableUsers && in.Table != source.TableConsent || tables[in.Table]:
 			return fail("inputs: a table other than users and consent_events, or one twice")
 		case cfg.Source != nil && !cfg.commit && in.Name != cfg.Source.Name(in.Table):
 			// A commit's names are the shards' sources', which it checks

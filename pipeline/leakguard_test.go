@@ -29,6 +29,7 @@ import (
 	"audiencematch/hashing"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/manifest"
+	"audiencematch/pipeline/source"
 	"audiencematch/pipeline/spill"
 )
 
@@ -36,7 +37,7 @@ import (
 // scheme s under.
 func guardConfig(s hashing.Scheme) *Config {
 	return &Config{Destination: "meta-ads", Scheme: s, Key: hashing.DestKey{1}, Rules: FixtureRules(fixtures.DefaultAsOf),
-		Source: FileSource{Users: "/in/users.csv", Consent: "/in/consent_events.csv"}, MaxRejectRate: 0.01,
+		Source: source.FileSource{Users: "/in/users.csv", Consent: "/in/consent_events.csv"}, MaxRejectRate: 0.01,
 		RowsPerFile: idfile.DefaultRowsPerFile, RowsPerGroup: idfile.DefaultRowsPerGroup, ToolVersion: "test"}
 }
 
@@ -88,8 +89,8 @@ func testManifest(t *testing.T, dir string, cfg *Config) *manifest.Manifest {
 	t.Helper()
 	m := newManifest(cfg)
 	m.RunID = cfg.Rules.AsOf.UTC().Format("20060102T150405Z") + "-0123456789ab"
-	m.AddInput(TableConsent, cfg.Source.Name(TableConsent), strings.Repeat("c0", 32), 3)
-	m.AddInput(TableUsers, cfg.Source.Name(TableUsers), strings.Repeat("d1", 32), 2)
+	m.AddInput(source.TableConsent, cfg.Source.Name(source.TableConsent), strings.Repeat("c0", 32), 3)
+	m.AddInput(source.TableUsers, cfg.Source.Name(source.TableUsers), strings.Repeat("d1", 32), 2)
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || !strings.HasSuffix(p, ".parquet") {
 			return err
@@ -129,7 +130,7 @@ func testManifest(t *testing.T, dir string, cfg *Config) *manifest.Manifest {
 	}
 	m.Users.Rows, m.Users.Exported = m.TotalRows+1, m.TotalRows
 	m.Users.Excluded[consent.ReasonInvalidPhone] = 1
-	m.Rejects.Users[RejectFieldCount] = 0
+	m.Rejects.Users[source.RejectFieldCount] = 0
 	return m
 }
 

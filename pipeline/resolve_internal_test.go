@@ -26,6 +26,7 @@ import (
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
 	"audiencematch/pipeline/idfile"
+	"audiencematch/pipeline/source"
 	"audiencematch/pipeline/spill"
 )
 
@@ -250,8 +251,8 @@ func TestMergeRejects(t *testing.T) {
 		})
 		return got, err
 	}
-	c := func(line int64) rejectRow { return rejectRow{TableConsent, line, "bad", fmt.Sprint("c", line)} }
-	u := func(line int64) rejectRow { return rejectRow{TableUsers, line, "bad", fmt.Sprint("u", line)} }
+	c := func(line int64) rejectRow { return rejectRow{source.TableConsent, line, "bad", fmt.Sprint("c", line)} }
+	u := func(line int64) rejectRow { return rejectRow{source.TableUsers, line, "bad", fmt.Sprint("u", line)} }
 	got, err := merge([]rejectRow{c(2), c(9), u(1), u(7)}, nil, []rejectRow{c(5), u(3), u(4)}, []rejectRow{u(2)})
 	want := []rejectRow{c(2), c(5), c(9), u(1), u(2), u(3), u(4), u(7)}
 	if err != nil || !slices.Equal(got, want) {
@@ -428,10 +429,10 @@ func TestGroupSpillsFromInputSize(t *testing.T) {
 	if err := os.WriteFile(events, make([]byte, 400), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	files := FileSource{Users: users, Consent: events}
+	files := source.FileSource{Users: users, Consent: events}
 	for _, c := range []struct {
 		from   int64
-		src    Source
+		src    source.Source
 		shards int
 		want   bool
 	}{
@@ -439,7 +440,7 @@ func TestGroupSpillsFromInputSize(t *testing.T) {
 		{1001, files, 0, false},
 		{500, files, 2, true},
 		{501, files, 2, false},
-		{1 << 40, FileSource{Users: users, Consent: filepath.Join(dir, "missing.csv")}, 0, true},
+		{1 << 40, source.FileSource{Users: users, Consent: filepath.Join(dir, "missing.csv")}, 0, true},
 		{0, otherSource{}, 0, true},
 		{1 << 40, otherSource{}, 0, true},
 	} {
@@ -453,4 +454,4 @@ func TestGroupSpillsFromInputSize(t *testing.T) {
 }
 
 // otherSource stands for a database: a Source that is not files.
-type otherSource struct{ FileSource }
+type otherSource struct{ source.FileSource }

@@ -31,6 +31,7 @@ import (
 	"audiencematch/pipeline/fsutil"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/manifest"
+	"audiencematch/pipeline/source"
 	"audiencematch/pipeline/spill"
 	"audiencematch/pipeline/statedir"
 )
@@ -38,8 +39,8 @@ import (
 // Config is everything one run needs. The CLI fills it from flags and the
 // config file; tests fill it directly.
 type Config struct {
-	Users, Consent string // input paths, CSV or Parquet (when Source is nil)
-	Source         Source // nil: a FileSource of Users and Consent
+	Users, Consent string        // input paths, CSV or Parquet (when Source is nil)
+	Source         source.Source // nil: a FileSource of Users and Consent
 	Destination    string
 	Scheme         hashing.Scheme
 	Key            hashing.DestKey // K_dest; unused by unkeyed schemes
@@ -156,7 +157,7 @@ func (c *Config) check() error {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
 	if c.Source == nil {
-		c.Source = FileSource{Users: c.Users, Consent: c.Consent}
+		c.Source = source.FileSource{Users: c.Users, Consent: c.Consent}
 	}
 	return nil
 }
@@ -251,7 +252,7 @@ func newRun(cfg Config) *run {
 	if cfg.spills != nil {
 		r.spills = *cfg.spills
 	}
-	n, known := InputSize(cfg.Source)
+	n, known := source.InputSize(cfg.Source)
 	r.groupSpills = !known || n/int64(max(cfg.Shard.Count, 1)) >= r.spills.groupFrom
 	return r
 }
@@ -275,25 +276,6 @@ type spillThresholds struct {
 }
 
 var defaultSpillThresholds = spillThresholds{splitBytes: 16 << 20, groupFrom: 512 << 20}
-
-// InputSize is the size of a file source's two files. It is not known
-// (false) for any other source, nor when a file cannot be read (the run
-// reports that).
-func InputSize(src Source) (int64, bool) {
-	fs, ok := src.(FileSource)
-	if !ok {
-		return 0, false
-	}
-	n := int64(0)
-	for _, p := range []string{fs.Users, fs.Consent} {
-		st, err := os.Stat(p)
-		if err != nil {
-			return 0, false
-		}
-		n += st.Size()
-	}
-	return n, true
-}
 
 // newSpill creates the spill NAME in staging, digested if digest is set,
 // its partitions in groups of files if the run groups its spills (see

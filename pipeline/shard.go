@@ -27,6 +27,7 @@ import (
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/fsutil"
 	"audiencematch/pipeline/manifest"
+	"audiencematch/pipeline/source"
 	"audiencematch/pipeline/spill"
 )
 
@@ -578,7 +579,7 @@ func (sr *shardRejects) Close() {
 // users, each by line.
 func rejectOrder(a, b rejectRow) int {
 	rank := func(t string) int {
-		if t == TableConsent {
+		if t == source.TableConsent {
 			return 0
 		}
 		return 1

@@ -26,6 +26,7 @@ import (
 	"audiencematch/pipeline/auditor"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/idfile"
+	"audiencematch/pipeline/source"
 	"audiencematch/pipeline/statedir"
 )
 
@@ -294,7 +295,7 @@ func testParallelIngest(t *testing.T, format string) {
 	dir, st := shardFixtures(t, fixtures.Options{Users: 20000, Seed: 7, Format: format})
 	ctx := context.Background()
 	run := func(name string, workers, block int, split, group int64, evidenceBatch int) (map[string][]byte, map[string][]byte, string) {
-		pipeline.SetCSVBlockSize(t, block)
+		source.SetCSVBlockSize(t, block)
 		idfile.SetEvidenceBatch(t, evidenceBatch)
 		cfg := shardConfig(t, filepath.Join(dir, name), st)
 		cfg.Workers = workers

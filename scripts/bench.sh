@@ -19,7 +19,7 @@ command -v /usr/bin/time >/dev/null || { echo "bench.sh: /usr/bin/time is missin
 go build -o bin/audiencematch ./cmd/audiencematch
 
 echo "== stage benchmarks (go test -bench)"
-go test -run '^$' -bench . -benchtime 3x ./pipeline | grep -E '^Benchmark'
+go test -run '^$' -bench . -benchtime 3x ./pipeline ./pipeline/source | grep -E '^Benchmark'
 go test -run '^$' -bench . ./hashing ./hashing/e164 | grep -E '^Benchmark'
 
 if [ "${DIFF_N:-10000000}" != 0 ]; then

@@ -23,6 +23,6 @@ fuzz() { go test -run '^$' -fuzz "^$2\$" -fuzztime "${FUZZTIME:-30000x}" "$1"; }
 fuzz ./hashing FuzzNormalize
 fuzz ./hashing/e164 FuzzFastPath
 fuzz ./consent FuzzParseEvent
-fuzz ./pipeline FuzzCSV
+fuzz ./pipeline/source FuzzCSV
 fuzz ./consent/audit FuzzParseRecord
 echo "== all tests passed"

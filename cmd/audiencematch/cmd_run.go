@@ -28,7 +28,8 @@ import (
 	"audiencematch/pipeline/destinations"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/idfile"
-	"audiencematch/pipeline/pgsource"
+	"audiencematch/pipeline/source"
+	"audiencematch/pipeline/source/pg"
 	"audiencematch/pipeline/statedir"
 )
 
@@ -98,7 +99,7 @@ func (o *RunOptions) pretouchBytes(shards int) int64 {
 	if o.commit || o.Source != "" {
 		return 0
 	}
-	in, known := pipeline.InputSize(pipeline.FileSource{Users: o.Users, Consent: o.Consent})
+	in, known := source.InputSize(source.FileSource{Users: o.Users, Consent: o.Consent})
 	if !known {
 		return 0 // the run reports the missing input
 	}
@@ -308,7 +309,7 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 		if o.ConsentQuery != "" {
 			consentTable = ""
 		}
-		src, err := pgsource.New(pgsource.Options{URL: o.Source, UsersTable: usersTable, ConsentTable: consentTable,
+		src, err := pg.New(pg.Options{URL: o.Source, UsersTable: usersTable, ConsentTable: consentTable,
 			UsersQuery: o.UsersQuery, ConsentQuery: o.ConsentQuery})
 		if err != nil {
 			return cfg, err

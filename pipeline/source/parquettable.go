@@ -1,4 +1,4 @@
-package pipeline
+package source
 
 import (
 	"audiencematch/pipeline/errkind"
@@ -69,9 +69,8 @@ func openParquetTable(path string, columns []string, rowsOnly bool) (RowReader, 
 			return nil, fmt.Errorf("%q: %w: column %q is not a flat column", path, errkind.ErrConfig, c)
 		}
 	}
-	// Parallel decodes the columns side by side: the consent stage of 1M
-	// users from Parquet (string columns, before parquetStrings) took
-	// 0.78-0.87 s instead of 0.96-1.10.
+	// Parallel decodes the columns side by side, on other cores than the
+	// one reading rows (figures in docs/PERFORMANCE.md).
 	fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{BatchSize: 64 << 10, Parallel: true}, memory.DefaultAllocator)
 	if err != nil {
 		pf.Close()
@@ -199,11 +198,9 @@ func (t *parquetTable) Close() error {
 // (arrow-go's column chunk readers), a batch of rows at a time, into the
 // batch's own buffer: no arrow arrays are built, and workers parse batches
 // while the next is decoded. A null is an empty string, as in parquetTable.
-// At 1M fixture users from Parquet (4 December, alternating with the
-// pqarrow reader, 3 pairs) the consent stage took 0.27-0.30 s instead of
-// 0.41-0.45, the run 1.07-1.17 s instead of 1.24-1.31, with the same
-// published bytes. Read serially through Next (BenchmarkReadParquet) both
-// readers give 4.4-4.8M rows/s: the gain is the workers' overlap.
+// Read serially through Next it is no faster than parquetTable: what it
+// gains is the workers' overlap with decoding, for the same rows (figures
+// in docs/PERFORMANCE.md).
 type parquetStrings struct {
 	mu     sync.Mutex
 	pf     *file.Reader
@@ -231,7 +228,7 @@ type pqColumn struct {
 // while between two turns at the reader.
 const parquetBatchRows = 16 << 10
 
-func (t *parquetStrings) nextBatch(b *rowBatch) error {
+func (t *parquetStrings) NextBatch(b *Batch) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.err != nil {
@@ -245,7 +242,7 @@ func (t *parquetStrings) nextBatch(b *rowBatch) error {
 }
 
 // fill reads the next batch into b.
-func (t *parquetStrings) fill(b *rowBatch) error {
+func (t *parquetStrings) fill(b *Batch) error {
 	for t.left == 0 {
 		if t.rg == t.pf.NumRowGroups() {
 			return io.EOF
@@ -289,7 +286,7 @@ func (t *parquetStrings) fill(b *rowBatch) error {
 		fields[i] = all[spans[2*i]:spans[2*i+1]]
 	}
 	for r := range n {
-		b.rows = append(b.rows, Row{Line: t.line + int64(r) + 1, Fields: fields[r*nc : (r+1)*nc : (r+1)*nc]})
+		b.Rows = append(b.Rows, Row{Line: t.line + int64(r) + 1, Fields: fields[r*nc : (r+1)*nc : (r+1)*nc]})
 	}
 	b.fields, b.arena, b.spans = fields, arena, spans
 	t.line += int64(n)
@@ -332,6 +329,10 @@ func (c *pqColumn) read(n int, arena []byte, spans []int32, k, nc int, line int6
 	}
 	return arena, nil
 }
+
+// Release does nothing: a batch's strings point into its own arena, which
+// the next NextBatch with the same Batch fills again.
+func (*parquetStrings) Release(*Batch) {}
 
 // Next returns the rows one at a time, in order.
 func (t *parquetStrings) Next() (*Row, error) { return t.rows.next(t) }

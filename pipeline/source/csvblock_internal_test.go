@@ -1,4 +1,4 @@
-package pipeline
+package source
 
 import (
 	"crypto/sha256"
@@ -101,7 +101,7 @@ func sameRows(a, b []Row) bool {
 }
 
 // TestCSVBlocks: for block sizes from a few bytes (lines straddle blocks,
-// long lines span many) to the default, Next and parallel nextBatch return
+// long lines span many) to the default, Next and parallel NextBatch return
 // exactly the line-by-line reading, and the digest is the file's SHA-256.
 func TestCSVBlocks(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -132,21 +132,21 @@ func TestCSVBlocks(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			br := batchesOf(tbl)
+			br := Batches(tbl)
 			var mu sync.Mutex
 			bySeq := map[int][]Row{}
 			var wg sync.WaitGroup
 			for range 4 {
 				wg.Go(func() {
-					var b rowBatch
-					for br.nextBatch(&b) == nil {
-						rows := make([]Row, len(b.rows))
-						for i, r := range b.rows {
+					var b Batch
+					for br.NextBatch(&b) == nil {
+						rows := make([]Row, len(b.Rows))
+						for i, r := range b.Rows {
 							r.Fields = slices.Clone(r.Fields)
 							rows[i] = r
 						}
 						mu.Lock()
-						bySeq[b.seq] = rows
+						bySeq[b.Seq] = rows
 						mu.Unlock()
 					}
 				})
@@ -310,21 +310,21 @@ func TestCopyRecords(t *testing.T) {
 // back in order.
 func readBatches(t *testing.T, r RowReader) []Row {
 	t.Helper()
-	br := batchesOf(r)
+	br := Batches(r)
 	var mu sync.Mutex
 	bySeq := map[int][]Row{}
 	var wg sync.WaitGroup
 	for range 4 {
 		wg.Go(func() {
-			var b rowBatch
-			for br.nextBatch(&b) == nil {
-				rows := make([]Row, len(b.rows))
-				for i, r := range b.rows {
+			var b Batch
+			for br.NextBatch(&b) == nil {
+				rows := make([]Row, len(b.Rows))
+				for i, r := range b.Rows {
 					r.Fields = slices.Clone(r.Fields)
 					rows[i] = r
 				}
 				mu.Lock()
-				bySeq[b.seq] = rows
+				bySeq[b.Seq] = rows
 				mu.Unlock()
 			}
 		})

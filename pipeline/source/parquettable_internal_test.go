@@ -1,4 +1,4 @@
-package pipeline
+package source
 
 import (
 	"errors"
@@ -128,16 +128,16 @@ func TestParquetStrings(t *testing.T) {
 
 			// Batches taken by four goroutines: numbered in order from 0,
 			// each row where its line says.
-			br := open(false).(batchReader)
+			br := open(false).(BatchReader)
 			byLine := make([][]string, len(want))
 			seqs := map[int]bool{}
 			var mu sync.Mutex
 			var wg sync.WaitGroup
 			for range 4 {
 				wg.Go(func() {
-					var b rowBatch
+					var b Batch
 					for {
-						err := br.nextBatch(&b)
+						err := br.NextBatch(&b)
 						if errors.Is(err, io.EOF) {
 							return
 						}
@@ -146,8 +146,8 @@ func TestParquetStrings(t *testing.T) {
 							return
 						}
 						mu.Lock()
-						seqs[b.seq] = true
-						for _, r := range b.rows {
+						seqs[b.Seq] = true
+						for _, r := range b.Rows {
 							byLine[r.Line-1] = cloneFields(r.Fields)
 						}
 						mu.Unlock()

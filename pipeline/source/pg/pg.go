@@ -1,10 +1,10 @@
-// Package pgsource reads a run's users and consent events from PostgreSQL.
+// Package pg reads a run's users and consent events from PostgreSQL.
 //
 // Both tables are read in one read-only REPEATABLE READ transaction, so that
 // users and consent come from the same instant, and streamed with
 // COPY (SELECT ...) TO STDOUT (FORMAT csv): nothing is held in memory, and
 // the rows go through the same field rules, rejects and digests as a file
-// but for one: the stream is read with its quoting (pipeline.NewCopyReader),
+// but for one: the stream is read with its quoting (source.NewCopyReader),
 // so a value with a line break (a source of E'support ticket\n#123') is
 // data, where a file's rule of one line, one row would break the row in
 // two and lose a withdrawal. A reject's line is the record's number in the
@@ -22,7 +22,7 @@
 // event_id) so that the input digest, and with it the run id, does not
 // depend on the physical order of the table. A query from the config file
 // is used as it is: order it for the same reason.
-package pgsource
+package pg
 
 import (
 	"context"
@@ -36,8 +36,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"audiencematch/pipeline"
 	"audiencematch/pipeline/errkind"
+	"audiencematch/pipeline/source"
 )
 
 // Options say where the tables are.
@@ -47,7 +47,7 @@ type Options struct {
 	UsersQuery, ConsentQuery string // or queries returning the contract's columns
 }
 
-// Source is a pipeline.Source over one PostgreSQL transaction.
+// Source is a source.Source over one PostgreSQL transaction.
 type Source struct {
 	opts Options
 	conn *pgx.Conn
@@ -63,10 +63,10 @@ func New(o Options) (*Source, error) {
 		return nil, fmt.Errorf("%w: --source: %v", errkind.ErrUsage, redact(err.Error(), o.URL))
 	}
 	if o.UsersTable == "" && o.UsersQuery == "" {
-		o.UsersTable = pipeline.TableUsers
+		o.UsersTable = source.TableUsers
 	}
 	if o.ConsentTable == "" && o.ConsentQuery == "" {
-		o.ConsentTable = pipeline.TableConsent
+		o.ConsentTable = source.TableConsent
 	}
 	return &Source{opts: o}, nil
 }
@@ -91,7 +91,7 @@ func (s *Source) connect(ctx context.Context) error {
 // query is the SELECT that yields table's columns as text.
 func (s *Source) query(table string, columns []string) string {
 	name, q := s.opts.UsersTable, s.opts.UsersQuery
-	if table == pipeline.TableConsent {
+	if table == source.TableConsent {
 		name, q = s.opts.ConsentTable, s.opts.ConsentQuery
 	}
 	cols := make([]string, len(columns))
@@ -107,7 +107,7 @@ func (s *Source) query(table string, columns []string) string {
 }
 
 // Open streams one table through COPY.
-func (s *Source) Open(ctx context.Context, table string, columns []string) (pipeline.RowReader, error) {
+func (s *Source) Open(ctx context.Context, table string, columns []string) (source.RowReader, error) {
 	if err := s.connect(ctx); err != nil {
 		return nil, err
 	}
@@ -122,7 +122,7 @@ func (s *Source) Open(ctx context.Context, table string, columns []string) (pipe
 		}
 		pw.CloseWithError(err)
 	}()
-	r, err := pipeline.NewCopyReader(&pipeReader{pr, done}, columns)
+	r, err := source.NewCopyReader(&pipeReader{pr, done}, columns)
 	if err != nil {
 		pr.CloseWithError(err)
 		<-done
@@ -146,7 +146,7 @@ func (p *pipeReader) Close() error {
 
 // Name names the table or query for the manifest; never the URL.
 func (s *Source) Name(table string) string {
-	if table == pipeline.TableUsers {
+	if table == source.TableUsers {
 		if s.opts.UsersQuery != "" {
 			return "postgres:query(users)"
 		}

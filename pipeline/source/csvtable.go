@@ -1,4 +1,4 @@
-package pipeline
+package source
 
 import (
 	"audiencematch/pipeline/errkind"
@@ -24,9 +24,10 @@ const maxRecordBytes = 64 << 10
 // csvBlockSize is how much of the file one parse worker takes at a time
 // (a variable for tests, which make it tiny to cut files into many blocks).
 // The blocks in flight and the row arrays sized for them are most of the
-// read stages' memory, and on this machine fresh memory costs about 15 µs a
-// page to touch: 512 KiB blocks (7k consent rows) took 8% less CPU at 1M
-// users than 4 MiB ones, with 10k fewer page faults per stage.
+// read stages' memory, and fresh memory is dear to touch: blocks stay
+// small enough to be recycled (Release) from a few buffers, large enough
+// that a worker parses a while between two turns at the reader (figures in
+// docs/PERFORMANCE.md).
 var csvBlockSize = 512 << 10
 
 // CSV reject reasons.
@@ -50,7 +51,7 @@ const (
 //
 // That rule also makes the file splittable: one goroutine reads and hashes
 // it in blocks of whole lines, numbering them, and any number of workers
-// parse blocks in parallel (nextBatch). A block is converted to one string,
+// parse blocks in parallel (NextBatch). A block is converted to one string,
 // and fields are substrings of it: a field allocates only when it has a
 // doubled quote to undo.
 type csvTable struct {
@@ -60,7 +61,7 @@ type csvTable struct {
 	stop   chan struct{}
 	once   sync.Once
 	closer io.Closer
-	// free holds block buffers parsed batches are done with (see release).
+	// free holds block buffers parsed batches are done with (see Release).
 	free chan []byte
 	// Set by the reader goroutine before it closes blocks.
 	digest string
@@ -338,9 +339,9 @@ func (t *csvTable) blockBuf(n int) []byte {
 	return make([]byte, 0, n)
 }
 
-// release takes back the block a batch was parsed from, once the batch is
-// done with (see eachBatch).
-func (t *csvTable) release(b *rowBatch) {
+// Release takes back the block a batch was parsed from, once the batch is
+// done with (see BatchReader).
+func (t *csvTable) Release(b *Batch) {
 	if cap(b.block) == blockCap() {
 		select {
 		case t.free <- b.block:
@@ -350,8 +351,8 @@ func (t *csvTable) release(b *rowBatch) {
 	b.block = nil
 }
 
-// nextBatch parses the next block into b; safe for concurrent use.
-func (t *csvTable) nextBatch(b *rowBatch) error {
+// NextBatch parses the next block into b; safe for concurrent use.
+func (t *csvTable) NextBatch(b *Batch) error {
 	blk, ok := <-t.blocks
 	if !ok {
 		if t.err != nil {
@@ -365,11 +366,11 @@ func (t *csvTable) nextBatch(b *rowBatch) error {
 
 // parseBlock splits a block into rows: every non-blank line is one row or
 // one reject.
-func (t *csvTable) parseBlock(blk csvBlock, b *rowBatch) {
+func (t *csvTable) parseBlock(blk csvBlock, b *Batch) {
 	b.reset(blk.seq)
 	b.block = blk.data
 	if blk.tooLong {
-		b.rows = append(b.rows, Row{Line: blk.firstLine, Reject: RejectRecordTooLong})
+		b.Rows = append(b.Rows, Row{Line: blk.firstLine, Reject: RejectRecordTooLong})
 		return
 	}
 	// A row a line or, quoted, a record: produce counts those, as values
@@ -378,7 +379,7 @@ func (t *csvTable) parseBlock(blk csvBlock, b *rowBatch) {
 	if !t.quoted {
 		n = bytes.Count(blk.data, []byte{'\n'}) + 1
 	}
-	if cap(b.rows) < n {
+	if cap(b.Rows) < n {
 		// Room at once for a full block of lines this long: blocks grow
 		// to csvBlockSize, and growing by doublings costs fresh memory
 		// at each step. Not for a block of a small file, which is all
@@ -386,7 +387,7 @@ func (t *csvTable) parseBlock(blk csvBlock, b *rowBatch) {
 		if len(blk.data) >= 64<<10 {
 			n = max(n, int(int64(n)*int64(csvBlockSize)/int64(len(blk.data))))
 		}
-		b.rows = make([]Row, 0, n)
+		b.Rows = make([]Row, 0, n)
 		b.fields = make([]string, 0, n*len(t.idx))
 	}
 	// The block's bytes are never written after produce sends them (each
@@ -410,7 +411,7 @@ func (t *csvTable) parseBlock(blk csvBlock, b *rowBatch) {
 			size++
 		}
 		if size > maxRecordBytes+2 {
-			b.rows = append(b.rows, Row{Line: line, Reject: RejectRecordTooLong})
+			b.Rows = append(b.Rows, Row{Line: line, Reject: RejectRecordTooLong})
 			continue
 		}
 		text = strings.TrimSuffix(text, "\r")
@@ -421,15 +422,15 @@ func (t *csvTable) parseBlock(blk csvBlock, b *rowBatch) {
 		fields, err = splitCSV(text, fields[:0])
 		switch {
 		case err != nil:
-			b.rows = append(b.rows, Row{Line: line, Reject: RejectBrokenQuoting, Raw: text, Fields: t.readable(text, b)})
+			b.Rows = append(b.Rows, Row{Line: line, Reject: RejectBrokenQuoting, Raw: text, Fields: t.readable(text, b)})
 		case len(fields) != t.ncols:
-			b.rows = append(b.rows, Row{Line: line, Reject: RejectFieldCount, Raw: text, Fields: t.readable(text, b)})
+			b.Rows = append(b.Rows, Row{Line: line, Reject: RejectFieldCount, Raw: text, Fields: t.readable(text, b)})
 		default:
 			start := len(b.fields)
 			for _, p := range t.idx {
 				b.fields = append(b.fields, fields[p])
 			}
-			b.rows = append(b.rows, Row{Line: line, Fields: b.fields[start:len(b.fields):len(b.fields)]})
+			b.Rows = append(b.Rows, Row{Line: line, Fields: b.fields[start:len(b.fields):len(b.fields)]})
 		}
 	}
 }
@@ -441,7 +442,7 @@ func (t *csvTable) parseBlock(blk csvBlock, b *rowBatch) {
 // where the header says, assuming no field before it lost or gained a
 // comma; past a quote, a field's extent depends on quoting that is broken.
 // Rejects are rare, so this costs nothing the good rows pay for.
-func (t *csvTable) readable(text string, b *rowBatch) []string {
+func (t *csvTable) readable(text string, b *Batch) []string {
 	start, some := len(b.fields), false
 	for _, p := range t.idx {
 		f, ok := plainField(text, p)

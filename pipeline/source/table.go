@@ -1,4 +1,4 @@
-package pipeline
+package source
 
 import (
 	"audiencematch/pipeline/errkind"
@@ -30,24 +30,37 @@ type Row struct {
 	Raw    string
 }
 
-// RowReader streams the rows of one table.
+// RowReader streams the rows of one table, in input order.
 type RowReader interface {
-	// Next returns the next row, or io.EOF after the last. The returned Row
-	// is owned by the reader and valid until the next call.
+	// Next returns the next row, or nil and io.EOF after the last; any
+	// other error ends the table (the input cannot be read), and comes
+	// without a row. A malformed row is no error: it is a Row with Reject
+	// set. The returned Row and its Fields slice are owned by the reader
+	// and valid until the next call. So are the strings in them, when the
+	// reader is also a BatchReader; any other reader keeps its strings
+	// valid past the next call (as strings Go allocates are), since
+	// Batches holds many rows' strings at once.
 	Next() (*Row, error)
-	// Digest is the hex SHA-256 of the whole input file; it is complete once
-	// Next has returned io.EOF.
+	// Digest is the hex SHA-256 of the whole input, as read (a file's
+	// bytes, a COPY stream's); it is complete once Next, or NextBatch of
+	// the reader's Batches, has returned io.EOF.
 	Digest() string
+	// Close releases the input. It may come before the end, which stops
+	// the reading.
 	Close() error
 }
 
 // Source opens a run's two input tables. Open is called once per table,
-// consent_events first; the RowReader it returns streams that table.
+// consent_events first; the RowReader it returns streams that table, with
+// the columns asked for (a missing one is an error, an extra one
+// ignored).
 type Source interface {
 	Open(ctx context.Context, table string, columns []string) (RowReader, error)
 	// Name is what the manifest records for a table: a file's base name, or
 	// a description that holds no credentials.
 	Name(table string) string
+	// Close releases what the Source holds across tables (a database
+	// transaction); it comes after the tables' readers are closed.
 	Close() error
 }
 
@@ -77,6 +90,25 @@ func (s FileSource) Name(table string) string { return filepath.Base(s.path(tabl
 
 // Close does nothing: each table is closed after it is read.
 func (FileSource) Close() error { return nil }
+
+// InputSize is the size of a file source's two files. It is not known
+// (false) for any other source, nor when a file cannot be read (the run
+// reports that).
+func InputSize(src Source) (int64, bool) {
+	fs, ok := src.(FileSource)
+	if !ok {
+		return 0, false
+	}
+	n := int64(0)
+	for _, p := range []string{fs.Users, fs.Consent} {
+		st, err := os.Stat(p)
+		if err != nil {
+			return 0, false
+		}
+		n += st.Size()
+	}
+	return n, true
+}
 
 // NewCSVReader streams CSV from r (with its header row) as a RowReader,
 // with the rules of a CSV file: one line, one row. PostgreSQL's COPY
