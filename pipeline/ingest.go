@@ -33,10 +33,9 @@ import (
 // partition sorts it.
 
 // spillParts is the number of partitions of users and events, and of
-// sub-partitions of whatever is split. At 10M users a partition holds
-// about 10k users: small enough for the join's map of them to stay in the
-// processor's cache (at 256 partitions, looking users up in it took a fifth
-// of the join's time at 10M, against a twelfth at 1M).
+// sub-partitions of whatever is split: enough that a partition's users fit
+// the join's index in the processor's cache at the largest audiences this
+// job is sized for (docs/PERFORMANCE.md, docs/DESIGN.md).
 const (
 	spillBits  = 10
 	spillParts = 1 << spillBits
@@ -44,11 +43,9 @@ const (
 
 // bucketParts is the number of buckets of holders and of snapshot lines
 // that the join writes and the write stage reads in order. Fewer than the
-// partitions: the join appends to every bucket's buffer at random, and
-// with 1,024 buckets per spill its buffers were 20 MiB per worker, out of
-// the processor's cache and fresh memory to fault in. At 256 the run took
-// 7% less time at 1M users (6 alternating pairs) and the output is the
-// same; at 10M a bucket is about 2 MB.
+// partitions: the join appends to every bucket's buffer at random, and its
+// buffers must stay in the processor's cache rather than be fresh memory to
+// fault in (docs/PERFORMANCE.md). The output does not depend on it.
 const (
 	bucketBits  = 8
 	bucketParts = 1 << bucketBits
@@ -474,10 +471,9 @@ func (r *run) joinOne(jw *joinWorker, ev, us *spill.Spill, p int, bucket *idBuck
 }
 
 // userIndex numbers the users of a join partition. It is a table keyed by
-// a 64-bit hash of the user id rather than a map from the id: at 10M users
-// (10k per partition) looking ids up in a map of strings took a tenth of
-// the join, its probes comparing strings out of cache; a Go map from the
-// hash still took 45 ns a lookup (1 s of CPU at 10M users). The hash is
+// a 64-bit hash of the user id rather than a map from the id: a map's
+// probes compare strings out of cache, and even a map from the hash costs
+// more per lookup than a flat table (docs/PERFORMANCE.md). The hash is
 // random already, so the table is open addressing in flat arrays: the
 // slot is the hash's top bits, probing on to the next slot. Two ids of one
 // hash (the hash partOf uses, so a partition's share their low 10 bits:

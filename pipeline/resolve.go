@@ -177,7 +177,7 @@ func (rb *resolvedBucket) resolve(srcs []*spill.Spill, p int, binaryIDs bool) er
 
 // sortHolders sorts the bucket's holders by identifier, user id and line.
 // It sorts 16-byte keys and gathers the 72-byte holders once, rather than
-// swapping holders: BenchmarkResolve went from 150-153 ms to 136-141.
+// swapping holders, which moves far fewer bytes (docs/PERFORMANCE.md).
 func (rb *resolvedBucket) sortHolders() []bucketHolder {
 	hs := rb.holders
 	n := len(hs)
@@ -416,8 +416,8 @@ func sortDigests(lines [][sha256.Size]byte, keys []sortKey, sorted [][sha256.Siz
 // identifiers (HMAC outputs, or hashes in hex or base64), spread evenly or
 // nearly so over their range: one counting pass distributes them into
 // about twice as many bins as keys, by their k, and each bin, a key or two,
-// is sorted by insertion. Seven times faster than slices.SortFunc on 40k
-// digests. A bin that is not small (keys crafted to share a prefix, or text
+// is sorted by insertion, in linear time (docs/PERFORMANCE.md compares it
+// with slices.SortFunc). A bin that is not small (keys crafted to share a prefix, or text
 // identifiers whose bytes use few values) is sorted by comparison, so the
 // worst case stays n log n.
 func binSort(in, out []sortKey, compare func(a, b sortKey) int) []sortKey {

@@ -232,10 +232,8 @@ type run struct {
 	idTree, evidenceTree *audit.Tree
 	m                    *manifest.Manifest
 	// pages holds the Parquet writers' pages until their row group is
-	// written: files in staging rather than memory. A row group of 1M ids is
-	// 32 MiB of pages, and on this machine fresh heap costs about 15 µs a
-	// page to touch: the write stage took 6% less time at 1M users, its
-	// page faults halved.
+	// written: files in staging rather than fresh heap, which a virtual
+	// machine faults in page by page at a high cost (docs/PERFORMANCE.md).
 	pages parquet.BufferPool
 	// later holds the output files written (parts, deltas, evidence) until
 	// finish syncs them, while the guard reads them; synced has the outcome.

@@ -71,18 +71,18 @@ type RunOptions struct {
 	commit           bool // `audiencematch commit`: no inputs are read
 }
 
-// maxPretouchMiB bounds --pretouch-mib: more than a run at 10M users uses
-// (about 200 MiB) is waste, and a typo must not allocate the machine away.
-// defaultPretouchMiB caps the automatic size: about what the heap of a
-// 1M-user run (125 MB of input) reuses; it takes 30-50 ms to populate.
+// maxPretouchMiB bounds --pretouch-mib: far more than the largest run's
+// heap is waste, and a typo must not allocate the machine away.
+// defaultPretouchMiB caps the automatic size at about what the heap of a
+// million-user run reuses (docs/PERFORMANCE.md).
 const (
 	maxPretouchMiB     = 4096
 	defaultPretouchMiB = 128
 	// defaultMemoryLimitMiB is --memory-limit-mib's default. A run's live
-	// heap grows with its buckets of holders up to about 100M users (where
-	// they are split), about 600 MB there; the collector lets the heap
-	// reach twice the live heap, so a 100M-user run peaked at 1.14 GiB
-	// (4 December). Below 1 GiB with room for the runtime and the binary.
+	// heap grows with its buckets of holders until they are split, and the
+	// collector lets the heap reach twice the live heap; the limit keeps the
+	// largest runs under 1 GiB with room for the runtime and the binary
+	// (docs/PERFORMANCE.md has the peaks measured).
 	defaultMemoryLimitMiB = 896
 )
 
@@ -90,8 +90,8 @@ const (
 // files' size, over the shards of a sharded run (a shard keeps its share of
 // the users), up to defaultPretouchMiB: a small run populates little. A
 // database source, whose size is unknown, and a commit, which reads shards
-// (measured at 1M users: no faster, 166 MiB of peak RSS instead of 68),
-// populate nothing unless asked.
+// and gains nothing from it (docs/PERFORMANCE.md), populate nothing unless
+// asked.
 func (o *RunOptions) pretouchBytes(shards int) int64 {
 	if o.PretouchMiB >= 0 {
 		return o.PretouchMiB << 20

@@ -30,9 +30,9 @@ type dfa struct {
 // reported as unsupported and its region is left to the library.
 const maxStates = 1 << 15
 
-// A state is an int16 in next (half the cache lines of an int32 there: at
-// 10M users, where the join's partitions crowd the processor's caches,
-// BenchmarkNormalizeFixtures took 3-15% less time): every state must fit.
+// A state is an int16 in next (half the cache lines of an int32 there,
+// which matters where the join's partitions crowd the processor's caches;
+// docs/PERFORMANCE.md): every state must fit.
 const _ uint = math.MaxInt16 - (maxStates - 1)
 
 // compileDFA parses p with the flags regexp.Compile uses (syntax.Perl) and

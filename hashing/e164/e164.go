@@ -229,7 +229,7 @@ var (
 
 // Preload compiles the metadata now rather than on the first Normalize: a
 // caller that will normalize can have it done in the background while it
-// does something else (it takes about 45 ms of CPU and 18 MB of
+// does something else (it costs tens of milliseconds of CPU and
 // short-lived allocations).
 func Preload() { load() }
 

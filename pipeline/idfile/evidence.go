@@ -42,8 +42,8 @@ var evidenceBatch = 64 << 10
 // evidenceCodec is GZIP, Huffman coding only: the evidence is mostly hex
 // identifiers and random-looking ids, which LZ matching barely shortens, so
 // zstd's default level spent most of the write stage's time searching for
-// matches. At 1M users the file is 23.3 MB this way, 23.5 MB with zstd,
-// written in a third of the time. Every Parquet reader reads GZIP.
+// matches, for a file hardly smaller (docs/PERFORMANCE.md). Every Parquet
+// reader reads GZIP.
 var evidenceCodec = &gzip.Codec{Level: gzip.HuffmanOnly}
 
 // NewEvidenceWriter creates the evidence file at path, owner-only; pages,
@@ -55,8 +55,7 @@ func NewEvidenceWriter(path string, pages parquet.BufferPool, later *fsutil.Sync
 		return nil, err
 	}
 	f.Later = later
-	// Row groups bound what the writer buffers: the whole file otherwise,
-	// a third of a gigabyte at 10M users.
+	// Row groups bound what the writer buffers: the whole file otherwise.
 	opts := []parquet.WriterOption{parquet.Compression(evidenceCodec), parquet.MaxRowsPerRowGroup(DefaultRowsPerGroup)}
 	if pages != nil {
 		opts = append(opts, parquet.ColumnPageBuffers(pages))
@@ -156,8 +155,8 @@ func (e *EvidenceWriter) Abort() {
 }
 
 // EvidenceReader streams a run's evidence rows in file order, a batch at
-// a time, so that reading them does not hold the run in memory (at 10M
-// identifiers parquet.ReadFile held about 1.5 GiB of rows).
+// a time, so that reading them does not hold the run in memory (as
+// parquet.ReadFile would).
 type EvidenceReader struct {
 	f    *os.File
 	rd   *parquet.GenericReader[EvidenceRow]
