@@ -34,8 +34,8 @@
 //
 //	index = parts, then for each partition: count, then count times: offset, length
 //
-// Any other spill gives each writer a file of its own, PATH.wN (N from 0,
-// in the order writers first write), so that workers never wait on each
+// Any other spill gives each writer a file of its own, PATH.wN (N counting
+// the files as they are created), so that workers never wait on each
 // other's writes; the file at PATH stays empty. Such a writer gathers its
 // full chunks and writes them 256 KiB at a time. Files are created
 // owner-only (0600) and exclusively: New fails if PATH exists.
@@ -56,9 +56,10 @@
 //
 // # Order
 //
-// A partition holds every record put to it, once. The order of its chunks,
-// and so of its records, depends on timing (which writer wrote first):
-// whoever reads a partition must not depend on the order of its records.
+// Once its writers have flushed without an error, a partition holds every
+// record put to it, once. The order of its chunks, and so of its records,
+// depends on timing (which writer wrote first): whoever reads a partition
+// must not depend on the order of its records.
 //
 // # Concurrency and ownership
 //

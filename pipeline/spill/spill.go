@@ -367,11 +367,11 @@ func Open(path string, index []byte) (*Spill, error) {
 // Writer is one worker's buffers for a spill. Append a record to Buf(p),
 // then hand the buffer back with Put; Flush when done.
 //
-// Unless the spill is digested, full chunks are gathered in stage and
-// written to the writer's own file stageSize at a time: a write call per
-// 8 KiB chunk costs more than the copy, and the chunks' spans are recorded
-// under the spill's lock once per stage rather than once per chunk. Until
-// Flush, the spill's chunk list lacks what stage holds: nothing reads a
+// Unless the spill is digested, full chunks are gathered and written to the
+// writer's own file 256 KiB at a time: a write call per 8 KiB chunk costs
+// more than the copy, and the chunks' spans are recorded under the spill's
+// lock once per gathering rather than once per chunk. Until Flush, the
+// spill's chunk list lacks what the writer has gathered: nothing reads a
 // spill before its writers have flushed.
 type Writer struct {
 	s    *Spill
