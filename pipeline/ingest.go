@@ -16,6 +16,7 @@ import (
 
 	"audiencematch/consent"
 	"audiencematch/hashing"
+	"audiencematch/pipeline/leakguard"
 	"audiencematch/pipeline/source"
 	"audiencematch/pipeline/spill"
 )
@@ -198,7 +199,7 @@ func readUser(rd *spill.Reader) (line int64, userID, phone, country string) {
 type userWorker struct {
 	rows     int64
 	excluded map[string]int64
-	guard    *guardWriter
+	guard    *leakguard.Writer
 	out      *spill.Writer
 }
 
@@ -214,7 +215,7 @@ func (r *run) readUsers(ctx context.Context) error {
 	sh := r.cfg.Shard
 	workers := make([]userWorker, r.cfg.Workers)
 	for i := range workers {
-		workers[i] = userWorker{excluded: map[string]int64{}, guard: r.guard.writer(), out: r.users.Writer()}
+		workers[i] = userWorker{excluded: map[string]int64{}, guard: r.guard.Writer(), out: r.users.Writer()}
 	}
 	rejects := r.orderedRejects()
 	err = r.eachBatch(ctx, t, "users", cUsers, func(w int, b *source.Batch) {
@@ -249,7 +250,7 @@ func (r *run) readUsers(ctx context.Context) error {
 		rejects.done(b.Seq, rej)
 	})
 	for i := range workers {
-		err = errors.Join(err, workers[i].out.Flush(), workers[i].guard.flush())
+		err = errors.Join(err, workers[i].out.Flush(), workers[i].guard.Flush())
 	}
 	if err != nil {
 		return err
@@ -273,7 +274,7 @@ type joinWorker struct {
 	usBuf    []byte
 	ids      *spill.Writer
 	snap     *spill.Writer
-	guard    *guardWriter
+	guard    *leakguard.Writer
 	excluded map[string]int64
 	used     int64 // in-scope events of users with a row
 	unknown  int64 // in-scope events of users without one
@@ -328,7 +329,7 @@ func (r *run) join(ctx context.Context) error {
 	}
 	wg.Wait()
 	for i := range workers {
-		errs = append(errs, workers[i].ids.Flush(), workers[i].snap.Flush(), workers[i].guard.flush())
+		errs = append(errs, workers[i].ids.Flush(), workers[i].snap.Flush(), workers[i].guard.Flush())
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
@@ -348,7 +349,7 @@ func (r *run) join(ctx context.Context) error {
 // spills (created first) and its leak guard.
 func (r *run) newJoinWorker(jw *joinWorker) (err error) {
 	*jw = joinWorker{users: newUserIndex(), ids: r.ids.Writer(), snap: r.snap.Writer(),
-		guard: r.guard.writer(), excluded: map[string]int64{}}
+		guard: r.guard.Writer(), excluded: map[string]int64{}}
 	jw.hasher, err = hashing.NewHasher(r.cfg.Scheme, r.cfg.Key)
 	return err
 }

@@ -38,7 +38,7 @@ func benchJoinRun(b *testing.B, n int) *run {
 	}
 	r := newRun(cfg)
 	r.staging = b.TempDir()
-	r.guard.dir = r.staging
+	r.guard.SetDir(r.staging)
 	if r.events, err = spill.New(filepath.Join(r.staging, "events.spill"), spillParts, spill.Options{}); err != nil {
 		b.Fatal(err)
 	}

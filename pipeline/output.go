@@ -254,7 +254,7 @@ func (r *run) check() ([]byte, error) {
 		removesScheme = hashing.Scheme(m.Removes.Scheme)
 	}
 	start := time.Now()
-	if err := r.guard.Check(filepath.Join(r.staging, "publish"), &r.cfg, removesScheme); err != nil {
+	if err := r.guard.Check(filepath.Join(r.staging, "publish"), r.cfg.guardExpect(), removesScheme); err != nil {
 		return nil, fmt.Errorf("%w: %w", errkind.ErrData, err)
 	}
 	err = <-r.synced
@@ -262,7 +262,7 @@ func (r *run) check() ([]byte, error) {
 		return nil, fmt.Errorf("sync the output files: %w", err)
 	}
 	r.stages = append(r.stages, StageTime{"guard", time.Since(start)})
-	r.cfg.Log.Debug("stage done", "stage", "guard", "seconds", time.Since(start).Seconds(), "passes", r.guard.passCount)
+	r.cfg.Log.Debug("stage done", "stage", "guard", "seconds", time.Since(start).Seconds(), "passes", r.guard.Passes())
 	return body, nil
 }
 

@@ -30,6 +30,7 @@ import (
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/fsutil"
 	"audiencematch/pipeline/idfile"
+	"audiencematch/pipeline/leakguard"
 	"audiencematch/pipeline/manifest"
 	"audiencematch/pipeline/source"
 	"audiencematch/pipeline/spill"
@@ -213,7 +214,7 @@ type run struct {
 	cfg      Config
 	staging  string
 	rejects  *rejectWriter
-	guard    *leakGuard
+	guard    *leakguard.Guard
 	snapshot string // consent snapshot digest
 	seed     maphash.Seed
 	// Spilled in-scope events and user rows, by user (consent and users
@@ -244,8 +245,7 @@ type run struct {
 }
 
 func newRun(cfg Config) *run {
-	r := &run{cfg: cfg, t0: time.Now(), m: newManifest(&cfg), guard: newLeakGuard(guardSalt(&cfg), ""), seed: maphash.MakeSeed()}
-	r.guard.durable = cfg.Shard.Count > 0
+	r := &run{cfg: cfg, t0: time.Now(), m: newManifest(&cfg), guard: leakguard.New(leakguard.Salt(cfg.Digest()), "", leakguard.Options{Durable: cfg.Shard.Count > 0}), seed: maphash.MakeSeed()}
 	r.spills = defaultSpillThresholds
 	if cfg.spills != nil {
 		r.spills = *cfg.spills
@@ -288,7 +288,7 @@ func (r *run) newSpill(name string, parts int, digest bool) (*spill.Spill, error
 
 // closeSpills closes every spill file (they live in staging, which goes).
 func (r *run) closeSpills() {
-	for _, s := range slices.Concat([]*spill.Spill{r.events, r.users, r.ids, r.snap}, r.idSrc, r.snapSrc, r.guard.srcs) {
+	for _, s := range slices.Concat([]*spill.Spill{r.events, r.users, r.ids, r.snap}, r.idSrc, r.snapSrc, r.guard.Spills()) {
 		if s != nil {
 			s.Close()
 		}
@@ -382,7 +382,7 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 	if r.staging, err = os.MkdirTemp(filepath.Join(cfg.State, "staging"), "run-"); err != nil {
 		return nil, fmt.Errorf("%w: create staging directory: %w", errkind.ErrConfig, err)
 	}
-	r.guard.dir = r.staging
+	r.guard.SetDir(r.staging)
 	defer func() {
 		if r.rejects != nil {
 			r.rejects.Close()
@@ -509,6 +509,17 @@ func newManifest(c *Config) *manifest.Manifest {
 	}
 	m.Scheme, m.KeyID, m.ConfigDigest, m.Backfill = string(c.Scheme), c.KeyID(), c.Digest(), c.Backfill
 	return m
+}
+
+// guardExpect is what the leak guard compares the published files with:
+// the manifest as c fills it, the key, the parts' layout and, but in a
+// commit (whose shards check that their sources agree), the inputs' names.
+func (c *Config) guardExpect() leakguard.Expect {
+	e := leakguard.Expect{Manifest: newManifest(c), Key: c.Key, Layout: c.layout()}
+	if c.Source != nil && !c.commit {
+		e.InputNames = c.Source.Name
+	}
+	return e
 }
 
 // layout is how the run cuts its published parts.

@@ -6,7 +6,6 @@ import (
 	"container/heap"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/csv"
 	"encoding/hex"
 	"encoding/json"
@@ -26,6 +25,7 @@ import (
 	"audiencematch/pipeline/delivery"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/fsutil"
+	"audiencematch/pipeline/leakguard"
 	"audiencematch/pipeline/manifest"
 	"audiencematch/pipeline/source"
 	"audiencematch/pipeline/spill"
@@ -88,12 +88,6 @@ func fnv1a(h uint64, s string) uint64 {
 		h = (h ^ uint64(s[i])) * fnvPrime
 	}
 	return h
-}
-
-// guardSalt is the leak guard's salt: the same in every shard of a run.
-func guardSalt(cfg *Config) uint64 {
-	sum := sha256.Sum256([]byte("audiencematch/guard/" + cfg.Digest()))
-	return binary.LittleEndian.Uint64(sum[:])
 }
 
 // ShardsDir is where the shards of a run wait for their commit.
@@ -179,7 +173,7 @@ func RunShard(ctx context.Context, cfg Config) (res *Result, err error) {
 	if r.staging, err = os.MkdirTemp(set, ".tmp-"+name+"-"); err != nil {
 		return nil, fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 	}
-	r.guard.dir = r.staging
+	r.guard.SetDir(r.staging)
 	defer os.RemoveAll(r.staging)
 	defer r.closeSpills()
 	if r.rejects, err = newRejectWriter(filepath.Join(r.staging, "rejects.csv")); err != nil {
@@ -220,14 +214,14 @@ func (r *run) writeShard() error {
 	info := shardInfo{
 		Version: shardVersion, RunKey: runKey(&r.cfg), Index: r.cfg.Shard.Index, Count: r.cfg.Shard.Count,
 		ConfigDigest: r.m.ConfigDigest, Inputs: r.m.Inputs, Users: r.m.Users, ConsentEvents: r.m.ConsentEvents,
-		Rejects: r.m.Rejects, GuardMaxLen: r.guard.maxLen, Files: map[string]string{},
+		Rejects: r.m.Rejects, GuardMaxLen: r.guard.MaxLen(), Files: map[string]string{},
 		Finished: time.Now().UTC().Format(time.RFC3339),
 	}
-	if err := errors.Join(r.guard.open(), r.guard.finish()); err != nil {
+	if err := errors.Join(r.guard.Open(), r.guard.Finish()); err != nil {
 		return err
 	}
-	info.GuardMaxLen = r.guard.maxLen
-	for _, s := range []*spill.Spill{r.ids, r.snap, r.guard.sp} {
+	info.GuardMaxLen = r.guard.MaxLen()
+	for _, s := range []*spill.Spill{r.ids, r.snap, r.guard.Spill()} {
 		if err := errors.Join(s.Sync(), s.Close()); err != nil {
 			return err
 		}
@@ -239,7 +233,7 @@ func (r *run) writeShard() error {
 	}{
 		{"ids.idx", func(w *bufio.Writer) error { _, err := w.Write(r.ids.Index()); return err }},
 		{"snapshot.idx", func(w *bufio.Writer) error { _, err := w.Write(r.snap.Index()); return err }},
-		{"guard.idx", func(w *bufio.Writer) error { _, err := w.Write(r.guard.sp.Index()); return err }},
+		{"guard.idx", func(w *bufio.Writer) error { _, err := w.Write(r.guard.Spill().Index()); return err }},
 	}
 	for _, f := range writers {
 		sum, err := writeFileSum(filepath.Join(r.staging, f.name), f.write)
@@ -494,10 +488,10 @@ func (r *run) openShardSpill(dir, name string, parts int, sums map[string]string
 // openShardGuard adds a shard's leak guard needles.
 func (r *run) openShardGuard(dir string, in *shardInfo) error {
 	var srcs []*spill.Spill
-	if err := r.openShardSpill(dir, "guard", guardParts, in.Files, &srcs); err != nil {
+	if err := r.openShardSpill(dir, "guard", leakguard.Parts, in.Files, &srcs); err != nil {
 		return err
 	}
-	r.guard.addShard(srcs[0], in.GuardMaxLen)
+	r.guard.AddShard(srcs[0], in.GuardMaxLen)
 	return nil
 }
 

@@ -1,8 +1,9 @@
-package pipeline
+package leakguard
 
 import (
 	"bytes"
 	"cmp"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
@@ -25,71 +26,17 @@ import (
 	"audiencematch/pipeline/spill"
 )
 
-// leakGuard is the last check before publishing: nothing of the inputs'
-// personal data may be in what the destination receives, and nothing a user
-// typed may stop the run. So the guard checks what a run writes by
-// construction, byte for byte, and compares with the input only where input
-// could have gone, the ids (see leakguard_structure.go for the structures):
-//
-//   - the manifest is exactly the JSON of a Manifest whose every string is
-//     the run's configuration, a digest, a reason's name or a path the part
-//     writer gives, and whose files are the ones published;
-//   - a Parquet file is accounted for byte by byte: its footer is the one
-//     the part writer gives (schema, created_by, key-value metadata) but for
-//     its row groups, each one column chunk of data pages (no dictionary)
-//     whose headers, column index and offset index re-encode to their own
-//     bytes; only offsets, counts and bounds of the ids vary;
-//   - every id, decoded from every data page, has the scheme's exact shape
-//     and is not a user id of the input, the destination's key or, under a
-//     keyed scheme, a phone as typed; the ids decoded are as many as the
-//     data pages' headers count, and every bound the statistics and column
-//     index give is the least or greatest id it describes (the column
-//     index's truncated as Parquet truncates it);
-//   - any other file (the run writes none) is scanned raw: no phone string
-//     as typed, E.164 string or user id of 8 bytes or more may occur in it.
-//     Strings made only of 0-9 and a-f are left out: they would match hex
-//     by chance, often, at a billion users.
-//
-// The manifest and the Parquet files' structures are never searched for
-// input strings: a user may type "ads_matching", the destination, the
-// cutoff date or another user's sha256-e164 or uid2 id as their phone, and
-// those are rightly published. For the same reason a typed phone is
-// compared only with the ids of a keyed scheme (AddPhone): a user can
-// compute the id of any number under an unkeyed scheme, and type it. User
-// ids are assigned, not typed, so an id equal to one is a leak.
-//
-// Hashes are XXH3 64 of the string, seeded with a salt that every shard of
-// a run shares, so that the shards (separate processes) produce hashes the
-// commit can merge. XXH3 reads 8 bytes a step: FNV-1a, which reads one,
-// made hashing most of the guard's time. The hashes only have to be equal
-// for equal strings and rarely equal otherwise (a collision is a false
-// alarm that stops the run, never a leak let through).
-//
-// The hashes (needles) are spilled to disk: the exact hashes of strings as
-// long as an identifier (a typed phone's marked with typedTag), in
-// guardGroups parts by the top bits of the hash, then the prefix needles of
-// the raw scan in guardPrefixParts parts. A prefix needle is 9 bytes: a
-// 32-bit hash of the string's first 8 bytes, the low 32 bits of the
-// string's hash, its length. It is compared only where the raw bytes'
-// 8-byte window has the same 32-bit hash, and there the string's hash is
-// computed: both hashes must agree by chance for a false alarm, once in
-// 2^64 such pairs. Fewer parts of needles than of
-// exact hashes keep the buffers a writer fills at random few (a needle is
-// written for nearly every string; an exact hash for almost none). The raw
-// bytes to scan are small, so Check indexes their 8-byte windows and
-// streams the prefix needles past them; the exact hashes are loaded a pass
-// at a time, each pass as large as guardPassBytes allows, and every pass
-// decodes the ids. Memory stays flat as the audience grows: almost no
-// input string is as long as an id, so a run has one pass.
-type leakGuard struct {
-	salt uint64
-	dir  string // where the spill goes
-	// durable is set in a shard, whose spill the commit reads: one file,
-	// digested.
-	durable bool
+// Guard registers the strings that must not be published and checks a
+// directory against them (see the package doc). Its writers may be used by
+// as many goroutines as there are writers; Add, AddPhone, Finish, AddShard
+// and Check by one goroutine.
+type Guard struct {
+	salt    uint64
+	dir     string // where the spill goes
+	durable bool   // see Options.Durable
 	mu      sync.Mutex
 	sp      *spill.Spill
-	own     *guardWriter   // Add's
+	own     *Writer        // Add's
 	srcs    []*spill.Spill // the spills Check reads: sp and shards'
 	err     error
 	// maxLen is the longest needle.
@@ -117,11 +64,16 @@ const (
 	guardParts = guardGroups + guardPrefixParts
 )
 
-// guardPassBytes bounds one pass's spilled exact hashes (8 bytes each).
+// Parts is how many partitions a guard's spill has (see the package doc):
+// a commit opens a shard's spill with as many.
+const Parts = guardParts
+
+// guardPassBytes bounds one pass's spilled exact hashes (8 bytes each);
+// SmallPasses lowers it.
 var guardPassBytes int64 = 128 << 20
 
 // guardRawBytes bounds the raw bytes indexed at once; more are scanned in
-// batches, each streaming the prefix needles again.
+// batches, each streaming the prefix needles again. SmallPasses lowers it.
 var guardRawBytes = 64 << 20
 
 const guardPrefix = 8
@@ -140,11 +92,29 @@ func guardPrefixHash(salt, p uint64) uint32 {
 	return uint32(p >> 32)
 }
 
-// newLeakGuard's salt comes from the run's key (cutoff and configuration),
-// the same for every shard of a run; its spill goes into dir.
-func newLeakGuard(salt uint64, dir string) *leakGuard {
-	return &leakGuard{salt: salt, dir: dir}
+// Options are a guard's settings.
+type Options struct {
+	// Durable makes the spill one digested file (spill.Options.Digest), as
+	// a shard's must be for its commit to read it.
+	Durable bool
 }
+
+// New returns a guard whose needles are hashed with salt (Salt) and
+// spilled into dir (SetDir may set it later, before the first string).
+func New(salt uint64, dir string, opts Options) *Guard {
+	return &Guard{salt: salt, dir: dir, durable: opts.Durable}
+}
+
+// Salt is the salt of a run whose configuration digest is configDigest:
+// the same in every shard of the run, so that their needles merge.
+func Salt(configDigest string) uint64 {
+	sum := sha256.Sum256([]byte("audiencematch/guard/" + configDigest))
+	return binary.LittleEndian.Uint64(sum[:])
+}
+
+// SetDir sets where the spill goes; it must be called before the first
+// string is registered.
+func (g *Guard) SetDir(dir string) { g.dir = dir }
 
 // guardHash is the guard's hash of s under salt.
 func guardHash(salt uint64, s string) uint64 { return xxh3.HashStringSeed(s, salt) }
@@ -152,33 +122,33 @@ func guardHash(salt uint64, s string) uint64 { return xxh3.HashStringSeed(s, sal
 // guardHashBytes is guardHash of string(b).
 func guardHashBytes(salt uint64, b []byte) uint64 { return xxh3.HashSeed(b, salt) }
 
-// guardWriter registers strings from one goroutine.
-type guardWriter struct {
-	g      *leakGuard
+// Writer registers strings from one goroutine.
+type Writer struct {
+	g      *Guard
 	w      *spill.Writer
 	maxLen int
 }
 
-// writer returns a writer for one goroutine; flush it when done.
-func (g *leakGuard) writer() *guardWriter {
+// Writer returns a writer for one goroutine; Flush it when done.
+func (g *Guard) Writer() *Writer {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.openLocked(); g.err != nil {
-		return &guardWriter{g: g}
+		return &Writer{g: g}
 	}
-	return &guardWriter{g: g, w: g.sp.Writer()}
+	return &Writer{g: g, w: g.sp.Writer()}
 }
 
-// open creates the guard's spill if nothing has yet (a shard without users
-// still hands one over).
-func (g *leakGuard) open() error {
+// Open creates the guard's spill if nothing has yet, so that a shard
+// without users still hands one over.
+func (g *Guard) Open() error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.openLocked()
 	return g.err
 }
 
-func (g *leakGuard) openLocked() {
+func (g *Guard) openLocked() {
 	if g.sp == nil && g.err == nil {
 		if g.sp, g.err = spill.New(filepath.Join(g.dir, "guard.spill"), guardParts, spill.Options{Digest: g.durable}); g.err == nil {
 			g.srcs = append(g.srcs, g.sp)
@@ -188,14 +158,14 @@ func (g *leakGuard) openLocked() {
 
 // Add registers a string that must not be published: a user id, or an
 // E.164 string.
-func (w *guardWriter) Add(s string) { w.addTrimmed(s, false) }
+func (w *Writer) Add(s string) { w.addTrimmed(s, false) }
 
 // AddPhone registers a phone field as typed. It must not be published, but
 // an id of an unkeyed scheme may equal it: a user can type another user's
 // id, and no valid phone has the shape of a text id.
-func (w *guardWriter) AddPhone(s string) { w.addTrimmed(s, true) }
+func (w *Writer) AddPhone(s string) { w.addTrimmed(s, true) }
 
-func (w *guardWriter) addTrimmed(s string, typed bool) {
+func (w *Writer) addTrimmed(s string, typed bool) {
 	w.add(s, typed)
 	if t := strings.TrimSpace(s); t != s {
 		w.add(t, typed)
@@ -206,7 +176,7 @@ func (w *guardWriter) addTrimmed(s string, typed bool) {
 // among the ids of a keyed scheme, which nobody can compute to type.
 const typedTag = 0x9e3779b97f4a7c15
 
-func (w *guardWriter) add(v string, typed bool) {
+func (w *Writer) add(v string, typed bool) {
 	if v == "" || w.w == nil {
 		return
 	}
@@ -236,8 +206,9 @@ func readNeedle(rd *spill.Reader) (prefix, h uint32, n int32) {
 	return prefix, h, int32(rd.Uvarint())
 }
 
-// flush writes what the writer holds.
-func (w *guardWriter) flush() error {
+// Flush writes what the writer holds, and reports the guard's first
+// error.
+func (w *Writer) Flush() error {
 	g := w.g
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -251,22 +222,22 @@ func (w *guardWriter) flush() error {
 }
 
 // Add registers a string from the guard's own writer (one goroutine).
-func (g *leakGuard) Add(s string) { g.ownWriter().Add(s) }
+func (g *Guard) Add(s string) { g.ownWriter().Add(s) }
 
 // AddPhone registers a typed phone field from the guard's own writer.
-func (g *leakGuard) AddPhone(s string) { g.ownWriter().AddPhone(s) }
+func (g *Guard) AddPhone(s string) { g.ownWriter().AddPhone(s) }
 
-func (g *leakGuard) ownWriter() *guardWriter {
+func (g *Guard) ownWriter() *Writer {
 	if g.own == nil {
-		g.own = g.writer()
+		g.own = g.Writer()
 	}
 	return g.own
 }
 
-// finish flushes Add's writer; the spill is then complete.
-func (g *leakGuard) finish() error {
+// Finish flushes Add's writer; the spill is then complete.
+func (g *Guard) Finish() error {
 	if g.own != nil {
-		if err := g.own.flush(); err != nil {
+		if err := g.own.Flush(); err != nil {
 			return err
 		}
 		g.own = nil
@@ -274,11 +245,26 @@ func (g *leakGuard) finish() error {
 	return g.err
 }
 
-// addShard adds a shard's spilled needles.
-func (g *leakGuard) addShard(s *spill.Spill, maxLen int) {
+// AddShard adds a shard's spilled needles (its Spill, opened with its
+// index) and the longest string it registered (its MaxLen).
+func (g *Guard) AddShard(s *spill.Spill, maxLen int) {
 	g.srcs = append(g.srcs, s)
 	g.maxLen = max(g.maxLen, maxLen)
 }
+
+// Spill is the guard's own spill, nil before the first string or Open.
+func (g *Guard) Spill() *spill.Spill { return g.sp }
+
+// Spills are the spills Check reads, the guard's own and the shards'; the
+// guard never closes them.
+func (g *Guard) Spills() []*spill.Spill { return g.srcs }
+
+// MaxLen is the length of the longest string registered, once the writers
+// are flushed.
+func (g *Guard) MaxLen() int { return g.maxLen }
+
+// Passes is how many exact passes the last Check made.
+func (g *Guard) Passes() int { return g.passCount }
 
 // lowerHex reports whether s is made only of 0-9 and a-f.
 func lowerHex(s string) bool {
@@ -305,7 +291,7 @@ var idLens = func() (lens []int) {
 // passes splits the exact groups into passes of at most guardPassBytes of
 // hashes each (a group larger than that is a pass of its own). There is
 // always one pass at least: it checks the ids' shape.
-func (g *leakGuard) passes() [][2]uint64 {
+func (g *Guard) passes() [][2]uint64 {
 	var out [][2]uint64
 	lo, bytes := uint64(0), int64(0)
 	for p := range uint64(guardGroups) {
@@ -320,7 +306,7 @@ func (g *leakGuard) passes() [][2]uint64 {
 }
 
 // load reads exact groups [lo, hi) into the pass's index.
-func (g *leakGuard) load(lo, hi uint64) error {
+func (g *Guard) load(lo, hi uint64) error {
 	g.lo, g.hi = lo, hi
 	g.exact = g.exact[:0]
 	var buf []byte
@@ -356,12 +342,12 @@ func (g *leakGuard) load(lo, hi uint64) error {
 
 // hasExact reports whether b is a registered string, if its group is in
 // the pass; a typed phone only with typed set.
-func (g *leakGuard) hasExact(b []byte, typed bool) bool {
+func (g *Guard) hasExact(b []byte, typed bool) bool {
 	h := guardHashBytes(g.salt, b)
 	return g.exactHas(h) || typed && g.exactHas(h^typedTag)
 }
 
-func (g *leakGuard) exactHas(h uint64) bool {
+func (g *Guard) exactHas(h uint64) bool {
 	if p := h >> (64 - guardGroupBits); p < g.lo || p >= g.hi {
 		return false
 	}
@@ -402,45 +388,73 @@ const (
 	guardManifest                  // manifest.json at the top: field by field
 )
 
-// Check checks every file under dir, which holds what a run of cfg is about
-// to publish, the removes' ids being of removesScheme: the manifest, each
-// Parquet file's structure, the raw bytes of any other file, then each id,
-// once per exact pass.
-func (g *leakGuard) Check(dir string, cfg *Config, removesScheme hashing.Scheme) error {
-	if err := g.finish(); err != nil {
+// errCorrupt is the error of needles that do not decode.
+var errCorrupt = errors.New("corrupt")
+
+// Expect is what a run writes by construction, which Check compares the
+// published files with.
+type Expect struct {
+	// Manifest is the manifest as the run's configuration fills it before
+	// any stage runs: its version, tool_version, destination, as_of,
+	// purpose, policy, scheme, key_id and config_digest are what the
+	// published manifest must hold; its scheme and key_id are also the
+	// parts' and adds'. Its other fields are not read.
+	Manifest *manifest.Manifest
+	// Key is the destination's key, which no id may be (under a keyed
+	// scheme).
+	Key hashing.DestKey
+	// Layout is how the part writer cuts the parts: its footers are the
+	// ones a Parquet file may have.
+	Layout idfile.Layout
+	// InputNames gives the name of the input of each table (source.TableUsers,
+	// source.TableConsent) that the manifest must list; nil leaves the
+	// names unchecked, as a commit does, whose shards check that their
+	// sources agree.
+	InputNames func(table string) string
+}
+
+// Check checks every file under dir, which holds what a run is about to
+// publish, against the strings registered and e; the removes' ids are of
+// removesScheme (the previous run's scheme, whose key_id the manifest
+// names). It checks the manifest, each Parquet file's structure, the raw
+// bytes of any other file, then each id, once per exact pass. What it
+// finds is a *LeakError.
+func (g *Guard) Check(dir string, e Expect, removesScheme hashing.Scheme) error {
+	if err := g.Finish(); err != nil {
 		return err
 	}
+	scheme, keyID := hashing.Scheme(e.Manifest.Scheme), e.Manifest.KeyID
 	files, err := listGuardFiles(dir)
 	if err != nil {
 		return err
 	}
 	var m *manifest.Manifest
 	if i := slices.IndexFunc(files, func(f guardFile) bool { return f.kind == guardManifest }); i >= 0 {
-		if m, err = checkManifest(files[i], cfg, removesScheme); err != nil {
+		if m, err = checkManifest(files[i], &e, removesScheme); err != nil {
 			return err
 		}
 	}
 	removesKeyID := "" // the previous run's, which the manifest names
 	if removesScheme.Keyed() {
-		removesKeyID = cfg.KeyID()
+		removesKeyID = keyID
 	}
 	if m != nil && m.Removes != nil {
 		removesKeyID = m.Removes.KeyID
 	}
 	for i := range files {
 		if f := &files[i]; f.kind == guardParquet {
-			f.scheme, f.keyID = cfg.Scheme, cfg.KeyID()
+			f.scheme, f.keyID = scheme, keyID
 			if strings.HasPrefix(f.rel, "removes/") {
 				f.scheme, f.keyID = removesScheme, removesKeyID
 			}
 		}
 	}
 	g.keyForms = nil
-	if k := cfg.Key[:]; cfg.Scheme.Keyed() {
+	if k := e.Key[:]; scheme.Keyed() {
 		g.keyForms = [][]byte{k, hex.AppendEncode(nil, k), base64.StdEncoding.AppendEncode(nil, k)}
 	}
 	defer func() { g.keyForms = nil }()
-	footers := writerFooters{cfg: cfg}
+	footers := writerFooters{layout: e.Layout}
 	x := &rawIndex{limit: max(guardRawBytes, 2*g.maxLen+guardPrefix), keep: max(g.maxLen-1, 0), salt: g.salt}
 	for i := range files {
 		if err := g.scanFile(x, files, i, &footers); err != nil {
@@ -496,7 +510,7 @@ func listGuardFiles(dir string) ([]guardFile, error) {
 // scanFile checks files[i]'s structure if the run writes it by
 // construction, or adds all its bytes to the raw index, scanning the index
 // whenever it fills up.
-func (g *leakGuard) scanFile(x *rawIndex, files []guardFile, i int, footers *writerFooters) error {
+func (g *Guard) scanFile(x *rawIndex, files []guardFile, i int, footers *writerFooters) error {
 	f, err := os.Open(files[i].path)
 	if err != nil {
 		return err
@@ -552,7 +566,7 @@ type region struct{ off, n int64 }
 // the data pages' headers give and the bounds the statistics and column
 // index give. A row group is a task, the tasks run on every core, and the
 // leak reported is the first in file and row order.
-func (g *leakGuard) checkIDs(files []guardFile, shape bool) error {
+func (g *Guard) checkIDs(files []guardFile, shape bool) error {
 	type task struct {
 		file, group int
 		rows        int64  // ids decoded
@@ -779,7 +793,7 @@ func (x *rawIndex) reset() {
 // scanNeedles streams every prefix needle past the index, then empties it.
 // Of the leaks found it reports the first in file order, whatever order the
 // needles come in.
-func (g *leakGuard) scanNeedles(x *rawIndex, files []guardFile) error {
+func (g *Guard) scanNeedles(x *rawIndex, files []guardFile) error {
 	defer x.reset()
 	if len(x.regs) == 0 {
 		return nil

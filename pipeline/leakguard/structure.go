@@ -1,4 +1,4 @@
-package pipeline
+package leakguard
 
 import (
 	"bytes"
@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/parquet-go/parquet-go"
 	"github.com/parquet-go/parquet-go/encoding/thrift"
@@ -32,7 +33,7 @@ import (
 // phone, and the run must still publish (the withdrawals with it).
 
 var (
-	runIDShape  = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{12}$`) // see run.runID
+	runIDShape  = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{12}$`) // see pipeline's runID
 	digestShape = regexp.MustCompile(`^[0-9a-f]{64}$`)
 	keyIDShape  = regexp.MustCompile(`^[0-9a-f]{16}$`)
 	partShape   = regexp.MustCompile(`^part-[0-9]{5,}\.parquet$`) // see idfile.PartWriter.open
@@ -42,13 +43,13 @@ var (
 	reasonShape = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
 )
 
-// checkManifest checks the manifest field by field, as newManifest and the
+// checkManifest checks the manifest field by field, as the run and its
 // stages fill it. Its bytes are exactly the JSON of a Manifest (no other
-// field, no field twice, no other spelling), the fields newManifest takes
-// from the configuration are cfg's, and every other string has the shape
+// field, no field twice, no other spelling), the fields the run takes from
+// its configuration are e.Manifest's, and every other string has the shape
 // of what the run puts there. The counts are the run's; the files' are
 // compared with the files by checkListed.
-func checkManifest(f guardFile, cfg *Config, removesScheme hashing.Scheme) (*manifest.Manifest, error) {
+func checkManifest(f guardFile, e *Expect, removesScheme hashing.Scheme) (*manifest.Manifest, error) {
 	b, err := os.ReadFile(f.path)
 	if err != nil {
 		return nil, err
@@ -69,8 +70,13 @@ func checkManifest(f guardFile, cfg *Config, removesScheme hashing.Scheme) (*man
 	if json.Compact(&got, b) != nil || !bytes.Equal(got.Bytes(), canon) {
 		return fail("not exactly the JSON of its fields (a field twice, spelled otherwise, or more after it)")
 	}
-	want := newManifest(cfg)
-	asOf := cfg.Rules.AsOf.UTC().Format("20060102T150405Z") + "-"
+	want := e.Manifest
+	// A run's id starts with its cutoff (see run.runID).
+	at, err := time.Parse(time.RFC3339Nano, want.AsOf)
+	if err != nil {
+		return nil, fmt.Errorf("leak guard: the expected manifest's as_of: %w", err)
+	}
+	asOf := at.UTC().Format("20060102T150405Z") + "-"
 	for _, c := range []struct {
 		field string
 		ok    bool
@@ -86,7 +92,7 @@ func checkManifest(f guardFile, cfg *Config, removesScheme hashing.Scheme) (*man
 		{"key_id", m.KeyID == want.KeyID},
 		{"config_digest", m.ConfigDigest == want.ConfigDigest},
 		{"previous_run_id", m.PreviousRunID == "" || runIDShape.MatchString(m.PreviousRunID)},
-		{"adds", m.Adds == nil || m.Adds.Scheme == string(cfg.Scheme) && m.Adds.KeyID == cfg.KeyID()},
+		{"adds", m.Adds == nil || m.Adds.Scheme == want.Scheme && m.Adds.KeyID == want.KeyID},
 		{"removes", m.Removes == nil || m.Removes.Scheme == string(removesScheme) && slices.Contains(hashing.Schemes(), removesScheme) &&
 			(m.Removes.KeyID == "" || keyIDShape.MatchString(m.Removes.KeyID))},
 	} {
@@ -99,9 +105,7 @@ func checkManifest(f guardFile, cfg *Config, removesScheme hashing.Scheme) (*man
 		switch {
 		case in.Table != source.TableUsers && in.Table != source.TableConsent || tables[in.Table]:
 			return fail("inputs: a table other than users and consent_events, or one twice")
-		case cfg.Source != nil && !cfg.commit && in.Name != cfg.Source.Name(in.Table):
-			// A commit's names are the shards' sources', which it checks
-			// agree.
+		case e.InputNames != nil && in.Name != e.InputNames(in.Table):
 			return fail("inputs: a name that is not the source's")
 		case !digestShape.MatchString(in.SHA256):
 			return fail("inputs: a sha256 that is not a SHA-256")
@@ -186,8 +190,8 @@ func checkListed(m *manifest.Manifest, files []guardFile) error {
 // rows, by scheme and key_id: every published file's footer but for its
 // row groups.
 type writerFooters struct {
-	cfg *Config
-	m   map[[2]string]*format.FileMetaData
+	layout idfile.Layout
+	m      map[[2]string]*format.FileMetaData
 }
 
 func (w *writerFooters) get(scheme hashing.Scheme, keyID string) (*format.FileMetaData, error) {
@@ -198,7 +202,7 @@ func (w *writerFooters) get(scheme hashing.Scheme, keyID string) (*format.FileMe
 	// As idfile.PartWriter.open makes a part.
 	var buf bytes.Buffer
 	var err error
-	if opts := idfile.WriterOptions(w.cfg.layout(), scheme, keyID); scheme.Binary() {
+	if opts := idfile.WriterOptions(w.layout, scheme, keyID); scheme.Binary() {
 		err = parquet.NewGenericWriter[idfile.BinaryIDRow](&buf, opts...).Close()
 	} else {
 		err = parquet.NewGenericWriter[idfile.TextIDRow](&buf, opts...).Close()
