@@ -361,9 +361,16 @@ func TestNightsRandomized(t *testing.T) {
 			// log does not show fails audit verify.
 			_, all := chain(t, e.state, "meta-ads")
 			dirs, _ := filepath.Glob(filepath.Join(e.out, "meta-ads", "dt=*", "run=*"))
+			// A kill between a record's append and its checkpoint's signing
+			// leaves a record no signature covers yet: verify refuses it too,
+			// and the next run signs it.
 			unrecorded := len(dirs) > len(all)
-			if err := e.verify(t); (err != nil) != unrecorded {
-				t.Fatalf("night %d: %d published runs, %d recorded, audit verify: %v", night, len(dirs), len(all), err)
+			err := e.verify(t)
+			if unrecorded && err == nil {
+				t.Fatalf("night %d: %d published runs, %d recorded, and audit verify passed", night, len(dirs), len(all))
+			}
+			if !unrecorded && err != nil && !strings.Contains(err.Error(), "checkpoint covers") {
+				t.Fatalf("night %d: every published run recorded, but audit verify: %v", night, err)
 			}
 			continue // the next night's run finds what this one left
 		}
