@@ -22,9 +22,9 @@ import (
 
 	"github.com/gofrs/flock"
 
+	"audiencematch/internal/fsutil"
 	"audiencematch/pipeline/delivery"
 	"audiencematch/pipeline/errkind"
-	"audiencematch/pipeline/fsutil"
 	"audiencematch/pipeline/leakguard"
 	"audiencematch/pipeline/manifest"
 	"audiencematch/pipeline/source"

@@ -14,9 +14,9 @@ import (
 
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
+	"audiencematch/internal/fsutil"
 	"audiencematch/pipeline/auditor"
 	"audiencematch/pipeline/errkind"
-	"audiencematch/pipeline/fsutil"
 	"audiencematch/pipeline/statedir"
 )
 

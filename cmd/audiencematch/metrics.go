@@ -10,8 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"audiencematch/internal/fsutil"
 	"audiencematch/pipeline"
-	"audiencematch/pipeline/fsutil"
 )
 
 // writeMetrics writes a Prometheus text-format file for node_exporter's

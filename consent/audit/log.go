@@ -17,7 +17,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"audiencematch/hashing"
-	"audiencematch/pipeline/fsutil"
+	"audiencematch/internal/fsutil"
 )
 
 // File names under the audit directory and the keys directory.

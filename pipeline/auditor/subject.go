@@ -12,8 +12,8 @@ import (
 
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
+	"audiencematch/internal/fsutil"
 	"audiencematch/pipeline/errkind"
-	"audiencematch/pipeline/fsutil"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/statedir"
 )

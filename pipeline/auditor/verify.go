@@ -14,9 +14,9 @@ import (
 
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
+	"audiencematch/internal/fsutil"
 	"audiencematch/pipeline/delivery"
 	"audiencematch/pipeline/errkind"
-	"audiencematch/pipeline/fsutil"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/manifest"
 	"audiencematch/pipeline/statedir"

@@ -40,8 +40,8 @@ import (
 
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
+	"audiencematch/internal/fsutil"
 	"audiencematch/pipeline/errkind"
-	"audiencematch/pipeline/fsutil"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/manifest"
 	"audiencematch/pipeline/statedir"

@@ -2,7 +2,7 @@ package idfile
 
 import (
 	"audiencematch/hashing"
-	"audiencematch/pipeline/fsutil"
+	"audiencematch/internal/fsutil"
 	"encoding/hex"
 	"errors"
 	"fmt"

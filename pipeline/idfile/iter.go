@@ -3,8 +3,8 @@ package idfile
 import (
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
+	"audiencematch/internal/fsutil"
 	"audiencematch/pipeline/errkind"
-	"audiencematch/pipeline/fsutil"
 	"audiencematch/pipeline/statedir"
 	"errors"
 	"fmt"
