@@ -1,27 +1,36 @@
-// Package pipeline runs one nightly export, in this order:
+// Package pipeline runs one nightly export: it orchestrates the packages
+// below it, each of which owns one concern, and owns only the order of the
+// stages and what passes between them.
 //
-//  1. consent: stream consent_events, fold each user's in-scope events into
-//     their effective event (package consent), count every event by class;
-//  2. users: stream users, decide each row's consent; normalize the numbers
+// A run (Run), a shard (RunShard) and the commit of shards (Commit) share
+// one preparation, under the state directory's lock: the audit log's
+// interrupted append is completed (consent/audit), the destination is
+// authorized by the registry (destinations), an earlier run's staging is
+// removed, a published run the log does not record is recorded (delivery.Heal),
+// a date already committed is skipped unless forced, and the backfill rule
+// is applied (delivery.CheckCutoff). Then the stages:
+//
+//  1. consent: stream consent_events (source), fold each user's in-scope
+//     events into their effective event (consent), count every event by
+//     class; a malformed event that names a user fails closed for that user
+//     (MATCHING.md section 2, amendment 1);
+//  2. users: stream users, decide each row's consent, normalize the numbers
 //     of users who granted, withdrew or whose consent is unreadable
-//     (package hashing), in parallel;
-//  3. numbers: group rows by E.164; a number is exported when one holder has
-//     valid consent and no holder's effective event is a withdraw
-//     (MATCHING.md section 3) or treated as one (section 2, amendment 1);
-//     each number once;
-//  4. identifiers: hash each exported number for the destination, sort;
-//  5. output: Parquet parts, private evidence and rejects, manifest, all
-//     written under <state>/staging, checked (reconciliation, reject rate),
-//     then published with one atomic rename.
+//     (hashing), in parallel; both stages spill by user (spill);
+//  3. join: per partition, pair users with their consent and hash their
+//     numbers into identifiers, spilled in buckets by identifier;
+//  4. write: resolve each bucket in identifier order with the shared-number
+//     rule (consent.SharedNumber), and write the parts, the deltas against
+//     the delivery chain's head and the private evidence (idfile), with the
+//     record's tree heads and the consent snapshot digest;
+//  5. check: the manifest's counts reconcile (manifest), the reject rates
+//     and the drop guard hold (delivery.CheckDrop), and nothing personal is
+//     in what will be published (leakguard);
+//  6. publish: the private files are kept under the state directory with
+//     the record prepared, the run directory appears with one rename, and
+//     the record is appended to the audit log.
 //
 // Every user row ends in exactly one place: behind an exported identifier
-// (one row per identifier, the holder with the smallest user id), or
-// excluded for one reason, tested in this order: malformed_row, then the
-// consent outcome (no_consent, withdrawn, expired, stale_policy,
-// consent_unreadable), then invalid_phone, shared_number_withdrawn (a valid
-// holder of a number a withdrawn or unreadable holder blocks),
-// duplicate_number (a valid holder of a number already exported for another
-// row). Numbers are normalized only for rows whose consent is valid,
-// withdrawn or unreadable: the others are never exported and cannot block a
-// number.
+// or excluded for one reason (consent.ExclusionReasons). A crash at any
+// instant leaves a state the next run completes or undoes.
 package pipeline
