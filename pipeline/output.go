@@ -74,12 +74,44 @@ func (r *run) writeOutputs(ctx context.Context) error {
 	var snapErr error
 	var snapWG sync.WaitGroup
 	snapWG.Go(func() { r.snapshot, snapErr = snapshotOf(r.snapSrc, bucketParts, r.staging, r.spills.splitBytes) })
+	trees, err := r.writeBuckets(ctx, parts, deltas, ev)
+	snapWG.Wait()
+	if err != nil {
+		return fmt.Errorf("write output: %w", err)
+	}
+	if snapErr != nil {
+		return fmt.Errorf("consent snapshot: %w", snapErr)
+	}
+	// The last row groups are flushed and the files synced side by side.
+	var closeWG sync.WaitGroup
+	var partsErr, deltasErr, evErr error
+	closeWG.Go(func() { r.m.Files, partsErr = parts.Close() })
+	if deltas != nil {
+		closeWG.Go(func() { deltasErr = deltas.finish() })
+	}
+	closeWG.Go(func() { evErr = ev.Close() })
+	closeWG.Wait()
+	if partsErr != nil {
+		return fmt.Errorf("write output: %w", partsErr)
+	}
+	if deltasErr != nil {
+		return fmt.Errorf("write deltas: %w", deltasErr)
+	}
+	if evErr != nil {
+		return fmt.Errorf("write evidence: %w", evErr)
+	}
+	r.idTree, r.evidenceTree = trees.ids.Summary(), trees.evidence.Summary()
+	return ctx.Err()
+}
+
+// writeBuckets resolves the join's buckets in identifier order and hands
+// each to three writers, each at its own pace: the parts (and deltas), the
+// evidence and the trees. A writer that waited for the others at every
+// bucket left a core idle whenever the evidence, the slowest, was the last
+// one working.
+func (r *run) writeBuckets(ctx context.Context, parts *idfile.PartWriter, deltas *deltaMerge, ev *idfile.EvidenceWriter) (*treeBuilder, error) {
 	var trees treeBuilder
 	u := &r.m.Users
-	// Three writers take the buckets in order, each at its own pace: the
-	// parts (and deltas), the evidence and the trees. A writer that waited
-	// for the others at every bucket left a core idle whenever the
-	// evidence, the slowest, was the last one working.
 	var writersErr error
 	var errMu sync.Mutex
 	var writers sync.WaitGroup
@@ -120,7 +152,7 @@ func (r *run) writeOutputs(ctx context.Context) error {
 		writer(func(rb *resolvedBucket) error { return writeEvidence(ev, rb) }),
 		writer(func(rb *resolvedBucket) error { trees.add(rb); return nil }),
 	}
-	err = eachResolved(ctx, r.idSrc, bucketParts, r.cfg.Workers, r.cfg.Scheme.Binary(), newIDBucketer(r.cfg.Scheme, bucketParts), r.staging, r.spills.splitBytes, func(rb *resolvedBucket, release func()) error {
+	err := eachResolved(ctx, r.idSrc, bucketParts, r.cfg.Workers, r.cfg.Scheme.Binary(), newIDBucketer(r.cfg.Scheme, bucketParts), r.staging, r.spills.splitBytes, func(rb *resolvedBucket, release func()) error {
 		errMu.Lock()
 		werr := writersErr
 		errMu.Unlock()
@@ -140,34 +172,7 @@ func (r *run) writeOutputs(ctx context.Context) error {
 		close(ch)
 	}
 	writers.Wait()
-	err = cmp.Or(err, writersErr)
-	snapWG.Wait()
-	if err != nil {
-		return fmt.Errorf("write output: %w", err)
-	}
-	if snapErr != nil {
-		return fmt.Errorf("consent snapshot: %w", snapErr)
-	}
-	// The last row groups are flushed and the files synced side by side.
-	var closeWG sync.WaitGroup
-	var partsErr, deltasErr, evErr error
-	closeWG.Go(func() { r.m.Files, partsErr = parts.Close() })
-	if deltas != nil {
-		closeWG.Go(func() { deltasErr = deltas.finish() })
-	}
-	closeWG.Go(func() { evErr = ev.Close() })
-	closeWG.Wait()
-	if partsErr != nil {
-		return fmt.Errorf("write output: %w", partsErr)
-	}
-	if deltasErr != nil {
-		return fmt.Errorf("write deltas: %w", deltasErr)
-	}
-	if evErr != nil {
-		return fmt.Errorf("write evidence: %w", evErr)
-	}
-	r.idTree, r.evidenceTree = trees.ids.Summary(), trees.evidence.Summary()
-	return ctx.Err()
+	return &trees, cmp.Or(err, writersErr)
 }
 
 func (r *run) publishedPath() string {

@@ -302,41 +302,56 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 		ToolVersion: Version, Log: log, LockWait: o.LockWait,
 	}
 	if o.Source != "" {
-		usersTable, consentTable := o.UsersTable, o.ConsentTable
-		if o.UsersQuery != "" {
-			usersTable = ""
-		}
-		if o.ConsentQuery != "" {
-			consentTable = ""
-		}
-		src, err := pg.New(pg.Options{URL: o.Source, UsersTable: usersTable, ConsentTable: consentTable,
-			UsersQuery: o.UsersQuery, ConsentQuery: o.ConsentQuery})
+		src, err := o.database()
 		if err != nil {
 			return cfg, err
 		}
 		cfg.Source = src
 	}
+	if err := o.loadKeys(&cfg, log, keyFile, refused == nil); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+// database is the PostgreSQL source --source names: a query replaces its
+// table.
+func (o *RunOptions) database() (*pg.Source, error) {
+	usersTable, consentTable := o.UsersTable, o.ConsentTable
+	if o.UsersQuery != "" {
+		usersTable = ""
+	}
+	if o.ConsentQuery != "" {
+		consentTable = ""
+	}
+	return pg.New(pg.Options{URL: o.Source, UsersTable: usersTable, ConsentTable: consentTable,
+		UsersQuery: o.UsersQuery, ConsentQuery: o.ConsentQuery})
+}
+
+// loadKeys loads the audit log's keys and, for a destination that may
+// receive data under a keyed scheme, its identifier key.
+func (o *RunOptions) loadKeys(cfg *pipeline.Config, log *slog.Logger, keyFile string, authorized bool) error {
 	signer, err := audit.LoadSigner(statedir.Keys(o.State))
 	if err != nil {
-		return cfg, fmt.Errorf("%w: %w; create it with: audiencematch keys init --state %s", errkind.ErrConfig, err, o.State)
+		return fmt.Errorf("%w: %w; create it with: audiencematch keys init --state %s", errkind.ErrConfig, err, o.State)
 	}
 	cfg.AuditSigner = signer
 	if cfg.AuditVerifier, err = audit.LoadVerifier(filepath.Join(statedir.Keys(o.State), audit.VerifierFile)); err != nil {
-		return cfg, fmt.Errorf("%w: %w; recreate it with: audiencematch keys init --state %s", errkind.ErrConfig, err, o.State)
+		return fmt.Errorf("%w: %w; recreate it with: audiencematch keys init --state %s", errkind.ErrConfig, err, o.State)
 	}
-	if scheme.Keyed() && refused == nil {
+	if cfg.Scheme.Keyed() && authorized {
 		key, err := loadKey(keyFile, o.State)
 		if err != nil {
-			return cfg, fmt.Errorf("%w: %w", errkind.ErrConfig, err)
+			return fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 		}
 		if cfg.Key, err = key.For(o.Destination); err != nil {
-			return cfg, fmt.Errorf("%w: %w", errkind.ErrConfig, err)
+			return fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 		}
-	} else if refused == nil {
+	} else if authorized {
 		log.Warn("unkeyed scheme: identifiers are plain SHA-256 of phone numbers and can be reversed by brute force in about a second on one GPU; they remain personal data",
-			"scheme", string(scheme), "destination", o.Destination)
+			"scheme", string(cfg.Scheme), "destination", o.Destination)
 	}
-	return cfg, nil
+	return nil
 }
 
 // inputFlags name what a run reads; commit accepts them only from a config
