@@ -134,7 +134,7 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 	f.Int64Var(&o.MemoryLimitMiB, "memory-limit-mib", defaultMemoryLimitMiB, "soft limit on the run's memory (Go's runtime/debug.SetMemoryLimit): the garbage collector works harder as the heap nears it, so that a run stays under it while what it must hold fits; 0 turns it off; GOMEMLIMIT in the environment wins")
 	f.StringVar(&o.MetricsFile, "metrics-file", "", "write Prometheus text-format metrics here, atomically (node_exporter's textfile collector)")
 	f.StringVar(&o.Destination, "destination", "", "destination id, e.g. meta-ads: names the output directory and the derived key (required)")
-	f.StringVar(&o.Key, "key", "", "key file, mode 0600: the master key (hex, at least 32 bytes), or the destination's own key from `audiencematch keys derive`, which is all a machine exporting to one destination needs (default: $"+hashing.DestKeyEnv+" for a destination key, $"+hashing.KeyEnv+" for the master key, then STATE/keys/master.key)")
+	f.StringVar(&o.Key, "key", "", "key file, mode 0600: the master key (hex, at least 32 bytes), or the destination's own key from \"audiencematch keys derive\", which is all a machine exporting to one destination needs (default: $"+hashing.DestKeyEnv+" for a destination key, $"+hashing.KeyEnv+" for the master key, then STATE/keys/master.key)")
 	f.StringVar(&o.Out, "out", "", "publish directory: OUT/<destination>/dt=<date>/run=<id>/ (default: the registry's delivery for the destination)")
 	f.StringVar(&o.Destinations, "destinations", "", "destination registry (default: STATE/destinations.yaml)")
 	f.StringVar(&o.State, "state", "", "private state directory: staging, evidence, rejects (required; keep it owner-only)")
@@ -155,7 +155,7 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 		}
 		return
 	}
-	f.StringVar(&o.Shard, "shard", "", "process only shard I/N (users partitioned by user id) and leave it under STATE/shards for `audiencematch commit --shards N`; publishes nothing")
+	f.StringVar(&o.Shard, "shard", "", "process only shard I/N (users partitioned by user id) and leave it under STATE/shards for \"audiencematch commit --shards N\"; publishes nothing")
 	f.IntVar(&o.Shards, "shards", 0, "like --shard, taking I from $"+JobIndexEnv+" (a Kubernetes Indexed Job's pod index)")
 }
 
@@ -250,8 +250,15 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 			missing = append(missing, f.name)
 		}
 	}
-	if o.Source == "" && (o.Users == "" || o.Consent == "") && !o.commit {
-		missing = append(missing, "--users and --consent (or --source)")
+	if o.Source == "" && !o.commit {
+		switch {
+		case o.Users == "" && o.Consent == "":
+			missing = append(missing, "--users and --consent (or --source)")
+		case o.Users == "":
+			missing = append(missing, "--users")
+		case o.Consent == "":
+			missing = append(missing, "--consent")
+		}
 	}
 	if o.Source != "" && (o.Users != "" || o.Consent != "") {
 		return pipeline.Config{}, fmt.Errorf("%w: give --source or --users/--consent, not both", errkind.ErrUsage)
@@ -287,7 +294,7 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 	asOf := now.UTC()
 	if o.AsOf != "" {
 		if asOf, err = consent.ParseTime(o.AsOf); err != nil {
-			return pipeline.Config{}, fmt.Errorf("%w: --as-of: %w", errkind.ErrUsage, err)
+			return pipeline.Config{}, fmt.Errorf("%w: --as-of: %w; give an RFC 3339 instant, e.g. 2026-11-01T00:00:00Z", errkind.ErrUsage, err)
 		}
 	}
 	maxAge, err := consent.ParseMaxAge(o.MaxConsentAge)

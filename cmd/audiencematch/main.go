@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -99,16 +100,27 @@ per-destination identifiers (HMAC-SHA256 with HKDF-derived keys) and publishes a
 Parquet dataset atomically, with a manifest whose counts reconcile every input row.
 The contract is MATCHING.md (contract v1).
 
-Start with:
-  audiencematch fixtures --users 100000 --out demo/in
-  audiencematch run --users demo/in/users.csv --consent demo/in/consent_events.csv \
-      --key demo/in/master.key --destination meta-ads --out demo/out --state demo/state \
-      --as-of 2026-11-01T00:00:00Z --min-policy-version 3 --max-consent-age 395d
+Start with scripts/demo.sh, or the README's quick start: keys init, a destination
+registry (STATE/destinations.yaml), then run, and audit verify.
 
 ` + exitCodesHelp,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       Version,
+		// An unknown command is a usage error (64), not a bug.
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return nil
+			}
+			hint := "see audiencematch --help"
+			if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+				hint = "did you mean " + strings.Join(s, " or ") + "?"
+			}
+			return fmt.Errorf("%w: unknown command %q: %s", errkind.ErrUsage, args[0], hint)
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
+	root.SuggestionsMinimumDistance = 2
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")

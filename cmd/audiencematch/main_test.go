@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"testing"
 
@@ -639,5 +640,32 @@ func TestPretouchBytes(t *testing.T) {
 	}
 	if got := (&RunOptions{PretouchMiB: -1, Users: users, Consent: consent}).pretouchBytes(0); got != auto {
 		t.Errorf("1 GiB of input: %d bytes, want the cap %d", got, auto)
+	}
+}
+
+// TestCLIPolish: an unknown command is a usage error with a suggestion,
+// --version prints the version, a missing input flag is named alone, a
+// date-only --as-of gets an example, and flag help shows no command as a
+// flag's argument name (pflag takes back-quoted text for one).
+func TestCLIPolish(t *testing.T) {
+	if _, stderr, code := execute(t, "rnu"); code != exitUsage || !strings.Contains(stderr, "did you mean run?") {
+		t.Errorf("unknown command: exit %d, %s", code, stderr)
+	}
+	if out, _, code := execute(t, "--version"); code != 0 || !strings.Contains(out, Version) {
+		t.Errorf("--version: exit %d, %q", code, out)
+	}
+	e := newEnv(t, vectorUsers, vectorEvents)
+	args := slices.DeleteFunc(e.args(), func(s string) bool { return s == "--consent" || s == e.events })
+	if _, stderr, code := execute(t, args...); code != exitUsage || !strings.Contains(stderr, "missing --consent (") {
+		t.Errorf("without --consent: exit %d, %s", code, stderr)
+	}
+	if _, stderr, code := execute(t, e.args("--as-of", "2026-11-01")...); code != exitUsage || !strings.Contains(stderr, "e.g. 2026-11-01T00:00:00Z") {
+		t.Errorf("a date-only --as-of: exit %d, %s", code, stderr)
+	}
+	out, _, _ := execute(t, "run", "--help")
+	for _, flag := range []string{"--key string", "--shard string"} {
+		if !strings.Contains(out, flag) {
+			t.Errorf("run --help lacks %q", flag)
+		}
 	}
 }
