@@ -150,7 +150,14 @@ func newAuditRunsCommand() *cobra.Command {
 				if r.Reason != "" {
 					excl = r.Reason
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Time, r.Type, r.Destination, r.Scheme, r.KeyID, r.RunID, exported, excl, files)
+				typ := r.Type
+				if r.Backfill {
+					typ += " (backfill)"
+				}
+				if r.AllowDrop {
+					typ += " (allow_drop)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Time, typ, r.Destination, r.Scheme, r.KeyID, r.RunID, exported, excl, files)
 			}
 			return tw.Flush()
 		},

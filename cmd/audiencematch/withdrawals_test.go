@@ -218,6 +218,9 @@ func TestBackfillKeepsWithdrawals(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(bf.Published, "adds")); err == nil {
 		t.Error("a backfill published adds")
 	}
+	if out, _, _ := execute(t, "audit", "runs", "--state", e.state); !strings.Contains(out, "run_committed (backfill)") {
+		t.Errorf("audit runs does not mark the backfill:\n%s", out)
+	}
 	if _, stderr, code := execute(t, runAt(e, "2026-11-03T00:00:00Z", "--backfill")...); code != exitUsage {
 		t.Errorf("--backfill for a later cutoff: exit %d, %s", code, stderr)
 	}
@@ -328,6 +331,9 @@ func TestDropGuard(t *testing.T) {
 	mustRun(t, runAt(e, "2026-11-03T00:00:00Z", "--allow-drop")...)
 	if rec := lastCommitted(t, e.state); !rec.AllowDrop || rowsOf(rec.Removes) == 0 {
 		t.Errorf("the allowed drop: allow_drop %v, %d removes", rec.AllowDrop, rowsOf(rec.Removes))
+	}
+	if out, _, _ := execute(t, "audit", "runs", "--state", e.state); !strings.Contains(out, "(allow_drop)") {
+		t.Errorf("audit runs does not mark the allowed drop:\n%s", out)
 	}
 	replay(t, e.state, "meta-ads")
 	mustVerify(t, e.state)
