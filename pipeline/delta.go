@@ -5,24 +5,9 @@ import (
 
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
-	"audiencematch/pipeline/delivery"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/manifest"
 )
-
-// previousRun is the run this run's deltas are computed against: the head
-// of the destination's delivery chain (chain.go), whatever its cutoff, since
-// it is what the platform holds. A backfill has none: it carries no deltas.
-func (r *run) previousRun() (*audit.Record, error) {
-	if r.cfg.Backfill {
-		return nil, nil
-	}
-	l, err := delivery.OpenLog(r.cfg.State)
-	if err != nil {
-		return nil, err
-	}
-	return delivery.DeltaBase(l, r.cfg.Destination), nil
-}
 
 // deltaMerge writes adds/ and removes/ beside the snapshot by merging the
 // sorted identifiers of this run, as they are written, with those of the
@@ -41,11 +26,12 @@ type deltaMerge struct {
 
 // startDeltas returns nil for a destination's first run.
 func (r *run) startDeltas(pub string) (*deltaMerge, error) {
-	prev, err := r.previousRun()
-	if err != nil || prev == nil {
-		return nil, err
+	prev := r.base
+	if prev == nil {
+		return nil, nil
 	}
 	d := &deltaMerge{r: r, prev: prev, sameKey: prev.KeyID == r.m.KeyID && prev.Scheme == r.m.Scheme}
+	var err error
 	if d.prevScheme, err = hashing.ParseScheme(prev.Scheme); err != nil {
 		return nil, err
 	}

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -232,6 +231,11 @@ type run struct {
 	// idTree and evidenceTree are the record's tree heads (computeTrees).
 	idTree, evidenceTree *audit.Tree
 	m                    *manifest.Manifest
+	// base is the run this run's deltas are computed against: the head of
+	// the destination's delivery chain (delivery.DeltaBase), whatever its
+	// cutoff, since it is what the platform holds; nil for a destination's
+	// first run and for a backfill, which carries no deltas.
+	base *audit.Record
 	// pages holds the Parquet writers' pages until their row group is
 	// written: files in staging rather than fresh heap, which a virtual
 	// machine faults in page by page at a high cost (docs/PERFORMANCE.md).
@@ -349,7 +353,13 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 	} else if n > 0 {
 		cfg.Log.Info("removed the staging leftovers of an interrupted run", "entries", n)
 	}
-	healed, err := heal(&cfg)
+	// One reading of the log, under the lock, makes every decision below:
+	// nothing else appends to it until this run does.
+	l, err := delivery.OpenLog(cfg.State)
+	if err != nil {
+		return nil, err
+	}
+	healed, err := heal(&cfg, l)
 	for _, id := range healed {
 		cfg.Log.Warn("recorded a run that was published but not recorded (interrupted before its audit record)", "run_id", id)
 	}
@@ -357,16 +367,16 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 		return nil, err
 	}
 	if !cfg.Force {
-		if rec, err := committedOn(&cfg); err != nil || rec != nil {
-			return &Result{Skipped: rec}, err
+		if rec := committedOn(l, &cfg); rec != nil {
+			return &Result{Skipped: rec}, nil
 		}
 	}
-	l, err := delivery.OpenLog(cfg.State)
-	if err != nil {
+	head := delivery.DeltaBase(l, cfg.Destination)
+	if err := delivery.CheckCutoff(cfg.Destination, cfg.Rules.AsOf, cfg.Backfill, head); err != nil {
 		return nil, err
 	}
-	if err := delivery.CheckCutoff(cfg.Destination, cfg.Rules.AsOf, cfg.Backfill, delivery.DeltaBase(l, cfg.Destination)); err != nil {
-		return nil, err
+	if !cfg.Backfill {
+		r.base = head
 	}
 	defer func() {
 		// Shards not yet complete are not a failed run: nothing was tried.
@@ -474,15 +484,8 @@ func authorize(cfg *Config, record bool) error {
 }
 
 // committedOn returns the committed run of the destination for the run's
-// cutoff date, if the audit log has one.
-func committedOn(cfg *Config) (*audit.Record, error) {
-	l, err := audit.Open(statedir.Audit(cfg.State))
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("%w: audit log: %w", errkind.ErrConfig, err)
-	}
+// cutoff date, if the audit log l has one.
+func committedOn(l *audit.Log, cfg *Config) *audit.Record {
 	day := cfg.Rules.AsOf.UTC().Format(time.DateOnly)
 	for i := len(l.Records()) - 1; i >= 0; i-- {
 		rec := l.Records()[i]
@@ -490,10 +493,10 @@ func committedOn(cfg *Config) (*audit.Record, error) {
 			continue
 		}
 		if at, err := time.Parse(time.RFC3339Nano, rec.AsOf); err == nil && at.UTC().Format(time.DateOnly) == day {
-			return rec, nil
+			return rec
 		}
 	}
-	return nil, nil
+	return nil
 }
 
 // newManifest starts the run's manifest with everything the configuration
@@ -530,11 +533,11 @@ func (c *Config) layout() idfile.Layout {
 
 // heal records the destination's published runs that the log does not
 // (delivery.Heal); a run without an audit log has nothing to heal.
-func heal(cfg *Config) ([]string, error) {
+func heal(cfg *Config, l *audit.Log) ([]string, error) {
 	if cfg.AuditSigner == nil {
 		return nil, nil
 	}
-	return delivery.Heal(cfg.State, cfg.Out, cfg.Destination, cfg.AuditSigner)
+	return delivery.Heal(l, cfg.State, cfg.Out, cfg.Destination, cfg.AuditSigner)
 }
 
 // recorded reports whether the audit log holds this run's run_committed

@@ -149,17 +149,17 @@ func RunShard(ctx context.Context, cfg Config) (res *Result, err error) {
 		return nil, fmt.Errorf("%w: shard %s is already running (lock %s)", errkind.ErrTempFail, cfg.Shard, fl.Path())
 	}
 	defer fl.Unlock()
-	if !cfg.Force {
-		if rec, err := committedOn(&cfg); err != nil || rec != nil {
-			return &Result{Skipped: rec}, err
-		}
-	}
-	// The commit applies the backfill rule again, under the run lock; a
-	// shard refuses early so that its work is not wasted.
 	l, err := delivery.OpenLog(cfg.State)
 	if err != nil {
 		return nil, err
 	}
+	if !cfg.Force {
+		if rec := committedOn(l, &cfg); rec != nil {
+			return &Result{Skipped: rec}, nil
+		}
+	}
+	// The commit applies the backfill rule again, under the run lock; a
+	// shard refuses early so that its work is not wasted.
 	if err := delivery.CheckCutoff(cfg.Destination, cfg.Rules.AsOf, cfg.Backfill, delivery.DeltaBase(l, cfg.Destination)); err != nil {
 		return nil, err
 	}

@@ -113,18 +113,15 @@ type unrecorded struct {
 // Heal finds the destination's published run directories that the
 // audit log does not record (a run killed between its publish and its
 // record) and records each, from the record it prepared before publishing,
-// once its files are checked against it. It runs under the run lock, before
+// once its files are checked against it, appending to l. It runs under the
+// run lock, with l read after the log's recovery (audit.Recover), before
 // any delta is computed, so that the next run's deltas start from what the
 // platform holds. A directory that cannot be checked is refused, naming
 // it: it is never silently skipped, and never recorded unchecked.
-func Heal(state, out, destination string, signer note.Signer) ([]string, error) {
+func Heal(l *audit.Log, state, out, destination string, signer note.Signer) ([]string, error) {
 	dirs, err := filepath.Glob(filepath.Join(out, destination, "dt=*", "run=*"))
 	if err != nil || len(dirs) == 0 {
 		return nil, err
-	}
-	l, err := audit.OpenForAppend(statedir.Audit(state))
-	if err != nil {
-		return nil, fmt.Errorf("%w: audit log: %w", errkind.ErrConfig, err)
 	}
 	var pending []unrecorded
 	for _, dir := range dirs {
