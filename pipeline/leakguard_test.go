@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"os"
@@ -13,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/parquet-go/parquet-go"
-	"github.com/parquet-go/parquet-go/encoding/thrift"
 	"github.com/parquet-go/parquet-go/format"
 	"golang.org/x/mod/sumdb/note"
 
@@ -22,6 +19,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
+	"audiencematch/internal/parquettest"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/leakguard"
 	"audiencematch/pipeline/manifest"
@@ -167,7 +165,7 @@ func TestLeakGuardRunOutputTampered(t *testing.T) {
 				{"phone in a part's key-value metadata", func(t *testing.T, dir string) {
 					path := filepath.Join(dir, "adds", "part-00000.parquet")
 					b, _ := os.ReadFile(path)
-					os.WriteFile(path, patchFooter(t, b, func(md *format.FileMetaData) {
+					os.WriteFile(path, parquettest.PatchFooter(t, b, func(md *format.FileMetaData) {
 						md.KeyValueMetadata[0].Value = phone
 					}), 0o644)
 				}, "adds/part-00000.parquet: footer at byte"},
@@ -176,7 +174,7 @@ func TestLeakGuardRunOutputTampered(t *testing.T) {
 					b, _ := os.ReadFile(path)
 					h, _ := hashing.NewHasher(s, cfg.Key)
 					id := h.ID(phone)
-					os.WriteFile(path, replaceFirst(t, b, []byte(id), []byte(phone+id[len(phone):]), 0), 0o644)
+					os.WriteFile(path, parquettest.ReplaceFirst(t, b, []byte(id), []byte(phone+id[len(phone):]), 0), 0o644)
 				}, "part-00000.parquet: row 0: a page's statistics"},
 				{"user id as the manifest's purpose", func(t *testing.T, dir string) {
 					path := filepath.Join(dir, "manifest.json")
@@ -198,51 +196,4 @@ func TestLeakGuardRunOutputTampered(t *testing.T) {
 			}
 		})
 	}
-}
-
-// replaceFirst replaces the first old in b at or after byte from with new,
-// of the same length.
-func replaceFirst(t *testing.T, b, old, new []byte, from int64) []byte {
-	t.Helper()
-	i := bytes.Index(b[from:], old)
-	if i < 0 || len(old) != len(new) {
-		t.Fatalf("nothing to replace")
-	}
-	b = bytes.Clone(b)
-	copy(b[int(from)+i:], new)
-	return b
-}
-
-// footerOf decodes the footer of the Parquet file b.
-func footerOf(t *testing.T, b []byte) *format.FileMetaData {
-	t.Helper()
-	pf, err := parquet.OpenFile(bytes.NewReader(b), int64(len(b)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	md := *pf.Metadata()
-	return &md
-}
-
-// withFooter replaces the footer of the Parquet file b with what edit
-// makes of its bytes.
-func withFooter(b []byte, edit func(footer []byte) []byte) []byte {
-	n := int(binary.LittleEndian.Uint32(b[len(b)-8:]))
-	at := len(b) - 8 - n
-	footer := edit(bytes.Clone(b[at : len(b)-8]))
-	out := append(bytes.Clone(b[:at]), footer...)
-	return append(binary.LittleEndian.AppendUint32(out, uint32(len(footer))), "PAR1"...)
-}
-
-// patchFooter re-encodes the footer of the Parquet file b as patch edits
-// it.
-func patchFooter(t *testing.T, b []byte, patch func(md *format.FileMetaData)) []byte {
-	t.Helper()
-	md := footerOf(t, b)
-	patch(md)
-	footer, err := thrift.Marshal(new(thrift.CompactProtocol), md)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return withFooter(b, func([]byte) []byte { return footer })
 }

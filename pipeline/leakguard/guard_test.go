@@ -17,12 +17,12 @@ import (
 	"time"
 
 	"github.com/parquet-go/parquet-go"
-	"github.com/parquet-go/parquet-go/encoding/thrift"
 	"github.com/parquet-go/parquet-go/format"
 
 	"audiencematch/consent"
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
+	"audiencematch/internal/parquettest"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/manifest"
 	"audiencematch/pipeline/source"
@@ -408,16 +408,16 @@ func TestLeakGuardParquetStructure(t *testing.T) {
 				md.RowGroups[0].Columns[0].MetaData.Statistics.MaxValue = padded
 			}, nil, "the column chunk's statistics give a bound"},
 			{"phone as a page header's greatest id", nil, nil, func(t *testing.T, b []byte) []byte {
-				return replaceFirst(t, b, []byte(hi), padded, 0) // the header's max comes before the page and footer
+				return parquettest.ReplaceFirst(t, b, []byte(hi), padded, 0) // the header's max comes before the page and footer
 			}, "a page's statistics or column index give a bound"},
 			{"phone in the column index", nil, nil, func(t *testing.T, b []byte) []byte {
 				// Its least id, truncated to 16 bytes, comes first.
-				return replaceFirst(t, b, []byte(lo[:16]), padded[:16], footerOf(t, b).RowGroups[0].Columns[0].ColumnIndexOffset)
+				return parquettest.ReplaceFirst(t, b, []byte(lo[:16]), padded[:16], parquettest.FooterOf(t, b).RowGroups[0].Columns[0].ColumnIndexOffset)
 			}, "a page's statistics or column index give a bound"},
 			{"phone in a footer field the decoder skips", nil, nil, func(t *testing.T, b []byte) []byte {
 				// Field 100 of FileMetaData, binary, before the struct's stop.
 				field := append([]byte{0x08, 0xc8, 0x01, byte(len(phone))}, phone...)
-				return withFooter(b, func(f []byte) []byte { return append(append(f[:len(f)-1:len(f)-1], field...), 0) })
+				return parquettest.WithFooter(b, func(f []byte) []byte { return append(append(f[:len(f)-1:len(f)-1], field...), 0) })
 			}, "bytes that are not its fields'"},
 			{"phone between the indexes and the footer", nil, nil, func(t *testing.T, b []byte) []byte {
 				n := int(binary.LittleEndian.Uint32(b[len(b)-8:]))
@@ -453,7 +453,7 @@ func TestLeakGuardParquetStructure(t *testing.T) {
 						t.Fatal(err)
 					}
 					if c.footer != nil {
-						b = patchFooter(t, b, c.footer)
+						b = parquettest.PatchFooter(t, b, c.footer)
 					}
 					if c.bytes != nil {
 						b = c.bytes(t, b)
@@ -466,53 +466,6 @@ func TestLeakGuardParquetStructure(t *testing.T) {
 			})
 		}
 	}
-}
-
-// replaceFirst replaces the first old in b at or after byte from with new,
-// of the same length.
-func replaceFirst(t *testing.T, b, old, new []byte, from int64) []byte {
-	t.Helper()
-	i := bytes.Index(b[from:], old)
-	if i < 0 || len(old) != len(new) {
-		t.Fatalf("nothing to replace")
-	}
-	b = bytes.Clone(b)
-	copy(b[int(from)+i:], new)
-	return b
-}
-
-// footerOf decodes the footer of the Parquet file b.
-func footerOf(t *testing.T, b []byte) *format.FileMetaData {
-	t.Helper()
-	pf, err := parquet.OpenFile(bytes.NewReader(b), int64(len(b)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	md := *pf.Metadata()
-	return &md
-}
-
-// withFooter replaces the footer of the Parquet file b with what edit
-// makes of its bytes.
-func withFooter(b []byte, edit func(footer []byte) []byte) []byte {
-	n := int(binary.LittleEndian.Uint32(b[len(b)-8:]))
-	at := len(b) - 8 - n
-	footer := edit(bytes.Clone(b[at : len(b)-8]))
-	out := append(bytes.Clone(b[:at]), footer...)
-	return append(binary.LittleEndian.AppendUint32(out, uint32(len(footer))), "PAR1"...)
-}
-
-// patchFooter re-encodes the footer of the Parquet file b as patch edits
-// it.
-func patchFooter(t *testing.T, b []byte, patch func(md *format.FileMetaData)) []byte {
-	t.Helper()
-	md := footerOf(t, b)
-	patch(md)
-	footer, err := thrift.Marshal(new(thrift.CompactProtocol), md)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return withFooter(b, func([]byte) []byte { return footer })
 }
 
 // TestLeakGuardExactEveryScheme: an input string shaped like an identifier
@@ -626,7 +579,7 @@ func TestLeakGuardCountsEveryPage(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := os.WriteFile(path, patchFooter(t, b, c.patch), 0o644); err != nil {
+			if err := os.WriteFile(path, parquettest.PatchFooter(t, b, c.patch), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			g := New(1, t.TempDir(), Options{})
