@@ -236,7 +236,10 @@ func checkPublishedFiles(dir string, rec *audit.Record) error {
 // it; any other run names head as its previous run, and its removes and
 // adds are exactly head's snapshot minus its own and the reverse (all of
 // head's, and all of its own, after a key or scheme change), recomputed by
-// a streamed merge of the two snapshots.
+// a streamed merge of the two snapshots. The caller has checked both runs'
+// published files against their records (their digests and identifier
+// trees, as audit verify does for every run in log order), so they are read
+// here without being digested again.
 func VerifyDelivery(state string, head, rec *audit.Record) error {
 	if rec.Backfill {
 		if head == nil {
@@ -267,17 +270,17 @@ func VerifyDelivery(state string, head, rec *audit.Record) error {
 	if err != nil {
 		return err
 	}
-	prev, _, err := idfile.SentIDs(state, head, prevScheme)
+	prev, err := snapshotIDs(state, head, prevScheme)
 	if err != nil {
 		return fmt.Errorf("the previous run's identifiers: %w", err)
 	}
 	defer prev.Close()
-	cur, _, err := idfile.SentIDs(state, rec, scheme)
+	cur, err := snapshotIDs(state, rec, scheme)
 	if err != nil {
 		return fmt.Errorf("its identifiers: %w", err)
 	}
 	defer cur.Close()
-	adds, removes := deltaFiles(rec, rec.Adds, scheme), deltaFiles(rec, rec.Removes, prevScheme)
+	adds, removes := publishedIDs(rec, rec.Adds, scheme), publishedIDs(rec, rec.Removes, prevScheme)
 	if adds == nil || removes == nil {
 		// A retention policy removed the delta files: their digests were
 		// checked while they existed; what is left to check is their sizes.
@@ -314,8 +317,20 @@ func rowsOf(files []audit.File) int64 {
 	return n
 }
 
-// deltaFiles streams a delta's published files; nil when any is gone.
-func deltaFiles(rec *audit.Record, files []audit.File, scheme hashing.Scheme) idfile.Iter {
+// snapshotIDs streams a checked run's snapshot: from its published parts,
+// or, where they are gone, from its evidence, checked against its record
+// as it is read (idfile.SentIDs).
+func snapshotIDs(state string, rec *audit.Record, scheme hashing.Scheme) (idfile.Iter, error) {
+	if it := publishedIDs(rec, rec.Files, scheme); it != nil {
+		return it, nil
+	}
+	it, _, err := idfile.SentIDs(state, rec, scheme)
+	return it, err
+}
+
+// publishedIDs streams the identifiers of a run's published files, a
+// snapshot's or a delta's; nil when any is gone.
+func publishedIDs(rec *audit.Record, files []audit.File, scheme hashing.Scheme) idfile.Iter {
 	paths := make([]string, len(files))
 	for i, f := range files {
 		paths[i] = filepath.Join(rec.Published, f.Path)
