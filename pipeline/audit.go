@@ -82,7 +82,11 @@ func (r *run) buildRecord(manifestSum string) (*audit.Record, error) {
 		rec.Published = abs
 	}
 	for _, in := range m.Inputs {
-		rec.Inputs = append(rec.Inputs, audit.Input{Table: in.Table, SHA256: in.SHA256, Rows: in.Rows})
+		ai := audit.Input{Table: in.Table, SHA256: in.SHA256, Rows: in.Rows}
+		for _, p := range in.Parts {
+			ai.Parts = append(ai.Parts, audit.InputPart{Name: p.Name, SHA256: p.SHA256})
+		}
+		rec.Inputs = append(rec.Inputs, ai)
 	}
 	rec.Files = auditFiles(m.Files)
 	if m.Adds != nil {

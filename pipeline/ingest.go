@@ -17,6 +17,7 @@ import (
 	"audiencematch/consent"
 	"audiencematch/hashing"
 	"audiencematch/pipeline/leakguard"
+	"audiencematch/pipeline/manifest"
 	"audiencematch/pipeline/source"
 	"audiencematch/pipeline/spill"
 )
@@ -133,7 +134,7 @@ func (r *run) readConsent(ctx context.Context) error {
 			c.ByClass[consent.EventClassNames[class]] += n
 		}
 	}
-	r.m.AddInput(source.TableConsent, r.cfg.Source.Name(source.TableConsent), t.Digest(), c.Rows)
+	r.m.AddInput(source.TableConsent, r.cfg.Source.Name(source.TableConsent), t.Digest(), c.Rows, inputParts(t)...)
 	return nil
 }
 
@@ -260,7 +261,7 @@ func (r *run) readUsers(ctx context.Context) error {
 		u.Rows += workers[i].rows
 		addCounts(u.Excluded, workers[i].excluded)
 	}
-	r.m.AddInput(source.TableUsers, r.cfg.Source.Name(source.TableUsers), t.Digest(), u.Rows)
+	r.m.AddInput(source.TableUsers, r.cfg.Source.Name(source.TableUsers), t.Digest(), u.Rows, inputParts(t)...)
 	return nil
 }
 
@@ -660,4 +661,17 @@ func (jw *joinWorker) snapshotLine(userID string, status consent.Status, eventID
 	b = append(append(b, eventID...), '\n')
 	jw.line = b
 	return sha256.Sum256(b)
+}
+
+// inputParts lists the parts of a table read in parts, for the manifest.
+func inputParts(t source.RowReader) []manifest.InputPart {
+	pl, ok := t.(source.PartLister)
+	if !ok {
+		return nil
+	}
+	var out []manifest.InputPart
+	for _, p := range pl.Parts() {
+		out = append(out, manifest.InputPart{Name: p.Name, SHA256: p.SHA256})
+	}
+	return out
 }

@@ -393,6 +393,10 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 		return nil, fmt.Errorf("%w: create staging directory: %w", errkind.ErrConfig, err)
 	}
 	r.guard.SetDir(r.staging)
+	if fs, ok := r.cfg.Source.(source.FileSource); ok && fs.TempDir == "" {
+		fs.TempDir = r.staging // Parquet objects are copied there to be read
+		r.cfg.Source = fs
+	}
 	defer func() {
 		if r.rejects != nil {
 			r.rejects.Close()

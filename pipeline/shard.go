@@ -174,6 +174,10 @@ func RunShard(ctx context.Context, cfg Config) (res *Result, err error) {
 		return nil, fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 	}
 	r.guard.SetDir(r.staging)
+	if fs, ok := r.cfg.Source.(source.FileSource); ok && fs.TempDir == "" {
+		fs.TempDir = r.staging
+		r.cfg.Source = fs
+	}
 	defer os.RemoveAll(r.staging)
 	defer r.closeSpills()
 	if r.rejects, err = newRejectWriter(filepath.Join(r.staging, "rejects.csv")); err != nil {

@@ -79,6 +79,16 @@ type Input struct {
 	Table  string `json:"table"`
 	SHA256 string `json:"sha256"`
 	Rows   int64  `json:"rows"`
+	// Parts lists the files of a table given as a directory, a glob or an
+	// object prefix, in the order read; SHA256 is then the digest of their
+	// digests (package source, "Digests"). Absent for a single file.
+	Parts []InputPart `json:"parts,omitempty"`
+}
+
+// InputPart is one file of an input table given in parts.
+type InputPart struct {
+	Name   string `json:"name"`
+	SHA256 string `json:"sha256"`
 }
 
 // File is a published file.

@@ -37,6 +37,10 @@ var (
 	digestShape = regexp.MustCompile(`^[0-9a-f]{64}$`)
 	keyIDShape  = regexp.MustCompile(`^[0-9a-f]{16}$`)
 	partShape   = regexp.MustCompile(`^part-[0-9]{5,}\.parquet$`) // see idfile.PartWriter.open
+	// An input's part is named by its path under the input's directory:
+	// what exports and Hive partitions (key=value, values %-escaped) name
+	// files with. The names are the operator's, not the users'.
+	inputPartShape = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._=%-]*(/[A-Za-z0-9][A-Za-z0-9._=%-]*)*$`)
 	// Reasons and classes are open lists: a source or a consent rule may add
 	// one, and a name the guard did not know would stop the run the first
 	// time a row has it. So a count's key is checked by its shape.
@@ -109,6 +113,11 @@ func checkManifest(f guardFile, e *Expect, removesScheme hashing.Scheme) (*manif
 			return fail("inputs: a name that is not the source's")
 		case !digestShape.MatchString(in.SHA256):
 			return fail("inputs: a sha256 that is not a SHA-256")
+		}
+		for _, p := range in.Parts {
+			if !digestShape.MatchString(p.SHA256) || !inputPartShape.MatchString(p.Name) || len(p.Name) > 1024 {
+				return fail("inputs: a part that is not a file's relative path and SHA-256")
+			}
 		}
 		tables[in.Table] = true
 	}

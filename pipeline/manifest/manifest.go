@@ -92,6 +92,16 @@ type InputFile struct {
 	Name   string `json:"name"`
 	SHA256 string `json:"sha256"`
 	Rows   int64  `json:"rows"`
+	// Parts are the files of a table given as a directory, a glob or an
+	// object prefix, in the order read, each with its SHA-256; SHA256 is
+	// then the digest of their digests. Absent for a single file.
+	Parts []InputPart `json:"parts,omitempty"`
+}
+
+// InputPart is one file of an input table given in parts.
+type InputPart struct {
+	Name   string `json:"name"`
+	SHA256 string `json:"sha256"`
 }
 
 // OutputFile is one published Parquet file.
@@ -122,8 +132,8 @@ type RejectSummary struct {
 }
 
 // AddInput lists an input table read by the run.
-func (m *Manifest) AddInput(table, name, digest string, rows int64) {
-	m.Inputs = append(m.Inputs, InputFile{Table: table, Name: name, SHA256: digest, Rows: rows})
+func (m *Manifest) AddInput(table, name, digest string, rows int64, parts ...InputPart) {
+	m.Inputs = append(m.Inputs, InputFile{Table: table, Name: name, SHA256: digest, Rows: rows, Parts: parts})
 }
 
 // AddReject counts a malformed row of table.

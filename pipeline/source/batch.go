@@ -21,6 +21,7 @@ type Batch struct {
 	block  []byte   // what the rows' strings point into, when a reader recycles it (Release)
 	arena  []byte   // what they point into, when the batch owns it (parquetStrings)
 	spans  []int32  // the fields' offsets in arena, while it is filled
+	part   int      // 1 + the part of a table in parts that filled it (multiTable); 0 otherwise
 }
 
 func (b *Batch) reset(seq int) {

@@ -43,8 +43,6 @@ func TestHeaderErrorsHoldNoInput(t *testing.T) {
 		{"no header, one column", "+91 74107 39683\n" + rows, []string{"missing column(s) user_id, phone, country", "1 column(s)"}},
 		{"header not UTF-8", "user_id,ph\xffone,country\n" + rows, []string{"header row (line 1) is not valid UTF-8", "compressed"}},
 		{"header not UTF-8 after blank lines", "\n\r\nacct-zbh251\xe9,+91 74107 39683,US\n" + rows, []string{"header row (line 3) is not valid UTF-8"}},
-		{"zstd", "\x28\xb5\x2f\xfd\x04\x58acct-zbh251,+91 74107 39683,US\n", []string{"zstd-compressed", "decompress it first"}},
-		{"gzip", "\x1f\x8b\x08\x00acct-zbh251,+91 74107 39683\n", []string{"gzip-compressed"}},
 		{"xlsx", "PK\x03\x04acct-zbh251,+91 74107 39683\n", []string{"ZIP archive"}},
 		{"UTF-16", "\xff\xfeu\x00s\x00e\x00r\x00", []string{"UTF-16"}},
 		{"unknown columns", "acct-zbh251,phone,+91 74107 39683\n" + rows, []string{"missing column(s) user_id, country"}},
@@ -67,6 +65,40 @@ func TestHeaderErrorsHoldNoInput(t *testing.T) {
 			}
 			if !errors.Is(err, errkind.ErrConfig) {
 				t.Errorf("err = %v, want errkind.ErrConfig", err)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("err = %v, want it to mention %q", err, w)
+				}
+			}
+			checkNoPersonalData(t, "the error", strings.ReplaceAll(err.Error(), p, "PATH"))
+		})
+	}
+}
+
+// TestCorruptCompressedInput: gzip and zstd inputs are read (package doc,
+// "Inputs"), and one that is damaged is bad data, said without its bytes.
+func TestCorruptCompressedInput(t *testing.T) {
+	cases := []struct {
+		name, content string
+		want          []string
+	}{
+		{"zstd", "\x28\xb5\x2f\xfd\x04\x58acct-zbh251,+91 74107 39683,US\n", []string{"zstd stream is corrupt"}},
+		{"gzip", "\x1f\x8b\x08\x00acct-zbh251,+91 74107 39683\n", []string{"gzip stream is corrupt"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "users.csv")
+			if err := os.WriteFile(p, []byte(c.content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			r, err := OpenTable(p, UserColumns)
+			if err == nil {
+				r.Close()
+				t.Fatal("opened")
+			}
+			if !errors.Is(err, errkind.ErrData) {
+				t.Errorf("err = %v, want errkind.ErrData", err)
 			}
 			for _, w := range c.want {
 				if !strings.Contains(err.Error(), w) {

@@ -1,15 +1,21 @@
 package source
 
 import (
-	"audiencematch/pipeline/errkind"
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+
+	"audiencematch/internal/objstore"
+	"audiencematch/pipeline/errkind"
 )
 
 // Row is one data row of an input table.
@@ -70,8 +76,15 @@ const (
 	TableConsent = "consent_events"
 )
 
-// FileSource reads the tables from CSV or Parquet files.
-type FileSource struct{ Users, Consent string }
+// FileSource reads the tables from files: each a file, a directory of
+// parts, a glob, "-" for standard input, or an object-store URL (see the
+// package doc, "Inputs").
+type FileSource struct {
+	Users, Consent string
+	// TempDir is where a Parquet object is copied to be read ("": the
+	// system's temporary directory).
+	TempDir string
+}
 
 func (s FileSource) path(table string) string {
 	if table == TableUsers {
@@ -80,20 +93,36 @@ func (s FileSource) path(table string) string {
 	return s.Consent
 }
 
-// Open opens the table's file.
-func (s FileSource) Open(_ context.Context, table string, columns []string) (RowReader, error) {
-	return OpenTable(s.path(table), columns)
+// Open opens the table's input.
+func (s FileSource) Open(ctx context.Context, table string, columns []string) (RowReader, error) {
+	if s.Users == "-" && s.Consent == "-" {
+		return nil, fmt.Errorf("%w: --users and --consent are both \"-\": standard input holds one table; give the other as a file", errkind.ErrUsage)
+	}
+	return openInput(ctx, s.path(table), columns, s.TempDir)
 }
 
-// Name is the file's base name.
-func (s FileSource) Name(table string) string { return filepath.Base(s.path(table)) }
+// Name is the input's base name: a file's or a directory's, a glob's last
+// element, "-", or an object URL without its query.
+func (s FileSource) Name(table string) string {
+	p := s.path(table)
+	if p == "-" {
+		return p
+	}
+	if objstore.IsURL(p) {
+		return objstore.Redact(p)
+	}
+	if lp, ok := objstore.LocalPath(p); ok {
+		p = lp
+	}
+	return filepath.Base(p)
+}
 
 // Close does nothing: each table is closed after it is read.
 func (FileSource) Close() error { return nil }
 
-// InputSize is the size of a file source's two files. It is not known
-// (false) for any other source, nor when a file cannot be read (the run
-// reports that).
+// InputSize is the size of a file source's inputs, every part counted.
+// It is not known (false) for any other source, for standard input and
+// objects, nor when a file cannot be read (the run reports that).
 func InputSize(src Source) (int64, bool) {
 	fs, ok := src.(FileSource)
 	if !ok {
@@ -101,11 +130,19 @@ func InputSize(src Source) (int64, bool) {
 	}
 	n := int64(0)
 	for _, p := range []string{fs.Users, fs.Consent} {
-		st, err := os.Stat(p)
+		if p == "-" || objstore.IsURL(p) {
+			return 0, false
+		}
+		in, err := resolveInput(context.Background(), p)
 		if err != nil {
 			return 0, false
 		}
-		n += st.Size()
+		for _, part := range in.parts {
+			if part.size < 0 {
+				return 0, false
+			}
+			n += part.size
+		}
 	}
 	return n, true
 }
@@ -190,7 +227,7 @@ func OpenTable(path string, columns []string) (RowReader, error) {
 		return openParquetTable(path, columns, false)
 	}
 	var rc io.ReadCloser = f
-	if !st.Mode().IsRegular() {
+	if !st.Mode().IsRegular() || compression(head) != "" {
 		rc = struct {
 			io.Reader
 			io.Closer
@@ -199,12 +236,95 @@ func OpenTable(path string, columns []string) (RowReader, error) {
 		f.Close()
 		return nil, fmt.Errorf("open %q: %w: %w", path, errkind.ErrNoInput, err)
 	}
-	r, err := newCSVTable(rc, columns)
-	if err != nil {
-		rc.Close()
-		return nil, fmt.Errorf("%q: %w", path, err)
+	r, _, err := openStream(fmt.Sprintf("%q", path), rc, columns)
+	return r, err
+}
+
+// Compressions of CSV inputs, told by their magic bytes (RFC 1952 section
+// 2.3.1, RFC 8878 section 3.1.1).
+const (
+	gzipMagic = "\x1f\x8b"
+	zstdMagic = "\x28\xb5\x2f\xfd"
+)
+
+// compression names the compression whose magic bytes head begins with,
+// or is "".
+func compression(head []byte) string {
+	switch {
+	case bytes.HasPrefix(head, []byte(gzipMagic)):
+		return "gzip"
+	case bytes.HasPrefix(head, []byte(zstdMagic)):
+		return "zstd"
 	}
-	return r, nil
+	return ""
+}
+
+// openStream reads the CSV table of a stream (a pipe, standard input, an
+// object), gzip- or zstd-compressed or not, told by its first bytes. name
+// is what errors call it. A Parquet stream is refused: Parquet is read from
+// its footer.
+func openStream(name string, rc io.ReadCloser, columns []string) (RowReader, Format, error) {
+	br := bufio.NewReaderSize(rc, 1<<16)
+	head, _ := br.Peek(4)
+	if bytes.Equal(head, []byte("PAR1")) {
+		rc.Close()
+		return nil, "", fmt.Errorf("%w: %s is a Parquet stream: Parquet is read from its footer, so write it to a file and give that", errkind.ErrNoInput, name)
+	}
+	var r io.Reader = br
+	closer := io.Closer(rc)
+	switch compression(head) {
+	case "gzip":
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			rc.Close()
+			return nil, "", fmt.Errorf("%w: %s: not a readable gzip stream: %w", errkind.ErrData, name, err)
+		}
+		r, closer = corrupt{zr, "gzip"}, closers{zr, rc}
+	case "zstd":
+		zr, err := zstd.NewReader(br)
+		if err != nil {
+			rc.Close()
+			return nil, "", fmt.Errorf("%w: %s: not a readable zstd stream: %w", errkind.ErrData, name, err)
+		}
+		zc := zr.IOReadCloser()
+		r, closer = corrupt{zc, "zstd"}, closers{zc, rc}
+	}
+	t, err := newCSVTable(struct {
+		io.Reader
+		io.Closer
+	}{r, closer}, columns)
+	if err != nil {
+		closer.Close()
+		return nil, "", fmt.Errorf("%s: %w", name, err)
+	}
+	return t, FormatCSV, nil
+}
+
+// corrupt marks a decompressor's errors as bad data: a stream that is
+// cut short or damaged (the decompressor's messages hold offsets, never
+// the data).
+type corrupt struct {
+	r    io.Reader
+	what string
+}
+
+func (c corrupt) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = fmt.Errorf("%w: the %s stream is corrupt or cut short (%v): compress the file again", errkind.ErrData, c.what, err)
+	}
+	return n, err
+}
+
+// closers closes each in turn.
+type closers []io.Closer
+
+func (cs closers) Close() error {
+	var err error
+	for _, c := range cs {
+		err = errors.Join(err, c.Close())
+	}
+	return err
 }
 
 // columnIndex maps each wanted column to its position in header.
