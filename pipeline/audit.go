@@ -13,6 +13,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"audiencematch/consent/audit"
+	"audiencematch/internal/objstore"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/manifest"
 	"audiencematch/pipeline/statedir"
@@ -78,7 +79,7 @@ func (r *run) buildRecord(manifestSum string) (*audit.Record, error) {
 		PreviousRunID: m.PreviousRunID,
 		Backfill:      m.Backfill, AllowDrop: r.cfg.AllowDrop,
 	}
-	if abs, err := filepath.Abs(rec.Published); err == nil {
+	if abs, err := filepath.Abs(rec.Published); err == nil && !objstore.IsURL(rec.Published) {
 		rec.Published = abs
 	}
 	for _, in := range m.Inputs {

@@ -90,7 +90,7 @@ func TestAuditVerifyAndTamper(t *testing.T) {
 		filepath.Join(statedir.Audit(cfg.State), audit.RecordsFile),
 		filepath.Join(statedir.Audit(cfg.State), audit.CheckpointFile),
 		filepath.Join(res.PublishedDir, "manifest.json"),
-		filepath.Join(res.PublishedDir, "part-00000.parquet"),
+		filepath.Join(res.PublishedDir, "snapshot", "part-00000.parquet"),
 	}
 	for _, f := range files {
 		orig, err := os.ReadFile(f)

@@ -70,7 +70,7 @@ func typedRuns(t *testing.T, s hashing.Scheme) (Config, *Result, []fixtures.User
 		fixtures.DefaultPurpose, " " + fixtures.DefaultPurpose + " ", "meta-ads", string(s), string(hashing.HMACSHA256),
 		asOf.Format(time.DateOnly), asOf.Format(time.RFC3339), asOf.Add(24 * time.Hour).Format(time.RFC3339),
 		asOf.Format("20060102T150405Z"), "dt=" + asOf.Format(time.DateOnly),
-		"manifest.json", "id", "part-00000.parquet", "adds/part-00000.parquet", "removes/part-00000.parquet",
+		"manifest.json", "id", "snapshot/part-00000.parquet", "adds/part-00000.parquet", "removes/part-00000.parquet",
 		idfile.MetaScheme, idfile.MetaKeyID, k.KeyID(), "audiencematch version test(build )", "idfile.TextIDRow", "idfile.BinaryIDRow", "PAR1PAR1",
 		manifest.Version, cfg.Digest(), `"purpose": "ads_matching",`, `"destination": "meta-ads",`, `"scheme": "` + string(s) + `",`,
 		"users.csv", "consent_events.csv", "previous_run_id", "config_digest", "max_consent_age_seconds", "consent_events",
@@ -170,12 +170,12 @@ func TestLeakGuardRunOutputTampered(t *testing.T) {
 					}), 0o644)
 				}, "adds/part-00000.parquet: footer at byte"},
 				{"phone in a page's statistics", func(t *testing.T, dir string) {
-					path := filepath.Join(dir, "part-00000.parquet")
+					path := filepath.Join(dir, "snapshot", "part-00000.parquet")
 					b, _ := os.ReadFile(path)
 					h, _ := hashing.NewHasher(s, cfg.Key)
 					id := h.ID(phone)
 					os.WriteFile(path, parquettest.ReplaceFirst(t, b, []byte(id), []byte(phone+id[len(phone):]), 0), 0o644)
-				}, "part-00000.parquet: row 0: a page's statistics"},
+				}, "snapshot/part-00000.parquet: row 0: a page's statistics"},
 				{"user id as the manifest's purpose", func(t *testing.T, dir string) {
 					path := filepath.Join(dir, "manifest.json")
 					b, _ := os.ReadFile(path)

@@ -12,12 +12,14 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 	"audiencematch/internal/fsutil"
 	"audiencematch/pipeline/delivery"
@@ -38,9 +40,10 @@ func (r *run) runID() string {
 	return r.cfg.Rules.AsOf.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(h.Sum(nil))[:12]
 }
 
-// PublishedPath is where a run of destination at asOf is published under out.
+// PublishedPath is where a run of destination at asOf is published under
+// out, a directory or an object-store location (delivery.RunDir).
 func PublishedPath(out, destination string, asOf time.Time, runID string) string {
-	return filepath.Join(out, destination, "dt="+asOf.UTC().Format(time.DateOnly), "run="+runID)
+	return delivery.Location(out, delivery.RunDir(destination, asOf, runID))
 }
 
 // writeOutputs resolves the join's buckets in identifier order and, for
@@ -50,11 +53,13 @@ func PublishedPath(out, destination string, asOf time.Time, runID string) string
 // beside them.
 func (r *run) writeOutputs(ctx context.Context) error {
 	r.m.RunID = r.runID()
-	if _, err := os.Stat(r.publishedPath()); err == nil {
+	if ok, err := delivery.Published(ctx, r.cfg.Out, r.runDir()); err != nil {
+		return err
+	} else if ok {
 		return nil // finish reports it as already published
 	}
 	pub := filepath.Join(r.staging, "publish")
-	parts, err := idfile.NewPartWriter(pub, r.pages, r.cfg.layout(), r.cfg.Scheme, r.cfg.KeyID())
+	parts, err := idfile.NewPartWriter(filepath.Join(pub, delivery.SnapshotDir), r.pages, r.cfg.layout(), r.cfg.Scheme, r.cfg.KeyID())
 	if err != nil {
 		return err
 	}
@@ -85,7 +90,13 @@ func (r *run) writeOutputs(ctx context.Context) error {
 	// The last row groups are flushed and the files synced side by side.
 	var closeWG sync.WaitGroup
 	var partsErr, deltasErr, evErr error
-	closeWG.Go(func() { r.m.Files, partsErr = parts.Close() })
+	closeWG.Go(func() {
+		if r.m.Files, partsErr = parts.Close(); partsErr == nil {
+			for i := range r.m.Files {
+				r.m.Files[i].Path = delivery.SnapshotDir + "/" + r.m.Files[i].Path
+			}
+		}
+	})
 	if deltas != nil {
 		closeWG.Go(func() { deltasErr = deltas.finish() })
 	}
@@ -179,6 +190,11 @@ func (r *run) publishedPath() string {
 	return PublishedPath(r.cfg.Out, r.cfg.Destination, r.cfg.Rules.AsOf, r.m.RunID)
 }
 
+// runDir is the run's directory relative to the delivery root.
+func (r *run) runDir() string {
+	return delivery.RunDir(r.cfg.Destination, r.cfg.Rules.AsOf, r.m.RunID)
+}
+
 // writeEvidence writes the bucket's evidence rows: one per valid holder of
 // each exported identifier, the primary holder first.
 func writeEvidence(ev *idfile.EvidenceWriter, rb *resolvedBucket) error {
@@ -200,9 +216,11 @@ func (r *run) finish() (*Result, error) {
 	runDir := statedir.Run(r.cfg.State, m.RunID)
 	res.EvidencePath = filepath.Join(runDir, "evidence.parquet")
 	res.RejectsPath = filepath.Join(runDir, "rejects.csv")
-	if _, err := os.Stat(res.PublishedDir); err == nil {
+	if ok, err := delivery.Published(context.Background(), r.cfg.Out, r.runDir()); err != nil {
+		return nil, err
+	} else if ok {
 		res.AlreadyPublished = true
-		return res, r.commitRecord(runDir)
+		return res, r.commitAndPoint(runDir)
 	}
 	body, err := r.check()
 	if err != nil {
@@ -299,17 +317,57 @@ func (r *run) publish(res *Result, runDir string, manifestBody []byte) error {
 	if err := crashPoint("evidence"); err != nil {
 		return err
 	}
-	if err := fsutil.PublishDir(filepath.Join(r.staging, "publish"), res.PublishedDir); err != nil {
-		if errors.Is(err, fs.ErrExist) || errors.Is(err, syscall.ENOTEMPTY) {
-			res.AlreadyPublished = true
-			return r.commitRecord(runDir)
-		}
-		return fmt.Errorf("publish %q: %w", res.PublishedDir, err)
+	already, err := delivery.Publish(context.Background(), r.cfg.Out, r.runDir(), filepath.Join(r.staging, "publish"), r.cfg.dirMode, publishedDigests(rec))
+	if errors.Is(err, fs.ErrExist) || errors.Is(err, syscall.ENOTEMPTY) {
+		already, err = true, nil
 	}
+	if err != nil {
+		return fmt.Errorf("publish %s: %w", res.PublishedDir, err)
+	}
+	res.AlreadyPublished = already
 	if err := crashPoint("published"); err != nil {
 		return err
 	}
-	return r.commitRecord(runDir)
+	return r.commitAndPoint(runDir)
+}
+
+// commitAndPoint appends the run's record, then points the destination's
+// _LATEST at the head of its delivery chain (this run, unless it is a
+// backfill) and removes what interrupted uploads of other runs left.
+func (r *run) commitAndPoint(runDir string) error {
+	if err := r.commitRecord(runDir); err != nil {
+		return err
+	}
+	if r.cfg.AuditSigner == nil {
+		return nil
+	}
+	if err := pointLatest(&r.cfg); err != nil {
+		return fmt.Errorf("run %s is committed, but %s could not be updated (the next run updates it): %w", r.m.RunID, delivery.LatestPointer, err)
+	}
+	removed, err := delivery.CleanIncomplete(context.Background(), r.cfg.Out, r.cfg.Destination, r.runDir())
+	for _, d := range removed {
+		r.cfg.Log.Info("removed the objects of an interrupted upload", "dir", d)
+	}
+	return err
+}
+
+// pointLatest points the destination's _LATEST at the head of its delivery
+// chain in the audit log.
+func pointLatest(cfg *Config) error {
+	l, err := delivery.OpenLog(cfg.State)
+	if err != nil {
+		return err
+	}
+	return delivery.PointLatestHead(context.Background(), l, cfg.Out, cfg.Destination)
+}
+
+// publishedDigests maps each file a run publishes to its SHA-256.
+func publishedDigests(rec *audit.Record) map[string]string {
+	m := map[string]string{rec.Manifest.Path: rec.Manifest.SHA256}
+	for _, f := range slices.Concat(rec.Files, rec.Adds, rec.Removes) {
+		m[f.Path] = f.SHA256
+	}
+	return m
 }
 
 // replaceDir moves src to dst, replacing what dst held: the private copy of

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -25,6 +26,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 	"audiencematch/internal/fsutil"
+	"audiencematch/internal/objstore"
 	"audiencematch/pipeline/delivery"
 	"audiencematch/pipeline/destinations"
 	"audiencematch/pipeline/errkind"
@@ -87,6 +89,9 @@ type Config struct {
 	// maxDrop is the destination's drop guard threshold, a fraction, from
 	// the registry (authorize sets it).
 	maxDrop float64
+	// dirMode is the mode of the published run's directories, from the
+	// registry (authorize sets it).
+	dirMode fs.FileMode
 	// spills are the thresholds at which the run splits and groups its
 	// spills; nil: defaultSpillThresholds. Tests set them
 	// (SetSpillThresholds).
@@ -158,6 +163,11 @@ func (c *Config) check() error {
 	}
 	if c.Source == nil {
 		c.Source = source.FileSource{Users: c.Users, Consent: c.Consent}
+	}
+	if p, ok := objstore.LocalPath(c.Out); ok {
+		c.Out = p // file:///srv/exports is /srv/exports
+	} else if !objstore.IsURL(c.Out) {
+		return fmt.Errorf("%w: --out %s: give a directory or an s3://, gs://, azblob:// or file:// URL", errkind.ErrUsage, objstore.Redact(c.Out))
 	}
 	return nil
 }
@@ -366,6 +376,11 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 	if err != nil {
 		return nil, err
 	}
+	if len(healed) > 0 {
+		if err := delivery.PointLatestHead(ctx, l, cfg.Out, cfg.Destination); err != nil {
+			return nil, fmt.Errorf("point %s at the recorded run: %w", delivery.LatestPointer, err)
+		}
+	}
 	if !cfg.Force {
 		if rec := committedOn(l, &cfg); rec != nil {
 			return &Result{Skipped: rec}, nil
@@ -484,6 +499,7 @@ func authorize(cfg *Config, record bool) error {
 		return fmt.Errorf("%w: %w", errkind.ErrRejected, err)
 	}
 	cfg.maxDrop = d.MaxDrop()
+	cfg.dirMode = d.DirModeOr(delivery.DefaultDirMode)
 	return d.Agrees(string(cfg.Scheme), cfg.Out)
 }
 

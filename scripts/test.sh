@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, vet, race-enabled tests
 # (with a throw-away PostgreSQL server, installed from Debian's packages if
-# missing) and a short run of every fuzz target.
+# missing, and a throw-away S3-compatible server, installed from the Go module
+# proxy if missing) and a short run of every fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== gofmt"
@@ -12,6 +13,9 @@ go vet ./...
 echo "== PostgreSQL for the database tests"
 eval "$(scripts/pg.sh start)"
 trap 'scripts/pg.sh stop "$AUDIENCEMATCH_TEST_PG_DIR"' EXIT
+echo "== S3-compatible server (versitygw) for the object-storage tests"
+eval "$(scripts/s3.sh start)"
+trap 'scripts/pg.sh stop "$AUDIENCEMATCH_TEST_PG_DIR"; scripts/s3.sh stop "$AUDIENCEMATCH_TEST_S3_DIR"' EXIT
 echo "== go test -race"
 go test -race -count=1 ./...
 echo "== normalization differential test (short form: 1M inputs; scripts/bench.sh runs 10M)"

@@ -138,6 +138,11 @@ func Subject(state string, verifier note.Verifier, q SubjectQuery) (*SubjectRepo
 // against the run's record.
 func proveMembership(rec *audit.Record, scheme hashing.Scheme, leaf []byte) (*audit.Membership, error) {
 	mp := audit.NewMembershipProver(rec.IDs.Size, leaf)
+	rec, done, err := readable(rec)
+	if err != nil {
+		return nil, fmt.Errorf("run %s: %w", rec.RunID, err)
+	}
+	defer done()
 	for _, f := range rec.Files {
 		path := filepath.Join(rec.Published, f.Path)
 		var addErr error

@@ -3,6 +3,7 @@ package auditor
 import (
 	"bytes"
 	"cmp"
+	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 	"audiencematch/internal/fsutil"
+	"audiencematch/internal/objstore"
 	"audiencematch/pipeline/delivery"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/idfile"
@@ -46,15 +48,37 @@ func VerifyAudit(state string, verifier note.Verifier, trusted []byte) (*VerifyR
 		return nil, err
 	}
 	heads := map[string]*audit.Record{} // each destination's delivery chain so far
+	// A run published to an object store is read from a local copy, kept
+	// while the run heads its chain (the next run's deltas are checked
+	// against it).
+	copies := map[string]func(){}
+	defer func() {
+		for _, done := range copies {
+			done()
+		}
+	}()
 	for i, rec := range l.Records() {
 		if rec.Type != audit.TypeRunCommitted {
 			continue
 		}
 		rep.Committed++
-		err := verifyRun(state, rec)
+		rec, done, err := readable(rec)
+		if err != nil {
+			return nil, fmt.Errorf("%w: audit verify: record %d, run %s (%s): %w", errkind.ErrData, i, rec.RunID, rec.Destination, err)
+		}
+		release := done
+		if !rec.Backfill {
+			release = func() {}
+			if old := copies[rec.Destination]; old != nil {
+				release = old
+			}
+			copies[rec.Destination] = done
+		}
+		err = verifyRun(state, rec)
 		if err == nil {
 			err = delivery.VerifyDelivery(state, heads[rec.Destination], rec)
 		}
+		release() // the previous head, once this run's deltas are checked against it
 		if err != nil {
 			return nil, fmt.Errorf("%w: audit verify: record %d, run %s (%s): %w", errkind.ErrData, i, rec.RunID, rec.Destination, err)
 		}
@@ -66,6 +90,22 @@ func VerifyAudit(state string, verifier note.Verifier, trusted []byte) (*VerifyR
 		return nil, fmt.Errorf("%w: audit verify: %w", errkind.ErrData, err)
 	}
 	return rep, nil
+}
+
+// readable is rec as the checks read it: a run published to an object
+// store is copied into a temporary directory, which rec's copy names as
+// published and done removes.
+func readable(rec *audit.Record) (*audit.Record, func(), error) {
+	if !objstore.IsURL(rec.Published) {
+		return rec, func() {}, nil
+	}
+	dir, done, err := delivery.LocalCopy(context.Background(), rec.Published)
+	if err != nil {
+		return rec, nil, fmt.Errorf("read the published run: %w", err)
+	}
+	c := *rec
+	c.Published = dir
+	return &c, done, nil
 }
 
 func verifyRun(state string, rec *audit.Record) error {

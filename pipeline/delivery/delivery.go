@@ -27,10 +27,12 @@ package delivery
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -41,6 +43,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 	"audiencematch/internal/fsutil"
+	"audiencematch/internal/objstore"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/manifest"
@@ -119,17 +122,19 @@ type unrecorded struct {
 // platform holds. A directory that cannot be checked is refused, naming
 // it: it is never silently skipped, and never recorded unchecked.
 func Heal(l *audit.Log, state, out, destination string, signer note.Signer) ([]string, error) {
-	dirs, err := filepath.Glob(filepath.Join(out, destination, "dt=*", "run=*"))
-	if err != nil || len(dirs) == 0 {
+	ctx := context.Background()
+	rels, _, err := runDirs(ctx, out, destination)
+	if err != nil || len(rels) == 0 {
 		return nil, err
 	}
 	var pending []unrecorded
-	for _, dir := range dirs {
-		runID := strings.TrimPrefix(filepath.Base(dir), "run=")
+	for _, rel := range rels {
+		dir := Location(out, rel)
+		runID := strings.TrimPrefix(path.Base(rel), "run=")
 		if l.Committed(runID) >= 0 {
 			continue
 		}
-		rec, err := preparedRecord(state, destination, runID, dir)
+		rec, err := preparedRecord(ctx, state, destination, runID, dir)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s is published but the audit log does not record it, and it cannot be recorded now: %w; the platform may have loaded it: have it dropped there, move the directory out of %s, and run again (docs/OPERATIONS.md, \"Recovery\")",
 				errkind.ErrData, dir, err, out)
@@ -161,28 +166,34 @@ func Heal(l *audit.Log, state, out, destination string, signer note.Signer) ([]s
 
 // preparedRecord reads the record a run prepared before publishing dir and
 // checks that dir holds exactly the files it lists, with their digests.
-func preparedRecord(state, destination, runID, dir string) (*audit.Record, error) {
-	path := filepath.Join(statedir.Run(state, runID), "record.json")
-	b, err := os.ReadFile(path)
+func preparedRecord(ctx context.Context, state, destination, runID, dir string) (*audit.Record, error) {
+	recPath := filepath.Join(statedir.Run(state, runID), "record.json")
+	b, err := os.ReadFile(recPath)
 	if err != nil {
 		return nil, fmt.Errorf("its prepared record: %w", err)
 	}
 	rec, err := audit.ParseRecord(b)
 	if err != nil {
-		return nil, fmt.Errorf("its prepared record %s: %w", path, err)
+		return nil, fmt.Errorf("its prepared record %s: %w", recPath, err)
 	}
 	if rec.Type != audit.TypeRunCommitted || rec.RunID != runID || rec.Destination != destination ||
-		filepath.Base(rec.Published) != filepath.Base(dir) {
-		return nil, fmt.Errorf("its prepared record %s names another run", path)
+		!strings.HasSuffix(objstore.Redact(rec.Published), "/run="+runID) {
+		return nil, fmt.Errorf("its prepared record %s names another run", recPath)
 	}
-	if err := checkPublishedFiles(dir, rec); err != nil {
+	local, done, err := localCopy(ctx, dir, "")
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	if err := checkPublishedFiles(local, rec); err != nil {
 		return nil, err
 	}
 	return rec, nil
 }
 
 // SameFiles checks that dir holds exactly rec's manifest and files, nothing
-// missing and nothing planted beside them.
+// missing and nothing planted beside them, but for an empty _SUCCESS
+// marker (a run published before the marker has none).
 func SameFiles(dir string, rec *audit.Record) error {
 	want := []string{rec.Manifest.Path}
 	for _, f := range slices.Concat(rec.Files, rec.Adds, rec.Removes) {
@@ -194,6 +205,12 @@ func SameFiles(dir string, rec *audit.Record) error {
 			return err
 		}
 		rel, _ := filepath.Rel(dir, p)
+		if rel == SuccessMarker {
+			if info, err := d.Info(); err != nil || info.Size() != 0 {
+				return cmp.Or(err, fmt.Errorf("%s: the marker is not empty", p))
+			}
+			return nil
+		}
 		have = append(have, filepath.ToSlash(rel))
 		return nil
 	})
@@ -413,22 +430,24 @@ func MergeDelta(prev, cur idfile.Iter, sameKey bool, adds, removes idfile.Iter) 
 // platform may have loaded but the log does not show (a run killed between
 // its publish and its record, not yet healed by a later run) fails.
 func VerifyNothingUnrecorded(l *audit.Log) error {
-	roots := map[string]bool{}
+	type rootDest struct{ root, dest string }
+	roots := map[rootDest]bool{}
 	committed := map[string]bool{}
 	for _, rec := range l.Records() {
 		if rec.Type == audit.TypeRunCommitted {
-			roots[filepath.Dir(filepath.Dir(rec.Published))] = true
+			root, dest := destRoot(rec.Published)
+			roots[rootDest{root, dest}] = true
 			committed[rec.RunID] = true
 		}
 	}
-	for root := range roots {
-		dirs, err := filepath.Glob(filepath.Join(root, "dt=*", "run=*"))
+	for rd := range roots {
+		rels, _, err := runDirs(context.Background(), rd.root, rd.dest)
 		if err != nil {
 			return err
 		}
-		for _, dir := range dirs {
-			if !committed[strings.TrimPrefix(filepath.Base(dir), "run=")] {
-				return fmt.Errorf("%s is published but the log does not record it: the next run of the job checks and records it (or refuses it, naming the problem)", dir)
+		for _, rel := range rels {
+			if !committed[strings.TrimPrefix(path.Base(rel), "run=")] {
+				return fmt.Errorf("%s is published but the log does not record it: the next run of the job checks and records it (or refuses it, naming the problem)", objstore.Redact(Location(rd.root, rel)))
 			}
 		}
 	}

@@ -13,7 +13,8 @@
 //	    lawful_basis: consent, GDPR Art. 6(1)(a)
 //	    scheme: hmac-sha256
 //	    allow_unkeyed: false
-//	    delivery: /srv/exports          # a local directory, for now
+//	    delivery: /srv/exports          # a directory, file:///srv/exports, or s3://bucket/prefix?region=…
+//	    dir_mode: "0750"                # optional: published directories' mode (default 0750)
 //	    retention_days: 90
 //	    key_file: /etc/audiencematch/meta-ads.key   # optional: this destination's own master key
 //	    max_drop_percent: 20            # optional: the drop guard's threshold (default 20)
@@ -32,15 +33,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
 
 	"audiencematch/hashing"
+	"audiencematch/internal/objstore"
 	"audiencematch/pipeline/errkind"
 )
 
@@ -72,6 +76,19 @@ type Destination struct {
 	// smaller than the previous one by more than this share publishes
 	// nothing unless the operator allows the drop. Nil: DefaultMaxDropPercent.
 	MaxDropPercent *float64 `yaml:"max_drop_percent,omitempty" json:"max_drop_percent,omitempty"`
+	// DirMode is the mode of published run directories, in octal ("0750"):
+	// the consumer's account reads them through its group. Empty: 0750.
+	// Object stores have no modes: their bucket policy decides.
+	DirMode string `yaml:"dir_mode,omitempty" json:"dir_mode,omitempty"`
+}
+
+// DirModeOr is the destination's dir_mode, or def when it sets none.
+func (d *Destination) DirModeOr(def fs.FileMode) fs.FileMode {
+	m, err := strconv.ParseUint(d.DirMode, 8, 32)
+	if d.DirMode == "" || err != nil {
+		return def
+	}
+	return fs.FileMode(m)
 }
 
 // DefaultMaxDropPercent is the drop guard's threshold when the registry
@@ -160,8 +177,15 @@ func (r *Registry) Validate() []error {
 		if _, err := hashing.ParseScheme(d.Scheme); err != nil {
 			bad("%s: %v", where, err)
 		}
-		if d.Delivery == "" || !filepath.IsAbs(d.Delivery) {
-			bad("%s: delivery must be an absolute directory path", where)
+		if p, ok := objstore.LocalPath(d.Delivery); d.Delivery == "" || (ok && !filepath.IsAbs(p)) || (!ok && !objstore.IsURL(d.Delivery)) {
+			bad("%s: delivery must be an absolute directory path, a file:/// URL or an object-store URL (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, azblob://CONTAINER/PREFIX)", where)
+		} else if !ok {
+			if _, _, err := objstore.Split(d.Delivery); err != nil {
+				bad("%s: delivery: %v", where, err)
+			}
+		}
+		if m, err := strconv.ParseUint(d.DirMode, 8, 32); d.DirMode != "" && (err != nil || m&^0o777 != 0 || m&0o700 != 0o700) {
+			bad("%s: dir_mode %q: give octal permissions the owner can use, like 0750", where, d.DirMode)
 		}
 		if d.RetentionDays <= 0 {
 			bad("%s: retention_days must be positive", where)
@@ -242,8 +266,17 @@ func (d *Destination) Agrees(scheme, delivery string) error {
 	if scheme != "" && scheme != d.Scheme {
 		return fmt.Errorf("%w: scheme %s conflicts with the registry's scheme %s for %q", errkind.ErrUsage, scheme, d.Scheme, d.ID)
 	}
-	if delivery != "" && filepath.Clean(delivery) != filepath.Clean(d.Delivery) {
+	if delivery != "" && sameDelivery(delivery) != sameDelivery(d.Delivery) {
 		return fmt.Errorf("%w: output directory %s conflicts with the registry's delivery %s for %q", errkind.ErrUsage, delivery, d.Delivery, d.ID)
 	}
 	return nil
+}
+
+// sameDelivery is a delivery in the form two spellings of it share: a
+// clean path (file:///srv/x is /srv/x), or a URL as written.
+func sameDelivery(d string) string {
+	if p, ok := objstore.LocalPath(d); ok {
+		return filepath.Clean(p)
+	}
+	return d
 }

@@ -98,7 +98,7 @@ func writeRunPart[T any](t *testing.T, path string, cfg *guardCfg, rows []T, opt
 // under cfg.
 func writeRunIDs(tb testing.TB, dir string, cfg *guardCfg, ids []string) {
 	tb.Helper()
-	w, err := idfile.NewPartWriter(dir, nil, cfg.layout(), cfg.Scheme, cfg.KeyID())
+	w, err := idfile.NewPartWriter(filepath.Join(dir, "snapshot"), nil, cfg.layout(), cfg.Scheme, cfg.KeyID())
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -210,45 +210,45 @@ func testLeakGuard(t *testing.T) {
 		want  string
 	}{
 		{"clean", func(dir string) {
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.TextIDRow{good})
+			writeRunPart(t, filepath.Join(dir, "snapshot", "part-00000.parquet"), cfg, []idfile.TextIDRow{good})
 			putManifest(t, dir, testManifest(t, dir, cfg))
 		}, ""},
 		{"a needle's first 8 bytes, then others", func(dir string) {
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.TextIDRow{good})
+			writeRunPart(t, filepath.Join(dir, "snapshot", "part-00000.parquet"), cfg, []idfile.TextIDRow{good})
 			os.WriteFile(filepath.Join(dir, "notes.json"), []byte(`{"n":"+447400199999","m":"acct-zbh2","u":"u1"}`), 0o644)
 		}, ""},
 		{"raw phone in metadata", func(dir string) {
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.TextIDRow{good}, parquet.KeyValueMetadata(idfile.MetaScheme, "+44 7400 123456"))
+			writeRunPart(t, filepath.Join(dir, "snapshot", "part-00000.parquet"), cfg, []idfile.TextIDRow{good}, parquet.KeyValueMetadata(idfile.MetaScheme, "+44 7400 123456"))
 		}, "byte"},
 		{"user id in a file the run does not write", func(dir string) {
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.TextIDRow{good})
+			writeRunPart(t, filepath.Join(dir, "snapshot", "part-00000.parquet"), cfg, []idfile.TextIDRow{good})
 			os.WriteFile(filepath.Join(dir, "notes.json"), []byte(`{"note":"acct-zbh251"}`), 0o644)
 		}, "notes.json: byte 9"},
 		{"E.164 in a removes file", func(dir string) {
 			writeRunPart(t, filepath.Join(dir, "removes", "part-00000.parquet"), cfg, []idfile.TextIDRow{good}, parquet.KeyValueMetadata(idfile.MetaKeyID, "+447400123456"))
 		}, "removes"},
 		{"user id as an identifier", func(dir string) {
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.TextIDRow{{ID: hexUser}})
+			writeRunPart(t, filepath.Join(dir, "snapshot", "part-00000.parquet"), cfg, []idfile.TextIDRow{{ID: hexUser}})
 		}, "equals a phone number or user id"},
 		{"extra column", func(dir string) {
 			type row struct {
 				ID    string `parquet:"id"`
 				Phone string `parquet:"phone"`
 			}
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []row{{good.ID, "x"}})
+			writeRunPart(t, filepath.Join(dir, "snapshot", "part-00000.parquet"), cfg, []row{{good.ID, "x"}})
 		}, "columns other than"},
 		{"unknown metadata", func(dir string) {
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.TextIDRow{good}, parquet.KeyValueMetadata("note", "hello"))
+			writeRunPart(t, filepath.Join(dir, "snapshot", "part-00000.parquet"), cfg, []idfile.TextIDRow{good}, parquet.KeyValueMetadata("note", "hello"))
 		}, "unexpected key-value metadata"},
 		{"dictionary-encoded ids", func(dir string) {
 			type row struct {
 				ID string `parquet:"id,dict"`
 			}
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []row{{good.ID}, {good.ID}})
+			writeRunPart(t, filepath.Join(dir, "snapshot", "part-00000.parquet"), cfg, []row{{good.ID}, {good.ID}})
 		}, "DICTIONARY_PAGE page"},
 		{"leak in the second of many files", func(dir string) {
 			for i := range 5 {
-				writeRunPart(t, filepath.Join(dir, fmt.Sprintf("part-%05d.parquet", i)), cfg, []idfile.TextIDRow{good, good})
+				writeRunPart(t, filepath.Join(dir, "snapshot", fmt.Sprintf("part-%05d.parquet", i)), cfg, []idfile.TextIDRow{good, good})
 			}
 			os.WriteFile(filepath.Join(dir, "a.json"), []byte(`{}`), 0o644)
 			os.WriteFile(filepath.Join(dir, "b.json"), []byte(`{"user": "acct-zbh251", "phone": "+447400123456"}`), 0o644)
@@ -257,10 +257,10 @@ func testLeakGuard(t *testing.T) {
 			os.WriteFile(filepath.Join(dir, "b.json"), []byte(`{"phone": "+44 7400 123456"}`), 0o644)
 		}, "b.json: byte 11"},
 		{"wrong shape", func(dir string) {
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.TextIDRow{{ID: "not-an-id"}})
+			writeRunPart(t, filepath.Join(dir, "snapshot", "part-00000.parquet"), cfg, []idfile.TextIDRow{{ID: "not-an-id"}})
 		}, "exact shape"},
 		{"raw phone as an id", func(dir string) {
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.TextIDRow{good, {ID: "+447400123456"}})
+			writeRunPart(t, filepath.Join(dir, "snapshot", "part-00000.parquet"), cfg, []idfile.TextIDRow{good, {ID: "+447400123456"}})
 		}, "row 1: id does not have the exact shape"},
 	}
 	for _, c := range cases {
@@ -348,7 +348,7 @@ func TestLeakGuardManifest(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
-			for _, sub := range []string{"", "adds", "removes"} {
+			for _, sub := range []string{"snapshot", "adds", "removes"} {
 				writeRunPart(t, filepath.Join(dir, sub, "part-00000.parquet"), cfg, rows)
 			}
 			m := testManifest(t, dir, cfg)
@@ -429,7 +429,7 @@ func TestLeakGuardParquetStructure(t *testing.T) {
 		for _, c := range cases {
 			t.Run(string(s)+"/"+c.name, func(t *testing.T) {
 				dir := t.TempDir()
-				path := filepath.Join(dir, "part-00000.parquet")
+				path := filepath.Join(dir, "snapshot", "part-00000.parquet")
 				rows := ids
 				if c.name == "not an id" {
 					rows = []string{ids[0], notAnID}
@@ -494,9 +494,9 @@ func TestLeakGuardExactEveryScheme(t *testing.T) {
 		dir := t.TempDir()
 		cfg := guardConfig(s)
 		if s.Binary() {
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.BinaryIDRow{{ID: [32]byte([]byte(id))}})
+			writeRunPart(t, filepath.Join(dir, "snapshot", "part-00000.parquet"), cfg, []idfile.BinaryIDRow{{ID: [32]byte([]byte(id))}})
 		} else {
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.TextIDRow{{ID: id}})
+			writeRunPart(t, filepath.Join(dir, "snapshot", "part-00000.parquet"), cfg, []idfile.TextIDRow{{ID: id}})
 		}
 		err = g.Check(dir, cfg.expect(), s)
 		var le *LeakError
@@ -518,7 +518,7 @@ func TestLeakGuardTypedPhoneAsAnID(t *testing.T) {
 		g.AddPhone(id)
 		cfg := guardConfig(s)
 		dir := t.TempDir()
-		writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.TextIDRow{{ID: id}})
+		writeRunPart(t, filepath.Join(dir, "snapshot", "part-00000.parquet"), cfg, []idfile.TextIDRow{{ID: id}})
 		putManifest(t, dir, testManifest(t, dir, cfg))
 		checkGuard(t, g, dir, cfg, s, "")
 		if s == hashing.UID2 { // hex ids are left out of the raw scan
@@ -531,7 +531,7 @@ func TestLeakGuardTypedPhoneAsAnID(t *testing.T) {
 	g := New(7, t.TempDir(), Options{})
 	g.AddPhone(typed)
 	dir := t.TempDir()
-	writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, []idfile.BinaryIDRow{{ID: [32]byte([]byte(typed))}})
+	writeRunPart(t, filepath.Join(dir, "snapshot", "part-00000.parquet"), cfg, []idfile.BinaryIDRow{{ID: [32]byte([]byte(typed))}})
 	checkGuard(t, g, dir, cfg, cfg.Scheme, "row 0: id equals a phone number or user id")
 }
 
@@ -573,7 +573,7 @@ func TestLeakGuardCountsEveryPage(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
-			path := filepath.Join(dir, "part-00000.parquet")
+			path := filepath.Join(dir, "snapshot", "part-00000.parquet")
 			writeRunPart(t, path, cfg, []idfile.TextIDRow{{ID: h.ID("+447400123456")}, {ID: hexUser}})
 			b, err := os.ReadFile(path)
 			if err != nil {
@@ -628,8 +628,8 @@ func TestLeakGuardFirstLeakInOrder(t *testing.T) {
 			if c.badEnd {
 				a[9].ID = "not-an-id"
 			}
-			writeRunPart(t, filepath.Join(dir, "part-00000.parquet"), cfg, a, small)
-			writeRunPart(t, filepath.Join(dir, "part-00001.parquet"), cfg, rows(c.b...), small)
+			writeRunPart(t, filepath.Join(dir, "snapshot", "part-00000.parquet"), cfg, a, small)
+			writeRunPart(t, filepath.Join(dir, "snapshot", "part-00001.parquet"), cfg, rows(c.b...), small)
 			g := New(1, t.TempDir(), Options{})
 			g.Add(hexUser)
 			err := g.Check(dir, cfg.expect(), cfg.Scheme)

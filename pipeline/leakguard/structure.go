@@ -125,7 +125,7 @@ func checkManifest(f guardFile, e *Expect, removesScheme hashing.Scheme) (*manif
 		field, dir string
 		files      []manifest.OutputFile
 	}
-	files := []listing{{"files", "", m.Files}}
+	files := []listing{{"files", "snapshot/", m.Files}}
 	if m.Adds != nil {
 		files = append(files, listing{"adds", "adds/", m.Adds.Files})
 	}

@@ -1,0 +1,240 @@
+package pipeline_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+
+	"audiencematch/fixtures"
+	"audiencematch/hashing"
+	"audiencematch/internal/objstore"
+	"audiencematch/pipeline"
+	"audiencematch/pipeline/auditor"
+	"audiencematch/pipeline/delivery"
+	"audiencematch/pipeline/errkind"
+)
+
+// S3URLEnv names the bucket URL of the S3-compatible server the tests use
+// (scripts/s3.sh starts one and scripts/test.sh exports it).
+const S3URLEnv = "AUDIENCEMATCH_TEST_S3_URL"
+
+// deliveryRoots are the delivery roots the delivery suite runs on: a
+// file:// URL, and a prefix of the S3 bucket when a server is there.
+func deliveryRoots(t *testing.T) map[string]func(t *testing.T) string {
+	return map[string]func(t *testing.T) string{
+		"file": func(t *testing.T) string { return "file://" + t.TempDir() },
+		"s3": func(t *testing.T) string {
+			u := os.Getenv(S3URLEnv)
+			if u == "" {
+				t.Skipf("%s is not set: run scripts/test.sh, or eval \"$(scripts/s3.sh start)\" first", S3URLEnv)
+			}
+			return objstore.Join(u, fmt.Sprintf("t%d", time.Now().UnixNano()))
+		},
+	}
+}
+
+// TestDeliverySuite publishes to each delivery root: an interrupted upload
+// is completed by the next run, a re-run changes nothing, _SUCCESS and
+// _LATEST are there, audit verify reads the run from the root and notices
+// a changed object, a planted object of another writer is never
+// overwritten, and inputs are read from the same store.
+func TestDeliverySuite(t *testing.T) {
+	for name, root := range deliveryRoots(t) {
+		t.Run(name, func(t *testing.T) { testDelivery(t, root(t)) })
+	}
+}
+
+func deliveryConfig(t *testing.T, dir, root string, s interface{}) pipeline.Config {
+	t.Helper()
+	st, err := fixtures.WriteFiles(filepath.Join(dir, "in"), fixtures.Options{Users: 150, Seed: 9})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sg, _ := signer(t)
+	cfg := pipeline.Config{
+		Users: st.UsersPath, Consent: st.EventsPath, Destination: "meta-ads", Scheme: hashing.HMACSHA256,
+		Key: destKey(t, "meta-ads"), Out: root, State: filepath.Join(dir, "state"),
+		Rules: fixtureRules(fixtures.DefaultAsOf), MaxRejectRate: 0.05, ToolVersion: "test",
+		AuditSigner: sg, AuditVerifier: verifierOf[sg],
+		Registry: testRegistry(root, "meta-ads", hashing.HMACSHA256),
+	}
+	return cfg
+}
+
+// readObject reads rel under root, a path or a URL.
+func readObject(t *testing.T, root, rel string) ([]byte, error) {
+	t.Helper()
+	if p, ok := objstore.LocalPath(root); ok {
+		return os.ReadFile(filepath.Join(p, filepath.FromSlash(rel)))
+	}
+	s, err := objstore.Open(t.Context(), root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	return s.ReadAll(t.Context(), s.Key(rel))
+}
+
+// writeObject replaces rel under root.
+func writeObject(t *testing.T, root, rel string, b []byte) {
+	t.Helper()
+	if p, ok := objstore.LocalPath(root); ok {
+		p = filepath.Join(p, filepath.FromSlash(rel))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	s, err := objstore.Open(t.Context(), root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.WriteAll(t.Context(), s.Key(rel), b, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testDelivery(t *testing.T, root string) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	cfg := deliveryConfig(t, dir, root, nil)
+	remote := objstore.IsURL(root)
+
+	// An upload interrupted after its first part: nothing is whole, the
+	// next run completes it.
+	if remote {
+		delivery.SetAfterPut(t, func(rel string) error { return errors.New("interrupted") })
+		if _, err := pipeline.Run(ctx, cfg); err == nil || !strings.Contains(err.Error(), "interrupted") {
+			t.Fatalf("interrupted upload: %v", err)
+		}
+		delivery.SetAfterPut(t, nil)
+	}
+	res, err := pipeline.Run(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.AlreadyPublished {
+		t.Fatal("first complete run reported as already published")
+	}
+	rel := delivery.RunDir("meta-ads", fixtures.DefaultAsOf, res.Manifest.RunID)
+	if b, err := readObject(t, root, rel+"/_SUCCESS"); err != nil || len(b) != 0 {
+		t.Fatalf("_SUCCESS: %q, %v", b, err)
+	}
+	latest, err := readObject(t, root, "meta-ads/_LATEST")
+	if want := strings.TrimPrefix(rel, "meta-ads/") + "\n"; err != nil || string(latest) != want {
+		t.Fatalf("_LATEST = %q, %v; want %q", latest, err, want)
+	}
+	part, err := readObject(t, root, rel+"/snapshot/part-00000.parquet")
+	if err != nil || !bytes.HasPrefix(part, []byte("PAR1")) {
+		t.Fatalf("snapshot part: %v", err)
+	}
+	if !remote {
+		p, _ := objstore.LocalPath(root)
+		st, err := os.Stat(filepath.Join(p, filepath.FromSlash(rel)))
+		if err != nil || st.Mode().Perm() != 0o750 {
+			t.Fatalf("run directory mode %v (%v), want 0750", st.Mode().Perm(), err)
+		}
+	}
+
+	// The same run again: recognised, nothing written twice.
+	again := cfg
+	again.Force = true
+	res2, err := pipeline.Run(ctx, again)
+	if err != nil || !res2.AlreadyPublished || res2.Manifest.RunID != res.Manifest.RunID {
+		t.Fatalf("re-run: %+v, %v", res2, err)
+	}
+
+	// audit verify reads the run from the root, and notices a change there.
+	if _, err := auditor.VerifyAudit(cfg.State, verifierOf[cfg.AuditSigner], nil); err != nil {
+		t.Fatalf("audit verify: %v", err)
+	}
+	tampered := bytes.Clone(part)
+	tampered[len(tampered)/2] ^= 1
+	writeObject(t, root, rel+"/snapshot/part-00000.parquet", tampered)
+	if _, err := auditor.VerifyAudit(cfg.State, verifierOf[cfg.AuditSigner], nil); err == nil {
+		t.Fatal("audit verify missed a changed part in the store")
+	}
+	writeObject(t, root, rel+"/snapshot/part-00000.parquet", part)
+	writeObject(t, root, rel+"/snapshot/planted.parquet", part)
+	if _, err := auditor.VerifyAudit(cfg.State, verifierOf[cfg.AuditSigner], nil); err == nil {
+		t.Fatal("audit verify missed a planted object")
+	}
+
+	// Another writer's object where this run writes: refused, never
+	// overwritten, and the run is not marked whole.
+	other := objstore.Join(root, "other")
+	ocfg := deliveryConfig(t, t.TempDir(), other, nil)
+	writeObject(t, other, rel+"/snapshot/part-00000.parquet", []byte("another writer's part"))
+	_, err = pipeline.Run(ctx, ocfg)
+	if remote {
+		if !errors.Is(err, errkind.ErrData) || !strings.Contains(err.Error(), "another writer") {
+			t.Fatalf("conflicting writer: %v", err)
+		}
+		if _, err := readObject(t, other, rel+"/_SUCCESS"); err == nil {
+			t.Fatal("a run that met another writer's object was marked whole")
+		}
+		if b, _ := readObject(t, other, rel+"/snapshot/part-00000.parquet"); string(b) != "another writer's part" {
+			t.Fatal("another writer's object was overwritten")
+		}
+	} else if err == nil {
+		// Locally the run directory appears with one rename: a directory
+		// already there is this run, and its files are checked by the next
+		// audit verify, which must fail.
+		if _, err := auditor.VerifyAudit(ocfg.State, verifierOf[ocfg.AuditSigner], nil); err == nil {
+			t.Fatal("a directory planted where the run publishes passed audit verify")
+		}
+	}
+
+	// Inputs read from the store give the same run (the digests are of the
+	// content, a compressed CSV's of its text), published to a third root.
+	in := objstore.Join(root, "inputs")
+	users, _ := os.ReadFile(cfg.Users)
+	events, _ := os.ReadFile(cfg.Consent)
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(users)
+	zw.Close()
+	writeObject(t, in, "users.csv.gz", gz.Bytes())
+	writeObject(t, in, "events/part=1/part-0.csv", events)
+	writeObject(t, in, "events/_SUCCESS", nil)
+	third := objstore.Join(root, "third")
+	icfg := deliveryConfig(t, t.TempDir(), third, nil)
+	icfg.Users, icfg.Consent = objstore.Join(in, "users.csv.gz"), objstore.Join(in, "events")
+	ires, err := pipeline.Run(ctx, icfg)
+	if err != nil {
+		t.Fatalf("inputs from the store: %v", err)
+	}
+	if ires.Manifest.RunID != res.Manifest.RunID {
+		t.Errorf("inputs from the store give run %s, the same files on disk %s", ires.Manifest.RunID, res.Manifest.RunID)
+	}
+	if got := ires.Manifest.Inputs; len(got) != 2 || len(got[0].Parts) != 1 || got[0].Parts[0].Name != "part=1/part-0.csv" {
+		t.Errorf("inputs %+v: want the events' one part listed", got)
+	}
+}
+
+// TestWrongCredentials: a store that refuses the credentials is a
+// configuration error (exit 78) that says so, and nothing is published.
+func TestWrongCredentials(t *testing.T) {
+	root := deliveryRoots(t)["s3"](t)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+	cfg := deliveryConfig(t, t.TempDir(), root, nil)
+	_, err := pipeline.Run(context.Background(), cfg)
+	if !errors.Is(err, errkind.ErrConfig) || !strings.Contains(err.Error(), "credentials") {
+		t.Fatalf("wrong credentials: %v, want a configuration error about the credentials", err)
+	}
+	if strings.Contains(err.Error(), "not-the-secret") {
+		t.Fatal("the error quotes the secret")
+	}
+}
