@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -63,7 +64,7 @@ func zstdBytes(t *testing.T, b []byte) []byte {
 }
 
 // TestBadUsersFileThenNormalRun, through the binary: a users file with a
-// header that is not UTF-8, a zstd-compressed CSV and a CSV without its
+// header that is not UTF-8, an xz-compressed CSV and a CSV without its
 // header row each fail with exit 78 and a message that says what to fix and
 // holds nothing of the file (stderr, logs included, and the audit log); and
 // the next run with the right file succeeds, audit verify passes and audit
@@ -76,7 +77,7 @@ func TestBadUsersFileThenNormalRun(t *testing.T) {
 		want  string
 	}{
 		{"header not UTF-8", []byte("user_id,ph\xffone\xfe,country\n" + leakyUsers), "the header row (line 1) is not valid UTF-8"},
-		{"zstd-compressed CSV", zstdBytes(t, []byte("user_id,phone,country\n"+leakyUsers)), "the file is zstd-compressed, not CSV text"},
+		{"xz-compressed CSV", append([]byte("\xfd7zXZ\x00\x00\x04"), leakyUsers...), "the file is xz-compressed, not CSV text"},
 		{"no header row", []byte(leakyUsers), "missing column(s) user_id, phone, country"},
 		{"not UTF-8, no header row", []byte("acct-zbh251\xe9,+91 74107 39683,US\n" + leakyUsers), "not valid UTF-8"},
 	}
@@ -185,5 +186,61 @@ func TestUnreadableRecordDoesNotStopRuns(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &recs); err != nil || code != 0 || len(recs) != 3 || recs[1].Type != audit.TypeUnreadable ||
 		recs[2].PreviousRunID != recs[0].RunID {
 		t.Errorf("audit runs --json: exit %d, %v, %+v", code, err, recs)
+	}
+}
+
+// withUsers is args with --users replaced by users.
+func withUsers(args []string, users string) []string {
+	out := slices.Clone(args)
+	out[slices.Index(out, "--users")+1] = users
+	return out
+}
+
+// TestPartitionedInputsCLI, through the binary: a zstd-compressed users
+// file and the same file on standard input publish the same run as the
+// plain file; a glob that matches nothing exits 66 and a directory holding
+// a part of another format 65, each naming the problem.
+func TestPartitionedInputsCLI(t *testing.T) {
+	bin := buildBinary(t)
+	plain := newEnv(t, vectorUsers, vectorEvents)
+	out, stderr, code := runBinary(t, bin, plain.args()...)
+	if code != 0 {
+		t.Fatalf("plain: exit %d %s", code, stderr)
+	}
+	runID := func(out string) string {
+		_, rest, _ := strings.Cut(out, "run=")
+		id, _, _ := strings.Cut(rest, "\n")
+		return strings.TrimSpace(id)
+	}
+	want := runID(out)
+	if want == "" {
+		t.Fatalf("no run id in %q", out)
+	}
+
+	z := newEnv(t, vectorUsers, vectorEvents)
+	zst := filepath.Join(z.dir, "in", "users.csv.zst")
+	os.WriteFile(zst, zstdBytes(t, []byte(vectorUsers)), 0o644)
+	if out, stderr, code := runBinary(t, bin, withUsers(z.args(), zst)...); code != 0 || runID(out) != want {
+		t.Fatalf("zstd: exit %d, run %q (want %q) %s", code, runID(out), want, stderr)
+	}
+
+	s := newEnv(t, vectorUsers, vectorEvents)
+	c := exec.Command(bin, withUsers(s.args(), "-")...)
+	c.Stdin = strings.NewReader(vectorUsers)
+	b, err := c.Output()
+	if err != nil || runID(string(b)) != want {
+		t.Fatalf("standard input: %v, run %q, want %q", err, runID(string(b)), want)
+	}
+
+	g := newEnv(t, vectorUsers, vectorEvents)
+	if _, stderr, code := runBinary(t, bin, withUsers(g.args(), filepath.Join(g.dir, "in", "nothing-*.csv"))...); code != 66 || !strings.Contains(stderr, "matches no file") {
+		t.Fatalf("empty glob: exit %d %s", code, stderr)
+	}
+	d := newEnv(t, vectorUsers, vectorEvents)
+	parts := filepath.Join(d.dir, "in", "users")
+	writeFile(t, filepath.Join(parts, "part-0.csv"), vectorUsers, 0o644)
+	writeFile(t, filepath.Join(parts, "part-1.parquet.json"), "PAR1 but not really", 0o644)
+	if _, stderr, code := runBinary(t, bin, withUsers(d.args(), parts)...); code != 65 || !strings.Contains(stderr, "part-1.parquet.json") {
+		t.Fatalf("a part of another format: exit %d %s", code, stderr)
 	}
 }
