@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -314,4 +315,39 @@ func TestStrArena(t *testing.T) {
 	if len(a.blocks) != blocks {
 		t.Fatalf("the same strings after a reset took %d blocks, first %d", len(a.blocks), blocks)
 	}
+}
+
+// TestSchemaRootName: a published file's schema root says what it holds,
+// under every scheme.
+func TestSchemaRootName(t *testing.T) {
+	for _, s := range hashing.Schemes() {
+		dir := t.TempDir()
+		w, err := NewPartWriter(dir, nil, Layout{RowsPerFile: 10, RowsPerGroup: 10, ToolVersion: "test"}, s, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		files, err := w.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := parquet.OpenFile(bytes.NewReader(mustRead(t, filepath.Join(dir, files[0].Path))), files[0].Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := f.Schema().Name(); got != SchemaName {
+			t.Errorf("%s: schema root %q, want %q", s, got, SchemaName)
+		}
+		if got := f.Metadata().Schema[0].Name; got != "identifiers" {
+			t.Errorf("%s: footer's root %q, want identifiers", s, got)
+		}
+	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

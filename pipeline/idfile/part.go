@@ -30,7 +30,12 @@ const (
 // bytes depend only on the identifiers and these settings (not on the run
 // id), so the same audience from two sources gives identical files.
 func WriterOptions(l Layout, scheme hashing.Scheme, keyID string) []parquet.WriterOption {
+	row := parquet.SchemaOf(TextIDRow{})
+	if scheme.Binary() {
+		row = parquet.SchemaOf(BinaryIDRow{})
+	}
 	opts := []parquet.WriterOption{
+		parquet.NewSchema(SchemaName, row),
 		parquet.Compression(&parquet.Zstd),
 		parquet.MaxRowsPerRowGroup(l.RowsPerGroup),
 		parquet.CreatedBy("audiencematch", l.ToolVersion, ""),
@@ -41,6 +46,11 @@ func WriterOptions(l Layout, scheme hashing.Scheme, keyID string) []parquet.Writ
 	}
 	return opts
 }
+
+// SchemaName is the root of a published file's schema: what the file holds,
+// not a type of the code that writes it (readers show it, as Spark's
+// printSchema and parquet-tools do).
+const SchemaName = "identifiers"
 
 // The only key-value metadata published files carry.
 const (
