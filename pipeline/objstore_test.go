@@ -238,3 +238,78 @@ func TestWrongCredentials(t *testing.T) {
 		t.Fatal("the error quotes the secret")
 	}
 }
+
+// TestShardStore: shards that share no file system (each its own state
+// directory, as the pods of an Indexed Job) leave their outputs in the
+// object store, and the commit, in a third state directory, publishes what
+// an unsharded run does; an object changed in the store is refused with
+// the same integrity checks as a local shard.
+func TestShardStore(t *testing.T) {
+	store := deliveryRoots(t)["s3"](t)
+	dir, st := shardFixtures(t, fixtures.Options{Users: 3000, Seed: 7})
+	ctx := context.Background()
+	base, err := pipeline.Run(ctx, shardConfig(t, filepath.Join(dir, "whole"), st))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 3
+	commitCfg := shardConfig(t, filepath.Join(dir, "commit"), st)
+	commitCfg.ShardStore = store
+	for i := range n {
+		pod := shardConfig(t, filepath.Join(dir, fmt.Sprintf("pod%d", i)), st)
+		pod.ShardStore = store
+		res, err := runShard(ctx, pod, i, n)
+		if err != nil {
+			t.Fatalf("shard %d: %v", i, err)
+		}
+		if !strings.HasPrefix(res.ShardDir, "s3://") {
+			t.Fatalf("shard %d left in %s, not the store", i, res.ShardDir)
+		}
+	}
+	// A changed object: refused, nothing published.
+	s, err := objstore.Open(ctx, store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	keys, err := s.List(ctx, s.Prefix)
+	if err != nil || len(keys) == 0 {
+		t.Fatalf("the store holds %d objects (%v)", len(keys), err)
+	}
+	var victim string
+	for _, k := range keys {
+		if strings.HasSuffix(k, "ids.spill") {
+			victim = k
+		}
+	}
+	orig, err := s.ReadAll(ctx, s.Key(victim))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := bytes.Clone(orig)
+	bad[len(bad)/2] ^= 1
+	s.WriteAll(ctx, s.Key(victim), bad, nil)
+	bcfg := shardConfig(t, filepath.Join(dir, "badcommit"), st)
+	bcfg.ShardStore = store
+	if _, err := pipeline.Commit(ctx, bcfg, n); !errors.Is(err, errkind.ErrData) {
+		t.Fatalf("commit over a changed object: %v, want a data error", err)
+	}
+	s.WriteAll(ctx, s.Key(victim), orig, nil)
+
+	res, err := pipeline.Commit(ctx, commitCfg, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, got := filesUnder(t, base.PublishedDir), filesUnder(t, res.PublishedDir)
+	if len(got) != len(want) {
+		t.Fatalf("commit published %d files, the unsharded run %d", len(got), len(want))
+	}
+	for k, b := range want {
+		if !bytes.Equal(got[k], b) {
+			t.Errorf("%s differs from the unsharded run's", k)
+		}
+	}
+	if left, _ := s.List(ctx, s.Prefix); len(left) != 0 {
+		t.Errorf("the store still holds %d objects of the committed shards", len(left))
+	}
+}

@@ -81,6 +81,11 @@ type Config struct {
 	// Shard, when its Count is set, makes Run process one partition of the
 	// users and leave it for Commit instead of publishing.
 	Shard Shard
+	// ShardStore, when set, is an object-store location (objstore) where
+	// shards leave their outputs and Commit finds them, for shards that
+	// share no file system (the pods of a Kubernetes Indexed Job); empty:
+	// STATE/shards only.
+	ShardStore string
 	// LockWait is how long to wait for the run lock; 0: fail at once
 	// (exit 75), as an overlapping nightly run should.
 	LockWait time.Duration

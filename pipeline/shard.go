@@ -23,6 +23,7 @@ import (
 	"github.com/gofrs/flock"
 
 	"audiencematch/internal/fsutil"
+	"audiencematch/internal/objstore"
 	"audiencematch/pipeline/delivery"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/leakguard"
@@ -204,6 +205,17 @@ func RunShard(ctx context.Context, cfg Config) (res *Result, err error) {
 	if err := fsutil.SyncDir(set); err != nil {
 		return nil, err
 	}
+	if cfg.ShardStore != "" {
+		loc, err := uploadShard(ctx, &cfg, final, name)
+		if err != nil {
+			return nil, fmt.Errorf("leave shard %s in %s: %w", cfg.Shard, objstore.Redact(cfg.ShardStore), err)
+		}
+		// The pod's disk goes with the pod: the store holds the shard now.
+		if err := os.RemoveAll(final); err != nil {
+			return nil, err
+		}
+		final = loc
+	}
 	return &Result{Manifest: r.m, ShardDir: final, Stages: r.stages}, nil
 }
 
@@ -294,13 +306,16 @@ func Commit(ctx context.Context, cfg Config, count int) (*Result, error) {
 	}
 	res, err := execute(ctx, cfg, func(r *run) []step {
 		return []step{
-			{"shards", func(context.Context) error { return r.loadShards(count) }},
+			{"shards", func(ctx context.Context) error { return r.loadShards(ctx, count) }},
 			{"write", r.writeOutputs},
 		}
 	})
 	if err == nil && (res.Skipped == nil || res.Skipped.ConfigDigest == cfg.Digest()) {
 		if rmErr := os.RemoveAll(ShardsDir(&cfg)); rmErr != nil {
 			cfg.Log.Warn("could not remove the committed shards", "error", rmErr.Error())
+		}
+		if rmErr := removeStoredShards(ctx, &cfg); rmErr != nil {
+			cfg.Log.Warn("could not remove the committed shards from the shard store", "error", rmErr.Error())
 		}
 	}
 	if err == nil {
@@ -355,8 +370,13 @@ func removeAbandonedShards(cfg *Config) ([]string, error) {
 // loadShards merges the shards into the run: counts, leak guard needles
 // and rejects; and opens their spills of holders and snapshot lines, which
 // the write stage reads bucket by bucket.
-func (r *run) loadShards(count int) error {
+func (r *run) loadShards(ctx context.Context, count int) error {
 	set := ShardsDir(&r.cfg)
+	if r.cfg.ShardStore != "" {
+		if err := fetchShards(ctx, &r.cfg, set, count); err != nil {
+			return err
+		}
+	}
 	var missing []string
 	infos := make([]shardInfo, count)
 	for i := range count {
@@ -399,7 +419,7 @@ func (r *run) loadShards(count int) error {
 		for i := range infos {
 			total += infos[i].Inputs[j].Rows
 		}
-		m.AddInput(in.Table, in.Name, in.SHA256, total)
+		m.AddInput(in.Table, in.Name, in.SHA256, total, in.Parts...)
 	}
 	rejects := make([]*shardRejects, 0, count)
 	defer func() {

@@ -67,6 +67,7 @@ type RunOptions struct {
 	MemoryLimitMiB   int64
 	Shard            string
 	Shards           int
+	ShardStore       string
 	LockWait         time.Duration
 	commit           bool // `audiencematch commit`: no inputs are read
 }
@@ -147,6 +148,7 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 	f.Float64Var(&o.MaxRejectRate, "max-reject-rate", 0.01, "fail, publishing nothing, when more than this fraction of either table's rows is malformed")
 	f.IntVar(&o.Workers, "workers", 0, "parallel workers (default: the number of CPUs)")
 	f.Int64Var(&o.RowsPerFile, "rows-per-file", idfile.DefaultRowsPerFile, "most identifiers in one part-NNNNN.parquet file")
+	f.StringVar(&o.ShardStore, "shard-store", "", "where shards leave their outputs for the commit when they share no file system: an s3://, gs:// or azblob:// URL (credentials from the cloud SDK's environment); empty: STATE/shards")
 	if o.commit {
 		f.IntVar(&o.Shards, "shards", 0, "how many shards the run was split into (required)")
 		f.DurationVar(&o.LockWait, "lock-wait", 10*time.Minute, "wait this long for the state's run lock (another shard's commit may hold it briefly)")
@@ -306,7 +308,7 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 		Out: out, State: o.State, Registry: registry, Force: o.Force, Backfill: o.Backfill, AllowDrop: o.AllowDrop,
 		Rules:         consent.Rules{AsOf: asOf, Purpose: o.Purpose, MinPolicyVersion: o.MinPolicyVersion, MaxAge: maxAge},
 		MaxRejectRate: o.MaxRejectRate, Workers: o.Workers, RowsPerFile: o.RowsPerFile,
-		ToolVersion: Version, Log: log, LockWait: o.LockWait,
+		ToolVersion: Version, Log: log, LockWait: o.LockWait, ShardStore: o.ShardStore,
 	}
 	if o.Source != "" {
 		src, err := o.database()
