@@ -340,13 +340,18 @@ func (o *RunOptions) database() (*pg.Source, error) {
 // loadKeys loads the audit log's keys and, for a destination that may
 // receive data under a keyed scheme, its identifier key.
 func (o *RunOptions) loadKeys(cfg *pipeline.Config, log *slog.Logger, keyFile string, authorized bool) error {
-	signer, err := audit.LoadSigner(statedir.Keys(o.State))
-	if err != nil {
-		return fmt.Errorf("%w: %w; create it with: audiencematch keys init --state %s", errkind.ErrConfig, err, o.State)
-	}
-	cfg.AuditSigner = signer
-	if cfg.AuditVerifier, err = audit.LoadVerifier(filepath.Join(statedir.Keys(o.State), audit.VerifierFile)); err != nil {
-		return fmt.Errorf("%w: %w; recreate it with: audiencematch keys init --state %s", errkind.ErrConfig, err, o.State)
+	// A shard that leaves its outputs in a shard store writes nothing to the
+	// audit log (its commit does), so its pod needs no signing key: the key
+	// stays with the commit's state.
+	if sh, _ := o.shard(); sh.Count == 0 || o.ShardStore == "" {
+		signer, err := audit.LoadSigner(statedir.Keys(o.State))
+		if err != nil {
+			return fmt.Errorf("%w: %w; create it with: audiencematch keys init --state %s", errkind.ErrConfig, err, o.State)
+		}
+		cfg.AuditSigner = signer
+		if cfg.AuditVerifier, err = audit.LoadVerifier(filepath.Join(statedir.Keys(o.State), audit.VerifierFile)); err != nil {
+			return fmt.Errorf("%w: %w; recreate it with: audiencematch keys init --state %s", errkind.ErrConfig, err, o.State)
+		}
 	}
 	if cfg.Scheme.Keyed() && authorized {
 		key, err := loadKey(keyFile, o.State)
