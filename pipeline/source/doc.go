@@ -50,7 +50,10 @@
 // MATCHING.md section 2, amendment 1, acts on a malformed consent row's
 // user_id and purpose whenever they can be read.
 //
-// A file that is not CSV text (gzip, zstd or xz compressed, a ZIP archive,
+// A CSV file may be gzip- or zstd-compressed: the first bytes tell (RFC
+// 1952's 1f 8b, RFC 8878's 28 b5 2f fd), not the name, and it is read
+// through the decompressor; a damaged stream is an errkind.ErrData error.
+// A file that is not CSV text otherwise (xz compressed, a ZIP archive,
 // UTF-16, or a header that is not UTF-8) is an errkind.ErrConfig error
 // that says how to fix it, and so is a file without a header row.
 //
@@ -78,19 +81,53 @@
 // # Format detection
 //
 // The content decides: a file whose first four bytes are "PAR1" is
-// Parquet, any other CSV; only a file named .parquet that is not Parquet
-// is an errkind.ErrData error. OpenTable opens a file once and tells its
+// Parquet, any other CSV (compressed or not); only a file named .parquet
+// that is not Parquet is an errkind.ErrData error. OpenTable opens a file once and tells its
 // format from a peek at its first bytes, so a pipe
 // (--users <(zcat users.csv.gz)) loses nothing to the detection; a Parquet
 // table, read from its footer, must be a regular file. A missing file is
 // an errkind.ErrNoInput error.
 //
+// # Inputs
+//
+// FileSource takes, for each table, one of:
+//
+//   - a file (or a FIFO, such as <(zcat users.csv.gz));
+//   - "-": standard input, CSV only (one table at most);
+//   - a directory of parts, as Spark, Hive and warehouse exports write
+//     them: every file under it, in name order (byte order of the path
+//     relative to the directory), descending into Hive-style key=value
+//     directories; files and directories whose name starts with "." or "_"
+//     (_SUCCESS, _committed_*, _temporary/, .crc files) are skipped, and
+//     any other directory is an errkind.ErrData error;
+//   - a glob (path.Match syntax, quoted from the shell): the files it
+//     matches, a matched directory as above; a glob matching nothing is an
+//     errkind.ErrNoInput error;
+//   - an object-store URL (s3://BUCKET/KEY, gs://, azblob://; package
+//     objstore): one object, or every object under the key as a
+//     directory's parts, or those its key's glob matches; file:///PATH is
+//     PATH.
+//
+// A table's parts share one format, told by each part's first bytes: a
+// part of another format is an errkind.ErrData error that names it. They
+// are read one after the other as one table, each in parallel as a file
+// is; a Parquet object is copied to a temporary file first, since Parquet
+// is read from its footer. Row.Line counts on across parts: a part's
+// lines follow the last line of the part before (for CSV parts, the lines
+// of the files concatenated, each header counted).
+//
 // # Digests
 //
 // A reader's Digest is the hex SHA-256 of the input's bytes as read: the
-// whole file, or the whole COPY stream with its header. The manifest
-// records it for each table, and the same bytes give the same digest on
-// every read.
+// whole file, or the whole COPY stream with its header; for a compressed
+// CSV file, its text once decompressed (zcat FILE | sha256sum), so that
+// the run id does not depend on how the file was compressed. A table read
+// in parts (a directory, a glob, an object prefix) is a PartLister: each
+// part's digest, by its name relative to the input, and the table's digest
+// is the SHA-256 of the parts' digests in hex, each followed by a line
+// feed, in order (one part: its own). Where the input was kept does not
+// enter the digest. The manifest records it for each table, and the same
+// bytes give the same digest on every read.
 //
 // # Batches
 //
