@@ -10,6 +10,7 @@
 #        DIFF_N=0 scripts/bench.sh   skips the differential test
 #        SHARDS=4 (default) also runs each size as 4 shards, one after the other,
 #        and the commit, printing each one's wall time and peak RSS; SHARDS=0 skips it
+#        PARTS_USERS=10000000 (default): the size of the parts and publish benchmarks
 #        REPEAT=3 (default) full runs per size, each printed, then their median:
 #        this machine's timings vary by up to a third from one run to the next
 set -euo pipefail
@@ -21,6 +22,12 @@ go build -o bin/audiencematch ./cmd/audiencematch
 echo "== stage benchmarks (go test -bench)"
 go test -run '^$' -bench . -benchtime 3x ./pipeline ./pipeline/source | grep -E '^Benchmark'
 go test -run '^$' -bench . ./hashing ./hashing/e164 | grep -E '^Benchmark'
+
+echo "== inputs in parts and object-storage delivery: ${PARTS_USERS:-10000000} users, one Parquet file against 64 parts; ${PARTS_USERS:-10000000} ids published to local S3 (versitygw) against file://"
+eval "$(scripts/s3.sh start)"
+trap 'scripts/s3.sh stop "$AUDIENCEMATCH_TEST_S3_DIR"' EXIT
+AUDIENCEMATCH_BENCH_USERS="${PARTS_USERS:-10000000}" go test -run '^$' -bench 'ReadUserParts' -benchtime 3x -timeout 60m ./pipeline/source | grep -E '^Benchmark'
+AUDIENCEMATCH_BENCH_IDS="${PARTS_USERS:-10000000}" go test -run '^$' -bench 'Publish' -benchtime 3x -timeout 60m ./pipeline/delivery | grep -E '^Benchmark'
 
 if [ "${DIFF_N:-10000000}" != 0 ]; then
   echo "== normalization differential test: ${DIFF_N:-10000000} inputs"

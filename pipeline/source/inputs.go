@@ -394,8 +394,9 @@ type multiTable struct {
 	// lines are shifted by; maxSeq and maxLine its greatest seen so far.
 	seqBase, maxSeq   int
 	lineBase, maxLine int64
-	inflight          int  // NextBatch calls on the current part's reader
-	draining          bool // the current part has ended: waiting for inflight
+	ahead             chan openedPart // the next part, opening; nil for none
+	inflight          int             // NextBatch calls on the current part's reader
+	draining          bool            // the current part has ended: waiting for inflight
 	parts             []Part
 	err               error
 }
@@ -406,23 +407,57 @@ func newMultiTable(ctx context.Context, in *input, columns []string, tmp string)
 	return t
 }
 
-// openPart opens part t.i, with t.mu held.
-func (t *multiTable) openPart() error {
-	p := &t.in.parts[t.i]
+// openedPart is a part opened, or why it could not be.
+type openedPart struct {
+	r   RowReader
+	f   Format
+	err error
+}
+
+// openAt tells part i's format and opens it.
+func (t *multiTable) openAt(i int) openedPart {
+	p := &t.in.parts[i]
 	f, err := p.detect(t.ctx)
 	if err != nil {
-		return fmt.Errorf("part %q: %w", p.name, err)
-	}
-	if t.i == 0 {
-		t.format = f
-	} else if f != t.format {
-		return fmt.Errorf("%w: part %q is %s, but %q is %s: the parts of a table share one format; move it out of the input", errkind.ErrData, p.name, f, t.in.parts[0].name, t.format)
+		return openedPart{err: fmt.Errorf("part %q: %w", p.name, err)}
 	}
 	r, _, err := p.open(t.ctx, t.columns, t.tmp)
 	if err != nil {
-		return fmt.Errorf("part %q: %w", p.name, err)
+		return openedPart{f: f, err: fmt.Errorf("part %q: %w", p.name, err)}
 	}
-	t.cur, t.curB = r, Batches(r)
+	return openedPart{r: r, f: f}
+}
+
+// openPart opens part t.i, with t.mu held, and starts opening the next one
+// in the background: opening a part (its digest, its footer) then overlaps
+// the reading of the one before, rather than stopping every reader at each
+// part's end.
+func (t *multiTable) openPart() error {
+	var o openedPart
+	if t.ahead != nil {
+		o, t.ahead = <-t.ahead, nil
+	} else {
+		o = t.openAt(t.i)
+	}
+	p := &t.in.parts[t.i]
+	if o.f != "" && t.i > 0 && o.f != t.format { // the format's error, not the reader's, says what is wrong
+		if o.r != nil {
+			o.r.Close()
+		}
+		o.err = fmt.Errorf("%w: part %q is %s, but %q is %s: the parts of a table share one format; move it out of the input", errkind.ErrData, p.name, o.f, t.in.parts[0].name, t.format)
+	}
+	if o.err != nil {
+		return o.err
+	}
+	if t.i == 0 {
+		t.format = o.f
+	}
+	t.cur, t.curB = o.r, Batches(o.r)
+	if next := t.i + 1; next < len(t.in.parts) {
+		ch := make(chan openedPart, 1)
+		go func() { ch <- t.openAt(next) }()
+		t.ahead = ch
+	}
 	return nil
 }
 
@@ -531,6 +566,12 @@ func (t *multiTable) Close() error {
 	if t.cur != nil {
 		err = t.cur.Close()
 		t.cur, t.curB = nil, nil
+	}
+	if t.ahead != nil {
+		if o := <-t.ahead; o.r != nil {
+			err = errors.Join(err, o.r.Close())
+		}
+		t.ahead = nil
 	}
 	if t.err == nil {
 		t.err = errors.New("table closed")
