@@ -44,7 +44,7 @@ func BenchmarkPublish(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			_, isLocal := objstore.LocalPath(root)
-			i := 0
+			i, at := 0, time.Now().UnixNano() // every publish a new run
 			for b.Loop() {
 				b.StopTimer()
 				// A local publish renames the staged directory away: give it a copy.
@@ -57,8 +57,9 @@ func BenchmarkPublish(b *testing.B) {
 					}
 				}
 				b.StartTimer()
-				if _, err := delivery.Publish(b.Context(), root, fmt.Sprintf("meta-ads/dt=2026-11-01/run=%d", i), src, 0o750, digests); err != nil {
-					b.Fatal(err)
+				already, err := delivery.Publish(b.Context(), root, fmt.Sprintf("meta-ads/dt=2026-11-01/run=%d-%d", at, i), src, 0o750, digests)
+				if err != nil || already {
+					b.Fatalf("publish: already %v, %v", already, err)
 				}
 				i++
 			}
