@@ -18,6 +18,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"audiencematch/consent/audit"
+	"audiencematch/internal/objstore"
 	"audiencematch/pipeline"
 	"audiencematch/pipeline/auditor"
 	"audiencematch/pipeline/statedir"
@@ -42,7 +43,13 @@ func buildBinary(t *testing.T) string {
 func newCrashEnv(t *testing.T, bin, in, keys string) crashEnv {
 	t.Helper()
 	d := t.TempDir()
-	e := crashEnv{bin: bin, in: in, dir: d, state: filepath.Join(d, "state"), out: filepath.Join(d, "out")}
+	return newCrashEnvAt(t, bin, in, keys, d, filepath.Join(d, "out"))
+}
+
+// newCrashEnvAt is newCrashEnv delivering to out, a directory or a URL.
+func newCrashEnvAt(t *testing.T, bin, in, keys, d, out string) crashEnv {
+	t.Helper()
+	e := crashEnv{bin: bin, in: in, dir: d, state: filepath.Join(d, "state"), out: out}
 	if err := os.MkdirAll(statedir.Keys(e.state), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -68,6 +75,13 @@ func (e crashEnv) command(crashAt string) *exec.Cmd {
 // tree maps every file under dir (relative path) to its content.
 func tree(t *testing.T, dir string) map[string][]byte {
 	t.Helper()
+	if objstore.IsURL(dir) { // a copy of the objects under it
+		tmp := t.TempDir()
+		if err := objstore.Fetch(t.Context(), dir, tmp); err != nil {
+			t.Fatal(err)
+		}
+		dir = tmp
+	}
 	m := map[string][]byte{}
 	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 		if err == nil && !d.IsDir() {
@@ -360,4 +374,58 @@ func TestShardCrashSafety(t *testing.T) {
 		}
 		e.finishShards(t, n, want)
 	})
+}
+
+// TestCrashSafetyObjectStore kills runs publishing to the S3 server: after
+// the upload's first object (no _SUCCESS: consumers see nothing whole) and
+// between the publish and the audit record (the run's objects whole,
+// _LATEST not yet moved); the next run completes or records it, and the
+// bucket then holds exactly what an uninterrupted run publishes.
+func TestCrashSafetyObjectStore(t *testing.T) {
+	u := os.Getenv("AUDIENCEMATCH_TEST_S3_URL")
+	if u == "" {
+		t.Skip("AUDIENCEMATCH_TEST_S3_URL is not set: run scripts/test.sh, or eval \"$(scripts/s3.sh start)\" first")
+	}
+	bin := buildBinary(t)
+	base := t.TempDir()
+	in := filepath.Join(base, "in")
+	if out, err := exec.Command(bin, "fixtures", "--users", "3000", "--out", in).CombinedOutput(); err != nil {
+		t.Fatalf("fixtures: %v %s", err, out)
+	}
+	keys := filepath.Join(base, "state")
+	if out, err := exec.Command(bin, "keys", "init", "--state", keys).CombinedOutput(); err != nil {
+		t.Fatalf("keys init: %v %s", err, out)
+	}
+	keys = statedir.Keys(keys)
+	prefix := fmt.Sprintf("crash%d", time.Now().UnixNano())
+	ref := newCrashEnvAt(t, bin, in, keys, t.TempDir(), objstore.Join(u, prefix+"/ref"))
+	if out, err := ref.command("").CombinedOutput(); err != nil {
+		t.Fatalf("reference run: %v\n%s", err, out)
+	}
+	want := tree(t, ref.out)
+	if len(want) < 4 {
+		t.Fatalf("the reference run published %d objects", len(want))
+	}
+	for _, stage := range []string{"uploading", "published"} {
+		t.Run("kill at "+stage, func(t *testing.T) {
+			e := newCrashEnvAt(t, bin, in, keys, t.TempDir(), objstore.Join(u, prefix+"/"+stage))
+			if err := e.command(stage).Run(); !killedBySIGKILL(err) {
+				t.Fatalf("the run was not killed at %s: %v", stage, err)
+			}
+			got := tree(t, e.out)
+			whole := false
+			for k := range got {
+				whole = whole || filepath.Base(k) == "_SUCCESS"
+			}
+			switch stage {
+			case "uploading":
+				if whole || len(got) == 0 {
+					t.Fatalf("killed while uploading, the bucket holds %d objects, _SUCCESS %v", len(got), whole)
+				}
+			case "published":
+				sameTree(t, runFiles(got), runFiles(want))
+			}
+			e.finish(t, want)
+		})
+	}
 }

@@ -135,9 +135,15 @@ func Publish(ctx context.Context, root, rel, staged string, dirMode fs.FileMode,
 	return false, nil
 }
 
-// afterPut, when set (SetAfterPut), is called after each object a publish
-// to an object store writes: a test interrupts the upload there.
+// afterPut, when set (SetAfterPut, SetUploadHook), is called after each
+// object a publish to an object store writes: a test interrupts the
+// upload there.
 var afterPut func(rel string) error
+
+// SetUploadHook makes every publish to an object store call fn after each
+// file it writes, for the life of the process: the crash tests kill the
+// binary there (pipeline.CrashEnv "uploading").
+func SetUploadHook(fn func(rel string) error) { afterPut = fn }
 
 func putErr(err error, loc string) error {
 	if errors.Is(err, objstore.ErrConflict) {

@@ -100,6 +100,11 @@ func TestValidate(t *testing.T) {
 		{strings.Replace(good, "relationship: parent", "relationship: friend", 1), "relationship \"friend\""},
 		{strings.Replace(good, "id: google-cm", "id: meta-ads", 1), "appears twice"},
 		{strings.Replace(good, "delivery: /srv/exports", "delivery: exports", 1), "absolute"},
+		{strings.Replace(good, "delivery: /srv/exports", "delivery: ftp://host/exports", 1), "object-store URL"},
+		{strings.Replace(good, "delivery: /srv/exports", "delivery: file://exports", 1), "absolute"},
+		{strings.Replace(good, "delivery: /srv/exports", "delivery: s3://key:secret@bucket/x", 1), "credentials"},
+		{strings.Replace(good, "retention_days: 90", "retention_days: 90\n    dir_mode: \"0777x\"", 1), "dir_mode"},
+		{strings.Replace(good, "retention_days: 90", "retention_days: 90\n    dir_mode: \"0070\"", 1), "dir_mode"},
 		{strings.Replace(good, "retention_days: 90", "retention_days: 0", 1), "retention_days"},
 		{strings.Replace(good, "scheme: hmac-sha256", "scheme: md5", 1), "unknown scheme"},
 		{strings.Replace(good, "lawful_basis: consent, GDPR Art. 6(1)(a)", "lawful_basis: \"\"", 1), "lawful_basis"},
@@ -163,5 +168,35 @@ func TestResolve(t *testing.T) {
 		if err != nil || got != c.want {
 			t.Errorf("%+v: got %+v, %v, want %+v", c, got, err, c.want)
 		}
+	}
+}
+
+// TestDeliveryURLs: a delivery is a directory, a file:/// URL naming one,
+// or an object-store URL; the registry's spelling and a flag's agree when
+// they name the same place; dir_mode defaults to 0750.
+func TestDeliveryURLs(t *testing.T) {
+	for _, d := range []string{"file:///srv/exports", "s3://exports/am?region=eu-west-1&endpoint=http://127.0.0.1:9000", "gs://exports/am", "azblob://exports/am"} {
+		r, err := load(t, strings.Replace(good, "delivery: /srv/exports", "delivery: "+d, 1))
+		if err != nil {
+			t.Errorf("%s: %v", d, err)
+			continue
+		}
+		if m := r.Destinations[0].DirModeOr(0o750); m != 0o750 {
+			t.Errorf("%s: dir mode %v, want 0750 by default", d, m)
+		}
+	}
+	r, err := load(t, strings.Replace(good, "delivery: /srv/exports", "delivery: file:///srv/exports/\n    dir_mode: \"0755\"", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &r.Destinations[0]
+	if err := d.Agrees("", "/srv/exports"); err != nil {
+		t.Errorf("/srv/exports against file:///srv/exports/: %v", err)
+	}
+	if err := d.Agrees("", "/srv/other"); err == nil {
+		t.Error("/srv/other agrees with file:///srv/exports/")
+	}
+	if m := d.DirModeOr(0o750); m != 0o755 {
+		t.Errorf("dir_mode 0755 read as %v", m)
 	}
 }
