@@ -120,6 +120,8 @@ func testDelivery(t *testing.T, root string) {
 			t.Fatalf("interrupted upload: %v", err)
 		}
 		delivery.SetAfterPut(t, nil)
+		// Another run's interrupted upload: removed once this run is committed.
+		writeObject(t, root, "meta-ads/dt=2026-10-31/run=20261031T000000Z-000000000000/snapshot/part-00000.parquet", []byte("PAR1"))
 	}
 	res, err := pipeline.Run(ctx, cfg)
 	if err != nil {
@@ -135,6 +137,11 @@ func testDelivery(t *testing.T, root string) {
 	latest, err := readObject(t, root, "meta-ads/_LATEST")
 	if want := strings.TrimPrefix(rel, "meta-ads/") + "\n"; err != nil || string(latest) != want {
 		t.Fatalf("_LATEST = %q, %v; want %q", latest, err, want)
+	}
+	if remote {
+		if _, err := readObject(t, root, "meta-ads/dt=2026-10-31/run=20261031T000000Z-000000000000/snapshot/part-00000.parquet"); err == nil {
+			t.Error("another run's interrupted upload was left in place")
+		}
 	}
 	part, err := readObject(t, root, rel+"/snapshot/part-00000.parquet")
 	if err != nil || !bytes.HasPrefix(part, []byte("PAR1")) {
@@ -159,6 +166,26 @@ func testDelivery(t *testing.T, root string) {
 	// audit verify reads the run from the root, and notices a change there.
 	if _, err := auditor.VerifyAudit(cfg.State, verifierOf[cfg.AuditSigner], nil); err != nil {
 		t.Fatalf("audit verify: %v", err)
+	}
+	// audit subject proves an exported user's identifier present in the
+	// run's published files, read from the root.
+	users, err := os.ReadFile(cfg.Users)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proved := false
+	for _, line := range strings.Split(string(users), "\n")[1:40] {
+		uid, _, _ := strings.Cut(line, ",")
+		rep, err := auditor.Subject(cfg.State, verifierOf[cfg.AuditSigner], auditor.SubjectQuery{UserID: uid})
+		if err != nil {
+			t.Fatalf("audit subject: %v", err)
+		}
+		for _, r := range rep.Runs {
+			proved = proved || (r.Status == "exported" && r.Membership != nil)
+		}
+	}
+	if !proved {
+		t.Fatal("audit subject proved no user's identifier in the published run")
 	}
 	tampered := bytes.Clone(part)
 	tampered[len(tampered)/2] ^= 1
@@ -200,7 +227,7 @@ func testDelivery(t *testing.T, root string) {
 	// Inputs read from the store give the same run (the digests are of the
 	// content, a compressed CSV's of its text), published to a third root.
 	in := objstore.Join(root, "inputs")
-	users, _ := os.ReadFile(cfg.Users)
+	users, _ = os.ReadFile(cfg.Users)
 	events, _ := os.ReadFile(cfg.Consent)
 	var gz bytes.Buffer
 	zw := gzip.NewWriter(&gz)

@@ -192,8 +192,12 @@ func PointLatestHead(ctx context.Context, l *audit.Log, root, destination string
 		return fmt.Errorf("%w: audit log: run %s has the cutoff %q", errkind.ErrConfig, head.RunID, head.AsOf)
 	}
 	rel := RunDir(destination, at, head.RunID)
-	if objstore.Redact(head.Published) != objstore.Redact(Location(root, rel)) {
-		return nil // published under another root: that root's pointer is not this one's
+	// Published is the run's location, or its directory relative to the
+	// delivery root: either way it ends with rel; a location under another
+	// root has its own pointer.
+	pub := objstore.Redact(head.Published)
+	if !strings.HasSuffix(pub, rel) || (pub != rel && pub != objstore.Redact(Location(root, rel))) {
+		return nil
 	}
 	return PointLatest(ctx, root, destination, rel)
 }
