@@ -195,6 +195,13 @@ func Err(err error, what, loc string) error {
 			code = gcerrors.InvalidArgument
 		}
 	}
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		switch ae.ErrorCode() {
+		case "BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch":
+			return fmt.Errorf("%w: %s %s: the store computed another SHA-256 than the one sent (the data changed on the way): nothing was stored; retry: %w", errkind.ErrTempFail, what, Redact(loc), err)
+		}
+	}
 	switch code {
 	case gcerrors.NotFound:
 		kind, hint = errkind.ErrNoInput, "no such object or bucket"

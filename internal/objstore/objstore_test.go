@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"audiencematch/pipeline/errkind"
 )
 
 // TestChecksumRefused: the store checks the SHA-256 Put sends; an object
@@ -25,8 +27,12 @@ func TestChecksumRefused(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "f")
 	os.WriteFile(p, []byte("identifiers"), 0o600)
 	wrong := strings.Repeat("ab", 32)
-	if err := s.Put(t.Context(), s.Key("f"), p, wrong); err == nil || errors.Is(err, ErrConflict) {
+	err = s.Put(t.Context(), s.Key("f"), p, wrong)
+	if err == nil || errors.Is(err, ErrConflict) {
 		t.Fatalf("a wrong SHA-256: %v, want the store's refusal", err)
+	}
+	if err := Err(err, "write", s.Loc); !errors.Is(err, errkind.ErrTempFail) || !strings.Contains(err.Error(), "another SHA-256") {
+		t.Errorf("the refusal reads %v, want a temporary failure naming the digest", err)
 	}
 	if ok, _ := s.Exists(t.Context(), s.Key("f")); ok {
 		t.Fatal("the object was stored despite the wrong checksum")
