@@ -87,6 +87,9 @@ type Config struct {
 	// maxDrop is the destination's drop guard threshold, a fraction, from
 	// the registry (authorize sets it).
 	maxDrop float64
+	// authorization is the registry entry that authorized the run, for
+	// its record (authorize sets it).
+	authorization *audit.Authorization
 	// spills are the thresholds at which the run splits and groups its
 	// spills; nil: defaultSpillThresholds. Tests set them
 	// (SetSpillThresholds).
@@ -480,6 +483,8 @@ func authorize(cfg *Config, record bool) error {
 		return fmt.Errorf("%w: %w", errkind.ErrRejected, err)
 	}
 	cfg.maxDrop = d.MaxDrop()
+	cfg.authorization = &audit.Authorization{RegistrySHA256: cfg.Registry.SHA256, Organization: d.Organization,
+		Relationship: d.Relationship, Purposes: d.Purposes, LawfulBasis: d.LawfulBasis, RetentionDays: int64(d.RetentionDays)}
 	return d.Agrees(string(cfg.Scheme), cfg.Out)
 }
 
