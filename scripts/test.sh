@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, vet, race-enabled tests
 # (with a throw-away PostgreSQL server, installed from Debian's packages if
-# missing) and a short run of every fuzz target.
+# missing, and a throw-away litewitness, installed with go install into a
+# tools directory), the independent verifier in node (scripts/verify-audit.mjs,
+# run by the Go tests) and a short run of every fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== gofmt"
@@ -12,6 +14,9 @@ go vet ./...
 echo "== PostgreSQL for the database tests"
 eval "$(scripts/pg.sh start)"
 trap 'scripts/pg.sh stop "$AUDIENCEMATCH_TEST_PG_DIR"' EXIT
+echo "== a C2SP witness (litewitness) for the witness tests"
+eval "$(scripts/witness.sh start)"
+trap 'scripts/pg.sh stop "$AUDIENCEMATCH_TEST_PG_DIR"; scripts/witness.sh stop "$AUDIENCEMATCH_TEST_WITNESS_DIR"' EXIT
 echo "== go test -race"
 go test -race -count=1 ./...
 echo "== normalization differential test (short form: 1M inputs; scripts/bench.sh runs 10M)"

@@ -101,3 +101,9 @@ func TestPostgresUnreachableExit75(t *testing.T) {
 func verifyOpts(state string, trusted []byte) auditor.VerifyOptions {
 	return auditor.VerifyOptions{Trusted: trusted, Roots: delivery.Roots{Override: filepath.Join(filepath.Dir(state), "out")}}
 }
+
+// publishedDir is a committed run's published directory in a test whose
+// delivery root is its state's sibling "out".
+func publishedDir(state string, rec *audit.Record) string {
+	return filepath.Join(filepath.Dir(state), "out", filepath.FromSlash(rec.PublishedRel()))
+}
