@@ -160,9 +160,14 @@ func TestCheckProofTamperTable(t *testing.T) {
 		writeFile(t, path, string(b), 0o644)
 		return execute(t, append([]string{"audit", "check-proof", path, "--verifier", vkey}, args...)...)
 	}
+	proofPath := filepath.Join(dir, "proof.json")
 	for name, p := range map[string]map[string]any{"u1": u1, "nobody": nobody} {
 		if out, stderr, code := check(p); code != 0 || !strings.Contains(out, "every one answered") {
 			t.Fatalf("honest proof %s: exit %d\n%s%s", name, code, out, stderr)
+		}
+		// The independent verifier, from the docs alone, agrees.
+		if ok, out := independent(t, "check-proof", proofPath, "--verifier", vkey); !ok {
+			t.Errorf("honest proof %s: the independent verifier refuses it: %s", name, out)
 		}
 	}
 	out, _, _ := check(u1)
@@ -274,7 +279,11 @@ func TestCheckProofTamperTable(t *testing.T) {
 			if code != exitData || !strings.Contains(stderr, c.want) {
 				t.Errorf("exit %d, want %d naming %q: %s", code, exitData, c.want, stderr)
 			}
-			t.Logf("refused: %s", strings.TrimSpace(stderr))
+			ok, nodeOut := independent(t, "check-proof", proofPath, "--verifier", vkey)
+			if ok {
+				t.Errorf("the independent verifier accepts it: %s", nodeOut)
+			}
+			t.Logf("refused: %s | node: %s", strings.TrimSpace(stderr), strings.TrimSpace(nodeOut))
 		})
 	}
 
@@ -478,6 +487,13 @@ func TestWitnessCosigning(t *testing.T) {
 	path := writeFile(t, filepath.Join(e.dir, "proof.json"), pout, 0o644)
 	if out, stderr, code := execute(t, "audit", "check-proof", path, "--verifier", vkey, "--witness", wkey); code != 0 || !strings.Contains(out, "cosigned by witness") {
 		t.Errorf("check-proof --witness: exit %d\n%s%s", code, out, stderr)
+	}
+	// The independent verifier checks litewitness's cosignature too.
+	if ok, out := independent(t, "verify", "--state", e.state, "--verifier", vkey, "--delivery", e.out, "--witness", wkey); !ok || !strings.Contains(out, "cosigned by 1 witness") {
+		t.Errorf("independent verify --witness: %s", out)
+	}
+	if ok, out := independent(t, "verify", "--state", e.state, "--verifier", vkey, "--delivery", e.out, "--witness", other); ok {
+		t.Errorf("independent verify accepts a witness that never cosigned: %s", out)
 	}
 }
 
