@@ -30,4 +30,6 @@ fuzz ./hashing/e164 FuzzFastPath
 fuzz ./consent FuzzParseEvent
 fuzz ./pipeline/source FuzzCSV
 fuzz ./consent/audit FuzzParseRecord
+fuzz ./consent/audit/witness FuzzCosignatureVerifierKey
+fuzz ./pipeline/auditor FuzzCheckProof
 echo "== all tests passed"

@@ -126,7 +126,7 @@ func checkProof(b []byte, verifier note.Verifier, opts CheckProofOptions) (*Proo
 	}
 	sum.Committed = len(committed)
 	for k, idx := range committed {
-		if k >= len(p.Runs) || p.Runs[k].RecordIndex != idx {
+		if k >= len(p.Runs) || p.Runs[k] == nil || p.Runs[k].RecordIndex != idx {
 			return nil, fmt.Errorf("the log's committed run at record %d (run %s) is not answered in its place: a run was left out, or the answers were reordered", idx, recs[idx].RunID)
 		}
 	}

@@ -35,7 +35,6 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
-	"strings"
 	"time"
 
 	"golang.org/x/mod/sumdb/note"
@@ -121,13 +120,13 @@ type unrecorded struct {
 // platform holds. A directory that cannot be checked is refused, naming
 // it: it is never silently skipped, and never recorded unchecked.
 func Heal(l *audit.Log, state, out, destination string, signer note.Signer) ([]string, error) {
-	dirs, err := filepath.Glob(filepath.Join(out, destination, "dt=*", "run=*"))
+	dirs, err := RootsFor(destination, out).RunDirs(destination)
 	if err != nil || len(dirs) == 0 {
 		return nil, err
 	}
 	var pending []unrecorded
-	for _, dir := range dirs {
-		runID := strings.TrimPrefix(filepath.Base(dir), "run=")
+	for _, runID := range slices.Sorted(maps.Keys(dirs)) {
+		dir := dirs[runID]
 		if l.Committed(runID) >= 0 {
 			continue
 		}

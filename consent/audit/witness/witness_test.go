@@ -290,3 +290,20 @@ func TestLoadConfig(t *testing.T) {
 		}
 	}
 }
+
+// FuzzCosignatureVerifierKey: a witness key is outside input; no input
+// panics, and a key that parses prints back as itself.
+func FuzzCosignatureVerifierKey(f *testing.F) {
+	f.Add("audiencematch.test/witness+e35f48c2+BAZv1IKDr46WGGcwbM7WqtccyESS0Y95BtpXv2AUQouU")
+	f.Add("w+00000000+BA==")
+	f.Fuzz(func(t *testing.T, k string) {
+		v, err := NewCosignatureVerifier(k)
+		if err != nil {
+			return
+		}
+		if v.String() != k {
+			t.Fatalf("%q parses but prints as %q", k, v.String())
+		}
+		v.Verify([]byte(k), []byte(k))
+	})
+}
