@@ -139,17 +139,26 @@ and the verifier key; they trust nothing the operator says.`,
 func newAuditVerifyCommand() *cobra.Command {
 	o := &AuditOptions{}
 	cmd := &cobra.Command{
-		Use:   "verify --state DIR [--verifier KEY] [--trusted-checkpoint FILE] [--save-checkpoint FILE]",
+		Use:   "verify --state DIR [--verifier KEY] [--delivery DIR] [--trusted-checkpoint FILE] [--save-checkpoint FILE] [--witness KEY ... [--min-witnesses N]]",
 		Short: "Check the log, its signed checkpoint and every published output it points to",
 		Long: `Rebuild the log's Merkle tree from its records and check it against the signed
 checkpoint; check that the log extends the checkpoint you saved on your last visit
 (--trusted-checkpoint: catches rollback, forks and rewritten history); re-hash every
 published file and manifest of every committed run, re-read its identifiers (sorted,
 distinct, of the scheme's shape) and rebuild their tree, rebuild the private
-evidence tree, and check every count.
+evidence tree, check every count and the delivery chain's deltas.
+
+Published runs are read under each destination's delivery root in the registry
+(--registry, default STATE/destinations.yaml), or under --delivery DIR: a copy of the
+delivered files, wherever it is. A run whose published directory was removed past its
+destination's retention_days is verified from its record and evidence and reported as
+pruned, saying what can no longer be checked. --witness KEY (repeatable) requires the
+checkpoint to carry valid cosignatures of those witnesses (at least --min-witnesses of
+them); the witnesses of STATE/witnesses.yaml that did not cosign are listed.
 
 Exit 0 only when all holds. Otherwise exit 65, naming the first broken thing.
---save-checkpoint FILE keeps the verified checkpoint for your next visit.`,
+--save-checkpoint FILE keeps the verified checkpoint for your next visit.
+docs/AUDITORS.md specifies every byte checked.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			v, err := o.verifier(cmd)
