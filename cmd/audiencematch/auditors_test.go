@@ -398,6 +398,27 @@ func TestRetentionAwareVerify(t *testing.T) {
 	if _, stderr, code := verify(); code != exitData || !strings.Contains(stderr, "within its retention") {
 		t.Errorf("a run removed within its retention: exit %d, %s", code, stderr)
 	}
+	if ok, out := independent(t, "verify", "--state", e.state, "--verifier", filepath.Join(statedir.Keys(e.state), audit.VerifierFile), "--delivery", e.out); ok {
+		t.Errorf("the independent verifier accepts a run removed within its retention: %s", out)
+	}
+	// A later prune record naming it (what a retention job records) makes
+	// it pruned whatever the retention says; one naming another run does not.
+	l, _ := audit.Open(statedir.Audit(e.state))
+	prune := &audit.Record{Version: audit.RecordVersionV2, Type: audit.TypePrune, Time: "2026-12-01T00:00:00Z", ToolVersion: "test",
+		Destination: "meta-ads", PrunedRuns: []string{"20261101T000000Z-000000000000"}, RetentionDays: 3650}
+	rewriteLog(t, e.state, append(l.Records(), prune))
+	if _, _, code := verify(); code != exitData {
+		t.Errorf("a prune record naming another run: exit %d", code)
+	}
+	prune.PrunedRuns = []string{runs[0].RunID}
+	rewriteLog(t, e.state, append(l.Records(), prune))
+	out, stderr, code = verify()
+	if code != 0 || !strings.Contains(out, "pruned by record 3") {
+		t.Errorf("a run named by a prune record: exit %d\n%s%s", code, out, stderr)
+	}
+	if ok, out := independent(t, "verify", "--state", e.state, "--verifier", filepath.Join(statedir.Keys(e.state), audit.VerifierFile), "--delivery", e.out); !ok {
+		t.Errorf("the independent verifier refuses a run named by a prune record: %s", out)
+	}
 }
 
 // rewriteRetention sets every committed record's retention_days and signs
