@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -57,7 +59,7 @@ does not; 66 when a file cannot be read; 78 for a malformed verifier key.`,
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "ok: proof checked against the signed checkpoint of %d records (root %s); %d committed runs, every one answered\n", s.LogSize, s.Root, s.Committed)
-			for name := range s.Cosigned {
+			for _, name := range slices.Sorted(maps.Keys(s.Cosigned)) {
 				fmt.Fprintf(w, "cosigned by witness %s\n", name)
 			}
 			for _, r := range s.Runs {
