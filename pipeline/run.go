@@ -43,7 +43,7 @@ type Config struct {
 	Source         source.Source // nil: a FileSource of Users and Consent
 	Destination    string
 	Scheme         hashing.Scheme
-	Key            hashing.DestKey // K_dest; unused by unkeyed schemes
+	Key            hashing.DestKey // K_dest, or skS for oprf-ristretto255 (Key.ForScheme); unused by unkeyed schemes
 	Out, State     string
 	Rules          consent.Rules
 	MaxRejectRate  float64 // a fraction: 0.01 is 1%
@@ -179,7 +179,7 @@ func (c *Config) KeyID() string {
 	if !c.Scheme.Keyed() {
 		return ""
 	}
-	return c.Key.KeyID()
+	return c.Scheme.KeyID(c.Key)
 }
 
 // Digest is the SHA-256 of the canonical form of everything in the

@@ -351,7 +351,7 @@ func (o *RunOptions) loadKeys(cfg *pipeline.Config, log *slog.Logger, keyFile st
 		if err != nil {
 			return fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 		}
-		if cfg.Key, err = key.For(o.Destination); err != nil {
+		if cfg.Key, err = key.ForScheme(cfg.Scheme, o.Destination); err != nil {
 			return fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 		}
 	} else if authorized {
