@@ -228,6 +228,8 @@ type run struct {
 	// What the write stage reads: the run's own ids and snap, or every
 	// shard's (Commit).
 	idSrc, snapSrc []*spill.Spill
+	// idc is the identifier cache of an oprf-ristretto255 run (idcache.go).
+	idc *runCache
 	// idTree and evidenceTree are the record's tree heads (computeTrees).
 	idTree, evidenceTree *audit.Tree
 	m                    *manifest.Manifest
