@@ -33,6 +33,8 @@
 //	run_committed        a run was published; appended only after its output is
 //	destination_refused  a run was refused before it read any user data
 //	run_failed           a run failed; nothing was published
+//	oprf_evaluated       an `oprf evaluate` request for an oprf-ristretto255
+//	                     destination was answered or refused
 //
 // A run_committed record carries the run id, tool version, config digest,
 // as_of and consent rules, the SHA-256 of each input, the consent snapshot
@@ -44,4 +46,14 @@
 // SHA-256 and row count, the manifest's SHA-256, the Merkle root of the
 // run's sorted identifiers (so that absence can be proved: see
 // MembershipProver) and the Merkle root of its private evidence.
+//
+// An oprf_evaluated record carries the destination, scheme
+// (oprf-ristretto255), key_id, elements (the count of blinded elements the
+// request held) and request_sha256 (the SHA-256 of the request file). An
+// answered request also has response_sha256 (of the response file) and no
+// reason; a refused one (over the destination's oprf_max_evaluations in the
+// rolling 24 hours before its time, or with an invalid element) has a
+// reason and no response. Neither holds an element: they are blinded
+// numbers, and a count and digests are what an auditor needs to bound what
+// the destination learned.
 package audit

@@ -22,7 +22,14 @@ const (
 	TypeRunCommitted       = "run_committed"
 	TypeRunFailed          = "run_failed"
 	TypeDestinationRefused = "destination_refused"
+	// TypeOPRFEvaluated records one `oprf evaluate` request: answered (no
+	// reason, a response digest) or refused (a reason, no response).
+	TypeOPRFEvaluated = "oprf_evaluated"
 )
+
+// OPRFScheme is the only scheme of oprf_evaluated records (MATCHING.md
+// section 4, amendment 2).
+const OPRFScheme = "oprf-ristretto255"
 
 // TypeUnreadable marks, in Log.Records, a line of the log that is not a
 // readable record (see Log.Unreadable). It is never written: Validate
@@ -62,9 +69,15 @@ type Record struct {
 	Backfill bool `json:"backfill,omitempty"`
 	// AllowDrop records that the operator allowed the run to shrink the
 	// audience past the drop guard's threshold, or to read empty input.
-	AllowDrop bool     `json:"allow_drop,omitempty"`
-	Reason    string   `json:"reason,omitempty"` // why a run failed or was refused
-	Extra     []string `json:"extra,omitempty"`  // reserved; must be empty in v1
+	AllowDrop bool `json:"allow_drop,omitempty"`
+	// Elements, RequestSHA256 and ResponseSHA256 are an oprf_evaluated
+	// record's: how many blinded elements the request held, and the
+	// SHA-256 of the request and response files.
+	Elements       int64    `json:"elements,omitempty"`
+	RequestSHA256  string   `json:"request_sha256,omitempty"`
+	ResponseSHA256 string   `json:"response_sha256,omitempty"`
+	Reason         string   `json:"reason,omitempty"` // why a run failed or was refused
+	Extra          []string `json:"extra,omitempty"`  // reserved; must be empty in v1
 }
 
 // Policy are the consent rules of a run.
@@ -244,6 +257,15 @@ func (r *Record) Validate() error {
 	case TypeRunFailed, TypeDestinationRefused:
 		if r.Reason == "" {
 			return fmt.Errorf("%s record lacks a reason", r.Type)
+		}
+	case TypeOPRFEvaluated:
+		switch {
+		case r.Scheme != OPRFScheme || !isHex(r.KeyID, 16) || !isHex(r.RequestSHA256, 64) || r.Elements < 0:
+			return errors.New("oprf_evaluated record lacks the oprf-ristretto255 scheme, a key_id, the request's digest or a count")
+		case r.Reason == "" && (r.Elements == 0 || !isHex(r.ResponseSHA256, 64)):
+			return errors.New("oprf_evaluated record of an answered request lacks its count or the response's digest")
+		case r.Reason != "" && r.ResponseSHA256 != "":
+			return errors.New("oprf_evaluated record of a refused request names a response")
 		}
 	default:
 		return fmt.Errorf("unknown record type %q", r.Type)
