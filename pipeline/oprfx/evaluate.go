@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"golang.org/x/mod/sumdb/note"
@@ -205,7 +206,9 @@ func usedInWindow(l *audit.Log, destination string, now time.Time) int64 {
 
 // parallelChunks runs fn over [0, n) in chunks on every core.
 func parallelChunks(ctx context.Context, n int, fn func(lo, hi int) error) error {
-	const chunk = 4096
+	// Chunks small enough that every core gets several, large enough that
+	// a chunk's allocations do not matter.
+	chunk := max(256, min(4096, n/(8*runtime.GOMAXPROCS(0))))
 	chunks := (n + chunk - 1) / chunk
 	return parallel(ctx, chunks, func(c int) error {
 		return fn(c*chunk, min((c+1)*chunk, n))
