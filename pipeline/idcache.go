@@ -1,7 +1,6 @@
 package pipeline
 
 import (
-	"errors"
 	"path/filepath"
 	"sync/atomic"
 
@@ -22,6 +21,7 @@ type runCache struct {
 	hits    atomic.Int64
 	evals   atomic.Int64
 	written int64
+	saved   chan struct{} // closed when saveIDCache is done; nil before it starts
 }
 
 // openIDCache opens the cache for an oprf-ristretto255 run (nil otherwise).
@@ -95,36 +95,48 @@ func (wc *workerCache) flush() error {
 	return wc.next.Flush()
 }
 
-// saveIDCache replaces the cache with the identifiers this run used, once
-// every worker has flushed. The cache only saves time: failing to write it
-// is logged, and the next run evaluates again.
+// saveIDCache starts replacing the cache with the identifiers this run
+// used, once every worker has flushed, in the background of the write
+// stage (closeIDCache waits for it). The cache only saves time: failing to
+// write it is logged, and the next run evaluates again.
 func (r *run) saveIDCache() {
 	rc := r.idc
 	if rc == nil {
 		return
 	}
 	r.cfg.Log.Info("oprf identifiers", "cached", rc.hits.Load(), "evaluated", rc.evals.Load(), "cache_entries_before", rc.cache.Len())
+	// The join is done with the old cache: release its mapping now.
+	if err := rc.cache.Close(); err != nil {
+		r.cfg.Log.Warn("could not unmap the identifier cache", "error", err.Error())
+	}
 	if rc.next == nil {
 		return
 	}
-	n, err := rc.next.Write(rc.path, rc.key, rc.keyID)
-	if err != nil {
-		r.cfg.Log.Warn("could not write the identifier cache; the next run evaluates every number again", "error", err.Error())
-		return
-	}
-	rc.written = n
+	rc.saved = make(chan struct{})
+	go func() {
+		defer close(rc.saved)
+		n, err := rc.next.Write(rc.path, rc.key, rc.keyID)
+		if err != nil {
+			r.cfg.Log.Warn("could not write the identifier cache; the next run evaluates every number again", "error", err.Error())
+			return
+		}
+		rc.written = n
+	}()
 }
 
-// closeIDCache releases the cache and the next one's spill.
-func (r *run) closeIDCache() error {
+// closeIDCache waits for the cache being written, then releases the old
+// cache and the next one's spill; the run's cleanup calls it before it
+// removes the staging directory.
+func (r *run) closeIDCache() {
 	rc := r.idc
 	if rc == nil {
-		return nil
+		return
 	}
-	var err error
+	if rc.saved != nil {
+		<-rc.saved
+	}
 	if rc.next != nil {
 		rc.next.Drop()
 	}
-	err = errors.Join(err, rc.cache.Close())
-	return err
+	rc.cache.Close()
 }

@@ -302,7 +302,6 @@ func (r *run) join(ctx context.Context) error {
 	if err := r.openIDCache(); err != nil {
 		return err
 	}
-	defer r.closeIDCache()
 	bucket := newIDBucketer(r.cfg.Scheme, bucketParts)
 	workers := make([]joinWorker, r.cfg.Workers)
 	var next atomic.Int64

@@ -76,8 +76,8 @@ type evalCounter struct {
 }
 
 func (c *evalCounter) Enabled(context.Context, slog.Level) bool { return true }
-func (c *evalCounter) WithAttrs([]slog.Attr) slog.Handler      { return c }
-func (c *evalCounter) WithGroup(string) slog.Handler           { return c }
+func (c *evalCounter) WithAttrs([]slog.Attr) slog.Handler       { return c }
+func (c *evalCounter) WithGroup(string) slog.Handler            { return c }
 func (c *evalCounter) Handle(_ context.Context, r slog.Record) error {
 	if r.Message != "oprf identifiers" {
 		return nil

@@ -400,6 +400,7 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 			r.rejects.Close()
 		}
 		r.closeSpills()
+		r.closeIDCache()
 		r.later.Discard()
 		if r.synced != nil {
 			<-r.synced

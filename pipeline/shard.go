@@ -176,6 +176,7 @@ func RunShard(ctx context.Context, cfg Config) (res *Result, err error) {
 	r.guard.SetDir(r.staging)
 	defer os.RemoveAll(r.staging)
 	defer r.closeSpills()
+	defer r.closeIDCache()
 	if r.rejects, err = newRejectWriter(filepath.Join(r.staging, "rejects.csv")); err != nil {
 		return nil, err
 	}
