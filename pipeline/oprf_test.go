@@ -13,13 +13,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nyaruka/phonenumbers"
+	"github.com/transparency-dev/merkle/proof"
+	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/note"
 
+	"audiencematch/consent/audit"
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
 	"audiencematch/pipeline/auditor"
 	"audiencematch/pipeline/idcache"
+	"audiencematch/pipeline/statedir"
 )
 
 // oprfDay runs day n's tables under oprf-ristretto255 and returns the run
@@ -168,5 +173,114 @@ func TestOPRFNights(t *testing.T) {
 	}
 	if _, err := auditor.VerifyAudit(filepath.Join(dir, "state"), v, nil); err != nil {
 		t.Fatalf("audit verify: %v", err)
+	}
+}
+
+// TestOPRFShardedIdenticalToUnsharded: under oprf-ristretto255, two shards
+// and a commit publish byte for byte what one run publishes, and the log
+// verifies.
+func TestOPRFShardedIdenticalToUnsharded(t *testing.T) {
+	dir, st := shardFixtures(t, fixtures.Options{Users: 3000, Seed: 7})
+	ctx := context.Background()
+	mk, _ := hashing.NewMasterKey(auditMaster)
+	k, err := hashing.MasterKeyOf(mk).ForScheme(hashing.OPRFRistretto255, "meta-ads")
+	if err != nil {
+		t.Fatal(err)
+	}
+	config := func(sub string) pipeline.Config {
+		cfg := shardConfig(t, filepath.Join(dir, sub), st)
+		cfg.Scheme, cfg.Key = hashing.OPRFRistretto255, k
+		cfg.Registry = testRegistry(cfg.Out, "meta-ads", hashing.OPRFRistretto255)
+		return cfg
+	}
+	base, err := pipeline.Run(ctx, config("whole"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config("sharded")
+	for i := range 2 {
+		if _, err := runShard(ctx, cfg, i, 2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := pipeline.Commit(ctx, cfg, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameFiles(t, "published", filesUnder(t, res.PublishedDir), filesUnder(t, base.PublishedDir))
+	if _, err := auditor.VerifyAudit(cfg.State, cfg.AuditVerifier, nil); err != nil {
+		t.Errorf("verify: %v", err)
+	}
+}
+
+// TestOPRFSubject: audit subject under oprf-ristretto255, with the master
+// key or the destination's oprf key file: an exported number's identifier
+// is the oracle's and its inclusion proof verifies; an hmac-sha256
+// destination key computes nothing and says why.
+func TestOPRFSubject(t *testing.T) {
+	s, v := signer(t)
+	dir := t.TempDir()
+	users, events := generateSeed(1500, 31)
+	d := &day{users: users, events: events, asOf: fixtures.DefaultAsOf}
+	oprfDay(t, dir, 1, d, s, auditMaster)
+	state := filepath.Join(dir, "state")
+	exported := computeOracle(users, events, oracleParams{asOf: d.asOf, purpose: fixtures.DefaultPurpose,
+		minPolicy: fixtures.DefaultMinPolicyVersion, maxAge: 395 * 24 * time.Hour, dest: "meta-ads", scheme: "e164"}).ids
+	mk, _ := hashing.NewMasterKey(auditMaster)
+	kp := filepath.Join(t.TempDir(), "meta-ads.oprf.key")
+	if _, err := hashing.WriteSchemeKey(kp, mk, hashing.OPRFRistretto255, "meta-ads"); err != nil {
+		t.Fatal(err)
+	}
+	oprfKey, err := hashing.LoadKey(kp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hmacKey := destKeyFile(t, mk, "meta-ads")
+	keys := []hashing.Key{hashing.MasterKeyOf(mk), oprfKey}
+	h := rfc6962.DefaultHasher
+	l, _ := audit.Open(statedir.Audit(state))
+	checked, hmacChecked := map[bool]int{}, false
+	for i, u := range users {
+		if u.Broken || u.UserID == "" || checked[true] >= 3 && checked[false] >= 3 {
+			continue
+		}
+		num, err := phonenumbers.Parse(u.Phone, strings.ToUpper(u.Country))
+		if err != nil || !phonenumbers.IsValidNumber(num) {
+			continue
+		}
+		e164 := phonenumbers.Format(num, phonenumbers.E164)
+		_, want := exported[e164]
+		if checked[want] >= 3 {
+			continue
+		}
+		checked[want]++
+		rep, err := auditor.Subject(state, v, auditor.SubjectQuery{Phone: u.Phone, Country: u.Country, Key: &keys[i%2]})
+		if err != nil || len(rep.Runs) != 1 {
+			t.Fatalf("subject: %+v, %v", rep, err)
+		}
+		r := rep.Runs[0]
+		if (r.Status == "exported") != want || r.ID != fmt.Sprintf("%x", oracleOPRF(auditMaster, "meta-ads", e164)) {
+			t.Fatalf("status %s, id %s; oracle exported=%v", r.Status, r.ID, want)
+		}
+		if want {
+			rec := l.Records()[r.RecordIndex]
+			root, id := mustDecodeHex(t, rec.IDs.Root), mustDecodeHex(t, r.ID)
+			if err := proof.VerifyInclusion(h, uint64(r.Membership.Index), uint64(rec.IDs.Size), h.HashLeaf(id), hashes(r.Membership.Proof), root); err != nil {
+				t.Fatalf("identifier inclusion: %v", err)
+			}
+			if len(r.Evidence) == 0 || !r.Evidence[0].Primary {
+				t.Error("exported without its evidence")
+			}
+		}
+		if !hmacChecked {
+			hmacChecked = true
+			rep, err := auditor.Subject(state, v, auditor.SubjectQuery{Phone: u.Phone, Country: u.Country, Key: &hmacKey})
+			if err != nil || rep.Runs[0].Status != "unknown" || !strings.Contains(rep.Runs[0].Note, "keys derive --scheme oprf-ristretto255") {
+				t.Fatalf("an hmac-sha256 key: %+v, %v", rep.Runs[0], err)
+			}
+		}
+	}
+	if checked[true] < 3 || checked[false] < 3 {
+		t.Fatalf("checked %v subjects", checked)
 	}
 }
