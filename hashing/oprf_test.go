@@ -232,3 +232,27 @@ func BenchmarkOPRFBlindEvaluate(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "evals/s")
 }
+
+// FuzzDecodeElement: any 32 bytes either decode to an element that encodes
+// back to exactly them (canonical) and is not the identity, or are refused
+// with ErrElement; nothing panics.
+func FuzzDecodeElement(f *testing.F) {
+	good, _ := BlindE164("+16505551212")
+	f.Add(good.Blinded[:])
+	f.Add(make([]byte, 32))
+	f.Add(bytes.Repeat([]byte{0xff}, 32))
+	f.Add([]byte{1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		e, err := DecodeElement(b)
+		if err != nil {
+			if !errors.Is(err, ErrElement) {
+				t.Fatalf("error %v does not wrap ErrElement", err)
+			}
+			return
+		}
+		enc, err := e.MarshalBinaryCompress()
+		if err != nil || !bytes.Equal(enc, b) || e.IsIdentity() {
+			t.Fatalf("%x decoded to %x (identity %v, %v)", b, enc, e.IsIdentity(), err)
+		}
+	})
+}

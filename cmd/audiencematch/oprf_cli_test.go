@@ -108,4 +108,10 @@ destinations:
 	if out, stderr, code := execute(t, "audit", "verify", "--state", e.state, "--verifier", strings.TrimSpace(vkey)); code != 0 {
 		t.Fatalf("audit verify: exit %d: %s %s", code, out, stderr)
 	}
+	if out, stderr, code := execute(t, "audit", "runs", "--state", e.state); code != 0 {
+		t.Fatalf("audit runs with oprf_evaluated records: exit %d: %s %s", code, out, stderr)
+	}
+	if out, stderr, code := execute(t, "destinations", "check", "--state", e.state); code != 0 {
+		t.Fatalf("destinations check: exit %d: %s %s", code, out, stderr)
+	}
 }
