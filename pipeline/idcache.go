@@ -16,7 +16,7 @@ type runCache struct {
 	key     idcache.Key
 	keyID   string
 	path    string
-	cache   *idcache.Cache
+	cache   *idcache.Set
 	next    *idcache.Builder // nil in a shard, which reads the cache only
 	hits    atomic.Int64
 	evals   atomic.Int64
@@ -35,12 +35,12 @@ func (r *run) openIDCache() error {
 	if rc.key, err = idcache.DeriveKey(r.cfg.Key, r.cfg.Destination); err != nil {
 		return err
 	}
-	var why string
-	if rc.cache, why, err = idcache.Open(rc.path, rc.key, rc.keyID); err != nil {
+	var why []string
+	if rc.cache, why, err = idcache.OpenSet(rc.path, rc.key, rc.keyID); err != nil {
 		return err
 	}
-	if why != "" {
-		r.cfg.Log.Warn("discarded the identifier cache: every number is evaluated again", "reason", why)
+	for _, w := range why {
+		r.cfg.Log.Warn("discarded the identifier cache: every number is evaluated again", "reason", w)
 	}
 	if r.cfg.Shard.Count == 0 {
 		if rc.next, err = idcache.NewBuilder(filepath.Join(r.staging, "idcache.spill")); err != nil {
@@ -70,18 +70,18 @@ func (rc *runCache) worker() *workerCache {
 	return wc
 }
 
-// appendID appends e164's identifier: from the cache, or evaluated with h
-// on a miss; either way it goes into the next cache.
+// appendID appends e164's identifier: from the cache (which marks it for
+// the next cache), or evaluated with h on a miss and added to the next
+// cache.
 func (wc *workerCache) appendID(h *hashing.Hasher, dst []byte, e164 string) []byte {
 	tag := wc.tagger.Tag(e164)
-	n := len(dst)
 	if id := wc.rc.cache.Lookup(&tag); id != nil {
-		dst = append(dst, id...)
 		wc.rc.hits.Add(1)
-	} else {
-		dst = h.AppendID(dst, e164)
-		wc.rc.evals.Add(1)
+		return append(dst, id...)
 	}
+	n := len(dst)
+	dst = h.AppendID(dst, e164)
+	wc.rc.evals.Add(1)
 	if wc.next != nil {
 		wc.next.Add(&tag, dst[n:])
 	}
@@ -105,17 +105,13 @@ func (r *run) saveIDCache() {
 		return
 	}
 	r.cfg.Log.Info("oprf identifiers", "cached", rc.hits.Load(), "evaluated", rc.evals.Load(), "cache_entries_before", rc.cache.Len())
-	// The join is done with the old cache: release its mapping now.
-	if err := rc.cache.Close(); err != nil {
-		r.cfg.Log.Warn("could not unmap the identifier cache", "error", err.Error())
-	}
 	if rc.next == nil {
 		return
 	}
 	rc.saved = make(chan struct{})
 	go func() {
 		defer close(rc.saved)
-		n, err := rc.next.Write(rc.path, rc.key, rc.keyID)
+		n, _, err := rc.next.Write(rc.path, rc.key, rc.keyID, rc.cache)
 		if err != nil {
 			r.cfg.Log.Warn("could not write the identifier cache; the next run evaluates every number again", "error", err.Error())
 			return

@@ -15,7 +15,9 @@
 //
 // # File
 //
-// STATE/idcache/<destination>.cache, mode 0600 in a directory of mode 0700:
+// STATE/idcache/<destination>.cache, and beside it, when a run changed little,
+// its delta <destination>.cache.delta, both mode 0600 in a directory of mode
+// 0700 and of this format:
 //
 //	header   "audiencematch-idcache/v1 " || key_id (16 hex digits) || "\n"   (42 bytes)
 //	count    uint64, big-endian
@@ -31,10 +33,17 @@
 //
 // # Refresh
 //
-// A Builder collects the entries a run looks up (hits and fresh
-// evaluations alike) in a spill partitioned by the tag's first byte, and
-// Write sorts one partition at a time into the next file, written beside
-// the old one and renamed over it. The new cache holds exactly the numbers
-// the run evaluated, so a number that has left the input leaves the cache
-// with the next run.
+// Lookup (of the base, then the delta) marks each entry it finds in a
+// bitmap. A Builder collects the run's fresh evaluations in a spill
+// partitioned by the tag's first byte. Write then keeps the marked entries
+// and adds the new ones, one sorted partition at a time, into a file written
+// beside the old one and renamed over it: into a new delta, the base left as
+// it is, when the new entries, the delta's and the base's unmarked ones
+// together are at most a twentieth of the base (a night's churn, which then
+// costs a file of its size rather than the whole cache); into a new base,
+// the delta removed, otherwise. A run that found every entry and evaluated
+// nothing writes nothing. So a number that has left the input leaves the
+// cache by the compaction that follows, and at most a twentieth of the base
+// is such numbers. A base that cannot be trusted is discarded with its
+// delta.
 package idcache

@@ -10,10 +10,12 @@ import (
 	"hash"
 	"io"
 	"io/fs"
+	"math/bits"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"sync/atomic"
 
 	"golang.org/x/crypto/hkdf"
 
@@ -83,30 +85,75 @@ func (t *Tagger) Tag(e164 string) (tag [TagLen]byte) {
 type Cache struct {
 	entries []byte // count * EntryLen bytes, sorted by tag
 	unmap   func() error
+	used    []atomic.Uint64 // a bit per entry: found by Lookup (Builder.Write keeps those)
+	// index[b] is the first entry whose tag's top shift bits are at
+	// least b (index[len-1] is the count): a lookup searches only its
+	// bucket, about eight entries in a few cache lines, rather than the
+	// whole file, each probe of which would be a cache miss.
+	index []uint32
+	shift uint
 }
 
 // Len is the number of entries.
 func (c *Cache) Len() int { return len(c.entries) / EntryLen }
 
-// Lookup returns the identifier cached under tag, or nil. The slice is the
+// Lookup returns the identifier cached under tag, or nil, and marks the
+// entry used (Builder.Write keeps the used entries). The slice is the
 // cache's: valid until Close, not to be changed.
 func (c *Cache) Lookup(tag *[TagLen]byte) []byte {
-	n := c.Len()
-	lo, hi := 0, n
+	m := c.find(tag[:])
+	if m < 0 {
+		return nil
+	}
+	if w := &c.used[m/64]; w.Load()&(1<<(m%64)) == 0 {
+		w.Or(1 << (m % 64))
+	}
+	return c.entries[m*EntryLen+TagLen : (m+1)*EntryLen : (m+1)*EntryLen]
+}
+
+// find is the index of the entry of tag, or -1.
+func (c *Cache) find(tag []byte) int {
+	if c.Len() == 0 {
+		return -1
+	}
+	bk := binary.BigEndian.Uint64(tag[:8]) >> c.shift
+	lo, hi := int(c.index[bk]), int(c.index[bk+1]) // the bucket: [lo, hi)
 	for lo < hi {
 		m := int(uint(lo+hi) >> 1)
-		e := c.entries[m*EntryLen : m*EntryLen+TagLen]
-		switch bytes.Compare(e, tag[:]) {
+		switch bytes.Compare(c.entries[m*EntryLen:m*EntryLen+TagLen], tag) {
 		case 0:
-			return c.entries[m*EntryLen+TagLen : (m+1)*EntryLen : (m+1)*EntryLen]
+			return m
 		case -1:
 			lo = m + 1
 		default:
 			hi = m
 		}
 	}
-	return nil
+	return -1
 }
+
+// buildIndex fills index with buckets of about eight entries (tags are
+// HMAC outputs, uniform), at most 2^20 of them.
+func (c *Cache) buildIndex() {
+	n := c.Len()
+	if n == 0 {
+		return
+	}
+	b := min(max(bits.Len(uint(n/8)), 1), 20)
+	c.shift = uint(64 - b)
+	c.index = make([]uint32, 1<<b+1)
+	e := 0
+	for bk := range 1 << b {
+		c.index[bk] = uint32(e)
+		for e < n && c.key(e)>>c.shift == uint64(bk) {
+			e++
+		}
+	}
+	c.index[1<<b] = uint32(n)
+}
+
+// key is entry i's tag's first 8 bytes.
+func (c *Cache) key(i int) uint64 { return binary.BigEndian.Uint64(c.entries[i*EntryLen:]) }
 
 // Close releases the mapping; the identifiers Lookup returned are invalid
 // after it.
@@ -151,6 +198,8 @@ func Open(path string, key Key, keyID string) (c *Cache, discarded string, err e
 		return nil, "", fmt.Errorf("identifier cache %s: %w", path, err)
 	}
 	c = &Cache{entries: data[headerLen : len(data)-macLen], unmap: unmap}
+	c.used = make([]atomic.Uint64, (c.Len()+63)/64)
+	c.buildIndex()
 	return c, "", nil
 }
 
@@ -231,46 +280,158 @@ func (w *Writer) Flush() error { return w.w.Flush() }
 // Drop removes the builder's spill.
 func (b *Builder) Drop() { b.sp.Drop() }
 
-// Write writes the collected entries as the cache at path for keyID under
-// key, replacing any file there durably, and returns how many it holds.
-func (b *Builder) Write(path string, key Key, keyID string) (int64, error) {
+// DeltaSuffix names the delta file beside a cache file (package
+// documentation).
+const DeltaSuffix = ".delta"
+
+// Set is a cache file and its delta, looked up together.
+type Set struct{ Base, Delta *Cache }
+
+// EmptySet is a set with no entries.
+func EmptySet() *Set { return &Set{Base: Empty(), Delta: Empty()} }
+
+// OpenSet opens the cache at path and its delta (Open): a base that is not
+// to be trusted discards the delta with it; a delta alone may be discarded.
+// discarded holds the reasons, for the run's log.
+func OpenSet(path string, key Key, keyID string) (s *Set, discarded []string, err error) {
+	base, why, err := Open(path, key, keyID)
+	if err != nil {
+		return nil, nil, err
+	}
+	if why != "" {
+		discarded = append(discarded, why)
+	}
+	if base.Len() == 0 {
+		if err := os.Remove(path + DeltaSuffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, nil, err
+		}
+		return &Set{Base: base, Delta: Empty()}, discarded, nil
+	}
+	delta, why, err := Open(path+DeltaSuffix, key, keyID)
+	if err != nil {
+		base.Close()
+		return nil, nil, err
+	}
+	if why != "" {
+		discarded = append(discarded, "delta: "+why)
+	}
+	return &Set{Base: base, Delta: delta}, discarded, nil
+}
+
+// Lookup is the base's Lookup, then the delta's.
+func (s *Set) Lookup(tag *[TagLen]byte) []byte {
+	if id := s.Base.Lookup(tag); id != nil {
+		return id
+	}
+	return s.Delta.Lookup(tag)
+}
+
+// Len is the number of entries of both files.
+func (s *Set) Len() int { return s.Base.Len() + s.Delta.Len() }
+
+// Close closes both files.
+func (s *Set) Close() error { return errors.Join(s.Base.Close(), s.Delta.Close()) }
+
+// maxStale is the share of the base that may be entries no run looked up
+// lately, or the delta, before Write compacts them into a new base.
+const maxStale = 20 // 1/20: 5%
+
+// Write writes the next cache at path for keyID under key (package
+// documentation): old's entries that Lookup found and the collected new
+// ones. When they differ from old's by at most a twentieth of its base, it
+// writes them beside the base as its delta and keeps the base (whose
+// unused entries stay until then); otherwise it writes a new base, without
+// a delta. It returns how many entries the cache holds, and whether it
+// wrote a file (a run that found every entry and added none writes none).
+func (b *Builder) Write(path string, key Key, keyID string, old *Set) (int64, bool, error) {
 	if !keyIDRE.MatchString(keyID) {
-		return 0, fmt.Errorf("key_id %q is not 16 hex digits", keyID)
+		return 0, false, fmt.Errorf("key_id %q is not 16 hex digits", keyID)
 	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return 0, err
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return 0, false, err
 	}
-	// The count leads the entries, so the partitions are sorted, and their
-	// duplicates (two holders of a number) counted, before the file is
+	// The count leads the entries, so the new ones are sorted, and their
+	// duplicates (two holders of a number) counted, before a file is
 	// written: a pass that keeps only the counts.
-	var count uint64
+	var added int
 	var buf []byte
 	for p := range b.sp.Parts() {
 		var err error
 		if buf, err = b.sp.AppendPart(buf[:0], p); err != nil {
-			return 0, err
+			return 0, false, err
 		}
-		count += uint64(len(sortEntries(buf)))
+		added += len(sortEntries(buf))
 	}
+	baseN, baseUsed := old.Base.Len(), int(old.Base.usedCount())
+	deltaKept := 0 // the delta's entries found, and not in the base (a compaction interrupted before it removed the delta)
+	for i := range old.Delta.Len() {
+		if old.Delta.isUsed(i) && old.Base.find(old.Delta.tag(i)) < 0 {
+			deltaKept++
+		}
+	}
+	if added == 0 && baseUsed == baseN && deltaKept == old.Delta.Len() {
+		return int64(baseN + deltaKept), false, nil
+	}
+	if baseN > 0 && (baseN-baseUsed)+deltaKept+added <= baseN/maxStale {
+		n := deltaKept + added
+		return int64(baseN + n), true, b.writeFile(path+DeltaSuffix, key, keyID, n, nil, old)
+	}
+	n := baseUsed + deltaKept + added
+	if err := b.writeFile(path, key, keyID, n, old.Base, old); err != nil {
+		return 0, false, err
+	}
+	if err := os.Remove(path + DeltaSuffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return 0, false, err
+	}
+	return int64(n), true, fsutil.SyncDir(filepath.Dir(path))
+}
+
+// writeFile writes a cache file of n entries at path: base's used entries
+// (base may be nil), old's delta's used entries that are not in old's base,
+// and the builder's new ones, in tag order.
+func (b *Builder) writeFile(path string, key Key, keyID string, n int, base *Cache, old *Set) error {
+	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(path)+"-")
 	if err != nil {
-		return 0, err
+		return err
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp) // a no-op after the rename
 	mac := hmac.New(sha256.New, key[:])
 	w := &macWriter{f: f, mac: mac, buf: make([]byte, 0, 1<<20)}
 	w.write([]byte(version + " " + keyID + "\n"))
-	w.write(binary.BigEndian.AppendUint64(nil, count))
+	w.write(binary.BigEndian.AppendUint64(nil, uint64(n)))
+	written := 0
+	var buf []byte
+	var es [][]byte
+	bi, di := 0, 0 // the next entries of base and of old's delta
 	for p := range b.sp.Parts() {
 		if buf, err = b.sp.AppendPart(buf[:0], p); err != nil {
 			f.Close()
-			return 0, err
+			return err
 		}
-		for _, e := range sortEntries(buf) {
+		es = append(es[:0], sortEntries(buf)...)
+		for ; base != nil && bi < base.Len() && int(base.tag(bi)[0]) == p; bi++ {
+			if base.isUsed(bi) {
+				es = append(es, base.entry(bi))
+			}
+		}
+		d := old.Delta
+		for ; di < d.Len() && int(d.tag(di)[0]) == p; di++ {
+			if d.isUsed(di) && old.Base.find(d.tag(di)) < 0 {
+				es = append(es, d.entry(di))
+			}
+		}
+		// Mostly sorted runs: pdqsort takes them in about linear time.
+		slices.SortFunc(es, func(a, b []byte) int { return bytes.Compare(a[:TagLen], b[:TagLen]) })
+		for _, e := range es {
 			w.write(e)
 		}
+		written += len(es)
+	}
+	if written != n {
+		f.Close()
+		return fmt.Errorf("identifier cache: %d entries counted, %d to write", n, written)
 	}
 	w.flush()
 	if w.err == nil {
@@ -280,12 +441,25 @@ func (b *Builder) Write(path string, key Key, keyID string) (int64, error) {
 		w.err = f.Sync()
 	}
 	if err := errors.Join(w.err, f.Close()); err != nil {
-		return 0, err
+		return err
 	}
 	if err := os.Rename(tmp, path); err != nil {
-		return 0, err
+		return err
 	}
-	return int64(count), fsutil.SyncDir(dir)
+	return fsutil.SyncDir(dir)
+}
+
+func (c *Cache) entry(i int) []byte { return c.entries[i*EntryLen : (i+1)*EntryLen] }
+func (c *Cache) tag(i int) []byte   { return c.entries[i*EntryLen : i*EntryLen+TagLen] }
+func (c *Cache) isUsed(i int) bool  { return c.used[i/64].Load()&(1<<(i%64)) != 0 }
+
+// usedCount is how many entries Lookup found.
+func (c *Cache) usedCount() uint64 {
+	var n uint64
+	for i := range c.used {
+		n += uint64(bits.OnesCount64(c.used[i].Load()))
+	}
+	return n
 }
 
 // sortEntries sorts a partition's entries by tag and drops repeats (a

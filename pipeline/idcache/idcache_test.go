@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -44,7 +45,7 @@ func build(t *testing.T, dir, path string, key Key, keyID string, numbers []stri
 	if err := w.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	n, err := b.Write(path, key, keyID)
+	n, _, err := b.Write(path, key, keyID, EmptySet())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,4 +183,171 @@ func TestKeysRedact(t *testing.T) {
 			t.Errorf("%q", s)
 		}
 	}
+}
+
+// TestNextGeneration: the next cache keeps the entries the run found, drops
+// those it did not look up, adds its new ones in order; a run that found
+// everything and added nothing leaves the file as it is.
+func TestNextGeneration(t *testing.T) {
+	dir := t.TempDir()
+	path := Path(dir, "meta-ads")
+	key := testKey(t)
+	const keyID = "89fa0444ee6d7862"
+	var first []string
+	for i := range 3000 {
+		first = append(first, fmt.Sprintf("+1650555%04d", i))
+	}
+	build(t, dir, path, key, keyID, first)
+	c, _, err := OpenSet(path, key, keyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg := NewTagger(key)
+	b, err := NewBuilder(filepath.Join(dir, "next.spill"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Drop()
+	w := b.Writer()
+	var second []string // every other old number, and 500 new ones
+	for i, n := range first {
+		if i%2 == 0 {
+			second = append(second, n)
+		}
+	}
+	for i := range 500 {
+		second = append(second, fmt.Sprintf("+4474001%05d", i))
+	}
+	for _, n := range second {
+		tag := tg.Tag(n)
+		if c.Lookup(&tag) == nil {
+			w.Add(&tag, fakeID(n))
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	n, wrote, err := b.Write(path, key, keyID, c)
+	if err != nil || !wrote || n != 2000 {
+		t.Fatalf("Write: %d entries, wrote %v, %v; want 2000", n, wrote, err)
+	}
+	c.Close()
+	c2, why, err := OpenSet(path, key, keyID)
+	if err != nil || len(why) != 0 || c2.Len() != 2000 || c2.Delta.Len() != 0 {
+		t.Fatalf("the next cache: %d entries, %q, %v", c2.Len(), why, err)
+	}
+	for i := 1; i < c2.Base.Len(); i++ {
+		if bytes.Compare(c2.Base.tag(i-1), c2.Base.tag(i)) >= 0 {
+			t.Fatalf("entries %d and %d out of order", i-1, i)
+		}
+	}
+	for _, n := range second {
+		tag := tg.Tag(n)
+		if got := c2.Lookup(&tag); !bytes.Equal(got, fakeID(n)) {
+			t.Fatalf("%s: %x", n, got)
+		}
+	}
+	tag := tg.Tag(first[1])
+	if c2.Lookup(&tag) != nil {
+		t.Error("an entry the run did not look up was kept")
+	}
+	// Everything found again, nothing new: no rewrite.
+	st0, _ := os.Stat(path)
+	b3, _ := NewBuilder(filepath.Join(dir, "third.spill"))
+	defer b3.Drop()
+	for _, n := range second {
+		tag := tg.Tag(n)
+		c2.Lookup(&tag)
+	}
+	if n, wrote, err := b3.Write(path, key, keyID, c2); err != nil || wrote || n != 2000 {
+		t.Errorf("an unchanged cache: %d entries, wrote %v, %v; want no rewrite", n, wrote, err)
+	}
+	if st1, _ := os.Stat(path); !os.SameFile(st0, st1) {
+		t.Error("the unchanged cache file was replaced")
+	}
+	// A few new numbers: a delta beside the same base.
+	b4, _ := NewBuilder(filepath.Join(dir, "fourth.spill"))
+	defer b4.Drop()
+	w4 := b4.Writer()
+	third := append(slices.Clone(second), "+61412000001", "+61412000002", "+61412000002")
+	for _, n := range third {
+		tag := tg.Tag(n)
+		if c2.Lookup(&tag) == nil {
+			w4.Add(&tag, fakeID(n))
+		}
+	}
+	w4.Flush()
+	if n, wrote, err := b4.Write(path, key, keyID, c2); err != nil || !wrote || n != 2002 {
+		t.Fatalf("a delta: %d entries, wrote %v, %v; want 2002", n, wrote, err)
+	}
+	c2.Close()
+	if st1, _ := os.Stat(path); !os.SameFile(st0, st1) {
+		t.Error("a small change rewrote the base")
+	}
+	c3, why, err := OpenSet(path, key, keyID)
+	if err != nil || len(why) != 0 || c3.Base.Len() != 2000 || c3.Delta.Len() != 2 {
+		t.Fatalf("base and delta: %d and %d entries, %q, %v", c3.Base.Len(), c3.Delta.Len(), why, err)
+	}
+	for _, n := range third {
+		tag := tg.Tag(n)
+		if got := c3.Lookup(&tag); !bytes.Equal(got, fakeID(n)) {
+			t.Fatalf("%s: %x", n, got)
+		}
+	}
+	c3.Close()
+	// A base that cannot be trusted takes its delta with it.
+	flip(t, path, headerLen+5)
+	c4, why, err := OpenSet(path, key, keyID)
+	if err != nil || c4.Len() != 0 || len(why) != 1 {
+		t.Fatalf("a tampered base: %d entries, %q, %v", c4.Len(), why, err)
+	}
+	if _, err := os.Stat(path + DeltaSuffix); !os.IsNotExist(err) {
+		t.Error("the delta of a discarded base is still there")
+	}
+}
+
+// BenchmarkLookup is a hit's cost in a run: the tag, then the lookup, in a
+// cache of 200k entries.
+func BenchmarkLookup(b *testing.B) {
+	dir := b.TempDir()
+	path := Path(dir, "meta-ads")
+	sk, _ := hashing.DeriveOPRFKey(hashing.TestKey(b), "meta-ads")
+	key, _ := DeriveKey(sk, "meta-ads")
+	var numbers []string
+	for i := range 200000 {
+		numbers = append(numbers, fmt.Sprintf("+4474%08d", i))
+	}
+	bl, _ := NewBuilder(filepath.Join(dir, "b.spill"))
+	w, tg := bl.Writer(), NewTagger(key)
+	for _, n := range numbers {
+		tag := tg.Tag(n)
+		w.Add(&tag, fakeID(n))
+	}
+	w.Flush()
+	if _, _, err := bl.Write(path, key, "89fa0444ee6d7862", EmptySet()); err != nil {
+		b.Fatal(err)
+	}
+	bl.Drop()
+	c, _, err := Open(path, key, "89fa0444ee6d7862")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	b.Run("tag", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			tg.Tag(numbers[i%len(numbers)])
+			i++
+		}
+	})
+	b.Run("tag+lookup", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			tag := tg.Tag(numbers[(i*7919)%len(numbers)])
+			if c.Lookup(&tag) == nil {
+				b.Fatal("miss")
+			}
+			i++
+		}
+	})
 }
