@@ -61,7 +61,7 @@ func newKeysDeriveCommand() *cobra.Command {
 	o := &DeriveOptions{}
 	cmd := &cobra.Command{
 		Use:   "derive --destination ID --out FILE [--key FILE | --state DIR]",
-		Short: "Write one destination's key (K_dest) to a new owner-only file, for machines that export to it alone",
+		Short: "Write one destination's key (K_dest, or its OPRF key) to a new owner-only file, for machines that export to it alone",
 		Long: `Write K_dest = HKDF-SHA256(master key, "audiencematch/v1/"+destination), the
 destination's own key, to a new file of mode 0600 that run, commit and
 audit subject accept as --key, or as its text in $` + hashing.DestKeyEnv + `.
