@@ -9,7 +9,7 @@ import (
 )
 
 // runCache is a run's private identifier cache (package idcache): under
-// oprf-ristretto255 an evaluation costs about a thousand HMACs, so the join
+// oprf-ristretto255 an evaluation is far dearer than an HMAC, so the join
 // evaluates only the numbers the previous run under the same key_id did
 // not.
 type runCache struct {

@@ -22,6 +22,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/fixtures"
 	"audiencematch/hashing"
+	"audiencematch/internal/fsutil"
 	"audiencematch/pipeline"
 	"audiencematch/pipeline/auditor"
 	"audiencematch/pipeline/errkind"
@@ -147,6 +148,22 @@ func TestOPRFExchangeEndToEnd(t *testing.T) {
 	}
 	if seg := readStringColumn(t, matched, "segment"); len(seg) != len(got) || seg[0] != "seg-a" {
 		t.Errorf("the platform's own columns are not kept: %v", seg[:min(3, len(seg))])
+	}
+
+	// A snapshot part that is not the one its manifest lists is refused.
+	tampered := filepath.Join(dir, "tampered-run")
+	if err := os.MkdirAll(tampered, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := fsutil.CopyDir(res.PublishedDir, tampered); err != nil {
+		t.Fatal(err)
+	}
+	part := filepath.Join(tampered, res.Manifest.Files[0].Path)
+	b, _ := os.ReadFile(part)
+	os.Remove(part)
+	os.WriteFile(part, append(b[:len(b)-1:len(b)-1], b[len(b)-1]^1), 0o644)
+	if _, err := oprfx.Match(ctx, ids, tampered, filepath.Join(pdir, "m2.parquet")); !errors.Is(err, errkind.ErrData) || !strings.Contains(err.Error(), "manifest") {
+		t.Errorf("match against a changed part: %v, want a data error", err)
 	}
 
 	// A malformed request: the identity element in row 2.

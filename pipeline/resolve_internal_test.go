@@ -42,7 +42,7 @@ func TestIDBucketerSub(t *testing.T) {
 		}
 		n := 200000
 		if s == hashing.OPRFRistretto255 {
-			n = 20000 // an evaluation costs a thousand HMACs
+			n = 20000 // evaluations are far dearer than HMACs; the alphabet is hmac-sha256's
 		}
 		ids := make([]string, n)
 		for i := range ids {

@@ -1,7 +1,8 @@
 // Package idcache is the private cache of oprf-ristretto255 identifiers a
-// run keeps under its state directory (issue 26): an evaluation costs about
-// a thousand HMACs, so a nightly run evaluates only the numbers it has not
-// seen under the current key.
+// run keeps under its state directory (issue 26): an evaluation is a
+// scalar multiplication and a hash to the curve, far dearer than an HMAC
+// (docs/PERFORMANCE.md), so a nightly run evaluates only the numbers it has
+// not seen under the current key.
 //
 // An entry is keyed by a tag of the E.164 number, never the number itself:
 //

@@ -31,7 +31,8 @@
 // valid number with a fresh random scalar, and writes the request and the
 // secrets. Finalize unblinds the response into the identifiers, beside the
 // numbers file's columns. Match keeps the rows of an ids file whose
-// identifier is in a published snapshot.
+// identifier is in a published snapshot, each part checked against the
+// SHA-256 its manifest lists.
 //
 // # The exporter's side
 //

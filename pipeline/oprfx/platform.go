@@ -210,7 +210,13 @@ func Match(ctx context.Context, ids, runDir, out string) (*MatchResult, error) {
 	keep := make([]bool, len(rows))
 	res := &MatchResult{Rows: int64(len(rows))}
 	for _, f := range m.Files {
-		err := idfile.EachPublishedID(filepath.Join(runDir, filepath.FromSlash(f.Path)), hashing.OPRFRistretto255, func(_ int64, id []byte) bool {
+		path := filepath.Join(runDir, filepath.FromSlash(f.Path))
+		// A part that is not the one the manifest names would match the
+		// wrong rows: check it before reading it.
+		if sum, err := fsutil.SHA256File(path); err != nil || sum != f.SHA256 {
+			return nil, fmt.Errorf("%w: %s is not the file the run's manifest lists (SHA-256 differs, or it cannot be read: %v)", errkind.ErrData, path, err)
+		}
+		err := idfile.EachPublishedID(path, hashing.OPRFRistretto255, func(_ int64, id []byte) bool {
 			res.Published++
 			for _, i := range want[[64]byte(id)] {
 				keep[i] = true
