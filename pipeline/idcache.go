@@ -17,7 +17,7 @@ type runCache struct {
 	keyID   string
 	path    string
 	cache   *idcache.Set
-	next    *idcache.Builder // nil in a shard, which reads the cache only
+	next    *idcache.Builder
 	hits    atomic.Int64
 	evals   atomic.Int64
 	written int64
@@ -31,6 +31,9 @@ func (r *run) openIDCache() error {
 		return nil
 	}
 	rc := &runCache{keyID: r.cfg.KeyID(), path: idcache.Path(r.cfg.State, r.cfg.Destination)}
+	if s := r.cfg.Shard; s.Count > 0 {
+		rc.path = idcache.ShardPath(r.cfg.State, r.cfg.Destination, s.Index, s.Count)
+	}
 	var err error
 	if rc.key, err = idcache.DeriveKey(r.cfg.Key, r.cfg.Destination); err != nil {
 		return err
@@ -42,11 +45,9 @@ func (r *run) openIDCache() error {
 	for _, w := range why {
 		r.cfg.Log.Warn("discarded the identifier cache: every number is evaluated again", "reason", w)
 	}
-	if r.cfg.Shard.Count == 0 {
-		if rc.next, err = idcache.NewBuilder(filepath.Join(r.staging, "idcache.spill")); err != nil {
-			rc.cache.Close()
-			return err
-		}
+	if rc.next, err = idcache.NewBuilder(filepath.Join(r.staging, "idcache.spill")); err != nil {
+		rc.cache.Close()
+		return err
 	}
 	r.idc = rc
 	return nil
@@ -135,4 +136,5 @@ func (r *run) closeIDCache() {
 		rc.next.Drop()
 	}
 	rc.cache.Close()
+	r.idc = nil
 }

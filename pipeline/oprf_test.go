@@ -284,3 +284,46 @@ func TestOPRFSubject(t *testing.T) {
 		t.Fatalf("checked %v subjects", checked)
 	}
 }
+
+// TestOPRFShardCaches: each shard keeps a cache of its own, so the next
+// night's shards evaluate nothing that the first night's evaluated.
+func TestOPRFShardCaches(t *testing.T) {
+	dir, st := shardFixtures(t, fixtures.Options{Users: 2000, Seed: 8})
+	ctx := context.Background()
+	mk, _ := hashing.NewMasterKey(auditMaster)
+	k, _ := hashing.MasterKeyOf(mk).ForScheme(hashing.OPRFRistretto255, "meta-ads")
+	cfg := shardConfig(t, dir, st)
+	cfg.Scheme, cfg.Key = hashing.OPRFRistretto255, k
+	cfg.Registry = testRegistry(cfg.Out, "meta-ads", hashing.OPRFRistretto255)
+	for night := range 2 {
+		cfg.Rules.AsOf = fixtures.DefaultAsOf.Add(time.Duration(night) * 24 * time.Hour)
+		var evaluated, cached int64
+		for i := range 2 {
+			var logs bytes.Buffer
+			c := cfg
+			c.Log = slog.New(slog.NewJSONHandler(&logs, nil))
+			if _, err := runShard(ctx, c, i, 2); err != nil {
+				t.Fatal(err)
+			}
+			var m struct{ Cached, Evaluated int64 }
+			for _, line := range strings.Split(logs.String(), "\n") {
+				if strings.Contains(line, `"msg":"oprf identifiers"`) {
+					json.Unmarshal([]byte(line), &m)
+				}
+			}
+			evaluated, cached = evaluated+m.Evaluated, cached+m.Cached
+			if _, err := os.Stat(idcache.ShardPath(cfg.State, "meta-ads", i, 2)); err != nil {
+				t.Fatalf("night %d: shard %d's cache: %v", night+1, i, err)
+			}
+		}
+		if night == 0 && (evaluated == 0 || cached != 0) || night == 1 && (evaluated != 0 || cached == 0) {
+			t.Fatalf("night %d: %d evaluated, %d cached", night+1, evaluated, cached)
+		}
+		if _, err := pipeline.Commit(ctx, cfg, 2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := auditor.VerifyAudit(cfg.State, cfg.AuditVerifier, nil); err != nil {
+		t.Errorf("verify: %v", err)
+	}
+}

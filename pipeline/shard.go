@@ -188,6 +188,9 @@ func RunShard(ctx context.Context, cfg Config) (res *Result, err error) {
 	}); err != nil {
 		return nil, err
 	}
+	// The shard's own identifier cache is written and its spill gone
+	// before the staging directory becomes the shard.
+	r.closeIDCache()
 	if err := r.writeShard(); err != nil {
 		return nil, fmt.Errorf("write shard %s: %w", cfg.Shard, err)
 	}

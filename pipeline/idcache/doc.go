@@ -16,7 +16,8 @@
 //
 // # File
 //
-// STATE/idcache/<destination>.cache, and beside it, when a run changed little,
+// STATE/idcache/<destination>.cache (a shard of a sharded run keeps its own,
+// <destination>.shard-<i>-of-<n>.cache), and beside it, when a run changed little,
 // its delta <destination>.cache.delta, both mode 0600 in a directory of mode
 // 0700 and of this format:
 //

@@ -60,6 +60,13 @@ func Path(state, destination string) string {
 	return filepath.Join(state, "idcache", destination+".cache")
 }
 
+// ShardPath is the cache file of shard index of count: a user's shard is
+// fixed by a hash of the user id, so night after night a shard looks up
+// the numbers of the same users, and keeps a cache of its own.
+func ShardPath(state, destination string, index, count int) string {
+	return filepath.Join(state, "idcache", fmt.Sprintf("%s.shard-%d-of-%d.cache", destination, index, count))
+}
+
 // Tagger computes tags. It reuses its HMAC state, so it is not safe for
 // concurrent use: give each goroutine its own.
 type Tagger struct {
