@@ -238,6 +238,9 @@ func check(f *os.File, key Key, keyID string) (string, error) {
 		return "not a version 1 identifier cache", nil
 	}
 	count := binary.BigEndian.Uint64(head[len(want):])
+	if count >= 1<<32 { // the index counts entries in 32 bits
+		return fmt.Sprintf("%d entries: more than a cache holds", count), nil
+	}
 	if count > uint64(size)/EntryLen || int64(count)*EntryLen != size-headerLen-macLen {
 		return fmt.Sprintf("%d bytes do not hold the %d entries its header names", size, count), nil
 	}
