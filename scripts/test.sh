@@ -26,6 +26,7 @@ echo "== fuzz (short)"
 # with "context deadline exceeded" though nothing was found.
 fuzz() { go test -run '^$' -fuzz "^$2\$" -fuzztime "${FUZZTIME:-30000x}" "$1"; }
 fuzz ./hashing FuzzNormalize
+fuzz ./hashing FuzzDecodeElement
 fuzz ./hashing/e164 FuzzFastPath
 fuzz ./consent FuzzParseEvent
 fuzz ./pipeline/source FuzzCSV
