@@ -69,6 +69,12 @@ func deliveryConfig(t *testing.T, dir, root string, s interface{}) pipeline.Conf
 	return cfg
 }
 
+// rootOpts are audit verify's options for runs delivered under root, a
+// path or a URL (--delivery).
+func rootOpts(root string) auditor.VerifyOptions {
+	return auditor.VerifyOptions{Roots: delivery.Roots{Override: root}}
+}
+
 // readObject reads rel under root, a path or a URL.
 func readObject(t *testing.T, root, rel string) ([]byte, error) {
 	t.Helper()
@@ -164,7 +170,7 @@ func testDelivery(t *testing.T, root string) {
 	}
 
 	// audit verify reads the run from the root, and notices a change there.
-	if _, err := auditor.VerifyAudit(cfg.State, verifierOf[cfg.AuditSigner], nil); err != nil {
+	if _, err := auditor.VerifyAudit(cfg.State, verifierOf[cfg.AuditSigner], rootOpts(root)); err != nil {
 		t.Fatalf("audit verify: %v", err)
 	}
 	// audit subject proves an exported user's identifier present in the
@@ -176,7 +182,7 @@ func testDelivery(t *testing.T, root string) {
 	proved := false
 	for _, line := range strings.Split(string(users), "\n")[1:40] {
 		uid, _, _ := strings.Cut(line, ",")
-		rep, err := auditor.Subject(cfg.State, verifierOf[cfg.AuditSigner], auditor.SubjectQuery{UserID: uid})
+		rep, err := auditor.Subject(cfg.State, rootOpts(root).Roots, verifierOf[cfg.AuditSigner], auditor.SubjectQuery{UserID: uid})
 		if err != nil {
 			t.Fatalf("audit subject: %v", err)
 		}
@@ -190,12 +196,12 @@ func testDelivery(t *testing.T, root string) {
 	tampered := bytes.Clone(part)
 	tampered[len(tampered)/2] ^= 1
 	writeObject(t, root, rel+"/snapshot/part-00000.parquet", tampered)
-	if _, err := auditor.VerifyAudit(cfg.State, verifierOf[cfg.AuditSigner], nil); err == nil {
+	if _, err := auditor.VerifyAudit(cfg.State, verifierOf[cfg.AuditSigner], rootOpts(root)); err == nil {
 		t.Fatal("audit verify missed a changed part in the store")
 	}
 	writeObject(t, root, rel+"/snapshot/part-00000.parquet", part)
 	writeObject(t, root, rel+"/snapshot/planted.parquet", part)
-	if _, err := auditor.VerifyAudit(cfg.State, verifierOf[cfg.AuditSigner], nil); err == nil {
+	if _, err := auditor.VerifyAudit(cfg.State, verifierOf[cfg.AuditSigner], rootOpts(root)); err == nil {
 		t.Fatal("audit verify missed a planted object")
 	}
 
@@ -219,7 +225,7 @@ func testDelivery(t *testing.T, root string) {
 		// Locally the run directory appears with one rename: a directory
 		// already there is this run, and its files are checked by the next
 		// audit verify, which must fail.
-		if _, err := auditor.VerifyAudit(ocfg.State, verifierOf[ocfg.AuditSigner], nil); err == nil {
+		if _, err := auditor.VerifyAudit(ocfg.State, verifierOf[ocfg.AuditSigner], rootOpts(other)); err == nil {
 			t.Fatal("a directory planted where the run publishes passed audit verify")
 		}
 	}

@@ -43,7 +43,14 @@ func (r *run) runID() string {
 // PublishedPath is where a run of destination at asOf is published under
 // out, a directory or an object-store location (delivery.RunDir).
 func PublishedPath(out, destination string, asOf time.Time, runID string) string {
-	return delivery.Location(out, delivery.RunDir(destination, asOf, runID))
+	return delivery.Location(out, PublishedRel(destination, asOf, runID))
+}
+
+// PublishedRel is a run's published directory relative to the delivery
+// root, as its audit record names it: "<destination>/dt=<date>/run=<id>"
+// (delivery.RunDir).
+func PublishedRel(destination string, asOf time.Time, runID string) string {
+	return delivery.RunDir(destination, asOf, runID)
 }
 
 // writeOutputs resolves the join's buckets in identifier order and, for

@@ -10,6 +10,7 @@ import (
 	"hash/maphash"
 	"io/fs"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -24,6 +25,7 @@ import (
 
 	"audiencematch/consent"
 	"audiencematch/consent/audit"
+	"audiencematch/consent/audit/witness"
 	"audiencematch/hashing"
 	"audiencematch/internal/fsutil"
 	"audiencematch/internal/objstore"
@@ -45,7 +47,7 @@ type Config struct {
 	Source         source.Source // nil: a FileSource of Users and Consent
 	Destination    string
 	Scheme         hashing.Scheme
-	Key            hashing.DestKey // K_dest; unused by unkeyed schemes
+	Key            hashing.DestKey // K_dest, or skS for oprf-ristretto255 (Key.ForScheme); unused by unkeyed schemes
 	Out, State     string
 	Rules          consent.Rules
 	MaxRejectRate  float64 // a fraction: 0.01 is 1%
@@ -97,6 +99,9 @@ type Config struct {
 	// dirMode is the mode of the published run's directories, from the
 	// registry (authorize sets it).
 	dirMode fs.FileMode
+	// authorization is the registry entry that authorized the run, for
+	// its record (authorize sets it).
+	authorization *audit.Authorization
 	// spills are the thresholds at which the run splits and groups its
 	// spills; nil: defaultSpillThresholds. Tests set them
 	// (SetSpillThresholds).
@@ -194,7 +199,7 @@ func (c *Config) KeyID() string {
 	if !c.Scheme.Keyed() {
 		return ""
 	}
-	return c.Key.KeyID()
+	return c.Scheme.KeyID(c.Key)
 }
 
 // Digest is the SHA-256 of the canonical form of everything in the
@@ -243,6 +248,8 @@ type run struct {
 	// What the write stage reads: the run's own ids and snap, or every
 	// shard's (Commit).
 	idSrc, snapSrc []*spill.Spill
+	// idc is the identifier cache of an oprf-ristretto255 run (idcache.go).
+	idc *runCache
 	// idTree and evidenceTree are the record's tree heads (computeTrees).
 	idTree, evidenceTree *audit.Tree
 	m                    *manifest.Manifest
@@ -352,6 +359,13 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 		return nil, err
 	}
 	defer lock.Release()
+	witnesses, err := witness.LoadConfig(cfg.State)
+	if err != nil {
+		return nil, fmt.Errorf("%w: witnesses: %w", errkind.ErrConfig, err)
+	}
+	// Last, still under the lock, whatever happened: the checkpoint as the
+	// run leaves it goes to the witnesses.
+	defer cosign(ctx, &cfg, witnesses)
 	if cfg.AuditSigner != nil {
 		if cfg.AuditVerifier == nil {
 			return nil, fmt.Errorf("%w: an audit signer needs its verifier", errkind.ErrConfig)
@@ -422,6 +436,7 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 			r.rejects.Close()
 		}
 		r.closeSpills()
+		r.closeIDCache()
 		r.later.Discard()
 		if r.synced != nil {
 			<-r.synced
@@ -505,7 +520,40 @@ func authorize(cfg *Config, record bool) error {
 	}
 	cfg.maxDrop = d.MaxDrop()
 	cfg.dirMode = d.DirModeOr(delivery.DefaultDirMode)
+	cfg.authorization = &audit.Authorization{RegistrySHA256: cfg.Registry.SHA256, Organization: d.Organization,
+		Relationship: d.Relationship, Purposes: d.Purposes, LawfulBasis: d.LawfulBasis, RetentionDays: int64(d.RetentionDays)}
 	return d.Agrees(string(cfg.Scheme), cfg.Out)
+}
+
+// cosign asks the configured witnesses that have not cosigned the log's
+// checkpoint to cosign it (package witness). A witness that is down or
+// refuses does not fail the run: it is reported, `audit verify` shows it,
+// and the next run asks again.
+func cosign(ctx context.Context, cfg *Config, ws []witness.Witness) {
+	if cfg.AuditSigner == nil || len(ws) == 0 {
+		return
+	}
+	dir := statedir.Audit(cfg.State)
+	l, err := audit.Open(dir)
+	if err == nil && l.Size() == 0 {
+		return
+	}
+	var out []witness.Outcome
+	if err == nil {
+		out, err = witness.Cosign(ctx, dir, l, cfg.AuditVerifier, ws, http.DefaultClient)
+	}
+	if err != nil {
+		cfg.Log.Warn("the checkpoint could not be sent to the witnesses; the next run tries again", "err", err)
+		return
+	}
+	for _, o := range out {
+		switch {
+		case o.Cosigned:
+			cfg.Log.Info("witness cosigned the checkpoint", "witness", o.Witness, "records", l.Size())
+		case o.Err != nil:
+			cfg.Log.Warn("witness did not cosign the checkpoint; the next run asks again", "witness", o.Witness, "err", o.Err)
+		}
+	}
 }
 
 // committedOn returns the committed run of the destination for the run's

@@ -11,6 +11,8 @@
 #        SHARDS=4 (default) also runs each size as 4 shards, one after the other,
 #        and the commit, printing each one's wall time and peak RSS; SHARDS=0 skips it
 #        PARTS_USERS=10000000 (default): the size of the parts and publish benchmarks
+#        OPRF_USERS=1000000 (default) sizes the oprf-ristretto255 nights, OPRF_ELEMENTS=1048576
+#        the evaluate request; OPRF_USERS=0 skips them
 #        REPEAT=3 (default) full runs per size, each printed, then their median:
 #        this machine's timings vary by up to a third from one run to the next
 set -euo pipefail
@@ -28,6 +30,19 @@ eval "$(scripts/s3.sh start)"
 trap 'scripts/s3.sh stop "$AUDIENCEMATCH_TEST_S3_DIR"' EXIT
 AUDIENCEMATCH_BENCH_USERS="${PARTS_USERS:-10000000}" go test -run '^$' -bench 'ReadUserParts' -benchtime 3x -timeout 60m ./pipeline/source | grep -E '^Benchmark'
 AUDIENCEMATCH_BENCH_IDS="${PARTS_USERS:-10000000}" go test -run '^$' -bench 'Publish' -benchtime 3x -timeout 60m ./pipeline/delivery | grep -E '^Benchmark'
+
+if [ "${OPRF_USERS:-1000000}" != 0 ]; then
+  # Issue 26's targets: the first night at least 9k evaluations per second per
+  # core; the next night (1% of the users on a new number) at most 1.5 times the
+  # same night under hmac-sha256 (compare the two ns/op); evaluate on a
+  # 1Mi-element request.
+  echo "== oprf-ristretto255: first night and next night at ${OPRF_USERS:-1000000} users, against hmac-sha256"
+  AUDIENCEMATCH_OPRF_BENCH_USERS="${OPRF_USERS:-1000000}" go test -run '^$' -bench 'OPRFFirstNight|OPRFNextNight|HMACNextNight' \
+    -benchtime 1x -timeout 120m ./pipeline | grep -E '^Benchmark'
+  echo "== oprf evaluate: a request of ${OPRF_ELEMENTS:-1048576} elements"
+  AUDIENCEMATCH_OPRF_BENCH_ELEMENTS="${OPRF_ELEMENTS:-1048576}" go test -run '^$' -bench EvaluateRequest \
+    -benchtime 1x -timeout 60m ./pipeline/oprfx | grep -E '^Benchmark'
+fi
 
 if [ "${DIFF_N:-10000000}" != 0 ]; then
   echo "== normalization differential test: ${DIFF_N:-10000000} inputs"

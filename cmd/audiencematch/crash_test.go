@@ -21,6 +21,7 @@ import (
 	"audiencematch/internal/objstore"
 	"audiencematch/pipeline"
 	"audiencematch/pipeline/auditor"
+	"audiencematch/pipeline/delivery"
 	"audiencematch/pipeline/statedir"
 )
 
@@ -164,7 +165,9 @@ func (e crashEnv) checkRecovered(t *testing.T, want map[string][]byte) {
 	if ents, _ := os.ReadDir(filepath.Join(e.state, "staging")); len(ents) != 0 {
 		t.Errorf("staging not cleaned: %d entries", len(ents))
 	}
-	if _, err := auditor.VerifyAudit(e.state, mustVerifier(t, e.state), nil); err != nil {
+	// The delivery root, a directory or the bucket's URL (--delivery).
+	opts := auditor.VerifyOptions{Roots: delivery.Roots{Override: e.out}}
+	if _, err := auditor.VerifyAudit(e.state, mustVerifier(t, e.state), opts); err != nil {
 		t.Fatalf("audit verify after recovery: %v", err)
 	}
 }

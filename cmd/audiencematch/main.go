@@ -50,6 +50,7 @@ const exitCodesHelp = `Exit codes:
   75  temporary failure: retrying later may help
   77  destination refused: not in the registry, a third party, not registered for the
       purpose, or unkeyed without allow_unkeyed; nothing read, nothing written
+      (oprf evaluate: a request over the destination's oprf_max_evaluations)
   78  configuration: missing column, key file too open or too short, bad config file
   1   anything else (a bug: please report it)`
 
@@ -128,7 +129,7 @@ registry (STATE/destinations.yaml), then run, and audit verify.
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return fmt.Errorf("%w: %w", errkind.ErrUsage, err)
 	})
-	root.AddCommand(newRunCommand(g), newCommitCommand(g), newFixturesCommand(g), newKeysCommand(), newAuditCommand(), newDestinationsCommand())
+	root.AddCommand(newRunCommand(g), newCommitCommand(g), newFixturesCommand(g), newKeysCommand(), newAuditCommand(), newDestinationsCommand(), newOPRFCommand(g))
 	return root
 }
 

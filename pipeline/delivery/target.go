@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/url"
 	"os"
 	"path"
 	"path/filepath"
@@ -192,11 +191,14 @@ func PointLatestHead(ctx context.Context, l *audit.Log, root, destination string
 		return fmt.Errorf("%w: audit log: run %s has the cutoff %q", errkind.ErrConfig, head.RunID, head.AsOf)
 	}
 	rel := RunDir(destination, at, head.RunID)
-	// Published is the run's location, or its directory relative to the
-	// delivery root: either way it ends with rel; a location under another
-	// root has its own pointer.
-	pub := objstore.Redact(head.Published)
-	if !strings.HasSuffix(pub, rel) || (pub != rel && pub != objstore.Redact(Location(root, rel))) {
+	// A v2 record names its directory relative to the delivery root; a v1
+	// record its absolute path, which points here only when it is under
+	// root (a run under another root has that root's pointer).
+	if head.Version == audit.RecordVersionV1 {
+		if objstore.Redact(head.Published) != objstore.Redact(Location(root, rel)) {
+			return nil
+		}
+	} else if head.PublishedRel() != rel {
 		return nil
 	}
 	return PointLatest(ctx, root, destination, rel)
@@ -304,27 +306,4 @@ func localCopy(ctx context.Context, loc, tmp string) (dir string, done func(), e
 		return "", nil, err
 	}
 	return d, func() { os.RemoveAll(d) }, nil
-}
-
-// LocalCopy is localCopy for the readers of published runs (audit verify,
-// audit subject): a run in an object store is read from a copy.
-func LocalCopy(ctx context.Context, loc string) (dir string, done func(), err error) {
-	return localCopy(ctx, loc, "")
-}
-
-// destRoot splits a run's location into the delivery root and the
-// destination's directory under it (ROOT, DEST of ROOT/DEST/dt=…/run=…).
-func destRoot(published string) (root, dest string) {
-	if !objstore.IsURL(published) {
-		d := filepath.Dir(filepath.Dir(published))
-		return filepath.Dir(d), filepath.Base(d)
-	}
-	u, err := url.Parse(published)
-	if err != nil {
-		return published, ""
-	}
-	d := path.Dir(path.Dir(u.Path))
-	dest = path.Base(d)
-	u.Path = path.Dir(d)
-	return u.String(), dest
 }

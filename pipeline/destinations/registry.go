@@ -18,6 +18,9 @@
 //	    retention_days: 90
 //	    key_file: /etc/audiencematch/meta-ads.key   # optional: this destination's own master key
 //	    max_drop_percent: 20            # optional: the drop guard's threshold (default 20)
+//	    oprf_max_evaluations: 100000    # optional, oprf-ristretto255 only: blinded elements
+//	                                    # `oprf evaluate` may answer per rolling 24 hours
+//	                                    # (absent or 0: every evaluation is refused)
 //
 // The file holds exactly one YAML document: a second one (after "---") is an
 // error rather than silently ignored, since it might hold a restriction.
@@ -30,6 +33,8 @@ package destinations
 import (
 	"bytes"
 	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -80,6 +85,11 @@ type Destination struct {
 	// the consumer's account reads them through its group. Empty: 0750.
 	// Object stores have no modes: their bucket policy decides.
 	DirMode string `yaml:"dir_mode,omitempty" json:"dir_mode,omitempty"`
+	// OPRFMaxEvaluations is how many blinded elements `oprf evaluate` may
+	// answer for this destination in any rolling 24 hours (scheme
+	// oprf-ristretto255 only). Nil or 0: none, so that a destination is
+	// never given an unbounded oracle by omission.
+	OPRFMaxEvaluations *int64 `yaml:"oprf_max_evaluations,omitempty" json:"oprf_max_evaluations,omitempty"`
 }
 
 // DirModeOr is the destination's dir_mode, or def when it sets none.
@@ -89,6 +99,15 @@ func (d *Destination) DirModeOr(def fs.FileMode) fs.FileMode {
 		return def
 	}
 	return fs.FileMode(m)
+}
+
+// EvaluationBudget is the destination's oprf_max_evaluations: 0 when it is
+// not set, which refuses every evaluation.
+func (d *Destination) EvaluationBudget() int64 {
+	if d.OPRFMaxEvaluations == nil {
+		return 0
+	}
+	return *d.OPRFMaxEvaluations
 }
 
 // DefaultMaxDropPercent is the drop guard's threshold when the registry
@@ -110,6 +129,9 @@ type Registry struct {
 	Version      string        `yaml:"version"`
 	Destinations []Destination `yaml:"destinations"`
 	Path         string        `yaml:"-"`
+	// SHA256 is the hex SHA-256 of the file's bytes as Load read them: a
+	// run's audit record names the registry it was authorized by with it.
+	SHA256 string `yaml:"-"`
 }
 
 var idRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
@@ -129,7 +151,8 @@ func Load(path string) (*Registry, error) {
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
-	r := &Registry{Path: path}
+	sum := sha256.Sum256(b)
+	r := &Registry{Path: path, SHA256: hex.EncodeToString(sum[:])}
 	if err := dec.Decode(r); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -193,6 +216,12 @@ func (r *Registry) Validate() []error {
 		if p := d.MaxDropPercent; p != nil && (*p < 0 || *p > 100) {
 			bad("%s: max_drop_percent %v must be between 0 and 100", where, *p)
 		}
+		if n := d.OPRFMaxEvaluations; n != nil && *n < 0 {
+			bad("%s: oprf_max_evaluations %d must not be negative", where, *n)
+		}
+		if d.OPRFMaxEvaluations != nil && d.Scheme != string(hashing.OPRFRistretto255) {
+			bad("%s: oprf_max_evaluations is for scheme %s only, not %s", where, hashing.OPRFRistretto255, d.Scheme)
+		}
 	}
 	return errs
 }
@@ -206,6 +235,9 @@ func (r *Registry) Warnings() []string {
 		}
 		if sc, err := hashing.ParseScheme(d.Scheme); err == nil && !sc.Keyed() && !d.AllowUnkeyed {
 			out = append(out, fmt.Sprintf("%s: unkeyed scheme %s without allow_unkeyed: every run to it is refused", d.ID, sc))
+		}
+		if d.Scheme == string(hashing.OPRFRistretto255) && d.EvaluationBudget() == 0 {
+			out = append(out, fmt.Sprintf("%s: no oprf_max_evaluations: every `oprf evaluate` for it is refused", d.ID))
 		}
 	}
 	return out

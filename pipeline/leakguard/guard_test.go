@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -93,9 +94,14 @@ func writeRunPart[T any](t *testing.T, path string, cfg *guardCfg, rows []T, opt
 	t.Helper()
 	base := idfile.WriterOptions(cfg.layout(), cfg.Scheme, cfg.KeyID())
 	var zero T
-	switch any(zero).(type) {
-	case idfile.TextIDRow, idfile.BinaryIDRow:
-	default: // rows of another shape keep their own schema
+	var own any = idfile.TextIDRow{} // the rows the scheme's part writer writes
+	switch {
+	case cfg.Scheme.Binary() && cfg.Scheme.IDLen() == len(idfile.WideIDRow{}.ID):
+		own = idfile.WideIDRow{}
+	case cfg.Scheme.Binary():
+		own = idfile.BinaryIDRow{}
+	}
+	if reflect.TypeOf(any(zero)) != reflect.TypeOf(own) { // rows of another shape keep their own schema
 		base = slices.DeleteFunc(base, func(o parquet.WriterOption) bool { _, ok := o.(*parquet.Schema); return ok })
 	}
 	writePart(t, path, rows, append(base, opts...)...)
@@ -500,9 +506,12 @@ func TestLeakGuardExactEveryScheme(t *testing.T) {
 		g.Add(id)
 		dir := t.TempDir()
 		cfg := guardConfig(s)
-		if s.Binary() {
+		switch {
+		case s == hashing.OPRFRistretto255:
+			writeRunPart(t, filepath.Join(dir, "snapshot", "part-00000.parquet"), cfg, []idfile.WideIDRow{{ID: [64]byte([]byte(id))}})
+		case s.Binary():
 			writeRunPart(t, filepath.Join(dir, "snapshot", "part-00000.parquet"), cfg, []idfile.BinaryIDRow{{ID: [32]byte([]byte(id))}})
-		} else {
+		default:
 			writeRunPart(t, filepath.Join(dir, "snapshot", "part-00000.parquet"), cfg, []idfile.TextIDRow{{ID: id}})
 		}
 		err = g.Check(dir, cfg.expect(), s)

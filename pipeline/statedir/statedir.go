@@ -6,6 +6,7 @@
 //	STATE/runs/<run id>/   each run's evidence.parquet, rejects.csv, manifest.json, record.json
 //	STATE/staging/         a run's work in progress, removed by the next run
 //	STATE/shards/          the shards of a sharded run until their commit
+//	STATE/idcache/         oprf-ristretto255 identifiers already evaluated (package idcache)
 //	STATE/destinations.yaml  the destination registry (by default)
 //
 // Every directory is created owner-only: the evidence and the rejects hold
