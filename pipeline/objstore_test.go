@@ -89,6 +89,36 @@ func readObject(t *testing.T, root, rel string) ([]byte, error) {
 	return s.ReadAll(t.Context(), s.Key(rel))
 }
 
+// removeObjects removes rel under root, and everything under it.
+func removeObjects(t *testing.T, root, rel string) {
+	t.Helper()
+	if p, ok := objstore.LocalPath(root); ok {
+		if err := os.RemoveAll(filepath.Join(p, filepath.FromSlash(rel))); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	s, err := objstore.Open(t.Context(), root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	keys, err := s.List(t.Context(), s.Key(rel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if err := s.Delete(t.Context(), s.Key(rel+"/"+k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ok, _ := s.Exists(t.Context(), s.Key(rel)); ok {
+		if err := s.Delete(t.Context(), s.Key(rel)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // writeObject replaces rel under root.
 func writeObject(t *testing.T, root, rel string, b []byte) {
 	t.Helper()
@@ -173,6 +203,17 @@ func testDelivery(t *testing.T, root string) {
 	if _, err := auditor.VerifyAudit(cfg.State, verifierOf[cfg.AuditSigner], rootOpts(root)); err != nil {
 		t.Fatalf("audit verify: %v", err)
 	}
+	if remote {
+		t.Run("wrong credentials", func(t *testing.T) {
+			// A store that refuses audit verify's credentials is a setup
+			// problem (78), not a finding about the run (65).
+			t.Setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+			_, err := auditor.VerifyAudit(cfg.State, verifierOf[cfg.AuditSigner], rootOpts(root))
+			if !errors.Is(err, errkind.ErrConfig) || errors.Is(err, errkind.ErrData) || !strings.Contains(err.Error(), "credentials") {
+				t.Fatalf("audit verify with wrong credentials: %v", err)
+			}
+		})
+	}
 	// audit subject proves an exported user's identifier present in the
 	// run's published files, read from the root.
 	users, err := os.ReadFile(cfg.Users)
@@ -203,6 +244,23 @@ func testDelivery(t *testing.T, root string) {
 	writeObject(t, root, rel+"/snapshot/planted.parquet", part)
 	if _, err := auditor.VerifyAudit(cfg.State, verifierOf[cfg.AuditSigner], rootOpts(root)); err == nil {
 		t.Fatal("audit verify missed a planted object")
+	}
+	removeObjects(t, root, rel+"/snapshot/planted.parquet")
+
+	// Retention: the run's objects removed from the store. Within its
+	// retention that is a failure; past it, the run is verified from its
+	// record and evidence and reported as pruned.
+	// (TestRegistry's retention_days is 30.)
+	removeObjects(t, root, rel)
+	early := rootOpts(root)
+	early.Now = fixtures.DefaultAsOf.AddDate(0, 0, 10)
+	if _, err := auditor.VerifyAudit(cfg.State, verifierOf[cfg.AuditSigner], early); err == nil || !strings.Contains(err.Error(), "within its retention") {
+		t.Fatalf("audit verify with the run removed within its retention: %v", err)
+	}
+	late := rootOpts(root)
+	late.Now = fixtures.DefaultAsOf.AddDate(0, 0, 31)
+	if rep, err := auditor.VerifyAudit(cfg.State, verifierOf[cfg.AuditSigner], late); err != nil || len(rep.Pruned) != 1 {
+		t.Fatalf("audit verify with the run removed past its retention: %v (%+v)", err, rep)
 	}
 
 	// Another writer's object where this run writes: refused, never

@@ -44,7 +44,7 @@ type AuditOptions struct {
 
 // addDeliveryFlags registers the flags that locate published runs.
 func (o *AuditOptions) addDeliveryFlags(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&o.Delivery, "delivery", "", "a copy of the delivered files, laid out as DESTINATION/dt=DATE/run=ID (default: each destination's delivery root in the registry)")
+	cmd.Flags().StringVar(&o.Delivery, "delivery", "", "the delivered files, laid out as DESTINATION/dt=DATE/run=ID: a directory (a copy, wherever it is) or an object store's URL (s3://BUCKET/PREFIX?region=...) (default: each destination's delivery root in the registry)")
 	cmd.Flags().StringVar(&o.Registry, "registry", "", "the destination registry, for the delivery roots and retention of each destination (default: STATE/destinations.yaml, if present)")
 }
 
@@ -139,7 +139,7 @@ and the verifier key; they trust nothing the operator says.`,
 func newAuditVerifyCommand() *cobra.Command {
 	o := &AuditOptions{}
 	cmd := &cobra.Command{
-		Use:   "verify --state DIR [--verifier KEY] [--delivery DIR] [--trusted-checkpoint FILE] [--save-checkpoint FILE] [--witness KEY ... [--min-witnesses N]]",
+		Use:   "verify --state DIR [--verifier KEY] [--delivery DIR|URL] [--trusted-checkpoint FILE] [--save-checkpoint FILE] [--witness KEY ... [--min-witnesses N]]",
 		Short: "Check the log, its signed checkpoint and every published output it points to",
 		Long: `Rebuild the log's Merkle tree from its records and check it against the signed
 checkpoint; check that the log extends the checkpoint you saved on your last visit
@@ -149,8 +149,9 @@ distinct, of the scheme's shape) and rebuild their tree, rebuild the private
 evidence tree, check every count and the delivery chain's deltas.
 
 Published runs are read under each destination's delivery root in the registry
-(--registry, default STATE/destinations.yaml), or under --delivery DIR: a copy of the
-delivered files, wherever it is. A run whose published directory was removed past its
+(--registry, default STATE/destinations.yaml), or under --delivery DIR|URL: a copy of
+the delivered files, wherever it is, or the bucket they were delivered to (runs there are
+read into a temporary copy, with the cloud SDK's usual credentials). A run whose published directory was removed past its
 destination's retention_days is verified from its record and evidence and reported as
 pruned, saying what can no longer be checked. --witness KEY (repeatable) requires the
 checkpoint to carry valid cosignatures of those witnesses (at least --min-witnesses of

@@ -134,6 +134,10 @@ func VerifyAudit(state string, verifier note.Verifier, opts VerifyOptions) (*Ver
 		} else if head := heads[rec.Destination]; head != nil {
 			roots.Release(head)
 		}
+		if re := (*delivery.ReadError)(nil); errors.As(err, &re) {
+			// The store could not be read: no finding about the run.
+			return nil, fmt.Errorf("audit verify: record %d, run %s (%s): %w", i, rec.RunID, rec.Destination, re)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%w: audit verify: record %d, run %s (%s): %w", errkind.ErrData, i, rec.RunID, rec.Destination, err)
 		}
@@ -142,6 +146,10 @@ func VerifyAudit(state string, verifier note.Verifier, opts VerifyOptions) (*Ver
 		}
 	}
 	if err := delivery.VerifyNothingUnrecorded(l, opts.Roots); err != nil {
+		if errors.Is(err, errkind.ErrConfig) || errors.Is(err, errkind.ErrTempFail) {
+			// An object store that could not be listed: no finding.
+			return nil, fmt.Errorf("audit verify: %w", err)
+		}
 		return nil, fmt.Errorf("%w: audit verify: %w", errkind.ErrData, err)
 	}
 	return rep, nil

@@ -2,6 +2,8 @@ package delivery
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -112,5 +114,47 @@ func TestCheckDrop(t *testing.T) {
 		if (c.want == "") != (err == nil) || (err != nil && (!errors.Is(err, errkind.ErrData) || !strings.Contains(err.Error(), c.want))) {
 			t.Errorf("%d -> %d rows: err = %v, want %q", c.m.PreviousTotalRows, c.m.TotalRows, err, c.want)
 		}
+	}
+}
+
+// TestFileURLRoot: a file:// delivery root is its directory, for the
+// publish, the marker, _LATEST and the listing alike (never a relative
+// "file:" directory in the working directory), and Roots resolves a run
+// under it.
+func TestFileURLRoot(t *testing.T) {
+	dir := t.TempDir()
+	root := "file://" + dir
+	staged := filepath.Join(t.TempDir(), "publish")
+	if err := os.MkdirAll(filepath.Join(staged, SnapshotDir), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(staged, "manifest.json"), []byte("{}\n"), 0o644)
+	rel := "meta-ads/dt=2026-11-01/run=r1"
+	if already, err := Publish(t.Context(), root, rel, staged, DefaultDirMode, nil); err != nil || already {
+		t.Fatalf("publish: %v, already %v", err, already)
+	}
+	if ok, err := Published(t.Context(), root, rel); err != nil || !ok {
+		t.Fatalf("published: %v %v", ok, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, filepath.FromSlash(rel), SuccessMarker)); err != nil {
+		t.Fatalf("the run is not in %s: %v", dir, err)
+	}
+	if err := PointLatest(t.Context(), root, "meta-ads", rel); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "meta-ads", LatestPointer)); err != nil || string(b) != "dt=2026-11-01/run=r1\n" {
+		t.Fatalf("_LATEST: %q %v", b, err)
+	}
+	if _, err := os.Stat("file:"); err == nil {
+		t.Fatal("a relative file: directory was made")
+	}
+	roots := Roots{Override: root}
+	dirs, err := roots.RunDirs("meta-ads")
+	if err != nil || dirs["r1"] != filepath.Join(dir, filepath.FromSlash(rel)) {
+		t.Fatalf("RunDirs = %v, %v", dirs, err)
+	}
+	got, err := roots.RunDir(&audit.Record{Version: audit.RecordVersionV2, Destination: "meta-ads", Published: rel})
+	if err != nil || got != dirs["r1"] {
+		t.Fatalf("RunDir = %q, %v", got, err)
 	}
 }

@@ -2,7 +2,6 @@ package delivery
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -125,6 +124,14 @@ func (r Roots) RunDirs(destination string) (map[string]string, error) {
 	return out, nil
 }
 
+// ReadError is a failure to read a run from its object store (credentials,
+// an unreachable store): not a finding about the run, and of the kind
+// objstore gives it (errkind), which a verifier reports as it is.
+type ReadError struct{ Err error }
+
+func (e *ReadError) Error() string { return e.Err.Error() }
+func (e *ReadError) Unwrap() error { return e.Err }
+
 // Copies are local copies of runs published to an object store, each made
 // once, in a temporary directory that Close removes.
 type Copies struct {
@@ -154,7 +161,8 @@ func (c *Copies) get(ctx context.Context, loc string) (string, error) {
 	c.n++
 	d := filepath.Join(c.dir, strconv.Itoa(c.n))
 	if err := objstore.Fetch(ctx, loc, d); err != nil {
-		return "", errors.Join(fmt.Errorf("read the published run: %w", err), os.RemoveAll(d))
+		os.RemoveAll(d)
+		return "", &ReadError{Err: fmt.Errorf("read the published run: %w", err)}
 	}
 	c.byLoc[loc] = d
 	return d, nil

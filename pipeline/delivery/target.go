@@ -51,12 +51,22 @@ func RunDir(destination string, asOf time.Time, runID string) string {
 }
 
 // Location is where a run directory relative to root is: a path or a URL.
-func Location(root, rel string) string { return objstore.Join(root, rel) }
+func Location(root, rel string) string { return objstore.Join(localRoot(root), rel) }
+
+// localRoot is root with a file:// URL turned into its path: the local
+// functions below join paths to it.
+func localRoot(root string) string {
+	if p, ok := objstore.LocalPath(root); ok {
+		return p
+	}
+	return root
+}
 
 // Published tells whether the run directory rel under root is published
 // whole: locally, the directory exists (it appears with one rename); in an
 // object store, its _SUCCESS marker does.
 func Published(ctx context.Context, root, rel string) (bool, error) {
+	root = localRoot(root)
 	if !objstore.IsURL(root) {
 		_, err := os.Stat(filepath.Join(root, filepath.FromSlash(rel)))
 		return err == nil, nil
@@ -82,6 +92,7 @@ func Published(ctx context.Context, root, rel string) (bool, error) {
 // would write); another run's leftovers are removed by CleanIncomplete.
 // digests gives each staged file's SHA-256 by its relative path.
 func Publish(ctx context.Context, root, rel, staged string, dirMode fs.FileMode, digests map[string]string) (already bool, err error) {
+	root = localRoot(root)
 	if err := fsutil.WriteFileDurable(filepath.Join(staged, SuccessMarker), nil, 0o644); err != nil {
 		return false, err
 	}
@@ -166,6 +177,7 @@ func chmodDirs(dir string, mode fs.FileMode) error {
 // record, and replaced whole (a rename locally; one object write in a
 // store), so that it always names a whole, recorded run.
 func PointLatest(ctx context.Context, root, destination, rel string) error {
+	root = localRoot(root)
 	body := []byte(strings.TrimPrefix(rel, destination+"/") + "\n")
 	if !objstore.IsURL(root) {
 		return fsutil.WriteFileDurable(filepath.Join(root, destination, LatestPointer), body, 0o644)
@@ -209,6 +221,7 @@ func PointLatestHead(ctx context.Context, l *audit.Log, root, destination string
 // object store those with _SUCCESS (whole), and apart those without
 // (interrupted uploads).
 func runDirs(ctx context.Context, root, destination string) (whole, partial []string, err error) {
+	root = localRoot(root)
 	if !objstore.IsURL(root) {
 		dirs, err := filepath.Glob(filepath.Join(root, destination, "dt=*", "run=*"))
 		for _, d := range dirs {
