@@ -16,7 +16,11 @@
 // names the first broken thing and wraps errkind.ErrData.
 //
 // Published runs are found through delivery.Roots: the registry's delivery
-// root of each destination, or a copy of the delivered files (--delivery).
+// root of each destination, or a copy of the delivered files or the bucket
+// they were delivered to (--delivery, a directory or a URL). A run in an
+// object store is read from a temporary local copy (delivery.Copies), kept
+// while it heads its delivery chain; a store that cannot be read is not a
+// finding, and its error keeps the store's kind (errkind).
 // A run whose published directory is gone past its retention (or named by
 // a later prune record) is verified from its record, evidence and the delta
 // chain and reported as pruned, with what can no longer be checked. With
