@@ -254,8 +254,12 @@ func testDelivery(t *testing.T, root string) {
 	removeObjects(t, root, rel)
 	early := rootOpts(root)
 	early.Now = fixtures.DefaultAsOf.AddDate(0, 0, 10)
-	if _, err := auditor.VerifyAudit(cfg.State, verifierOf[cfg.AuditSigner], early); err == nil || !strings.Contains(err.Error(), "within its retention") {
+	_, err = auditor.VerifyAudit(cfg.State, verifierOf[cfg.AuditSigner], early)
+	if err == nil || !strings.Contains(err.Error(), "within its retention") {
 		t.Fatalf("audit verify with the run removed within its retention: %v", err)
+	}
+	if remote && !strings.Contains(err.Error(), objstore.Redact(objstore.Join(root, rel))) {
+		t.Errorf("the error does not name the run's location in the store: %v", err)
 	}
 	late := rootOpts(root)
 	late.Now = fixtures.DefaultAsOf.AddDate(0, 0, 31)

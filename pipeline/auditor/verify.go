@@ -19,6 +19,7 @@ import (
 	"audiencematch/consent/audit/witness"
 	"audiencematch/hashing"
 	"audiencematch/internal/fsutil"
+	"audiencematch/internal/objstore"
 	"audiencematch/pipeline/delivery"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/idfile"
@@ -231,12 +232,23 @@ func verifyCommitted(state string, rec *audit.Record, i int64, prunedBy map[stri
 	if err != nil {
 		return nil, err
 	}
+	// A run in an object store is named by its location, not its copy's.
+	where := dir
+	if loc, err := opts.Roots.Location(rec); err == nil && loc != dir {
+		where = objstore.Redact(loc)
+	}
 	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
-		return nil, verifyRun(state, dir, rec)
+		if err := verifyRun(state, dir, rec); err != nil {
+			if where != dir {
+				return nil, fmt.Errorf("%s (read into %s): %w", where, dir, err)
+			}
+			return nil, err
+		}
+		return nil, nil
 	}
 	why, err := pruneReason(rec, i, prunedBy, opts)
 	if err != nil {
-		return nil, fmt.Errorf("the published directory %s is missing: %w", dir, err)
+		return nil, fmt.Errorf("the published directory %s is missing: %w", where, err)
 	}
 	pr := &prunedRun{PrunedRun: PrunedRun{Record: i, RunID: rec.RunID, Destination: rec.Destination}}
 	if _, err := os.Stat(statedir.Evidence(state, rec.RunID)); errors.Is(err, fs.ErrNotExist) {
