@@ -463,8 +463,8 @@ func bytesString(b []byte) string { return unsafe.String(unsafe.SliceData(b), le
 // authorize refuses, before any user data is read, a destination the
 // registry does not allow for the run's purpose, and records the refusal
 // when record is set (a shard leaves that to the commit). A scheme or
-// delivery directory that contradicts the registry is a usage error: the
-// registry decides them.
+// delivery directory that contradicts the registry, or consent rules looser
+// than its policy, are usage errors: the registry decides them.
 func authorize(cfg *Config, record bool) error {
 	if cfg.Registry == nil {
 		return fmt.Errorf("%w: no destination registry: nothing may be sent without one", errkind.ErrConfig)
@@ -480,6 +480,12 @@ func authorize(cfg *Config, record bool) error {
 		return fmt.Errorf("%w: %w", errkind.ErrRejected, err)
 	}
 	cfg.maxDrop = d.MaxDrop()
+	// The registry's consent policy for the purpose is the loosest a run
+	// may use (destinations.Policy); Authorize has checked there is one.
+	p, _ := d.PolicyFor(cfg.Rules.Purpose)
+	if err := p.Permits(cfg.Destination+"/"+cfg.Rules.Purpose, cfg.Rules.MinPolicyVersion, cfg.Rules.MaxAge); err != nil {
+		return err
+	}
 	return d.Agrees(string(cfg.Scheme), cfg.Out)
 }
 

@@ -55,14 +55,15 @@ for n in $sizes; do
   rm -rf "$dir/state" "$dir/out"
   bin/audiencematch keys init --state "$dir/state" >/dev/null 2>&1
   cat >"$dir/state/destinations.yaml" <<YAML
-version: audiencematch.destinations/v1
+version: audiencematch.destinations/v2
 destinations:
   - {id: meta-ads, name: Parent Ads, organization: Parent Co, relationship: parent, purposes: [ads_matching],
+     consent: {ads_matching: {min_policy_version: 3, max_consent_age: 395d}},
      lawful_basis: consent, scheme: hmac-sha256, delivery: $PWD/$dir/out, retention_days: 90}
 YAML
   # The commit reads no inputs (it refuses --users/--consent): only the runs get them.
   common=(--destination meta-ads --state "$dir/state"
-    --as-of 2026-11-01T00:00:00Z --min-policy-version 3 --max-consent-age 395d --log-format json)
+    --as-of 2026-11-01T00:00:00Z --log-format json)
   inputs=(--users "$dir/in/users.csv" --consent "$dir/in/consent_events.csv")
   repeat="${REPEAT:-3}"
   walls=()

@@ -106,6 +106,33 @@ func (o *RunOptions) pretouchBytes(shards int) int64 {
 	return min(int64(defaultPretouchMiB)<<20, in/int64(max(shards, 1)))
 }
 
+// autoMiB is a size in MiB, or -1 for "auto": a flag with one default in
+// its help, the word auto, where an int flag would show -1 beside the
+// usage's own description of it.
+type autoMiB int64
+
+func (v *autoMiB) String() string {
+	if *v < 0 {
+		return "auto"
+	}
+	return strconv.FormatInt(int64(*v), 10)
+}
+
+func (v *autoMiB) Set(s string) error {
+	if s == "auto" {
+		*v = -1
+		return nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return fmt.Errorf("%q: want a whole number of MiB, or auto", s)
+	}
+	*v = autoMiB(n)
+	return nil
+}
+
+func (v *autoMiB) Type() string { return "mib" }
+
 // JobIndexEnv is the shard index a Kubernetes Indexed Job gives each pod.
 const JobIndexEnv = "JOB_COMPLETION_INDEX"
 
@@ -130,7 +157,8 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 	_ = f.MarkHidden("mem-profile")
 	f.StringVar(&o.Trace, "trace", "", "write a Go execution trace of the run here, for go tool trace (for performance work: where cores sit idle)")
 	_ = f.MarkHidden("trace")
-	f.Int64Var(&o.PretouchMiB, "pretouch-mib", -1, "populate this much heap memory up front, in one system call, for the run to reuse: on virtual machines where every first touch of a page faults expensively, the run is faster; 0 turns it off (default: the size of the input files, over the shards, at most 128; none for --source and commit)")
+	o.PretouchMiB = -1
+	f.Var((*autoMiB)(&o.PretouchMiB), "pretouch-mib", "populate this much heap memory up front, in one system call, for the run to reuse: on virtual machines where every first touch of a page faults expensively, the run is faster; 0 turns it off; auto: the size of the input files, over the shards, at most 128, and none for --source and commit")
 	f.Int64Var(&o.MemoryLimitMiB, "memory-limit-mib", defaultMemoryLimitMiB, "soft limit on the run's memory (Go's runtime/debug.SetMemoryLimit): the garbage collector works harder as the heap nears it, so that a run stays under it while what it must hold fits; 0 turns it off; GOMEMLIMIT in the environment wins")
 	f.StringVar(&o.MetricsFile, "metrics-file", "", "write Prometheus text-format metrics here, atomically (node_exporter's textfile collector)")
 	f.StringVar(&o.Destination, "destination", "", "destination id, e.g. meta-ads: names the output directory and the derived key (required)")
@@ -140,8 +168,8 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 	f.StringVar(&o.State, "state", "", "private state directory: staging, evidence, rejects (required; keep it owner-only)")
 	f.StringVar(&o.AsOf, "as-of", "", "consent cutoff, RFC 3339 (default: the start of the run)")
 	f.StringVar(&o.Purpose, "purpose", fixtures.DefaultPurpose, "consent purpose to export for")
-	f.Int64Var(&o.MinPolicyVersion, "min-policy-version", 1, "oldest privacy-notice version whose grants count")
-	f.StringVar(&o.MaxConsentAge, "max-consent-age", "", "grants older than this do not count: days (395d) or a duration (9480h); empty: no limit")
+	f.Int64Var(&o.MinPolicyVersion, "min-policy-version", 0, "oldest privacy-notice version whose grants count: only to tighten the registry's min_policy_version for the destination and purpose (default: the registry's)")
+	f.StringVar(&o.MaxConsentAge, "max-consent-age", "", "grants older than this do not count, as days (395d) or a duration (9480h): only to tighten the registry's max_consent_age for the destination and purpose (default: the registry's)")
 	f.StringVar(&o.Scheme, "scheme", "", "identifier scheme (default: the registry's): hmac-sha256, or the unkeyed sha256-digits, sha256-e164, uid2 (need --allow-unkeyed); a value other than the registry's is an error")
 	f.BoolVar(&o.AllowUnkeyed, "allow-unkeyed", false, "permit an unkeyed scheme; its identifiers can be reversed to phone numbers")
 	f.Float64Var(&o.MaxRejectRate, "max-reject-rate", 0.01, "fail, publishing nothing, when more than this fraction of either table's rows is malformed")
@@ -297,14 +325,14 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 			return pipeline.Config{}, fmt.Errorf("%w: --as-of: %w; give an RFC 3339 instant, e.g. 2026-11-01T00:00:00Z", errkind.ErrUsage, err)
 		}
 	}
-	maxAge, err := consent.ParseMaxAge(o.MaxConsentAge)
+	minVersion, maxAge, err := o.policy(registry, refused == nil)
 	if err != nil {
-		return pipeline.Config{}, fmt.Errorf("%w: --max-consent-age: %w", errkind.ErrUsage, err)
+		return pipeline.Config{}, err
 	}
 	cfg := pipeline.Config{
 		Users: o.Users, Consent: o.Consent, Destination: o.Destination, Scheme: scheme,
 		Out: out, State: o.State, Registry: registry, Force: o.Force, Backfill: o.Backfill, AllowDrop: o.AllowDrop,
-		Rules:         consent.Rules{AsOf: asOf, Purpose: o.Purpose, MinPolicyVersion: o.MinPolicyVersion, MaxAge: maxAge},
+		Rules:         consent.Rules{AsOf: asOf, Purpose: o.Purpose, MinPolicyVersion: minVersion, MaxAge: maxAge},
 		MaxRejectRate: o.MaxRejectRate, Workers: o.Workers, RowsPerFile: o.RowsPerFile,
 		ToolVersion: Version, Log: log, LockWait: o.LockWait,
 	}
@@ -319,6 +347,28 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 		return cfg, err
 	}
 	return cfg, nil
+}
+
+// policy is the run's consent policy: the registry's for the destination
+// and purpose, tightened by --min-policy-version and --max-consent-age. A
+// destination the registry refuses keeps the flags: the run refuses it
+// before it reads anything.
+func (o *RunOptions) policy(registry *destinations.Registry, authorized bool) (int64, time.Duration, error) {
+	if o.MinPolicyVersion < 0 {
+		return 0, 0, fmt.Errorf("%w: --min-policy-version %d is negative", errkind.ErrUsage, o.MinPolicyVersion)
+	}
+	maxAge, err := consent.ParseMaxAge(o.MaxConsentAge)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%w: --max-consent-age: %w", errkind.ErrUsage, err)
+	}
+	if o.MaxConsentAge != "" && maxAge == 0 {
+		return 0, 0, fmt.Errorf("%w: --max-consent-age %s: a flag may only tighten the registry's max_consent_age; give a positive age like 395d, or leave the flag out", errkind.ErrUsage, o.MaxConsentAge)
+	}
+	if !authorized {
+		return o.MinPolicyVersion, maxAge, nil
+	}
+	p, _ := registry.Lookup(o.Destination).PolicyFor(o.Purpose)
+	return p.Tighten(o.Destination+"/"+o.Purpose+" ("+registry.Path+")", o.MinPolicyVersion, maxAge)
 }
 
 // database is the PostgreSQL source --source names: a query replaces its
@@ -441,7 +491,7 @@ func (o *RunOptions) load(cmd *cobra.Command) error {
 	if o.commit {
 		o.Users, o.Consent, o.Source = "", "", ""
 	}
-	if o.PretouchMiB < -1 || o.PretouchMiB > maxPretouchMiB {
+	if o.PretouchMiB > maxPretouchMiB {
 		return fmt.Errorf("%w: --pretouch-mib %d is not between 0 and %d", errkind.ErrUsage, o.PretouchMiB, maxPretouchMiB)
 	}
 	if o.MemoryLimitMiB < 0 || o.MemoryLimitMiB > math.MaxInt64>>20 {
@@ -496,13 +546,14 @@ func (o *RunOptions) startProfiles() (stop func(), err error) {
 // report logs how the run ended: one line on success, so that cron mails
 // only failures, and the reconciliation on stdout when asked.
 func report(cmd *cobra.Command, o *RunOptions, log *slog.Logger, cfg pipeline.Config, res *pipeline.Result, err error, start time.Time) error {
+	// The log line is the failure's one report: main does not print it again.
 	if errors.Is(err, pipeline.ErrShardsIncomplete) {
 		log.Warn("not all shards are finished; nothing published", "destination", cfg.Destination, "error", err.Error(), "exit_code", exitCode(err))
-		return err
+		return reported(err)
 	}
 	if err != nil {
 		log.Error("run failed", "destination", cfg.Destination, "error", err.Error(), "exit_code", exitCode(err))
-		return err
+		return reported(err)
 	}
 	if rec := res.Skipped; rec != nil {
 		log.Info("already committed for this destination and date; nothing to do (use --force to run anyway)",

@@ -10,13 +10,16 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"regexp"
 	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"audiencematch/hashing"
+	"audiencematch/internal/suggest"
 	"audiencematch/pipeline/errkind"
 )
 
@@ -125,11 +128,34 @@ registry (STATE/destinations.yaml), then run, and audit verify.
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "auto", "log format: auto (text on a terminal, JSON otherwise), text, json")
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
-		return fmt.Errorf("%w: %w", errkind.ErrUsage, err)
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return fmt.Errorf("%w: %w%s", errkind.ErrUsage, err, flagHint(cmd, err))
 	})
 	root.AddCommand(newRunCommand(g), newCommitCommand(g), newFixturesCommand(g), newKeysCommand(), newAuditCommand(), newDestinationsCommand())
 	return root
+}
+
+var unknownFlagRE = regexp.MustCompile(`^unknown flag: --([^\s=]+)`)
+
+// flagHint is " (did you mean --X?)" for an unknown flag near one of the
+// command's, or "".
+func flagHint(cmd *cobra.Command, err error) string {
+	m := unknownFlagRE.FindStringSubmatch(err.Error())
+	if m == nil {
+		return ""
+	}
+	if c := suggest.Closest(m[1], flagNames(cmd)); c != "" {
+		return " (did you mean --" + c + "?)"
+	}
+	return ""
+}
+
+// flagNames are the names of the flags cmd accepts, hidden ones too.
+func flagNames(cmd *cobra.Command) []string {
+	var names []string
+	cmd.Flags().VisitAll(func(f *pflag.Flag) { names = append(names, f.Name) })
+	cmd.InheritedFlags().VisitAll(func(f *pflag.Flag) { names = append(names, f.Name) })
+	return names
 }
 
 // logger builds the slog logger the flags ask for, writing to w.
@@ -160,10 +186,34 @@ func main() {
 	defer stop()
 	root := newRootCommand(os.Stdout, os.Stderr)
 	err := root.ExecuteContext(ctx)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "audiencematch: %v\n", err)
-	}
+	printError(os.Stderr, err)
 	os.Exit(exitCode(err))
+}
+
+// reportedError is an error its command has already told the user about
+// (a run's log line, a --json document): main exits with its code without
+// printing it a second time.
+type reportedError struct{ err error }
+
+func (e reportedError) Error() string { return e.err.Error() }
+func (e reportedError) Unwrap() error { return e.err }
+
+// reported marks err as already told; nil stays nil.
+func reported(err error) error {
+	if err == nil {
+		return nil
+	}
+	return reportedError{err}
+}
+
+// printError prints err on one line prefixed "audiencematch: ", unless its
+// command has already reported it.
+func printError(w io.Writer, err error) {
+	var r reportedError
+	if err == nil || errors.As(err, &r) {
+		return
+	}
+	fmt.Fprintf(w, "audiencematch: %v\n", err)
 }
 
 // isIOErr reports whether err comes from a full, read-only or failing disk.

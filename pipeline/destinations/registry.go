@@ -3,13 +3,15 @@
 //
 // The registry is a YAML file:
 //
-//	version: audiencematch.destinations/v1
+//	version: audiencematch.destinations/v2
 //	destinations:
 //	  - id: meta-ads
 //	    name: Meta Ads Custom Audiences
 //	    organization: Meta Platforms, Inc.
 //	    relationship: parent            # parent, affiliate, processor, third_party
 //	    purposes: [ads_matching]
+//	    consent:                        # required: the consent policy of each purpose
+//	      ads_matching: {min_policy_version: 3, max_consent_age: 395d}
 //	    lawful_basis: consent, GDPR Art. 6(1)(a)
 //	    scheme: hmac-sha256
 //	    allow_unkeyed: false
@@ -17,6 +19,15 @@
 //	    retention_days: 90
 //	    key_file: /etc/audiencematch/meta-ads.key   # optional: this destination's own master key
 //	    max_drop_percent: 20            # optional: the drop guard's threshold (default 20)
+//
+// The consent policy of a destination and purpose (MATCHING.md section 2's
+// min_policy_version and max_consent_age) is a decision of the data
+// protection officer, so it lives here, beside the lawful basis, and is
+// required for every purpose: max_consent_age is whole days (395d), a Go
+// duration (9480h), or "none" for no limit, written out. A run's flags may
+// only tighten it (Policy.Tighten). Version 1 registries had no policy, and
+// a run under one silently took policy version 1 and no age limit; Load
+// refuses them with the lines to add.
 //
 // The file holds exactly one YAML document: a second one (after "---") is an
 // error rather than silently ignored, since it might hold a restriction.
@@ -32,6 +43,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -45,7 +57,10 @@ import (
 )
 
 // Version is the registry format version, its first key.
-const Version = "audiencematch.destinations/v1"
+const Version = "audiencematch.destinations/v2"
+
+// versionV1 is the version before the consent policy was in the registry.
+const versionV1 = "audiencematch.destinations/v1"
 
 // Relationships of a recipient to the data controller.
 const (
@@ -62,6 +77,8 @@ type Destination struct {
 	Organization  string   `yaml:"organization" json:"organization"`
 	Relationship  string   `yaml:"relationship" json:"relationship"`
 	Purposes      []string `yaml:"purposes" json:"purposes"`
+	// Consent is the consent policy of each purpose in Purposes.
+	Consent       map[string]Policy `yaml:"consent" json:"consent"`
 	LawfulBasis   string   `yaml:"lawful_basis" json:"lawful_basis"`
 	Scheme        string   `yaml:"scheme" json:"scheme"`
 	AllowUnkeyed  bool     `yaml:"allow_unkeyed" json:"allow_unkeyed"`
@@ -110,17 +127,26 @@ func Load(path string) (*Registry, error) {
 	if err != nil {
 		return nil, err
 	}
+	return Parse(path, b)
+}
+
+// Parse validates the registry text b, read from path (which names it in
+// errors), as Load does.
+func Parse(path string, b []byte) (*Registry, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	r := &Registry{Path: path}
 	if err := dec.Decode(r); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, withSuggestion(err))
 	}
 	var more yaml.Node
 	if err := dec.Decode(&more); err == nil {
 		return nil, fmt.Errorf("%s: more than one YAML document (a second one starts at line %d): put every destination in the first", path, more.Line)
 	} else if !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("%s: after the first document: %w", path, err)
+	}
+	if r.Version == versionV1 {
+		return nil, fmt.Errorf("%s: %w", path, upgradeError(r))
 	}
 	if errs := r.Validate(); len(errs) > 0 {
 		return nil, fmt.Errorf("%s: %w", path, errors.Join(errs...))
@@ -156,6 +182,16 @@ func (r *Registry) Validate() []error {
 		}
 		if len(d.Purposes) == 0 {
 			bad("%s: purposes are required", where)
+		}
+		if lines := policyLines(&d); len(lines) > 0 {
+			bad("%s: no consent policy for every purpose; the data protection officer decides it: add under the destination (replace <N> and <DAYS>; max_consent_age: none sets no limit):\n%s", where, strings.Join(lines, "\n"))
+		}
+		for _, p := range slices.Sorted(maps.Keys(d.Consent)) {
+			if !slices.Contains(d.Purposes, p) {
+				bad("%s: consent policy for %q, which is not among its purposes %v", where, p, d.Purposes)
+			} else if err := d.Consent[p].check(); err != nil {
+				bad("%s: consent policy for %q: %v", where, p, err)
+			}
 		}
 		if _, err := hashing.ParseScheme(d.Scheme); err != nil {
 			bad("%s: %v", where, err)
@@ -212,6 +248,10 @@ func (r *Registry) Authorize(id, purpose string) (*Destination, error) {
 	if sc, _ := hashing.ParseScheme(d.Scheme); !sc.Keyed() && !d.AllowUnkeyed {
 		return nil, fmt.Errorf("destination %q has the unkeyed scheme %s without allow_unkeyed", id, sc)
 	}
+	if _, ok := d.PolicyFor(purpose); !ok {
+		return nil, fmt.Errorf("destination %q has no consent policy for %q in the registry %s; add under it:\n%s", id, purpose, r.Path,
+			strings.Join(policyLines(&Destination{Purposes: []string{purpose}, Consent: d.Consent}), "\n"))
+	}
 	return d, nil
 }
 
@@ -242,8 +282,35 @@ func (d *Destination) Agrees(scheme, delivery string) error {
 	if scheme != "" && scheme != d.Scheme {
 		return fmt.Errorf("%w: scheme %s conflicts with the registry's scheme %s for %q", errkind.ErrUsage, scheme, d.Scheme, d.ID)
 	}
-	if delivery != "" && filepath.Clean(delivery) != filepath.Clean(d.Delivery) {
+	if delivery != "" && !SameDir(delivery, d.Delivery) {
 		return fmt.Errorf("%w: output directory %s conflicts with the registry's delivery %s for %q", errkind.ErrUsage, delivery, d.Delivery, d.ID)
 	}
 	return nil
+}
+
+// SameDir reports whether two directory paths name the same directory once
+// both are resolved: made absolute against the working directory, cleaned,
+// and with symbolic links followed as far as the path exists. A relative
+// --out naming the registry's delivery directory agrees with it.
+func SameDir(a, b string) bool {
+	return resolve(a) == resolve(b)
+}
+
+func resolve(p string) string {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return filepath.Clean(p)
+	}
+	// Follow links in the longest existing prefix; what does not exist yet
+	// (a first run's delivery) is kept as written.
+	rest := ""
+	for dir := abs; ; dir = filepath.Dir(dir) {
+		if real, err := filepath.EvalSymlinks(dir); err == nil {
+			return filepath.Join(real, rest)
+		}
+		if dir == filepath.Dir(dir) {
+			return abs
+		}
+		rest = filepath.Join(filepath.Base(dir), rest)
+	}
 }
