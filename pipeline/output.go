@@ -202,11 +202,18 @@ func (r *run) finish() (*Result, error) {
 	res.RejectsPath = filepath.Join(runDir, "rejects.csv")
 	if _, err := os.Stat(res.PublishedDir); err == nil {
 		res.AlreadyPublished = true
+		if r.cfg.Plan {
+			return res, nil
+		}
 		return res, r.commitRecord(runDir)
 	}
 	body, err := r.check()
 	if err != nil {
 		return nil, err
+	}
+	if r.cfg.Plan {
+		res.Planned = true
+		return res, nil
 	}
 	if err := r.publish(res, runDir, body); err != nil {
 		return nil, err

@@ -68,6 +68,8 @@ type RunOptions struct {
 	Shard            string
 	Shards           int
 	LockWait         time.Duration
+	Plan             bool
+	Prune            bool
 	commit           bool // `audiencematch commit`: no inputs are read
 }
 
@@ -175,6 +177,7 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 	f.Float64Var(&o.MaxRejectRate, "max-reject-rate", 0.01, "fail, publishing nothing, when more than this fraction of either table's rows is malformed")
 	f.IntVar(&o.Workers, "workers", 0, "parallel workers (default: the number of CPUs)")
 	f.Int64Var(&o.RowsPerFile, "rows-per-file", idfile.DefaultRowsPerFile, "most identifiers in one part-NNNNN.parquet file")
+	f.BoolVar(&o.Prune, "prune", true, "once published, enforce the destination's retention_days as audiencematch prune does (--prune=false: leave it to a separate prune)")
 	if o.commit {
 		f.IntVar(&o.Shards, "shards", 0, "how many shards the run was split into (required)")
 		f.DurationVar(&o.LockWait, "lock-wait", 10*time.Minute, "wait this long for the state's run lock (another shard's commit may hold it briefly)")
@@ -183,6 +186,8 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 		}
 		return
 	}
+	f.BoolVar(&o.Plan, "plan", false, "do everything up to publishing (read, consent, hash, deltas against the previous committed run, drop guard, leak guard), print the reconciliation and the delta sizes, and publish nothing: no output, no evidence kept, nothing appended to the audit log")
+	f.BoolVar(&o.Plan, "dry-run", false, "the same as --plan")
 	f.StringVar(&o.Shard, "shard", "", "process only shard I/N (users partitioned by user id) and leave it under STATE/shards for \"audiencematch commit --shards N\"; publishes nothing")
 	f.IntVar(&o.Shards, "shards", 0, "like --shard, taking I from $"+JobIndexEnv+" (a Kubernetes Indexed Job's pod index)")
 }
@@ -447,6 +452,10 @@ func runRun(cmd *cobra.Command, o *RunOptions, g *globalOptions, run func(contex
 	if cfg.Shard, err = o.shard(); err != nil {
 		return err
 	}
+	cfg.Prune = o.Prune
+	if cfg.Plan = o.Plan; o.Plan && cfg.Shard.Count > 0 {
+		return fmt.Errorf("%w: --plan is for a whole run: a shard publishes nothing anyway; plan the run unsharded", errkind.ErrUsage)
+	}
 	if (cfg.Shard.Count > 0 || o.commit) && o.AsOf == "" {
 		return fmt.Errorf("%w: a sharded run needs --as-of: every shard and the commit must share the cutoff", errkind.ErrUsage)
 	}
@@ -566,6 +575,12 @@ func report(cmd *cobra.Command, o *RunOptions, log *slog.Logger, cfg pipeline.Co
 			"users", m.Users.Rows, "consent_events", m.ConsentEvents.Rows, "dir", res.ShardDir, "seconds", time.Since(start).Seconds())
 		return nil
 	}
+	if cfg.Plan {
+		log.Info("plan only: nothing published, nothing recorded", "run_id", m.RunID, "destination", m.Destination,
+			"exported", m.TotalRows, "already_published", res.AlreadyPublished, "seconds", time.Since(start).Seconds())
+		printPlan(cmd.OutOrStdout(), res)
+		return nil
+	}
 	if res.AlreadyPublished {
 		log.Info("this exact run (same inputs and settings) is already published; nothing to do", "run_id", m.RunID, "dir", res.PublishedDir)
 		return nil
@@ -589,6 +604,39 @@ func printSummary(w io.Writer, res *pipeline.Result) {
 		fmt.Fprintf(w, "since run %s: adds %d, removes %d (key_id %s)\n", m.PreviousRunID, m.Adds.Rows, m.Removes.Rows, orNone(m.Removes.KeyID))
 	}
 	fmt.Fprintf(w, "private evidence: %s; rejects: %s\n", res.EvidencePath, filepath.Clean(res.RejectsPath))
+}
+
+// printPlan writes what a run would publish: the reconciliation, the
+// deltas against the previous run, and where it would go.
+func printPlan(w io.Writer, res *pipeline.Result) {
+	m := res.Manifest
+	if res.AlreadyPublished {
+		fmt.Fprintf(w, "plan: this exact run is already published at %s; a run would do nothing\n", res.PublishedDir)
+		return
+	}
+	fmt.Fprintf(w, "plan: would publish %d identifiers (%s, key_id %s) to %s\n", m.TotalRows, m.Scheme, orNone(m.KeyID), res.PublishedDir)
+	fmt.Fprintf(w, "consent policy: min_policy_version %d, max_consent_age %s\n", m.Policy.MinPolicyVersion, ageText(m.Policy.MaxConsentAgeSeconds))
+	fmt.Fprintf(w, "users %d = exported %d%s\n", m.Users.Rows, m.Users.Exported, terms(m.Users.Excluded))
+	fmt.Fprintf(w, "consent events %d =%s\n", m.ConsentEvents.Rows, strings.TrimPrefix(terms(m.ConsentEvents.ByClass), " +"))
+	switch {
+	case m.Adds != nil:
+		fmt.Fprintf(w, "since run %s (%d identifiers): adds %d, removes %d\n", m.PreviousRunID, m.PreviousTotalRows, m.Adds.Rows, m.Removes.Rows)
+	case m.Backfill:
+		fmt.Fprintln(w, "a backfill: no adds or removes")
+	default:
+		fmt.Fprintln(w, "the destination's first run: no adds or removes")
+	}
+	fmt.Fprintln(w, "nothing published, nothing recorded (--plan)")
+}
+
+func ageText(seconds int64) string {
+	if seconds == 0 {
+		return "none"
+	}
+	if seconds%86400 == 0 {
+		return fmt.Sprintf("%dd", seconds/86400)
+	}
+	return (time.Duration(seconds) * time.Second).String()
 }
 
 func terms(counts map[string]int64) string {

@@ -131,7 +131,7 @@ registry (STATE/destinations.yaml), then run, and audit verify.
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return fmt.Errorf("%w: %w%s", errkind.ErrUsage, err, flagHint(cmd, err))
 	})
-	root.AddCommand(newRunCommand(g), newCommitCommand(g), newFixturesCommand(g), newKeysCommand(), newAuditCommand(), newDestinationsCommand())
+	root.AddCommand(newRunCommand(g), newCommitCommand(g), newFixturesCommand(g), newKeysCommand(), newAuditCommand(), newDestinationsCommand(), newPruneCommand(g))
 	return root
 }
 

@@ -22,6 +22,16 @@ const (
 	TypeRunCommitted       = "run_committed"
 	TypeRunFailed          = "run_failed"
 	TypeDestinationRefused = "destination_refused"
+	// TypePrune records what retention removed (package retention).
+	TypePrune = "prune"
+)
+
+// What a prune removes of a run (Pruned.Removed).
+const (
+	PrunedPublished = "published" // the run's published directory
+	PrunedEvidence  = "evidence"  // STATE/runs/<id>/evidence.parquet
+	PrunedRejects   = "rejects"   // STATE/runs/<id>/rejects.csv
+	PrunedFailed    = "failed"    // STATE/failed/<id>/, a run that published nothing
 )
 
 // TypeUnreadable marks, in Log.Records, a line of the log that is not a
@@ -62,7 +72,11 @@ type Record struct {
 	Backfill bool `json:"backfill,omitempty"`
 	// AllowDrop records that the operator allowed the run to shrink the
 	// audience past the drop guard's threshold, or to read empty input.
-	AllowDrop bool     `json:"allow_drop,omitempty"`
+	AllowDrop bool `json:"allow_drop,omitempty"`
+	// RetentionDays and Pruned are a prune record's: the registry's
+	// retention it enforced, and what it removed of each run.
+	RetentionDays int      `json:"retention_days,omitempty"`
+	Pruned        []Pruned `json:"pruned,omitempty"`
 	Reason    string   `json:"reason,omitempty"` // why a run failed or was refused
 	Extra     []string `json:"extra,omitempty"`  // reserved; must be empty in v1
 }
@@ -72,6 +86,14 @@ type Policy struct {
 	MinPolicyVersion     int64   `json:"min_policy_version"`
 	MaxConsentAgeSeconds int64   `json:"max_consent_age_seconds"`
 	MaxRejectRate        float64 `json:"max_reject_rate"`
+}
+
+// Pruned is what a prune removed of one run: of a committed run, some of
+// published, evidence and rejects; of a failed run (RunID names
+// STATE/failed/<id>), failed.
+type Pruned struct {
+	RunID   string   `json:"run_id"`
+	Removed []string `json:"removed"`
 }
 
 // Input is one input table.
@@ -244,6 +266,20 @@ func (r *Record) Validate() error {
 	case TypeRunFailed, TypeDestinationRefused:
 		if r.Reason == "" {
 			return fmt.Errorf("%s record lacks a reason", r.Type)
+		}
+	case TypePrune:
+		if r.RetentionDays <= 0 || len(r.Pruned) == 0 {
+			return errors.New("prune record lacks retention_days or what it pruned")
+		}
+		for _, p := range r.Pruned {
+			if p.RunID == "" || len(p.Removed) == 0 {
+				return errors.New("prune record has an entry without run_id or what it removed")
+			}
+			for _, what := range p.Removed {
+				if !slices.Contains([]string{PrunedPublished, PrunedEvidence, PrunedRejects, PrunedFailed}, what) {
+					return fmt.Errorf("prune record removed %q, unknown to v1", what)
+				}
+			}
 		}
 	default:
 		return fmt.Errorf("unknown record type %q", r.Type)

@@ -1,0 +1,211 @@
+package pipeline_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"audiencematch/consent/audit"
+	"audiencematch/pipeline"
+	"audiencematch/pipeline/statedir"
+)
+
+// nights runs the fixtures on n consecutive cutoffs from 2026-11-01.
+func nights(t *testing.T, dir string, n int) (pipeline.Config, []*audit.Record) {
+	t.Helper()
+	s, _ := signer(t)
+	var cfg pipeline.Config
+	for i := range n {
+		asOf := time.Date(2026, 11, 1+i, 0, 0, 0, 0, time.UTC)
+		if i == 0 {
+			_, cfg = auditedRun(t, dir, 400, s, asOf)
+			continue
+		}
+		c := cfg
+		c.Rules.AsOf = asOf
+		if _, err := pipeline.Run(context.Background(), c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return cfg, committed(t, cfg.State)
+}
+
+func committed(t *testing.T, state string) []*audit.Record {
+	t.Helper()
+	l, err := audit.Open(statedir.Audit(state))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recs []*audit.Record
+	for _, r := range l.Records() {
+		if r.Type == audit.TypeRunCommitted {
+			recs = append(recs, r)
+		}
+	}
+	return recs
+}
+
+func pruneRecords(t *testing.T, state string) []*audit.Record {
+	t.Helper()
+	l, err := audit.Open(statedir.Audit(state))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recs []*audit.Record
+	for _, r := range l.Records() {
+		if r.Type == audit.TypePrune {
+			recs = append(recs, r)
+		}
+	}
+	return recs
+}
+
+func pruneConfig(cfg pipeline.Config, now time.Time) pipeline.PruneConfig {
+	return pipeline.PruneConfig{State: cfg.State, Registry: cfg.Registry, Now: now, ToolVersion: "test",
+		AuditSigner: cfg.AuditSigner, AuditVerifier: cfg.AuditVerifier}
+}
+
+func recordTime(t *testing.T, r *audit.Record) time.Time {
+	at, err := time.Parse(time.RFC3339Nano, r.Time)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return at
+}
+
+// published reports whether run's directory is under OUT.
+func isPublished(cfg pipeline.Config, runID string) bool {
+	m, _ := filepath.Glob(filepath.Join(cfg.Out, cfg.Destination, "dt=*", "run="+runID))
+	return len(m) == 1
+}
+
+// TestPruneKeepsTheChain: of four nights, with the retention (30 days) past
+// the first two only, prune removes the first run whole, keeps the second's
+// snapshot (the third's deltas are checked against it) and the last's, and
+// records exactly what it removed; the next night's deltas still work.
+func TestPruneKeepsTheChain(t *testing.T) {
+	dir := t.TempDir()
+	cfg, runs := nights(t, dir, 4)
+	if len(runs) != 4 {
+		t.Fatalf("%d committed runs", len(runs))
+	}
+	days := time.Duration(cfg.Registry.Destinations[0].RetentionDays) * 24 * time.Hour
+	// Runs 1 and 2 were recorded before the third: expired; 3 and 4 not.
+	now := recordTime(t, runs[2]).Add(days)
+	dry := pruneConfig(cfg, now)
+	dry.DryRun = true
+	rms, err := pipeline.Prune(context.Background(), dry)
+	if err != nil || len(rms) != 1 || len(rms[0].Pruned) != 2 {
+		t.Fatalf("dry run: %v, %+v", err, rms)
+	}
+	if len(pruneRecords(t, cfg.State)) != 0 || !fileExists(statedir.Evidence(cfg.State, runs[0].RunID)) {
+		t.Fatal("a dry run removed or recorded something")
+	}
+	if _, err := pipeline.Prune(context.Background(), pruneConfig(cfg, now)); err != nil {
+		t.Fatal(err)
+	}
+	want := []audit.Pruned{
+		{RunID: runs[0].RunID, Removed: []string{audit.PrunedPublished, audit.PrunedEvidence, audit.PrunedRejects}},
+		{RunID: runs[1].RunID, Removed: []string{audit.PrunedEvidence, audit.PrunedRejects}},
+	}
+	recs := pruneRecords(t, cfg.State)
+	if len(recs) != 1 || recs[0].Destination != "meta-ads" || recs[0].RetentionDays != 30 || !slices.EqualFunc(recs[0].Pruned, want, func(a, b audit.Pruned) bool {
+		return a.RunID == b.RunID && slices.Equal(a.Removed, b.Removed)
+	}) {
+		t.Fatalf("prune records: %+v, want %+v", recs, want)
+	}
+	for i, c := range []struct{ published, evidence, rejects bool }{{false, false, false}, {true, false, false}, {true, true, true}, {true, true, true}} {
+		id := runs[i].RunID
+		if got := isPublished(cfg, id); got != c.published {
+			t.Errorf("run %d published: %v, want %v", i+1, got, c.published)
+		}
+		if got := fileExists(statedir.Evidence(cfg.State, id)); got != c.evidence {
+			t.Errorf("run %d evidence: %v, want %v", i+1, got, c.evidence)
+		}
+		if got := fileExists(filepath.Join(statedir.Run(cfg.State, id), "rejects.csv")); got != c.rejects {
+			t.Errorf("run %d rejects: %v, want %v", i+1, got, c.rejects)
+		}
+		for _, keep := range []string{"manifest.json", "record.json"} {
+			if !fileExists(filepath.Join(statedir.Run(cfg.State, id), keep)) {
+				t.Errorf("run %d: %s removed", i+1, keep)
+			}
+		}
+	}
+	if m, _ := filepath.Glob(filepath.Join(cfg.Out, "meta-ads", "dt=2026-11-01")); len(m) != 0 {
+		t.Error("an emptied dt= directory is left")
+	}
+	// The log is intact and signed: the records stay, the prune is one more.
+	if l, _, err := audit.VerifyLog(statedir.Audit(cfg.State), cfg.AuditVerifier, nil); err != nil || l.Size() != 5 {
+		t.Fatalf("log after prune: %v", err)
+	}
+	// A second prune at the same time finds nothing more.
+	if rms, err := pipeline.Prune(context.Background(), pruneConfig(cfg, now)); err != nil || len(rms) != 0 {
+		t.Fatalf("second prune: %v %+v", err, rms)
+	}
+	// Far later, everything but the chain head goes; its snapshot stays for
+	// the next night's removes, its evidence goes (the snapshot has them).
+	if _, err := pipeline.Prune(context.Background(), pruneConfig(cfg, now.Add(10*days))); err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range []string{runs[0].RunID, runs[1].RunID, runs[2].RunID} {
+		if isPublished(cfg, id) {
+			t.Errorf("run %d still published", i+1)
+		}
+	}
+	if !isPublished(cfg, runs[3].RunID) || fileExists(statedir.Evidence(cfg.State, runs[3].RunID)) {
+		t.Error("the chain head: want its snapshot kept and its evidence removed")
+	}
+	c := cfg
+	c.Rules.AsOf = time.Date(2026, 11, 5, 0, 0, 0, 0, time.UTC)
+	res, err := pipeline.Run(context.Background(), c)
+	if err != nil || res.Manifest.PreviousRunID != runs[3].RunID || res.Manifest.Removes == nil {
+		t.Fatalf("the night after the prune: %v, previous %q", err, res.Manifest.PreviousRunID)
+	}
+}
+
+// TestPruneFailedRunsAtTheEndOfARun: a run with Prune set removes a failed
+// run's directory (raw rows) older than the retention, and records it; a
+// recent one stays.
+func TestPruneFailedRunsAtTheEndOfARun(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := signer(t)
+	_, cfg := auditedRun(t, dir, 200, s, time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC))
+	old := filepath.Join(cfg.State, "failed", "20261020T000000Z-0123456789ab")
+	recent := filepath.Join(cfg.State, "failed", "20261030T000000Z-ba9876543210")
+	for _, d := range []string{old, recent} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(map[string]string{"destination": "meta-ads"})
+		os.WriteFile(filepath.Join(d, "manifest.json"), b, 0o600)
+		os.WriteFile(filepath.Join(d, "rejects.csv"), []byte("table,line,reason,raw\n"), 0o600)
+	}
+	past := time.Now().Add(-31 * 24 * time.Hour)
+	os.Chtimes(old, past, past)
+	c := cfg
+	c.Prune = true
+	c.Rules.AsOf = time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC)
+	res, err := pipeline.Run(context.Background(), c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fileExists(old) || !fileExists(recent) {
+		t.Errorf("old failed run kept %v, recent removed %v", fileExists(old), !fileExists(recent))
+	}
+	recs := pruneRecords(t, cfg.State)
+	if len(recs) != 1 || len(recs[0].Pruned) != 1 || recs[0].Pruned[0].RunID != filepath.Base(old) || recs[0].Pruned[0].Removed[0] != audit.PrunedFailed {
+		t.Fatalf("prune records: %+v", recs)
+	}
+	if len(res.Pruned) != 1 {
+		t.Errorf("result's prune: %+v", res.Pruned)
+	}
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
