@@ -77,8 +77,8 @@ type Record struct {
 	// retention it enforced, and what it removed of each run.
 	RetentionDays int      `json:"retention_days,omitempty"`
 	Pruned        []Pruned `json:"pruned,omitempty"`
-	Reason    string   `json:"reason,omitempty"` // why a run failed or was refused
-	Extra     []string `json:"extra,omitempty"`  // reserved; must be empty in v1
+	Reason        string   `json:"reason,omitempty"` // why a run failed or was refused
+	Extra         []string `json:"extra,omitempty"`  // reserved; must be empty in v1
 }
 
 // Policy are the consent rules of a run.

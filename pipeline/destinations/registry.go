@@ -72,19 +72,19 @@ const (
 
 // Destination is one registered recipient.
 type Destination struct {
-	ID            string   `yaml:"id" json:"id"`
-	Name          string   `yaml:"name" json:"name"`
-	Organization  string   `yaml:"organization" json:"organization"`
-	Relationship  string   `yaml:"relationship" json:"relationship"`
-	Purposes      []string `yaml:"purposes" json:"purposes"`
+	ID           string   `yaml:"id" json:"id"`
+	Name         string   `yaml:"name" json:"name"`
+	Organization string   `yaml:"organization" json:"organization"`
+	Relationship string   `yaml:"relationship" json:"relationship"`
+	Purposes     []string `yaml:"purposes" json:"purposes"`
 	// Consent is the consent policy of each purpose in Purposes.
 	Consent       map[string]Policy `yaml:"consent" json:"consent"`
-	LawfulBasis   string   `yaml:"lawful_basis" json:"lawful_basis"`
-	Scheme        string   `yaml:"scheme" json:"scheme"`
-	AllowUnkeyed  bool     `yaml:"allow_unkeyed" json:"allow_unkeyed"`
-	Delivery      string   `yaml:"delivery" json:"delivery"`
-	RetentionDays int      `yaml:"retention_days" json:"retention_days"`
-	KeyFile       string   `yaml:"key_file,omitempty" json:"key_file,omitempty"`
+	LawfulBasis   string            `yaml:"lawful_basis" json:"lawful_basis"`
+	Scheme        string            `yaml:"scheme" json:"scheme"`
+	AllowUnkeyed  bool              `yaml:"allow_unkeyed" json:"allow_unkeyed"`
+	Delivery      string            `yaml:"delivery" json:"delivery"`
+	RetentionDays int               `yaml:"retention_days" json:"retention_days"`
+	KeyFile       string            `yaml:"key_file,omitempty" json:"key_file,omitempty"`
 	// MaxDropPercent is the drop guard's threshold: a run whose snapshot is
 	// smaller than the previous one by more than this share publishes
 	// nothing unless the operator allows the drop. Nil: DefaultMaxDropPercent.
