@@ -180,16 +180,17 @@ func newAuditRunsCommand() *cobra.Command {
 	return cmd
 }
 
-// maxNoteRunes bounds the NOTE column of audit runs, so that a line stays
+// maxReasonRunes bounds the reason line of audit runs, so that it stays
 // readable on a terminal; --json has every field in full.
-const maxNoteRunes = 48
+const maxReasonRunes = 110
 
 // printRuns writes the log as a table: one short line per record, times to
-// the second, each committed run's cutoff, exclusions as a total (the
-// reasons are in --json and in the manifest).
+// the second, each run's cutoff, exclusions as a total (the reasons are in
+// --json and in the manifest), and a failure's or refusal's reason on an
+// indented line below it.
 func printRuns(w io.Writer, recs []*audit.Record) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tTYPE\tDESTINATION\tAS_OF\tRUN\tEXPORTED\tEXCLUDED\tNOTE")
+	fmt.Fprintln(tw, "TIME\tTYPE\tDESTINATION\tAS_OF\tRUN\tEXPORTED\tEXCLUDED")
 	for _, r := range recs {
 		exported, excluded := "-", "-"
 		if r.Counts != nil {
@@ -207,8 +208,20 @@ func printRuns(w io.Writer, recs []*audit.Record) error {
 		if r.AllowDrop {
 			typ += " (allow_drop)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", seconds(r.Time), typ, orDash(r.Destination), seconds(r.AsOf),
-			orDash(r.RunID), exported, excluded, shorten(r.Reason, maxNoteRunes))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", seconds(r.Time), typ, orDash(r.Destination), seconds(r.AsOf),
+			orDash(r.RunID), exported, excluded)
+		// A line without a tab is not a cell of any column: it does not
+		// widen them.
+		if r.Reason != "" {
+			fmt.Fprintf(tw, "    reason: %s\n", shorten(r.Reason, maxReasonRunes))
+		}
+		if len(r.Pruned) > 0 {
+			parts := make([]string, len(r.Pruned))
+			for i, p := range r.Pruned {
+				parts[i] = p.RunID + " (" + strings.Join(p.Removed, ", ") + ")"
+			}
+			fmt.Fprintf(tw, "    pruned after %d days: %s\n", r.RetentionDays, shorten(strings.Join(parts, "; "), maxReasonRunes))
+		}
 	}
 	return tw.Flush()
 }
