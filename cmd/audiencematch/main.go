@@ -103,8 +103,18 @@ per-destination identifiers (HMAC-SHA256 with HKDF-derived keys) and publishes a
 Parquet dataset atomically, with a manifest whose counts reconcile every input row.
 The contract is MATCHING.md (contract v1).
 
-Start with scripts/demo.sh, or the README's quick start: keys init, a destination
-registry (STATE/destinations.yaml), then run, and audit verify.
+Quick start, in an empty directory (each line works when copied alone):
+
+  audiencematch keys init --state demo/state
+  audiencematch destinations init --state demo/state --delivery demo/out --min-policy-version 3 --max-consent-age 395d
+  audiencematch fixtures --users 10000 --out demo/in
+  audiencematch run --plan --users demo/in/users.csv --consent demo/in/consent_events.csv --destination meta-ads --state demo/state --as-of 2026-11-01T00:00:00Z
+  audiencematch run --users demo/in/users.csv --consent demo/in/consent_events.csv --destination meta-ads --state demo/state --as-of 2026-11-01T00:00:00Z --summary
+  audiencematch audit verify --state demo/state
+
+The registry's consent policy (destinations init asks for it) is the data protection
+officer's decision; a run's flags may only tighten it. From a clone, scripts/demo.sh
+does the same on 100,000 users.
 
 ` + exitCodesHelp,
 		SilenceUsage:  true,
