@@ -60,10 +60,12 @@ func newDestinationsCommand() *cobra.Command {
 		Short: "Show and check the destination registry (the allowlist and GDPR Art. 30 list of recipients)",
 		Long: `The registry (YAML, default STATE/destinations.yaml) lists every recipient a run may
 send to: id, name, organization, relationship (parent, affiliate, processor,
-third_party), purposes, lawful_basis, scheme, allow_unkeyed, delivery (a local
-directory), retention_days, and optionally key_file. A run refuses (exit 77) a
-destination not in it, a third party, one not registered for the run's purpose,
-or an unkeyed scheme without allow_unkeyed.`,
+third_party), purposes, consent (each purpose's min_policy_version and
+max_consent_age: the policy runs may only tighten), lawful_basis, scheme,
+allow_unkeyed, delivery (a local directory), retention_days, and optionally
+key_file and max_drop_percent. A run refuses (exit 77) a destination not in it,
+a third party, one not registered for the run's purpose, or an unkeyed scheme
+without allow_unkeyed. "destinations init" writes a commented one to start from.`,
 	}
 	o := &DestinationsOptions{}
 	list := &cobra.Command{

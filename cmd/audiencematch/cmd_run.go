@@ -221,7 +221,9 @@ func newRunCommand(g *globalOptions) *cobra.Command {
 		Long: `Run one export, as MATCHING.md defines it:
 
   consent   keep users whose effective event for --purpose as of --as-of is a grant
-            under --min-policy-version or later, no older than --max-consent-age;
+            under the registry's min_policy_version or later, no older than its
+            max_consent_age (--min-policy-version and --max-consent-age may only
+            tighten them);
   numbers   normalize with libphonenumber to E.164; a number held by several accounts
             is exported once, and not at all if any holder withdrew;
   ids       HMAC-SHA256 under K_dest = HKDF-SHA256(master key, "audiencematch/v1/"+destination);
@@ -233,6 +235,9 @@ the same settings finds the run already published and does nothing (exit 0).
 Malformed rows never stop the run: they are counted and written with their line
 numbers to STATE/runs/<run id>/rejects.csv; STATE/runs/<run id>/evidence.parquet
 holds, privately, the user and consent event behind each identifier.
+--plan stops before publishing and prints what the run would publish. Once
+published, the run removes what the destination's retention_days has expired
+(audiencematch prune; --prune=false to leave it to a scheduled prune).
 
 ` + exitCodesHelp,
 		Args: cobra.NoArgs,

@@ -43,7 +43,8 @@ const (
 
 const exitCodesHelp = `Exit codes:
   0   success (also: this exact run was already published)
-  64  usage: bad flag, unknown scheme, unkeyed scheme without --allow-unkeyed
+  64  usage: bad flag, unknown scheme, unkeyed scheme without --allow-unkeyed, a
+      consent flag looser than the registry's policy
   65  bad data: malformed rows over --max-reject-rate, the drop guard (the snapshot
       shrinks past max_drop_percent, or an input has no rows; see --allow-drop), or
       published files that do not match the audit log; nothing published

@@ -351,3 +351,32 @@ func mustOut(t *testing.T, args ...string) string {
 	}
 	return out
 }
+
+// TestShardsWithoutAShell: the Indexed Job's commands need no shell: --as-of
+// today is the day's 00:00 UTC, and commit --if-complete exits 0 while shards
+// are missing (75 without it).
+func TestShardsWithoutAShell(t *testing.T) {
+	e := newEnv(t, vectorUsers, vectorEvents)
+	if _, stderr, code := execute(t, "run", "--users", e.users, "--consent", e.events, "--key", e.key, "--destination", "meta-ads",
+		"--state", e.state, "--as-of", "today", "--shard", "0/2"); code != 0 {
+		t.Fatalf("shard 0/2: exit %d: %s", code, stderr)
+	}
+	commit := []string{"commit", "--key", e.key, "--destination", "meta-ads", "--state", e.state, "--as-of", "today", "--shards", "2"}
+	if _, stderr, code := execute(t, commit...); code != exitTempFail {
+		t.Errorf("commit with a shard missing: exit %d: %s", code, stderr)
+	}
+	if _, stderr, code := execute(t, append(commit, "--if-complete")...); code != 0 || len(e.published(t)) != 0 {
+		t.Errorf("commit --if-complete with a shard missing: exit %d: %s", code, stderr)
+	}
+	if _, stderr, code := execute(t, "run", "--users", e.users, "--consent", e.events, "--key", e.key, "--destination", "meta-ads",
+		"--state", e.state, "--as-of", "today", "--shard", "1/2"); code != 0 {
+		t.Fatalf("shard 1/2: exit %d: %s", code, stderr)
+	}
+	if _, stderr, code := execute(t, append(commit, "--if-complete")...); code != 0 {
+		t.Fatalf("commit --if-complete: exit %d: %s", code, stderr)
+	}
+	today := time.Now().UTC().Truncate(24 * time.Hour).Format(time.RFC3339)
+	if m := publishedManifest(t, e); m.AsOf != today {
+		t.Errorf("as_of %s, want %s", m.AsOf, today)
+	}
+}

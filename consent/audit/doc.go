@@ -33,6 +33,10 @@
 //	run_committed        a run was published; appended only after its output is
 //	destination_refused  a run was refused before it read any user data
 //	run_failed           a run failed; nothing was published
+//	prune                retention removed files of earlier runs (package
+//	                     pipeline/retention): retention_days, and for each
+//	                     run id what went (published, evidence, rejects,
+//	                     failed); appended before the files are removed
 //
 // A run_committed record carries the run id, tool version, config digest,
 // as_of and consent rules, the SHA-256 of each input, the consent snapshot
