@@ -4,10 +4,12 @@
 # second, wall time and peak RSS (/usr/bin/time -v).
 # After the first full run of each size, `audit verify` checks it, then the
 # next night's run (a day later, same inputs: deltas against the first) is
-# timed too. Also the long form of the normalization differential test: DIFF_N (default
-# 10M) generated inputs, the fast path against nyaruka/phonenumbers.
+# timed too. Also the long forms of two tests scripts/test.sh runs short: the
+# normalization differential test on DIFF_N (default 10M) generated inputs, the
+# fast path against nyaruka/phonenumbers, and every fuzz target for FUZZ_LONG
+# (default 1000000x) executions.
 # Usage: scripts/bench.sh [SIZES]   (default "1000000 10000000"; fixtures cached in ./bench)
-#        DIFF_N=0 scripts/bench.sh   skips the differential test
+#        DIFF_N=0 scripts/bench.sh   skips the differential test; FUZZ_LONG=0 the fuzzing
 #        SHARDS=4 (default) also runs each size as 4 shards, one after the other,
 #        and the commit, printing each one's wall time and peak RSS; SHARDS=0 skips it
 #        REPEAT=3 (default) full runs per size, each printed, then their median:
@@ -26,6 +28,11 @@ if [ "${DIFF_N:-10000000}" != 0 ]; then
   echo "== normalization differential test: ${DIFF_N:-10000000} inputs"
   AUDIENCEMATCH_DIFF_N="${DIFF_N:-10000000}" go test -count=1 -timeout 60m -run '^TestDifferential$' -v ./hashing/e164 |
     grep -E 'inputs|^(ok|FAIL|---)'
+fi
+
+if [ "${FUZZ_LONG:-1000000x}" != 0 ]; then
+  echo "== fuzz, long form: ${FUZZ_LONG:-1000000x} executions per target"
+  scripts/fuzz.sh "${FUZZ_LONG:-1000000x}"
 fi
 
 # failed WHAT LOG: a run failed; say so with the end of its log, and stop.
