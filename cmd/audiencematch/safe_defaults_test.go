@@ -229,7 +229,7 @@ func TestAuditRunsReadable(t *testing.T) {
 	mustRun(t, e.args()...)
 	os.Remove(e.users)
 	execute(t, e.args("--as-of", "2026-11-02T00:00:00Z")...) // a run_failed with a long reason
-	execute(t, e.args("--destination", "google-cm")...)       // a destination_refused
+	execute(t, e.args("--destination", "google-cm")...)      // a destination_refused
 	out, _, code := execute(t, "audit", "runs", "--state", e.state)
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if code != 0 || len(lines) != 6 || !strings.Contains(lines[0], "AS_OF") {
