@@ -83,14 +83,19 @@ without allow_unkeyed. "destinations init" writes a commented one to start from.
 				return enc.Encode(r.Destinations)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tORGANIZATION\tRELATIONSHIP\tPURPOSES\tLAWFUL BASIS\tSCHEME\tDELIVERY\tRETENTION")
+			fmt.Fprintln(tw, "ID\tNAME\tORGANIZATION\tRELATIONSHIP\tPURPOSES\tCONSENT POLICY\tLAWFUL BASIS\tSCHEME\tDELIVERY\tRETENTION")
 			for _, d := range r.Destinations {
 				scheme := d.Scheme
 				if d.AllowUnkeyed {
 					scheme += " (unkeyed allowed)"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%dd\n", d.ID, d.Name, d.Organization, d.Relationship,
-					strings.Join(d.Purposes, ","), d.LawfulBasis, scheme, d.Delivery, d.RetentionDays)
+				var policy []string
+				for _, p := range d.Purposes {
+					c, _ := d.PolicyFor(p)
+					policy = append(policy, fmt.Sprintf("%s: version>=%d, age<=%s", p, c.MinVersion(), c.MaxConsentAge))
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%dd\n", d.ID, d.Name, d.Organization, d.Relationship,
+					strings.Join(d.Purposes, ","), strings.Join(policy, "; "), d.LawfulBasis, scheme, d.Delivery, d.RetentionDays)
 			}
 			return tw.Flush()
 		},

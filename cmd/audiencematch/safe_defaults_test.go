@@ -147,6 +147,9 @@ func TestDestinationsInit(t *testing.T) {
 	if out, stderr, code := execute(t, "destinations", "check", "--state", "st"); code != 0 || !strings.Contains(out, "ok: 1 destinations") {
 		t.Fatalf("check: exit %d: %s %s", code, out, stderr)
 	}
+	if out, _, _ := execute(t, "destinations", "list", "--state", "st"); !strings.Contains(out, "ads_matching: version>=3, age<=395d") {
+		t.Errorf("list does not show the policy:\n%s", out)
+	}
 	writeFile(t, filepath.Join("in", "users.csv"), vectorUsers, 0o644)
 	writeFile(t, filepath.Join("in", "consent_events.csv"), vectorEvents, 0o644)
 	out, stderr, code := execute(t, "run", "--users", "in/users.csv", "--consent", "in/consent_events.csv", "--destination", "meta-ads",
