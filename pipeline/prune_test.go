@@ -3,14 +3,18 @@ package pipeline_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"audiencematch/consent/audit"
 	"audiencematch/pipeline"
+	"audiencematch/pipeline/destinations"
+	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/statedir"
 )
 
@@ -208,4 +212,31 @@ func TestPruneFailedRunsAtTheEndOfARun(t *testing.T) {
 func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
+}
+
+// TestRegistryPolicyIsTheFloor: rules given directly (library use) looser
+// than the registry's policy for the destination and purpose are refused
+// before anything is read or recorded.
+func TestRegistryPolicyIsTheFloor(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := signer(t)
+	_, cfg := auditedRun(t, dir, 100, s, time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC))
+	minVersion := int64(3)
+	cfg.Registry.Destinations[0].Consent["ads_matching"] = destinations.Policy{MinPolicyVersion: &minVersion, MaxConsentAge: "395d"}
+	before := len(committed(t, cfg.State))
+	for _, rules := range []struct {
+		min int64
+		age time.Duration
+	}{{2, 395 * 24 * time.Hour}, {3, 0}, {3, 400 * 24 * time.Hour}} {
+		c := cfg
+		c.Force = true
+		c.Rules.MinPolicyVersion, c.Rules.MaxAge = rules.min, rules.age
+		if _, err := pipeline.Run(context.Background(), c); !errors.Is(err, errkind.ErrUsage) || !strings.Contains(err.Error(), "looser than the registry's") {
+			t.Errorf("rules %+v: %v", rules, err)
+		}
+	}
+	l, _ := audit.Open(statedir.Audit(cfg.State))
+	if len(committed(t, cfg.State)) != before || l.Size() != int64(before) {
+		t.Errorf("a refused run was recorded: %d records", l.Size())
+	}
 }

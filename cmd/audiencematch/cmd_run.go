@@ -338,7 +338,7 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 		asOf = asOf.Truncate(24 * time.Hour)
 	} else if o.AsOf != "" {
 		if asOf, err = consent.ParseTime(o.AsOf); err != nil {
-			return pipeline.Config{}, fmt.Errorf("%w: --as-of: %w; give an RFC 3339 instant, e.g. 2026-11-01T00:00:00Z", errkind.ErrUsage, err)
+			return pipeline.Config{}, fmt.Errorf("%w: --as-of: %w; give an RFC 3339 instant, e.g. 2026-11-01T00:00:00Z, or today for 00:00 UTC today", errkind.ErrUsage, err)
 		}
 	}
 	minVersion, maxAge, err := o.policy(registry, refused == nil)
