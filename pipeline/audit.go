@@ -67,19 +67,19 @@ func (r *run) buildRecord(manifestSum string) (*audit.Record, error) {
 		Version: audit.RecordVersion, Time: time.Now().UTC().Format(time.RFC3339Nano), // Append re-stamps the time
 		Type: audit.TypeRunCommitted, RunID: m.RunID, ToolVersion: m.ToolVersion, ConfigDigest: m.ConfigDigest,
 		Destination: m.Destination, Scheme: m.Scheme, KeyID: m.KeyID, AsOf: m.AsOf, Purpose: m.Purpose,
+		Authorization: r.cfg.authorization,
 		Policy: &audit.Policy{MinPolicyVersion: m.Policy.MinPolicyVersion, MaxConsentAgeSeconds: m.Policy.MaxConsentAgeSeconds,
 			MaxRejectRate: m.Policy.MaxRejectRate},
 		ConsentSnapshot: r.snapshot,
 		Counts: &audit.Counts{UserRows: m.Users.Rows, Exported: m.Users.Exported, Excluded: m.Users.Excluded,
 			EventRows: m.ConsentEvents.Rows, Events: m.ConsentEvents.ByClass},
-		Published: r.publishedPath(),
+		// Relative to the delivery root, so that the state and the
+		// delivered files can be checked wherever they are copied.
+		Published: PublishedRel(m.Destination, r.cfg.Rules.AsOf, m.RunID),
 		Manifest:  &audit.File{Path: "manifest.json", SHA256: manifestSum},
 		IDs:       r.idTree, Evidence: r.evidenceTree,
 		PreviousRunID: m.PreviousRunID,
 		Backfill:      m.Backfill, AllowDrop: r.cfg.AllowDrop,
-	}
-	if abs, err := filepath.Abs(rec.Published); err == nil {
-		rec.Published = abs
 	}
 	for _, in := range m.Inputs {
 		rec.Inputs = append(rec.Inputs, audit.Input{Table: in.Table, SHA256: in.SHA256, Rows: in.Rows})

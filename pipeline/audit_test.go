@@ -24,6 +24,7 @@ import (
 	"audiencematch/hashing"
 	"audiencematch/pipeline"
 	"audiencematch/pipeline/auditor"
+	"audiencematch/pipeline/delivery"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/statedir"
 )
@@ -79,7 +80,7 @@ func TestAuditVerifyAndTamper(t *testing.T) {
 	s, v := signer(t)
 	dir := t.TempDir()
 	res, cfg := auditedRun(t, dir, 120, s, fixtures.DefaultAsOf)
-	rep, err := auditor.VerifyAudit(cfg.State, v, nil)
+	rep, err := auditor.VerifyAudit(cfg.State, v, verifyOpts(cfg.State, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +102,7 @@ func TestAuditVerifyAndTamper(t *testing.T) {
 			b := bytes.Clone(orig)
 			b[i] ^= 0x01
 			os.WriteFile(f, b, 0o600)
-			if _, err := auditor.VerifyAudit(cfg.State, v, nil); err == nil {
+			if _, err := auditor.VerifyAudit(cfg.State, v, verifyOpts(cfg.State, nil)); err == nil {
 				t.Fatalf("%s: flipping byte %d of %d went unnoticed", filepath.Base(f), i, len(orig))
 			}
 		}
@@ -113,7 +114,7 @@ func TestAuditVerifyAndTamper(t *testing.T) {
 	b := bytes.Clone(orig)
 	b[len(b)/2] ^= 0xff
 	os.WriteFile(ev, b, 0o600)
-	if _, err := auditor.VerifyAudit(cfg.State, v, nil); err == nil {
+	if _, err := auditor.VerifyAudit(cfg.State, v, verifyOpts(cfg.State, nil)); err == nil {
 		t.Error("a changed evidence file went unnoticed")
 	}
 	os.WriteFile(ev, orig, 0o600)
@@ -131,18 +132,18 @@ func TestAuditVerifyAndTamper(t *testing.T) {
 		if err := parquet.WriteFile(ev, edit(slices.Clone(rows))); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := auditor.VerifyAudit(cfg.State, v, nil); err == nil {
+		if _, err := auditor.VerifyAudit(cfg.State, v, verifyOpts(cfg.State, nil)); err == nil {
 			t.Errorf("evidence with a %s went unnoticed", name)
 		}
 	}
 	os.WriteFile(ev, orig, 0o600)
 	planted := filepath.Join(res.PublishedDir, "part-00001.parquet")
 	os.WriteFile(planted, []byte("extra"), 0o644)
-	if _, err := auditor.VerifyAudit(cfg.State, v, nil); err == nil || !strings.Contains(err.Error(), "holds") {
+	if _, err := auditor.VerifyAudit(cfg.State, v, verifyOpts(cfg.State, nil)); err == nil || !strings.Contains(err.Error(), "holds") {
 		t.Errorf("a planted file: %v", err)
 	}
 	os.Remove(planted)
-	if _, err := auditor.VerifyAudit(cfg.State, v, nil); err != nil {
+	if _, err := auditor.VerifyAudit(cfg.State, v, verifyOpts(cfg.State, nil)); err != nil {
 		t.Fatalf("restored state fails: %v", err)
 	}
 }
@@ -170,7 +171,7 @@ func TestCommitRecordRecovered(t *testing.T) {
 	if err != nil || l.Committed(res.Manifest.RunID) != 0 || l.Size() != 1 {
 		t.Fatalf("log after recovery: size %d, err %v", l.Size(), err)
 	}
-	if _, err := auditor.VerifyAudit(cfg.State, v, nil); err != nil {
+	if _, err := auditor.VerifyAudit(cfg.State, v, verifyOpts(cfg.State, nil)); err != nil {
 		t.Fatal(err)
 	}
 	// A third attempt appends nothing more.
@@ -203,14 +204,14 @@ func TestRecoverInterruptedAppend(t *testing.T) {
 	f, _ := os.OpenFile(filepath.Join(adir, audit.RecordsFile), os.O_APPEND|os.O_WRONLY, 0)
 	f.Write(line)
 	f.Close()
-	if _, err := auditor.VerifyAudit(cfg.State, v, nil); err == nil {
+	if _, err := auditor.VerifyAudit(cfg.State, v, verifyOpts(cfg.State, nil)); err == nil {
 		t.Fatal("an unsigned record verified")
 	}
 	cfg.Force = true
 	if _, err := pipeline.Run(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := auditor.VerifyAudit(cfg.State, v, cp); err != nil {
+	if _, err := auditor.VerifyAudit(cfg.State, v, verifyOpts(cfg.State, cp)); err != nil {
 		t.Fatalf("after recovery: %v", err)
 	}
 	// A torn record: the next run drops it.
@@ -220,7 +221,7 @@ func TestRecoverInterruptedAppend(t *testing.T) {
 	if _, err := pipeline.Run(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := auditor.VerifyAudit(cfg.State, v, cp); err != nil {
+	if _, err := auditor.VerifyAudit(cfg.State, v, verifyOpts(cfg.State, cp)); err != nil {
 		t.Fatalf("after a torn record: %v", err)
 	}
 	// A changed record is not signed over.
@@ -246,7 +247,7 @@ func TestFailedRunRecorded(t *testing.T) {
 	if err != nil || l.Size() != 1 || l.Records()[0].Type != audit.TypeRunFailed || !strings.Contains(l.Records()[0].Reason, "missing.csv") {
 		t.Fatalf("log: %v %+v", err, l.Records())
 	}
-	if _, err := auditor.VerifyAudit(cfg.State, v, nil); err != nil {
+	if _, err := auditor.VerifyAudit(cfg.State, v, verifyOpts(cfg.State, nil)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -280,12 +281,12 @@ func TestSubjectEveryCase(t *testing.T) {
 		e164 := phonenumbers.Format(num, phonenumbers.E164)
 		_, wantExported := o.ids[oracleParams{master: auditMaster, dest: "meta-ads", scheme: "hmac-sha256"}.id(e164)]
 		if seen[u.Case] == 1 {
-			rep, err := auditor.Subject(cfg.State, v, auditor.SubjectQuery{Phone: u.Phone, Country: u.Country, Key: &other})
+			rep, err := auditor.Subject(cfg.State, verifyOpts(cfg.State, nil).Roots, v, auditor.SubjectQuery{Phone: u.Phone, Country: u.Country, Key: &other})
 			if err != nil || len(rep.Runs) != 1 || rep.Runs[0].Status != "unknown" || !strings.Contains(rep.Runs[0].Note, "other-dest") {
 				t.Fatalf("another destination's key: %+v, %v", rep, err)
 			}
 		}
-		rep, err := auditor.Subject(cfg.State, v, auditor.SubjectQuery{Phone: u.Phone, Country: u.Country, Key: &keys[seen[u.Case]%2]})
+		rep, err := auditor.Subject(cfg.State, verifyOpts(cfg.State, nil).Roots, v, auditor.SubjectQuery{Phone: u.Phone, Country: u.Country, Key: &keys[seen[u.Case]%2]})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -338,7 +339,7 @@ func TestSubjectEveryCase(t *testing.T) {
 			}
 		}
 		// By user id too: an exported user's evidence names them.
-		byUser, err := auditor.Subject(cfg.State, v, auditor.SubjectQuery{UserID: u.UserID})
+		byUser, err := auditor.Subject(cfg.State, verifyOpts(cfg.State, nil).Roots, v, auditor.SubjectQuery{UserID: u.UserID})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -373,4 +374,10 @@ func destKeyFile(t *testing.T, mk hashing.MasterKey, destination string) hashing
 		t.Fatal(err)
 	}
 	return k
+}
+
+// verifyOpts are the options of audit verify for a test's state, whose
+// delivery root is its sibling "out".
+func verifyOpts(state string, trusted []byte) auditor.VerifyOptions {
+	return auditor.VerifyOptions{Trusted: trusted, Roots: delivery.Roots{Override: filepath.Join(filepath.Dir(state), "out")}}
 }

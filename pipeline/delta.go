@@ -5,6 +5,7 @@ import (
 
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
+	"audiencematch/pipeline/delivery"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/manifest"
 )
@@ -99,7 +100,11 @@ func (d *deltaMerge) finish() error {
 // against the record's identifier tree, so that removes still reach the
 // platform.
 func (r *run) previousIDs(prev *audit.Record, scheme hashing.Scheme) (idfile.Iter, error) {
-	it, fromEvidence, err := idfile.SentIDs(r.cfg.State, prev, scheme)
+	dir, err := delivery.RootsFor(r.cfg.Destination, r.cfg.Out).RunDir(prev)
+	if err != nil {
+		return nil, err
+	}
+	it, fromEvidence, err := idfile.SentIDs(r.cfg.State, dir, prev, scheme)
 	if fromEvidence {
 		r.cfg.Log.Info("previous run's output is gone; its identifiers for removes come from its evidence", "previous_run_id", prev.RunID)
 	}

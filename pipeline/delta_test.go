@@ -180,7 +180,7 @@ func TestDeltasThreeRuns(t *testing.T) {
 	if l.Size() != 3 {
 		t.Fatalf("log size %d", l.Size())
 	}
-	if _, err := auditor.VerifyAudit(filepath.Join(dir, "state"), v, nil); err != nil {
+	if _, err := auditor.VerifyAudit(filepath.Join(dir, "state"), v, verifyOpts(filepath.Join(dir, "state"), nil)); err != nil {
 		t.Fatal(err)
 	}
 	var w fixtures.User
@@ -194,7 +194,7 @@ func TestDeltasThreeRuns(t *testing.T) {
 	rec := l.Records()[1]
 	var removed []string
 	for _, f := range rec.Removes {
-		removed = append(removed, readIDs(t, filepath.Join(rec.Published, f.Path), hashing.HMACSHA256)...)
+		removed = append(removed, readIDs(t, filepath.Join(dir, "out", rec.Published, f.Path), hashing.HMACSHA256)...)
 	}
 	if _, found := slices.BinarySearch(removed, id); !found {
 		t.Error("a user who withdrew on day 2 is not in day 2's removes")
@@ -225,7 +225,7 @@ func TestKeyRotation(t *testing.T) {
 	if m2.Removes.KeyID != m1.KeyID || m2.Adds.KeyID != m2.KeyID {
 		t.Errorf("removes under key %s, want the old %s", m2.Removes.KeyID, m1.KeyID)
 	}
-	if _, err := auditor.VerifyAudit(filepath.Join(dir, "state"), v, nil); err != nil {
+	if _, err := auditor.VerifyAudit(filepath.Join(dir, "state"), v, verifyOpts(filepath.Join(dir, "state"), nil)); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -40,7 +41,13 @@ func (r *run) runID() string {
 
 // PublishedPath is where a run of destination at asOf is published under out.
 func PublishedPath(out, destination string, asOf time.Time, runID string) string {
-	return filepath.Join(out, destination, "dt="+asOf.UTC().Format(time.DateOnly), "run="+runID)
+	return filepath.Join(out, filepath.FromSlash(PublishedRel(destination, asOf, runID)))
+}
+
+// PublishedRel is a run's published directory relative to the delivery
+// root, as its audit record names it: "<destination>/dt=<date>/run=<id>".
+func PublishedRel(destination string, asOf time.Time, runID string) string {
+	return path.Join(destination, "dt="+asOf.UTC().Format(time.DateOnly), "run="+runID)
 }
 
 // writeOutputs resolves the join's buckets in identifier order and, for

@@ -62,7 +62,7 @@ func prune(c PruneConfig) ([]retention.Removal, error) {
 	if c.Log != nil {
 		for _, rm := range rms {
 			c.Log.Info("pruned what retention expired", "destination", rm.Destination, "retention_days", rm.RetentionDays,
-				"runs", len(rm.Pruned), "dry_run", c.DryRun)
+				"runs", len(rm.Runs), "failed_runs", len(rm.Failed), "dry_run", c.DryRun)
 		}
 	}
 	return rms, err

@@ -13,6 +13,8 @@ import (
 
 	"audiencematch/consent/audit"
 	"audiencematch/pipeline"
+	"audiencematch/pipeline/auditor"
+	"audiencematch/pipeline/delivery"
 	"audiencematch/pipeline/destinations"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/statedir"
@@ -88,9 +90,11 @@ func isPublished(cfg pipeline.Config, runID string) bool {
 }
 
 // TestPruneKeepsTheChain: of four nights, with the retention (30 days) past
-// the first two only, prune removes the first run whole, keeps the second's
-// snapshot (the third's deltas are checked against it) and the last's, and
-// records exactly what it removed; the next night's deltas still work.
+// the first two only, prune removes the first run (its published directory,
+// evidence and rejects), keeps the second whole (the third's deltas are
+// checked against it) and records exactly what it removed; audit verify
+// reports the first as pruned; later, everything but the chain head goes,
+// and the next night's deltas still work.
 func TestPruneKeepsTheChain(t *testing.T) {
 	dir := t.TempDir()
 	cfg, runs := nights(t, dir, 4)
@@ -99,11 +103,11 @@ func TestPruneKeepsTheChain(t *testing.T) {
 	}
 	days := time.Duration(cfg.Registry.Destinations[0].RetentionDays) * 24 * time.Hour
 	// Runs 1 and 2 were recorded before the third: expired; 3 and 4 not.
-	now := recordTime(t, runs[2]).Add(days)
+	now := recordTime(t, runs[2]).Add(days - time.Microsecond)
 	dry := pruneConfig(cfg, now)
 	dry.DryRun = true
 	rms, err := pipeline.Prune(context.Background(), dry)
-	if err != nil || len(rms) != 1 || len(rms[0].Pruned) != 2 {
+	if err != nil || len(rms) != 1 || !slices.Equal(rms[0].Runs, []string{runs[0].RunID}) {
 		t.Fatalf("dry run: %v, %+v", err, rms)
 	}
 	if len(pruneRecords(t, cfg.State)) != 0 || !fileExists(statedir.Evidence(cfg.State, runs[0].RunID)) {
@@ -112,62 +116,59 @@ func TestPruneKeepsTheChain(t *testing.T) {
 	if _, err := pipeline.Prune(context.Background(), pruneConfig(cfg, now)); err != nil {
 		t.Fatal(err)
 	}
-	want := []audit.Pruned{
-		{RunID: runs[0].RunID, Removed: []string{audit.PrunedPublished, audit.PrunedEvidence, audit.PrunedRejects}},
-		{RunID: runs[1].RunID, Removed: []string{audit.PrunedEvidence, audit.PrunedRejects}},
-	}
 	recs := pruneRecords(t, cfg.State)
-	if len(recs) != 1 || recs[0].Destination != "meta-ads" || recs[0].RetentionDays != 30 || !slices.EqualFunc(recs[0].Pruned, want, func(a, b audit.Pruned) bool {
-		return a.RunID == b.RunID && slices.Equal(a.Removed, b.Removed)
-	}) {
-		t.Fatalf("prune records: %+v, want %+v", recs, want)
+	if len(recs) != 1 || recs[0].Destination != "meta-ads" || recs[0].RetentionDays != 30 || !slices.Equal(recs[0].PrunedRuns, []string{runs[0].RunID}) {
+		t.Fatalf("prune records: %+v", recs)
 	}
-	for i, c := range []struct{ published, evidence, rejects bool }{{false, false, false}, {true, false, false}, {true, true, true}, {true, true, true}} {
+	for i, kept := range []bool{false, true, true, true} {
 		id := runs[i].RunID
-		if got := isPublished(cfg, id); got != c.published {
-			t.Errorf("run %d published: %v, want %v", i+1, got, c.published)
-		}
-		if got := fileExists(statedir.Evidence(cfg.State, id)); got != c.evidence {
-			t.Errorf("run %d evidence: %v, want %v", i+1, got, c.evidence)
-		}
-		if got := fileExists(filepath.Join(statedir.Run(cfg.State, id), "rejects.csv")); got != c.rejects {
-			t.Errorf("run %d rejects: %v, want %v", i+1, got, c.rejects)
-		}
-		for _, keep := range []string{"manifest.json", "record.json"} {
-			if !fileExists(filepath.Join(statedir.Run(cfg.State, id), keep)) {
-				t.Errorf("run %d: %s removed", i+1, keep)
+		for what, there := range map[string]bool{
+			"published": isPublished(cfg, id),
+			"evidence":  fileExists(statedir.Evidence(cfg.State, id)),
+			"rejects":   fileExists(filepath.Join(statedir.Run(cfg.State, id), "rejects.csv")),
+		} {
+			if there != kept {
+				t.Errorf("run %d's %s: there %v, want %v", i+1, what, there, kept)
 			}
+		}
+		if !fileExists(filepath.Join(statedir.Run(cfg.State, id), "record.json")) {
+			t.Errorf("run %d: record.json removed", i+1)
 		}
 	}
 	if m, _ := filepath.Glob(filepath.Join(cfg.Out, "meta-ads", "dt=2026-11-01")); len(m) != 0 {
 		t.Error("an emptied dt= directory is left")
 	}
-	// The log is intact and signed: the records stay, the prune is one more.
-	if l, _, err := audit.VerifyLog(statedir.Audit(cfg.State), cfg.AuditVerifier, nil); err != nil || l.Size() != 5 {
-		t.Fatalf("log after prune: %v", err)
+	// The log is intact and signed, and audit verify reports the pruned run.
+	rep, err := auditor.VerifyAudit(cfg.State, cfg.AuditVerifier, auditor.VerifyOptions{Roots: delivery.RootsFor("meta-ads", cfg.Out), Now: now})
+	if err != nil || rep.Records != 5 || len(rep.Pruned) != 1 || rep.Pruned[0].RunID != runs[0].RunID {
+		t.Fatalf("audit verify after the prune: %v %+v", err, rep)
 	}
 	// A second prune at the same time finds nothing more.
 	if rms, err := pipeline.Prune(context.Background(), pruneConfig(cfg, now)); err != nil || len(rms) != 0 {
 		t.Fatalf("second prune: %v %+v", err, rms)
 	}
-	// Far later, everything but the chain head goes; its snapshot stays for
-	// the next night's removes, its evidence goes (the snapshot has them).
-	if _, err := pipeline.Prune(context.Background(), pruneConfig(cfg, now.Add(10*days))); err != nil {
+	// Far later, everything but the chain head goes: the next night's
+	// removes come from its snapshot.
+	later := now.Add(10 * days)
+	if _, err := pipeline.Prune(context.Background(), pruneConfig(cfg, later)); err != nil {
 		t.Fatal(err)
 	}
-	for i, id := range []string{runs[0].RunID, runs[1].RunID, runs[2].RunID} {
-		if isPublished(cfg, id) {
-			t.Errorf("run %d still published", i+1)
+	for i, id := range []string{runs[1].RunID, runs[2].RunID} {
+		if isPublished(cfg, id) || fileExists(statedir.Evidence(cfg.State, id)) {
+			t.Errorf("run %d kept", i+2)
 		}
 	}
-	if !isPublished(cfg, runs[3].RunID) || fileExists(statedir.Evidence(cfg.State, runs[3].RunID)) {
-		t.Error("the chain head: want its snapshot kept and its evidence removed")
+	if !isPublished(cfg, runs[3].RunID) || !fileExists(statedir.Evidence(cfg.State, runs[3].RunID)) {
+		t.Error("the chain head was pruned")
+	}
+	if rep, err := auditor.VerifyAudit(cfg.State, cfg.AuditVerifier, auditor.VerifyOptions{Roots: delivery.RootsFor("meta-ads", cfg.Out), Now: later}); err != nil || len(rep.Pruned) != 3 {
+		t.Fatalf("audit verify after the second prune: %v %+v", err, rep)
 	}
 	c := cfg
 	c.Rules.AsOf = time.Date(2026, 11, 5, 0, 0, 0, 0, time.UTC)
 	res, err := pipeline.Run(context.Background(), c)
 	if err != nil || res.Manifest.PreviousRunID != runs[3].RunID || res.Manifest.Removes == nil {
-		t.Fatalf("the night after the prune: %v, previous %q", err, res.Manifest.PreviousRunID)
+		t.Fatalf("the night after the prune: %v", err)
 	}
 }
 
@@ -201,7 +202,7 @@ func TestPruneFailedRunsAtTheEndOfARun(t *testing.T) {
 		t.Errorf("old failed run kept %v, recent removed %v", fileExists(old), !fileExists(recent))
 	}
 	recs := pruneRecords(t, cfg.State)
-	if len(recs) != 1 || len(recs[0].Pruned) != 1 || recs[0].Pruned[0].RunID != filepath.Base(old) || recs[0].Pruned[0].Removed[0] != audit.PrunedFailed {
+	if len(recs) != 1 || len(recs[0].PrunedRuns) != 0 || !slices.Equal(recs[0].PrunedFailed, []string{filepath.Base(old)}) {
 		t.Fatalf("prune records: %+v", recs)
 	}
 	if len(res.Pruned) != 1 {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -24,6 +25,7 @@ import (
 
 	"audiencematch/consent"
 	"audiencematch/consent/audit"
+	"audiencematch/consent/audit/witness"
 	"audiencematch/hashing"
 	"audiencematch/internal/fsutil"
 	"audiencematch/pipeline/delivery"
@@ -98,6 +100,9 @@ type Config struct {
 	// maxDrop is the destination's drop guard threshold, a fraction, from
 	// the registry (authorize sets it).
 	maxDrop float64
+	// authorization is the registry entry that authorized the run, for
+	// its record (authorize sets it).
+	authorization *audit.Authorization
 	// spills are the thresholds at which the run splits and groups its
 	// spills; nil: defaultSpillThresholds. Tests set them
 	// (SetSpillThresholds).
@@ -353,6 +358,13 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 		return nil, err
 	}
 	defer lock.Release()
+	witnesses, err := witness.LoadConfig(cfg.State)
+	if err != nil {
+		return nil, fmt.Errorf("%w: witnesses: %w", errkind.ErrConfig, err)
+	}
+	// Last, still under the lock, whatever happened: the checkpoint as the
+	// run leaves it goes to the witnesses.
+	defer cosign(ctx, &cfg, witnesses)
 	if cfg.AuditSigner != nil {
 		if cfg.AuditVerifier == nil {
 			return nil, fmt.Errorf("%w: an audit signer needs its verifier", errkind.ErrConfig)
@@ -518,7 +530,40 @@ func authorize(cfg *Config, record bool) error {
 	if err := p.Permits(cfg.Destination+"/"+cfg.Rules.Purpose, cfg.Rules.MinPolicyVersion, cfg.Rules.MaxAge); err != nil {
 		return err
 	}
+	cfg.authorization = &audit.Authorization{RegistrySHA256: cfg.Registry.SHA256, Organization: d.Organization,
+		Relationship: d.Relationship, Purposes: d.Purposes, LawfulBasis: d.LawfulBasis, RetentionDays: int64(d.RetentionDays)}
 	return d.Agrees(string(cfg.Scheme), cfg.Out)
+}
+
+// cosign asks the configured witnesses that have not cosigned the log's
+// checkpoint to cosign it (package witness). A witness that is down or
+// refuses does not fail the run: it is reported, `audit verify` shows it,
+// and the next run asks again.
+func cosign(ctx context.Context, cfg *Config, ws []witness.Witness) {
+	if cfg.AuditSigner == nil || len(ws) == 0 {
+		return
+	}
+	dir := statedir.Audit(cfg.State)
+	l, err := audit.Open(dir)
+	if err == nil && l.Size() == 0 {
+		return
+	}
+	var out []witness.Outcome
+	if err == nil {
+		out, err = witness.Cosign(ctx, dir, l, cfg.AuditVerifier, ws, http.DefaultClient)
+	}
+	if err != nil {
+		cfg.Log.Warn("the checkpoint could not be sent to the witnesses; the next run tries again", "err", err)
+		return
+	}
+	for _, o := range out {
+		switch {
+		case o.Cosigned:
+			cfg.Log.Info("witness cosigned the checkpoint", "witness", o.Witness, "records", l.Size())
+		case o.Err != nil:
+			cfg.Log.Warn("witness did not cosign the checkpoint; the next run asks again", "witness", o.Witness, "err", o.Err)
+		}
+	}
 }
 
 // committedOn returns the committed run of the destination for the run's

@@ -200,7 +200,7 @@ func TestShardedIdenticalToUnsharded(t *testing.T) {
 			if _, err := os.Stat(pipeline.ShardsDir(&cfg)); !os.IsNotExist(err) {
 				t.Errorf("the shards were not removed after the commit: %v", err)
 			}
-			if _, err := auditor.VerifyAudit(cfg.State, cfg.AuditVerifier, nil); err != nil {
+			if _, err := auditor.VerifyAudit(cfg.State, cfg.AuditVerifier, verifyOpts(cfg.State, nil)); err != nil {
 				t.Errorf("verify: %v", err)
 			}
 		})

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"strings"
 	"time"
 
 	"audiencematch/consent"
@@ -15,7 +16,7 @@ import (
 // a test's own rules decide.
 func TestRegistry(out, dest string, scheme hashing.Scheme) *destinations.Registry {
 	minVersion := int64(1)
-	return &destinations.Registry{Version: destinations.Version, Path: "test-registry", Destinations: []destinations.Destination{{
+	return &destinations.Registry{Version: destinations.Version, Path: "test-registry", SHA256: strings.Repeat("ab", 32), Destinations: []destinations.Destination{{
 		ID: dest, Name: "Parent Ads", Organization: "Parent Co", Relationship: destinations.Parent,
 		Purposes: []string{fixtures.DefaultPurpose}, LawfulBasis: "consent", Scheme: string(scheme),
 		AllowUnkeyed: !scheme.Keyed(), Delivery: out, RetentionDays: 30,

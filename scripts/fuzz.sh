@@ -13,3 +13,5 @@ fuzz ./pipeline/source FuzzCSV
 fuzz ./consent/audit FuzzParseRecord
 fuzz ./consent/audit FuzzRecordReason
 fuzz ./pipeline/spill FuzzOpen
+fuzz ./consent/audit/witness FuzzCosignatureVerifierKey
+fuzz ./pipeline/auditor FuzzCheckProof

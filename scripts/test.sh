@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, vet, race-enabled tests
 # (with a throw-away PostgreSQL server, installed from Debian's packages if
-# missing), the deploy files checked with their tools, the normalization
-# differential test and a short run of every fuzz target. Under 10 minutes
-# of wall time on a busy 2-core machine (docs/PERFORMANCE.md).
+# missing, and a throw-away litewitness, installed with go install into a
+# tools directory), the independent verifier in node (scripts/verify-audit.mjs,
+# run by the Go tests), the deploy files checked with their tools, the
+# normalization differential test and a short run of every fuzz target.
+# Under 10 minutes of wall time on a busy 2-core machine (docs/PERFORMANCE.md).
 #
 # Usage: scripts/test.sh           the whole suite
 #        scripts/test.sh --quick   the inner loop: gofmt, go vet, go test -short
-#                                  (no race detector, no PostgreSQL, no crash or
-#                                  randomized-night tests, no fuzzing)
+#                                  (no race detector, no PostgreSQL or witness,
+#                                  no crash or randomized-night tests, no fuzzing)
 # The long forms (the differential test on 10M inputs, fuzzing for longer)
 # are in scripts/bench.sh.
 set -euo pipefail
@@ -33,6 +35,9 @@ fi
 echo "== PostgreSQL for the database tests"
 eval "$(scripts/pg.sh start)"
 trap 'scripts/pg.sh stop "$AUDIENCEMATCH_TEST_PG_DIR"' EXIT
+echo "== a C2SP witness (litewitness) for the witness tests"
+eval "$(scripts/witness.sh start)"
+trap 'scripts/pg.sh stop "$AUDIENCEMATCH_TEST_PG_DIR"; scripts/witness.sh stop "$AUDIENCEMATCH_TEST_WITNESS_DIR"' EXIT
 echo "== go test -race"
 go test -race -count=1 ./...
 echo "== deploy files (scripts/deploy/check: systemd-analyze, the crontab, Kubernetes batch/v1, the image's binary)"

@@ -9,6 +9,7 @@ import (
 
 	"audiencematch/consent/audit"
 	"audiencematch/pipeline/auditor"
+	"audiencematch/pipeline/delivery"
 	"audiencematch/pipeline/statedir"
 )
 
@@ -93,4 +94,16 @@ func TestPostgresUnreachableExit75(t *testing.T) {
 	if len(e.published(t)) != 0 {
 		t.Error("published without a source")
 	}
+}
+
+// verifyOpts are the options of audit verify for a test's state, whose
+// delivery root is its sibling "out".
+func verifyOpts(state string, trusted []byte) auditor.VerifyOptions {
+	return auditor.VerifyOptions{Trusted: trusted, Roots: delivery.Roots{Override: filepath.Join(filepath.Dir(state), "out")}}
+}
+
+// publishedDir is a committed run's published directory in a test whose
+// delivery root is its state's sibling "out".
+func publishedDir(state string, rec *audit.Record) string {
+	return filepath.Join(filepath.Dir(state), "out", filepath.FromSlash(rec.PublishedRel()))
 }

@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -16,9 +18,12 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"audiencematch/consent/audit"
+	"audiencematch/consent/audit/witness"
 	"audiencematch/hashing"
 	"audiencematch/internal/fsutil"
 	"audiencematch/pipeline/auditor"
+	"audiencematch/pipeline/delivery"
+	"audiencematch/pipeline/destinations"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/statedir"
 )
@@ -33,6 +38,69 @@ type AuditOptions struct {
 	Phone, Country    string
 	UserID            string
 	Key               string
+	Delivery          string
+	Registry          string
+	Witnesses         []string
+	MinWitnesses      int
+}
+
+// addDeliveryFlags registers the flags that locate published runs.
+func (o *AuditOptions) addDeliveryFlags(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&o.Delivery, "delivery", "", "a copy of the delivered files, laid out as DESTINATION/dt=DATE/run=ID (default: each destination's delivery root in the registry)")
+	cmd.Flags().StringVar(&o.Registry, "registry", "", "the destination registry, for the delivery roots and retention of each destination (default: STATE/destinations.yaml, if present)")
+}
+
+// addWitnessFlags registers the flags that require witnesses' cosignatures.
+func (o *AuditOptions) addWitnessFlags(cmd *cobra.Command) {
+	cmd.Flags().StringArrayVar(&o.Witnesses, "witness", nil, "a witness's cosignature verifier key (or a file holding it) whose cosignature the checkpoint must carry; repeat for several")
+	cmd.Flags().IntVar(&o.MinWitnesses, "min-witnesses", -1, "how many of the --witness keys must have cosigned (default: all of them)")
+}
+
+// witnessVerifiers parses --witness and --min-witnesses.
+func (o *AuditOptions) witnessVerifiers() ([]*witness.CosignatureVerifier, int, error) {
+	var vs []*witness.CosignatureVerifier
+	for _, k := range o.Witnesses {
+		text := k
+		if b, err := os.ReadFile(k); err == nil {
+			text = strings.TrimSpace(string(b))
+		}
+		v, err := witness.NewCosignatureVerifier(text)
+		if err != nil {
+			return nil, 0, fmt.Errorf("%w: --witness %q: %w", errkind.ErrUsage, k, err)
+		}
+		vs = append(vs, v)
+	}
+	min := o.MinWitnesses
+	if min < 0 {
+		min = len(vs)
+	}
+	if min > len(vs) {
+		return nil, 0, fmt.Errorf("%w: --min-witnesses %d, but only %d --witness keys are given", errkind.ErrUsage, min, len(vs))
+	}
+	return vs, min, nil
+}
+
+// roots locates published runs: --delivery, or the registry's delivery
+// roots; and the registry's retention of each destination.
+func (o *AuditOptions) roots() (delivery.Roots, map[string]int64, error) {
+	r := delivery.Roots{Override: o.Delivery, ByDestination: map[string]string{}}
+	retention := map[string]int64{}
+	path := o.Registry
+	if path == "" {
+		path = filepath.Join(o.State, "destinations.yaml")
+		if _, err := os.Stat(path); err != nil {
+			return r, retention, nil
+		}
+	}
+	reg, err := destinations.Load(path)
+	if err != nil {
+		return r, nil, fmt.Errorf("%w: --registry: %w", errkind.ErrConfig, err)
+	}
+	for _, d := range reg.Destinations {
+		r.ByDestination[d.ID] = d.Delivery
+		retention[d.ID] = int64(d.RetentionDays)
+	}
+	return r, retention, nil
 }
 
 // AddFlags registers the shared flags.
@@ -66,37 +134,55 @@ Merkle tree follows RFC 6962 and its checkpoints are C2SP tlog-checkpoints signe
 with Ed25519. These commands need only the state directory, the published output
 and the verifier key; they trust nothing the operator says.`,
 	}
-	a.AddCommand(newAuditVerifyCommand(), newAuditRunsCommand(), newAuditSubjectCommand())
+	a.AddCommand(newAuditVerifyCommand(), newAuditRunsCommand(), newAuditSubjectCommand(), newAuditCheckProofCommand())
 	return a
 }
 
 func newAuditVerifyCommand() *cobra.Command {
 	o := &AuditOptions{}
 	cmd := &cobra.Command{
-		Use:   "verify --state DIR [--verifier KEY] [--trusted-checkpoint FILE] [--save-checkpoint FILE]",
+		Use:   "verify --state DIR [--verifier KEY] [--delivery DIR] [--trusted-checkpoint FILE] [--save-checkpoint FILE] [--witness KEY ... [--min-witnesses N]]",
 		Short: "Check the log, its signed checkpoint and every published output it points to",
 		Long: `Rebuild the log's Merkle tree from its records and check it against the signed
 checkpoint; check that the log extends the checkpoint you saved on your last visit
 (--trusted-checkpoint: catches rollback, forks and rewritten history); re-hash every
 published file and manifest of every committed run, re-read its identifiers (sorted,
 distinct, of the scheme's shape) and rebuild their tree, rebuild the private
-evidence tree, and check every count.
+evidence tree, check every count and the delivery chain's deltas.
+
+Published runs are read under each destination's delivery root in the registry
+(--registry, default STATE/destinations.yaml), or under --delivery DIR: a copy of the
+delivered files, wherever it is. A run whose published directory was removed past its
+destination's retention_days is verified from its record and evidence and reported as
+pruned, saying what can no longer be checked. --witness KEY (repeatable) requires the
+checkpoint to carry valid cosignatures of those witnesses (at least --min-witnesses of
+them); the witnesses of STATE/witnesses.yaml that did not cosign are listed.
 
 Exit 0 only when all holds. Otherwise exit 65, naming the first broken thing.
---save-checkpoint FILE keeps the verified checkpoint for your next visit.`,
+--save-checkpoint FILE keeps the verified checkpoint for your next visit.
+docs/AUDITORS.md specifies every byte checked.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			v, err := o.verifier(cmd)
 			if err != nil {
 				return err
 			}
-			var trusted []byte
+			opts := auditor.VerifyOptions{}
 			if o.TrustedCheckpoint != "" {
-				if trusted, err = os.ReadFile(o.TrustedCheckpoint); err != nil {
+				if opts.Trusted, err = os.ReadFile(o.TrustedCheckpoint); err != nil {
 					return fmt.Errorf("%w: trusted checkpoint: %w", errkind.ErrNoInput, err)
 				}
 			}
-			rep, err := auditor.VerifyAudit(o.State, v, trusted)
+			if opts.Roots, opts.Retention, err = o.roots(); err != nil {
+				return err
+			}
+			if opts.Witnesses, opts.MinWitnesses, err = o.witnessVerifiers(); err != nil {
+				return err
+			}
+			if opts.Configured, err = witness.LoadConfig(o.State); err != nil {
+				return fmt.Errorf("%w: %w", errkind.ErrConfig, err)
+			}
+			rep, err := auditor.VerifyAudit(o.State, v, opts)
 			if err == nil && o.SaveCheckpoint != "" {
 				err = fsutil.WriteFileDurable(o.SaveCheckpoint, rep.Checkpoint, 0o644)
 			}
@@ -106,14 +192,26 @@ Exit 0 only when all holds. Otherwise exit 65, naming the first broken thing.
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "ok: %d records, %d committed runs verified; signed root %s\n", rep.Records, rep.Committed, rep.Root)
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "ok: %d records, %d committed runs verified; signed root %s\n", rep.Records, rep.Committed, rep.Root)
+			for _, name := range slices.Sorted(maps.Keys(rep.Cosigned)) {
+				fmt.Fprintf(w, "cosigned by witness %s at %s\n", name, time.Unix(int64(rep.Cosigned[name]), 0).UTC().Format(time.RFC3339))
+			}
+			for _, name := range rep.Uncosigned {
+				fmt.Fprintf(w, "NOT cosigned by the configured witness %s: it was down or refused at the last run (the next run asks again)\n", name)
+			}
+			for _, p := range rep.Pruned {
+				fmt.Fprintf(w, "pruned: record %d, run %s (%s): %s\n", p.Record, p.RunID, p.Destination, p.Unchecked)
+			}
 			return nil
 		},
 	}
 	o.AddFlags(cmd)
+	o.addDeliveryFlags(cmd)
+	o.addWitnessFlags(cmd)
 	cmd.Flags().StringVar(&o.TrustedCheckpoint, "trusted-checkpoint", "", "a checkpoint saved on an earlier visit: the log must extend it")
 	cmd.Flags().StringVar(&o.SaveCheckpoint, "save-checkpoint", "", "write the verified checkpoint here, for the next visit")
-	cmd.Flags().BoolVar(&o.JSON, "json", false, "print the result as JSON: {\"ok\", \"records\", \"committed\", \"root\", \"checkpoint\", \"error\", \"exit_code\"}")
+	cmd.Flags().BoolVar(&o.JSON, "json", false, "print the result as JSON: {\"ok\", \"records\", \"committed\", \"root\", \"checkpoint\", \"pruned\", \"error\", \"exit_code\"}")
 	return cmd
 }
 
@@ -124,16 +222,19 @@ type VerifyResult struct {
 	Committed  int    `json:"committed"`
 	Root       string `json:"root,omitempty"`
 	Checkpoint string `json:"checkpoint,omitempty"`
-	Error      string `json:"error,omitempty"`
-	ExitCode   int    `json:"exit_code"`
+	// Pruned are the runs verified without their published files.
+	Pruned   []auditor.PrunedRun `json:"pruned"`
+	Error    string              `json:"error,omitempty"`
+	ExitCode int                 `json:"exit_code"`
 }
 
 // verifyJSON prints the outcome of audit verify as one JSON document; a
 // failure then exits as it would without --json, printed once.
 func verifyJSON(w io.Writer, rep *auditor.VerifyReport, err error) error {
-	res := VerifyResult{OK: err == nil, ExitCode: exitCode(err)}
+	res := VerifyResult{OK: err == nil, ExitCode: exitCode(err), Pruned: []auditor.PrunedRun{}}
 	if rep != nil {
 		res.Records, res.Committed, res.Root, res.Checkpoint = rep.Records, rep.Committed, rep.Root, string(rep.Checkpoint)
+		res.Pruned = append(res.Pruned, rep.Pruned...)
 	}
 	if err != nil {
 		res.Error = err.Error()
@@ -215,12 +316,12 @@ func printRuns(w io.Writer, recs []*audit.Record) error {
 		if r.Reason != "" {
 			fmt.Fprintf(tw, "    reason: %s\n", shorten(r.Reason, maxReasonRunes))
 		}
-		if len(r.Pruned) > 0 {
-			parts := make([]string, len(r.Pruned))
-			for i, p := range r.Pruned {
-				parts[i] = p.RunID + " (" + strings.Join(p.Removed, ", ") + ")"
+		if r.Type == audit.TypePrune {
+			parts := slices.Clone(r.PrunedRuns)
+			for _, name := range r.PrunedFailed {
+				parts = append(parts, "failed/"+name)
 			}
-			fmt.Fprintf(tw, "    pruned after %d days: %s\n", r.RetentionDays, shorten(strings.Join(parts, "; "), maxReasonRunes))
+			fmt.Fprintf(tw, "    pruned after %d days: %s\n", r.RetentionDays, shorten(strings.Join(parts, ", "), maxReasonRunes))
 		}
 	}
 	return tw.Flush()
@@ -285,7 +386,11 @@ STATE/keys/master.key), or a destination's key for that destination's runs. --us
 					q.Key = &k
 				}
 			}
-			rep, err := auditor.Subject(o.State, v, q)
+			roots, _, err := o.roots()
+			if err != nil {
+				return err
+			}
+			rep, err := auditor.Subject(o.State, roots, v, q)
 			if err != nil {
 				return err
 			}
@@ -320,7 +425,8 @@ STATE/keys/master.key), or a destination's key for that destination's runs. --us
 	cmd.Flags().StringVar(&o.Country, "country", "", "ISO 3166-1 region for a number without +country code")
 	cmd.Flags().StringVar(&o.UserID, "user-id", "", "the account id")
 	cmd.Flags().StringVar(&o.Key, "key", "", "master key file, or a destination's key file (its runs only) (default: $"+hashing.KeyEnv+", then STATE/keys/master.key)")
-	cmd.Flags().BoolVar(&o.JSON, "json", false, "print the report, with every proof, as JSON")
+	cmd.Flags().BoolVar(&o.JSON, "json", false, "print the report, with every proof, as JSON: the proof `audit check-proof` checks")
+	o.addDeliveryFlags(cmd)
 	return cmd
 }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -33,14 +32,14 @@ limit) has expired, and append a prune record to the audit log naming, for each
 run, what was removed. Every run does this for its destination when it has
 published, unless --prune=false.
 
-A committed run expires retention_days after its audit record. Of an expired run,
+A committed run expires retention_days after it was recorded (and after its cutoff,
+audit verify's rule for a run whose published files are gone). Of an expired run,
 prune removes its published directory, STATE/runs/<id>/evidence.parquet and
 rejects.csv, and keeps its manifest.json and record.json (no personal data) and its
-audit record. It never removes what the delivery chain needs: the latest run's
-snapshot (the next run's removes come from it), nor the snapshot of a run whose
-successor is not expired (its deltas are checked against it); of those it removes
-only the rejects, and the evidence once the snapshot is there. STATE/failed/<id>/
-(a run over its reject rate: raw rows) expires retention_days after it was written.
+audit record. It never prunes a run the delivery chain needs: the latest run (the
+next run's removes come from it), nor a run whose successor is not expired (audit
+verify checks the successor's deltas against it). STATE/failed/<name>/ (a run over
+its reject rate: raw rows) expires retention_days after it was written.
 
 ` + exitCodesHelp,
 		Args: cobra.NoArgs,
@@ -97,8 +96,11 @@ func runPrune(cmd *cobra.Command, o *PruneOptions, g *globalOptions) error {
 	}
 	for _, rm := range rms {
 		fmt.Fprintf(w, "%s (retention_days %d):\n", rm.Destination, rm.RetentionDays)
-		for _, p := range rm.Pruned {
-			fmt.Fprintf(w, "  %s %s: %s\n", verb, p.RunID, strings.Join(p.Removed, ", "))
+		for _, id := range rm.Runs {
+			fmt.Fprintf(w, "  %s run %s: its published directory, evidence and rejects\n", verb, id)
+		}
+		for _, name := range rm.Failed {
+			fmt.Fprintf(w, "  %s failed run %s: STATE/failed/%s\n", verb, name, name)
 		}
 	}
 	if err == nil && len(rms) == 0 {

@@ -161,7 +161,7 @@ func (e crashEnv) checkRecovered(t *testing.T, want map[string][]byte) {
 	if ents, _ := os.ReadDir(filepath.Join(e.state, "staging")); len(ents) != 0 {
 		t.Errorf("staging not cleaned: %d entries", len(ents))
 	}
-	if _, err := auditor.VerifyAudit(e.state, mustVerifier(t, e.state), nil); err != nil {
+	if _, err := auditor.VerifyAudit(e.state, mustVerifier(t, e.state), verifyOpts(e.state, nil)); err != nil {
 		t.Fatalf("audit verify after recovery: %v", err)
 	}
 }

@@ -221,20 +221,20 @@ func replay(t *testing.T, state, destination string) []string {
 		return nil
 	}
 	held := map[string]bool{}
-	for _, id := range readIDs(t, runs[0].Published, runs[0].Files) {
+	for _, id := range readIDs(t, publishedDir(state, runs[0]), runs[0].Files) {
 		held[id] = true
 	}
 	for i, r := range runs[1:] {
 		if r.PreviousRunID != runs[i].RunID {
 			t.Fatalf("run %s names %q as its previous run, the log's chain %s", r.RunID, r.PreviousRunID, runs[i].RunID)
 		}
-		for _, id := range readIDs(t, r.Published, r.Removes) {
+		for _, id := range readIDs(t, publishedDir(state, r), r.Removes) {
 			if !held[id] {
 				t.Fatalf("run %s removes an identifier the platform does not hold", r.RunID)
 			}
 			delete(held, id)
 		}
-		for _, id := range readIDs(t, r.Published, r.Adds) {
+		for _, id := range readIDs(t, publishedDir(state, r), r.Adds) {
 			if held[id] {
 				t.Fatalf("run %s adds an identifier the platform holds", r.RunID)
 			}
@@ -242,7 +242,7 @@ func replay(t *testing.T, state, destination string) []string {
 		}
 	}
 	last := runs[len(runs)-1]
-	snap := readIDs(t, last.Published, last.Files)
+	snap := readIDs(t, publishedDir(state, last), last.Files)
 	got := make([]string, 0, len(held))
 	for id := range held {
 		got = append(got, id)
@@ -493,7 +493,7 @@ func (f *forger) dropLast(dir string, file audit.File) audit.File {
 
 // rewriteManifest applies edit to a run's manifest and returns its digest.
 func (f *forger) rewriteManifest(rec *audit.Record, edit func(*manifest.Manifest)) string {
-	path := filepath.Join(rec.Published, rec.Manifest.Path)
+	path := filepath.Join(publishedDir(f.state, rec), rec.Manifest.Path)
 	f.keep(path)
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -586,7 +586,7 @@ func tamperChain(t *testing.T, e nightsEnv) {
 
 	// A withdrawal hidden: one identifier dropped from the removes and one
 	// from the adds, so that the counts still balance.
-	adds, removes := f.dropLast(victim.Published, victim.Adds[0]), f.dropLast(victim.Published, victim.Removes[0])
+	adds, removes := f.dropLast(publishedDir(f.state, victim), victim.Adds[0]), f.dropLast(publishedDir(f.state, victim), victim.Removes[0])
 	sum := f.rewriteManifest(victim, func(m *manifest.Manifest) {
 		m.Adds.Files[0].SHA256, m.Adds.Files[0].Rows, m.Adds.Rows = adds.SHA256, adds.Rows, m.Adds.Rows-1
 		m.Removes.Files[0].SHA256, m.Removes.Files[0].Rows, m.Removes.Rows = removes.SHA256, removes.Rows, m.Removes.Rows-1
@@ -599,7 +599,7 @@ func tamperChain(t *testing.T, e nightsEnv) {
 	verifyFails("a withdrawn identifier dropped from the removes", victim.RunID)
 
 	// A withdrawal hidden, with the manifest's previous total adjusted.
-	removes = f.dropLast(victim.Published, victim.Removes[0])
+	removes = f.dropLast(publishedDir(f.state, victim), victim.Removes[0])
 	sum = f.rewriteManifest(victim, func(m *manifest.Manifest) {
 		m.Removes.Files[0].SHA256, m.Removes.Files[0].Rows, m.Removes.Rows = removes.SHA256, removes.Rows, m.Removes.Rows-1
 		m.PreviousTotalRows--

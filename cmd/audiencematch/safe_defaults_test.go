@@ -329,13 +329,13 @@ func TestPruneCommand(t *testing.T) {
 	mustRun(t, e.args("--as-of", "2026-11-02T00:00:00Z")...)
 	later := time.Now().Add(200 * 24 * time.Hour).UTC().Format(time.RFC3339)
 	out, stderr, code := execute(t, "prune", "--state", e.state, "--now", later, "--dry-run")
-	if code != 0 || !strings.Contains(out, "would remove 20261101T") || !strings.Contains(out, "published, evidence, rejects") {
+	if code != 0 || !strings.Contains(out, "would remove run 20261101T") || !strings.Contains(out, "its published directory, evidence and rejects") || strings.Contains(out, "20261102T") {
 		t.Fatalf("dry run: exit %d: %s %s", code, out, stderr)
 	}
 	if len(e.published(t)) == 0 || strings.Contains(mustOut(t, "audit", "runs", "--state", e.state), "prune") {
 		t.Fatal("a dry run removed or recorded something")
 	}
-	if out, stderr, code := execute(t, "prune", "--state", e.state, "--now", later); code != 0 || !strings.Contains(out, "removed 20261101T") {
+	if out, stderr, code := execute(t, "prune", "--state", e.state, "--now", later); code != 0 || !strings.Contains(out, "removed run 20261101T") {
 		t.Fatalf("prune: exit %d: %s %s", code, out, stderr)
 	}
 	if !strings.Contains(mustOut(t, "audit", "runs", "--state", e.state), "    pruned after 90 days: 20261101T") {

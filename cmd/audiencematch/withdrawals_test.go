@@ -168,7 +168,7 @@ func TestUnrecordedPublishHealed(t *testing.T) {
 	if len(runs) != 2 || runs[0].RunID != firstID || runs[1].PreviousRunID != firstID {
 		t.Fatalf("the chain after healing: %d runs, want the killed run %s first and named as previous", len(runs), firstID)
 	}
-	removes := readIDs(t, runs[1].Published, runs[1].Removes)
+	removes := readIDs(t, publishedDir(e.state, runs[1]), runs[1].Removes)
 	if id := hasherOf(t, e.key, "meta-ads").ID(w.users[user]); !slices.Contains(removes, id) {
 		t.Fatal("the withdrawal is not in the next night's removes")
 	}
@@ -215,7 +215,7 @@ func TestBackfillKeepsWithdrawals(t *testing.T) {
 	if !bf.Backfill || bf.PreviousRunID != "" || len(bf.Adds)+len(bf.Removes) != 0 {
 		t.Fatalf("the backfill's record: backfill %v, previous %q, %d delta files", bf.Backfill, bf.PreviousRunID, len(bf.Adds)+len(bf.Removes))
 	}
-	if _, err := os.Stat(filepath.Join(bf.Published, "adds")); err == nil {
+	if _, err := os.Stat(filepath.Join(publishedDir(e.state, bf), "adds")); err == nil {
 		t.Error("a backfill published adds")
 	}
 	if out, _, _ := execute(t, "audit", "runs", "--state", e.state); !strings.Contains(out, "run_committed (backfill)") {
@@ -231,7 +231,7 @@ func TestBackfillKeepsWithdrawals(t *testing.T) {
 		t.Fatalf("11-02's deltas are against %s, want 11-01's %s", nov2.PreviousRunID, nov1.RunID)
 	}
 	id := hasherOf(t, e.key, "meta-ads").ID(w.users[user])
-	if !slices.Contains(readIDs(t, nov2.Published, nov2.Removes), id) {
+	if !slices.Contains(readIDs(t, publishedDir(e.state, nov2), nov2.Removes), id) {
 		t.Fatal("the user who withdrew on 11-01 is not in 11-02's removes")
 	}
 	replay(t, e.state, "meta-ads")

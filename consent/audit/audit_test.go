@@ -328,19 +328,26 @@ func TestRecordCanonical(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.HasPrefix(b, []byte(`{"v":"audiencematch.audit/v1",`)) {
+	if !bytes.HasPrefix(b, []byte(`{"v":"audiencematch.audit/v2",`)) {
 		t.Errorf("record does not start with its version: %s", b)
 	}
 	if _, err := ParseRecord(b); err != nil {
 		t.Fatal(err)
 	}
+	// A v1 record of the same content still reads: readers keep reading v1.
+	v1 := strings.Replace(string(b), `audit/v2`, `audit/v1`, 1)
+	if _, err := ParseRecord([]byte(v1)); err != nil {
+		t.Errorf("a v1 record no longer reads: %v", err)
+	}
 	for _, bad := range []string{
-		strings.Replace(string(b), `"type"`, ` "type"`, 1),                 // white space
-		strings.Replace(string(b), `{"v"`, `{"zz":1,"v"`, 1),               // unknown field
-		strings.Replace(string(b), `audit/v1`, `audit/v2`, 1),              // unknown version
-		strings.Replace(string(b), `run_failed`, `run_deleted`, 1),         // unknown type
-		strings.Replace(string(b), `,"reason":"failure 1"`, ``, 1),         // missing reason
-		strings.Replace(string(b), `"v":"audiencematch.audit/v1",`, ``, 1), // no version
+		strings.Replace(string(b), `"type"`, ` "type"`, 1),                                                            // white space
+		strings.Replace(string(b), `{"v"`, `{"zz":1,"v"`, 1),                                                          // unknown field
+		strings.Replace(string(b), `audit/v2`, `audit/v3`, 1),                                                         // unknown version
+		strings.Replace(string(b), `run_failed`, `run_deleted`, 1),                                                    // unknown type
+		strings.Replace(string(b), `,"reason":"failure 1"`, ``, 1),                                                    // missing reason
+		strings.Replace(string(b), `"v":"audiencematch.audit/v2",`, ``, 1),                                            // no version
+		strings.Replace(string(b), `"type":"run_failed"`, `"type":"prune"`, 1),                                        // a prune without its fields
+		strings.Replace(v1, `"reason":"failure 1"`, `"reason":"failure 1","pruned_runs":["r"],"retention_days":3`, 1), // v2 fields in v1
 		string(b) + "{}",
 	} {
 		if _, err := ParseRecord([]byte(bad)); err == nil {

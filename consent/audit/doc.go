@@ -23,29 +23,36 @@
 //
 // A record is one line of canonical JSON: the encoding/json encoding of
 // Record (fields in declaration order, maps sorted by key, no white space,
-// empty optional fields omitted), starting with "v":"audiencematch.audit/v1".
-// A parser rejects anything that does not re-encode to the same bytes, so
-// every record has exactly one representation and its leaf hash,
-// SHA-256(0x00 || line without its newline), is unambiguous.
+// empty optional fields omitted), starting with its version,
+// "v":"audiencematch.audit/v2" (RecordVersion). Readers also read v1
+// records (RecordVersionV1), written by earlier versions, and refuse any
+// other version. A parser rejects anything that does not re-encode to the
+// same bytes, so every record has exactly one representation and its leaf
+// hash, SHA-256(0x00 || line without its newline), is unambiguous.
+//
+// docs/AUDITORS.md is the byte-level specification an auditor implements:
+// every member of every record type with its order and when it is written,
+// the escaping and number rules, the derived values (run id, config digest,
+// consent snapshot digest), the identifier and evidence trees' leaves for
+// every scheme, the absence proof, and worked examples with real bytes.
 //
 // Record types:
 //
 //	run_committed        a run was published; appended only after its output is
 //	destination_refused  a run was refused before it read any user data
 //	run_failed           a run failed; nothing was published
-//	prune                retention removed files of earlier runs (package
-//	                     pipeline/retention): retention_days, and for each
-//	                     run id what went (published, evidence, rejects,
-//	                     failed); appended before the files are removed
+//	prune                (v2) published runs were removed under retention_days
 //
-// A run_committed record carries the run id, tool version, config digest,
-// as_of and consent rules, the SHA-256 of each input, the consent snapshot
-// digest (SHA-256 over the sorted SHA-256 digests of the lines
-// "user_id \t status \t effective_event_id \n", one per well-formed user
-// row, status being valid, no_consent, withdrawn, expired or stale_policy),
-// destination, scheme and key_id
-// (never the key), the counts of the reconciliation, each published file's
-// SHA-256 and row count, the manifest's SHA-256, the Merkle root of the
-// run's sorted identifiers (so that absence can be proved: see
-// MembershipProver) and the Merkle root of its private evidence.
+// Version 2 differs from 1 in three ways: a run_committed record names its
+// published directory relative to its destination's delivery root
+// ("<destination>/dt=<date>/run=<id>", see PublishedRel), so that a copy
+// of the state and the delivered files verifies anywhere; it names the
+// registry entry that authorized the run (Authorization: organization,
+// relationship, purposes, lawful basis, retention, and the registry file's
+// SHA-256), so the GDPR Art. 30 recipient is provable per run; and the
+// prune type exists.
+//
+// The checkpoint may carry, after the log's signature, witnesses'
+// cosignatures (C2SP tlog-cosignature); package witness adds and checks
+// them.
 package audit

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -14,24 +15,30 @@ import (
 	"unicode/utf8"
 )
 
-// RecordVersion is the first field of every record.
-const RecordVersion = "audiencematch.audit/v1"
+// RecordVersion is the first field of every record this tool writes.
+// Readers also accept RecordVersionV1, the records of earlier versions of
+// the tool, and refuse any other (docs/AUDITORS.md, "Versions").
+const RecordVersion = RecordVersionV2
+
+// The record versions this tool reads. v2 names a run's published
+// directory relative to its destination's delivery root (v1: an absolute
+// path of the operator's machine), names the registry entry that
+// authorized a run (authorization), and adds the prune record type.
+const (
+	RecordVersionV1 = "audiencematch.audit/v1"
+	RecordVersionV2 = "audiencematch.audit/v2"
+)
 
 // Record types.
 const (
 	TypeRunCommitted       = "run_committed"
 	TypeRunFailed          = "run_failed"
 	TypeDestinationRefused = "destination_refused"
-	// TypePrune records what retention removed (package retention).
+	// TypePrune records that published runs of a destination (and their
+	// private files) were removed under its retention_days; v2 only. Its
+	// pruned_runs lists the run ids whose published directories were
+	// removed, and retention_days the policy applied.
 	TypePrune = "prune"
-)
-
-// What a prune removes of a run (Pruned.Removed).
-const (
-	PrunedPublished = "published" // the run's published directory
-	PrunedEvidence  = "evidence"  // STATE/runs/<id>/evidence.parquet
-	PrunedRejects   = "rejects"   // STATE/runs/<id>/rejects.csv
-	PrunedFailed    = "failed"    // STATE/failed/<id>/, a run that published nothing
 )
 
 // TypeUnreadable marks, in Log.Records, a line of the log that is not a
@@ -41,44 +48,66 @@ const TypeUnreadable = "unreadable"
 
 // Record is one event of the audit log. Field order is the canonical order.
 type Record struct {
-	Version         string  `json:"v"`
-	Type            string  `json:"type"`
-	Time            string  `json:"time"` // RFC 3339, UTC: when the record was appended
-	RunID           string  `json:"run_id,omitempty"`
-	ToolVersion     string  `json:"tool_version"`
-	ConfigDigest    string  `json:"config_digest,omitempty"`
-	Destination     string  `json:"destination"`
-	Scheme          string  `json:"scheme,omitempty"`
-	KeyID           string  `json:"key_id,omitempty"`
-	AsOf            string  `json:"as_of,omitempty"`
-	Purpose         string  `json:"purpose,omitempty"`
-	Policy          *Policy `json:"policy,omitempty"`
-	Inputs          []Input `json:"inputs,omitempty"`
-	ConsentSnapshot string  `json:"consent_snapshot_sha256,omitempty"`
-	Counts          *Counts `json:"counts,omitempty"`
-	Published       string  `json:"published,omitempty"` // the published run directory
-	Manifest        *File   `json:"manifest,omitempty"`
-	Files           []File  `json:"files,omitempty"`
-	IDs             *Tree   `json:"ids,omitempty"`      // sorted exported identifiers
-	Evidence        *Tree   `json:"evidence,omitempty"` // private evidence rows
-	PreviousRunID   string  `json:"previous_run_id,omitempty"`
-	Adds            []File  `json:"adds,omitempty"`    // identifiers new since the previous run
-	Removes         []File  `json:"removes,omitempty"` // identifiers of the previous run no longer eligible
-	RemovesScheme   string  `json:"removes_scheme,omitempty"`
-	RemovesKeyID    string  `json:"removes_key_id,omitempty"`
+	Version      string `json:"v"`
+	Type         string `json:"type"`
+	Time         string `json:"time"` // RFC 3339, UTC: when the record was appended
+	RunID        string `json:"run_id,omitempty"`
+	ToolVersion  string `json:"tool_version"`
+	ConfigDigest string `json:"config_digest,omitempty"`
+	Destination  string `json:"destination"`
+	Scheme       string `json:"scheme,omitempty"`
+	KeyID        string `json:"key_id,omitempty"`
+	AsOf         string `json:"as_of,omitempty"`
+	Purpose      string `json:"purpose,omitempty"`
+	// Authorization is the registry entry the run was authorized by (v2):
+	// GDPR Art. 30's recipient, provable per run.
+	Authorization   *Authorization `json:"authorization,omitempty"`
+	Policy          *Policy        `json:"policy,omitempty"`
+	Inputs          []Input        `json:"inputs,omitempty"`
+	ConsentSnapshot string         `json:"consent_snapshot_sha256,omitempty"`
+	Counts          *Counts        `json:"counts,omitempty"`
+	// Published is the published run directory: in v2, relative to the
+	// destination's delivery root, slash-separated
+	// ("<destination>/dt=<date>/run=<run id>"); in v1, an absolute path.
+	// See PublishedRel.
+	Published     string `json:"published,omitempty"`
+	Manifest      *File  `json:"manifest,omitempty"`
+	Files         []File `json:"files,omitempty"`
+	IDs           *Tree  `json:"ids,omitempty"`      // sorted exported identifiers
+	Evidence      *Tree  `json:"evidence,omitempty"` // private evidence rows
+	PreviousRunID string `json:"previous_run_id,omitempty"`
+	Adds          []File `json:"adds,omitempty"`    // identifiers new since the previous run
+	Removes       []File `json:"removes,omitempty"` // identifiers of the previous run no longer eligible
+	RemovesScheme string `json:"removes_scheme,omitempty"`
+	RemovesKeyID  string `json:"removes_key_id,omitempty"`
 	// Backfill marks a run published for a cutoff earlier than the
 	// destination's latest committed one: it carries no adds or removes and
 	// is outside the delivery chain (previous_run_id never names it).
 	Backfill bool `json:"backfill,omitempty"`
 	// AllowDrop records that the operator allowed the run to shrink the
 	// audience past the drop guard's threshold, or to read empty input.
-	AllowDrop bool `json:"allow_drop,omitempty"`
-	// RetentionDays and Pruned are a prune record's: the registry's
-	// retention it enforced, and what it removed of each run.
-	RetentionDays int      `json:"retention_days,omitempty"`
-	Pruned        []Pruned `json:"pruned,omitempty"`
-	Reason        string   `json:"reason,omitempty"` // why a run failed or was refused
-	Extra         []string `json:"extra,omitempty"`  // reserved; must be empty in v1
+	AllowDrop bool   `json:"allow_drop,omitempty"`
+	Reason    string `json:"reason,omitempty"` // why a run failed or was refused
+	// PrunedRuns are the runs a prune record removed (v2).
+	PrunedRuns []string `json:"pruned_runs,omitempty"`
+	// PrunedFailed are the failed runs' directories (STATE/failed/<name>,
+	// rejected rows of a run that published nothing) a prune record
+	// removed (v2).
+	PrunedFailed  []string `json:"pruned_failed,omitempty"`
+	RetentionDays int64    `json:"retention_days,omitempty"` // of a prune record
+	Extra         []string `json:"extra,omitempty"`          // reserved; must be empty
+}
+
+// Authorization is the destination registry entry that authorized a run:
+// who received the identifiers, in which relationship, for which purposes,
+// on which lawful basis, and the SHA-256 of the registry file as read.
+type Authorization struct {
+	RegistrySHA256 string   `json:"registry_sha256"`
+	Organization   string   `json:"organization"`
+	Relationship   string   `json:"relationship"`
+	Purposes       []string `json:"purposes"`
+	LawfulBasis    string   `json:"lawful_basis"`
+	RetentionDays  int64    `json:"retention_days"`
 }
 
 // Policy are the consent rules of a run.
@@ -86,14 +115,6 @@ type Policy struct {
 	MinPolicyVersion     int64   `json:"min_policy_version"`
 	MaxConsentAgeSeconds int64   `json:"max_consent_age_seconds"`
 	MaxRejectRate        float64 `json:"max_reject_rate"`
-}
-
-// Pruned is what a prune removed of one run: of a committed run, some of
-// published, evidence and rejects; of a failed run (RunID names
-// STATE/failed/<id>), failed.
-type Pruned struct {
-	RunID   string   `json:"run_id"`
-	Removed []string `json:"removed"`
 }
 
 // Input is one input table.
@@ -225,8 +246,12 @@ func (r *Record) Validate() error {
 	if field := invalidUTF8(reflect.ValueOf(r).Elem(), ""); field != "" {
 		return fmt.Errorf("record field %s is not valid UTF-8", field)
 	}
-	if r.Version != RecordVersion {
-		return fmt.Errorf("record version %q: this tool reads %q", r.Version, RecordVersion)
+	if r.Version != RecordVersionV1 && r.Version != RecordVersionV2 {
+		return fmt.Errorf("record version %q: this tool reads %q and %q; a newer version of the tool may read it", r.Version, RecordVersionV1, RecordVersionV2)
+	}
+	v1 := r.Version == RecordVersionV1
+	if v1 && (r.Authorization != nil || r.Type == TypePrune || len(r.PrunedRuns) != 0 || len(r.PrunedFailed) != 0 || r.RetentionDays != 0) {
+		return errors.New("a v1 record has fields or a type of v2")
 	}
 	if _, err := time.Parse(time.RFC3339Nano, r.Time); err != nil {
 		return fmt.Errorf("record time %q: %w", r.Time, err)
@@ -235,7 +260,7 @@ func (r *Record) Validate() error {
 		return errors.New("record lacks destination or tool_version")
 	}
 	if len(r.Extra) != 0 {
-		return errors.New("record has extra fields, unknown to v1")
+		return errors.New("record has extra fields, unknown to this version")
 	}
 	switch r.Type {
 	case TypeRunCommitted:
@@ -252,6 +277,15 @@ func (r *Record) Validate() error {
 			return errors.New("run_committed record has a malformed key_id")
 		case r.Backfill && (r.PreviousRunID != "" || len(r.Adds) != 0 || len(r.Removes) != 0):
 			return errors.New("run_committed record of a backfill names a previous run or deltas")
+		case !v1 && !validRel(r.Published):
+			return fmt.Errorf("run_committed record's published %q is not a clean path relative to the delivery root", r.Published)
+		case !v1 && r.Authorization == nil:
+			return errors.New("run_committed record lacks authorization")
+		}
+		if a := r.Authorization; a != nil {
+			if !isHex(a.RegistrySHA256, 64) || a.Organization == "" || a.Relationship == "" || len(a.Purposes) == 0 || a.LawfulBasis == "" || a.RetentionDays <= 0 {
+				return errors.New("run_committed record has an incomplete authorization")
+			}
 		}
 		for _, f := range slices.Concat(r.Files, r.Adds, r.Removes) {
 			if !isHex(f.SHA256, 64) || f.Path == "" || f.Rows < 0 {
@@ -268,23 +302,50 @@ func (r *Record) Validate() error {
 			return fmt.Errorf("%s record lacks a reason", r.Type)
 		}
 	case TypePrune:
-		if r.RetentionDays <= 0 || len(r.Pruned) == 0 {
-			return errors.New("prune record lacks retention_days or what it pruned")
+		if len(r.PrunedRuns)+len(r.PrunedFailed) == 0 || r.RetentionDays <= 0 {
+			return errors.New("prune record lacks pruned_runs (or pruned_failed) or retention_days")
 		}
-		for _, p := range r.Pruned {
-			if p.RunID == "" || len(p.Removed) == 0 {
-				return errors.New("prune record has an entry without run_id or what it removed")
-			}
-			for _, what := range p.Removed {
-				if !slices.Contains([]string{PrunedPublished, PrunedEvidence, PrunedRejects, PrunedFailed}, what) {
-					return fmt.Errorf("prune record removed %q, unknown to v1", what)
-				}
+		for _, name := range r.PrunedFailed {
+			if !validRel(name) || strings.Contains(name, "/") {
+				return fmt.Errorf("prune record names the failed run %q, not a directory name", name)
 			}
 		}
 	default:
 		return fmt.Errorf("unknown record type %q", r.Type)
 	}
 	return nil
+}
+
+// validRel reports whether p is a clean, slash-separated relative path
+// that stays under its root: no leading "/", no "." or ".." element, no
+// empty element, no backslash.
+func validRel(p string) bool {
+	if p == "" || strings.HasPrefix(p, "/") || strings.Contains(p, "\\") {
+		return false
+	}
+	for _, e := range strings.Split(p, "/") {
+		if e == "" || e == "." || e == ".." {
+			return false
+		}
+	}
+	return true
+}
+
+// PublishedRel is the record's published run directory relative to its
+// destination's delivery root, slash-separated: as a v2 record stores it;
+// for a v1 record, the last three elements of its absolute path
+// ("<destination>/dt=<date>/run=<run id>"), which is where every version
+// of the tool has published under the root.
+func (r *Record) PublishedRel() string {
+	if r.Version != RecordVersionV1 {
+		return r.Published
+	}
+	p := filepath.ToSlash(r.Published)
+	parts := strings.Split(strings.TrimRight(p, "/"), "/")
+	if len(parts) > 3 {
+		parts = parts[len(parts)-3:]
+	}
+	return strings.Join(parts, "/")
 }
 
 // invalidUTF8 returns the JSON name of the first string in v (a record or a

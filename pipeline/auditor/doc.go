@@ -15,9 +15,20 @@
 // directory under the delivery roots is missing from the log. The error
 // names the first broken thing and wraps errkind.ErrData.
 //
+// Published runs are found through delivery.Roots: the registry's delivery
+// root of each destination, or a copy of the delivered files (--delivery).
+// A run whose published directory is gone past its retention (or named by
+// a later prune record) is verified from its record, evidence and the delta
+// chain and reported as pruned, with what can no longer be checked. With
+// required witnesses, the checkpoint must carry enough of their valid
+// cosignatures.
+//
 // Subject answers "what was sent about this person, and when": for every
 // committed run, exported or not, with the evidence rows and inclusion
 // proofs (identifier in the run's tree, record in the log, up to the signed
 // checkpoint) or a proof of absence from the run's sorted identifier tree;
-// every proof is checked before it is returned.
+// every proof is checked before it is returned. As JSON it is a proof
+// (ProofVersion) that CheckProof checks with nothing but the log's verifier
+// key: it carries every record line, so that no committed run can be left
+// out of the answer (docs/AUDITORS.md, "The proof").
 package auditor

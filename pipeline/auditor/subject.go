@@ -3,8 +3,11 @@ package auditor
 import (
 	"cmp"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
 	"path/filepath"
 
 	"golang.org/x/mod/sumdb/note"
@@ -13,6 +16,7 @@ import (
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
 	"audiencematch/internal/fsutil"
+	"audiencematch/pipeline/delivery"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/statedir"
@@ -26,11 +30,22 @@ type SubjectQuery struct {
 	Key            *hashing.Key
 }
 
-// SubjectReport answers "what was sent about this person, and when".
+// ProofVersion is the first field of a proof (`audit subject --json`);
+// CheckProof refuses any other.
+const ProofVersion = "audiencematch.proof/v1"
+
+// SubjectReport answers "what was sent about this person, and when". As
+// JSON it is the proof `audit check-proof` checks with no state directory
+// (docs/AUDITORS.md, "The proof").
 type SubjectReport struct {
-	Checkpoint string        `json:"checkpoint"` // the signed checkpoint every proof ends at
-	LogSize    int64         `json:"log_size"`
-	Runs       []*SubjectRun `json:"runs"`
+	Version    string `json:"v"`
+	Checkpoint string `json:"checkpoint"` // the signed checkpoint every proof ends at, with its cosignatures
+	LogSize    int64  `json:"log_size"`
+	// Records are every record of the log up to the checkpoint, each the
+	// canonical line (leaf i of the log's tree): a checker rebuilds the
+	// root from them and sees every committed run, so none can be left out.
+	Records []string      `json:"records"`
+	Runs    []*SubjectRun `json:"runs"`
 }
 
 // SubjectRun is one committed run's answer.
@@ -61,7 +76,7 @@ type SubjectEvidence struct {
 
 // Subject answers a query over every committed run, with proofs checked
 // here before they are returned.
-func Subject(state string, verifier note.Verifier, q SubjectQuery) (*SubjectReport, error) {
+func Subject(state string, roots delivery.Roots, verifier note.Verifier, q SubjectQuery) (*SubjectReport, error) {
 	l, cp, err := audit.VerifyLog(statedir.Audit(state), verifier, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%w: audit log: %w", errkind.ErrData, err)
@@ -72,7 +87,10 @@ func Subject(state string, verifier note.Verifier, q SubjectQuery) (*SubjectRepo
 			return nil, fmt.Errorf("%w: --phone is not a valid number (%v); add --country for a national number", errkind.ErrUsage, err)
 		}
 	}
-	rep := &SubjectReport{LogSize: l.Size()}
+	rep := &SubjectReport{Version: ProofVersion, LogSize: l.Size()}
+	for i := range l.Size() {
+		rep.Records = append(rep.Records, string(l.Line(i)))
+	}
 	cpBytes, _, err := readCheckpoint(state)
 	if err != nil {
 		return nil, err
@@ -98,6 +116,10 @@ func Subject(state string, verifier note.Verifier, q SubjectQuery) (*SubjectRepo
 			return nil, err
 		}
 		evidencePath := statedir.Evidence(state, rec.RunID)
+		if _, err := os.Stat(evidencePath); errors.Is(err, fs.ErrNotExist) {
+			sr.Status, sr.Note = "unknown", "the run's private evidence was removed (retention): what it sent about anyone can no longer be proved"
+			continue
+		}
 		var leaf []byte
 		if q.UserID == "" {
 			if leaf, sr.Note = subjectID(rec, scheme, e164, q.Key); leaf == nil {
@@ -119,7 +141,11 @@ func Subject(state string, verifier note.Verifier, q SubjectQuery) (*SubjectRepo
 			known[group] = leaf
 		}
 		sr.ID = hex.EncodeToString(leaf)
-		if sr.Membership, err = proveMembership(rec, scheme, leaf); err != nil {
+		dir, err := roots.RunDir(rec)
+		if err != nil {
+			return nil, err
+		}
+		if sr.Membership, err = proveMembership(state, rec, dir, scheme, leaf); err != nil {
 			return nil, err
 		}
 		sr.Status = "not_exported"
@@ -136,10 +162,34 @@ func Subject(state string, verifier note.Verifier, q SubjectQuery) (*SubjectRepo
 // proveMembership proves leaf present in or absent from a run's published
 // identifiers, streamed (a run's tree is not held), and checks the proof
 // against the run's record.
-func proveMembership(rec *audit.Record, scheme hashing.Scheme, leaf []byte) (*audit.Membership, error) {
+func proveMembership(state string, rec *audit.Record, dir string, scheme hashing.Scheme, leaf []byte) (*audit.Membership, error) {
 	mp := audit.NewMembershipProver(rec.IDs.Size, leaf)
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		// Pruned: the identifiers sent are the evidence's primary rows,
+		// checked against the record's identifier tree as they are read.
+		it, _, err := idfile.SentIDs(state, dir, rec, scheme)
+		if err != nil {
+			return nil, err
+		}
+		defer it.Close()
+		for {
+			id, ok, err := it.Next()
+			if err != nil {
+				return nil, fmt.Errorf("run %s: %w", rec.RunID, err)
+			}
+			if !ok {
+				break
+			}
+			if err := mp.Add([]byte(id)); err != nil {
+				return nil, fmt.Errorf("run %s evidence: %w", rec.RunID, err)
+			}
+		}
+	}
 	for _, f := range rec.Files {
-		path := filepath.Join(rec.Published, f.Path)
+		if _, err := os.Stat(dir); err != nil {
+			break
+		}
+		path := filepath.Join(dir, filepath.FromSlash(f.Path))
 		var addErr error
 		err := idfile.EachPublishedID(path, scheme, func(_ int64, id []byte) bool {
 			addErr = mp.Add(id)

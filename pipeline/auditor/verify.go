@@ -7,12 +7,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
+	"time"
 
 	"golang.org/x/mod/sumdb/note"
 
 	"audiencematch/consent/audit"
+	"audiencematch/consent/audit/witness"
 	"audiencematch/hashing"
 	"audiencematch/internal/fsutil"
 	"audiencematch/pipeline/delivery"
@@ -22,21 +26,64 @@ import (
 	"audiencematch/pipeline/statedir"
 )
 
+// VerifyOptions are what an auditor brings to VerifyAudit.
+type VerifyOptions struct {
+	// Trusted is a checkpoint saved on an earlier visit (nil: none): the
+	// log must extend it.
+	Trusted []byte
+	// Roots locates each destination's published runs: the registry's
+	// delivery roots, or a copy of the delivered files (--delivery).
+	Roots delivery.Roots
+	// Retention is each destination's retention_days from the registry,
+	// for records of v1, which do not carry it.
+	Retention map[string]int64
+	// Witnesses are the witnesses' verifier keys the auditor requires
+	// cosignatures of, at least MinWitnesses of them, on the checkpoint.
+	Witnesses    []*witness.CosignatureVerifier
+	MinWitnesses int
+	// Configured are the witnesses of the state's configuration, whose
+	// cosignatures are reported, not required.
+	Configured []witness.Witness
+	// Now is the time retention is measured against; zero: time.Now().
+	Now time.Time
+}
+
 // VerifyReport is what `audit verify` found when everything held.
 type VerifyReport struct {
 	Records    int64
 	Committed  int
 	Checkpoint []byte // the verified checkpoint, for --save-checkpoint
 	Root       string
+	// Pruned are the committed runs whose published files were removed
+	// under their destination's retention, verified from what is left.
+	Pruned []PrunedRun
+	// Cosigned maps each witness (required or configured) whose valid
+	// cosignature the checkpoint carries to its UNIX time; Uncosigned
+	// lists the configured witnesses it lacks (down, or refusing: the next
+	// run asks them again).
+	Cosigned   map[string]uint64
+	Uncosigned []string
+}
+
+// PrunedRun is a run verified without its published files.
+type PrunedRun struct {
+	Record      int64
+	RunID       string
+	Destination string
+	// Unchecked says what can no longer be checked.
+	Unchecked string
 }
 
 // VerifyAudit checks the audit log under state and everything it points to:
-// the checkpoint's signature, the records' tree against it, consistency with
-// a checkpoint saved earlier (trusted may be nil), and for every committed
-// run its manifest, files, identifier tree, evidence tree and counts. The
-// error names the first broken thing; it wraps errkind.ErrData.
-func VerifyAudit(state string, verifier note.Verifier, trusted []byte) (*VerifyReport, error) {
-	l, cp, err := audit.VerifyLog(statedir.Audit(state), verifier, trusted)
+// the checkpoint's signature and the witnesses' cosignatures, the records'
+// tree against it, consistency with a checkpoint saved earlier, and for
+// every committed run its manifest, files, identifier tree, evidence tree
+// and counts, and its place in the delivery chain; a run whose published
+// directory was removed under its retention is verified from its record,
+// evidence and the delta chain, and reported as pruned. The error names the
+// first broken thing; it wraps errkind.ErrData.
+func VerifyAudit(state string, verifier note.Verifier, opts VerifyOptions) (*VerifyReport, error) {
+	l, cp, err := audit.VerifyLog(statedir.Audit(state), verifier, opts.Trusted)
 	if err != nil {
 		return nil, fmt.Errorf("%w: audit verify: %w", errkind.ErrData, err)
 	}
@@ -45,15 +92,34 @@ func VerifyAudit(state string, verifier note.Verifier, trusted []byte) (*VerifyR
 	if err != nil {
 		return nil, err
 	}
+	if err := checkWitnesses(rep, verifier, opts); err != nil {
+		return nil, fmt.Errorf("%w: audit verify: %w", errkind.ErrData, err)
+	}
+	if opts.Now.IsZero() {
+		opts.Now = time.Now()
+	}
+	prunedBy := pruneRecords(l)
 	heads := map[string]*audit.Record{} // each destination's delivery chain so far
+	gone := map[string]bool{}           // runs whose snapshot can no longer be read
 	for i, rec := range l.Records() {
 		if rec.Type != audit.TypeRunCommitted {
 			continue
 		}
 		rep.Committed++
-		err := verifyRun(state, rec)
+		pr, err := verifyCommitted(state, rec, int64(i), prunedBy, opts)
+		if err == nil && pr != nil {
+			rep.Pruned = append(rep.Pruned, pr.PrunedRun)
+			gone[rec.RunID] = pr.noSnapshot
+		}
 		if err == nil {
-			err = delivery.VerifyDelivery(state, heads[rec.Destination], rec)
+			head := heads[rec.Destination]
+			if head != nil && (gone[head.RunID] || gone[rec.RunID]) && !rec.Backfill {
+				// One of the two snapshots is gone with its evidence: the
+				// link is checked, the deltas no longer can be.
+				err = delivery.VerifyLink(head, rec)
+			} else {
+				err = delivery.VerifyDelivery(state, opts.Roots, head, rec)
+			}
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%w: audit verify: record %d, run %s (%s): %w", errkind.ErrData, i, rec.RunID, rec.Destination, err)
@@ -62,14 +128,159 @@ func VerifyAudit(state string, verifier note.Verifier, trusted []byte) (*VerifyR
 			heads[rec.Destination] = rec
 		}
 	}
-	if err := delivery.VerifyNothingUnrecorded(l); err != nil {
+	if err := delivery.VerifyNothingUnrecorded(l, opts.Roots); err != nil {
 		return nil, fmt.Errorf("%w: audit verify: %w", errkind.ErrData, err)
 	}
 	return rep, nil
 }
 
-func verifyRun(state string, rec *audit.Record) error {
-	dir := rec.Published
+// checkWitnesses counts the valid cosignatures of the required witnesses
+// and of the configured ones on the verified checkpoint.
+func checkWitnesses(rep *VerifyReport, verifier note.Verifier, opts VerifyOptions) error {
+	vs := []note.Verifier{verifier}
+	for _, w := range opts.Witnesses {
+		vs = append(vs, w)
+	}
+	for i := range opts.Configured {
+		vs = append(vs, opts.Configured[i].Verifier())
+	}
+	got, err := witness.CosignersOf(rep.Checkpoint, dedupe(vs)...)
+	if err != nil {
+		return fmt.Errorf("checkpoint cosignatures: %w", err)
+	}
+	rep.Cosigned = got
+	var missing []string
+	for _, w := range opts.Witnesses {
+		if _, ok := got[w.Name()]; !ok {
+			missing = append(missing, w.Name())
+		}
+	}
+	for i := range opts.Configured {
+		if _, ok := got[opts.Configured[i].Name]; !ok {
+			rep.Uncosigned = append(rep.Uncosigned, opts.Configured[i].Name)
+		}
+	}
+	if n := len(opts.Witnesses) - len(missing); n < opts.MinWitnesses {
+		return fmt.Errorf("the checkpoint carries valid cosignatures of %d of the witnesses you require, fewer than --min-witnesses %d (missing: %s): a witness was down at the last run, or refused the log's history",
+			n, opts.MinWitnesses, strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// dedupe drops repeated verifiers (a required witness also configured):
+// note refuses a list naming one key twice.
+func dedupe(vs []note.Verifier) []note.Verifier {
+	seen := map[string]bool{}
+	var out []note.Verifier
+	for _, v := range vs {
+		k := fmt.Sprintf("%s+%08x", v.Name(), v.KeyHash())
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// pruneRecords maps each run a prune record names to the record's index.
+func pruneRecords(l *audit.Log) map[string]int64 {
+	out := map[string]int64{}
+	for i, rec := range l.Records() {
+		if rec.Type == audit.TypePrune {
+			for _, id := range rec.PrunedRuns {
+				out[id] = int64(i)
+			}
+		}
+	}
+	return out
+}
+
+// prunedRun is a PrunedRun, and whether its snapshot is gone with its
+// evidence.
+type prunedRun struct {
+	PrunedRun
+	noSnapshot bool
+}
+
+// verifyCommitted checks a committed run from its published files, or,
+// when its published directory is gone and it is past its retention (or a
+// later prune record names it), from what is left.
+func verifyCommitted(state string, rec *audit.Record, i int64, prunedBy map[string]int64, opts VerifyOptions) (*prunedRun, error) {
+	dir, err := opts.Roots.RunDir(rec)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		return nil, verifyRun(state, dir, rec)
+	}
+	why, err := pruneReason(rec, i, prunedBy, opts)
+	if err != nil {
+		return nil, fmt.Errorf("the published directory %s is missing: %w", dir, err)
+	}
+	pr := &prunedRun{PrunedRun: PrunedRun{Record: i, RunID: rec.RunID, Destination: rec.Destination}}
+	if _, err := os.Stat(statedir.Evidence(state, rec.RunID)); errors.Is(err, fs.ErrNotExist) {
+		pr.noSnapshot = true
+		pr.Unchecked = why + "; its private evidence was removed too: only the record's place in the signed log is checked, the identifiers sent and the consent behind them no longer can be"
+		return pr, nil
+	}
+	if err := verifyFromEvidence(state, dir, rec); err != nil {
+		return nil, fmt.Errorf("published files removed (%s), and what is left does not match the record: %w", why, err)
+	}
+	pr.Unchecked = why + "; the identifiers sent were checked from the private evidence against the record's identifier tree; the published bytes (manifest, parts, deltas, their digests) and the manifest's counts no longer can be"
+	return pr, nil
+}
+
+// pruneReason says why rec's published directory may be gone, or errors
+// when nothing allows it.
+func pruneReason(rec *audit.Record, i int64, prunedBy map[string]int64, opts VerifyOptions) (string, error) {
+	if p, ok := prunedBy[rec.RunID]; ok && p > i {
+		return fmt.Sprintf("pruned by record %d", p), nil
+	}
+	days := opts.Retention[rec.Destination]
+	if rec.Authorization != nil {
+		days = rec.Authorization.RetentionDays
+	}
+	if days <= 0 {
+		return "", errors.New("no prune record names the run, and its retention_days is not known (a v1 record: pass --registry with the destination's entry)")
+	}
+	asOf, err := time.Parse(time.RFC3339Nano, rec.AsOf)
+	if err != nil {
+		return "", err
+	}
+	until := asOf.AddDate(0, 0, int(days))
+	if opts.Now.Before(until) {
+		return "", fmt.Errorf("the run is within its retention of %d days (until %s) and no prune record names it", days, until.UTC().Format(time.DateOnly))
+	}
+	return fmt.Sprintf("past its retention of %d days since %s", days, asOf.UTC().Format(time.DateOnly)), nil
+}
+
+// verifyFromEvidence checks a pruned run's evidence against its record:
+// the evidence tree, and the identifier tree of its primary rows.
+func verifyFromEvidence(state, dir string, rec *audit.Record) error {
+	if err := verifyEvidence(state, rec); err != nil {
+		return err
+	}
+	scheme, err := hashing.ParseScheme(rec.Scheme)
+	if err != nil {
+		return err
+	}
+	it, fromEvidence, err := idfile.SentIDs(state, dir, rec, scheme)
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	if !fromEvidence {
+		return errors.New("its published files are present after all")
+	}
+	for {
+		_, ok, err := it.Next()
+		if err != nil || !ok {
+			return err
+		}
+	}
+}
+
+func verifyRun(state, dir string, rec *audit.Record) error {
 	sum, body, err := fsutil.ReadFileSHA256(filepath.Join(dir, rec.Manifest.Path))
 	if err != nil {
 		return fmt.Errorf("manifest: %w", err)

@@ -30,10 +30,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
-	"strings"
 	"time"
 
 	"golang.org/x/mod/sumdb/note"
@@ -119,13 +120,13 @@ type unrecorded struct {
 // platform holds. A directory that cannot be checked is refused, naming
 // it: it is never silently skipped, and never recorded unchecked.
 func Heal(l *audit.Log, state, out, destination string, signer note.Signer) ([]string, error) {
-	dirs, err := filepath.Glob(filepath.Join(out, destination, "dt=*", "run=*"))
+	dirs, err := RootsFor(destination, out).RunDirs(destination)
 	if err != nil || len(dirs) == 0 {
 		return nil, err
 	}
 	var pending []unrecorded
-	for _, dir := range dirs {
-		runID := strings.TrimPrefix(filepath.Base(dir), "run=")
+	for _, runID := range slices.Sorted(maps.Keys(dirs)) {
+		dir := dirs[runID]
 		if l.Committed(runID) >= 0 {
 			continue
 		}
@@ -162,18 +163,18 @@ func Heal(l *audit.Log, state, out, destination string, signer note.Signer) ([]s
 // preparedRecord reads the record a run prepared before publishing dir and
 // checks that dir holds exactly the files it lists, with their digests.
 func preparedRecord(state, destination, runID, dir string) (*audit.Record, error) {
-	path := filepath.Join(statedir.Run(state, runID), "record.json")
-	b, err := os.ReadFile(path)
+	file := filepath.Join(statedir.Run(state, runID), "record.json")
+	b, err := os.ReadFile(file)
 	if err != nil {
 		return nil, fmt.Errorf("its prepared record: %w", err)
 	}
 	rec, err := audit.ParseRecord(b)
 	if err != nil {
-		return nil, fmt.Errorf("its prepared record %s: %w", path, err)
+		return nil, fmt.Errorf("its prepared record %s: %w", file, err)
 	}
 	if rec.Type != audit.TypeRunCommitted || rec.RunID != runID || rec.Destination != destination ||
-		filepath.Base(rec.Published) != filepath.Base(dir) {
-		return nil, fmt.Errorf("its prepared record %s names another run", path)
+		path.Base(rec.PublishedRel()) != filepath.Base(dir) {
+		return nil, fmt.Errorf("its prepared record %s names another run", file)
 	}
 	if err := checkPublishedFiles(dir, rec); err != nil {
 		return nil, err
@@ -240,7 +241,60 @@ func checkPublishedFiles(dir string, rec *audit.Record) error {
 // published files against their records (their digests and identifier
 // trees, as audit verify does for every run in log order), so they are read
 // here without being digested again.
-func VerifyDelivery(state string, head, rec *audit.Record) error {
+func VerifyDelivery(state string, roots Roots, head, rec *audit.Record) error {
+	if err := VerifyLink(head, rec); err != nil || rec.Backfill || head == nil {
+		return err
+	}
+	prevScheme, err := hashing.ParseScheme(head.Scheme)
+	if err != nil {
+		return err
+	}
+	scheme, err := hashing.ParseScheme(rec.Scheme)
+	if err != nil {
+		return err
+	}
+	prev, err := snapshotIDs(state, roots, head, prevScheme)
+	if err != nil {
+		return fmt.Errorf("the previous run's identifiers: %w", err)
+	}
+	defer prev.Close()
+	cur, err := snapshotIDs(state, roots, rec, scheme)
+	if err != nil {
+		return fmt.Errorf("its identifiers: %w", err)
+	}
+	defer cur.Close()
+	dir, err := roots.RunDir(rec)
+	if err != nil {
+		return err
+	}
+	adds, removes := publishedIDs(dir, rec.Adds, scheme), publishedIDs(dir, rec.Removes, prevScheme)
+	if adds == nil || removes == nil {
+		// A retention policy removed the delta files: their digests were
+		// checked while they existed; what is left to check is their sizes.
+		adds, removes = &countingIter{}, &countingIter{}
+	}
+	defer adds.Close()
+	defer removes.Close()
+	sameKey := head.KeyID == rec.KeyID && head.Scheme == rec.Scheme
+	nAdds, nRemoves, err := MergeDelta(prev, cur, sameKey, adds, removes)
+	if err != nil {
+		return err
+	}
+	if want := rowsOf(rec.Adds); nAdds != want {
+		return fmt.Errorf("adds: the snapshots differ by %d new identifiers, the record lists %d", nAdds, want)
+	}
+	if want := rowsOf(rec.Removes); nRemoves != want {
+		return fmt.Errorf("removes: the snapshots differ by %d dropped identifiers, the record lists %d", nRemoves, want)
+	}
+	return nil
+}
+
+// VerifyLink checks rec's place in its destination's delivery chain, whose
+// head before rec is head (nil for none), without reading either snapshot:
+// a backfill stands outside the chain, behind the head's cutoff; a first
+// run has no deltas; any other run names head as its previous run, and its
+// removes are under head's scheme and key_id.
+func VerifyLink(head, rec *audit.Record) error {
 	if rec.Backfill {
 		if head == nil {
 			return errors.New("a backfill, but the destination has no earlier committed run in the log")
@@ -261,43 +315,6 @@ func VerifyDelivery(state string, head, rec *audit.Record) error {
 	}
 	if rec.RemovesScheme != head.Scheme || rec.RemovesKeyID != head.KeyID {
 		return fmt.Errorf("its removes are under %s/%s, but the previous run %s sent %s/%s", rec.RemovesScheme, rec.RemovesKeyID, head.RunID, head.Scheme, head.KeyID)
-	}
-	prevScheme, err := hashing.ParseScheme(head.Scheme)
-	if err != nil {
-		return err
-	}
-	scheme, err := hashing.ParseScheme(rec.Scheme)
-	if err != nil {
-		return err
-	}
-	prev, err := snapshotIDs(state, head, prevScheme)
-	if err != nil {
-		return fmt.Errorf("the previous run's identifiers: %w", err)
-	}
-	defer prev.Close()
-	cur, err := snapshotIDs(state, rec, scheme)
-	if err != nil {
-		return fmt.Errorf("its identifiers: %w", err)
-	}
-	defer cur.Close()
-	adds, removes := publishedIDs(rec, rec.Adds, scheme), publishedIDs(rec, rec.Removes, prevScheme)
-	if adds == nil || removes == nil {
-		// A retention policy removed the delta files: their digests were
-		// checked while they existed; what is left to check is their sizes.
-		adds, removes = &countingIter{}, &countingIter{}
-	}
-	defer adds.Close()
-	defer removes.Close()
-	sameKey := head.KeyID == rec.KeyID && head.Scheme == rec.Scheme
-	nAdds, nRemoves, err := MergeDelta(prev, cur, sameKey, adds, removes)
-	if err != nil {
-		return err
-	}
-	if want := rowsOf(rec.Adds); nAdds != want {
-		return fmt.Errorf("adds: the snapshots differ by %d new identifiers, the record lists %d", nAdds, want)
-	}
-	if want := rowsOf(rec.Removes); nRemoves != want {
-		return fmt.Errorf("removes: the snapshots differ by %d dropped identifiers, the record lists %d", nRemoves, want)
 	}
 	return nil
 }
@@ -320,20 +337,24 @@ func rowsOf(files []audit.File) int64 {
 // snapshotIDs streams a checked run's snapshot: from its published parts,
 // or, where they are gone, from its evidence, checked against its record
 // as it is read (idfile.SentIDs).
-func snapshotIDs(state string, rec *audit.Record, scheme hashing.Scheme) (idfile.Iter, error) {
-	if it := publishedIDs(rec, rec.Files, scheme); it != nil {
+func snapshotIDs(state string, roots Roots, rec *audit.Record, scheme hashing.Scheme) (idfile.Iter, error) {
+	dir, err := roots.RunDir(rec)
+	if err != nil {
+		return nil, err
+	}
+	if it := publishedIDs(dir, rec.Files, scheme); it != nil {
 		return it, nil
 	}
-	it, _, err := idfile.SentIDs(state, rec, scheme)
+	it, _, err := idfile.SentIDs(state, dir, rec, scheme)
 	return it, err
 }
 
 // publishedIDs streams the identifiers of a run's published files, a
 // snapshot's or a delta's; nil when any is gone.
-func publishedIDs(rec *audit.Record, files []audit.File, scheme hashing.Scheme) idfile.Iter {
+func publishedIDs(dir string, files []audit.File, scheme hashing.Scheme) idfile.Iter {
 	paths := make([]string, len(files))
 	for i, f := range files {
-		paths[i] = filepath.Join(rec.Published, f.Path)
+		paths[i] = filepath.Join(dir, filepath.FromSlash(f.Path))
 		if _, err := os.Stat(paths[i]); err != nil {
 			return nil
 		}
@@ -409,26 +430,27 @@ func MergeDelta(prev, cur idfile.Iter, sameKey bool, adds, removes idfile.Iter) 
 }
 
 // VerifyNothingUnrecorded checks that every run directory published under
-// the delivery roots the log names is one the log records: a directory the
-// platform may have loaded but the log does not show (a run killed between
-// its publish and its record, not yet healed by a later run) fails.
-func VerifyNothingUnrecorded(l *audit.Log) error {
-	roots := map[string]bool{}
+// the delivery root of each destination the log names is one the log
+// records: a directory the platform may have loaded but the log does not
+// show (a run killed between its publish and its record, not yet healed by
+// a later run) fails.
+func VerifyNothingUnrecorded(l *audit.Log, roots Roots) error {
+	dests := map[string]bool{}
 	committed := map[string]bool{}
 	for _, rec := range l.Records() {
 		if rec.Type == audit.TypeRunCommitted {
-			roots[filepath.Dir(filepath.Dir(rec.Published))] = true
+			dests[rec.Destination] = true
 			committed[rec.RunID] = true
 		}
 	}
-	for root := range roots {
-		dirs, err := filepath.Glob(filepath.Join(root, "dt=*", "run=*"))
+	for _, dest := range slices.Sorted(maps.Keys(dests)) {
+		dirs, err := roots.RunDirs(dest)
 		if err != nil {
 			return err
 		}
-		for _, dir := range dirs {
-			if !committed[strings.TrimPrefix(filepath.Base(dir), "run=")] {
-				return fmt.Errorf("%s is published but the log does not record it: the next run of the job checks and records it (or refuses it, naming the problem)", dir)
+		for _, id := range slices.Sorted(maps.Keys(dirs)) {
+			if !committed[id] {
+				return fmt.Errorf("%s is published but the log does not record it: the next run of the job checks and records it (or refuses it, naming the problem)", dirs[id])
 			}
 		}
 	}

@@ -40,6 +40,8 @@ package destinations
 import (
 	"bytes"
 	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -110,6 +112,9 @@ type Registry struct {
 	Version      string        `yaml:"version"`
 	Destinations []Destination `yaml:"destinations"`
 	Path         string        `yaml:"-"`
+	// SHA256 is the hex SHA-256 of the file's bytes as Load read them: a
+	// run's audit record names the registry it was authorized by with it.
+	SHA256 string `yaml:"-"`
 }
 
 var idRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
@@ -135,7 +140,8 @@ func Load(path string) (*Registry, error) {
 func Parse(path string, b []byte) (*Registry, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
-	r := &Registry{Path: path}
+	sum := sha256.Sum256(b)
+	r := &Registry{Path: path, SHA256: hex.EncodeToString(sum[:])}
 	if err := dec.Decode(r); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, withSuggestion(err))
 	}

@@ -20,13 +20,13 @@ type Iter interface {
 }
 
 // SentIDs streams the identifiers of a committed run's snapshot, in order:
-// from its published files, checked against its record, or from its
-// evidence (fromEvidence) when the files are gone.
-func SentIDs(state string, prev *audit.Record, scheme hashing.Scheme) (it Iter, fromEvidence bool, err error) {
+// from its published files under dir, checked against its record, or from
+// its evidence (fromEvidence) when the files are gone.
+func SentIDs(state, dir string, prev *audit.Record, scheme hashing.Scheme) (it Iter, fromEvidence bool, err error) {
 	var paths []string
 	missing := false
 	for _, f := range prev.Files {
-		p := filepath.Join(prev.Published, f.Path)
+		p := filepath.Join(dir, filepath.FromSlash(f.Path))
 		sum, err := fsutil.SHA256File(p)
 		if errors.Is(err, fs.ErrNotExist) {
 			missing = true

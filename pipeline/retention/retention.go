@@ -1,42 +1,44 @@
 // Package retention enforces each destination's retention_days (the
 // registry's GDPR Art. 30 time limit for erasure) on what the job keeps,
-// and records what it removed in the audit log.
+// and records what it removes in the audit log.
 //
-// A committed run of a destination is expired when its audit record was
-// appended more than retention_days before now. Of an expired run, prune
-// removes:
+// A committed run of a destination is expired when retention_days days
+// have passed since it was recorded (the record's time: what was sent is
+// kept that long after it was sent), and since its cutoff (as_of), the rule
+// `audit verify` applies to a run whose published directory is gone
+// (package auditor); a cutoff is never later than the run, so in practice
+// the record's time decides. Of an expired run, prune removes, whichever
+// are there:
 //
-//   - published: its directory OUT/<destination>/dt=<date>/run=<id>/ (and
+//   - its published directory OUT/<destination>/dt=<date>/run=<id>/ (and
 //     the dt=<date> directory once empty);
-//   - evidence: STATE/runs/<id>/evidence.parquet (user and consent event
-//     behind each identifier);
-//   - rejects: STATE/runs/<id>/rejects.csv (raw input rows).
+//   - STATE/runs/<id>/evidence.parquet (user and consent event behind each
+//     identifier);
+//   - STATE/runs/<id>/rejects.csv (raw input rows).
 //
 // It keeps STATE/runs/<id>/manifest.json and record.json (counts and
-// digests, no personal data) and never touches the audit log's records: a
-// pruned run stays in the log, with a prune record after it naming what is
-// gone.
+// digests, no personal data) and never touches a record: a pruned run stays
+// in the log, and the prune record after it names it (pruned_runs).
 //
-// The delivery chain keeps what its deltas need. A chain run (a committed
-// run that is not a backfill) is needed while it is the chain's head (the
-// next run computes its removes from the head's identifiers) or while the
-// next chain run is not expired (whose adds and removes are checked against
-// this run's identifiers). Of a needed expired run, prune removes only the
-// rejects, and the evidence when the published snapshot is still there
-// (the snapshot's identifiers are what the deltas need; the evidence is
-// their fallback when the snapshot is gone). A backfill is outside the
-// chain and expires like any run.
+// The delivery chain keeps what its deltas need: a chain run (a committed
+// run that is not a backfill) is not pruned while it is the chain's head
+// (the next run computes its removes from the head's identifiers) or while
+// the next chain run is not expired (audit verify recomputes that run's
+// deltas from this run's identifiers). It is pruned with the first prune
+// after neither holds. A backfill is outside the chain and expires like any
+// run.
 //
-// A failed run's directory STATE/failed/<id>/ (the rejects and manifest of
-// a run over its reject rate, with raw input rows) expires retention_days
-// after it was written (its modification time), under its own
-// destination's retention, or the shortest of the registry's when its
-// manifest does not name a registered destination.
+// A failed run's directory STATE/failed/<name>/ (the rejects and manifest
+// of a run over its reject rate, with raw input rows) expires
+// retention_days after it was written (its modification time), under the
+// destination its manifest names, or the shortest retention of the
+// registry when it names none the registry holds; the prune record names
+// it (pruned_failed).
 //
 // Each prune appends one prune record per destination it removes anything
-// of, with the retention it enforced and, for each run, what it removes,
-// before it removes it: a removal is never unrecorded, and one interrupted
-// is completed, and recorded again, by the next prune.
+// of, with the retention it enforces, before it removes anything: a
+// removal is never unrecorded, and one interrupted is completed, and
+// recorded again, by the next prune.
 package retention
 
 import (
@@ -74,13 +76,16 @@ type Options struct {
 type Removal struct {
 	Destination   string
 	RetentionDays int
-	Pruned        []audit.Pruned
+	Runs          []string // committed runs pruned (the record's pruned_runs)
+	Failed        []string // STATE/failed/<name> directories (pruned_failed)
 	// Paths are the files and directories removed, for the operator.
 	Paths []string
 }
 
+func (rm *Removal) empty() bool { return len(rm.Runs)+len(rm.Failed) == 0 }
+
 // Prune removes, for each destination, what its retention has expired, and
-// appends a prune record for each destination it removed anything of. It
+// appends a prune record for each destination it removes anything of. It
 // runs under the run lock, with l the recovered audit log.
 func Prune(l *audit.Log, o Options) ([]Removal, error) {
 	var out []Removal
@@ -93,16 +98,13 @@ func Prune(l *audit.Log, o Options) ([]Removal, error) {
 		if err := failedRuns(o, d, &rm); err != nil {
 			return out, err
 		}
-		if len(rm.Pruned) == 0 {
+		if rm.empty() {
 			continue
 		}
 		if !o.DryRun {
-			// The record first: a removal is never unrecorded. A prune
-			// interrupted after it leaves files the next prune removes,
-			// and records, again.
 			if o.Signer != nil {
 				rec := &audit.Record{Type: audit.TypePrune, ToolVersion: o.ToolVersion, Destination: d.ID,
-					RetentionDays: d.RetentionDays, Pruned: rm.Pruned}
+					RetentionDays: int64(d.RetentionDays), PrunedRuns: rm.Runs, PrunedFailed: rm.Failed}
 				if err := l.Append(rec, o.Signer, o.Now); err != nil {
 					return out, fmt.Errorf("record the prune of %s: %w", d.ID, err)
 				}
@@ -119,7 +121,6 @@ func Prune(l *audit.Log, o Options) ([]Removal, error) {
 // plan lists what d's retention expires of its committed runs.
 func plan(l *audit.Log, o Options, d *destinations.Destination) Removal {
 	rm := Removal{Destination: d.ID, RetentionDays: d.RetentionDays}
-	cutoff := o.Now.Add(-time.Duration(d.RetentionDays) * 24 * time.Hour)
 	var runs, chain []*audit.Record
 	for _, rec := range l.Records() {
 		if rec.Type != audit.TypeRunCommitted || rec.Destination != d.ID {
@@ -131,8 +132,12 @@ func plan(l *audit.Log, o Options, d *destinations.Destination) Removal {
 		}
 	}
 	expired := func(rec *audit.Record) bool {
-		t, err := time.Parse(time.RFC3339Nano, rec.Time)
-		return err == nil && t.Before(cutoff)
+		asOf, err1 := time.Parse(time.RFC3339Nano, rec.AsOf)
+		at, err2 := time.Parse(time.RFC3339Nano, rec.Time)
+		if err1 != nil || err2 != nil {
+			return false
+		}
+		return !o.Now.Before(asOf.AddDate(0, 0, d.RetentionDays)) && !o.Now.Before(at.AddDate(0, 0, d.RetentionDays))
 	}
 	needed := map[string]bool{}
 	for i, rec := range chain {
@@ -142,32 +147,20 @@ func plan(l *audit.Log, o Options, d *destinations.Destination) Removal {
 	}
 	done := map[string]bool{}
 	for _, rec := range runs {
-		if !expired(rec) || done[rec.RunID] {
+		if !expired(rec) || needed[rec.RunID] || done[rec.RunID] {
 			continue
 		}
 		done[rec.RunID] = true
-		var removed []string
-		add := func(what, path string) {
-			if exists(path) {
-				removed = append(removed, what)
-				rm.Paths = append(rm.Paths, path)
-			}
-		}
-		published := publishedDir(d.Delivery, d.ID, rec.RunID)
 		runDir := statedir.Run(o.State, rec.RunID)
-		if needed[rec.RunID] {
-			if published != "" {
-				add(audit.PrunedEvidence, filepath.Join(runDir, "evidence.parquet"))
+		var paths []string
+		for _, p := range []string{publishedDir(d.Delivery, d.ID, rec.RunID), filepath.Join(runDir, "evidence.parquet"), filepath.Join(runDir, "rejects.csv")} {
+			if p != "" && exists(p) {
+				paths = append(paths, p)
 			}
-		} else {
-			if published != "" {
-				add(audit.PrunedPublished, published)
-			}
-			add(audit.PrunedEvidence, filepath.Join(runDir, "evidence.parquet"))
 		}
-		add(audit.PrunedRejects, filepath.Join(runDir, "rejects.csv"))
-		if len(removed) > 0 {
-			rm.Pruned = append(rm.Pruned, audit.Pruned{RunID: rec.RunID, Removed: removed})
+		if len(paths) > 0 {
+			rm.Runs = append(rm.Runs, rec.RunID)
+			rm.Paths = append(rm.Paths, paths...)
 		}
 	}
 	return rm
@@ -183,7 +176,7 @@ func publishedDir(delivery, destination, runID string) string {
 	return m[0]
 }
 
-// failedRuns adds the expired STATE/failed/<id>/ directories of d (see the
+// failedRuns adds the expired STATE/failed/<name>/ directories of d (see the
 // package doc) to rm.
 func failedRuns(o Options, d *destinations.Destination, rm *Removal) error {
 	dirs, err := os.ReadDir(filepath.Join(o.State, "failed"))
@@ -216,7 +209,7 @@ func failedRuns(o Options, d *destinations.Destination, rm *Removal) error {
 			return err
 		}
 		if info.ModTime().Before(o.Now.Add(-time.Duration(days) * 24 * time.Hour)) {
-			rm.Pruned = append(rm.Pruned, audit.Pruned{RunID: e.Name(), Removed: []string{audit.PrunedFailed}})
+			rm.Failed = append(rm.Failed, e.Name())
 			rm.Paths = append(rm.Paths, dir)
 		}
 	}

@@ -40,11 +40,11 @@ func TestFailedRunsByTheirDestination(t *testing.T) {
 	}
 	got := map[string]string{}
 	for _, rm := range rms {
-		for _, p := range rm.Pruned {
-			if len(p.Removed) != 1 || p.Removed[0] != audit.PrunedFailed {
-				t.Errorf("%s: removed %v", p.RunID, p.Removed)
-			}
-			got[p.RunID] = rm.Destination
+		if len(rm.Runs) != 0 {
+			t.Errorf("%s: pruned runs %v", rm.Destination, rm.Runs)
+		}
+		for _, name := range rm.Failed {
+			got[name] = rm.Destination
 		}
 	}
 	want := map[string]string{"long-100d": "long", "short-8d": "short", "unknown-8d": "short"}
