@@ -341,6 +341,30 @@ func TestPruneCommand(t *testing.T) {
 	if !strings.Contains(mustOut(t, "audit", "runs", "--state", e.state), "    pruned after 90 days: 20261101T") {
 		t.Error("audit runs does not list the prune")
 	}
+	// Both verifiers accept the pruned state, and say the run is pruned.
+	if out := mustOut(t, "audit", "verify", "--state", e.state); !strings.Contains(out, "pruned: record 0, run 20261101T") {
+		t.Errorf("audit verify after the prune:\n%s", out)
+	}
+	verifier := filepath.Join(statedir.Keys(e.state), audit.VerifierFile)
+	if ok, out := independent(t, "verify", "--state", e.state, "--verifier", verifier, "--delivery", e.out); !ok {
+		t.Errorf("the independent verifier refuses the pruned state:\n%s", out)
+	}
+	// A failed run's directory (raw rejected rows) goes too, named in the
+	// record's pruned_failed, which both verifiers read.
+	failed := filepath.Join(e.state, "failed", "20261103T000000Z-0123456789ab")
+	writeFile(t, filepath.Join(failed, "manifest.json"), `{"destination":"meta-ads"}`, 0o600)
+	old := time.Now().Add(-100 * 24 * time.Hour)
+	os.Chtimes(failed, old, old)
+	if out, stderr, code := execute(t, "prune", "--state", e.state); code != 0 || !strings.Contains(out, "removed failed run 20261103T000000Z-0123456789ab") || fileExists(failed) {
+		t.Fatalf("prune of a failed run: exit %d: %s %s", code, out, stderr)
+	}
+	if rec := lastRecord(t, e.state); rec.Type != audit.TypePrune || len(rec.PrunedFailed) != 1 || len(rec.PrunedRuns) != 0 {
+		t.Errorf("the failed run's prune record: %+v", rec)
+	}
+	mustOut(t, "audit", "verify", "--state", e.state)
+	if ok, out := independent(t, "verify", "--state", e.state, "--verifier", verifier, "--delivery", e.out); !ok {
+		t.Errorf("the independent verifier refuses a prune of a failed run:\n%s", out)
+	}
 	if _, stderr, code := execute(t, "prune", "--state", e.state, "--destination", "nosuch"); code != exitUsage {
 		t.Errorf("an unknown destination: exit %d: %s", code, stderr)
 	}
