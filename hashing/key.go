@@ -181,8 +181,12 @@ func GenerateMasterKey() (MasterKey, error) {
 }
 
 // destKeyTag starts a destination key file (WriteDestKey): the tag, the
-// destination, then K_dest as hex, on one line.
-const destKeyTag = "audiencematch-dest-key/v1"
+// destination, then K_dest as hex, on one line. oprfKeyTag starts one of
+// oprf-ristretto255 (WriteOPRFKey), whose key is skS as a serialized scalar.
+const (
+	destKeyTag = "audiencematch-dest-key/v1"
+	oprfKeyTag = "audiencematch-oprf-key/v1"
+)
 
 // ErrKeyDestination is returned when a destination key is used for another
 // destination.
@@ -196,6 +200,7 @@ type Key struct {
 	master      MasterKey
 	dest        DestKey
 	destination string // set for a destination key
+	oprf        bool   // a destination key of oprf-ristretto255 (skS), not K_dest
 }
 
 // String redacts the key.
@@ -228,6 +233,28 @@ func (k Key) For(destination string) (DestKey, error) {
 	if k.destination != destination {
 		return DestKey{}, fmt.Errorf("%w: this key is the destination key of %q only, not of %q", ErrKeyDestination, k.destination, destination)
 	}
+	if k.oprf {
+		return DestKey{}, fmt.Errorf("%w: this is the %s key of %q, not its %s key", ErrKeyFormat, OPRFRistretto255, destination, HMACSHA256)
+	}
+	return k.dest, nil
+}
+
+// ForScheme is the key a keyed scheme uses for destination: K_dest for
+// hmac-sha256 (For), skS for oprf-ristretto255 (DeriveOPRFKey, or an oprf
+// destination key's own when it was made for destination).
+func (k Key) ForScheme(scheme Scheme, destination string) (DestKey, error) {
+	if scheme != OPRFRistretto255 {
+		return k.For(destination)
+	}
+	if k.destination == "" {
+		return DeriveOPRFKey(k.master, destination)
+	}
+	if k.destination != destination {
+		return DestKey{}, fmt.Errorf("%w: this key is the destination key of %q only, not of %q", ErrKeyDestination, k.destination, destination)
+	}
+	if !k.oprf {
+		return DestKey{}, fmt.Errorf("%w: this is the %s key of %q; derive its %s key with `audiencematch keys derive --scheme %s`", ErrKeyFormat, HMACSHA256, destination, OPRFRistretto255, OPRFRistretto255)
+	}
 	return k.dest, nil
 }
 
@@ -236,9 +263,12 @@ func (k Key) For(destination string) (DestKey, error) {
 func ParseKey(text []byte) (Key, error) {
 	s := strings.TrimSpace(string(text))
 	rest, ok := strings.CutPrefix(s, destKeyTag)
+	isOPRF := false
 	if !ok {
-		m, err := ParseMasterKey(text)
-		return Key{master: m}, err
+		if rest, isOPRF = strings.CutPrefix(s, oprfKeyTag); !isOPRF {
+			m, err := ParseMasterKey(text)
+			return Key{master: m}, err
+		}
 	}
 	var b []byte
 	f := strings.Fields(rest)
@@ -248,10 +278,15 @@ func ParseKey(text []byte) (Key, error) {
 		}
 	}
 	if len(b) != len(DestKey{}) {
-		return Key{}, fmt.Errorf("%w: a destination key is %q, a destination and 64 hex digits on one line", ErrKeyFormat, destKeyTag)
+		return Key{}, fmt.Errorf("%w: a destination key is %q or %q, a destination and 64 hex digits on one line", ErrKeyFormat, destKeyTag, oprfKeyTag)
 	}
-	k := Key{destination: f[0]}
+	k := Key{destination: f[0], oprf: isOPRF}
 	copy(k.dest[:], b)
+	if isOPRF {
+		if _, err := NewOPRFServer(k.dest); err != nil {
+			return Key{}, fmt.Errorf("%w: %w", ErrKeyFormat, err)
+		}
+	}
 	return k, nil
 }
 
@@ -301,14 +336,28 @@ func loadKeyFile(path string) (Key, error) {
 // WriteDestKey writes destination's key, derived from master, to a new
 // file of mode 0600, as LoadKey reads it. It refuses to overwrite a file.
 func WriteDestKey(path string, master MasterKey, destination string) (DestKey, error) {
+	return WriteSchemeKey(path, master, HMACSHA256, destination)
+}
+
+// WriteSchemeKey writes destination's key of a keyed scheme (ForScheme),
+// derived from master, to a new file of mode 0600, as LoadKey reads it. It
+// refuses to overwrite a file.
+func WriteSchemeKey(path string, master MasterKey, scheme Scheme, destination string) (DestKey, error) {
 	if destination == "" || strings.ContainsFunc(destination, unicode.IsSpace) {
 		return DestKey{}, fmt.Errorf("destination %q: empty or has white space", destination)
 	}
-	k, err := DeriveDestKey(master, destination)
+	if !scheme.Keyed() {
+		return DestKey{}, fmt.Errorf("scheme %s has no key", scheme)
+	}
+	k, err := MasterKeyOf(master).ForScheme(scheme, destination)
 	if err != nil {
 		return k, err
 	}
-	line := destKeyTag + " " + destination + " " + hex.EncodeToString(k[:]) + "\n"
+	tag := destKeyTag
+	if scheme == OPRFRistretto255 {
+		tag = oprfKeyTag
+	}
+	line := tag + " " + destination + " " + hex.EncodeToString(k[:]) + "\n"
 	if err := WriteSecretFile(path, []byte(line)); err != nil {
 		return k, fmt.Errorf("write key %q: %w", path, err)
 	}

@@ -18,7 +18,10 @@
 //     of users who granted, withdrew or whose consent is unreadable
 //     (hashing), in parallel; both stages spill by user (spill);
 //  3. join: per partition, pair users with their consent and hash their
-//     numbers into identifiers, spilled in buckets by identifier;
+//     numbers into identifiers, spilled in buckets by identifier; under
+//     oprf-ristretto255 an identifier comes from the run's private cache
+//     (idcache) or is evaluated, and the next cache is written beside the
+//     write stage;
 //  4. write: resolve each bucket in identifier order with the shared-number
 //     rule (consent.SharedNumber), and write the parts, the deltas against
 //     the delivery chain's head and the private evidence (idfile), with the

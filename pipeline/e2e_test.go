@@ -27,6 +27,7 @@ import (
 	"github.com/apache/arrow-go/v18/parquet/compress"
 	"github.com/apache/arrow-go/v18/parquet/file"
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
+	"github.com/cloudflare/circl/oprf"
 	"github.com/nyaruka/phonenumbers"
 
 	"audiencematch/consent"
@@ -67,6 +68,10 @@ func (p oracleParams) id(e164 string) string {
 	case "uid2":
 		s := sha256.Sum256([]byte(e164))
 		return base64.StdEncoding.EncodeToString(s[:])
+	case "oprf-ristretto255":
+		return oracleOPRF(p.master, p.dest, e164)
+	case "e164": // the exported numbers themselves, for tests of who matches
+		return e164
 	}
 	k, err := hkdf.Key(sha256.New, p.master, nil, "audiencematch/v1/"+p.dest, 32)
 	if err != nil {
@@ -75,6 +80,26 @@ func (p oracleParams) id(e164 string) string {
 	m := hmac.New(sha256.New, k)
 	m.Write([]byte(e164))
 	return string(m.Sum(nil))
+}
+
+// oracleOPRF is MATCHING.md section 4's oprf-ristretto255 identifier from
+// its text, with circl's RFC 9497 code directly rather than package
+// hashing's.
+func oracleOPRF(master []byte, dest, e164 string) string {
+	info := "audiencematch/v1/oprf/" + dest
+	seed, err := hkdf.Key(sha256.New, master, nil, info, 32)
+	if err != nil {
+		panic(err)
+	}
+	sk, err := oprf.DeriveKey(oprf.SuiteRistretto255, oprf.BaseMode, seed, []byte(info))
+	if err != nil {
+		panic(err)
+	}
+	out, err := oprf.NewServer(oprf.SuiteRistretto255, sk).FullEvaluate([]byte(e164))
+	if err != nil {
+		panic(err)
+	}
+	return string(out)
 }
 
 type oEvent struct {
@@ -216,7 +241,7 @@ func fixtureConfig(t *testing.T, dir string, scheme hashing.Scheme, master hashi
 	if err != nil {
 		t.Fatal(err)
 	}
-	k, err := hashing.DeriveDestKey(master, "meta-ads")
+	k, err := hashing.MasterKeyOf(master).ForScheme(scheme, "meta-ads")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,8 +274,8 @@ func readIDs(t *testing.T, path string, scheme hashing.Scheme) []string {
 	}
 	col := sc.Column(0)
 	if scheme.Binary() {
-		if col.PhysicalType() != parquet.Types.FixedLenByteArray || col.TypeLength() != 32 {
-			t.Fatalf("id is %v(%d), want FIXED_LEN_BYTE_ARRAY(32)", col.PhysicalType(), col.TypeLength())
+		if col.PhysicalType() != parquet.Types.FixedLenByteArray || col.TypeLength() != scheme.IDLen() {
+			t.Fatalf("id is %v(%d), want FIXED_LEN_BYTE_ARRAY(%d)", col.PhysicalType(), col.TypeLength(), scheme.IDLen())
 		}
 	} else if col.PhysicalType() != parquet.Types.ByteArray || col.LogicalType().String() != "String" {
 		t.Fatalf("id is %v %v, want BYTE_ARRAY String", col.PhysicalType(), col.LogicalType())
@@ -277,7 +302,7 @@ func readIDs(t *testing.T, path string, scheme hashing.Scheme) []string {
 	for _, chunk := range tbl.Column(0).Data().Chunks() {
 		switch a := chunk.(type) {
 		case *array.FixedSizeBinary:
-			if a.DataType().(*arrow.FixedSizeBinaryType).ByteWidth != 32 {
+			if a.DataType().(*arrow.FixedSizeBinaryType).ByteWidth != scheme.IDLen() {
 				t.Fatalf("arrow type %v", a.DataType())
 			}
 			for i := 0; i < a.Len(); i++ {

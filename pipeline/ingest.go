@@ -267,6 +267,7 @@ func (r *run) readUsers(ctx context.Context) error {
 // joinWorker is one worker's state while partitions are joined.
 type joinWorker struct {
 	hasher   *hashing.Hasher
+	cache    *workerCache // oprf-ristretto255 only (idcache.go)
 	users    userIndex
 	states   []consent.Effective
 	seen     []bool
@@ -296,6 +297,9 @@ func (r *run) join(ctx context.Context) error {
 		return err
 	}
 	if r.snap, err = r.newSpill("snapshot.spill", bucketParts, keep); err != nil {
+		return err
+	}
+	if err := r.openIDCache(); err != nil {
 		return err
 	}
 	bucket := newIDBucketer(r.cfg.Scheme, bucketParts)
@@ -329,11 +333,12 @@ func (r *run) join(ctx context.Context) error {
 	}
 	wg.Wait()
 	for i := range workers {
-		errs = append(errs, workers[i].ids.Flush(), workers[i].snap.Flush(), workers[i].guard.Flush())
+		errs = append(errs, workers[i].ids.Flush(), workers[i].snap.Flush(), workers[i].guard.Flush(), workers[i].cache.flush())
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
+	r.saveIDCache()
 	c := &r.m.ConsentEvents
 	for i := range workers {
 		jw := &workers[i]
@@ -351,6 +356,7 @@ func (r *run) newJoinWorker(jw *joinWorker) (err error) {
 	*jw = joinWorker{users: newUserIndex(), ids: r.ids.Writer(), snap: r.snap.Writer(),
 		guard: r.guard.Writer(), excluded: map[string]int64{}}
 	jw.hasher, err = hashing.NewHasher(r.cfg.Scheme, r.cfg.Key)
+	jw.cache = r.idc.worker()
 	return err
 }
 
@@ -450,7 +456,11 @@ func (r *run) joinOne(jw *joinWorker, ev, us *spill.Spill, p int, bucket *idBuck
 		if e164 != phone { // a number typed in E.164 is registered already (users stage)
 			jw.guard.Add(e164)
 		}
-		jw.id = jw.hasher.AppendID(jw.id[:0], e164)
+		if jw.cache != nil {
+			jw.id = jw.cache.appendID(jw.hasher, jw.id[:0], e164)
+		} else {
+			jw.id = jw.hasher.AppendID(jw.id[:0], e164)
+		}
 		b := bucket.of(jw.id)
 		buf := spill.AppendStr(jw.ids.Buf(b), bytesString(jw.id))
 		buf = append(spill.AppendStr(spill.AppendStr(buf, userID), eventID), byte(status))

@@ -49,7 +49,7 @@ func TestLeakGuardUserTypedStrings(t *testing.T) {
 func typedRuns(t *testing.T, s hashing.Scheme) (Config, *Result, []fixtures.User) {
 	t.Helper()
 	dir := t.TempDir()
-	k, err := hashing.DeriveDestKey(hashing.TestKey(t), "meta-ads")
+	k, err := hashing.MasterKeyOf(hashing.TestKey(t)).ForScheme(s, "meta-ads")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +71,7 @@ func typedRuns(t *testing.T, s hashing.Scheme) (Config, *Result, []fixtures.User
 		asOf.Format(time.DateOnly), asOf.Format(time.RFC3339), asOf.Add(24 * time.Hour).Format(time.RFC3339),
 		asOf.Format("20060102T150405Z"), "dt=" + asOf.Format(time.DateOnly),
 		"manifest.json", "id", "part-00000.parquet", "adds/part-00000.parquet", "removes/part-00000.parquet",
-		idfile.MetaScheme, idfile.MetaKeyID, k.KeyID(), "audiencematch version test(build )", "idfile.TextIDRow", "idfile.BinaryIDRow", "PAR1PAR1",
+		idfile.MetaScheme, idfile.MetaKeyID, s.KeyID(k), "audiencematch version test(build )", "idfile.TextIDRow", "idfile.BinaryIDRow", "PAR1PAR1",
 		manifest.Version, cfg.Digest(), `"purpose": "ads_matching",`, `"destination": "meta-ads",`, `"scheme": "` + string(s) + `",`,
 		"users.csv", "consent_events.csv", "previous_run_id", "config_digest", "max_consent_age_seconds", "consent_events",
 		hex.EncodeToString([]byte(id)),

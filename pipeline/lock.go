@@ -96,3 +96,18 @@ func cleanStaging(state, out, destination string) (int, error) {
 	}
 	return n, nil
 }
+
+// LockState takes the run lock of the state directory for work beside runs
+// that appends to the audit log (oprf evaluate): the log has one writer at
+// a time. It fails at once, or after wait, with an errkind.ErrTempFail
+// error when another process holds it.
+func LockState(ctx context.Context, state string, wait time.Duration) (release func() error, err error) {
+	if err := ensureStateDirs(state); err != nil {
+		return nil, err
+	}
+	l, err := acquireLock(ctx, state, time.Now(), wait)
+	if err != nil {
+		return nil, err
+	}
+	return l.Release, nil
+}

@@ -47,7 +47,7 @@ type Config struct {
 	Source         source.Source // nil: a FileSource of Users and Consent
 	Destination    string
 	Scheme         hashing.Scheme
-	Key            hashing.DestKey // K_dest; unused by unkeyed schemes
+	Key            hashing.DestKey // K_dest, or skS for oprf-ristretto255 (Key.ForScheme); unused by unkeyed schemes
 	Out, State     string
 	Rules          consent.Rules
 	MaxRejectRate  float64 // a fraction: 0.01 is 1%
@@ -200,7 +200,7 @@ func (c *Config) KeyID() string {
 	if !c.Scheme.Keyed() {
 		return ""
 	}
-	return c.Key.KeyID()
+	return c.Scheme.KeyID(c.Key)
 }
 
 // Digest is the SHA-256 of the canonical form of everything in the
@@ -249,6 +249,8 @@ type run struct {
 	// What the write stage reads: the run's own ids and snap, or every
 	// shard's (Commit).
 	idSrc, snapSrc []*spill.Spill
+	// idc is the identifier cache of an oprf-ristretto255 run (idcache.go).
+	idc *runCache
 	// idTree and evidenceTree are the record's tree heads (computeTrees).
 	idTree, evidenceTree *audit.Tree
 	m                    *manifest.Manifest
@@ -433,6 +435,7 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 			r.rejects.Close()
 		}
 		r.closeSpills()
+		r.closeIDCache()
 		r.later.Discard()
 		if r.synced != nil {
 			<-r.synced

@@ -176,6 +176,7 @@ func RunShard(ctx context.Context, cfg Config) (res *Result, err error) {
 	r.guard.SetDir(r.staging)
 	defer os.RemoveAll(r.staging)
 	defer r.closeSpills()
+	defer r.closeIDCache()
 	if r.rejects, err = newRejectWriter(filepath.Join(r.staging, "rejects.csv")); err != nil {
 		return nil, err
 	}
@@ -187,6 +188,9 @@ func RunShard(ctx context.Context, cfg Config) (res *Result, err error) {
 	}); err != nil {
 		return nil, err
 	}
+	// The shard's own identifier cache is written and its spill gone
+	// before the staging directory becomes the shard.
+	r.closeIDCache()
 	if err := r.writeShard(); err != nil {
 		return nil, fmt.Errorf("write shard %s: %w", cfg.Shard, err)
 	}

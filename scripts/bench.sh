@@ -12,6 +12,8 @@
 #        DIFF_N=0 scripts/bench.sh   skips the differential test; FUZZ_LONG=0 the fuzzing
 #        SHARDS=4 (default) also runs each size as 4 shards, one after the other,
 #        and the commit, printing each one's wall time and peak RSS; SHARDS=0 skips it
+#        OPRF_USERS=1000000 (default) sizes the oprf-ristretto255 nights, OPRF_ELEMENTS=1048576
+#        the evaluate request; OPRF_USERS=0 skips them
 #        REPEAT=3 (default) full runs per size, each printed, then their median:
 #        this machine's timings vary by up to a third from one run to the next
 set -euo pipefail
@@ -23,6 +25,19 @@ go build -o bin/audiencematch ./cmd/audiencematch
 echo "== stage benchmarks (go test -bench)"
 go test -run '^$' -bench . -benchtime 3x ./pipeline ./pipeline/source | grep -E '^Benchmark'
 go test -run '^$' -bench . ./hashing ./hashing/e164 | grep -E '^Benchmark'
+
+if [ "${OPRF_USERS:-1000000}" != 0 ]; then
+  # Issue 26's targets: the first night at least 9k evaluations per second per
+  # core; the next night (1% of the users on a new number) at most 1.5 times the
+  # same night under hmac-sha256 (compare the two ns/op); evaluate on a
+  # 1Mi-element request.
+  echo "== oprf-ristretto255: first night and next night at ${OPRF_USERS:-1000000} users, against hmac-sha256"
+  AUDIENCEMATCH_OPRF_BENCH_USERS="${OPRF_USERS:-1000000}" go test -run '^$' -bench 'OPRFFirstNight|OPRFNextNight|HMACNextNight' \
+    -benchtime 1x -timeout 120m ./pipeline | grep -E '^Benchmark'
+  echo "== oprf evaluate: a request of ${OPRF_ELEMENTS:-1048576} elements"
+  AUDIENCEMATCH_OPRF_BENCH_ELEMENTS="${OPRF_ELEMENTS:-1048576}" go test -run '^$' -bench EvaluateRequest \
+    -benchtime 1x -timeout 60m ./pipeline/oprfx | grep -E '^Benchmark'
+fi
 
 if [ "${DIFF_N:-10000000}" != 0 ]; then
   echo "== normalization differential test: ${DIFF_N:-10000000} inputs"

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 count="${1:-10000x}"
 fuzz() { go test -run '^$' -fuzz "^$2\$" -fuzztime "$count" "$1"; }
 fuzz ./hashing FuzzNormalize
+fuzz ./hashing FuzzDecodeElement
 fuzz ./hashing/e164 FuzzFastPath
 fuzz ./consent FuzzParseEvent
 fuzz ./pipeline/source FuzzCSV

@@ -126,7 +126,8 @@ function checkInclusion(index, size, leaf, proof, root) {
 const FIELDS = {
   record: ["v", "type", "time", "run_id", "tool_version", "config_digest", "destination", "scheme", "key_id", "as_of", "purpose",
     "authorization", "policy", "inputs", "consent_snapshot_sha256", "counts", "published", "manifest", "files", "ids", "evidence",
-    "previous_run_id", "adds", "removes", "removes_scheme", "removes_key_id", "backfill", "allow_drop", "reason", "pruned_runs",
+    "previous_run_id", "adds", "removes", "removes_scheme", "removes_key_id", "backfill", "allow_drop", "elements", "request_sha256",
+    "response_sha256", "reason", "pruned_runs",
     "pruned_failed", "retention_days", "extra"],
   authorization: ["registry_sha256", "organization", "relationship", "purposes", "lawful_basis", "retention_days"],
   policy: ["min_policy_version", "max_consent_age_seconds", "max_reject_rate"],
@@ -208,10 +209,15 @@ function parseRecord(line, i) {
     case "prune":
       if (v1 || !(r.pruned_runs || r.pruned_failed) || !r.retention_days) fail(`record ${i}: malformed prune record`);
       break;
+    case "oprf_evaluated":
+      if (v1 || r.scheme !== "oprf-ristretto255" || !isHex(r.key_id, 16) || !isHex(r.request_sha256, 64)) fail(`record ${i}: malformed oprf_evaluated record`);
+      if (!r.reason && (!r.elements || !isHex(r.response_sha256, 64))) fail(`record ${i}: oprf_evaluated answer lacks its count or response digest`);
+      if (r.reason && r.response_sha256) fail(`record ${i}: refused oprf_evaluated names a response`);
+      break;
     default:
       fail(`record ${i}: unknown type ${JSON.stringify(r.type)}`);
   }
-  if (v1 && (r.authorization || r.pruned_runs || r.pruned_failed || r.retention_days)) fail(`record ${i}: v1 record with v2 fields`);
+  if (v1 && (r.authorization || r.pruned_runs || r.pruned_failed || r.retention_days || r.elements || r.request_sha256 || r.response_sha256)) fail(`record ${i}: v1 record with v2 fields`);
   return r;
 }
 
@@ -324,6 +330,7 @@ function verify(opts) {
 const SCHEMES = {
   // scheme: [identifier bytes length, leaf from the proof's "id" hex, evidence id from the leaf]
   "hmac-sha256": { valid: (b) => b.length === 32, evidenceId: (b) => hex(b) },
+  "oprf-ristretto255": { valid: (b) => b.length === 64, evidenceId: (b) => hex(b) },
   "sha256-digits": { valid: (b) => /^[0-9a-f]{64}$/.test(b.toString("latin1")), evidenceId: (b) => b.toString("latin1") },
   "sha256-e164": { valid: (b) => /^[0-9a-f]{64}$/.test(b.toString("latin1")), evidenceId: (b) => b.toString("latin1") },
   "uid2": { valid: (b) => /^[A-Za-z0-9+/]{43}=$/.test(b.toString("latin1")), evidenceId: (b) => b.toString("latin1") },

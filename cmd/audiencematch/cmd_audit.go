@@ -425,7 +425,7 @@ STATE/keys/master.key), or a destination's key for that destination's runs. --us
 	cmd.Flags().StringVar(&o.Country, "country", "", "ISO 3166-1 region for a number without +country code")
 	cmd.Flags().StringVar(&o.UserID, "user-id", "", "the account id")
 	cmd.Flags().StringVar(&o.Key, "key", "", "master key file, or a destination's key file (its runs only) (default: $"+hashing.KeyEnv+", then STATE/keys/master.key)")
-	cmd.Flags().BoolVar(&o.JSON, "json", false, "print the report, with every proof, as JSON: the proof `audit check-proof` checks")
+	cmd.Flags().BoolVar(&o.JSON, "json", false, "print the report, with every proof, as JSON: the proof \"audit check-proof\" checks")
 	o.addDeliveryFlags(cmd)
 	return cmd
 }

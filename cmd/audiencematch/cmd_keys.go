@@ -56,8 +56,8 @@ Existing keys are never overwritten; running init again prints the verifier key.
 
 // DeriveOptions are the flags of `audiencematch keys derive`.
 type DeriveOptions struct {
-	State, Key, Destination, Out string
-	Destinations                 string
+	State, Key, Destination, Out, Scheme string
+	Destinations                         string
 }
 
 // registered refuses a destination the registry does not hold, or holds as
@@ -90,7 +90,7 @@ func newKeysDeriveCommand() *cobra.Command {
 	o := &DeriveOptions{}
 	cmd := &cobra.Command{
 		Use:   "derive --destination ID --out FILE --state DIR [--key FILE]",
-		Short: "Write one destination's key (K_dest) to a new owner-only file, for machines that export to it alone",
+		Short: "Write one destination's key (K_dest, or its OPRF key) to a new owner-only file, for machines that export to it alone",
 		Long: `Write K_dest = HKDF-SHA256(master key, "audiencematch/v1/"+destination), the
 destination's own key, to a new file of mode 0600 that run, commit and
 audit subject accept as --key, or as its text in $` + hashing.DestKeyEnv + `.
@@ -104,7 +104,12 @@ The destination must be in the registry (STATE/destinations.yaml or
 The file names its destination; a run for another destination refuses it.
 Its key_id, printed on stdout, is the one that destination's runs report.
 An existing file is never overwritten. Rotating the master key changes every
-destination's key: derive again.`,
+destination's key: derive again.
+
+With --scheme oprf-ristretto255 the file holds the destination's OPRF private
+key skS instead (MATCHING.md section 4, amendment 2): what run and oprf evaluate
+need for that destination. Never give it to the destination: under that scheme
+the destination holds no key.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.Out == "" || !pipeline.ValidDestination(o.Destination) {
@@ -121,18 +126,23 @@ destination's key: derive again.`,
 			if !ok {
 				return fmt.Errorf("%w: --key is the destination key of %q: derive needs the master key", errkind.ErrUsage, k.Destination())
 			}
-			dk, err := hashing.WriteDestKey(o.Out, master, o.Destination)
+			scheme, err := hashing.ParseScheme(o.Scheme)
+			if err != nil || !scheme.Keyed() {
+				return fmt.Errorf("%w: --scheme %q: keys exist for %s and %s", errkind.ErrUsage, o.Scheme, hashing.HMACSHA256, hashing.OPRFRistretto255)
+			}
+			dk, err := hashing.WriteSchemeKey(o.Out, master, scheme, o.Destination)
 			if err != nil {
 				return fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "wrote the key of %s to %s (mode 0600)\n", o.Destination, o.Out)
-			fmt.Fprintln(cmd.OutOrStdout(), dk.KeyID())
+			fmt.Fprintf(cmd.ErrOrStderr(), "wrote the %s key of %s to %s (mode 0600)\n", scheme, o.Destination, o.Out)
+			fmt.Fprintln(cmd.OutOrStdout(), scheme.KeyID(dk))
 			return nil
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.Destination, "destination", "", "destination id (required)")
 	f.StringVar(&o.Out, "out", "", "the new key file (required; never overwritten)")
+	f.StringVar(&o.Scheme, "scheme", string(hashing.HMACSHA256), "the destination's keyed scheme: hmac-sha256 (K_dest) or oprf-ristretto255 (its OPRF private key skS)")
 	f.StringVar(&o.Key, "key", "", "master key file (default: $"+hashing.KeyEnv+", then STATE/keys/master.key)")
 	f.StringVar(&o.State, "state", "", "state directory, for STATE/keys/master.key and STATE/destinations.yaml")
 	f.StringVar(&o.Destinations, "destinations", "", "destination registry, which must hold --destination (default: STATE/destinations.yaml)")

@@ -173,7 +173,7 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 	f.StringVar(&o.Purpose, "purpose", fixtures.DefaultPurpose, "consent purpose to export for")
 	f.Int64Var(&o.MinPolicyVersion, "min-policy-version", 0, "oldest privacy-notice version whose grants count: only to tighten the registry's min_policy_version for the destination and purpose (default: the registry's)")
 	f.StringVar(&o.MaxConsentAge, "max-consent-age", "", "grants older than this do not count, as days (395d) or a duration (9480h): only to tighten the registry's max_consent_age for the destination and purpose (default: the registry's)")
-	f.StringVar(&o.Scheme, "scheme", "", "identifier scheme (default: the registry's): hmac-sha256, or the unkeyed sha256-digits, sha256-e164, uid2 (need --allow-unkeyed); a value other than the registry's is an error")
+	f.StringVar(&o.Scheme, "scheme", "", "identifier scheme (default: the registry's): hmac-sha256, oprf-ristretto255, or the unkeyed sha256-digits, sha256-e164, uid2 (need --allow-unkeyed); a value other than the registry's is an error")
 	f.BoolVar(&o.AllowUnkeyed, "allow-unkeyed", false, "permit an unkeyed scheme; its identifiers can be reversed to phone numbers")
 	f.Float64Var(&o.MaxRejectRate, "max-reject-rate", 0.01, "fail, publishing nothing, when more than this fraction of either table's rows is malformed")
 	f.IntVar(&o.Workers, "workers", 0, "parallel workers (default: the number of CPUs)")
@@ -417,7 +417,7 @@ func (o *RunOptions) loadKeys(cfg *pipeline.Config, log *slog.Logger, keyFile st
 		if err != nil {
 			return fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 		}
-		if cfg.Key, err = key.For(o.Destination); err != nil {
+		if cfg.Key, err = key.ForScheme(cfg.Scheme, o.Destination); err != nil {
 			return fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 		}
 	} else if authorized {

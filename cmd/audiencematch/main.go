@@ -54,6 +54,7 @@ const exitCodesHelp = `Exit codes:
   75  temporary failure: retrying later may help
   77  destination refused: not in the registry, a third party, not registered for the
       purpose, or unkeyed without allow_unkeyed; nothing read, nothing written
+      (oprf evaluate: a request over the destination's oprf_max_evaluations)
   78  configuration: missing column, key file too open or too short, bad config file
   1   anything else (a bug: please report it)`
 
@@ -142,7 +143,7 @@ does the same on 100,000 users.
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return fmt.Errorf("%w: %w%s", errkind.ErrUsage, err, flagHint(cmd, err))
 	})
-	root.AddCommand(newRunCommand(g), newCommitCommand(g), newFixturesCommand(g), newKeysCommand(), newAuditCommand(), newDestinationsCommand(), newPruneCommand(g))
+	root.AddCommand(newRunCommand(g), newCommitCommand(g), newFixturesCommand(g), newKeysCommand(), newAuditCommand(), newDestinationsCommand(), newOPRFCommand(g), newPruneCommand(g))
 	return root
 }
 

@@ -2,12 +2,16 @@ package main
 
 import (
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"audiencematch/consent/audit"
 	"audiencematch/pipeline/manifest"
@@ -282,6 +286,23 @@ func TestJSONResults(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &c); err != nil || code != exitConfig || c.OK || len(c.Errors) != 2 {
 		t.Fatalf("check --json of a bad registry: exit %d, %v, %+v", code, err, c)
 	}
+}
+
+// TestNoCommandAsAFlagArgument: pflag takes back-quoted text in a flag's
+// usage as the name of its argument; no usage may hold any, in any command.
+func TestNoCommandAsAFlagArgument(t *testing.T) {
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		c.Flags().VisitAll(func(f *pflag.Flag) {
+			if strings.Contains(f.Usage, "`") {
+				t.Errorf("%s --%s: a back quote in its usage: %s", c.CommandPath(), f.Name, f.Usage)
+			}
+		})
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(newRootCommand(io.Discard, io.Discard))
 }
 
 // TestPretouchHelpOneDefault: the flag's help states its default once.

@@ -42,15 +42,27 @@
 //	destination_refused  a run was refused before it read any user data
 //	run_failed           a run failed; nothing was published
 //	prune                (v2) published runs were removed under retention_days
+//	oprf_evaluated       (v2) an `oprf evaluate` request for an
+//	                     oprf-ristretto255 destination was answered or refused
 //
-// Version 2 differs from 1 in three ways: a run_committed record names its
+// Version 2 differs from 1 in four ways: a run_committed record names its
 // published directory relative to its destination's delivery root
 // ("<destination>/dt=<date>/run=<id>", see PublishedRel), so that a copy
 // of the state and the delivered files verifies anywhere; it names the
 // registry entry that authorized the run (Authorization: organization,
 // relationship, purposes, lawful basis, retention, and the registry file's
 // SHA-256), so the GDPR Art. 30 recipient is provable per run; and the
-// prune type exists.
+// prune and oprf_evaluated types exist.
+//
+// An oprf_evaluated record carries the destination, scheme
+// (oprf-ristretto255), key_id, elements (the count of blinded elements the
+// request held) and request_sha256 (the SHA-256 of the request file). An
+// answered request also has response_sha256 (of the response file) and no
+// reason; a refused one (over the destination's oprf_max_evaluations in the
+// rolling 24 hours before its time, or with an invalid element) has a
+// reason and no response. Neither holds an element: they are blinded
+// numbers, and a count and digests are what an auditor needs to bound what
+// the destination learned.
 //
 // The checkpoint may carry, after the log's signature, witnesses'
 // cosignatures (C2SP tlog-cosignature); package witness adds and checks

@@ -39,7 +39,14 @@ const (
 	// pruned_runs lists the run ids whose published directories were
 	// removed, and retention_days the policy applied.
 	TypePrune = "prune"
+	// TypeOPRFEvaluated records one `oprf evaluate` request: answered (no
+	// reason, a response digest) or refused (a reason, no response); v2 only.
+	TypeOPRFEvaluated = "oprf_evaluated"
 )
+
+// OPRFScheme is the only scheme of oprf_evaluated records (MATCHING.md
+// section 4, amendment 2).
+const OPRFScheme = "oprf-ristretto255"
 
 // TypeUnreadable marks, in Log.Records, a line of the log that is not a
 // readable record (see Log.Unreadable). It is never written: Validate
@@ -86,8 +93,14 @@ type Record struct {
 	Backfill bool `json:"backfill,omitempty"`
 	// AllowDrop records that the operator allowed the run to shrink the
 	// audience past the drop guard's threshold, or to read empty input.
-	AllowDrop bool   `json:"allow_drop,omitempty"`
-	Reason    string `json:"reason,omitempty"` // why a run failed or was refused
+	AllowDrop bool `json:"allow_drop,omitempty"`
+	// Elements, RequestSHA256 and ResponseSHA256 are an oprf_evaluated
+	// record's (v2): how many blinded elements the request held, and the
+	// SHA-256 of the request and response files.
+	Elements       int64  `json:"elements,omitempty"`
+	RequestSHA256  string `json:"request_sha256,omitempty"`
+	ResponseSHA256 string `json:"response_sha256,omitempty"`
+	Reason         string `json:"reason,omitempty"` // why a run failed or was refused
 	// PrunedRuns are the runs a prune record removed (v2).
 	PrunedRuns []string `json:"pruned_runs,omitempty"`
 	// PrunedFailed are the failed runs' directories (STATE/failed/<name>,
@@ -250,7 +263,8 @@ func (r *Record) Validate() error {
 		return fmt.Errorf("record version %q: this tool reads %q and %q; a newer version of the tool may read it", r.Version, RecordVersionV1, RecordVersionV2)
 	}
 	v1 := r.Version == RecordVersionV1
-	if v1 && (r.Authorization != nil || r.Type == TypePrune || len(r.PrunedRuns) != 0 || len(r.PrunedFailed) != 0 || r.RetentionDays != 0) {
+	if v1 && (r.Authorization != nil || r.Type == TypePrune || len(r.PrunedRuns) != 0 || len(r.PrunedFailed) != 0 || r.RetentionDays != 0 ||
+		r.Type == TypeOPRFEvaluated || r.Elements != 0 || r.RequestSHA256 != "" || r.ResponseSHA256 != "") {
 		return errors.New("a v1 record has fields or a type of v2")
 	}
 	if _, err := time.Parse(time.RFC3339Nano, r.Time); err != nil {
@@ -309,6 +323,15 @@ func (r *Record) Validate() error {
 			if !validRel(name) || strings.Contains(name, "/") {
 				return fmt.Errorf("prune record names the failed run %q, not a directory name", name)
 			}
+		}
+	case TypeOPRFEvaluated:
+		switch {
+		case r.Scheme != OPRFScheme || !isHex(r.KeyID, 16) || !isHex(r.RequestSHA256, 64) || r.Elements < 0:
+			return errors.New("oprf_evaluated record lacks the oprf-ristretto255 scheme, a key_id, the request's digest or a count")
+		case r.Reason == "" && (r.Elements == 0 || !isHex(r.ResponseSHA256, 64)):
+			return errors.New("oprf_evaluated record of an answered request lacks its count or the response's digest")
+		case r.Reason != "" && r.ResponseSHA256 != "":
+			return errors.New("oprf_evaluated record of a refused request names a response")
 		}
 	default:
 		return fmt.Errorf("unknown record type %q", r.Type)

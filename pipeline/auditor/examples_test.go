@@ -148,7 +148,16 @@ func TestWorkedExamples(t *testing.T) {
 
 	// u1's identifier in every scheme (MATCHING.md section 4), as leaves.
 	for _, s := range hashing.Schemes() {
-		hh, _ := hashing.NewHasher(s, dk)
+		key := dk
+		if s == hashing.OPRFRistretto255 {
+			if key, err = hashing.DeriveOPRFKey(master, "meta-ads"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		hh, err := hashing.NewHasher(s, key)
+		if err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
 		id := hh.ID("+16505551212")
 		t.Logf("%s: leaf bytes %x (%q), leaf hash %s", s, id, id, hexHash(tlog.RecordHash([]byte(id))))
 		if !s.Binary() {

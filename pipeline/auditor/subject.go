@@ -242,11 +242,11 @@ func subjectID(rec *audit.Record, scheme hashing.Scheme, e164 string, given *has
 			return nil, "keyed scheme: give the master key (--key) to compute this run's identifier"
 		}
 		var err error
-		if key, err = given.For(rec.Destination); err != nil {
+		if key, err = given.ForScheme(scheme, rec.Destination); err != nil {
 			return nil, err.Error()
 		}
-		if key.KeyID() != rec.KeyID {
-			return nil, fmt.Sprintf("this run used key_id %s, the given key's is %s (rotated key)", rec.KeyID, key.KeyID())
+		if kid := scheme.KeyID(key); kid != rec.KeyID {
+			return nil, fmt.Sprintf("this run used key_id %s, the given key's is %s (rotated key)", rec.KeyID, kid)
 		}
 	}
 	h, err := hashing.NewHasher(scheme, key)

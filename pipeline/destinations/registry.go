@@ -19,6 +19,9 @@
 //	    retention_days: 90
 //	    key_file: /etc/audiencematch/meta-ads.key   # optional: this destination's own master key
 //	    max_drop_percent: 20            # optional: the drop guard's threshold (default 20)
+//	    oprf_max_evaluations: 100000    # optional, oprf-ristretto255 only: blinded elements
+//	                                    # `oprf evaluate` may answer per rolling 24 hours
+//	                                    # (absent or 0: every evaluation is refused)
 //
 // The consent policy of a destination and purpose (MATCHING.md section 2's
 // min_policy_version and max_consent_age) is a decision of the data
@@ -91,6 +94,20 @@ type Destination struct {
 	// smaller than the previous one by more than this share publishes
 	// nothing unless the operator allows the drop. Nil: DefaultMaxDropPercent.
 	MaxDropPercent *float64 `yaml:"max_drop_percent,omitempty" json:"max_drop_percent,omitempty"`
+	// OPRFMaxEvaluations is how many blinded elements `oprf evaluate` may
+	// answer for this destination in any rolling 24 hours (scheme
+	// oprf-ristretto255 only). Nil or 0: none, so that a destination is
+	// never given an unbounded oracle by omission.
+	OPRFMaxEvaluations *int64 `yaml:"oprf_max_evaluations,omitempty" json:"oprf_max_evaluations,omitempty"`
+}
+
+// EvaluationBudget is the destination's oprf_max_evaluations: 0 when it is
+// not set, which refuses every evaluation.
+func (d *Destination) EvaluationBudget() int64 {
+	if d.OPRFMaxEvaluations == nil {
+		return 0
+	}
+	return *d.OPRFMaxEvaluations
 }
 
 // DefaultMaxDropPercent is the drop guard's threshold when the registry
@@ -211,6 +228,12 @@ func (r *Registry) Validate() []error {
 		if p := d.MaxDropPercent; p != nil && (*p < 0 || *p > 100) {
 			bad("%s: max_drop_percent %v must be between 0 and 100", where, *p)
 		}
+		if n := d.OPRFMaxEvaluations; n != nil && *n < 0 {
+			bad("%s: oprf_max_evaluations %d must not be negative", where, *n)
+		}
+		if d.OPRFMaxEvaluations != nil && d.Scheme != string(hashing.OPRFRistretto255) {
+			bad("%s: oprf_max_evaluations is for scheme %s only, not %s", where, hashing.OPRFRistretto255, d.Scheme)
+		}
 	}
 	return errs
 }
@@ -224,6 +247,9 @@ func (r *Registry) Warnings() []string {
 		}
 		if sc, err := hashing.ParseScheme(d.Scheme); err == nil && !sc.Keyed() && !d.AllowUnkeyed {
 			out = append(out, fmt.Sprintf("%s: unkeyed scheme %s without allow_unkeyed: every run to it is refused", d.ID, sc))
+		}
+		if d.Scheme == string(hashing.OPRFRistretto255) && d.EvaluationBudget() == 0 {
+			out = append(out, fmt.Sprintf("%s: no oprf_max_evaluations: every `oprf evaluate` for it is refused", d.ID))
 		}
 	}
 	return out

@@ -313,3 +313,49 @@ func TestSameDirResolves(t *testing.T) {
 		t.Error("another directory agreed")
 	}
 }
+
+const oprfEntry = `  - id: meta-oprf
+    name: Meta Ads (oblivious)
+    organization: Meta Platforms, Inc.
+    relationship: parent
+    purposes: [ads_matching]
+    consent: {ads_matching: {min_policy_version: 3, max_consent_age: 395d}}
+    lawful_basis: consent
+    scheme: oprf-ristretto255
+    delivery: /srv/oprf
+    retention_days: 30
+`
+
+func TestOPRFDestination(t *testing.T) {
+	r, err := load(t, good+oprfEntry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Keyed: no allow_unkeyed needed.
+	d, err := r.Authorize("meta-oprf", "ads_matching")
+	if err != nil {
+		t.Fatalf("oprf-ristretto255 without allow_unkeyed refused: %v", err)
+	}
+	if got := d.EvaluationBudget(); got != 0 {
+		t.Errorf("budget without oprf_max_evaluations = %d, want 0 (every evaluation refused)", got)
+	}
+	if w := strings.Join(r.Warnings(), "\n"); !strings.Contains(w, "meta-oprf: no oprf_max_evaluations") {
+		t.Errorf("warnings = %q, want one for the missing budget", w)
+	}
+	r, err = load(t, good+oprfEntry+"    oprf_max_evaluations: 5000\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Lookup("meta-oprf").EvaluationBudget(); got != 5000 {
+		t.Errorf("budget = %d, want 5000", got)
+	}
+	for _, c := range []struct{ text, want string }{
+		{good + oprfEntry + "    oprf_max_evaluations: -1\n", "must not be negative"},
+		{strings.Replace(good, "retention_days: 90", "retention_days: 90\n    oprf_max_evaluations: 10", 1), "for scheme oprf-ristretto255 only"},
+		{good + oprfEntry + "    oprf_max_evaluation: 10\n", "oprf_max_evaluation"},
+	} {
+		if _, err := load(t, c.text); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("want an error mentioning %q, got %v", c.want, err)
+		}
+	}
+}

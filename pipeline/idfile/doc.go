@@ -10,7 +10,8 @@
 //	manifest.json                (package manifest)
 //
 // Every part has one required column "id": FIXED_LEN_BYTE_ARRAY(32) for
-// hmac-sha256 (the raw HMAC), a UTF-8 BYTE_ARRAY for the text schemes; no
+// hmac-sha256 (the raw HMAC), FIXED_LEN_BYTE_ARRAY(64) for oprf-ristretto255
+// (the raw RFC 9497 output), a UTF-8 BYTE_ARRAY for the text schemes; no
 // dictionary, no nulls; zstd pages; rows in increasing byte order across
 // the parts of a set. A part holds at most Layout.RowsPerFile rows, in row
 // groups of Layout.RowsPerGroup; a set has at least one part, empty if need
@@ -23,7 +24,7 @@
 // each exported identifier to every valid holder of its number and the
 // consent event that justified it: one EvidenceRow per holder, in
 // identifier order, the primary holder (the one counted as exported) first.
-// Its identifiers are hex for hmac-sha256 (EvidenceID). Where its pages are
+// Its identifiers are hex for the binary schemes (EvidenceID). Where its pages are
 // cut depends only on the rows, never on how the run split its work.
 //
 // Readers: Pages decodes a part's pages directly and refuses any other

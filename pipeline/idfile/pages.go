@@ -51,13 +51,13 @@ func EachPublishedID(path string, scheme hashing.Scheme, fn func(i int64, id []b
 // Pages reads a published part's identifiers a page at a time, decoding
 // the column's pages itself: several times faster than parquet-go's row
 // reader, which reconstructs every row. So it accepts only the shape the
-// part writer produces: one required column "id", FIXED_LEN_BYTE_ARRAY(32)
+// part writer produces: one required column "id", FIXED_LEN_BYTE_ARRAY(IDLen)
 // in a binary scheme and BYTE_ARRAY otherwise, with no dictionary and no
 // nulls; anything else is an error, never a silently skipped value.
 type Pages struct {
 	f     *os.File
 	path  string
-	size  int // 32 in a binary scheme, else 0
+	size  int // the id's length in a binary scheme, else 0
 	rgs   []parquet.RowGroup
 	pages parquet.Pages
 	page  parquet.Page // handed out by next, released by the one after
@@ -81,7 +81,8 @@ func OpenPages(path string, scheme hashing.Scheme) (*Pages, error) {
 func (r *Pages) open(pf *parquet.File, scheme hashing.Scheme) error {
 	kind, want := parquet.ByteArray, "BYTE_ARRAY"
 	if scheme.Binary() {
-		kind, r.size, want = parquet.FixedLenByteArray, 32, "FIXED_LEN_BYTE_ARRAY(32)"
+		r.size = scheme.IDLen()
+		kind, want = parquet.FixedLenByteArray, fmt.Sprintf("FIXED_LEN_BYTE_ARRAY(%d)", r.size)
 	}
 	cols := pf.Schema().Fields()
 	if len(cols) != 1 || cols[0].Name() != "id" || !cols[0].Leaf() || !cols[0].Required() ||

@@ -60,8 +60,10 @@ type PartWriter struct {
 	files  []manifest.OutputFile
 	f      *fsutil.HashingFile
 	bin    *parquet.GenericWriter[BinaryIDRow]
+	wide   *parquet.GenericWriter[WideIDRow]
 	txt    *parquet.GenericWriter[TextIDRow]
 	binBuf []BinaryIDRow
+	wBuf   []WideIDRow
 	txtBuf []TextIDRow
 	txtMem strArena // txtBuf's ids: the caller's strings may not outlive Add
 	rows   int64
@@ -91,9 +93,12 @@ func (w *PartWriter) open() error {
 	if w.pages != nil {
 		opts = append(opts, parquet.ColumnPageBuffers(w.pages))
 	}
-	if w.scheme.Binary() {
+	switch {
+	case w.scheme.Binary() && w.scheme.IDLen() == len(WideIDRow{}.ID):
+		w.wide = parquet.NewGenericWriter[WideIDRow](f, opts...)
+	case w.scheme.Binary():
 		w.bin = parquet.NewGenericWriter[BinaryIDRow](f, opts...)
-	} else {
+	default:
 		w.txt = parquet.NewGenericWriter[TextIDRow](f, opts...)
 	}
 	return nil
@@ -112,14 +117,19 @@ func (w *PartWriter) Add(id string) error {
 		}
 	}
 	w.rows++
-	if w.scheme.Binary() {
+	switch {
+	case w.wide != nil:
+		var row WideIDRow
+		copy(row.ID[:], id)
+		w.wBuf = append(w.wBuf, row)
+	case w.bin != nil:
 		var row BinaryIDRow
 		copy(row.ID[:], id)
 		w.binBuf = append(w.binBuf, row)
-	} else {
+	default:
 		w.txtBuf = append(w.txtBuf, TextIDRow{ID: w.txtMem.keep(id)})
 	}
-	if len(w.binBuf)+len(w.txtBuf) >= 64<<10 {
+	if len(w.binBuf)+len(w.wBuf)+len(w.txtBuf) >= 64<<10 {
 		return w.flush()
 	}
 	return nil
@@ -130,19 +140,25 @@ func (w *PartWriter) flush() error {
 	if w.bin != nil && len(w.binBuf) > 0 {
 		_, err = w.bin.Write(w.binBuf)
 	}
+	if w.wide != nil && len(w.wBuf) > 0 {
+		_, err = w.wide.Write(w.wBuf)
+	}
 	if w.txt != nil && len(w.txtBuf) > 0 {
 		_, err = w.txt.Write(w.txtBuf)
 	}
-	w.binBuf, w.txtBuf = w.binBuf[:0], w.txtBuf[:0]
+	w.binBuf, w.wBuf, w.txtBuf = w.binBuf[:0], w.wBuf[:0], w.txtBuf[:0]
 	w.txtMem.reset()
 	return err
 }
 
 func (w *PartWriter) closePart() error {
 	err := w.flush()
-	if w.bin != nil {
+	switch {
+	case w.bin != nil:
 		err = errors.Join(err, w.bin.Close())
-	} else {
+	case w.wide != nil:
+		err = errors.Join(err, w.wide.Close())
+	default:
 		err = errors.Join(err, w.txt.Close())
 	}
 	err = errors.Join(err, w.f.Close())
@@ -151,7 +167,7 @@ func (w *PartWriter) closePart() error {
 	}
 	last := &w.files[len(w.files)-1]
 	last.SHA256, last.Rows, last.Bytes = w.f.Sum(), w.rows, w.f.Size()
-	w.f, w.bin, w.txt = nil, nil, nil
+	w.f, w.bin, w.wide, w.txt = nil, nil, nil, nil
 	return nil
 }
 

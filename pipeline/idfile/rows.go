@@ -18,3 +18,8 @@ type EvidenceRow struct {
 	EventID string `parquet:"event_id"`
 	Primary bool   `parquet:"primary"` // the holder counted as exported; others are duplicate_number
 }
+
+// WideIDRow is a row of an oprf-ristretto255 export: FIXED_LEN_BYTE_ARRAY(64).
+type WideIDRow struct {
+	ID [64]byte `parquet:"id"`
+}

@@ -202,7 +202,9 @@ func (w *writerFooters) get(scheme hashing.Scheme, keyID string) (*format.FileMe
 	// As idfile.PartWriter.open makes a part.
 	var buf bytes.Buffer
 	var err error
-	if opts := idfile.WriterOptions(w.layout, scheme, keyID); scheme.Binary() {
+	if opts := idfile.WriterOptions(w.layout, scheme, keyID); scheme.Binary() && scheme.IDLen() == len(idfile.WideIDRow{}.ID) {
+		err = parquet.NewGenericWriter[idfile.WideIDRow](&buf, opts...).Close()
+	} else if scheme.Binary() {
 		err = parquet.NewGenericWriter[idfile.BinaryIDRow](&buf, opts...).Close()
 	} else {
 		err = parquet.NewGenericWriter[idfile.TextIDRow](&buf, opts...).Close()

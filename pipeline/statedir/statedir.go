@@ -7,6 +7,7 @@
 //	STATE/failed/<run id>/ a run over its reject rate: its rejects.csv and manifest.json
 //	STATE/staging/         a run's work in progress, removed by the next run
 //	STATE/shards/          the shards of a sharded run until their commit
+//	STATE/idcache/         oprf-ristretto255 identifiers already evaluated (package idcache)
 //	STATE/destinations.yaml  the destination registry (by default)
 //
 // Every directory is created owner-only: the evidence and the rejects hold
