@@ -227,11 +227,18 @@ func (r *run) finish() (*Result, error) {
 		return nil, err
 	} else if ok {
 		res.AlreadyPublished = true
+		if r.cfg.Plan {
+			return res, nil
+		}
 		return res, r.commitAndPoint(runDir)
 	}
 	body, err := r.check()
 	if err != nil {
 		return nil, err
+	}
+	if r.cfg.Plan {
+		res.Planned = true
+		return res, nil
 	}
 	if err := r.publish(res, runDir, body); err != nil {
 		return nil, err

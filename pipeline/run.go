@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -35,6 +36,7 @@ import (
 	"audiencematch/pipeline/idfile"
 	"audiencematch/pipeline/leakguard"
 	"audiencematch/pipeline/manifest"
+	"audiencematch/pipeline/retention"
 	"audiencematch/pipeline/source"
 	"audiencematch/pipeline/spill"
 	"audiencematch/pipeline/statedir"
@@ -91,6 +93,15 @@ type Config struct {
 	// LockWait is how long to wait for the run lock; 0: fail at once
 	// (exit 75), as an overlapping nightly run should.
 	LockWait time.Duration
+	// Prune, after a run is published and recorded, enforces its
+	// destination's retention_days (package retention), under the same lock.
+	Prune bool
+	// Plan makes the run do everything up to publishing (read, consent,
+	// hash, deltas against the previous committed run, the reconciliation,
+	// reject rates, drop guard and leak guard) and stop there: nothing is
+	// published or kept under STATE/runs, and nothing is appended to the
+	// audit log, neither a failure nor a refusal.
+	Plan bool
 	// commit is set by Commit, which reads shards rather than inputs.
 	commit bool
 	// maxDrop is the destination's drop guard threshold, a fraction, from
@@ -121,6 +132,11 @@ type Result struct {
 	Stages  []StageTime
 	// ShardDir is where a shard run (Config.Shard) left its part for Commit.
 	ShardDir string
+	// Planned is set when Config.Plan stopped the run before publishing:
+	// the Manifest is what it would have published.
+	Planned bool
+	// Pruned is what Config.Prune removed after the run.
+	Pruned []retention.Removal
 }
 
 // StageTime is how long one stage took.
@@ -374,7 +390,7 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 			return nil, fmt.Errorf("%w: audit log: %w", errkind.ErrConfig, err)
 		}
 	}
-	if err := authorize(&r.cfg, true); err != nil {
+	if err := authorize(&r.cfg, !cfg.Plan); err != nil {
 		return nil, err
 	}
 	if n, err := cleanStaging(cfg.State, cfg.Out, cfg.Destination); err != nil {
@@ -387,6 +403,13 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 	l, err := delivery.OpenLog(cfg.State)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Plan {
+		// Healing appends to the log; a plan appends nothing, and deltas
+		// planned against a head the next run would change are wrong.
+		if dir := unrecordedDir(l, &cfg); dir != "" {
+			return nil, fmt.Errorf("%w: %s is published but not recorded (an interrupted run): the next run records it first, so a plan now would compute the wrong deltas; run once without --plan", errkind.ErrUsage, dir)
+		}
 	}
 	healed, err := heal(&cfg, l)
 	for _, id := range healed {
@@ -417,7 +440,7 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 		// A run whose record is in the log is committed whatever failed
 		// after it (signing its checkpoint, which the next run completes):
 		// a run_failed beside its run_committed would contradict it.
-		if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, ErrShardsIncomplete) && !r.recorded() {
+		if err != nil && !cfg.Plan && !errors.Is(err, context.Canceled) && !errors.Is(err, ErrShardsIncomplete) && !r.recorded() {
 			if aerr := AppendEvent(&r.cfg, "run_failed", err.Error()); aerr != nil {
 				err = fmt.Errorf("%w (and the failure could not be recorded in the audit log: %v)", err, aerr)
 			}
@@ -457,7 +480,16 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 	if err := r.runSteps(ctx, steps(r)); err != nil {
 		return nil, err
 	}
-	return r.finish()
+	if res, err = r.finish(); err != nil || !cfg.Prune || cfg.Plan || cfg.Shard.Count > 0 || cfg.AuditSigner == nil {
+		return res, err
+	}
+	// The run is committed: a prune that fails is reported, not a failed run.
+	res.Pruned, err = prune(PruneConfig{State: cfg.State, Registry: cfg.Registry, Destination: cfg.Destination, Now: time.Now(),
+		ToolVersion: cfg.ToolVersion, AuditSigner: cfg.AuditSigner, Log: cfg.Log})
+	if err != nil {
+		return res, fmt.Errorf("the run is published and recorded, but the prune after it failed (run audiencematch prune): %w", err)
+	}
+	return res, nil
 }
 
 func (r *run) runSteps(ctx context.Context, steps []step) error {
@@ -502,8 +534,8 @@ func bytesString(b []byte) string { return unsafe.String(unsafe.SliceData(b), le
 // authorize refuses, before any user data is read, a destination the
 // registry does not allow for the run's purpose, and records the refusal
 // when record is set (a shard leaves that to the commit). A scheme or
-// delivery directory that contradicts the registry is a usage error: the
-// registry decides them.
+// delivery directory that contradicts the registry, or consent rules looser
+// than its policy, are usage errors: the registry decides them.
 func authorize(cfg *Config, record bool) error {
 	if cfg.Registry == nil {
 		return fmt.Errorf("%w: no destination registry: nothing may be sent without one", errkind.ErrConfig)
@@ -520,6 +552,12 @@ func authorize(cfg *Config, record bool) error {
 	}
 	cfg.maxDrop = d.MaxDrop()
 	cfg.dirMode = d.DirModeOr(delivery.DefaultDirMode)
+	// The registry's consent policy for the purpose is the loosest a run
+	// may use (destinations.Policy); Authorize has checked there is one.
+	p, _ := d.PolicyFor(cfg.Rules.Purpose)
+	if err := p.Permits(cfg.Destination+"/"+cfg.Rules.Purpose, cfg.Rules.MinPolicyVersion, cfg.Rules.MaxAge); err != nil {
+		return err
+	}
 	cfg.authorization = &audit.Authorization{RegistrySHA256: cfg.Registry.SHA256, Organization: d.Organization,
 		Relationship: d.Relationship, Purposes: d.Purposes, LawfulBasis: d.LawfulBasis, RetentionDays: int64(d.RetentionDays)}
 	return d.Agrees(string(cfg.Scheme), cfg.Out)
@@ -604,10 +642,22 @@ func (c *Config) layout() idfile.Layout {
 	return idfile.Layout{RowsPerFile: perFile, RowsPerGroup: perGroup, ToolVersion: c.ToolVersion}
 }
 
+// unrecordedDir is a published run directory of the destination that the
+// audit log l does not record, or "".
+func unrecordedDir(l *audit.Log, cfg *Config) string {
+	dirs, _ := filepath.Glob(filepath.Join(cfg.Out, cfg.Destination, "dt=*", "run=*"))
+	for _, dir := range dirs {
+		if l.Committed(strings.TrimPrefix(filepath.Base(dir), "run=")) < 0 {
+			return dir
+		}
+	}
+	return ""
+}
+
 // heal records the destination's published runs that the log does not
 // (delivery.Heal); a run without an audit log has nothing to heal.
 func heal(cfg *Config, l *audit.Log) ([]string, error) {
-	if cfg.AuditSigner == nil {
+	if cfg.AuditSigner == nil || cfg.Plan {
 		return nil, nil
 	}
 	return delivery.Heal(l, cfg.State, cfg.Out, cfg.Destination, cfg.AuditSigner)

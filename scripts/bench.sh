@@ -4,10 +4,12 @@
 # second, wall time and peak RSS (/usr/bin/time -v).
 # After the first full run of each size, `audit verify` checks it, then the
 # next night's run (a day later, same inputs: deltas against the first) is
-# timed too. Also the long form of the normalization differential test: DIFF_N (default
-# 10M) generated inputs, the fast path against nyaruka/phonenumbers.
+# timed too. Also the long forms of two tests scripts/test.sh runs short: the
+# normalization differential test on DIFF_N (default 10M) generated inputs, the
+# fast path against nyaruka/phonenumbers, and every fuzz target for FUZZ_LONG
+# (default 1000000x) executions.
 # Usage: scripts/bench.sh [SIZES]   (default "1000000 10000000"; fixtures cached in ./bench)
-#        DIFF_N=0 scripts/bench.sh   skips the differential test
+#        DIFF_N=0 scripts/bench.sh   skips the differential test; FUZZ_LONG=0 the fuzzing
 #        SHARDS=4 (default) also runs each size as 4 shards, one after the other,
 #        and the commit, printing each one's wall time and peak RSS; SHARDS=0 skips it
 #        PARTS_USERS=10000000 (default): the size of the parts and publish benchmarks
@@ -50,6 +52,11 @@ if [ "${DIFF_N:-10000000}" != 0 ]; then
     grep -E 'inputs|^(ok|FAIL|---)'
 fi
 
+if [ "${FUZZ_LONG:-1000000x}" != 0 ]; then
+  echo "== fuzz, long form: ${FUZZ_LONG:-1000000x} executions per target"
+  scripts/fuzz.sh "${FUZZ_LONG:-1000000x}"
+fi
+
 # failed WHAT LOG: a run failed; say so with the end of its log, and stop.
 failed() {
   echo "bench.sh: $1 failed; the end of its log ($2):" >&2
@@ -77,14 +84,15 @@ for n in $sizes; do
   rm -rf "$dir/state" "$dir/out"
   bin/audiencematch keys init --state "$dir/state" >/dev/null 2>&1
   cat >"$dir/state/destinations.yaml" <<YAML
-version: audiencematch.destinations/v1
+version: audiencematch.destinations/v2
 destinations:
   - {id: meta-ads, name: Parent Ads, organization: Parent Co, relationship: parent, purposes: [ads_matching],
+     consent: {ads_matching: {min_policy_version: 3, max_consent_age: 395d}},
      lawful_basis: consent, scheme: hmac-sha256, delivery: $PWD/$dir/out, retention_days: 90}
 YAML
   # The commit reads no inputs (it refuses --users/--consent): only the runs get them.
   common=(--destination meta-ads --state "$dir/state"
-    --as-of 2026-11-01T00:00:00Z --min-policy-version 3 --max-consent-age 395d --log-format json)
+    --as-of 2026-11-01T00:00:00Z --log-format json)
   inputs=(--users "$dir/in/users.csv" --consent "$dir/in/consent_events.csv")
   repeat="${REPEAT:-3}"
   walls=()

@@ -130,7 +130,7 @@ const FIELDS = {
     "authorization", "policy", "inputs", "consent_snapshot_sha256", "counts", "published", "manifest", "files", "ids", "evidence",
     "previous_run_id", "adds", "removes", "removes_scheme", "removes_key_id", "backfill", "allow_drop", "elements", "request_sha256",
     "response_sha256", "reason", "pruned_runs",
-    "retention_days", "extra"],
+    "pruned_failed", "retention_days", "extra"],
   authorization: ["registry_sha256", "organization", "relationship", "purposes", "lawful_basis", "retention_days"],
   policy: ["min_policy_version", "max_consent_age_seconds", "max_reject_rate"],
   input: ["table", "sha256", "rows", "parts"],
@@ -213,7 +213,7 @@ function parseRecord(line, i) {
       if (!r.reason) fail(`record ${i}: ${r.type} lacks a reason`);
       break;
     case "prune":
-      if (v1 || !r.pruned_runs || !r.retention_days) fail(`record ${i}: malformed prune record`);
+      if (v1 || !(r.pruned_runs || r.pruned_failed) || !r.retention_days) fail(`record ${i}: malformed prune record`);
       break;
     case "oprf_evaluated":
       if (v1 || r.scheme !== "oprf-ristretto255" || !isHex(r.key_id, 16) || !isHex(r.request_sha256, 64)) fail(`record ${i}: malformed oprf_evaluated record`);
@@ -223,7 +223,7 @@ function parseRecord(line, i) {
     default:
       fail(`record ${i}: unknown type ${JSON.stringify(r.type)}`);
   }
-  if (v1 && (r.authorization || r.pruned_runs || r.retention_days || r.elements || r.request_sha256 || r.response_sha256 ||
+  if (v1 && (r.authorization || r.pruned_runs || r.pruned_failed || r.retention_days || r.elements || r.request_sha256 || r.response_sha256 ||
     (r.inputs || []).some((inp) => inp.parts))) fail(`record ${i}: v1 record with v2 fields`);
   return r;
 }
@@ -286,7 +286,7 @@ function verify(opts) {
   const recs = lines.map(parseRecord);
   const now = opts.now ? new Date(opts.now) : new Date();
   const prunedBy = new Map();
-  recs.forEach((r, i) => { if (r.type === "prune") for (const id of r.pruned_runs) prunedBy.set(id, i); });
+  recs.forEach((r, i) => { if (r.type === "prune") for (const id of r.pruned_runs || []) prunedBy.set(id, i); });
   const heads = new Map(), committed = new Set(), dests = new Set();
   let runs = 0, pruned = 0;
   recs.forEach((r, i) => {

@@ -39,7 +39,7 @@ start() {
     port=$((20000 + RANDOM % 30000))
     (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && continue # in use
     "$BIN/litewitness" -db "$dir/witness.db" -name "$NAME" -key "$fp" -ssh-agent "$dir/agent.sock" \
-      -listen "127.0.0.1:$port" 2>"$dir/litewitness.log" &
+      -listen "127.0.0.1:$port" >"$dir/litewitness.out" 2>"$dir/litewitness.log" &
     echo $! >"$dir/litewitness.pid"
     for _ in $(seq 1 100); do
       if (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then

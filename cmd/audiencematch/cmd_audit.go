@@ -3,14 +3,16 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/mod/sumdb/note"
@@ -182,13 +184,14 @@ docs/AUDITORS.md specifies every byte checked.`,
 				return fmt.Errorf("%w: %w", errkind.ErrConfig, err)
 			}
 			rep, err := auditor.VerifyAudit(o.State, v, opts)
+			if err == nil && o.SaveCheckpoint != "" {
+				err = fsutil.WriteFileDurable(o.SaveCheckpoint, rep.Checkpoint, 0o644)
+			}
+			if o.JSON {
+				return verifyJSON(cmd.OutOrStdout(), rep, err)
+			}
 			if err != nil {
 				return err
-			}
-			if o.SaveCheckpoint != "" {
-				if err := fsutil.WriteFileDurable(o.SaveCheckpoint, rep.Checkpoint, 0o644); err != nil {
-					return err
-				}
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "ok: %d records, %d committed runs verified; signed root %s\n", rep.Records, rep.Committed, rep.Root)
@@ -209,14 +212,47 @@ docs/AUDITORS.md specifies every byte checked.`,
 	o.addWitnessFlags(cmd)
 	cmd.Flags().StringVar(&o.TrustedCheckpoint, "trusted-checkpoint", "", "a checkpoint saved on an earlier visit: the log must extend it")
 	cmd.Flags().StringVar(&o.SaveCheckpoint, "save-checkpoint", "", "write the verified checkpoint here, for the next visit")
+	cmd.Flags().BoolVar(&o.JSON, "json", false, "print the result as JSON: {\"ok\", \"records\", \"committed\", \"root\", \"checkpoint\", \"pruned\", \"error\", \"exit_code\"}")
 	return cmd
+}
+
+// VerifyResult is what audit verify --json prints.
+type VerifyResult struct {
+	OK         bool   `json:"ok"`
+	Records    int64  `json:"records"`
+	Committed  int    `json:"committed"`
+	Root       string `json:"root,omitempty"`
+	Checkpoint string `json:"checkpoint,omitempty"`
+	// Pruned are the runs verified without their published files.
+	Pruned   []auditor.PrunedRun `json:"pruned"`
+	Error    string              `json:"error,omitempty"`
+	ExitCode int                 `json:"exit_code"`
+}
+
+// verifyJSON prints the outcome of audit verify as one JSON document; a
+// failure then exits as it would without --json, printed once.
+func verifyJSON(w io.Writer, rep *auditor.VerifyReport, err error) error {
+	res := VerifyResult{OK: err == nil, ExitCode: exitCode(err), Pruned: []auditor.PrunedRun{}}
+	if rep != nil {
+		res.Records, res.Committed, res.Root, res.Checkpoint = rep.Records, rep.Committed, rep.Root, string(rep.Checkpoint)
+		res.Pruned = append(res.Pruned, rep.Pruned...)
+	}
+	if err != nil {
+		res.Error = err.Error()
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if eerr := enc.Encode(res); eerr != nil {
+		return eerr
+	}
+	return reported(err)
 }
 
 func newAuditRunsCommand() *cobra.Command {
 	o := &AuditOptions{}
 	cmd := &cobra.Command{
 		Use:   "runs --state DIR [--json]",
-		Short: "List every run in the log: time, destination, scheme, key_id, rows, exclusions, files",
+		Short: "List every record of the log, one short line each: time, type, destination, cutoff, run, rows (--json: every field)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			v, err := o.verifier(cmd)
@@ -238,28 +274,7 @@ func newAuditRunsCommand() *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(l.Records())
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "TIME\tTYPE\tDESTINATION\tSCHEME\tKEY_ID\tRUN\tEXPORTED\tEXCLUDED\tFILES")
-			for _, r := range l.Records() {
-				excl, exported, files := "", "", ""
-				if r.Counts != nil {
-					exported = fmt.Sprint(r.Counts.Exported)
-					excl = countsText(r.Counts.Excluded)
-					files = fmt.Sprint(len(r.Files))
-				}
-				if r.Reason != "" {
-					excl = r.Reason
-				}
-				typ := r.Type
-				if r.Backfill {
-					typ += " (backfill)"
-				}
-				if r.AllowDrop {
-					typ += " (allow_drop)"
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Time, typ, r.Destination, r.Scheme, r.KeyID, r.RunID, exported, excl, files)
-			}
-			return tw.Flush()
+			return printRuns(cmd.OutOrStdout(), l.Records())
 		},
 	}
 	o.AddFlags(cmd)
@@ -267,19 +282,79 @@ func newAuditRunsCommand() *cobra.Command {
 	return cmd
 }
 
-func countsText(m map[string]int64) string {
-	keys := make([]string, 0, len(m))
-	for k, v := range m {
-		if v > 0 {
-			keys = append(keys, k)
+// maxReasonRunes bounds the reason line of audit runs, so that it stays
+// readable on a terminal; --json has every field in full.
+const maxReasonRunes = 110
+
+// printRuns writes the log as a table: one short line per record, times to
+// the second, each run's cutoff, exclusions as a total (the reasons are in
+// --json and in the manifest), and a failure's or refusal's reason on an
+// indented line below it.
+func printRuns(w io.Writer, recs []*audit.Record) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tTYPE\tDESTINATION\tAS_OF\tRUN\tEXPORTED\tEXCLUDED")
+	for _, r := range recs {
+		exported, excluded := "-", "-"
+		if r.Counts != nil {
+			exported = strconv.FormatInt(r.Counts.Exported, 10)
+			var n int64
+			for _, v := range r.Counts.Excluded {
+				n += v
+			}
+			excluded = strconv.FormatInt(n, 10)
+		}
+		typ := r.Type
+		if r.Backfill {
+			typ += " (backfill)"
+		}
+		if r.AllowDrop {
+			typ += " (allow_drop)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", seconds(r.Time), typ, orDash(r.Destination), seconds(r.AsOf),
+			orDash(r.RunID), exported, excluded)
+		// A line without a tab is not a cell of any column: it does not
+		// widen them.
+		if r.Reason != "" {
+			fmt.Fprintf(tw, "    reason: %s\n", shorten(r.Reason, maxReasonRunes))
+		}
+		if r.Type == audit.TypePrune {
+			parts := slices.Clone(r.PrunedRuns)
+			for _, name := range r.PrunedFailed {
+				parts = append(parts, "failed/"+name)
+			}
+			fmt.Fprintf(tw, "    pruned after %d days: %s\n", r.RetentionDays, shorten(strings.Join(parts, ", "), maxReasonRunes))
 		}
 	}
-	sort.Strings(keys)
-	parts := make([]string, len(keys))
-	for i, k := range keys {
-		parts[i] = fmt.Sprintf("%s=%d", k, m[k])
+	return tw.Flush()
+}
+
+// seconds is an RFC 3339 time to the second, in UTC; "-" for none, and
+// the text itself when it is not a time.
+func seconds(s string) string {
+	if s == "" {
+		return "-"
 	}
-	return strings.Join(parts, " ")
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return s
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// shorten cuts s to n runes, ending with "…" when it cuts.
+func shorten(s string, n int) string {
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:n-1]) + "…"
 }
 
 func newAuditSubjectCommand() *cobra.Command {
@@ -351,7 +426,7 @@ STATE/keys/master.key), or a destination's key for that destination's runs. --us
 	cmd.Flags().StringVar(&o.Country, "country", "", "ISO 3166-1 region for a number without +country code")
 	cmd.Flags().StringVar(&o.UserID, "user-id", "", "the account id")
 	cmd.Flags().StringVar(&o.Key, "key", "", "master key file, or a destination's key file (its runs only) (default: $"+hashing.KeyEnv+", then STATE/keys/master.key)")
-	cmd.Flags().BoolVar(&o.JSON, "json", false, "print the report, with every proof, as JSON: the proof `audit check-proof` checks")
+	cmd.Flags().BoolVar(&o.JSON, "json", false, "print the report, with every proof, as JSON: the proof \"audit check-proof\" checks")
 	o.addDeliveryFlags(cmd)
 	return cmd
 }

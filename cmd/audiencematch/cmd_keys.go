@@ -11,7 +11,9 @@ import (
 
 	"audiencematch/consent/audit"
 	"audiencematch/hashing"
+	"audiencematch/internal/suggest"
 	"audiencematch/pipeline"
+	"audiencematch/pipeline/destinations"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/statedir"
 )
@@ -55,12 +57,39 @@ Existing keys are never overwritten; running init again prints the verifier key.
 // DeriveOptions are the flags of `audiencematch keys derive`.
 type DeriveOptions struct {
 	State, Key, Destination, Out, Scheme string
+	Destinations                         string
+}
+
+// registered refuses a destination the registry does not hold, or holds as
+// a third party: no key is made for a recipient no run may send to (a
+// typo would otherwise yield a key that looks right and matches nothing).
+func (o *DeriveOptions) registered() error {
+	path, err := registryPath(o.Destinations, o.State)
+	if err != nil {
+		return fmt.Errorf("%w: keys derive checks the destination against the registry: give --state DIR or --destinations FILE", errkind.ErrUsage)
+	}
+	r, err := destinations.Load(path)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errkind.ErrConfig, err)
+	}
+	d := r.Lookup(o.Destination)
+	if d == nil {
+		var ids []string
+		for _, d := range r.Destinations {
+			ids = append(ids, d.ID)
+		}
+		return fmt.Errorf("%w: destination %q is not in the registry %s%s", errkind.ErrRejected, o.Destination, path, suggest.Hint(o.Destination, ids))
+	}
+	if d.Relationship == destinations.ThirdParty {
+		return fmt.Errorf("%w: destination %q belongs to a third party (%s): nothing goes to third parties", errkind.ErrRejected, o.Destination, d.Organization)
+	}
+	return nil
 }
 
 func newKeysDeriveCommand() *cobra.Command {
 	o := &DeriveOptions{}
 	cmd := &cobra.Command{
-		Use:   "derive --destination ID --out FILE [--key FILE | --state DIR]",
+		Use:   "derive --destination ID --out FILE --state DIR [--key FILE]",
 		Short: "Write one destination's key (K_dest, or its OPRF key) to a new owner-only file, for machines that export to it alone",
 		Long: `Write K_dest = HKDF-SHA256(master key, "audiencematch/v1/"+destination), the
 destination's own key, to a new file of mode 0600 that run, commit and
@@ -70,6 +99,8 @@ hold this key instead of the master key: whoever obtains it can compute that
 destination's identifiers and no other's, and the master key stays with the
 operator. Output under it is byte-identical to output under the master key.
 
+The destination must be in the registry (STATE/destinations.yaml or
+--destinations), and not a third party (exit 77 otherwise).
 The file names its destination; a run for another destination refuses it.
 Its key_id, printed on stdout, is the one that destination's runs report.
 An existing file is never overwritten. Rotating the master key changes every
@@ -83,6 +114,9 @@ the destination holds no key.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.Out == "" || !pipeline.ValidDestination(o.Destination) {
 				return fmt.Errorf("%w: keys derive needs --out and a valid --destination (got %q)", errkind.ErrUsage, o.Destination)
+			}
+			if err := o.registered(); err != nil {
+				return err
 			}
 			k, err := loadKey(o.Key, o.State)
 			if err != nil {
@@ -110,7 +144,8 @@ the destination holds no key.`,
 	f.StringVar(&o.Out, "out", "", "the new key file (required; never overwritten)")
 	f.StringVar(&o.Scheme, "scheme", string(hashing.HMACSHA256), "the destination's keyed scheme: hmac-sha256 (K_dest) or oprf-ristretto255 (its OPRF private key skS)")
 	f.StringVar(&o.Key, "key", "", "master key file (default: $"+hashing.KeyEnv+", then STATE/keys/master.key)")
-	f.StringVar(&o.State, "state", "", "state directory, for STATE/keys/master.key")
+	f.StringVar(&o.State, "state", "", "state directory, for STATE/keys/master.key and STATE/destinations.yaml")
+	f.StringVar(&o.Destinations, "destinations", "", "destination registry, which must hold --destination (default: STATE/destinations.yaml)")
 	return cmd
 }
 

@@ -99,7 +99,7 @@ func (o *OPRFEvaluateOptions) AddFlags(cmd *cobra.Command) {
 	f.StringVar(&o.Request, "request", "", "the platform's request (required)")
 	f.StringVar(&o.Out, "out", "", "the response to return: Parquet, column evaluated FIXED_LEN_BYTE_ARRAY(32) (required)")
 	f.StringVar(&o.State, "state", "", "state directory: its audit log records the request (required)")
-	f.StringVar(&o.Key, "key", "", "master key, or the destination's key from `keys derive --scheme oprf-ristretto255` (default: the registry's key_file, $"+hashing.KeyEnv+", then STATE/keys/master.key)")
+	f.StringVar(&o.Key, "key", "", "master key, or the destination's key from \"keys derive --scheme oprf-ristretto255\" (default: the registry's key_file, $"+hashing.KeyEnv+", then STATE/keys/master.key)")
 	f.StringVar(&o.Destinations, "destinations", "", "destination registry (default: STATE/destinations.yaml)")
 	f.DurationVar(&o.LockWait, "lock-wait", 0, "how long to wait for a run holding the state directory (0: fail at once, exit 75)")
 }

@@ -69,6 +69,9 @@ type RunOptions struct {
 	Shards           int
 	ShardStore       string
 	LockWait         time.Duration
+	Plan             bool
+	Prune            bool
+	IfComplete       bool
 	commit           bool // `audiencematch commit`: no inputs are read
 }
 
@@ -107,6 +110,33 @@ func (o *RunOptions) pretouchBytes(shards int) int64 {
 	return min(int64(defaultPretouchMiB)<<20, in/int64(max(shards, 1)))
 }
 
+// autoMiB is a size in MiB, or -1 for "auto": a flag with one default in
+// its help, the word auto, where an int flag would show -1 beside the
+// usage's own description of it.
+type autoMiB int64
+
+func (v *autoMiB) String() string {
+	if *v < 0 {
+		return "auto"
+	}
+	return strconv.FormatInt(int64(*v), 10)
+}
+
+func (v *autoMiB) Set(s string) error {
+	if s == "auto" {
+		*v = -1
+		return nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return fmt.Errorf("%q: want a whole number of MiB, or auto", s)
+	}
+	*v = autoMiB(n)
+	return nil
+}
+
+func (v *autoMiB) Type() string { return "mib" }
+
 // JobIndexEnv is the shard index a Kubernetes Indexed Job gives each pod.
 const JobIndexEnv = "JOB_COMPLETION_INDEX"
 
@@ -131,7 +161,8 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 	_ = f.MarkHidden("mem-profile")
 	f.StringVar(&o.Trace, "trace", "", "write a Go execution trace of the run here, for go tool trace (for performance work: where cores sit idle)")
 	_ = f.MarkHidden("trace")
-	f.Int64Var(&o.PretouchMiB, "pretouch-mib", -1, "populate this much heap memory up front, in one system call, for the run to reuse: on virtual machines where every first touch of a page faults expensively, the run is faster; 0 turns it off (default: the size of the input files, over the shards, at most 128; none for --source and commit)")
+	o.PretouchMiB = -1
+	f.Var((*autoMiB)(&o.PretouchMiB), "pretouch-mib", "populate this much heap memory up front, in one system call, for the run to reuse: on virtual machines where every first touch of a page faults expensively, the run is faster; 0 turns it off; auto: the size of the input files, over the shards, at most 128, and none for --source and commit")
 	f.Int64Var(&o.MemoryLimitMiB, "memory-limit-mib", defaultMemoryLimitMiB, "soft limit on the run's memory (Go's runtime/debug.SetMemoryLimit): the garbage collector works harder as the heap nears it, so that a run stays under it while what it must hold fits; 0 turns it off; GOMEMLIMIT in the environment wins")
 	f.StringVar(&o.MetricsFile, "metrics-file", "", "write Prometheus text-format metrics here, atomically (node_exporter's textfile collector)")
 	f.StringVar(&o.Destination, "destination", "", "destination id, e.g. meta-ads: names the output directory and the derived key (required)")
@@ -139,24 +170,28 @@ func (o *RunOptions) AddFlags(cmd *cobra.Command) {
 	f.StringVar(&o.Out, "out", "", "publish directory: OUT/<destination>/dt=<date>/run=<id>/ (default: the registry's delivery for the destination)")
 	f.StringVar(&o.Destinations, "destinations", "", "destination registry (default: STATE/destinations.yaml)")
 	f.StringVar(&o.State, "state", "", "private state directory: staging, evidence, rejects (required; keep it owner-only)")
-	f.StringVar(&o.AsOf, "as-of", "", "consent cutoff, RFC 3339 (default: the start of the run)")
+	f.StringVar(&o.AsOf, "as-of", "", "consent cutoff, RFC 3339, or today for 00:00 UTC of the day the run starts (default: the start of the run)")
 	f.StringVar(&o.Purpose, "purpose", fixtures.DefaultPurpose, "consent purpose to export for")
-	f.Int64Var(&o.MinPolicyVersion, "min-policy-version", 1, "oldest privacy-notice version whose grants count")
-	f.StringVar(&o.MaxConsentAge, "max-consent-age", "", "grants older than this do not count: days (395d) or a duration (9480h); empty: no limit")
+	f.Int64Var(&o.MinPolicyVersion, "min-policy-version", 0, "oldest privacy-notice version whose grants count: only to tighten the registry's min_policy_version for the destination and purpose (default: the registry's)")
+	f.StringVar(&o.MaxConsentAge, "max-consent-age", "", "grants older than this do not count, as days (395d) or a duration (9480h): only to tighten the registry's max_consent_age for the destination and purpose (default: the registry's)")
 	f.StringVar(&o.Scheme, "scheme", "", "identifier scheme (default: the registry's): hmac-sha256, oprf-ristretto255, or the unkeyed sha256-digits, sha256-e164, uid2 (need --allow-unkeyed); a value other than the registry's is an error")
 	f.BoolVar(&o.AllowUnkeyed, "allow-unkeyed", false, "permit an unkeyed scheme; its identifiers can be reversed to phone numbers")
 	f.Float64Var(&o.MaxRejectRate, "max-reject-rate", 0.01, "fail, publishing nothing, when more than this fraction of either table's rows is malformed")
 	f.IntVar(&o.Workers, "workers", 0, "parallel workers (default: the number of CPUs)")
 	f.Int64Var(&o.RowsPerFile, "rows-per-file", idfile.DefaultRowsPerFile, "most identifiers in one part-NNNNN.parquet file")
 	f.StringVar(&o.ShardStore, "shard-store", "", "where shards leave their outputs for the commit when they share no file system: an s3://, gs:// or azblob:// URL (credentials from the cloud SDK's environment); empty: STATE/shards")
+	f.BoolVar(&o.Prune, "prune", true, "once published, enforce the destination's retention_days as audiencematch prune does (--prune=false: leave it to a separate prune)")
 	if o.commit {
 		f.IntVar(&o.Shards, "shards", 0, "how many shards the run was split into (required)")
 		f.DurationVar(&o.LockWait, "lock-wait", 10*time.Minute, "wait this long for the state's run lock (another shard's commit may hold it briefly)")
+		f.BoolVar(&o.IfComplete, "if-complete", false, "exit 0, publishing nothing, while shards are missing (each pod of an Indexed Job tries the commit; the last one to finish publishes)")
 		for _, name := range inputFlags {
 			_ = f.MarkHidden(name) // accepted from a shared config file only (runRun)
 		}
 		return
 	}
+	f.BoolVar(&o.Plan, "plan", false, "do everything up to publishing (read, consent, hash, deltas against the previous committed run, drop guard, leak guard), print the reconciliation and the delta sizes, and publish nothing: no output, no evidence kept, nothing appended to the audit log")
+	f.BoolVar(&o.Plan, "dry-run", false, "the same as --plan")
 	f.StringVar(&o.Shard, "shard", "", "process only shard I/N (users partitioned by user id) and leave it under STATE/shards for \"audiencematch commit --shards N\"; publishes nothing")
 	f.IntVar(&o.Shards, "shards", 0, "like --shard, taking I from $"+JobIndexEnv+" (a Kubernetes Indexed Job's pod index)")
 }
@@ -188,7 +223,9 @@ func newRunCommand(g *globalOptions) *cobra.Command {
 		Long: `Run one export, as MATCHING.md defines it:
 
   consent   keep users whose effective event for --purpose as of --as-of is a grant
-            under --min-policy-version or later, no older than --max-consent-age;
+            under the registry's min_policy_version or later, no older than its
+            max_consent_age (--min-policy-version and --max-consent-age may only
+            tighten them);
   numbers   normalize with libphonenumber to E.164; a number held by several accounts
             is exported once, and not at all if any holder withdrew;
   ids       HMAC-SHA256 under K_dest = HKDF-SHA256(master key, "audiencematch/v1/"+destination);
@@ -200,6 +237,9 @@ the same settings finds the run already published and does nothing (exit 0).
 Malformed rows never stop the run: they are counted and written with their line
 numbers to STATE/runs/<run id>/rejects.csv; STATE/runs/<run id>/evidence.parquet
 holds, privately, the user and consent event behind each identifier.
+--plan stops before publishing and prints what the run would publish. Once
+published, the run removes what the destination's retention_days has expired
+(audiencematch prune; --prune=false to leave it to a scheduled prune).
 
 ` + exitCodesHelp,
 		Args: cobra.NoArgs,
@@ -294,19 +334,23 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 		return pipeline.Config{}, fmt.Errorf("%w: --scheme %s is unkeyed: a SHA-256 of a phone number is reversed in about a second on one GPU, so its identifiers are personal data in disguise; pass --allow-unkeyed only for a destination that requires it", errkind.ErrUsage, scheme)
 	}
 	asOf := now.UTC()
-	if o.AsOf != "" {
+	if o.AsOf == "today" {
+		// The night's shared cutoff without a shell to compute it: every
+		// pod of a sharded job started the same day agrees on it.
+		asOf = asOf.Truncate(24 * time.Hour)
+	} else if o.AsOf != "" {
 		if asOf, err = consent.ParseTime(o.AsOf); err != nil {
-			return pipeline.Config{}, fmt.Errorf("%w: --as-of: %w; give an RFC 3339 instant, e.g. 2026-11-01T00:00:00Z", errkind.ErrUsage, err)
+			return pipeline.Config{}, fmt.Errorf("%w: --as-of: %w; give an RFC 3339 instant, e.g. 2026-11-01T00:00:00Z, or today for 00:00 UTC today", errkind.ErrUsage, err)
 		}
 	}
-	maxAge, err := consent.ParseMaxAge(o.MaxConsentAge)
+	minVersion, maxAge, err := o.policy(registry, refused == nil)
 	if err != nil {
-		return pipeline.Config{}, fmt.Errorf("%w: --max-consent-age: %w", errkind.ErrUsage, err)
+		return pipeline.Config{}, err
 	}
 	cfg := pipeline.Config{
 		Users: o.Users, Consent: o.Consent, Destination: o.Destination, Scheme: scheme,
 		Out: out, State: o.State, Registry: registry, Force: o.Force, Backfill: o.Backfill, AllowDrop: o.AllowDrop,
-		Rules:         consent.Rules{AsOf: asOf, Purpose: o.Purpose, MinPolicyVersion: o.MinPolicyVersion, MaxAge: maxAge},
+		Rules:         consent.Rules{AsOf: asOf, Purpose: o.Purpose, MinPolicyVersion: minVersion, MaxAge: maxAge},
 		MaxRejectRate: o.MaxRejectRate, Workers: o.Workers, RowsPerFile: o.RowsPerFile,
 		ToolVersion: Version, Log: log, LockWait: o.LockWait, ShardStore: o.ShardStore,
 	}
@@ -321,6 +365,28 @@ func (o *RunOptions) pipelineConfig(log *slog.Logger, now time.Time) (pipeline.C
 		return cfg, err
 	}
 	return cfg, nil
+}
+
+// policy is the run's consent policy: the registry's for the destination
+// and purpose, tightened by --min-policy-version and --max-consent-age. A
+// destination the registry refuses keeps the flags: the run refuses it
+// before it reads anything.
+func (o *RunOptions) policy(registry *destinations.Registry, authorized bool) (int64, time.Duration, error) {
+	if o.MinPolicyVersion < 0 {
+		return 0, 0, fmt.Errorf("%w: --min-policy-version %d is negative", errkind.ErrUsage, o.MinPolicyVersion)
+	}
+	maxAge, err := consent.ParseMaxAge(o.MaxConsentAge)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%w: --max-consent-age: %w", errkind.ErrUsage, err)
+	}
+	if o.MaxConsentAge != "" && maxAge == 0 {
+		return 0, 0, fmt.Errorf("%w: --max-consent-age %s: a flag may only tighten the registry's max_consent_age; give a positive age like 395d, or leave the flag out", errkind.ErrUsage, o.MaxConsentAge)
+	}
+	if !authorized {
+		return o.MinPolicyVersion, maxAge, nil
+	}
+	p, _ := registry.Lookup(o.Destination).PolicyFor(o.Purpose)
+	return p.Tighten(o.Destination+"/"+o.Purpose+" ("+registry.Path+")", o.MinPolicyVersion, maxAge)
 }
 
 // database is the PostgreSQL source --source names: a query replaces its
@@ -404,6 +470,10 @@ func runRun(cmd *cobra.Command, o *RunOptions, g *globalOptions, run func(contex
 	if cfg.Shard, err = o.shard(); err != nil {
 		return err
 	}
+	cfg.Prune = o.Prune
+	if cfg.Plan = o.Plan; o.Plan && cfg.Shard.Count > 0 {
+		return fmt.Errorf("%w: --plan is for a whole run: a shard publishes nothing anyway; plan the run unsharded", errkind.ErrUsage)
+	}
 	if (cfg.Shard.Count > 0 || o.commit) && o.AsOf == "" {
 		return fmt.Errorf("%w: a sharded run needs --as-of: every shard and the commit must share the cutoff", errkind.ErrUsage)
 	}
@@ -448,7 +518,7 @@ func (o *RunOptions) load(cmd *cobra.Command) error {
 	if o.commit {
 		o.Users, o.Consent, o.Source = "", "", ""
 	}
-	if o.PretouchMiB < -1 || o.PretouchMiB > maxPretouchMiB {
+	if o.PretouchMiB > maxPretouchMiB {
 		return fmt.Errorf("%w: --pretouch-mib %d is not between 0 and %d", errkind.ErrUsage, o.PretouchMiB, maxPretouchMiB)
 	}
 	if o.MemoryLimitMiB < 0 || o.MemoryLimitMiB > math.MaxInt64>>20 {
@@ -503,13 +573,18 @@ func (o *RunOptions) startProfiles() (stop func(), err error) {
 // report logs how the run ended: one line on success, so that cron mails
 // only failures, and the reconciliation on stdout when asked.
 func report(cmd *cobra.Command, o *RunOptions, log *slog.Logger, cfg pipeline.Config, res *pipeline.Result, err error, start time.Time) error {
+	// The log line is the failure's one report: main does not print it again.
 	if errors.Is(err, pipeline.ErrShardsIncomplete) {
+		if o.IfComplete {
+			log.Info("not all shards are finished; nothing published (--if-complete: the last shard's commit publishes)", "destination", cfg.Destination, "error", err.Error())
+			return nil
+		}
 		log.Warn("not all shards are finished; nothing published", "destination", cfg.Destination, "error", err.Error(), "exit_code", exitCode(err))
-		return err
+		return reported(err)
 	}
 	if err != nil {
 		log.Error("run failed", "destination", cfg.Destination, "error", err.Error(), "exit_code", exitCode(err))
-		return err
+		return reported(err)
 	}
 	if rec := res.Skipped; rec != nil {
 		log.Info("already committed for this destination and date; nothing to do (use --force to run anyway)",
@@ -520,6 +595,12 @@ func report(cmd *cobra.Command, o *RunOptions, log *slog.Logger, cfg pipeline.Co
 	if res.ShardDir != "" {
 		log.Info("shard done; publish with audiencematch commit once every shard is", "shard", cfg.Shard.String(), "destination", m.Destination,
 			"users", m.Users.Rows, "consent_events", m.ConsentEvents.Rows, "dir", res.ShardDir, "seconds", time.Since(start).Seconds())
+		return nil
+	}
+	if cfg.Plan {
+		log.Info("plan only: nothing published, nothing recorded", "run_id", m.RunID, "destination", m.Destination,
+			"exported", m.TotalRows, "already_published", res.AlreadyPublished, "seconds", time.Since(start).Seconds())
+		printPlan(cmd.OutOrStdout(), res)
 		return nil
 	}
 	if res.AlreadyPublished {
@@ -545,6 +626,39 @@ func printSummary(w io.Writer, res *pipeline.Result) {
 		fmt.Fprintf(w, "since run %s: adds %d, removes %d (key_id %s)\n", m.PreviousRunID, m.Adds.Rows, m.Removes.Rows, orNone(m.Removes.KeyID))
 	}
 	fmt.Fprintf(w, "private evidence: %s; rejects: %s\n", res.EvidencePath, filepath.Clean(res.RejectsPath))
+}
+
+// printPlan writes what a run would publish: the reconciliation, the
+// deltas against the previous run, and where it would go.
+func printPlan(w io.Writer, res *pipeline.Result) {
+	m := res.Manifest
+	if res.AlreadyPublished {
+		fmt.Fprintf(w, "plan: this exact run is already published at %s; a run would do nothing\n", res.PublishedDir)
+		return
+	}
+	fmt.Fprintf(w, "plan: would publish %d identifiers (%s, key_id %s) to %s\n", m.TotalRows, m.Scheme, orNone(m.KeyID), res.PublishedDir)
+	fmt.Fprintf(w, "consent policy: min_policy_version %d, max_consent_age %s\n", m.Policy.MinPolicyVersion, ageText(m.Policy.MaxConsentAgeSeconds))
+	fmt.Fprintf(w, "users %d = exported %d%s\n", m.Users.Rows, m.Users.Exported, terms(m.Users.Excluded))
+	fmt.Fprintf(w, "consent events %d =%s\n", m.ConsentEvents.Rows, strings.TrimPrefix(terms(m.ConsentEvents.ByClass), " +"))
+	switch {
+	case m.Adds != nil:
+		fmt.Fprintf(w, "since run %s (%d identifiers): adds %d, removes %d\n", m.PreviousRunID, m.PreviousTotalRows, m.Adds.Rows, m.Removes.Rows)
+	case m.Backfill:
+		fmt.Fprintln(w, "a backfill: no adds or removes")
+	default:
+		fmt.Fprintln(w, "the destination's first run: no adds or removes")
+	}
+	fmt.Fprintln(w, "nothing published, nothing recorded (--plan)")
+}
+
+func ageText(seconds int64) string {
+	if seconds == 0 {
+		return "none"
+	}
+	if seconds%86400 == 0 {
+		return fmt.Sprintf("%dd", seconds/86400)
+	}
+	return (time.Duration(seconds) * time.Second).String()
 }
 
 func terms(counts map[string]int64) string {

@@ -10,13 +10,16 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"regexp"
 	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"audiencematch/hashing"
+	"audiencematch/internal/suggest"
 	"audiencematch/pipeline/errkind"
 )
 
@@ -40,7 +43,8 @@ const (
 
 const exitCodesHelp = `Exit codes:
   0   success (also: this exact run was already published)
-  64  usage: bad flag, unknown scheme, unkeyed scheme without --allow-unkeyed
+  64  usage: bad flag, unknown scheme, unkeyed scheme without --allow-unkeyed, a
+      consent flag looser than the registry's policy
   65  bad data: malformed rows over --max-reject-rate, the drop guard (the snapshot
       shrinks past max_drop_percent, or an input has no rows; see --allow-drop), or
       published files that do not match the audit log; nothing published
@@ -101,8 +105,18 @@ per-destination identifiers (HMAC-SHA256 with HKDF-derived keys) and publishes a
 Parquet dataset atomically, with a manifest whose counts reconcile every input row.
 The contract is MATCHING.md (contract v1).
 
-Start with scripts/demo.sh, or the README's quick start: keys init, a destination
-registry (STATE/destinations.yaml), then run, and audit verify.
+Quick start, in an empty directory (each line works when copied alone):
+
+  audiencematch keys init --state demo/state
+  audiencematch destinations init --state demo/state --delivery demo/out --min-policy-version 3 --max-consent-age 395d
+  audiencematch fixtures --users 10000 --out demo/in
+  audiencematch run --plan --users demo/in/users.csv --consent demo/in/consent_events.csv --destination meta-ads --state demo/state --as-of 2026-11-01T00:00:00Z
+  audiencematch run --users demo/in/users.csv --consent demo/in/consent_events.csv --destination meta-ads --state demo/state --as-of 2026-11-01T00:00:00Z --summary
+  audiencematch audit verify --state demo/state
+
+The registry's consent policy (destinations init asks for it) is the data protection
+officer's decision; a run's flags may only tighten it. From a clone, scripts/demo.sh
+does the same on 100,000 users.
 
 ` + exitCodesHelp,
 		SilenceUsage:  true,
@@ -126,11 +140,34 @@ registry (STATE/destinations.yaml), then run, and audit verify.
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "auto", "log format: auto (text on a terminal, JSON otherwise), text, json")
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
-		return fmt.Errorf("%w: %w", errkind.ErrUsage, err)
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return fmt.Errorf("%w: %w%s", errkind.ErrUsage, err, flagHint(cmd, err))
 	})
-	root.AddCommand(newRunCommand(g), newCommitCommand(g), newFixturesCommand(g), newKeysCommand(), newAuditCommand(), newDestinationsCommand(), newOPRFCommand(g))
+	root.AddCommand(newRunCommand(g), newCommitCommand(g), newFixturesCommand(g), newKeysCommand(), newAuditCommand(), newDestinationsCommand(), newOPRFCommand(g), newPruneCommand(g))
 	return root
+}
+
+var unknownFlagRE = regexp.MustCompile(`^unknown flag: --([^\s=]+)`)
+
+// flagHint is " (did you mean --X?)" for an unknown flag near one of the
+// command's, or "".
+func flagHint(cmd *cobra.Command, err error) string {
+	m := unknownFlagRE.FindStringSubmatch(err.Error())
+	if m == nil {
+		return ""
+	}
+	if c := suggest.Closest(m[1], flagNames(cmd)); c != "" {
+		return " (did you mean --" + c + "?)"
+	}
+	return ""
+}
+
+// flagNames are the names of the flags cmd accepts, hidden ones too.
+func flagNames(cmd *cobra.Command) []string {
+	var names []string
+	cmd.Flags().VisitAll(func(f *pflag.Flag) { names = append(names, f.Name) })
+	cmd.InheritedFlags().VisitAll(func(f *pflag.Flag) { names = append(names, f.Name) })
+	return names
 }
 
 // logger builds the slog logger the flags ask for, writing to w.
@@ -161,10 +198,34 @@ func main() {
 	defer stop()
 	root := newRootCommand(os.Stdout, os.Stderr)
 	err := root.ExecuteContext(ctx)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "audiencematch: %v\n", err)
-	}
+	printError(os.Stderr, err)
 	os.Exit(exitCode(err))
+}
+
+// reportedError is an error its command has already told the user about
+// (a run's log line, a --json document): main exits with its code without
+// printing it a second time.
+type reportedError struct{ err error }
+
+func (e reportedError) Error() string { return e.err.Error() }
+func (e reportedError) Unwrap() error { return e.err }
+
+// reported marks err as already told; nil stays nil.
+func reported(err error) error {
+	if err == nil {
+		return nil
+	}
+	return reportedError{err}
+}
+
+// printError prints err on one line prefixed "audiencematch: ", unless its
+// command has already reported it.
+func printError(w io.Writer, err error) {
+	var r reportedError
+	if err == nil || errors.As(err, &r) {
+		return
+	}
+	fmt.Fprintf(w, "audiencematch: %v\n", err)
 }
 
 // isIOErr reports whether err comes from a full, read-only or failing disk.

@@ -32,9 +32,7 @@ func execute(t *testing.T, args ...string) (string, string, int) {
 	root := newRootCommand(&out, &errb)
 	root.SetArgs(args)
 	err := root.ExecuteContext(context.Background())
-	if err != nil {
-		errb.WriteString("audiencematch: " + err.Error() + "\n")
-	}
+	printError(&errb, err)
 	return out.String(), errb.String(), exitCode(err)
 }
 
@@ -96,13 +94,15 @@ func newEnv(t *testing.T, users, events string) env {
 func (e env) writeRegistry(t *testing.T, scheme string) {
 	t.Helper()
 	unkeyed := scheme != "hmac-sha256"
-	writeFile(t, filepath.Join(e.state, "destinations.yaml"), fmt.Sprintf(`version: audiencematch.destinations/v1
+	writeFile(t, filepath.Join(e.state, "destinations.yaml"), fmt.Sprintf(`version: audiencematch.destinations/v2
 destinations:
   - id: meta-ads
     name: Parent Ads
     organization: Parent Co
     relationship: parent
     purposes: [ads_matching]
+    consent:
+      ads_matching: {min_policy_version: 1, max_consent_age: none}
     lawful_basis: consent, GDPR Art. 6(1)(a)
     scheme: %s
     allow_unkeyed: %v
@@ -113,6 +113,8 @@ destinations:
     organization: Google LLC
     relationship: third_party
     purposes: [ads_matching]
+    consent:
+      ads_matching: {min_policy_version: 1, max_consent_age: none}
     lawful_basis: consent
     scheme: sha256-e164
     allow_unkeyed: true
@@ -123,6 +125,8 @@ destinations:
     organization: Parent Co
     relationship: affiliate
     purposes: [marketing_email]
+    consent:
+      marketing_email: {min_policy_version: 1, max_consent_age: none}
     lawful_basis: consent
     scheme: hmac-sha256
     delivery: %s
@@ -132,6 +136,8 @@ destinations:
     organization: Parent Co
     relationship: affiliate
     purposes: [ads_matching]
+    consent:
+      ads_matching: {min_policy_version: 1, max_consent_age: none}
     lawful_basis: consent
     scheme: uid2
     allow_unkeyed: false
@@ -276,7 +282,7 @@ func TestRunBadInput(t *testing.T) {
 		}, exitConfig, "AUDIENCEMATCH_MASTER_KEY"},
 		{"bad as-of", func(t *testing.T, e *env) []string { return e.args("--as-of", "yesterday") }, exitUsage, "RFC 3339"},
 		{"pretouch too large", func(t *testing.T, e *env) []string { return e.args("--pretouch-mib", "100000") }, exitUsage, "--pretouch-mib 100000 is not between 0 and 4096"},
-		{"pretouch negative", func(t *testing.T, e *env) []string { return e.args("--pretouch-mib", "-2") }, exitUsage, "--pretouch-mib -2 is not between 0 and 4096"},
+		{"pretouch negative", func(t *testing.T, e *env) []string { return e.args("--pretouch-mib", "-2") }, exitUsage, "want a whole number of MiB, or auto"},
 		{"memory limit negative", func(t *testing.T, e *env) []string { return e.args("--memory-limit-mib", "-1") }, exitUsage, "--memory-limit-mib -1 is negative or too large"},
 		{"bad max age", func(t *testing.T, e *env) []string { return e.args("--max-consent-age", "a year") }, exitUsage, "395d"},
 		{"bad destination", func(t *testing.T, e *env) []string { return e.args("--destination", "../etc") }, exitUsage, "destination"},
@@ -323,7 +329,8 @@ func TestRefusals(t *testing.T) {
 				}
 			}
 			_, stderr, code := execute(t, a...)
-			if code != exitRefused || !strings.Contains(stderr, c.why) {
+			// The failure's one report is the JSON log line.
+			if code != exitRefused || !strings.Contains(strings.ReplaceAll(stderr, `\"`, `"`), c.why) {
 				t.Fatalf("exit %d, %s; want %d mentioning %q", code, stderr, exitRefused, c.why)
 			}
 			if p := e.published(t); len(p) != 0 {
@@ -350,7 +357,7 @@ func TestDestinationsCommands(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "Google LLC") || !strings.Contains(out, "third_party") {
 		t.Errorf("list: %d %s", code, out)
 	}
-	writeFile(t, filepath.Join(e.state, "destinations.yaml"), "version: audiencematch.destinations/v1\ndestinations:\n  - id: x\n    relationship: friend\n", 0o644)
+	writeFile(t, filepath.Join(e.state, "destinations.yaml"), "version: audiencematch.destinations/v2\ndestinations:\n  - id: x\n    relationship: friend\n", 0o644)
 	if _, stderr, code := execute(t, "destinations", "check", "--state", e.state); code != exitConfig || !strings.Contains(stderr, "relationship \"friend\"") || !strings.Contains(stderr, "retention_days") {
 		t.Errorf("bad registry: %d %s", code, stderr)
 	}

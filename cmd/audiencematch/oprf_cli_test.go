@@ -25,13 +25,14 @@ func TestOPRFCommands(t *testing.T) {
 	events := vectorEvents + "e5,u5,ads_matching,withdraw,2026-10-01T00:00:00Z,3,app_settings\n"
 	e := newEnv(t, users, events)
 	vkey, _, _ := execute(t, "keys", "init", "--state", e.state)
-	writeFile(t, filepath.Join(e.state, "destinations.yaml"), fmt.Sprintf(`version: audiencematch.destinations/v1
+	writeFile(t, filepath.Join(e.state, "destinations.yaml"), fmt.Sprintf(`version: audiencematch.destinations/v2
 destinations:
   - id: meta-ads
     name: Parent Ads
     organization: Parent Co
     relationship: parent
     purposes: [ads_matching]
+    consent: {ads_matching: {min_policy_version: 1, max_consent_age: none}}
     lawful_basis: consent
     scheme: oprf-ristretto255
     delivery: %s
@@ -62,7 +63,7 @@ destinations:
 	}
 
 	dkey := filepath.Join(e.dir, "meta-ads.oprf.key")
-	if out, stderr, code := execute(t, "keys", "derive", "--key", e.key, "--destination", "meta-ads", "--scheme", "oprf-ristretto255", "--out", dkey); code != 0 || strings.TrimSpace(out) != "89fa0444ee6d7862" {
+	if out, stderr, code := execute(t, "keys", "derive", "--key", e.key, "--state", e.state, "--destination", "meta-ads", "--scheme", "oprf-ristretto255", "--out", dkey); code != 0 || strings.TrimSpace(out) != "89fa0444ee6d7862" {
 		t.Fatalf("keys derive --scheme oprf-ristretto255: exit %d, key_id %q: %s", code, out, stderr)
 	}
 

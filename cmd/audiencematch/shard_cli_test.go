@@ -42,7 +42,7 @@ func TestShardedCLI(t *testing.T) {
 	// The shards and the commit hold meta-ads's own key, not the master
 	// key, and publish the same bytes, key_id included.
 	destKey := filepath.Join(sharded.dir, "meta-ads.key")
-	keyID, stderr, code := execute(t, "keys", "derive", "--key", sharded.key, "--destination", "meta-ads", "--out", destKey)
+	keyID, stderr, code := execute(t, "keys", "derive", "--key", sharded.key, "--state", sharded.state, "--destination", "meta-ads", "--out", destKey)
 	if code != 0 || len(strings.TrimSpace(keyID)) != 16 {
 		t.Fatalf("keys derive: exit %d, key_id %q: %s", code, keyID, stderr)
 	}
@@ -115,7 +115,7 @@ func TestShardUsageErrors(t *testing.T) {
 func TestDestinationKey(t *testing.T) {
 	e := newEnv(t, vectorUsers, vectorEvents)
 	other := filepath.Join(e.dir, "other.key")
-	if _, stderr, code := execute(t, "keys", "derive", "--state", e.state, "--destination", "other-dest", "--out", other); code != 0 {
+	if _, stderr, code := execute(t, "keys", "derive", "--state", e.state, "--destination", "mailer", "--out", other); code != 0 {
 		t.Fatalf("keys derive from STATE/keys/master.key: exit %d: %s", code, stderr)
 	}
 	if st, err := os.Stat(other); err != nil || st.Mode().Perm() != 0o600 {
@@ -126,11 +126,16 @@ func TestDestinationKey(t *testing.T) {
 		code int
 		says string
 	}{
-		"another destination's key": {e.args("--key", other), 78, "other-dest"},
-		"overwrite":                 {[]string{"keys", "derive", "--key", e.key, "--destination", "other-dest", "--out", other}, 78, "refusing to overwrite"},
-		"from a destination key":    {[]string{"keys", "derive", "--key", other, "--destination", "x", "--out", other + "2"}, 64, "needs the master key"},
+		"another destination's key": {e.args("--key", other), 78, "mailer"},
+		"overwrite":                 {[]string{"keys", "derive", "--key", e.key, "--state", e.state, "--destination", "mailer", "--out", other}, 78, "refusing to overwrite"},
+		"from a destination key":    {[]string{"keys", "derive", "--key", other, "--state", e.state, "--destination", "meta-ads", "--out", other + "2"}, 64, "needs the master key"},
 		"no out":                    {[]string{"keys", "derive", "--key", e.key, "--destination", "x"}, 64, "--out"},
 		"bad destination":           {[]string{"keys", "derive", "--key", e.key, "--destination", "Bad Dest", "--out", other + "3"}, 64, "destination"},
+		// A key for a recipient no run may send to is never made.
+		"not in the registry": {[]string{"keys", "derive", "--key", e.key, "--state", e.state, "--destination", "meta-adz", "--out", other + "4"}, 77, `"meta-adz" is not in the registry`},
+		"did you mean":        {[]string{"keys", "derive", "--key", e.key, "--state", e.state, "--destination", "meta-adz", "--out", other + "4"}, 77, "did you mean meta-ads?"},
+		"a third party":       {[]string{"keys", "derive", "--key", e.key, "--state", e.state, "--destination", "google-cm", "--out", other + "4"}, 77, "third party"},
+		"no registry given":   {[]string{"keys", "derive", "--key", e.key, "--destination", "meta-ads", "--out", other + "4"}, 64, "--destinations FILE"},
 	} {
 		_, stderr, code := execute(t, c.args...)
 		if code != c.code || !strings.Contains(stderr, c.says) {
@@ -139,5 +144,8 @@ func TestDestinationKey(t *testing.T) {
 	}
 	if len(e.published(t)) != 0 {
 		t.Error("a run with another destination's key published")
+	}
+	if fileExists(other + "4") {
+		t.Error("keys derive wrote a key for a destination it refused")
 	}
 }

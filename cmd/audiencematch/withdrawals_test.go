@@ -351,7 +351,7 @@ func TestRegistryWithTwoDocuments(t *testing.T) {
 	e := newEnv(t, vectorUsers, vectorEvents)
 	p := filepath.Join(e.state, "destinations.yaml")
 	b, _ := os.ReadFile(p)
-	writeFile(t, p, string(b)+"---\nversion: audiencematch.destinations/v1\ndestinations: []\n", 0o644)
+	writeFile(t, p, string(b)+"---\nversion: audiencematch.destinations/v2\ndestinations: []\n", 0o644)
 	_, stderr, code := execute(t, e.args()...)
 	if code != exitConfig || !strings.Contains(stderr, "more than one YAML document") {
 		t.Fatalf("exit %d, %s", code, stderr)

@@ -104,7 +104,11 @@ type Record struct {
 	ResponseSHA256 string `json:"response_sha256,omitempty"`
 	Reason         string `json:"reason,omitempty"` // why a run failed or was refused
 	// PrunedRuns are the runs a prune record removed (v2).
-	PrunedRuns    []string `json:"pruned_runs,omitempty"`
+	PrunedRuns []string `json:"pruned_runs,omitempty"`
+	// PrunedFailed are the failed runs' directories (STATE/failed/<name>,
+	// rejected rows of a run that published nothing) a prune record
+	// removed (v2).
+	PrunedFailed  []string `json:"pruned_failed,omitempty"`
 	RetentionDays int64    `json:"retention_days,omitempty"` // of a prune record
 	Extra         []string `json:"extra,omitempty"`          // reserved; must be empty
 }
@@ -271,7 +275,7 @@ func (r *Record) Validate() error {
 		return fmt.Errorf("record version %q: this tool reads %q and %q; a newer version of the tool may read it", r.Version, RecordVersionV1, RecordVersionV2)
 	}
 	v1 := r.Version == RecordVersionV1
-	if v1 && (r.Authorization != nil || r.Type == TypePrune || len(r.PrunedRuns) != 0 || r.RetentionDays != 0 ||
+	if v1 && (r.Authorization != nil || r.Type == TypePrune || len(r.PrunedRuns) != 0 || len(r.PrunedFailed) != 0 || r.RetentionDays != 0 ||
 		r.Type == TypeOPRFEvaluated || r.Elements != 0 || r.RequestSHA256 != "" || r.ResponseSHA256 != "" ||
 		slices.ContainsFunc(r.Inputs, func(in Input) bool { return len(in.Parts) != 0 })) {
 		return errors.New("a v1 record has fields or a type of v2")
@@ -328,8 +332,13 @@ func (r *Record) Validate() error {
 			return fmt.Errorf("%s record lacks a reason", r.Type)
 		}
 	case TypePrune:
-		if len(r.PrunedRuns) == 0 || r.RetentionDays <= 0 {
-			return errors.New("prune record lacks pruned_runs or retention_days")
+		if len(r.PrunedRuns)+len(r.PrunedFailed) == 0 || r.RetentionDays <= 0 {
+			return errors.New("prune record lacks pruned_runs (or pruned_failed) or retention_days")
+		}
+		for _, name := range r.PrunedFailed {
+			if !validRel(name) || strings.Contains(name, "/") {
+				return fmt.Errorf("prune record names the failed run %q, not a directory name", name)
+			}
 		}
 	case TypeOPRFEvaluated:
 		switch {

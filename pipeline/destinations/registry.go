@@ -3,13 +3,15 @@
 //
 // The registry is a YAML file:
 //
-//	version: audiencematch.destinations/v1
+//	version: audiencematch.destinations/v2
 //	destinations:
 //	  - id: meta-ads
 //	    name: Meta Ads Custom Audiences
 //	    organization: Meta Platforms, Inc.
 //	    relationship: parent            # parent, affiliate, processor, third_party
 //	    purposes: [ads_matching]
+//	    consent:                        # required: the consent policy of each purpose
+//	      ads_matching: {min_policy_version: 3, max_consent_age: 395d}
 //	    lawful_basis: consent, GDPR Art. 6(1)(a)
 //	    scheme: hmac-sha256
 //	    allow_unkeyed: false
@@ -21,6 +23,15 @@
 //	    oprf_max_evaluations: 100000    # optional, oprf-ristretto255 only: blinded elements
 //	                                    # `oprf evaluate` may answer per rolling 24 hours
 //	                                    # (absent or 0: every evaluation is refused)
+//
+// The consent policy of a destination and purpose (MATCHING.md section 2's
+// min_policy_version and max_consent_age) is a decision of the data
+// protection officer, so it lives here, beside the lawful basis, and is
+// required for every purpose: max_consent_age is whole days (395d), a Go
+// duration (9480h), or "none" for no limit, written out. A run's flags may
+// only tighten it (Policy.Tighten). Version 1 registries had no policy, and
+// a run under one silently took policy version 1 and no age limit; Load
+// refuses them with the lines to add.
 //
 // The file holds exactly one YAML document: a second one (after "---") is an
 // error rather than silently ignored, since it might hold a restriction.
@@ -39,6 +50,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -54,7 +66,10 @@ import (
 )
 
 // Version is the registry format version, its first key.
-const Version = "audiencematch.destinations/v1"
+const Version = "audiencematch.destinations/v2"
+
+// versionV1 is the version before the consent policy was in the registry.
+const versionV1 = "audiencematch.destinations/v1"
 
 // Relationships of a recipient to the data controller.
 const (
@@ -66,17 +81,19 @@ const (
 
 // Destination is one registered recipient.
 type Destination struct {
-	ID            string   `yaml:"id" json:"id"`
-	Name          string   `yaml:"name" json:"name"`
-	Organization  string   `yaml:"organization" json:"organization"`
-	Relationship  string   `yaml:"relationship" json:"relationship"`
-	Purposes      []string `yaml:"purposes" json:"purposes"`
-	LawfulBasis   string   `yaml:"lawful_basis" json:"lawful_basis"`
-	Scheme        string   `yaml:"scheme" json:"scheme"`
-	AllowUnkeyed  bool     `yaml:"allow_unkeyed" json:"allow_unkeyed"`
-	Delivery      string   `yaml:"delivery" json:"delivery"`
-	RetentionDays int      `yaml:"retention_days" json:"retention_days"`
-	KeyFile       string   `yaml:"key_file,omitempty" json:"key_file,omitempty"`
+	ID           string   `yaml:"id" json:"id"`
+	Name         string   `yaml:"name" json:"name"`
+	Organization string   `yaml:"organization" json:"organization"`
+	Relationship string   `yaml:"relationship" json:"relationship"`
+	Purposes     []string `yaml:"purposes" json:"purposes"`
+	// Consent is the consent policy of each purpose in Purposes.
+	Consent       map[string]Policy `yaml:"consent" json:"consent"`
+	LawfulBasis   string            `yaml:"lawful_basis" json:"lawful_basis"`
+	Scheme        string            `yaml:"scheme" json:"scheme"`
+	AllowUnkeyed  bool              `yaml:"allow_unkeyed" json:"allow_unkeyed"`
+	Delivery      string            `yaml:"delivery" json:"delivery"`
+	RetentionDays int               `yaml:"retention_days" json:"retention_days"`
+	KeyFile       string            `yaml:"key_file,omitempty" json:"key_file,omitempty"`
 	// MaxDropPercent is the drop guard's threshold: a run whose snapshot is
 	// smaller than the previous one by more than this share publishes
 	// nothing unless the operator allows the drop. Nil: DefaultMaxDropPercent.
@@ -149,18 +166,27 @@ func Load(path string) (*Registry, error) {
 	if err != nil {
 		return nil, err
 	}
+	return Parse(path, b)
+}
+
+// Parse validates the registry text b, read from path (which names it in
+// errors), as Load does.
+func Parse(path string, b []byte) (*Registry, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	sum := sha256.Sum256(b)
 	r := &Registry{Path: path, SHA256: hex.EncodeToString(sum[:])}
 	if err := dec.Decode(r); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, withSuggestion(err))
 	}
 	var more yaml.Node
 	if err := dec.Decode(&more); err == nil {
 		return nil, fmt.Errorf("%s: more than one YAML document (a second one starts at line %d): put every destination in the first", path, more.Line)
 	} else if !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("%s: after the first document: %w", path, err)
+	}
+	if r.Version == versionV1 {
+		return nil, fmt.Errorf("%s: %w", path, upgradeError(r))
 	}
 	if errs := r.Validate(); len(errs) > 0 {
 		return nil, fmt.Errorf("%s: %w", path, errors.Join(errs...))
@@ -196,6 +222,16 @@ func (r *Registry) Validate() []error {
 		}
 		if len(d.Purposes) == 0 {
 			bad("%s: purposes are required", where)
+		}
+		if lines := policyLines(&d); len(lines) > 0 {
+			bad("%s: no consent policy for every purpose; the data protection officer decides it: add under the destination (replace <N> and <DAYS>; max_consent_age: none sets no limit):\n%s", where, strings.Join(lines, "\n"))
+		}
+		for _, p := range slices.Sorted(maps.Keys(d.Consent)) {
+			if !slices.Contains(d.Purposes, p) {
+				bad("%s: consent policy for %q, which is not among its purposes %v", where, p, d.Purposes)
+			} else if err := d.Consent[p].check(); err != nil {
+				bad("%s: consent policy for %q: %v", where, p, err)
+			}
 		}
 		if _, err := hashing.ParseScheme(d.Scheme); err != nil {
 			bad("%s: %v", where, err)
@@ -268,6 +304,10 @@ func (r *Registry) Authorize(id, purpose string) (*Destination, error) {
 	if sc, _ := hashing.ParseScheme(d.Scheme); !sc.Keyed() && !d.AllowUnkeyed {
 		return nil, fmt.Errorf("destination %q has the unkeyed scheme %s without allow_unkeyed", id, sc)
 	}
+	if _, ok := d.PolicyFor(purpose); !ok {
+		return nil, fmt.Errorf("destination %q has no consent policy for %q in the registry %s; add under it:\n%s", id, purpose, r.Path,
+			strings.Join(policyLines(&Destination{Purposes: []string{purpose}, Consent: d.Consent}), "\n"))
+	}
 	return d, nil
 }
 
@@ -298,17 +338,44 @@ func (d *Destination) Agrees(scheme, delivery string) error {
 	if scheme != "" && scheme != d.Scheme {
 		return fmt.Errorf("%w: scheme %s conflicts with the registry's scheme %s for %q", errkind.ErrUsage, scheme, d.Scheme, d.ID)
 	}
-	if delivery != "" && sameDelivery(delivery) != sameDelivery(d.Delivery) {
+	if delivery != "" && !SameDir(delivery, d.Delivery) {
 		return fmt.Errorf("%w: output directory %s conflicts with the registry's delivery %s for %q", errkind.ErrUsage, delivery, d.Delivery, d.ID)
 	}
 	return nil
 }
 
-// sameDelivery is a delivery in the form two spellings of it share: a
-// clean path (file:///srv/x is /srv/x), or a URL as written.
-func sameDelivery(d string) string {
-	if p, ok := objstore.LocalPath(d); ok {
+// SameDir reports whether two deliveries name the same place once both are
+// resolved. A local path or file:// URL is made absolute against the
+// working directory, cleaned, and has its symbolic links followed as far
+// as the path exists: a relative --out naming the registry's delivery
+// directory agrees with it. An object store's URL is compared as written,
+// less a trailing slash; it never names the same place as a local path.
+func SameDir(a, b string) bool {
+	pa, aLocal := objstore.LocalPath(a)
+	pb, bLocal := objstore.LocalPath(b)
+	if aLocal != bLocal {
+		return false
+	}
+	if !aLocal {
+		return strings.TrimSuffix(a, "/") == strings.TrimSuffix(b, "/")
+	}
+	return resolve(pa) == resolve(pb)
+}
+func resolve(p string) string {
+	abs, err := filepath.Abs(p)
+	if err != nil {
 		return filepath.Clean(p)
 	}
-	return d
+	// Follow links in the longest existing prefix; what does not exist yet
+	// (a first run's delivery) is kept as written.
+	rest := ""
+	for dir := abs; ; dir = filepath.Dir(dir) {
+		if real, err := filepath.EvalSymlinks(dir); err == nil {
+			return filepath.Join(real, rest)
+		}
+		if dir == filepath.Dir(dir) {
+			return abs
+		}
+		rest = filepath.Join(filepath.Base(dir), rest)
+	}
 }

@@ -1,19 +1,25 @@
 package destinations
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"audiencematch/pipeline/errkind"
 )
 
-const good = `version: audiencematch.destinations/v1
+const good = `version: audiencematch.destinations/v2
 destinations:
   - id: meta-ads
     name: Meta Ads
     organization: Meta Platforms, Inc.
     relationship: parent
     purposes: [ads_matching]
+    consent:
+      ads_matching: {min_policy_version: 3, max_consent_age: 395d}
     lawful_basis: consent, GDPR Art. 6(1)(a)
     scheme: hmac-sha256
     allow_unkeyed: false
@@ -24,6 +30,8 @@ destinations:
     organization: Google LLC
     relationship: third_party
     purposes: [ads_matching]
+    consent:
+      ads_matching: {min_policy_version: 1, max_consent_age: none}
     lawful_basis: consent
     scheme: sha256-e164
     allow_unkeyed: true
@@ -34,6 +42,9 @@ destinations:
     organization: Affiliate Co
     relationship: affiliate
     purposes: [ads_matching, measurement]
+    consent:
+      ads_matching: {min_policy_version: 2, max_consent_age: 365d}
+      measurement: {min_policy_version: 2, max_consent_age: 9480h}
     lawful_basis: consent
     scheme: uid2
     allow_unkeyed: true
@@ -44,6 +55,10 @@ destinations:
     organization: Mailer Ltd
     relationship: processor
     purposes: [marketing_email]
+    consent:
+      marketing_email:
+        min_policy_version: 1
+        max_consent_age: 730d
     lawful_basis: contract
     scheme: hmac-sha256
     delivery: /srv/mail
@@ -109,12 +124,21 @@ func TestValidate(t *testing.T) {
 		{strings.Replace(good, "scheme: hmac-sha256", "scheme: md5", 1), "unknown scheme"},
 		{strings.Replace(good, "lawful_basis: consent, GDPR Art. 6(1)(a)", "lawful_basis: \"\"", 1), "lawful_basis"},
 		{strings.Replace(good, "purposes: [marketing_email]", "purposes: []", 1), "purposes are required"},
-		{strings.Replace(good, "audiencematch.destinations/v1", "v0", 1), "version"},
+		{strings.Replace(good, "audiencematch.destinations/v2", "v0", 1), "version"},
 		{strings.Replace(good, "allow_unkeyed: false", "allow_unkeyd: false", 1), "allow_unkeyd"},
 		{strings.Replace(good, "retention_days: 90", "retention_days: 90\n    max_drop_percent: 120", 1), "max_drop_percent 120"},
 		{strings.Replace(good, "retention_days: 90", "retention_days: 90\n    max_drop_percent: -1", 1), "max_drop_percent -1"},
 		// A second document might hold a restriction: it is never ignored.
-		{good + "---\nversion: audiencematch.destinations/v1\ndestinations: []\n", "more than one YAML document"},
+		{good + "---\nversion: audiencematch.destinations/v2\ndestinations: []\n", "more than one YAML document"},
+		{strings.Replace(good, "      ads_matching: {min_policy_version: 3, max_consent_age: 395d}\n", "      ads_matching: {max_consent_age: 395d}\n", 1), "min_policy_version is required"},
+		{strings.Replace(good, "min_policy_version: 3, max_consent_age: 395d", "min_policy_version: 3", 1), "max_consent_age is required"},
+		{strings.Replace(good, "min_policy_version: 3, max_consent_age: 395d", "min_policy_version: 0, max_consent_age: 395d", 1), "at least 1"},
+		{strings.Replace(good, "min_policy_version: 3, max_consent_age: 395d", "min_policy_version: 3, max_consent_age: 0d", 1), "must be positive"},
+		{strings.Replace(good, "min_policy_version: 3, max_consent_age: 395d", "min_policy_version: 3, max_consent_age: a year", 1), "want whole days"},
+		{strings.Replace(good, "      measurement: {min_policy_version: 2, max_consent_age: 9480h}\n", "", 1), "      measurement: {min_policy_version: <N>, max_consent_age: <DAYS>d}"},
+		{strings.Replace(good, "measurement: {", "measurment: {", 1), "consent policy for \"measurment\", which is not among its purposes"},
+		{strings.Replace(good, "max_consent_age: 395d", "max_consent_ages: 395d", 1), "did you mean max_consent_age?"},
+		{strings.Replace(good, "allow_unkeyed: false", "allow_unkeyd: false", 1), "did you mean allow_unkeyed?"},
 		{good + "---\nrelationship: parent\n", "more than one YAML document"},
 	}
 	for _, c := range cases {
@@ -201,11 +225,152 @@ func TestDeliveryURLs(t *testing.T) {
 	}
 }
 
+func TestVersion1ShowsTheLinesToAdd(t *testing.T) {
+	v1 := `version: audiencematch.destinations/v1
+destinations:
+  - id: meta-ads
+    name: Meta Ads
+    organization: Meta Platforms, Inc.
+    relationship: parent
+    purposes: [ads_matching, measurement]
+    lawful_basis: consent
+    scheme: hmac-sha256
+    delivery: /srv/exports
+    retention_days: 90
+`
+	_, err := load(t, v1)
+	if err == nil {
+		t.Fatal("a version 1 registry loaded")
+	}
+	for _, want := range []string{
+		"version: audiencematch.destinations/v2",
+		"    - id: meta-ads\n+     consent:\n+       ads_matching: {min_policy_version: <N>, max_consent_age: <DAYS>d}\n+       measurement: {min_policy_version: <N>, max_consent_age: <DAYS>d}",
+		"policy version 1 and no age limit",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+}
+
+func TestPolicyTightenOnly(t *testing.T) {
+	r, err := load(t, good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, ok := r.Lookup("meta-ads").PolicyFor("ads_matching")
+	if !ok {
+		t.Fatal("no policy")
+	}
+	const day = 24 * time.Hour
+	cases := []struct {
+		min     int64
+		age     time.Duration
+		wantMin int64
+		wantAge time.Duration
+		err     string
+	}{
+		{0, 0, 3, 395 * day, ""},
+		{4, 30 * day, 4, 30 * day, ""},
+		{3, 395 * day, 3, 395 * day, ""},
+		{2, 0, 0, 0, "--min-policy-version 2 is looser than the registry's min_policy_version 3"},
+		{0, 396 * day, 0, 0, "--max-consent-age 396d is looser than the registry's max_consent_age 395d"},
+	}
+	for _, c := range cases {
+		gotMin, gotAge, err := p.Tighten("meta-ads/ads_matching", c.min, c.age)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) || !errors.Is(err, errkind.ErrUsage) {
+				t.Errorf("Tighten(%d, %v) err = %v, want %q", c.min, c.age, err, c.err)
+			}
+			continue
+		}
+		if err != nil || gotMin != c.wantMin || gotAge != c.wantAge {
+			t.Errorf("Tighten(%d, %v) = %d, %v, %v; want %d, %v", c.min, c.age, gotMin, gotAge, err, c.wantMin, c.wantAge)
+		}
+	}
+	// No limit in the registry: any flag limit tightens.
+	none, _ := r.Lookup("google-cm").PolicyFor("ads_matching")
+	if _, age, err := none.Tighten("x", 0, 10*day); err != nil || age != 10*day {
+		t.Errorf("no limit tightened to 10d: %v, %v", age, err)
+	}
+	// Permits is the pipeline's check of rules given directly: no limit
+	// where the registry sets one is looser.
+	for _, c := range []struct {
+		min int64
+		age time.Duration
+		ok  bool
+	}{{3, 395 * day, true}, {5, day, true}, {2, day, false}, {3, 0, false}, {3, 400 * day, false}} {
+		if err := p.Permits("x", c.min, c.age); (err == nil) != c.ok {
+			t.Errorf("Permits(%d, %v) = %v, want ok=%v", c.min, c.age, err, c.ok)
+		}
+	}
+	if err := none.Permits("x", 1, 0); err != nil {
+		t.Errorf("no limit refused no limit: %v", err)
+	}
+}
+
+func TestAuthorizeWithoutPolicy(t *testing.T) {
+	r, err := load(t, good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(r.Lookup("meta-ads").Consent, "ads_matching")
+	_, err = r.Authorize("meta-ads", "ads_matching")
+	if err == nil || !strings.Contains(err.Error(), "ads_matching: {min_policy_version: <N>, max_consent_age: <DAYS>d}") {
+		t.Errorf("err = %v", err)
+	}
+}
+
+func TestSameDirResolves(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	os.Mkdir("real", 0o755)
+	os.Symlink("real", "link")
+	cases := []struct {
+		a, b string
+		same bool
+	}{
+		{"out", filepath.Join(dir, "out"), true},
+		{"./out/", filepath.Join(dir, "out"), true},
+		{"link/x", filepath.Join(dir, "real", "x"), true},
+		{"out", filepath.Join(dir, "other"), false},
+		{"file://" + filepath.Join(dir, "out"), "out", true},
+		{"s3://exports/am", "s3://exports/am/", true},
+		{"s3://exports/am", "s3://exports/other", false},
+		{"s3://exports/am", "exports/am", false},
+		{"gs://exports/am", "s3://exports/am", false},
+	}
+	for _, c := range cases {
+		if got := SameDir(c.a, c.b); got != c.same {
+			t.Errorf("SameDir(%q, %q) = %v, want %v", c.a, c.b, got, c.same)
+		}
+	}
+	d := &Destination{ID: "x", Delivery: filepath.Join(dir, "out"), Scheme: "hmac-sha256"}
+	if err := d.Agrees("", "out"); err != nil {
+		t.Errorf("a relative --out naming the delivery: %v", err)
+	}
+	if err := d.Agrees("", "elsewhere"); err == nil {
+		t.Error("another directory agreed")
+	}
+	// --out against a bucket delivery: the same URL agrees, a directory
+	// does not.
+	u := &Destination{ID: "x", Delivery: "s3://exports/am?region=eu-west-1", Scheme: "hmac-sha256"}
+	if err := u.Agrees("", "s3://exports/am?region=eu-west-1"); err != nil {
+		t.Errorf("the delivery's own URL: %v", err)
+	}
+	for _, out := range []string{"out", "s3://exports/other?region=eu-west-1", "file:///exports/am"} {
+		if err := u.Agrees("", out); err == nil {
+			t.Errorf("--out %s agreed with %s", out, u.Delivery)
+		}
+	}
+}
+
 const oprfEntry = `  - id: meta-oprf
     name: Meta Ads (oblivious)
     organization: Meta Platforms, Inc.
     relationship: parent
     purposes: [ads_matching]
+    consent: {ads_matching: {min_policy_version: 3, max_consent_age: 395d}}
     lawful_basis: consent
     scheme: oprf-ristretto255
     delivery: /srv/oprf

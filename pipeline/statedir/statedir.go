@@ -4,6 +4,7 @@
 //	STATE/keys/            the master key and the audit log's keys (owner-only)
 //	STATE/audit/           the audit log: records.jsonl and its signed checkpoint
 //	STATE/runs/<run id>/   each run's evidence.parquet, rejects.csv, manifest.json, record.json
+//	STATE/failed/<run id>/ a run over its reject rate: its rejects.csv and manifest.json
 //	STATE/staging/         a run's work in progress, removed by the next run
 //	STATE/shards/          the shards of a sharded run until their commit
 //	STATE/idcache/         oprf-ristretto255 identifiers already evaluated (package idcache)
