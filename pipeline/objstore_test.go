@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -406,5 +408,119 @@ func TestShardStore(t *testing.T) {
 	}
 	if left, _ := s.List(ctx, s.Prefix); len(left) != 0 {
 		t.Errorf("the store still holds %d objects of the committed shards", len(left))
+	}
+}
+
+// TestPruneDeliverySuite prunes runs published to each delivery root (a
+// file:// URL, and the S3 bucket when a server is there): expired runs'
+// objects go, _SUCCESS with them, and are recorded; the chain head and the
+// run _LATEST names stay whatever the log says; a run whose removal was
+// interrupted (objects left, no _SUCCESS) is completed, and recorded again,
+// by the next prune; audit verify then reports the removed runs as pruned.
+func TestPruneDeliverySuite(t *testing.T) {
+	for name, root := range deliveryRoots(t) {
+		t.Run(name, func(t *testing.T) { testPruneDelivery(t, root(t)) })
+	}
+}
+
+func testPruneDelivery(t *testing.T, root string) {
+	ctx := context.Background()
+	cfg := deliveryConfig(t, t.TempDir(), root, nil)
+	var rels []string
+	for i := range 3 {
+		c := cfg
+		c.Rules.AsOf = fixtures.DefaultAsOf.AddDate(0, 0, i)
+		res, err := pipeline.Run(ctx, c)
+		if err != nil {
+			t.Fatalf("night %d: %v", i, err)
+		}
+		rels = append(rels, delivery.RunDir("meta-ads", c.Rules.AsOf, res.Manifest.RunID))
+	}
+	runs := committed(t, cfg.State)
+	if len(runs) != 3 {
+		t.Fatalf("%d committed runs", len(runs))
+	}
+	stored := func(rel string) bool {
+		t.Helper()
+		ok, err := delivery.RunStored(ctx, objstore.Join(root, rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	whole := func(rel string) bool {
+		t.Helper()
+		ok, err := delivery.Published(ctx, root, rel)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	// Every run is past its retention (30 days); the chain needs only the
+	// head, run 3. _LATEST is made to name run 1: it stays.
+	now := time.Now().AddDate(0, 0, 31)
+	writeObject(t, root, "meta-ads/_LATEST", []byte(strings.TrimPrefix(rels[0], "meta-ads/")+"\n"))
+	rms, err := pipeline.Prune(ctx, pruneConfig(cfg, now))
+	if err != nil || len(rms) != 1 || !slices.Equal(rms[0].Runs, []string{runs[1].RunID}) {
+		t.Fatalf("prune with _LATEST naming run 1: %v, %+v; want run 2 only", err, rms)
+	}
+	if !whole(rels[0]) || stored(rels[1]) || !whole(rels[2]) {
+		t.Fatalf("after the first prune: run 1 whole %v, run 2 stored %v, run 3 whole %v; want true, false, true",
+			whole(rels[0]), stored(rels[1]), whole(rels[2]))
+	}
+	for _, p := range rms[0].Paths {
+		if strings.Contains(p, "?") {
+			t.Errorf("a removed path is shown with its URL's query: %s", p)
+		}
+	}
+
+	// A removal interrupted: in a store, objects left after _SUCCESS went,
+	// the run not whole; locally, the directory already renamed to its
+	// hidden name. The next prune finishes it.
+	part, err := readObject(t, root, rels[2]+"/snapshot/part-00000.parquet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	left := rels[1]
+	if !objstore.IsURL(root) {
+		left = path.Join(path.Dir(rels[1]), ".removing-"+path.Base(rels[1]))
+	}
+	writeObject(t, root, left+"/snapshot/part-00000.parquet", part)
+	if whole(rels[1]) {
+		t.Fatal("a run whose removal was interrupted is taken for a whole one")
+	}
+	if !stored(rels[1]) {
+		t.Fatal("what an interrupted removal left is not seen")
+	}
+	writeObject(t, root, "meta-ads/_LATEST", []byte(strings.TrimPrefix(rels[2], "meta-ads/")+"\n"))
+	rms, err = pipeline.Prune(ctx, pruneConfig(cfg, now))
+	if err != nil || len(rms) != 1 || !slices.Equal(rms[0].Runs, []string{runs[0].RunID, runs[1].RunID}) {
+		t.Fatalf("second prune: %v, %+v; want runs 1 and 2", err, rms)
+	}
+	if stored(rels[0]) || stored(rels[1]) || !whole(rels[2]) {
+		t.Fatal("after the second prune, want runs 1 and 2 gone and run 3 whole")
+	}
+	if latest, err := delivery.Latest(ctx, root, "meta-ads"); err != nil || latest != rels[2] {
+		t.Fatalf("_LATEST = %q, %v; want %q", latest, err, rels[2])
+	}
+	recs := pruneRecords(t, cfg.State)
+	if len(recs) != 2 || !slices.Equal(recs[1].PrunedRuns, []string{runs[0].RunID, runs[1].RunID}) {
+		t.Fatalf("prune records %+v", recs)
+	}
+	// Nothing is left to prune: the head stays, and no record is added.
+	if rms, err := pipeline.Prune(ctx, pruneConfig(cfg, now)); err != nil || len(rms) != 0 || len(pruneRecords(t, cfg.State)) != 2 {
+		t.Fatalf("a third prune: %v, %+v", err, rms)
+	}
+	opts := rootOpts(root)
+	opts.Now = now
+	rep, err := auditor.VerifyAudit(cfg.State, verifierOf[cfg.AuditSigner], opts)
+	if err != nil || len(rep.Pruned) != 2 {
+		t.Fatalf("audit verify after the prunes: %v (%+v)", err, rep)
+	}
+	// The next night's deltas come from the head, which is still there.
+	c := cfg
+	c.Rules.AsOf = fixtures.DefaultAsOf.AddDate(0, 0, 3)
+	if _, err := pipeline.Run(ctx, c); err != nil {
+		t.Fatalf("the night after the prunes: %v", err)
 	}
 }

@@ -48,16 +48,16 @@ func Prune(ctx context.Context, c PruneConfig) ([]retention.Removal, error) {
 	if err := audit.Recover(statedir.Audit(c.State), c.AuditSigner, c.AuditVerifier); err != nil {
 		return nil, fmt.Errorf("%w: audit log: %w", errkind.ErrConfig, err)
 	}
-	return prune(c)
+	return prune(ctx, c)
 }
 
 // prune is Prune under the lock, for Prune and the end of a run.
-func prune(c PruneConfig) ([]retention.Removal, error) {
+func prune(ctx context.Context, c PruneConfig) ([]retention.Removal, error) {
 	l, err := audit.OpenForAppend(statedir.Audit(c.State))
 	if err != nil {
 		return nil, fmt.Errorf("%w: audit log: %w", errkind.ErrConfig, err)
 	}
-	rms, err := retention.Prune(l, retention.Options{State: c.State, Registry: c.Registry, Destination: c.Destination,
+	rms, err := retention.Prune(ctx, l, retention.Options{State: c.State, Registry: c.Registry, Destination: c.Destination,
 		Now: c.Now, DryRun: c.DryRun, ToolVersion: c.ToolVersion, Signer: c.AuditSigner})
 	if c.Log != nil {
 		for _, rm := range rms {

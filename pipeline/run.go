@@ -10,6 +10,7 @@ import (
 	"hash/maphash"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,7 +18,6 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
-	"strings"
 	"time"
 	"unsafe"
 
@@ -407,7 +407,11 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 	if cfg.Plan {
 		// Healing appends to the log; a plan appends nothing, and deltas
 		// planned against a head the next run would change are wrong.
-		if dir := unrecordedDir(l, &cfg); dir != "" {
+		dir, err := unrecordedDir(l, &cfg)
+		if err != nil {
+			return nil, err
+		}
+		if dir != "" {
 			return nil, fmt.Errorf("%w: %s is published but not recorded (an interrupted run): the next run records it first, so a plan now would compute the wrong deltas; run once without --plan", errkind.ErrUsage, dir)
 		}
 	}
@@ -484,7 +488,7 @@ func execute(ctx context.Context, cfg Config, steps func(*run) []step) (res *Res
 		return res, err
 	}
 	// The run is committed: a prune that fails is reported, not a failed run.
-	res.Pruned, err = prune(PruneConfig{State: cfg.State, Registry: cfg.Registry, Destination: cfg.Destination, Now: time.Now(),
+	res.Pruned, err = prune(ctx, PruneConfig{State: cfg.State, Registry: cfg.Registry, Destination: cfg.Destination, Now: time.Now(),
 		ToolVersion: cfg.ToolVersion, AuditSigner: cfg.AuditSigner, Log: cfg.Log})
 	if err != nil {
 		return res, fmt.Errorf("the run is published and recorded, but the prune after it failed (run audiencematch prune): %w", err)
@@ -643,15 +647,19 @@ func (c *Config) layout() idfile.Layout {
 }
 
 // unrecordedDir is a published run directory of the destination that the
-// audit log l does not record, or "".
-func unrecordedDir(l *audit.Log, cfg *Config) string {
-	dirs, _ := filepath.Glob(filepath.Join(cfg.Out, cfg.Destination, "dt=*", "run=*"))
-	for _, dir := range dirs {
-		if l.Committed(strings.TrimPrefix(filepath.Base(dir), "run=")) < 0 {
-			return dir
+// audit log l does not record, or "": a path, or an object store's location
+// without its query.
+func unrecordedDir(l *audit.Log, cfg *Config) (string, error) {
+	dirs, err := delivery.RootsFor(cfg.Destination, cfg.Out).RunDirs(cfg.Destination)
+	if err != nil {
+		return "", err
+	}
+	for _, id := range slices.Sorted(maps.Keys(dirs)) {
+		if l.Committed(id) < 0 {
+			return objstore.Redact(dirs[id]), nil
 		}
 	}
-	return ""
+	return "", nil
 }
 
 // heal records the destination's published runs that the log does not

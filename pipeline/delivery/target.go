@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"gocloud.dev/gcerrors"
+
 	"audiencematch/consent/audit"
 	"audiencematch/internal/fsutil"
 	"audiencematch/internal/objstore"
@@ -319,4 +321,118 @@ func localCopy(ctx context.Context, loc, tmp string) (dir string, done func(), e
 		return "", nil, err
 	}
 	return d, func() { os.RemoveAll(d) }, nil
+}
+
+// Latest is the run directory ROOT/DEST/_LATEST names, relative to the
+// root ("DEST/dt=DATE/run=ID"), or "" when there is no _LATEST.
+func Latest(ctx context.Context, root, destination string) (string, error) {
+	root = localRoot(root)
+	var body []byte
+	if !objstore.IsURL(root) {
+		b, err := os.ReadFile(filepath.Join(root, destination, LatestPointer))
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", nil
+		}
+		if err != nil {
+			return "", err
+		}
+		body = b
+	} else {
+		s, err := objstore.Open(ctx, root)
+		if err != nil {
+			return "", err
+		}
+		defer s.Close()
+		b, err := s.ReadAll(ctx, s.Key(destination+"/"+LatestPointer))
+		if gcerrors.Code(err) == gcerrors.NotFound {
+			return "", nil
+		}
+		if err != nil {
+			return "", objstore.Err(err, "read", Location(root, destination+"/"+LatestPointer))
+		}
+		body = b
+	}
+	rel := strings.TrimSpace(string(body))
+	if rel == "" {
+		return "", nil
+	}
+	return destination + "/" + rel, nil
+}
+
+// RunStored tells whether anything of the run directory at loc (a path, a
+// file:// URL or an object store's URL) is still stored: locally the
+// directory or what a removal of it left (removing); in an object store
+// any object under it, _SUCCESS or not (a removal that was interrupted
+// leaves objects without it).
+func RunStored(ctx context.Context, loc string) (bool, error) {
+	loc = localRoot(loc)
+	if !objstore.IsURL(loc) {
+		for _, p := range []string{loc, removing(loc)} {
+			if _, err := os.Lstat(p); err == nil {
+				return true, nil
+			} else if !errors.Is(err, fs.ErrNotExist) {
+				return false, err
+			}
+		}
+		return false, nil
+	}
+	s, err := objstore.Open(ctx, loc)
+	if err != nil {
+		return false, err
+	}
+	defer s.Close()
+	keys, err := s.List(ctx, s.Prefix)
+	if err != nil {
+		return false, objstore.Err(err, "list", loc)
+	}
+	return len(keys) > 0, nil
+}
+
+// removing is where a local run directory is moved to be removed: a hidden
+// name beside it, which a glob on run=* never matches.
+func removing(dir string) string {
+	return filepath.Join(filepath.Dir(dir), ".removing-"+filepath.Base(dir))
+}
+
+// RemoveRun removes the published run directory at loc (a path, a file://
+// URL or an object store's URL) so that a run whose removal is interrupted
+// is never taken for a whole one, and the next removal completes it.
+// Locally the directory is first renamed to a hidden name (removing), which
+// is then removed, with the dt=DATE directory once empty. In an object
+// store, which has no rename, _SUCCESS is removed first (Published and the
+// listing of runs need it), then every other object. A run that is not
+// there is no error.
+func RemoveRun(ctx context.Context, loc string) error {
+	loc = localRoot(loc)
+	if !objstore.IsURL(loc) {
+		gone := removing(loc)
+		if err := os.Rename(loc, gone); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		if err := os.RemoveAll(gone); err != nil {
+			return err
+		}
+		if parent := filepath.Dir(loc); strings.HasPrefix(filepath.Base(parent), "dt=") {
+			os.Remove(parent) // only when empty
+		}
+		return nil
+	}
+	s, err := objstore.Open(ctx, loc)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if err := s.Delete(ctx, s.Key(SuccessMarker)); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+		return objstore.Err(err, "remove", objstore.Join(loc, SuccessMarker))
+	}
+	keys, err := s.List(ctx, s.Prefix)
+	if err != nil {
+		return objstore.Err(err, "list", loc)
+	}
+	for _, k := range keys {
+		if err := s.Delete(ctx, s.Key(k)); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+			return objstore.Err(err, "remove", objstore.Join(loc, k))
+		}
+	}
+	return nil
 }

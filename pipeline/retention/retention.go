@@ -10,8 +10,11 @@
 // the record's time decides. Of an expired run, prune removes, whichever
 // are there:
 //
-//   - its published directory OUT/<destination>/dt=<date>/run=<id>/ (and
-//     the dt=<date> directory once empty);
+//   - its published directory <delivery>/<destination>/dt=<date>/run=<id>/
+//     under the destination's current delivery root, a directory or an
+//     object store's location (delivery.Roots), _SUCCESS first so that a
+//     run half removed is never taken for a whole one (delivery.RemoveRun;
+//     locally the dt=<date> directory goes too once empty);
 //   - STATE/runs/<id>/evidence.parquet (user and consent event behind each
 //     identifier);
 //   - STATE/runs/<id>/rejects.csv (raw input rows).
@@ -26,7 +29,8 @@
 // the next chain run is not expired (audit verify recomputes that run's
 // deltas from this run's identifiers). It is pruned with the first prune
 // after neither holds. A backfill is outside the chain and expires like any
-// run.
+// run. Whatever the log says, the run the destination's _LATEST names is
+// never removed: consumers follow it.
 //
 // A failed run's directory STATE/failed/<name>/ (the rejects and manifest
 // of a run over its reject rate, with raw input rows) expires
@@ -42,6 +46,7 @@
 package retention
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -54,6 +59,8 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"audiencematch/consent/audit"
+	"audiencematch/internal/objstore"
+	"audiencematch/pipeline/delivery"
 	"audiencematch/pipeline/destinations"
 	"audiencematch/pipeline/statedir"
 )
@@ -78,8 +85,12 @@ type Removal struct {
 	RetentionDays int
 	Runs          []string // committed runs pruned (the record's pruned_runs)
 	Failed        []string // STATE/failed/<name> directories (pruned_failed)
-	// Paths are the files and directories removed, for the operator.
+	// Paths are the files and directories removed, for the operator (an
+	// object store's location without its query).
 	Paths []string
+
+	runs  []string // published run directories: paths or URLs
+	files []string // private files and directories under STATE
 }
 
 func (rm *Removal) empty() bool { return len(rm.Runs)+len(rm.Failed) == 0 }
@@ -87,14 +98,17 @@ func (rm *Removal) empty() bool { return len(rm.Runs)+len(rm.Failed) == 0 }
 // Prune removes, for each destination, what its retention has expired, and
 // appends a prune record for each destination it removes anything of. It
 // runs under the run lock, with l the recovered audit log.
-func Prune(l *audit.Log, o Options) ([]Removal, error) {
+func Prune(ctx context.Context, l *audit.Log, o Options) ([]Removal, error) {
 	var out []Removal
 	for i := range o.Registry.Destinations {
 		d := &o.Registry.Destinations[i]
 		if o.Destination != "" && d.ID != o.Destination {
 			continue
 		}
-		rm := plan(l, o, d)
+		rm, err := plan(ctx, l, o, d)
+		if err != nil {
+			return out, err
+		}
 		if err := failedRuns(o, d, &rm); err != nil {
 			return out, err
 		}
@@ -109,7 +123,7 @@ func Prune(l *audit.Log, o Options) ([]Removal, error) {
 					return out, fmt.Errorf("record the prune of %s: %w", d.ID, err)
 				}
 			}
-			if err := remove(rm.Paths); err != nil {
+			if err := remove(ctx, &rm); err != nil {
 				return out, err
 			}
 		}
@@ -119,7 +133,7 @@ func Prune(l *audit.Log, o Options) ([]Removal, error) {
 }
 
 // plan lists what d's retention expires of its committed runs.
-func plan(l *audit.Log, o Options, d *destinations.Destination) Removal {
+func plan(ctx context.Context, l *audit.Log, o Options, d *destinations.Destination) (Removal, error) {
 	rm := Removal{Destination: d.ID, RetentionDays: d.RetentionDays}
 	var runs, chain []*audit.Record
 	for _, rec := range l.Records() {
@@ -145,35 +159,46 @@ func plan(l *audit.Log, o Options, d *destinations.Destination) Removal {
 			needed[rec.RunID] = true
 		}
 	}
+	// Runs are looked for under the destination's current delivery root,
+	// a v1 record's too (by its last three path elements).
+	roots := delivery.Roots{Override: d.Delivery}
+	latest, err := delivery.Latest(ctx, d.Delivery, d.ID)
+	if err != nil {
+		return rm, fmt.Errorf("prune %s: %w", d.ID, err)
+	}
 	done := map[string]bool{}
 	for _, rec := range runs {
-		if !expired(rec) || needed[rec.RunID] || done[rec.RunID] {
+		if !expired(rec) || needed[rec.RunID] || done[rec.RunID] || (latest != "" && rec.PublishedRel() == latest) {
 			continue
 		}
 		done[rec.RunID] = true
+		loc, err := roots.Location(rec)
+		if err != nil {
+			return rm, err
+		}
+		stored, err := delivery.RunStored(ctx, loc)
+		if err != nil {
+			return rm, fmt.Errorf("prune %s: %w", d.ID, err)
+		}
+		var files []string
 		runDir := statedir.Run(o.State, rec.RunID)
-		var paths []string
-		for _, p := range []string{publishedDir(d.Delivery, d.ID, rec.RunID), filepath.Join(runDir, "evidence.parquet"), filepath.Join(runDir, "rejects.csv")} {
-			if p != "" && exists(p) {
-				paths = append(paths, p)
+		for _, p := range []string{filepath.Join(runDir, "evidence.parquet"), filepath.Join(runDir, "rejects.csv")} {
+			if exists(p) {
+				files = append(files, p)
 			}
 		}
-		if len(paths) > 0 {
-			rm.Runs = append(rm.Runs, rec.RunID)
-			rm.Paths = append(rm.Paths, paths...)
+		if !stored && len(files) == 0 {
+			continue
 		}
+		rm.Runs = append(rm.Runs, rec.RunID)
+		if stored {
+			rm.runs = append(rm.runs, loc)
+			rm.Paths = append(rm.Paths, objstore.Redact(loc))
+		}
+		rm.files = append(rm.files, files...)
+		rm.Paths = append(rm.Paths, files...)
 	}
-	return rm
-}
-
-// publishedDir is the run's published directory under the delivery
-// directory, or "" when there is none.
-func publishedDir(delivery, destination, runID string) string {
-	m, _ := filepath.Glob(filepath.Join(delivery, destination, "dt=*", "run="+runID))
-	if len(m) == 0 {
-		return ""
-	}
-	return m[0]
+	return rm, nil
 }
 
 // failedRuns adds the expired STATE/failed/<name>/ directories of d (see the
@@ -210,6 +235,7 @@ func failedRuns(o Options, d *destinations.Destination, rm *Removal) error {
 		}
 		if info.ModTime().Before(o.Now.Add(-time.Duration(days) * 24 * time.Hour)) {
 			rm.Failed = append(rm.Failed, e.Name())
+			rm.files = append(rm.files, dir)
 			rm.Paths = append(rm.Paths, dir)
 		}
 	}
@@ -231,15 +257,17 @@ func failedDestination(dir string) string {
 	return m.Destination
 }
 
-// remove removes each path, then a dt=<date> parent left empty.
-func remove(paths []string) error {
-	for _, p := range paths {
+// remove removes rm's published runs (delivery.RemoveRun), then its
+// private files and directories.
+func remove(ctx context.Context, rm *Removal) error {
+	for _, loc := range rm.runs {
+		if err := delivery.RemoveRun(ctx, loc); err != nil {
+			return fmt.Errorf("prune %s: %w", objstore.Redact(loc), err)
+		}
+	}
+	for _, p := range rm.files {
 		if err := os.RemoveAll(p); err != nil {
 			return fmt.Errorf("prune %s: %w", p, err)
-		}
-		parent := filepath.Dir(p)
-		if m, _ := filepath.Match("dt=*", filepath.Base(parent)); m {
-			os.Remove(parent) // only when empty
 		}
 	}
 	return nil

@@ -34,7 +34,7 @@ func TestFailedRunsByTheirDestination(t *testing.T) {
 	failed("short-8d", "short", 8*day)   // past short's 7
 	failed("unknown-8d", "", 8*day)      // no manifest: the shortest, 7
 	failed("gone-6d", "gone", 6*day)     // an unregistered destination: 7
-	rms, err := Prune(&audit.Log{}, Options{State: state, Registry: reg, Now: now, DryRun: true})
+	rms, err := Prune(t.Context(), &audit.Log{}, Options{State: state, Registry: reg, Now: now, DryRun: true})
 	if err != nil {
 		t.Fatal(err)
 	}
