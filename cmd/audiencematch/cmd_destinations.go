@@ -14,6 +14,7 @@ import (
 
 	"audiencematch/fixtures"
 	"audiencematch/internal/fsutil"
+	"audiencematch/internal/objstore"
 	"audiencematch/pipeline"
 	"audiencematch/pipeline/destinations"
 	"audiencematch/pipeline/errkind"
@@ -62,8 +63,9 @@ func newDestinationsCommand() *cobra.Command {
 send to: id, name, organization, relationship (parent, affiliate, processor,
 third_party), purposes, consent (each purpose's min_policy_version and
 max_consent_age: the policy runs may only tighten), lawful_basis, scheme,
-allow_unkeyed, delivery (a local directory), retention_days, and optionally
-key_file and max_drop_percent. A run refuses (exit 77) a destination not in it,
+allow_unkeyed, delivery (a local directory, a file:// URL, or an s3://, gs://
+or azblob:// location), dir_mode, retention_days, and optionally key_file and
+max_drop_percent. A run refuses (exit 77) a destination not in it,
 a third party, one not registered for the run's purpose, or an unkeyed scheme
 without allow_unkeyed. "destinations init" writes a commented one to start from.`,
 	}
@@ -148,7 +150,8 @@ func newDestinationsInitCommand() *cobra.Command {
 platform, keyed (hmac-sha256), for one purpose, each line commented. The consent
 policy (--min-policy-version, --max-consent-age) has no default: which grants
 count is the data protection officer's decision, and runs may only tighten it.
---delivery is made absolute. An existing registry is never overwritten without
+--delivery, a directory, is made absolute; an object store's URL (s3://, gs://,
+azblob://) is kept as written. An existing registry is never overwritten without
 --force. The registry written is checked as a run would check it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runDestinationsInit(cmd, o) },
@@ -156,7 +159,7 @@ count is the data protection officer's decision, and runs may only tighten it.
 	o.AddFlags(cmd)
 	f := cmd.Flags()
 	f.StringVar(&o.Destination, "destination", "meta-ads", "the destination id")
-	f.StringVar(&o.Delivery, "delivery", "", "the directory runs publish to (required; made absolute)")
+	f.StringVar(&o.Delivery, "delivery", "", "the directory runs publish to (required; made absolute), or an s3://, gs:// or azblob:// URL")
 	f.StringVar(&o.Purpose, "purpose", fixtures.DefaultPurpose, "the purpose runs to it export for")
 	f.Int64Var(&o.MinPolicyVersion, "min-policy-version", 0, "the oldest privacy-notice version whose grants count (required)")
 	f.StringVar(&o.MaxConsentAge, "max-consent-age", "", "grants older than this do not count: whole days (395d), or none for no limit (required)")
@@ -186,7 +189,7 @@ destinations:
     lawful_basis: consent, GDPR Art. 6(1)(a)
     scheme: hmac-sha256              # keyed; the unkeyed sha256-digits, sha256-e164 and uid2 need allow_unkeyed
     allow_unkeyed: false
-    delivery: %[5]s                  # where runs publish: an absolute directory
+    delivery: %[5]s                  # where runs publish: an absolute directory or a bucket URL
     retention_days: 90               # audiencematch prune (and each run) removes older runs and their evidence
     # key_file: /etc/audiencematch/%[1]s.key   # optional: this destination's own master key
     # max_drop_percent: 20           # optional: the drop guard's threshold, in percent
@@ -213,9 +216,11 @@ func runDestinationsInit(cmd *cobra.Command, o *InitOptions) error {
 	if !pipeline.ValidDestination(o.Destination) {
 		return fmt.Errorf("%w: --destination %q: use 1-64 characters of a-z, 0-9, '.', '_', '-'", errkind.ErrUsage, o.Destination)
 	}
-	delivery, err := filepath.Abs(o.Delivery)
-	if err != nil {
-		return fmt.Errorf("%w: --delivery: %w", errkind.ErrUsage, err)
+	delivery := o.Delivery
+	if p, ok := objstore.LocalPath(o.Delivery); ok {
+		if delivery, err = filepath.Abs(p); err != nil {
+			return fmt.Errorf("%w: --delivery: %w", errkind.ErrUsage, err)
+		}
 	}
 	if !o.Force && fileExists(path) {
 		return fmt.Errorf("%w: %s exists: edit it, or pass --force to replace it", errkind.ErrUsage, path)

@@ -161,6 +161,19 @@ func TestDestinationsInit(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "published 4 identifiers") {
 		t.Fatalf("run with a relative --out: exit %d: %s %s", code, out, stderr)
 	}
+	// A bucket delivery is kept as written, and a run's --out must name
+	// the same URL: a directory does not agree with it.
+	bucket := "s3://exports/am?region=eu-west-1"
+	if _, stderr, code := execute(t, "destinations", "init", "--state", "st2", "--delivery", bucket, "--min-policy-version", "3", "--max-consent-age", "395d"); code != 0 {
+		t.Fatalf("init with a bucket: exit %d: %s", code, stderr)
+	}
+	if b, _ := os.ReadFile(filepath.Join("st2", "destinations.yaml")); !strings.Contains(string(b), "delivery: "+bucket+" ") {
+		t.Errorf("the template does not keep the bucket's URL:\n%s", b)
+	}
+	if _, stderr, code := execute(t, "run", "--users", "in/users.csv", "--consent", "in/consent_events.csv", "--destination", "meta-ads",
+		"--state", "st2", "--key", filepath.Join("st", "keys", "master.key"), "--out", "out", "--as-of", "2026-11-01T00:00:00Z"); code != exitUsage || !strings.Contains(stderr, "conflicts with the registry's delivery") {
+		t.Errorf("--out a directory against a bucket delivery: exit %d: %s", code, stderr)
+	}
 }
 
 // TestPlanPublishesNothing: --plan reads, checks and prints, and leaves
