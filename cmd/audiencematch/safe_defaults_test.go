@@ -379,6 +379,18 @@ func TestPruneCommand(t *testing.T) {
 	if out := mustOut(t, "audit", "verify", "--state", e.state); !strings.Contains(out, "pruned: record 0, run 20261101T") {
 		t.Errorf("audit verify after the prune:\n%s", out)
 	}
+	// --json names a pruned run with the record's own member names.
+	var res struct {
+		Pruned []map[string]any `json:"pruned"`
+	}
+	if err := json.Unmarshal([]byte(mustOut(t, "audit", "verify", "--state", e.state, "--json")), &res); err != nil || len(res.Pruned) == 0 {
+		t.Fatalf("audit verify --json after the prune: %v, %+v", err, res)
+	}
+	for _, k := range []string{"record", "run_id", "destination", "unchecked"} {
+		if _, ok := res.Pruned[0][k]; !ok {
+			t.Errorf("audit verify --json: a pruned run has no %q: %v", k, res.Pruned[0])
+		}
+	}
 	verifier := filepath.Join(statedir.Keys(e.state), audit.VerifierFile)
 	if ok, out := independent(t, "verify", "--state", e.state, "--verifier", verifier, "--delivery", e.out); !ok {
 		t.Errorf("the independent verifier refuses the pruned state:\n%s", out)

@@ -68,11 +68,11 @@ type VerifyReport struct {
 
 // PrunedRun is a run verified without its published files.
 type PrunedRun struct {
-	Record      int64
-	RunID       string
-	Destination string
+	Record      int64  `json:"record"` // the run's leaf index in the log
+	RunID       string `json:"run_id"`
+	Destination string `json:"destination"`
 	// Unchecked says what can no longer be checked.
-	Unchecked string
+	Unchecked string `json:"unchecked"`
 }
 
 // VerifyAudit checks the audit log under state and everything it points to:
