@@ -374,9 +374,25 @@ function checkProof(file, opts) {
   const committed = recs.map((r, i) => (r.type === "run_committed" ? i : -1)).filter((i) => i >= 0);
   if (p.runs.length !== committed.length || p.runs.some((r, k) => r.record_index !== committed[k])) fail("the committed runs are not all answered, in log order");
   const b64 = (s) => Buffer.from(s, "base64");
+  const prunedBy = new Map();
+  recs.forEach((r, i) => { if (r.type === "prune") for (const id of r.pruned_runs || []) prunedBy.set(id, i); });
+  const now = new Date();
+  const sameKey = new Map(); // destination, scheme, key_id -> the identifier answered for
   for (const sr of p.runs) {
     const rec = recs[sr.record_index];
     const where = `record ${sr.record_index}`;
+    if (sr.status === "unknown") {
+      // Only a pruned run (a later prune record, or past its retention) may
+      // be answered without a proof.
+      const days = rec.authorization ? rec.authorization.retention_days : 0;
+      const until = new Date(new Date(rec.as_of).getTime() + days * 86400e3);
+      if (!((prunedBy.get(rec.run_id) ?? -1) > sr.record_index) && !(days > 0 && now >= until)) fail(`${where}: answered unknown, but the log does not show the run pruned`);
+    } else {
+      const group = `${rec.destination}\0${rec.scheme}\0${rec.key_id || ""}`;
+      const first = sameKey.get(group);
+      if (first !== undefined && first !== String(sr.id).toLowerCase()) fail(`${where}: answers for another identifier than an earlier run of the same destination and key`);
+      sameKey.set(group, String(sr.id).toLowerCase());
+    }
     if (!checkInclusion(sr.record_index, cp.size, leafHash(Buffer.from(p.records[sr.record_index], "utf8")), sr.record_proof.map(b64), cp.root)) fail(`${where}: the record's inclusion proof`);
     if (sr.run_id !== rec.run_id || sr.destination !== rec.destination || sr.as_of !== rec.as_of || sr.scheme !== rec.scheme || (sr.key_id || "") !== (rec.key_id || "")) fail(`${where}: the answer names another run`);
     if (sr.status === "unknown") { if (sr.membership || sr.evidence) fail(`${where}: unknown with proofs`); continue; }

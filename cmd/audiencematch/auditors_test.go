@@ -266,6 +266,17 @@ func TestCheckProofTamperTable(t *testing.T) {
 		{"unknown proof version", "proof version", u1, func(p map[string]any) {
 			p["v"] = "audiencematch.proof/v9"
 		}},
+		{"another person's answer spliced in", "a proof is about one number", u1, func(p map[string]any) {
+			// Night two answered with nobody's absence: a valid proof, of
+			// another identifier, that would tell u1 they were not sent.
+			p["runs"].([]any)[1] = deepCopy(t, nobody)["runs"].([]any)[1]
+		}},
+		{"an answer downgraded to unknown", "does not show the run pruned", u1, func(p map[string]any) {
+			r := run(p, 0)
+			r["status"], r["note"] = "unknown", "evidence removed"
+			delete(r, "membership")
+			delete(r, "evidence")
+		}},
 		{"record proof of another index", "inclusion proof", u1, func(p map[string]any) {
 			pr := run(p, 1)["record_proof"].([]any)
 			pr[0] = flipHash(pr[0].(string))
@@ -418,6 +429,22 @@ func TestRetentionAwareVerify(t *testing.T) {
 	}
 	if ok, out := independent(t, "verify", "--state", e.state, "--verifier", filepath.Join(statedir.Keys(e.state), audit.VerifierFile), "--delivery", e.out); !ok {
 		t.Errorf("the independent verifier refuses a run named by a prune record: %s", out)
+	}
+	// The person's proof answers the pruned run "unknown", which check-proof
+	// accepts because the log shows the prune, and says so.
+	vkey, _ := os.ReadFile(filepath.Join(statedir.Keys(e.state), audit.VerifierFile))
+	pout, stderr, code = execute(t, "audit", "subject", "--state", e.state, "--key", e.key, "--phone", "650.555.1212", "--country", "us", "--json")
+	if code != 0 {
+		t.Fatalf("subject after the prune: %s", stderr)
+	}
+	proof := filepath.Join(t.TempDir(), "proof.json")
+	writeFile(t, proof, pout, 0o644)
+	out, stderr, code = execute(t, "audit", "check-proof", proof, "--verifier", strings.TrimSpace(string(vkey)))
+	if code != 0 || !strings.Contains(out, "UNKNOWN") || !strings.Contains(out, "pruned by record 3") {
+		t.Errorf("check-proof of a pruned run's unknown answer: exit %d\n%s%s", code, out, stderr)
+	}
+	if ok, nout := independent(t, "check-proof", proof, "--verifier", strings.TrimSpace(string(vkey))); !ok {
+		t.Errorf("the independent verifier refuses the pruned run's unknown answer: %s", nout)
 	}
 }
 

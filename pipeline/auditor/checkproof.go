@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
+	"time"
 
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
@@ -26,6 +28,9 @@ type CheckProofOptions struct {
 	// proof's checkpoint must carry.
 	Witnesses    []*witness.CosignatureVerifier
 	MinWitnesses int
+	// Now is the time a run's retention is measured against, for an
+	// "unknown" answer; zero: time.Now().
+	Now time.Time
 }
 
 // ProofSummary is what a proof that checks says, run by run.
@@ -133,11 +138,37 @@ func checkProof(b []byte, verifier note.Verifier, opts CheckProofOptions) (*Proo
 	if len(p.Runs) != len(committed) {
 		return nil, fmt.Errorf("the proof answers %d runs, the log has %d committed", len(p.Runs), len(committed))
 	}
+	if opts.Now.IsZero() {
+		opts.Now = time.Now()
+	}
+	prunedBy := pruneRecords(recs)
+	// A proof is about one number: every answer under the same destination,
+	// scheme and key must be about the same identifier, or the answers of
+	// two people could be spliced into one proof.
+	sameKey := map[string]*SubjectRun{}
 	for _, sr := range p.Runs {
 		rec := recs[sr.RecordIndex]
 		pr, err := checkRun(sr, rec, []byte(p.Records[sr.RecordIndex]), cp.Size, root)
 		if err != nil {
 			return nil, fmt.Errorf("record %d, run %s: %w", sr.RecordIndex, rec.RunID, err)
+		}
+		if sr.Status == "unknown" {
+			// "unknown" is an answer only where the log itself shows why no
+			// proof can be given: the run was pruned (its evidence removed
+			// under retention). Anywhere else it would hide an answer the
+			// operator could have proved.
+			why, err := pruneReason(rec, sr.RecordIndex, prunedBy, VerifyOptions{Now: opts.Now})
+			if err != nil {
+				return nil, fmt.Errorf("record %d, run %s: answered \"unknown\", but the log does not show the run pruned (%v): the proof says nothing about this run; ask for one made with the phone number and a key covering every run", sr.RecordIndex, rec.RunID, err)
+			}
+			pr.Note = "the run's evidence is gone: " + why
+		} else {
+			group := rec.Destination + "\x00" + rec.Scheme + "\x00" + rec.KeyID
+			if first, ok := sameKey[group]; ok && !strings.EqualFold(first.ID, sr.ID) {
+				return nil, fmt.Errorf("record %d, run %s: answers for identifier %s, but record %d (run %s) of the same destination, scheme and key for %s: a proof is about one number", sr.RecordIndex, rec.RunID, sr.ID, first.RecordIndex, first.RunID, first.ID)
+			} else if !ok {
+				sameKey[group] = sr
+			}
 		}
 		sum.Runs = append(sum.Runs, pr)
 	}

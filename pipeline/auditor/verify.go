@@ -99,7 +99,7 @@ func VerifyAudit(state string, verifier note.Verifier, opts VerifyOptions) (*Ver
 	if opts.Now.IsZero() {
 		opts.Now = time.Now()
 	}
-	prunedBy := pruneRecords(l)
+	prunedBy := pruneRecords(l.Records())
 	heads := map[string]*audit.Record{} // each destination's delivery chain so far
 	gone := map[string]bool{}           // runs whose snapshot can no longer be read
 	// A run published to an object store is read from a local copy
@@ -205,9 +205,9 @@ func dedupe(vs []note.Verifier) []note.Verifier {
 }
 
 // pruneRecords maps each run a prune record names to the record's index.
-func pruneRecords(l *audit.Log) map[string]int64 {
+func pruneRecords(recs []*audit.Record) map[string]int64 {
 	out := map[string]int64{}
-	for i, rec := range l.Records() {
+	for i, rec := range recs {
 		if rec.Type == audit.TypePrune {
 			for _, id := range rec.PrunedRuns {
 				out[id] = int64(i)
