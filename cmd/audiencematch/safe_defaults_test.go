@@ -375,6 +375,13 @@ func TestPruneCommand(t *testing.T) {
 	if !strings.Contains(mustOut(t, "audit", "runs", "--state", e.state), "    pruned after 90 days: 20261101T") {
 		t.Error("audit runs does not list the prune")
 	}
+	// --now moves retention's clock, not the record's: a prune is recorded
+	// when it happens.
+	pl, _ := audit.Open(statedir.Audit(e.state))
+	last := pl.Records()[len(pl.Records())-1]
+	if at, err := time.Parse(time.RFC3339Nano, last.Time); last.Type != audit.TypePrune || err != nil || at.After(time.Now()) {
+		t.Errorf("the prune record's time %q (type %s) is not when it was appended", last.Time, last.Type)
+	}
 	// Both verifiers accept the pruned state, and say the run is pruned.
 	if out := mustOut(t, "audit", "verify", "--state", e.state); !strings.Contains(out, "pruned: record 0, run 20261101T") {
 		t.Errorf("audit verify after the prune:\n%s", out)

@@ -72,7 +72,8 @@ type Options struct {
 	// Destination limits the prune to one destination and its failed runs;
 	// empty: every destination of the registry.
 	Destination string
-	Now         time.Time
+	// Now is the instant retention is measured against.
+	Now time.Time
 	// DryRun finds what would be removed and removes and records nothing.
 	DryRun      bool
 	ToolVersion string
@@ -119,7 +120,9 @@ func Prune(ctx context.Context, l *audit.Log, o Options) ([]Removal, error) {
 			if o.Signer != nil {
 				rec := &audit.Record{Type: audit.TypePrune, ToolVersion: o.ToolVersion, Destination: d.ID,
 					RetentionDays: int64(d.RetentionDays), PrunedRuns: rm.Runs, PrunedFailed: rm.Failed}
-				if err := l.Append(rec, o.Signer, o.Now); err != nil {
+				// The record's time is when it is appended; Now (prune --now)
+				// only moves the instant retention is measured against.
+				if err := l.Append(rec, o.Signer, time.Now()); err != nil {
 					return out, fmt.Errorf("record the prune of %s: %w", d.ID, err)
 				}
 			}
