@@ -407,7 +407,10 @@ function checkProof(file, opts) {
       if (!checkInclusion(m.index ?? 0, n, leafHash(x), (m.proof || []).map(b64), idRoot)) fail(`${where}: membership proof`);
       if (!sr.evidence || sr.evidence.length === 0) fail(`${where}: exported without evidence`);
       const evRoot = Buffer.from(rec.evidence.root, "hex");
+      const seenRows = new Set();
       for (const e of sr.evidence) {
+        if (seenRows.has(e.index)) fail(`${where}: evidence row ${e.index} given twice`);
+        seenRows.add(e.index);
         const leaf = Buffer.concat([Buffer.from(scheme.evidenceId(x)), Buffer.from([0]), Buffer.from(e.user_id), Buffer.from([0]), Buffer.from(e.consent_event_id), Buffer.from([0]), Buffer.from(e.primary ? "1" : "0")]);
         if (!checkInclusion(e.index, rec.evidence.size, leafHash(leaf), e.proof.map(b64), evRoot)) fail(`${where}: evidence row ${e.index}`);
       }

@@ -271,6 +271,10 @@ func TestCheckProofTamperTable(t *testing.T) {
 			// another identifier, that would tell u1 they were not sent.
 			p["runs"].([]any)[1] = deepCopy(t, nobody)["runs"].([]any)[1]
 		}},
+		{"an evidence row given twice", "given twice", u1, func(p map[string]any) {
+			ev := run(p, 0)["evidence"].([]any)
+			run(p, 0)["evidence"] = append(ev, ev[0])
+		}},
 		{"an answer downgraded to unknown", "does not show the run pruned", u1, func(p map[string]any) {
 			r := run(p, 0)
 			r["status"], r["note"] = "unknown", "evidence removed"

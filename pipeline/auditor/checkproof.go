@@ -254,7 +254,12 @@ func checkRun(sr *SubjectRun, rec *audit.Record, line []byte, n uint64, root tlo
 		return pr, err
 	}
 	eid := idfile.EvidenceID(scheme.Binary(), string(leaf))
+	seen := map[int64]bool{}
 	for _, e := range sr.Evidence {
+		if seen[e.Index] {
+			return pr, fmt.Errorf("evidence row %d given twice", e.Index)
+		}
+		seen[e.Index] = true
 		h := tlog.RecordHash(audit.EvidenceLeaf(eid, e.UserID, e.EventID, e.Primary))
 		if err := tlog.CheckRecord(e.Proof, rec.Evidence.Size, evRoot, e.Index, h); err != nil {
 			return pr, fmt.Errorf("evidence row %d: %w", e.Index, err)
