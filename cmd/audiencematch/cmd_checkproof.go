@@ -26,8 +26,10 @@ committed run of the log is answered, in order, none left out; each run record's
 inclusion in the log; and each answer against the run's record: an exported identifier's
 inclusion in the run's identifier tree with the evidence rows of its consent, or an
 identifier's absence from the sorted tree (its two adjacent neighbours, or the first or
-last leaf). --trusted-checkpoint requires the proof's log to extend a checkpoint you
-saved. docs/AUDITORS.md, "The proof", specifies every byte.
+last leaf). A proof is about one number: every answer under the same destination and
+key must be for the same identifier. An answer "unknown" (no proof) is accepted only for
+a run the log shows pruned. --trusted-checkpoint requires the proof's log to extend a
+checkpoint you saved. docs/AUDITORS.md, "The proof", specifies every byte.
 
 Exit 0 when everything holds, printing each run's answer; 65 naming the first thing that
 does not; 66 when a file cannot be read; 78 for a malformed verifier key.`,
