@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -449,4 +450,44 @@ func cloneFields(fields []string) []string {
 		out[i] = strings.Clone(f)
 	}
 	return out
+}
+
+// TestManyPartsConcurrently reads many small CSV parts, some of them only
+// a header, with several goroutines, many times: parts end while other
+// goroutines still hold their batches, and every row must still come once,
+// in order, with its line.
+func TestManyPartsConcurrently(t *testing.T) {
+	dir := t.TempDir()
+	rows := userRows(200)
+	var want []readRow
+	var lineBase int64
+	next := 0
+	for k := 0; next < len(rows); k++ {
+		n := min((k*7)%9, len(rows)-next) // 0 to 8 rows; some parts empty
+		part := rows[next : next+n]
+		writeFile(t, filepath.Join(dir, fmt.Sprintf("part-%03d.csv", k)), csvText(t, sourcetest.Table{Columns: source.UserColumns, Rows: part}))
+		for j, r := range part {
+			want = append(want, readRow{lineBase + int64(j) + 2, r})
+		}
+		if n > 0 {
+			lineBase += int64(n) + 1
+		}
+		next += n
+	}
+	for range 20 {
+		r, err := source.FileSource{Users: dir, Consent: dir}.Open(t.Context(), source.TableUsers, source.UserColumns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := readUsers(t, r, true)
+		r.Close()
+		if len(got) != len(want) {
+			t.Fatalf("%d rows, want %d", len(got), len(want))
+		}
+		for i := range want {
+			if got[i].line != want[i].line || !slices.Equal(got[i].fields, want[i].fields) {
+				t.Fatalf("row %d: line %d %v, want line %d %v", i, got[i].line, got[i].fields, want[i].line, want[i].fields)
+			}
+		}
+	}
 }
