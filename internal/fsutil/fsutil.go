@@ -4,6 +4,7 @@
 package fsutil
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -15,21 +16,50 @@ import (
 // WriteFileDurable writes data to a temp file beside path, syncs, renames it
 // into place and syncs the directory.
 func WriteFileDurable(path string, data []byte, perm os.FileMode) error {
+	return WriteDurable(path, perm, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	})
+}
+
+// WriteDurable is WriteFileDurable for a file written by fn, through a
+// buffer: nothing of it is at path until fn, the sync and the rename have
+// all succeeded.
+func WriteDurable(path string, perm os.FileMode, fn func(io.Writer) error) error {
+	return writeDurable(path, perm, fn, os.Rename)
+}
+
+// CreateDurable is WriteDurable for a file that must not replace one: it
+// links the finished temp file to path, and fails with an error wrapping
+// fs.ErrExist when path exists.
+func CreateDurable(path string, perm os.FileMode, fn func(io.Writer) error) error {
+	return writeDurable(path, perm, fn, os.Link)
+}
+
+func writeDurable(path string, perm os.FileMode, fn func(io.Writer) error, place func(tmp, path string) error) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(path)+"-")
 	if err != nil {
 		return err
 	}
 	tmp := f.Name()
-	defer os.Remove(tmp) // a no-op after a successful rename
+	defer os.Remove(tmp) // a no-op after a rename; the temp name after a link
 	if err := f.Chmod(perm); err != nil {
 		f.Close()
 		return err
 	}
-	if err := writeSyncClose(f, data); err != nil {
+	bw := bufio.NewWriterSize(f, 1<<20)
+	err = fn(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if err := errors.Join(err, f.Close()); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := place(tmp, path); err != nil {
 		return err
 	}
 	return SyncDir(dir)

@@ -1,6 +1,9 @@
 package fsutil
 
 import (
+	"errors"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -48,5 +51,37 @@ func TestSHA256File(t *testing.T) {
 	sum2, b, err := ReadFileSHA256(p)
 	if err != nil || sum2 != sum || string(b) != "abc" {
 		t.Errorf("ReadFileSHA256 = %s, %q, %v", sum2, b, err)
+	}
+}
+
+// TestCreateDurableNeverReplaces: CreateDurable refuses an existing file
+// and leaves it as it was, with no temp file beside it; WriteDurable
+// replaces it; a failing writer leaves nothing.
+func TestCreateDurableNeverReplaces(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "blinds")
+	write := func(s string) func(io.Writer) error {
+		return func(w io.Writer) error { _, err := io.WriteString(w, s); return err }
+	}
+	if err := CreateDurable(path, 0o600, write("first")); err != nil {
+		t.Fatal(err)
+	}
+	if err := CreateDurable(path, 0o600, write("second")); !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("a second create: %v, want fs.ErrExist", err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "first" {
+		t.Fatalf("the existing file holds %q", b)
+	}
+	if err := WriteDurable(path, 0o600, write("replaced")); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "replaced" {
+		t.Fatalf("after WriteDurable: %q", b)
+	}
+	if err := WriteDurable(filepath.Join(dir, "never"), 0o644, func(io.Writer) error { return io.ErrShortWrite }); err == nil {
+		t.Fatal("a failing writer succeeded")
+	}
+	if es, _ := os.ReadDir(dir); len(es) != 1 {
+		t.Fatalf("left behind: %v", es)
 	}
 }

@@ -7,13 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 
 	"github.com/parquet-go/parquet-go"
 
+	"audiencematch/internal/fsutil"
 	"audiencematch/pipeline/errkind"
 	"audiencematch/pipeline/source"
 )
@@ -66,43 +67,19 @@ func writeParquet[T any](path string, perm os.FileMode, rows []T, opts ...parque
 	})
 }
 
-// writeFile writes a file durably through fn: a temp file beside path,
-// synced and renamed into place.
+// writeFile writes a file durably through fn (fsutil.WriteDurable). A
+// file of a secret (mode without group or other bits) is never replaced: a
+// blinds file replaced before its response is finalized loses that
+// request's answers.
 func writeFile(path string, perm os.FileMode, fn func(io.Writer) error) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(path)+"-")
-	if err != nil {
-		return err
+	if perm&0o077 != 0 {
+		return fsutil.WriteDurable(path, perm, fn)
 	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // a no-op after the rename
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
+	err := fsutil.CreateDurable(path, perm, fn)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%w: %s exists; refusing to overwrite it", errkind.ErrUsage, path)
 	}
-	bw := bufio.NewWriterSize(f, 1<<20)
-	err = fn(bw)
-	if err == nil {
-		err = bw.Flush()
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if err := errors.Join(err, f.Close()); err != nil {
-		return err
-	}
-	if perm&0o077 == 0 {
-		// Secrets are never overwritten: a blinds file replaced before its
-		// response is finalized loses that request's answers.
-		if err := os.Link(tmp, path); err != nil {
-			if os.IsExist(err) {
-				return fmt.Errorf("%w: %s exists; refusing to overwrite it", errkind.ErrUsage, path)
-			}
-			return err
-		}
-		return nil
-	}
-	return os.Rename(tmp, path)
+	return err
 }
 
 // readElements reads the one column name of FIXED_LEN_BYTE_ARRAY(32) of a
