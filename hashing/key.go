@@ -153,13 +153,19 @@ func WriteMasterKey(path string, key MasterKey) error {
 
 // DeriveDestKey computes K_dest = HKDF-SHA256(master, salt="", info="audiencematch/v1/"+dest, 32).
 func DeriveDestKey(master MasterKey, destination string) (DestKey, error) {
-	var k DestKey
+	k, err := derive32(master, hkdfInfoPrefix+destination)
+	return DestKey(k), err
+}
+
+// derive32 is HKDF-SHA256(IKM = master, salt = empty, info, L = 32), the
+// derivation of every per-destination secret (MATCHING.md section 4).
+func derive32(master MasterKey, info string) ([32]byte, error) {
+	var k [32]byte
 	if len(master.b) < MinKeyBytes {
 		return k, ErrKeyShort
 	}
-	r := hkdf.New(sha256.New, master.b, nil, []byte(hkdfInfoPrefix+destination))
-	if _, err := io.ReadFull(r, k[:]); err != nil {
-		return k, fmt.Errorf("derive key for %q: %w", destination, err)
+	if _, err := io.ReadFull(hkdf.New(sha256.New, master.b, nil, []byte(info)), k[:]); err != nil {
+		return k, fmt.Errorf("derive %q: %w", info, err)
 	}
 	return k, nil
 }

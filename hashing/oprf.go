@@ -6,11 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 
 	"github.com/cloudflare/circl/group"
 	"github.com/cloudflare/circl/oprf"
-	"golang.org/x/crypto/hkdf"
 )
 
 // OPRFRistretto255 is the oblivious scheme of MATCHING.md section 4
@@ -34,15 +32,7 @@ var oprfSuite = oprf.SuiteRistretto255
 // DeriveOPRFSeed computes seed = HKDF-SHA256(master, salt = "", info =
 // "audiencematch/v1/oprf/" + destination, L = 32).
 func DeriveOPRFSeed(master MasterKey, destination string) ([32]byte, error) {
-	var seed [32]byte
-	if len(master.b) < MinKeyBytes {
-		return seed, ErrKeyShort
-	}
-	r := hkdf.New(sha256.New, master.b, nil, []byte(oprfInfoPrefix+destination))
-	if _, err := io.ReadFull(r, seed[:]); err != nil {
-		return seed, fmt.Errorf("derive oprf seed for %q: %w", destination, err)
-	}
-	return seed, nil
+	return derive32(master, oprfInfoPrefix+destination)
 }
 
 // DeriveOPRFKey computes the destination's OPRF private key skS =
